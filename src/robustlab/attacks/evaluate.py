@@ -1,0 +1,92 @@
+"""Robust accuracy of a model under an attack, re-checked by a plain forward pass."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks.base import Attack, Counted, predict
+from robustlab.data import Dataset
+from robustlab.threat import LpBall, ThreatModel
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Robust accuracy at one threat model, with the cost of the attack."""
+
+    attack: str
+    norm: str
+    eps: float
+    n: int
+    clean_accuracy: float
+    robust_accuracy: float
+    n_attacked: int
+    n_broken: int
+    n_forward: int
+    n_backward: int
+    seconds: float
+    robust: list[bool] = field(repr=False, default_factory=list)  # per example
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _attack_batches(model, attack, x, y, threat, batch_size) -> Tensor:
+    return torch.cat([attack(model, x[i : i + batch_size], y[i : i + batch_size], threat)
+                      for i in range(0, len(x), batch_size)])
+
+
+def run_attack(model: nn.Module, data: Dataset, threat: ThreatModel, attack: Attack, *,
+               batch_size: int = 256, robust_before: Tensor | None = None) -> AttackResult:
+    """Attack the examples still robust (clean-correct, and in ``robust_before`` when given).
+
+    Every adversarial example is checked to lie in the threat model and re-evaluated by a plain
+    forward pass; only that pass decides whether an example is broken.
+    """
+    was_training = model.training
+    model.eval()
+    counted = Counted(model)
+    start = time.perf_counter()
+    try:
+        correct = predict(counted, data.x) == data.y
+        robust = correct.clone() if robust_before is None else correct & robust_before
+        idx = robust.nonzero().squeeze(1)
+        if isinstance(threat, LpBall) and threat.eps == 0:
+            idx = idx[:0]
+        if len(idx):
+            x0, y0 = data.x[idx], data.y[idx]
+            x_adv = _attack_batches(counted, attack, x0, y0, threat, batch_size)
+            inside = threat.contains(x0, x_adv)
+            if not bool(inside.all()):
+                raise RuntimeError(f"{type(attack).__name__} left the threat model: a bug")
+            broken = predict(model, x_adv) != y0
+            robust[idx[broken]] = False
+    finally:
+        model.train(was_training)
+    n = len(data)
+    return AttackResult(
+        attack=getattr(attack, "name", type(attack).__name__),
+        norm=getattr(threat, "norm", "box"), eps=float(getattr(threat, "eps", float("nan"))),
+        n=n, clean_accuracy=float(correct.float().mean()), robust_accuracy=float(robust.float().mean()),
+        n_attacked=len(idx), n_broken=int(len(idx) - robust[idx].sum()) if len(idx) else 0,
+        n_forward=counted.n_forward, n_backward=counted.n_backward,
+        seconds=time.perf_counter() - start, robust=robust.tolist(),
+    )
+
+
+def robustness_curve(model: nn.Module, data: Dataset, eps: Sequence[float], norm: str,
+                     attack: Attack, *, batch_size: int = 256) -> list[AttackResult]:
+    """Robust accuracy at each eps (in ascending order), reusing work: an example broken at some eps
+    counts as broken at every larger eps and is not attacked again."""
+    results: dict[float, AttackResult] = {}
+    robust = None
+    for e in sorted(set(float(v) for v in eps)):
+        threat = LpBall(norm, e, data.lower, data.upper)
+        res = run_attack(model, data, threat, attack, batch_size=batch_size, robust_before=robust)
+        robust = torch.tensor(res.robust)
+        results[e] = res
+    return [results[float(e)] for e in eps]

@@ -1,0 +1,160 @@
+"""Datasets: scikit-learn's bundled digits (offline), ``.npz`` and ``.csv`` files.
+
+A dataset is a plain frozen dataclass of tensors plus the declared value range. Every loader checks
+what it reads and names what it expected and what it found.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robustlab.errors import RobustlabError
+
+BUILTIN = ("digits", "digits-train")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs ``x`` (float32, N x ...), integer labels ``y`` (N,), and the value range of ``x``."""
+
+    name: str
+    x: Tensor
+    y: Tensor
+    lower: float = 0.0
+    upper: float = 1.0
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.y.max().item()) + 1 if len(self) else 0
+
+    def subset(self, n: int | None) -> Dataset:
+        """The first ``n`` examples (all when ``n`` is None)."""
+        if n is None or n >= len(self):
+            return self
+        if n <= 0:
+            raise RobustlabError(f"--n must be a positive number of examples; found {n}")
+        return Dataset(self.name, self.x[:n], self.y[:n], self.lower, self.upper)
+
+    def matched_to(self, input_shape: tuple[int, ...]) -> Dataset:
+        """The same data reshaped to a model's input shape, or an error if they do not match.
+
+        Shapes match when they are equal or differ only in dimensions of size 1.
+        """
+        found = tuple(self.x.shape[1:])
+        if found == tuple(input_shape):
+            return self
+        if [d for d in found if d != 1] == [d for d in input_shape if d != 1]:
+            x = self.x.reshape(len(self), *input_shape)
+            return Dataset(self.name, x, self.y, self.lower, self.upper)
+        raise RobustlabError(
+            f"data '{self.name}' has inputs of shape {found} but the model expects {tuple(input_shape)}"
+        )
+
+
+def _digits(train: bool) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    x, y = (x_tr, y_tr) if train else (x_te, y_te)
+    name = "digits-train" if train else "digits"
+    return Dataset(name, torch.from_numpy(x), torch.from_numpy(y), 0.0, 1.0)
+
+
+def load_digits_split(train: bool = False) -> Dataset:
+    """scikit-learn's 8x8 digits scaled to [0, 1], shape (N, 1, 8, 8); fixed stratified 75/25 split."""
+    return _digits(train)
+
+
+def _validate(name: str, x: np.ndarray, y: np.ndarray, lower: float, upper: float) -> Dataset:
+    if not np.issubdtype(x.dtype, np.floating):
+        raise RobustlabError(f"{name}: array 'x' must be floating point; found dtype {x.dtype}")
+    if x.ndim < 2:
+        raise RobustlabError(f"{name}: array 'x' must have shape (N, ...); found shape {x.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                  and np.all(np.mod(y, 1) == 0))):
+        raise RobustlabError(f"{name}: array 'y' must hold integer labels; found dtype {y.dtype}")
+    if y.shape != (x.shape[0],):
+        raise RobustlabError(
+            f"{name}: 'y' must have shape ({x.shape[0]},) to match 'x'; found {y.shape}"
+        )
+    if x.shape[0] == 0:
+        raise RobustlabError(f"{name}: the dataset is empty")
+    if not np.isfinite(x).all():
+        raise RobustlabError(f"{name}: 'x' contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < lower or hi > upper:
+        raise RobustlabError(
+            f"{name}: values of 'x' must lie in the declared range [{lower}, {upper}]; "
+            f"found [{lo:g}, {hi:g}]"
+        )
+    if (y < 0).any():
+        raise RobustlabError(f"{name}: labels must be >= 0; found {int(y.min())}")
+    return Dataset(name, torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)),
+                   float(lower), float(upper))
+
+
+def load_npz(path: Path, lower: float | None = None, upper: float | None = None) -> Dataset:
+    """An ``.npz`` file with arrays ``x`` and ``y``; optional scalars ``lower`` / ``upper`` declare
+    the value range (default [0, 1])."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise RobustlabError(f"{path}: not a readable .npz file ({e})") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise RobustlabError(
+                f"{path}: missing array '{key}' (expected arrays 'x' and 'y'; found "
+                f"{', '.join(sorted(arrays)) or 'none'})"
+            )
+    lo = lower if lower is not None else float(arrays.get("lower", 0.0))
+    hi = upper if upper is not None else float(arrays.get("upper", 1.0))
+    return _validate(path.name, arrays["x"], arrays["y"], lo, hi)
+
+
+def load_csv(path: Path, input_shape: tuple[int, ...] | None = None) -> Dataset:
+    """A CSV of rows ``label, v1, v2, ...`` (MNIST/CIFAR style). Values above 1 are read as 0..255
+    pixels and scaled to [0, 1]; rows are reshaped to ``input_shape`` in row-major (C, H, W) order."""
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise RobustlabError(f"{path}: expected numeric rows 'label,v1,v2,...' ({e})") from None
+    y, x = table[:, 0], table[:, 1:]
+    if x.max(initial=0) > 1.0:
+        x = x / 255.0
+    if input_shape is not None:
+        if int(np.prod(input_shape)) != x.shape[1]:
+            raise RobustlabError(
+                f"{path}: rows have {x.shape[1]} values but the model expects shape {input_shape}"
+            )
+        x = x.reshape(-1, *input_shape)
+    return _validate(path.name, x.astype(np.float32), y, 0.0, 1.0)
+
+
+def load_data(source: str | Path, input_shape: tuple[int, ...] | None = None) -> Dataset:
+    """Load a dataset by built-in name (``digits``, ``digits-train``) or from an ``.npz`` / ``.csv``."""
+    if str(source) in BUILTIN:
+        return _digits(train=str(source) == "digits-train")
+    path = Path(source)
+    if not path.exists():
+        raise RobustlabError(
+            f"data file not found: {path} (expected a path or one of {', '.join(BUILTIN)})"
+        )
+    if path.suffix == ".npz":
+        return load_npz(path)
+    if path.suffix == ".csv":
+        return load_csv(path, input_shape)
+    raise RobustlabError(f"{path}: unknown data format '{path.suffix}' (expected .npz or .csv)")

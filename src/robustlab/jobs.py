@@ -1,0 +1,152 @@
+"""The jobs behind the CLI commands: load, evaluate, and assemble a report dict.
+
+The CLI only parses arguments, calls these, writes files and records the run.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from robustlab.attacks import PGD, robustness_curve
+from robustlab.attacks.base import predict
+from robustlab.bounds import certify
+from robustlab.data import Dataset, load_data
+from robustlab.errors import RobustlabError
+from robustlab.model import LoadedModel, load_model
+from robustlab.threat import LpBall, parse_norm
+
+Progress = Callable[[str], None]
+DEMO_EPS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def versions() -> dict:
+    import numpy
+    import onnx
+
+    from robustlab import __version__
+
+    return {"robustlab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "onnx": onnx.__version__, "python": platform.python_version()}
+
+
+def check_eps(eps: Sequence[float]) -> list[float]:
+    """Validate a list of eps values (finite, >= 0, at least one)."""
+    if not eps:
+        raise RobustlabError("expected at least one eps value")
+    for e in eps:
+        LpBall("inf", e)  # raises a RobustlabError naming a bad value
+    return [float(e) for e in eps]
+
+
+def prepare(model_src, data_src, n: int | None = None) -> tuple[LoadedModel, Dataset]:
+    """Load a model and a dataset and check that they fit together."""
+    model = load_model(model_src)
+    data = load_data(data_src, model.input_shape).subset(n)
+    if model.input_shape is not None:
+        data = data.matched_to(model.input_shape)
+    try:
+        with torch.no_grad():
+            out = model.module(data.x[:2])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise RobustlabError(
+            f"model failed on data '{data.name}' of shape {tuple(data.x.shape[1:])} ({first})"
+        ) from None
+    if out.dim() != 2:
+        raise RobustlabError(f"expected the model to output (batch, classes); found {tuple(out.shape)}")
+    if data.num_classes > out.shape[1]:
+        raise RobustlabError(
+            f"data '{data.name}' has labels up to {data.num_classes - 1} but the model has "
+            f"{out.shape[1]} outputs"
+        )
+    return model, data
+
+
+def _base(kind: str, model: LoadedModel, data: Dataset, settings: dict) -> dict:
+    return {"kind": kind, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "model": model.to_dict(),
+            "data": {"name": data.name, "n": len(data), "shape": list(data.x.shape[1:]),
+                     "range": [data.lower, data.upper]},
+            "settings": settings, "versions": versions()}
+
+
+def attack_job(model_src, data_src, eps: Sequence[float], norm: str = "inf", *, steps: int = 50,
+               restarts: int = 1, n: int | None = None, batch_size: int = 256, seed: int = 0,
+               progress: Progress | None = None) -> dict:
+    """PGD robust accuracy at each eps; keys ``clean_accuracy``, ``robust_accuracy`` (first eps),
+    ``curve``, ``per_attack``, ``flags``."""
+    eps, norm = check_eps(eps), parse_norm(norm)
+    model, data = prepare(model_src, data_src, n)
+    attack = PGD(steps=steps, restarts=restarts, seed=seed)
+    if progress:
+        progress(f"PGD-{steps} x{restarts} on {len(data)} examples at {len(eps)} eps")
+    results = robustness_curve(model.module, data, eps, norm, attack, batch_size=batch_size)
+    report = _base("attack", model, data, {"attack": "pgd", "steps": steps, "restarts": restarts,
+                                           "norm": norm, "eps": eps, "seed": seed})
+    report.update(
+        norm=norm, clean_accuracy=results[0].clean_accuracy,
+        robust_accuracy=results[0].robust_accuracy,
+        curve=[{"eps": r.eps, "robust_accuracy": r.robust_accuracy} for r in results],
+        per_attack=[{k: v for k, v in r.to_dict().items() if k != "robust"} for r in results],
+        flags=[],
+    )
+    return report
+
+
+def certify_job(model_src, data_src, eps: Sequence[float], norm: str = "inf", *,
+                method: str = "ibp", n: int | None = None, batch_size: int = 256,
+                progress: Progress | None = None) -> dict:
+    """Certified accuracy at each eps; keys ``clean_accuracy``, ``certified_accuracy`` (first eps),
+    ``curve``."""
+    eps, norm = check_eps(eps), parse_norm(norm)
+    model, data = prepare(model_src, data_src, n)
+    if progress:
+        progress(f"{method} bounds on {len(data)} examples at {len(eps)} eps")
+    results = [certify(model.module, data, LpBall(norm, e, data.lower, data.upper), method,
+                       batch_size=batch_size) for e in eps]
+    report = _base("certify", model, data, {"method": method, "norm": norm, "eps": eps})
+    report.update(
+        norm=norm, method=method, clean_accuracy=results[0].clean_accuracy,
+        certified_accuracy=results[0].certified_accuracy,
+        curve=[{"eps": r.eps, "certified_accuracy": r.certified_accuracy} for r in results],
+        per_method=[{k: v for k, v in r.to_dict().items() if k != "certified"} for r in results],
+    )
+    return report
+
+
+def demo_job(eps: Sequence[float] = DEMO_EPS, *, arch: str = "mlp",
+             progress: Progress | None = None) -> dict:
+    """The zoo model on digits: clean, PGD robust and IBP certified accuracy over ``eps``."""
+    if progress:
+        progress(f"training (or reusing) the zoo {arch} on digits")
+    model, data = prepare(f"zoo:{arch}", "digits")
+    if progress:
+        progress(f"PGD-50 attacks on {len(data)} test examples at {len(eps)} eps")
+    attacks = robustness_curve(model.module, data, eps, "inf", PGD(steps=50, restarts=2))
+    if progress:
+        progress("interval bound propagation")
+    certs = [certify(model.module, data, LpBall("inf", e)) for e in eps]
+    clean = float((predict(model.module, data.x) == data.y).float().mean())
+    report = _base("demo", model, data, {"attack": "pgd", "steps": 50, "restarts": 2,
+                                         "norm": "inf", "method": "ibp", "eps": list(eps)})
+    report.update(
+        norm="inf", clean_accuracy=clean,
+        curve=[{"eps": a.eps, "robust_accuracy": a.robust_accuracy,
+                "certified_accuracy": c.certified_accuracy} for a, c in zip(attacks, certs, strict=True)],
+        seconds={"attack": sum(a.seconds for a in attacks), "certify": sum(c.seconds for c in certs)},
+    )
+    return report
+
+
+def metrics_of(report: dict) -> dict:
+    """Flat metrics of a report for the run history."""
+    m = {"clean_accuracy": report.get("clean_accuracy")}
+    for p in report.get("curve", []):
+        for key in ("robust_accuracy", "certified_accuracy"):
+            if key in p:
+                m[f"{key}@{p['eps']:g}"] = p[key]
+    return m

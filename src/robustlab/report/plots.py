@@ -1,0 +1,40 @@
+"""Figures for the report, as base64 PNG strings that embed in one HTML file."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SERIES = (("robust_accuracy", "empirical (attack)", "#d62728", "o"),
+          ("certified_accuracy", "certified (bounds)", "#1f77b4", "s"))
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def accuracy_curve(curve: list[dict], clean_accuracy: float, norm: str) -> str:
+    """Accuracy against eps: clean, empirical (attack) and certified where present."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    eps = [p["eps"] for p in curve]
+    ax.axhline(clean_accuracy, color="#2ca02c", ls="--", lw=1.2, label="clean")
+    for key, label, color, marker in SERIES:
+        pts = [(p["eps"], p[key]) for p in curve if p.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=marker, color=color, label=label)
+    ax.set_xlabel(f"eps (L{'∞' if norm == 'inf' else norm})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    if eps:
+        ax.set_xlim(min(eps) - 0.01 * (max(eps) or 1), max(eps) * 1.03 + 1e-9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    return _png(fig)

@@ -1,0 +1,117 @@
+"""Run history in SQLite: every CLI run with its command, model hash, data, settings, metrics and
+report path. Default file ``~/.robustlab/runs.sqlite``; override with ``ROBUSTLAB_DB`` or ``--db``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from robustlab.errors import RobustlabError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created TEXT NOT NULL,
+    command TEXT NOT NULL,
+    model TEXT,
+    model_hash TEXT,
+    data TEXT,
+    settings TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    report TEXT
+)
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One recorded run."""
+
+    id: int
+    created: str
+    command: str
+    model: str | None
+    model_hash: str | None
+    data: str | None
+    settings: dict
+    metrics: dict
+    report: str | None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def default_path() -> Path:
+    """``$ROBUSTLAB_DB`` if set, else ``~/.robustlab/runs.sqlite``."""
+    env = os.environ.get("ROBUSTLAB_DB")
+    return Path(env) if env else Path.home() / ".robustlab" / "runs.sqlite"
+
+
+def _connect(path: Path | str | None) -> sqlite3.Connection:
+    path = Path(path) if path else default_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = sqlite3.connect(path, timeout=30)
+        con.execute(SCHEMA)
+    except sqlite3.DatabaseError as e:
+        raise RobustlabError(f"{path}: not a usable run-history database ({e})") from None
+    return con
+
+
+def record(command: str, *, model: str | None, model_hash: str | None, data: str | None,
+           settings: dict, metrics: dict, report: str | None, db: Path | str | None = None) -> int:
+    """Store a run and return its id."""
+    with _connect(db) as con:
+        cur = con.execute(
+            "INSERT INTO runs (created, command, model, model_hash, data, settings, metrics, report)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.strftime("%Y-%m-%d %H:%M:%S"), command, model, model_hash, data,
+             json.dumps(settings), json.dumps(metrics), report),
+        )
+        return int(cur.lastrowid)
+
+
+def _row(r: tuple) -> Run:
+    return Run(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7]), r[8])
+
+
+def list_runs(db: Path | str | None = None, limit: int = 50) -> list[Run]:
+    """The most recent runs, newest first."""
+    with _connect(db) as con:
+        rows = con.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    return [_row(r) for r in rows]
+
+
+def get_run(run_id: int, db: Path | str | None = None) -> Run:
+    """One run by id; an error naming the id when it does not exist."""
+    with _connect(db) as con:
+        r = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if r is None:
+        raise RobustlabError(f"no run with id {run_id} in {db or default_path()}")
+    return _row(r)
+
+
+def compare(run_ids: list[int], db: Path | str | None = None) -> tuple[list[str], list[list[str]]]:
+    """A side-by-side table: header (metric, run ids...) and one row per field or metric."""
+    runs = [get_run(i, db) for i in run_ids]
+    header = ["", *[f"run {r.id}" for r in runs]]
+    rows = [["command", *[r.command for r in runs]], ["model", *[str(r.model) for r in runs]],
+            ["data", *[str(r.data) for r in runs]], ["created", *[r.created for r in runs]]]
+    keys: list[str] = []
+    for r in runs:
+        keys += [k for k in r.metrics if k not in keys]
+    for k in keys:
+        rows.append([k, *[_fmt(r.metrics.get(k)) for r in runs]])
+    return header, rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)

@@ -1,0 +1,132 @@
+"""Threat models: the set of inputs an adversary may choose around a clean input.
+
+Projection and sampling live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from robustlab.errors import RobustlabError
+
+NORMS = ("inf", "2")
+
+
+def _check_range(lower: float, upper: float) -> None:
+    if not (math.isfinite(lower) and math.isfinite(upper)) or lower >= upper:
+        raise RobustlabError(f"data range must satisfy lower < upper (finite); found [{lower}, {upper}]")
+
+
+def parse_norm(norm: str | float | int) -> str:
+    """Normalise a norm name: 'inf', 'linf', float('inf') -> 'inf'; 2, 'l2' -> '2'."""
+    text = str(norm).lower().removeprefix("l")
+    if text in ("inf", "infinity"):
+        return "inf"
+    if text in ("2", "2.0"):
+        return "2"
+    raise RobustlabError(f"norm must be one of inf, 2; found {norm!r}")
+
+
+def _flat_norm(x: Tensor) -> Tensor:
+    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class LpBall:
+    """An Lp ball of radius ``eps`` around each clean input, intersected with the data range."""
+
+    norm: str
+    eps: float
+    lower: float = 0.0
+    upper: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", parse_norm(self.norm))
+        if not math.isfinite(self.eps) or self.eps < 0:
+            raise RobustlabError(f"eps must be a finite number >= 0; found {self.eps}")
+        _check_range(self.lower, self.upper)
+
+    def box(self, x0: Tensor) -> tuple[Tensor, Tensor]:
+        """The smallest axis-aligned box containing the region (what interval bounds start from)."""
+        return (x0 - self.eps).clamp(self.lower, self.upper), (x0 + self.eps).clamp(
+            self.lower, self.upper
+        )
+
+    def project(self, x0: Tensor, x: Tensor) -> Tensor:
+        """Map ``x`` into the region around ``x0``.
+
+        Linf: the exact Euclidean projection. L2: projection onto the ball, then clipping to the data
+        range; the result lies in both sets (clipping moves each coordinate towards ``x0``).
+        """
+        delta = x - x0
+        if self.norm == "inf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            n = _flat_norm(delta)
+            delta = delta * torch.where(n > self.eps, self.eps / n.clamp_min(1e-30), 1.0)
+        return (x0 + delta).clamp(self.lower, self.upper)
+
+    def sample(self, x0: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` points drawn uniformly from the ball around each x0 (shape n x x0.shape), clipped."""
+        shape = (n, *x0.shape)
+        if self.norm == "inf":
+            u = torch.rand(shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            delta = (2 * u - 1) * self.eps
+        else:
+            g = torch.randn(shape, generator=generator, dtype=x0.dtype, device=x0.device)
+            d = g[0].numel()
+            g = g.reshape(n, -1)
+            r = torch.rand(n, 1, generator=generator, dtype=x0.dtype, device=x0.device) ** (1 / d)
+            delta = (g / g.norm(dim=1, keepdim=True).clamp_min(1e-30) * r * self.eps).reshape(shape)
+        return (x0.unsqueeze(0) + delta).clamp(self.lower, self.upper)
+
+    def contains(self, x0: Tensor, x: Tensor, tol: float = 1e-6) -> Tensor:
+        """Per-sample boolean: ``x`` lies in the region around ``x0`` (with tolerance ``tol``)."""
+        delta = (x - x0).flatten(1)
+        dist = delta.abs().amax(1) if self.norm == "inf" else delta.norm(dim=1)
+        inside = (x.flatten(1) >= self.lower - tol).all(1) & (x.flatten(1) <= self.upper + tol).all(1)
+        return inside & (dist <= self.eps * (1 + tol) + tol)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A fixed axis-aligned box ``lower <= x <= upper`` (bounds broadcast against the input)."""
+
+    lower: Tensor | float
+    upper: Tensor | float
+
+    def __post_init__(self) -> None:
+        lo, hi = torch.as_tensor(self.lower), torch.as_tensor(self.upper)
+        if not torch.isfinite(lo).all() or not torch.isfinite(hi).all() or (lo > hi).any():
+            raise RobustlabError("box bounds must be finite with lower <= upper")
+
+    def box(self, x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The box itself, broadcast to ``x0``'s shape when ``x0`` is given."""
+        lo = torch.as_tensor(self.lower, dtype=torch.get_default_dtype())
+        hi = torch.as_tensor(self.upper, dtype=torch.get_default_dtype())
+        if x0 is not None:
+            lo, hi = lo.to(x0).expand_as(x0), hi.to(x0).expand_as(x0)
+        return lo, hi
+
+    def project(self, x0: Tensor | None, x: Tensor) -> Tensor:
+        """Clip ``x`` to the box (the exact Euclidean projection)."""
+        lo, hi = self.box(x)
+        return torch.maximum(torch.minimum(x, hi), lo)
+
+    def sample(self, x0: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` points drawn uniformly from the box (shape n x x0.shape)."""
+        lo, hi = self.box(x0)
+        u = torch.rand((n, *x0.shape), generator=generator, dtype=x0.dtype, device=x0.device)
+        return lo + u * (hi - lo)
+
+    def contains(self, x0: Tensor | None, x: Tensor, tol: float = 1e-6) -> Tensor:
+        """Per-sample boolean: ``x`` lies in the box."""
+        lo, hi = self.box(x)
+        return ((x >= lo - tol) & (x <= hi + tol)).flatten(1).all(1)
+
+
+ThreatModel = LpBall | Box
