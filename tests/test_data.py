@@ -27,22 +27,32 @@ def test_npz_roundtrip(tmp_path):
     assert d.x.shape == (5, 3) and d.y.tolist() == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("arrays,match", [
-    (dict(x=np.zeros((3, 2), np.float32)), "missing array 'y'"),
-    (dict(y=np.zeros(3, np.int64)), "missing array 'x'"),
-    (dict(x=np.zeros((3, 2), np.int64), y=np.zeros(3, np.int64)), "floating point"),
-    (dict(x=np.zeros((3, 2), np.float32), y=np.array([0.5, 1, 2])), "integer labels"),
-    (dict(x=np.full((3, 2), 2.0), y=np.zeros(3, np.int64)), "declared range"),
-    (dict(x=np.zeros((3, 2)), y=np.zeros(4, np.int64)), "shape"),
-])
+@pytest.mark.parametrize(
+    "arrays,match",
+    [
+        (dict(x=np.zeros((3, 2), np.float32)), "missing array 'y'"),
+        (dict(y=np.zeros(3, np.int64)), "missing array 'x'"),
+        (dict(x=np.zeros((3, 2), np.int64), y=np.zeros(3, np.int64)), "floating point"),
+        (dict(x=np.zeros((3, 2), np.float32), y=np.array([0.5, 1, 2])), "integer labels"),
+        (dict(x=np.full((3, 2), 2.0), y=np.zeros(3, np.int64)), "declared range"),
+        (dict(x=np.zeros((3, 2)), y=np.zeros(4, np.int64)), "shape"),
+    ],
+)
 def test_npz_errors(tmp_path, arrays, match):
     with pytest.raises(RobustlabError, match=match):
         load_data(_npz(tmp_path, **arrays))
 
 
 def test_npz_declared_range(tmp_path):
-    d = load_data(_npz(tmp_path, x=np.full((2, 2), 200.0), y=np.zeros(2, np.int64),
-                       lower=np.array(0.0), upper=np.array(255.0)))
+    d = load_data(
+        _npz(
+            tmp_path,
+            x=np.full((2, 2), 200.0),
+            y=np.zeros(2, np.int64),
+            lower=np.array(0.0),
+            upper=np.array(255.0),
+        )
+    )
     assert d.upper == 255.0
 
 

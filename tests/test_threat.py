@@ -47,9 +47,15 @@ def test_box_threat():
     assert torch.equal(box.project(None, torch.tensor([[2.0, -3.0]])), torch.tensor([[1.0, -1.0]]))
 
 
-@pytest.mark.parametrize("kwargs", [dict(norm="inf", eps=-0.1), dict(norm="3", eps=0.1),
-                                    dict(norm="inf", eps=float("nan")),
-                                    dict(norm="inf", eps=0.1, lower=1.0, upper=0.0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(norm="inf", eps=-0.1),
+        dict(norm="3", eps=0.1),
+        dict(norm="inf", eps=float("nan")),
+        dict(norm="inf", eps=0.1, lower=1.0, upper=0.0),
+    ],
+)
 def test_invalid_threat_models(kwargs):
     with pytest.raises(RobustlabError):
         LpBall(**kwargs)

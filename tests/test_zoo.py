@@ -7,7 +7,10 @@ from robustlab.attacks import predict
 def test_training_is_deterministic():
     a = zoo.train_digits("mlp", seed=3, epochs=2)
     b = zoo.train_digits("mlp", seed=3, epochs=2)
-    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_pretrained_mlp_accuracy_and_cache(mlp, digits):

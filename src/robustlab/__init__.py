@@ -10,7 +10,21 @@ from robustlab.model import LoadedModel, load_model  # noqa: E402
 from robustlab.threat import Box, LpBall  # noqa: E402
 
 __all__ = [
-    "PGD", "AttackResult", "Bounds", "Box", "CertifyResult", "Dataset", "LoadedModel", "LpBall",
-    "RobustlabError", "UnsupportedOperation", "__version__", "certify", "compute_bounds",
-    "load_data", "load_model", "robustness_curve", "run_attack",
+    "PGD",
+    "AttackResult",
+    "Bounds",
+    "Box",
+    "CertifyResult",
+    "Dataset",
+    "LoadedModel",
+    "LpBall",
+    "RobustlabError",
+    "UnsupportedOperation",
+    "__version__",
+    "certify",
+    "compute_bounds",
+    "load_data",
+    "load_model",
+    "robustness_curve",
+    "run_attack",
 ]

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import sys
-from pathlib import Path
-
-import os
 import traceback
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -20,14 +19,20 @@ from robustlab import jobs, store
 from robustlab.errors import RobustlabError
 from robustlab.report import write_report, write_report_dir
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Attack, certify, explain and harden neural networks.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Attack, certify, explain and harden neural networks.",
+)
 runs_app = typer.Typer(no_args_is_help=True, help="The run history (SQLite).")
 app.add_typer(runs_app, name="runs")
 out = Console()
 err = Console(stderr=True)
 
-DB = typer.Option(None, "--db", help="Run-history file (default $ROBUSTLAB_DB or ~/.robustlab/runs.sqlite).")
+DB = typer.Option(
+    None, "--db", help="Run-history file (default $ROBUSTLAB_DB or ~/.robustlab/runs.sqlite)."
+)
 
 
 def _eps_list(text: str) -> list[float]:
@@ -49,16 +54,22 @@ def _status(quiet: bool = False):
 
 def _record(report: dict, report_path: Path, db) -> int:
     return store.record(
-        shlex.join(["robustlab", *sys.argv[1:]]), model=report["model"]["name"],
-        model_hash=report["model"]["digest"], data=report["data"]["name"],
-        settings=report.get("settings", {}), metrics=jobs.metrics_of(report),
-        report=str(report_path.resolve()), db=db,
+        shlex.join(["robustlab", *sys.argv[1:]]),
+        model=report["model"]["name"],
+        model_hash=report["model"]["digest"],
+        data=report["data"]["name"],
+        settings=report.get("settings", {}),
+        metrics=jobs.metrics_of(report),
+        report=str(report_path.resolve()),
+        db=db,
     )
 
 
 def _curve_table(report: dict) -> Table:
-    table = Table(title=f"{report['model']['name']} on {report['data']['name']} "
-                        f"(clean accuracy {report['clean_accuracy']:.3f})")
+    table = Table(
+        title=f"{report['model']['name']} on {report['data']['name']} "
+        f"(clean accuracy {report['clean_accuracy']:.3f})"
+    )
     keys = [k for k in ("robust_accuracy", "certified_accuracy") if k in report["curve"][0]]
     table.add_column("eps", justify="right")
     for k in keys:
@@ -69,8 +80,10 @@ def _curve_table(report: dict) -> Table:
 
 
 @app.command()
-def demo(out_dir: Path = typer.Option(Path("robustlab-demo"), "--out", help="Output folder."),
-         db: Path | None = DB) -> None:
+def demo(
+    out_dir: Path = typer.Option(Path("robustlab-demo"), "--out", help="Output folder."),
+    db: Path | None = DB,
+) -> None:
     """Train (or reuse) the zoo MLP on digits; PGD and IBP over a few eps; write a report."""
     with _status() as say:
         report = jobs.demo_job(progress=say)
@@ -81,20 +94,33 @@ def demo(out_dir: Path = typer.Option(Path("robustlab-demo"), "--out", help="Out
 
 
 @app.command()
-def attack(model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:mlp."),
-           data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
-           eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
-           norm: str = typer.Option("inf", "--norm", help="inf or 2."),
-           steps: int = typer.Option(50, "--steps", min=1), restarts: int = typer.Option(1, min=1),
-           n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
-           batch_size: int = typer.Option(256, "--batch-size", min=1),
-           seed: int = typer.Option(0, "--seed"),
-           out_file: Path = typer.Option(Path("attack.json"), "--out", help="Result JSON."),
-           db: Path | None = DB) -> None:
+def attack(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:mlp."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
+    norm: str = typer.Option("inf", "--norm", help="inf or 2."),
+    steps: int = typer.Option(50, "--steps", min=1),
+    restarts: int = typer.Option(1, min=1),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("attack.json"), "--out", help="Result JSON."),
+    db: Path | None = DB,
+) -> None:
     """Robust accuracy under a PGD attack at one or more eps."""
     with _status() as say:
-        report = jobs.attack_job(model, data, _eps_list(eps), norm, steps=steps, restarts=restarts,
-                                 n=n, batch_size=batch_size, seed=seed, progress=say)
+        report = jobs.attack_job(
+            model,
+            data,
+            _eps_list(eps),
+            norm,
+            steps=steps,
+            restarts=restarts,
+            n=n,
+            batch_size=batch_size,
+            seed=seed,
+            progress=say,
+        )
     write_report(report, out_file, out_file.with_suffix(".html"))
     run_id = _record(report, out_file, db)
     out.print(_curve_table(report))
@@ -102,19 +128,29 @@ def attack(model: str = typer.Option(..., "--model", help="ONNX / TorchScript fi
 
 
 @app.command()
-def certify(model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:mlp."),
-            data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
-            eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
-            norm: str = typer.Option("inf", "--norm", help="inf or 2."),
-            method: str = typer.Option("ibp", "--method", help="Bound method: ibp."),
-            n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
-            batch_size: int = typer.Option(256, "--batch-size", min=1),
-            out_file: Path = typer.Option(Path("certify.json"), "--out", help="Result JSON."),
-            db: Path | None = DB) -> None:
+def certify(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:mlp."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
+    norm: str = typer.Option("inf", "--norm", help="inf or 2."),
+    method: str = typer.Option("ibp", "--method", help="Bound method: ibp."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    out_file: Path = typer.Option(Path("certify.json"), "--out", help="Result JSON."),
+    db: Path | None = DB,
+) -> None:
     """Certified accuracy from sound bounds at one or more eps."""
     with _status() as say:
-        report = jobs.certify_job(model, data, _eps_list(eps), norm, method=method, n=n,
-                                  batch_size=batch_size, progress=say)
+        report = jobs.certify_job(
+            model,
+            data,
+            _eps_list(eps),
+            norm,
+            method=method,
+            n=n,
+            batch_size=batch_size,
+            progress=say,
+        )
     write_report(report, out_file, out_file.with_suffix(".html"))
     run_id = _record(report, out_file, db)
     out.print(_curve_table(report))
@@ -127,8 +163,14 @@ def runs_list(limit: int = typer.Option(50, "--limit", min=1), db: Path | None =
     table = Table("id", "created", "command", "model", "data", "clean acc.")
     for r in store.list_runs(db, limit):
         clean = r.metrics.get("clean_accuracy")
-        table.add_row(str(r.id), r.created, r.command, str(r.model), str(r.data),
-                      "-" if clean is None else f"{clean:.3f}")
+        table.add_row(
+            str(r.id),
+            r.created,
+            r.command,
+            str(r.model),
+            str(r.data),
+            "-" if clean is None else f"{clean:.3f}",
+        )
     out.print(table)
 
 
@@ -139,8 +181,9 @@ def runs_show(run_id: int = typer.Argument(...), db: Path | None = DB) -> None:
 
 
 @runs_app.command("compare")
-def runs_compare(run_ids: list[int] = typer.Argument(..., help="Two or more run ids."),
-                 db: Path | None = DB) -> None:
+def runs_compare(
+    run_ids: list[int] = typer.Argument(..., help="Two or more run ids."), db: Path | None = DB
+) -> None:
     """Runs side by side: settings and metrics."""
     if len(run_ids) < 2:
         raise RobustlabError(f"runs compare expects at least two run ids; found {len(run_ids)}")
@@ -165,7 +208,9 @@ def main() -> None:
             _fail(f"error: {message}" if message else "", 2)
         if os.environ.get("ROBUSTLAB_DEBUG"):
             traceback.print_exc()
-        _fail(f"internal error ({type(e).__name__}: {e}); rerun with ROBUSTLAB_DEBUG=1 for details", 1)
+        _fail(
+            f"internal error ({type(e).__name__}: {e}); rerun with ROBUSTLAB_DEBUG=1 for details", 1
+        )
     sys.exit(code if isinstance(code, int) else 0)
 
 

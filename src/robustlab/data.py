@@ -83,8 +83,10 @@ def _validate(name: str, x: np.ndarray, y: np.ndarray, lower: float, upper: floa
         raise RobustlabError(f"{name}: array 'x' must be floating point; found dtype {x.dtype}")
     if x.ndim < 2:
         raise RobustlabError(f"{name}: array 'x' must have shape (N, ...); found shape {x.shape}")
-    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
-                                                  and np.all(np.mod(y, 1) == 0))):
+    if not (
+        np.issubdtype(y.dtype, np.integer)
+        or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))
+    ):
         raise RobustlabError(f"{name}: array 'y' must hold integer labels; found dtype {y.dtype}")
     if y.shape != (x.shape[0],):
         raise RobustlabError(
@@ -102,8 +104,13 @@ def _validate(name: str, x: np.ndarray, y: np.ndarray, lower: float, upper: floa
         )
     if (y < 0).any():
         raise RobustlabError(f"{name}: labels must be >= 0; found {int(y.min())}")
-    return Dataset(name, torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)),
-                   float(lower), float(upper))
+    return Dataset(
+        name,
+        torch.from_numpy(x.astype(np.float32)),
+        torch.from_numpy(y.astype(np.int64)),
+        float(lower),
+        float(upper),
+    )
 
 
 def load_npz(path: Path, lower: float | None = None, upper: float | None = None) -> Dataset:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
@@ -30,8 +29,13 @@ def versions() -> dict:
 
     from robustlab import __version__
 
-    return {"robustlab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "onnx": onnx.__version__, "python": platform.python_version()}
+    return {
+        "robustlab": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def check_eps(eps: Sequence[float]) -> list[float]:
@@ -58,7 +62,9 @@ def prepare(model_src, data_src, n: int | None = None) -> tuple[LoadedModel, Dat
             f"model failed on data '{data.name}' of shape {tuple(data.x.shape[1:])} ({first})"
         ) from None
     if out.dim() != 2:
-        raise RobustlabError(f"expected the model to output (batch, classes); found {tuple(out.shape)}")
+        raise RobustlabError(
+            f"expected the model to output (batch, classes); found {tuple(out.shape)}"
+        )
     if data.num_classes > out.shape[1]:
         raise RobustlabError(
             f"data '{data.name}' has labels up to {data.num_classes - 1} but the model has "
@@ -68,15 +74,34 @@ def prepare(model_src, data_src, n: int | None = None) -> tuple[LoadedModel, Dat
 
 
 def _base(kind: str, model: LoadedModel, data: Dataset, settings: dict) -> dict:
-    return {"kind": kind, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "model": model.to_dict(),
-            "data": {"name": data.name, "n": len(data), "shape": list(data.x.shape[1:]),
-                     "range": [data.lower, data.upper]},
-            "settings": settings, "versions": versions()}
+    return {
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "model": model.to_dict(),
+        "data": {
+            "name": data.name,
+            "n": len(data),
+            "shape": list(data.x.shape[1:]),
+            "range": [data.lower, data.upper],
+        },
+        "settings": settings,
+        "versions": versions(),
+    }
 
 
-def attack_job(model_src, data_src, eps: Sequence[float], norm: str = "inf", *, steps: int = 50,
-               restarts: int = 1, n: int | None = None, batch_size: int = 256, seed: int = 0,
-               progress: Progress | None = None) -> dict:
+def attack_job(
+    model_src,
+    data_src,
+    eps: Sequence[float],
+    norm: str = "inf",
+    *,
+    steps: int = 50,
+    restarts: int = 1,
+    n: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict:
     """PGD robust accuracy at each eps; keys ``clean_accuracy``, ``robust_accuracy`` (first eps),
     ``curve``, ``per_attack``, ``flags``."""
     eps, norm = check_eps(eps), parse_norm(norm)
@@ -85,10 +110,22 @@ def attack_job(model_src, data_src, eps: Sequence[float], norm: str = "inf", *, 
     if progress:
         progress(f"PGD-{steps} x{restarts} on {len(data)} examples at {len(eps)} eps")
     results = robustness_curve(model.module, data, eps, norm, attack, batch_size=batch_size)
-    report = _base("attack", model, data, {"attack": "pgd", "steps": steps, "restarts": restarts,
-                                           "norm": norm, "eps": eps, "seed": seed})
+    report = _base(
+        "attack",
+        model,
+        data,
+        {
+            "attack": "pgd",
+            "steps": steps,
+            "restarts": restarts,
+            "norm": norm,
+            "eps": eps,
+            "seed": seed,
+        },
+    )
     report.update(
-        norm=norm, clean_accuracy=results[0].clean_accuracy,
+        norm=norm,
+        clean_accuracy=results[0].clean_accuracy,
         robust_accuracy=results[0].robust_accuracy,
         curve=[{"eps": r.eps, "robust_accuracy": r.robust_accuracy} for r in results],
         per_attack=[{k: v for k, v in r.to_dict().items() if k != "robust"} for r in results],
@@ -97,20 +134,38 @@ def attack_job(model_src, data_src, eps: Sequence[float], norm: str = "inf", *, 
     return report
 
 
-def certify_job(model_src, data_src, eps: Sequence[float], norm: str = "inf", *,
-                method: str = "ibp", n: int | None = None, batch_size: int = 256,
-                progress: Progress | None = None) -> dict:
+def certify_job(
+    model_src,
+    data_src,
+    eps: Sequence[float],
+    norm: str = "inf",
+    *,
+    method: str = "ibp",
+    n: int | None = None,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> dict:
     """Certified accuracy at each eps; keys ``clean_accuracy``, ``certified_accuracy`` (first eps),
     ``curve``."""
     eps, norm = check_eps(eps), parse_norm(norm)
     model, data = prepare(model_src, data_src, n)
     if progress:
         progress(f"{method} bounds on {len(data)} examples at {len(eps)} eps")
-    results = [certify(model.module, data, LpBall(norm, e, data.lower, data.upper), method,
-                       batch_size=batch_size) for e in eps]
+    results = [
+        certify(
+            model.module,
+            data,
+            LpBall(norm, e, data.lower, data.upper),
+            method,
+            batch_size=batch_size,
+        )
+        for e in eps
+    ]
     report = _base("certify", model, data, {"method": method, "norm": norm, "eps": eps})
     report.update(
-        norm=norm, method=method, clean_accuracy=results[0].clean_accuracy,
+        norm=norm,
+        method=method,
+        clean_accuracy=results[0].clean_accuracy,
         certified_accuracy=results[0].certified_accuracy,
         curve=[{"eps": r.eps, "certified_accuracy": r.certified_accuracy} for r in results],
         per_method=[{k: v for k, v in r.to_dict().items() if k != "certified"} for r in results],
@@ -118,8 +173,9 @@ def certify_job(model_src, data_src, eps: Sequence[float], norm: str = "inf", *,
     return report
 
 
-def demo_job(eps: Sequence[float] = DEMO_EPS, *, arch: str = "mlp",
-             progress: Progress | None = None) -> dict:
+def demo_job(
+    eps: Sequence[float] = DEMO_EPS, *, arch: str = "mlp", progress: Progress | None = None
+) -> dict:
     """The zoo model on digits: clean, PGD robust and IBP certified accuracy over ``eps``."""
     if progress:
         progress(f"training (or reusing) the zoo {arch} on digits")
@@ -131,13 +187,34 @@ def demo_job(eps: Sequence[float] = DEMO_EPS, *, arch: str = "mlp",
         progress("interval bound propagation")
     certs = [certify(model.module, data, LpBall("inf", e)) for e in eps]
     clean = float((predict(model.module, data.x) == data.y).float().mean())
-    report = _base("demo", model, data, {"attack": "pgd", "steps": 50, "restarts": 2,
-                                         "norm": "inf", "method": "ibp", "eps": list(eps)})
+    report = _base(
+        "demo",
+        model,
+        data,
+        {
+            "attack": "pgd",
+            "steps": 50,
+            "restarts": 2,
+            "norm": "inf",
+            "method": "ibp",
+            "eps": list(eps),
+        },
+    )
     report.update(
-        norm="inf", clean_accuracy=clean,
-        curve=[{"eps": a.eps, "robust_accuracy": a.robust_accuracy,
-                "certified_accuracy": c.certified_accuracy} for a, c in zip(attacks, certs, strict=True)],
-        seconds={"attack": sum(a.seconds for a in attacks), "certify": sum(c.seconds for c in certs)},
+        norm="inf",
+        clean_accuracy=clean,
+        curve=[
+            {
+                "eps": a.eps,
+                "robust_accuracy": a.robust_accuracy,
+                "certified_accuracy": c.certified_accuracy,
+            }
+            for a, c in zip(attacks, certs, strict=True)
+        ],
+        seconds={
+            "attack": sum(a.seconds for a in attacks),
+            "certify": sum(c.seconds for c in certs),
+        },
     )
     return report
 

@@ -33,9 +33,13 @@ class LoadedModel:
     onnx_max_abs_error: float | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "digest": self.digest,
-                "input_shape": list(self.input_shape) if self.input_shape else None,
-                "onnx_max_abs_error": self.onnx_max_abs_error}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "digest": self.digest,
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "onnx_max_abs_error": self.onnx_max_abs_error,
+        }
 
 
 def module_digest(module: nn.Module) -> str:
@@ -75,8 +79,14 @@ def _load_onnx(path: Path, data: bytes) -> LoadedModel:
         raise RobustlabError(
             f"{path}: converted model disagrees with onnxruntime (max abs error {err:.3g})"
         )
-    return LoadedModel(module.eval(), tuple(input_shape), path.name,
-                       hashlib.sha256(data).hexdigest(), "onnx", float(err))
+    return LoadedModel(
+        module.eval(),
+        tuple(input_shape),
+        path.name,
+        hashlib.sha256(data).hexdigest(),
+        "onnx",
+        float(err),
+    )
 
 
 def _load_pt(path: Path, data: bytes, arch: str | None, input_shape) -> LoadedModel:
@@ -99,16 +109,24 @@ def _load_pt(path: Path, data: bytes, arch: str | None, input_shape) -> LoadedMo
     except Exception as e:
         first = str(e).strip().splitlines()[0]
         raise RobustlabError(f"{path}: cannot load as a '{arch}' state dict ({first})") from None
-    return LoadedModel(module.eval(), input_shape or zoo.INPUT_SHAPE, path.name, digest, "state_dict")
+    return LoadedModel(
+        module.eval(), input_shape or zoo.INPUT_SHAPE, path.name, digest, "state_dict"
+    )
 
 
-def load_model(source: str | Path | nn.Module, *, arch: str | None = None,
-               input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+def load_model(
+    source: str | Path | nn.Module,
+    *,
+    arch: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> LoadedModel:
     """Load ``source``: an ``nn.Module``, ``zoo:mlp`` / ``zoo:cnn``, an ``.onnx`` file, or a ``.pt``
     file (TorchScript, or with ``arch`` a state dict loaded with ``weights_only=True``)."""
     if isinstance(source, nn.Module):
         shape = input_shape or _guess_input_shape(source)
-        return LoadedModel(source.eval(), shape, type(source).__name__, module_digest(source), "module")
+        return LoadedModel(
+            source.eval(), shape, type(source).__name__, module_digest(source), "module"
+        )
     text = str(source)
     if text.startswith("zoo:"):
         module = zoo.pretrained(text[4:])

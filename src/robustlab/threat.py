@@ -18,7 +18,9 @@ NORMS = ("inf", "2")
 
 def _check_range(lower: float, upper: float) -> None:
     if not (math.isfinite(lower) and math.isfinite(upper)) or lower >= upper:
-        raise RobustlabError(f"data range must satisfy lower < upper (finite); found [{lower}, {upper}]")
+        raise RobustlabError(
+            f"data range must satisfy lower < upper (finite); found [{lower}, {upper}]"
+        )
 
 
 def parse_norm(norm: str | float | int) -> str:
@@ -88,7 +90,9 @@ class LpBall:
         """Per-sample boolean: ``x`` lies in the region around ``x0`` (with tolerance ``tol``)."""
         delta = (x - x0).flatten(1)
         dist = delta.abs().amax(1) if self.norm == "inf" else delta.norm(dim=1)
-        inside = (x.flatten(1) >= self.lower - tol).all(1) & (x.flatten(1) <= self.upper + tol).all(1)
+        inside = (x.flatten(1) >= self.lower - tol).all(1) & (x.flatten(1) <= self.upper + tol).all(
+            1
+        )
         return inside & (dist <= self.eps * (1 + tol) + tol)
 
 

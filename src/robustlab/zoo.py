@@ -19,7 +19,11 @@ INPUT_SHAPE = (1, 8, 8)
 def mlp(num_classes: int = 10) -> nn.Sequential:
     """A 64-128-64-10 ReLU perceptron for (1, 8, 8) inputs."""
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 128),
+        nn.ReLU(),
+        nn.Linear(128, 64),
+        nn.ReLU(),
         nn.Linear(64, num_classes),
     )
 
@@ -27,8 +31,14 @@ def mlp(num_classes: int = 10) -> nn.Sequential:
 def cnn(num_classes: int = 10) -> nn.Sequential:
     """A two-convolution ReLU network for (1, 8, 8) inputs."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, num_classes),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 4 * 4, 64),
+        nn.ReLU(),
+        nn.Linear(64, num_classes),
     )
 
 
@@ -38,12 +48,15 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"mlp": mlp, "cnn": cnn}
 def build(arch: str) -> nn.Module:
     """An untrained zoo architecture by name."""
     if arch not in ARCHITECTURES:
-        raise RobustlabError(f"unknown zoo architecture '{arch}'; known: {', '.join(ARCHITECTURES)}")
+        raise RobustlabError(
+            f"unknown zoo architecture '{arch}'; known: {', '.join(ARCHITECTURES)}"
+        )
     return ARCHITECTURES[arch]()
 
 
-def train_digits(arch: str = "mlp", *, seed: int = 0, epochs: int = 60, lr: float = 3e-3,
-                 batch_size: int = 64) -> nn.Module:
+def train_digits(
+    arch: str = "mlp", *, seed: int = 0, epochs: int = 60, lr: float = 3e-3, batch_size: int = 64
+) -> nn.Module:
     """Train a zoo architecture on the digits training split (Adam, cross-entropy); deterministic."""
     data = load_digits_split(train=True)
     gen = torch.Generator().manual_seed(seed)

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks import PGD, run_attack
-from robustlab.bounds import compute_bounds, certify, ibp, margin_spec
+from robustlab.bounds import certify, compute_bounds, ibp, margin_spec
 from robustlab.errors import UnsupportedOperation
 from robustlab.threat import Box, LpBall
 
@@ -30,12 +30,18 @@ def test_relu_and_conv_by_hand():
 def _random_net(kind: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(seed)
     if kind == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(),
-                             nn.Linear(8, 4)), (6,)
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4)
+        ), (6,)
     if kind == "cnn":
-        return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
-                             nn.Conv2d(4, 4, 3, stride=2, groups=2), nn.ReLU(), nn.Flatten(),
-                             nn.Linear(16, 3)), (2, 5, 5)
+        return nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, stride=2, groups=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16, 3),
+        ), (2, 5, 5)
 
     class Residual(nn.Module):
         def __init__(self):
@@ -70,7 +76,8 @@ def test_ibp_contains_sampled_and_attacked_outputs(kind, seed):
     for j in range(k):  # PGD pushing each output up and down
         for sign in (1.0, -1.0):
             adv = PGD(steps=20, loss=lambda z, y, j=j, s=sign: s * z[:, j])(
-                net, x0, torch.zeros(2, dtype=torch.long), threat)
+                net, x0, torch.zeros(2, dtype=torch.long), threat
+            )
             v = net(adv)[:, j].detach()
             assert (v >= b.lower[:, j] - 1e-5).all() and (v <= b.upper[:, j] + 1e-5).all()
 

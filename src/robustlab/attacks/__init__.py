@@ -4,5 +4,14 @@ from robustlab.attacks.base import REGISTRY, Attack, get_attack, get_loss, predi
 from robustlab.attacks.evaluate import AttackResult, robustness_curve, run_attack
 from robustlab.attacks.pgd import PGD
 
-__all__ = ["REGISTRY", "Attack", "AttackResult", "PGD", "get_attack", "get_loss", "predict",
-           "robustness_curve", "run_attack"]
+__all__ = [
+    "REGISTRY",
+    "Attack",
+    "AttackResult",
+    "PGD",
+    "get_attack",
+    "get_loss",
+    "predict",
+    "robustness_curve",
+    "run_attack",
+]

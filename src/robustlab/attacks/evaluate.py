@@ -36,12 +36,23 @@ class AttackResult:
 
 
 def _attack_batches(model, attack, x, y, threat, batch_size) -> Tensor:
-    return torch.cat([attack(model, x[i : i + batch_size], y[i : i + batch_size], threat)
-                      for i in range(0, len(x), batch_size)])
+    return torch.cat(
+        [
+            attack(model, x[i : i + batch_size], y[i : i + batch_size], threat)
+            for i in range(0, len(x), batch_size)
+        ]
+    )
 
 
-def run_attack(model: nn.Module, data: Dataset, threat: ThreatModel, attack: Attack, *,
-               batch_size: int = 256, robust_before: Tensor | None = None) -> AttackResult:
+def run_attack(
+    model: nn.Module,
+    data: Dataset,
+    threat: ThreatModel,
+    attack: Attack,
+    *,
+    batch_size: int = 256,
+    robust_before: Tensor | None = None,
+) -> AttackResult:
     """Attack the examples still robust (clean-correct, and in ``robust_before`` when given).
 
     Every adversarial example is checked to lie in the threat model and re-evaluated by a plain
@@ -70,16 +81,29 @@ def run_attack(model: nn.Module, data: Dataset, threat: ThreatModel, attack: Att
     n = len(data)
     return AttackResult(
         attack=getattr(attack, "name", type(attack).__name__),
-        norm=getattr(threat, "norm", "box"), eps=float(getattr(threat, "eps", float("nan"))),
-        n=n, clean_accuracy=float(correct.float().mean()), robust_accuracy=float(robust.float().mean()),
-        n_attacked=len(idx), n_broken=int(len(idx) - robust[idx].sum()) if len(idx) else 0,
-        n_forward=counted.n_forward, n_backward=counted.n_backward,
-        seconds=time.perf_counter() - start, robust=robust.tolist(),
+        norm=getattr(threat, "norm", "box"),
+        eps=float(getattr(threat, "eps", float("nan"))),
+        n=n,
+        clean_accuracy=float(correct.float().mean()),
+        robust_accuracy=float(robust.float().mean()),
+        n_attacked=len(idx),
+        n_broken=int(len(idx) - robust[idx].sum()) if len(idx) else 0,
+        n_forward=counted.n_forward,
+        n_backward=counted.n_backward,
+        seconds=time.perf_counter() - start,
+        robust=robust.tolist(),
     )
 
 
-def robustness_curve(model: nn.Module, data: Dataset, eps: Sequence[float], norm: str,
-                     attack: Attack, *, batch_size: int = 256) -> list[AttackResult]:
+def robustness_curve(
+    model: nn.Module,
+    data: Dataset,
+    eps: Sequence[float],
+    norm: str,
+    attack: Attack,
+    *,
+    batch_size: int = 256,
+) -> list[AttackResult]:
     """Robust accuracy at each eps (in ascending order), reusing work: an example broken at some eps
     counts as broken at every larger eps and is not attacked again."""
     results: dict[float, AttackResult] = {}

@@ -48,8 +48,14 @@ def get_method(method: str):
     return METHODS[method]
 
 
-def certify(model: nn.Module, data: Dataset, threat: ThreatModel, method: str = "ibp", *,
-            batch_size: int = 256) -> CertifyResult:
+def certify(
+    model: nn.Module,
+    data: Dataset,
+    threat: ThreatModel,
+    method: str = "ibp",
+    *,
+    batch_size: int = 256,
+) -> CertifyResult:
     """Certified accuracy of ``model`` on ``data`` under ``threat`` with a bound ``method``."""
     bound = get_method(method)
     start = time.perf_counter()
@@ -57,8 +63,9 @@ def certify(model: nn.Module, data: Dataset, threat: ThreatModel, method: str = 
     model.eval()
     try:
         with torch.no_grad():
-            logits = torch.cat([model(data.x[i : i + batch_size])
-                                for i in range(0, len(data), batch_size)])
+            logits = torch.cat(
+                [model(data.x[i : i + batch_size]) for i in range(0, len(data), batch_size)]
+            )
             k = logits.shape[1]
             correct = logits.argmax(1) == data.y
             cert = []
@@ -71,8 +78,12 @@ def certify(model: nn.Module, data: Dataset, threat: ThreatModel, method: str = 
     finally:
         model.train(was_training)
     return CertifyResult(
-        method=method, norm=getattr(threat, "norm", "box"), eps=float(getattr(threat, "eps", 0.0)),
-        n=len(data), clean_accuracy=float(correct.float().mean()),
-        certified_accuracy=float(certified.float().mean()), seconds=time.perf_counter() - start,
+        method=method,
+        norm=getattr(threat, "norm", "box"),
+        eps=float(getattr(threat, "eps", 0.0)),
+        n=len(data),
+        clean_accuracy=float(correct.float().mean()),
+        certified_accuracy=float(certified.float().mean()),
+        seconds=time.perf_counter() - start,
         certified=certified.tolist(),
     )

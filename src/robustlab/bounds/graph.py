@@ -37,18 +37,47 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 # Names for functions and methods, so rules are keyed by readable strings.
 FUNCTIONS = {
-    torch.relu: "relu", nn.functional.relu: "relu", torch.flatten: "flatten",
-    torch.reshape: "reshape", operator.add: "add", torch.add: "add", operator.sub: "sub",
-    torch.sub: "sub", operator.mul: "mul", torch.mul: "mul", operator.truediv: "div",
-    torch.div: "div", operator.getitem: "getitem", nn.functional.pad: "pad",
-    operator.neg: "neg", torch.neg: "neg", nn.functional.linear: "linear",
+    torch.relu: "relu",
+    nn.functional.relu: "relu",
+    torch.flatten: "flatten",
+    torch.reshape: "reshape",
+    operator.add: "add",
+    torch.add: "add",
+    operator.sub: "sub",
+    torch.sub: "sub",
+    operator.mul: "mul",
+    torch.mul: "mul",
+    operator.truediv: "div",
+    torch.div: "div",
+    operator.getitem: "getitem",
+    nn.functional.pad: "pad",
+    operator.neg: "neg",
+    torch.neg: "neg",
+    nn.functional.linear: "linear",
 }
-METHODS = {"relu": "relu", "flatten": "flatten", "view": "reshape", "reshape": "reshape",
-           "size": "size", "add": "add", "sub": "sub", "mul": "mul", "div": "div", "neg": "neg"}
+METHODS = {
+    "relu": "relu",
+    "flatten": "flatten",
+    "view": "reshape",
+    "reshape": "reshape",
+    "size": "size",
+    "add": "add",
+    "sub": "sub",
+    "mul": "mul",
+    "div": "div",
+    "neg": "neg",
+}
 MODULES = {
-    nn.Linear: "linear", nn.Conv1d: "conv", nn.Conv2d: "conv", nn.ReLU: "relu",
-    nn.Flatten: "flatten", nn.Identity: "identity", nn.Dropout: "identity",
-    nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.AvgPool2d: "avgpool",
+    nn.Linear: "linear",
+    nn.Conv1d: "conv",
+    nn.Conv2d: "conv",
+    nn.ReLU: "relu",
+    nn.Flatten: "flatten",
+    nn.Identity: "identity",
+    nn.Dropout: "identity",
+    nn.BatchNorm1d: "batchnorm",
+    nn.BatchNorm2d: "batchnorm",
+    nn.AvgPool2d: "avgpool",
 }
 
 

@@ -17,7 +17,9 @@ from robustlab.errors import UnsupportedOperation
 Value = Bounds | Tensor | int | float | tuple
 
 
-def _affine(b: Bounds, fn: Callable[[Tensor], Tensor], fn_abs: Callable[[Tensor], Tensor]) -> Bounds:
+def _affine(
+    b: Bounds, fn: Callable[[Tensor], Tensor], fn_abs: Callable[[Tensor], Tensor]
+) -> Bounds:
     """Bounds of an affine map ``fn`` (linear part ``fn_abs`` applied to the radius)."""
     mid, rad = (b.upper + b.lower) / 2, (b.upper - b.lower) / 2
     c, r = fn(mid), fn_abs(rad)
@@ -33,8 +35,9 @@ def _linear_fn(b: Bounds, weight: Tensor, bias: Tensor | None = None) -> Bounds:
         raise UnsupportedOperation("linear with a variable weight")
     w = weight.double()
     bias = bias.double() if bias is not None else None
-    return _affine(b, lambda x: nn.functional.linear(x, w, bias),
-                   lambda r: nn.functional.linear(r, w.abs()))
+    return _affine(
+        b, lambda x: nn.functional.linear(x, w, bias), lambda r: nn.functional.linear(r, w.abs())
+    )
 
 
 def _conv(m: nn.Conv2d | nn.Conv1d, b: Bounds) -> Bounds:
@@ -57,8 +60,16 @@ def _batchnorm(m: nn.modules.batchnorm._BatchNorm, b: Bounds) -> Bounds:
 
 def _avgpool(m: nn.AvgPool2d, b: Bounds) -> Bounds:
     def f(x):
-        return nn.functional.avg_pool2d(x, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                                        m.count_include_pad, m.divisor_override)
+        return nn.functional.avg_pool2d(
+            x,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.ceil_mode,
+            m.count_include_pad,
+            m.divisor_override,
+        )
+
     return Bounds(f(b.lower), f(b.upper))
 
 
@@ -117,18 +128,33 @@ def _getitem(a: Value, idx) -> Value:
 
 
 MODULE_RULES: dict[str, Callable] = {
-    "linear": _linear, "conv": _conv, "batchnorm": _batchnorm, "avgpool": _avgpool,
+    "linear": _linear,
+    "conv": _conv,
+    "batchnorm": _batchnorm,
+    "avgpool": _avgpool,
     "relu": lambda m, b: Bounds(b.lower.clamp_min(0), b.upper.clamp_min(0)),
     "flatten": lambda m, b: _shape_op(torch.flatten)(b, m.start_dim, m.end_dim),
     "identity": lambda m, b: b,
 }
 FUNCTION_RULES: dict[str, Callable] = {
-    "relu": _monotone(torch.relu), "flatten": _shape_op(torch.flatten),
-    "reshape": lambda b, *s: _shape_op(torch.reshape)(b, s[0] if len(s) == 1 else s)
-    if isinstance(b, Bounds) else b.reshape(*s),
-    "linear": _linear_fn, "add": _add, "sub": lambda a, c: _add(a, c, -1.0), "mul": _mul, "div": _div, "neg": _neg,
-    "size": _size, "getitem": _getitem,
-    "pad": lambda b, pad, mode="constant", value=0.0: _shape_op(nn.functional.pad)(b, pad, mode, value),
+    "relu": _monotone(torch.relu),
+    "flatten": _shape_op(torch.flatten),
+    "reshape": lambda b, *s: (
+        _shape_op(torch.reshape)(b, s[0] if len(s) == 1 else s)
+        if isinstance(b, Bounds)
+        else b.reshape(*s)
+    ),
+    "linear": _linear_fn,
+    "add": _add,
+    "sub": lambda a, c: _add(a, c, -1.0),
+    "mul": _mul,
+    "div": _div,
+    "neg": _neg,
+    "size": _size,
+    "getitem": _getitem,
+    "pad": lambda b, pad, mode="constant", value=0.0: _shape_op(nn.functional.pad)(
+        b, pad, mode, value
+    ),
 }
 SUPPORTED = sorted(set(MODULE_RULES) | set(FUNCTION_RULES))
 
@@ -143,8 +169,12 @@ def _get_attr(gm: nn.Module, target: str) -> Tensor:
 def _outward(b: Bounds, dtype: torch.dtype) -> Bounds:
     lo, hi = b.lower.to(dtype), b.upper.to(dtype)
     if dtype != torch.float64:
-        lo = torch.where(lo.double() > b.lower, torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo)
-        hi = torch.where(hi.double() < b.upper, torch.nextafter(hi, torch.full_like(hi, torch.inf)), hi)
+        lo = torch.where(
+            lo.double() > b.lower, torch.nextafter(lo, torch.full_like(lo, -torch.inf)), lo
+        )
+        hi = torch.where(
+            hi.double() < b.upper, torch.nextafter(hi, torch.full_like(hi, torch.inf)), hi
+        )
     return Bounds(lo, hi)
 
 
@@ -153,8 +183,11 @@ def _apply_spec(b: Bounds, C: Tensor) -> Bounds:
     C = C.double()
     mid, rad = (b.upper + b.lower) / 2, (b.upper - b.lower) / 2
     c = torch.einsum("...mk,bk->bm", C, mid) if C.dim() == 2 else torch.einsum("bmk,bk->bm", C, mid)
-    r = torch.einsum("...mk,bk->bm", C.abs(), rad) if C.dim() == 2 else torch.einsum(
-        "bmk,bk->bm", C.abs(), rad)
+    r = (
+        torch.einsum("...mk,bk->bm", C.abs(), rad)
+        if C.dim() == 2
+        else torch.einsum("bmk,bk->bm", C.abs(), rad)
+    )
     return Bounds(c - r, c + r)
 
 

@@ -23,7 +23,11 @@ def render_html(report: dict) -> str:
         autoescape=jinja2.select_autoescape(["html", "j2"]),
     )
     curve = report.get("curve") or []
-    figure = accuracy_curve(curve, report["clean_accuracy"], report.get("norm", "inf")) if curve else None
+    figure = (
+        accuracy_curve(curve, report["clean_accuracy"], report.get("norm", "inf"))
+        if curve
+        else None
+    )
     nonzero = [p for p in curve if p["eps"] > 0]
     headline = dict(nonzero[0]) if nonzero else None
     if headline:
@@ -31,7 +35,10 @@ def render_html(report: dict) -> str:
         headline.setdefault("certified_accuracy", None)
     curve = [{"robust_accuracy": None, "certified_accuracy": None, **p} for p in curve]
     return env.get_template("report.html.j2").render(
-        r={**report, "curve": curve}, pct=_pct, figure=figure, headline=headline,
+        r={**report, "curve": curve},
+        pct=_pct,
+        figure=figure,
+        headline=headline,
         settings=json.dumps(report.get("settings", {}), indent=2),
         model=json.dumps(report.get("model", {}), indent=2),
     )

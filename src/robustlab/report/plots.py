@@ -10,8 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SERIES = (("robust_accuracy", "empirical (attack)", "#d62728", "o"),
-          ("certified_accuracy", "certified (bounds)", "#1f77b4", "s"))
+SERIES = (
+    ("robust_accuracy", "empirical (attack)", "#d62728", "o"),
+    ("certified_accuracy", "certified (bounds)", "#1f77b4", "s"),
+)
 
 
 def _png(fig) -> str:
@@ -36,5 +38,5 @@ def accuracy_curve(curve: list[dict], clean_accuracy: float, norm: str) -> str:
     if eps:
         ax.set_xlim(min(eps) - 0.01 * (max(eps) or 1), max(eps) * 1.03 + 1e-9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return _png(fig)

@@ -62,15 +62,32 @@ def _connect(path: Path | str | None) -> sqlite3.Connection:
     return con
 
 
-def record(command: str, *, model: str | None, model_hash: str | None, data: str | None,
-           settings: dict, metrics: dict, report: str | None, db: Path | str | None = None) -> int:
+def record(
+    command: str,
+    *,
+    model: str | None,
+    model_hash: str | None,
+    data: str | None,
+    settings: dict,
+    metrics: dict,
+    report: str | None,
+    db: Path | str | None = None,
+) -> int:
     """Store a run and return its id."""
     with _connect(db) as con:
         cur = con.execute(
             "INSERT INTO runs (created, command, model, model_hash, data, settings, metrics, report)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.strftime("%Y-%m-%d %H:%M:%S"), command, model, model_hash, data,
-             json.dumps(settings), json.dumps(metrics), report),
+            (
+                time.strftime("%Y-%m-%d %H:%M:%S"),
+                command,
+                model,
+                model_hash,
+                data,
+                json.dumps(settings),
+                json.dumps(metrics),
+                report,
+            ),
         )
         return int(cur.lastrowid)
 
@@ -99,8 +116,12 @@ def compare(run_ids: list[int], db: Path | str | None = None) -> tuple[list[str]
     """A side-by-side table: header (metric, run ids...) and one row per field or metric."""
     runs = [get_run(i, db) for i in run_ids]
     header = ["", *[f"run {r.id}" for r in runs]]
-    rows = [["command", *[r.command for r in runs]], ["model", *[str(r.model) for r in runs]],
-            ["data", *[str(r.data) for r in runs]], ["created", *[r.created for r in runs]]]
+    rows = [
+        ["command", *[r.command for r in runs]],
+        ["model", *[str(r.model) for r in runs]],
+        ["data", *[str(r.data) for r in runs]],
+        ["created", *[r.created for r in runs]],
+    ]
     keys: list[str] = []
     for r in runs:
         keys += [k for k in r.metrics if k not in keys]

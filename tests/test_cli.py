@@ -1,0 +1,213 @@
+"""The CLI end to end, called in-process (``main`` exits like the console script)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from robustlab import cli, zoo
+from robustlab._onnx import torch_to_onnx
+
+
+def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["robustlab", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    db = out / "runs.sqlite"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from robustlab.cli import main; main()",
+            "demo",
+            "--out",
+            str(out),
+            "--db",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out, db, proc.stdout
+
+
+def test_demo_report(demo):
+    out, _, stdout = demo
+    report = json.loads((out / "report.json").read_text())
+    assert {"model", "data", "clean_accuracy", "curve"} <= report.keys()
+    assert report["clean_accuracy"] >= 0.93
+    curve = report["curve"]
+    assert len(curve) >= 3
+    robust = [p["robust_accuracy"] for p in curve]
+    assert robust == sorted(robust, reverse=True) and robust[-1] < robust[0]
+    for p in curve:
+        assert p["certified_accuracy"] <= p["robust_accuracy"] <= report["clean_accuracy"]
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    assert "http://" not in html and "https://" not in html  # self-contained, offline
+    assert str(out / "report.json") in stdout
+
+
+def test_runs_list_show_compare(demo, monkeypatch, capsys):
+    _, db, _ = demo
+    code, out, _ = run(monkeypatch, capsys, "runs", "list", "--db", db)
+    assert code == 0 and "robustlab demo" in out
+    code, out, _ = run(monkeypatch, capsys, "runs", "show", "1", "--db", db)
+    assert code == 0 and json.loads(out)["metrics"]["clean_accuracy"] >= 0.93
+    code, out, _ = run(monkeypatch, capsys, "runs", "compare", "1", "1", "--db", db)
+    assert code == 0 and "run 1" in out and "clean_accuracy" in out
+    code, _, err = run(monkeypatch, capsys, "runs", "show", "99", "--db", db)
+    assert code == 2 and "no run with id 99" in err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, mlp, digits):
+    d = tmp_path_factory.mktemp("files")
+    onnx.save(torch_to_onnx(mlp, zoo.INPUT_SHAPE), d / "mlp.onnx")
+    np.savez(d / "data.npz", x=digits.x[:60].numpy(), y=digits.y[:60].numpy())
+    np.savez(d / "noy.npz", x=digits.x[:5].numpy())
+    np.savez(d / "wrong.npz", x=np.zeros((4, 1, 28, 28), np.float32), y=np.zeros(4, np.int64))
+    (d / "corrupt.onnx").write_bytes(b"this is not onnx")
+    return d
+
+
+def test_attack_and_certify_on_onnx_and_npz(files, monkeypatch, capsys, tmp_path):
+    db = tmp_path / "runs.sqlite"
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "attack",
+        "--model",
+        files / "mlp.onnx",
+        "--data",
+        files / "data.npz",
+        "--eps",
+        "0.05,0.1",
+        "--norm",
+        "inf",
+        "--steps",
+        "10",
+        "--out",
+        tmp_path / "r.json",
+        "--db",
+        db,
+    )
+    assert code == 0, err
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["robust_accuracy"] <= r["clean_accuracy"] and len(r["curve"]) == 2
+    assert r["curve"][1]["robust_accuracy"] <= r["curve"][0]["robust_accuracy"]
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "certify",
+        "--model",
+        files / "mlp.onnx",
+        "--data",
+        files / "data.npz",
+        "--eps",
+        "0.01",
+        "--method",
+        "ibp",
+        "--out",
+        tmp_path / "c.json",
+        "--db",
+        db,
+    )
+    assert code == 0, err
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert 0 <= c["certified_accuracy"] <= c["clean_accuracy"]
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "attack",
+        "--model",
+        files / "mlp.onnx",
+        "--data",
+        files / "data.npz",
+        "--eps",
+        "0.01",
+        "--norm",
+        "2",
+        "--steps",
+        "5",
+        "--out",
+        tmp_path / "r2.json",
+        "--db",
+        db,
+    )
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model", "missing.onnx", "--data", "digits", "--eps", "0.1"], "model file not found"),
+        (
+            ["--model", "{d}/corrupt.onnx", "--data", "digits", "--eps", "0.1"],
+            "not a valid ONNX model",
+        ),
+        (["--model", "{d}/mlp.onnx", "--data", "{d}/noy.npz", "--eps", "0.1"], "missing array 'y'"),
+        (
+            ["--model", "{d}/mlp.onnx", "--data", "{d}/wrong.npz", "--eps", "0.1"],
+            "expects (1, 8, 8)",
+        ),
+        (["--model", "{d}/mlp.onnx", "--data", "{d}/data.npz", "--eps", "-0.1"], "eps must be"),
+        (
+            ["--model", "{d}/mlp.onnx", "--data", "missing.npz", "--eps", "0.1"],
+            "data file not found",
+        ),
+        (
+            ["--model", "{d}/mlp.onnx", "--data", "digits", "--eps", "0.1", "--norm", "3"],
+            "norm must",
+        ),
+        (["--model", "{d}/mlp.onnx", "--data", "digits", "--eps", "abc"], "--eps expects numbers"),
+    ],
+)
+@pytest.mark.parametrize("command", ["attack", "certify"])
+def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, tmp_path, command, args, message):
+    args = [a.format(d=files) for a in args]
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        command,
+        *args,
+        "--out",
+        tmp_path / "x.json",
+        "--db",
+        tmp_path / "db.sqlite",
+    )
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from robustlab.cli import main; main()",
+            "attack",
+            "--model",
+            str(tmp_path / "no.onnx"),
+            "--data",
+            "digits",
+            "--eps",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: model file not found: {tmp_path / 'no.onnx'}"
