@@ -154,6 +154,16 @@ def certify(
     write_report(report, out_file, out_file.with_suffix(".html"))
     run_id = _record(report, out_file, db)
     out.print(_curve_table(report))
+    if len(report["per_method"]) > len(report["curve"]):
+        table = Table("method", "eps", "certified accuracy", "seconds", title="per method")
+        for r in report["per_method"]:
+            table.add_row(
+                r["method"],
+                f"{r['eps']:g}",
+                f"{r['certified_accuracy']:.3f}",
+                f"{r['seconds']:.2f}",
+            )
+        out.print(table)
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 

@@ -1,0 +1,195 @@
+"""Affine operations: Linear, Conv, elementwise affine (normalisation, BatchNorm), Add/Sub of two
+branches, and shape-only operations (reshape, pad, pooling by average, slicing)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.bounds.ops.base import LinearOp, vjp_backward
+
+
+def _cast(t: Tensor | None, like: Tensor) -> Tensor | None:
+    return None if t is None else t.to(dtype=like.dtype, device=like.device)
+
+
+@dataclass(eq=False)
+class Linear(LinearOp):
+    """``y = x W^T + b`` on the last dimension."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, _cast(self.weight, x), _cast(self.bias, x))
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return nn.functional.linear(r, _cast(self.weight, r).abs())
+
+    def backward(self, A, in_shapes):
+        w = _cast(self.weight, A)
+        a_in = A @ w
+        if self.bias is None:
+            return [a_in], A.new_zeros(A.shape[:2])
+        bias = (A * _cast(self.bias, A)).flatten(2).sum(-1)
+        return [a_in], bias
+
+
+@dataclass(eq=False)
+class Conv(LinearOp):
+    """1-D or 2-D convolution (zero padding, any stride, dilation, groups)."""
+
+    weight: Tensor
+    bias: Tensor | None
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    def _conv(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        f = nn.functional.conv2d if w.dim() == 4 else nn.functional.conv1d
+        return f(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x):
+        return self._conv(x, _cast(self.weight, x), _cast(self.bias, x))
+
+    def forward_abs(self, r):
+        return self._conv(r, _cast(self.weight, r).abs(), None)
+
+    def backward(self, A, in_shapes):
+        b, m = A.shape[:2]
+        out_shape = A.shape[2:]
+        w = _cast(self.weight, A)
+        flat = A.reshape(b * m, *out_shape)
+        in_shape = in_shapes[0]
+        spatial = len(in_shape) - 1
+        # output_padding recovers input sizes that the stride dropped
+        expected = [
+            (out_shape[1 + i] - 1) * self.stride[i]
+            - 2 * self.padding[i]
+            + self.dilation[i] * (w.shape[2 + i] - 1)
+            + 1
+            for i in range(spatial)
+        ]
+        extra = tuple(in_shape[1 + i] - expected[i] for i in range(spatial))
+        f = nn.functional.conv_transpose2d if spatial == 2 else nn.functional.conv_transpose1d
+        a_in = f(flat, w, None, self.stride, self.padding, extra, self.groups, self.dilation)
+        a_in = a_in.reshape(b, m, *in_shape)
+        if self.bias is None:
+            return [a_in], A.new_zeros(b, m)
+        shape = (1, 1, -1) + (1,) * spatial
+        bias = (A * _cast(self.bias, A).view(shape)).flatten(2).sum(-1)
+        return [a_in], bias
+
+
+@dataclass(eq=False)
+class Affine(LinearOp):
+    """Elementwise ``y = x * scale + shift`` with constants broadcast against one sample
+    (normalisation, BatchNorm in eval mode, multiplication or addition of a constant)."""
+
+    scale: Tensor | float
+    shift: Tensor | float
+
+    def _s(self, like):
+        return _cast(torch.as_tensor(self.scale), like)
+
+    def _t(self, like):
+        return _cast(torch.as_tensor(self.shift), like)
+
+    def forward(self, x):
+        return x * self._s(x) + self._t(x)
+
+    def forward_abs(self, r):
+        return r * self._s(r).abs()
+
+    def backward(self, A, in_shapes):
+        s, t = self._s(A), self._t(A)
+        a_in = A * s
+        if a_in.shape != A.shape:  # a constant that broadcasts to more than one sample's shape
+            a_in = a_in.expand(A.shape)
+        bias = (A * t).flatten(2).sum(-1) if t.abs().max() > 0 else A.new_zeros(A.shape[:2])
+        return [a_in], bias
+
+
+@dataclass(eq=False)
+class Add(LinearOp):
+    """Sum or difference of two input-dependent tensors (residual connections)."""
+
+    sign: float = 1.0
+    n_inputs: int = 2
+
+    def forward(self, x, y):
+        return x + self.sign * y
+
+    def forward_abs(self, rx, ry):
+        return rx + ry
+
+    def ibp(self, bx, by):
+        from robustlab.bounds.ops.base import Bounds
+
+        if self.sign > 0:
+            return Bounds(bx.lower + by.lower, bx.upper + by.upper)
+        return Bounds(bx.lower - by.upper, bx.upper - by.lower)
+
+    def backward(self, A, in_shapes):
+        return [
+            _unbroadcast(A, in_shapes[0]),
+            _unbroadcast(self.sign * A, in_shapes[1]),
+        ], A.new_zeros(A.shape[:2])
+
+
+def _unbroadcast(A: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Sum coefficients over dimensions an input was broadcast along."""
+    extra = A.dim() - 2 - len(shape)
+    if extra:
+        A = A.sum(dim=tuple(range(2, 2 + extra)))
+    dims = tuple(2 + i for i, d in enumerate(shape) if d == 1 and A.shape[2 + i] != 1)
+    return A.sum(dim=dims, keepdim=True) if dims else A
+
+
+@dataclass(eq=False)
+class Reshape(LinearOp):
+    """Reshape one sample to ``shape`` (flatten, view, reshape)."""
+
+    shape: tuple[int, ...]
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+    forward_abs = forward
+
+    def ibp(self, b):
+        from robustlab.bounds.ops.base import Bounds
+
+        return Bounds(self.forward(b.lower), self.forward(b.upper))
+
+    def backward(self, A, in_shapes):
+        return [A.reshape(*A.shape[:2], *in_shapes[0])], A.new_zeros(A.shape[:2])
+
+
+@dataclass(eq=False)
+class Generic(LinearOp):
+    """A linear map without bias given as a function (pad, average pooling, slicing, permuting);
+    its transpose is taken by autograd."""
+
+    fn: Callable[[Tensor], Tensor]
+    nonneg: bool = True  # all coefficients are >= 0, so |L| r = L r
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def forward_abs(self, r):
+        if not self.nonneg:
+            raise NotImplementedError
+        return self.fn(r)
+
+    def backward(self, A, in_shapes):
+        return [vjp_backward(self.fn, A, in_shapes[0])], A.new_zeros(A.shape[:2])
+
+
+def avg_pool(m: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The average pooling function of a module (AvgPool1d/2d, AdaptiveAvgPool with any output)."""
+    return lambda x: m(x)

@@ -1,0 +1,88 @@
+"""Every method's bounds contain sampled and attacked outputs, per output and for random C."""
+
+import pytest
+import torch
+
+from robustlab.attacks import PGD
+from robustlab.bounds import METHODS, compute_bounds
+from robustlab.threat import LpBall
+
+from .nets import KINDS, make
+
+TOL = 1e-5
+
+
+def _outputs(net, pts, shape):
+    with torch.no_grad():
+        return net(pts.reshape(-1, *shape)).reshape(pts.shape[0], pts.shape[1], -1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bounds_contain_sampled_and_attacked_outputs(kind, seed):
+    net, shape = make(kind, seed)
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(2, *shape, generator=g)
+    threat = LpBall("inf", 0.2)
+    pts = threat.sample(x0, 5000, g)  # 10,000 points in all
+    out = _outputs(net, pts, shape)
+    k = out.shape[-1]
+    C = torch.randn(2, 3, k, generator=g)
+    spec_out = torch.einsum("bmk,nbk->nbm", C, out)
+    # attacked points: PGD pushing every output up and down
+    attacked = []
+    for j in range(k):
+        for sign in (1.0, -1.0):
+            adv = PGD(steps=30, loss=lambda z, y, j=j, s=sign: s * z[:, j])(
+                net, x0, torch.zeros(2, dtype=torch.long), threat
+            )
+            attacked.append(net(adv).detach())
+    attacked = torch.stack(attacked)
+    widths = {}
+    for method in METHODS:
+        b = compute_bounds(net, (threat, x0), method)
+        assert (b.lower <= b.upper).all()
+        assert (out >= b.lower - TOL).all() and (out <= b.upper + TOL).all(), method
+        assert (attacked >= b.lower - TOL).all() and (attacked <= b.upper + TOL).all(), method
+        bc = compute_bounds(net, (threat, x0), method, C=C)
+        assert (spec_out >= bc.lower - TOL).all() and (spec_out <= bc.upper + TOL).all(), method
+        widths[method] = (b.upper - b.lower).sum().item()
+    # tighter methods are never looser (small slack for rounding)
+    assert widths["crown"] <= widths["ibp"] + 1e-6
+    assert widths["alpha-crown"] <= widths["crown"] + 1e-6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_bounds_are_sound_too(kind):
+    net, shape = make(kind, 3)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(1, *shape, generator=g)
+    threat = LpBall("inf", 0.1)
+    b = compute_bounds(net, (threat, x0), "crown", dtype=torch.float32)
+    out = _outputs(net, threat.sample(x0, 3000, g), shape)
+    assert (out >= b.lower).all() and (out <= b.upper).all()
+
+
+def test_intermediate_bounds_are_returned_and_sound():
+    net, shape = make("mlp", 0)
+    x0 = torch.rand(1, *shape)
+    threat = LpBall("inf", 0.1)
+    res = compute_bounds(net, (threat, x0), "crown", return_intermediate=True)
+    hidden = net[:3](
+        threat.sample(x0, 2000)[:, 0]
+    )  # after Flatten, Linear, ReLU... pre-activation of node 2
+    pre = net[:2](threat.sample(x0, 2000)[:, 0])
+    b = res.intermediate[2]
+    assert (pre >= b.lower - TOL).all() and (pre <= b.upper + TOL).all()
+    assert hidden.shape[1] == 16
+
+
+def test_batched_regions_match_single_regions():
+    net, shape = make("cnn", 1)
+    x0 = torch.rand(4, *shape)
+    threat = LpBall("inf", 0.05)
+    batched = compute_bounds(net, (threat, x0), "crown")
+    for i in range(4):
+        single = compute_bounds(net, (threat, x0[i : i + 1]), "crown")
+        assert torch.allclose(batched.lower[i], single.lower[0], atol=1e-9)
+        assert torch.allclose(batched.upper[i], single.upper[0], atol=1e-9)
