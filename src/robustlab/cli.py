@@ -167,6 +167,86 @@ def certify(
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
+@app.command()
+def verify(
+    onnx_file: Path = typer.Argument(..., help="The network (ONNX)."),
+    vnnlib_file: Path = typer.Argument(..., help="The property (VNN-LIB)."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds."),
+    out_file: Path | None = typer.Option(None, "--out", help="Result file in VNN-COMP's format."),
+    strategy: str = typer.Option("auto", "--strategy", help="auto, input-split or bounds."),
+) -> None:
+    """Verify one instance; prints holds, violated, timeout, unknown or error."""
+    from robustlab.verify import verify as run_verify
+
+    if strategy not in ("auto", "input-split", "bounds"):
+        raise RobustlabError(f"--strategy must be auto, input-split or bounds; found {strategy!r}")
+    if timeout <= 0:
+        raise RobustlabError(f"--timeout must be positive; found {timeout}")
+    result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy)
+    if out_file is not None:
+        out_file.write_text(result.vnncomp())
+    out.print(result.verdict, markup=False, highlight=False)
+    if result.verdict == "error":  # bad input: the word on stdout, the reason on stderr, exit 2
+        raise RobustlabError(result.message)
+
+
+@app.command("verify-benchmark")
+def verify_benchmark(
+    instances: Path = typer.Argument(..., help="instances.csv: onnx,vnnlib,timeout per row."),
+    backend: str = typer.Option("local", "--backend", help="local (process pool) or dask."),
+    workers: int = typer.Option(1, "--workers", min=1),
+    timeout_scale: float = typer.Option(1.0, "--timeout-scale", min=0.0),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address."),
+    results_db: Path | None = typer.Option(
+        None, "--db", help="Results database (default: beside --out)."
+    ),
+    out_file: Path = typer.Option(Path("results.csv"), "--out"),
+    expected: Path | None = typer.Option(
+        None, "--expected", help="expected.csv to count wrong answers."
+    ),
+) -> None:
+    """Run a benchmark; resumes where an interrupted run stopped."""
+    from rich.progress import Progress
+
+    from robustlab.verify.runner import read_expected, run_benchmark, summarize
+
+    db = results_db or out_file.with_suffix(".sqlite")
+    with Progress(console=err, disable=not err.is_terminal) as bar:
+        task = bar.add_task("verifying", total=None)
+
+        def on_result(inst, verdict, seconds, k, total):
+            bar.update(
+                task,
+                completed=k,
+                total=total,
+                description=f"{Path(inst.vnnlib).name}: {verdict} ({seconds:.1f} s)",
+            )
+
+        results = run_benchmark(
+            instances,
+            db=db,
+            out_csv=out_file,
+            backend=backend,
+            workers=workers,
+            timeout_scale=timeout_scale,
+            scheduler=scheduler,
+            on_result=on_result,
+        )
+    summary = summarize(results, read_expected(expected) if expected else None)
+    table = Table("answer", "count", title=f"{instances} ({summary['instances']} instances)")
+    for k, v in sorted(summary["counts"].items()):
+        table.add_row(k, str(v))
+    out.print(table)
+    out.print(
+        f"total {summary['total_seconds']:.1f} s, median {summary['median_seconds']:.2f} s per instance"
+    )
+    if "wrong" in summary:
+        out.print(f"wrong answers: {summary['wrong']}")
+        for w in summary["wrong_instances"]:
+            out.print(f"  WRONG: {w}")
+    out.print(f"results: {out_file}")
+
+
 @runs_app.command("list")
 def runs_list(limit: int = typer.Option(50, "--limit", min=1), db: Path | None = DB) -> None:
     """The most recent runs."""

@@ -86,3 +86,18 @@ def test_batched_regions_match_single_regions():
         single = compute_bounds(net, (threat, x0[i : i + 1]), "crown")
         assert torch.allclose(batched.lower[i], single.lower[0], atol=1e-9)
         assert torch.allclose(batched.upper[i], single.upper[0], atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "residual", "cnn"])
+def test_l2_ball_bounds_are_sound_and_use_the_dual_norm(kind):
+    net, shape = make(kind, 5)
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand(2, *shape, generator=g) * 0.5 + 0.25
+    ball = LpBall("2", 0.3)
+    out = _outputs(net, ball.sample(x0, 4000, g), shape)
+    for method in METHODS:
+        b = compute_bounds(net, (ball, x0), method)
+        assert (out >= b.lower - TOL).all() and (out <= b.upper + TOL).all(), method
+    box_only = compute_bounds(net, (LpBall("inf", 0.3), x0), "crown")
+    l2 = compute_bounds(net, (ball, x0), "crown")
+    assert (l2.upper - l2.lower).sum() < (box_only.upper - box_only.lower).sum()

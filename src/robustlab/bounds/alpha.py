@@ -32,8 +32,7 @@ def _unstable_index(b: Bounds, unstable_only: bool) -> Tensor:
 
 def alpha_crown(
     graph: BoundGraph,
-    lower: Tensor,
-    upper: Tensor,
+    region: Bounds,
     C: Tensor | None = None,
     *,
     iterations: int = ITERATIONS,
@@ -46,13 +45,14 @@ def alpha_crown(
     iteration, starting from CROWN's own bounds, is kept). With ``stop_when_positive`` the
     optimisation stops as soon as every lower bound is positive (a verified specification)."""
     out = graph.output
+    lower = region.lower
     batch = lower.shape[0]
     if C is None:
         shape = graph.nodes[out].shape
         C = identity_rows(shape, torch.arange(int(torch.tensor(shape).prod())), batch, lower)
     C = C.to(lower.dtype)
     with torch.no_grad():
-        best_final, bounds = crown(graph, lower, upper, C, bound_upper=bound_upper)
+        best_final, bounds = crown(graph, region, C, bound_upper=bound_upper)
     slopes = [
         i for i, n in enumerate(graph.nodes) if isinstance(n.op, Activation) and n.op.has_alpha
     ]
@@ -69,6 +69,7 @@ def alpha_crown(
                 if len(idx):
                     starts[j] = (idx, unstable_only)
     best = {i: Bounds(b.lower.detach(), b.upper.detach()) for i, b in bounds.items()}
+    best[0] = region
     alphas: dict[int, dict[int, Tensor]] = {}
     params = []
     for s, rows in [(s, 2 * len(idx)) for s, (idx, _) in starts.items()] + [
@@ -125,7 +126,7 @@ def alpha_crown(
                         a.clamp_(graph.nodes[r].op.slope, 1.0)
                 lo_best = torch.maximum(lo_best, fin.lower.detach())
                 hi_best = torch.minimum(hi_best, fin.upper.detach())
-                for i in cur:
+                for i in list(cur)[1:]:
                     best[i] = best[i].intersect(
                         Bounds(cur[i].lower.detach(), cur[i].upper.detach())
                     )

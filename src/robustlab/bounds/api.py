@@ -11,6 +11,7 @@ from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import Bounds, graph_of
 from robustlab.bounds.ibp import interval_all, spec_bounds
+from robustlab.bounds.ops.base import InputRegion
 from robustlab.errors import RobustlabError
 from robustlab.threat import Box, LpBall
 
@@ -26,14 +27,17 @@ class BoundResult:
     intermediate: dict[int, Bounds] = field(default_factory=dict, repr=False)
 
 
-def region_box(region) -> tuple[Tensor, Tensor]:
-    """The box of a region: a ``Box``, or ``(threat, x0)`` with a threat model applied to x0."""
+def input_region(region) -> InputRegion:
+    """The input region: a ``Box``, or ``(threat, x0)`` with a threat model applied to x0."""
     if isinstance(region, Box):
         lo, hi = region.box()
-        return lo, hi
+        return InputRegion(lo, hi)
     if isinstance(region, tuple) and len(region) == 2 and isinstance(region[0], (LpBall, Box)):
         threat, x0 = region
-        return threat.box(x0)
+        lo, hi = threat.box(x0)
+        if isinstance(threat, LpBall) and threat.norm == "2":
+            return InputRegion(lo, hi, x0, threat.eps)
+        return InputRegion(lo, hi)
     raise RobustlabError(
         f"expected a Box or (threat model, x0) as region; found {type(region).__name__}"
     )
@@ -77,9 +81,11 @@ def compute_bounds(
     """
     if method not in METHODS:
         raise RobustlabError(f"unknown bound method '{method}'; known: {', '.join(METHODS)}")
-    lower, upper = region_box(region)
-    out_dtype = lower.dtype if lower.is_floating_point() else torch.get_default_dtype()
-    lower, upper = lower.to(dtype), upper.to(dtype)
+    given = input_region(region)
+    out_dtype = given.lower.dtype if given.lower.is_floating_point() else torch.get_default_dtype()
+    lower, upper = given.lower.to(dtype), given.upper.to(dtype)
+    center = None if given.center is None else given.center.to(dtype)
+    region = InputRegion(lower, upper, center, given.l2_eps)
     if C is not None:
         C = C.to(dtype)
         if C.dim() == 2:
@@ -91,15 +97,15 @@ def compute_bounds(
             inter = dict(enumerate(all_b))
             final = all_b[-1] if C is None else spec_bounds(graph, inter, C)
         elif method in ("crown", "crown-ibp"):
+            inter_method = "crown" if method == "crown" else "ibp"
             final, inter = crown(
-                graph, lower, upper, C, intermediate="crown" if method == "crown" else "ibp"
+                graph, region, C, intermediate=inter_method, bound_upper=bound_upper
             )
     if method == "alpha-crown":
         kw = {} if alpha_iterations is None else {"iterations": alpha_iterations}
         final, inter = alpha_crown(
             graph,
-            lower,
-            upper,
+            region,
             C,
             bound_upper=bound_upper,
             stop_when_positive=stop_when_positive,

@@ -15,7 +15,7 @@ from torch import Tensor
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.activation import ReLU
-from robustlab.bounds.ops.base import Activation, LinearOp
+from robustlab.bounds.ops.base import Activation, InputRegion, LinearOp
 from robustlab.bounds.ops.pool import MaxPool
 
 MAX_ELEMENTS = 2**25  # coefficient entries per backward pass; more rows are split into chunks
@@ -23,13 +23,20 @@ MAX_ELEMENTS = 2**25  # coefficient entries per backward pass; more rows are spl
 Alphas = Mapping[int, Tensor]  # activation node -> lower slopes, shape (batch, rows, *shape)
 
 
-def concretize(A: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """Lower bound of ``A . x`` over the box: ``A c - |A| r``, shape (batch, rows)."""
+def concretize(A: Tensor, region: Bounds) -> Tensor:
+    """Lower bound of ``A . x`` over the input region, shape (batch, rows): ``A c - |A| r`` over
+    the box, and for an L2 ball also ``A x0 - eps ||A||_2`` (the larger of the two)."""
     b, m = A.shape[:2]
     Af = A.reshape(b, m, -1)
-    c = ((upper + lower) / 2).reshape(b, -1, 1)
-    r = ((upper - lower) / 2).reshape(b, -1, 1)
-    return (Af @ c - Af.abs() @ r)[..., 0]
+    c = ((region.upper + region.lower) / 2).reshape(b, -1, 1)
+    r = ((region.upper - region.lower) / 2).reshape(b, -1, 1)
+    value = (Af @ c - Af.abs() @ r)[..., 0]
+    if isinstance(region, InputRegion) and region.l2_eps is not None:
+        ball = (Af @ region.center.reshape(b, -1, 1).to(Af.dtype))[
+            ..., 0
+        ] - region.l2_eps * Af.norm(dim=2)
+        value = torch.maximum(value, ball)
+    return value
 
 
 def backward(
@@ -38,11 +45,15 @@ def backward(
     target: int,
     C: Tensor,
     alphas: Alphas | None = None,
+    cache: dict | None = None,
+    linear: dict | None = None,
 ) -> Tensor:
     """Lower bound of ``C . node[target]`` for each row of ``C`` (shape (batch, rows, *shape)).
 
-    ``bounds`` must hold the input's box (node 0) and the inputs of every activation and
-    max-pooling node between the input and ``target``.
+    ``bounds`` must hold the input region (node 0) and the inputs of every activation and
+    max-pooling node between the input and ``target``. ``cache`` keeps relaxations between calls
+    that share the same bounds. When ``linear`` is given, the lower bound's linear function of
+    the input is stored there: ``linear["A"]`` (batch, rows, *input_shape) and ``linear["bias"]``.
     """
     A: dict[int, Tensor] = {target: C}
     bias = C.new_zeros(C.shape[:2])
@@ -62,10 +73,17 @@ def backward(
         l, u = bounds[j].lower, bounds[j].upper
         if isinstance(op, Activation):
             alpha = alphas.get(i) if alphas else None
-            la, lb, ua, ub = op.relax(l[:, None], u[:, None], alpha)
-            pos, neg = a.clamp(min=0), a.clamp(max=0)
-            a_in = pos * la + neg * ua
-            bias = bias + (pos * lb + neg * ub).flatten(2).sum(-1)
+            if alpha is None and cache is not None:
+                hit = cache.get(i)
+                if hit is None or hit[0] is not bounds[j]:
+                    hit = (bounds[j], op.relax(l[:, None], u[:, None]))
+                    cache[i] = hit
+                la, lb, ua, ub = hit[1]
+            else:
+                la, lb, ua, ub = op.relax(l[:, None], u[:, None], alpha)
+            positive = a >= 0
+            a_in = a * torch.where(positive, la, ua)
+            bias = bias + (a * torch.where(positive, lb, ub)).flatten(2).sum(-1)
         elif isinstance(op, MaxPool):
             a_in, b = op.backward(a, l, u)
             bias = bias + b
@@ -73,14 +91,16 @@ def backward(
             raise TypeError(type(op).__name__)
         A[j] = A[j] + a_in if j in A else a_in
     if 0 not in A:  # the target does not depend on the input
-        return bias
-    return concretize(A[0], bounds[0].lower, bounds[0].upper) + bias
+        A[0] = torch.zeros(*C.shape[:2], *graph.nodes[0].shape, dtype=C.dtype, device=C.device)
+    if linear is not None:
+        linear["A"], linear["bias"] = A[0], bias
+    return concretize(A[0], bounds[0]) + bias
 
 
-def two_sided(graph, bounds, target, C, alphas=None) -> Bounds:
+def two_sided(graph, bounds, target, C, alphas=None, cache=None) -> Bounds:
     """Lower and upper bounds of ``C . node[target]`` in one backward pass (rows ``[C; -C]``)."""
     m = C.shape[1]
-    lb = backward(graph, bounds, target, torch.cat([C, -C], 1), alphas)
+    lb = backward(graph, bounds, target, torch.cat([C, -C], 1), alphas, cache)
     return Bounds(lb[:, :m], -lb[:, m:])
 
 
@@ -112,59 +132,101 @@ def identity_rows(shape: tuple[int, ...], idx: Tensor, batch: int, like: Tensor)
     return rows.reshape(1, len(idx), *shape).expand(batch, -1, *shape)
 
 
-def refine(graph, bounds, i: int, unstable_only: bool, alphas=None) -> Bounds:
-    """Tighten the bounds of node ``i`` with backward passes (in chunks of rows)."""
+def refine(graph, bounds, i: int, unstable_only: bool, alphas=None, cache=None) -> Bounds:
+    """Tighten the bounds of node ``i`` with backward passes (in chunks of rows).
+
+    Rows are the neurons unstable in any example of the batch, or, when each example has far
+    fewer than that, each example's own unstable neurons (gathered and padded per example).
+    """
     b = bounds[i]
     batch = b.lower.shape[0]
-    mask = ((b.lower < 0) & (b.upper > 0)) if unstable_only else (b.lower < b.upper)
-    idx = mask.reshape(batch, -1).any(0).nonzero().squeeze(1)
+    mask = (((b.lower < 0) & (b.upper > 0)) if unstable_only else (b.lower < b.upper)).reshape(
+        batch, -1
+    )
+    idx = mask.any(0).nonzero().squeeze(1)
     if len(idx) == 0:
         return b
-    in_numel = max(int(torch.tensor(n.shape).prod()) for n in graph.nodes[: i + 1])
-    chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
+    k = int(mask.sum(1).max())
     lo = b.lower.reshape(batch, -1).clone()
     hi = b.upper.reshape(batch, -1).clone()
+    shape = graph.nodes[i].shape
+    counts = mask.sum(1)
+    sel = counts.nonzero().squeeze(1)
+    if alphas is None and batch > 1 and int(counts.sum()) * 2 < batch * len(idx):
+        # each example with its own unstable neurons, grouped by count (rows padded to a power of 2)
+        width = torch.ones_like(counts)
+        while (width < counts).any():
+            width = torch.where(width < counts, width * 2, width)
+        for w in width[sel].unique().tolist():
+            group = sel[width[sel] == w]
+            _refine_rows(graph, bounds, i, mask[group], group, min(int(w), k), shape, lo, hi)
+        return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
+    in_numel = max(int(torch.tensor(n.shape).prod()) for n in graph.nodes[: i + 1])
+    chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
     for s in range(0, len(idx), chunk):
         part = idx[s : s + chunk]
-        C = identity_rows(graph.nodes[i].shape, part, batch, b.lower)
-        nb = two_sided(graph, bounds, i, C, alphas)
+        C = identity_rows(shape, part, batch, b.lower)
+        nb = two_sided(graph, bounds, i, C, alphas, cache)
         lo[:, part] = torch.maximum(lo[:, part], nb.lower)
         hi[:, part] = torch.minimum(hi[:, part], nb.upper)
     return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
 
 
+def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi) -> None:
+    """Backward passes for examples ``group``, rows = each one's first ``k`` masked neurons."""
+    per = torch.argsort(sub_mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+    C = torch.zeros(len(group), k, lo.shape[1], dtype=lo.dtype, device=lo.device)
+    C.scatter_(2, per[:, :, None], 1.0)
+    part = {
+        j: (Bounds(v.lower[group], v.upper[group]) if j else _slice_region(v, group))
+        for j, v in bounds.items()
+        if j <= i
+    }
+    nb = two_sided(graph, part, i, C.reshape(len(group), k, *shape))
+    lo[group] = lo[group].scatter_reduce(1, per, nb.lower, "amax")
+    hi[group] = hi[group].scatter_reduce(1, per, nb.upper, "amin")
+
+
+def _slice_region(region: Bounds, sel: Tensor) -> Bounds:
+    if isinstance(region, InputRegion):
+        center = None if region.center is None else region.center[sel]
+        return InputRegion(region.lower[sel], region.upper[sel], center, region.l2_eps)
+    return Bounds(region.lower[sel], region.upper[sel])
+
+
 def intermediate_bounds(
     graph: BoundGraph,
-    lower: Tensor,
-    upper: Tensor,
+    region: Bounds,
     method: str = "crown",
     prior: Mapping[int, Bounds] | None = None,
+    cache: dict | None = None,
 ) -> dict[int, Bounds]:
     """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them."""
     need = needs_bounds(graph) if method == "crown" else {}
     nonlinear_before = _after_nonlinear(graph)
-    bounds: dict[int, Bounds] = {0: Bounds(lower, upper)}
+    bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
         b = node.op.ibp(*[bounds[j] for j in node.inputs])
         if prior and i in prior:
             b = b.intersect(prior[i])
         bounds[i] = b
         if i in need and nonlinear_before[i] and i != graph.output:
-            bounds[i] = refine(graph, bounds, i, need[i])
+            bounds[i] = refine(graph, bounds, i, need[i], cache=cache)
     return bounds
 
 
 def crown(
     graph: BoundGraph,
-    lower: Tensor,
-    upper: Tensor,
+    region: Bounds,
     C: Tensor | None = None,
     *,
     intermediate: str = "crown",
     bound_upper: bool = True,
 ) -> tuple[Bounds, dict[int, Bounds]]:
     """CROWN (``intermediate="crown"``) or CROWN-IBP (``"ibp"``) bounds of ``C @ output``."""
-    bounds = intermediate_bounds(graph, lower, upper, intermediate)
+    cache: dict = {}
+    bounds = intermediate_bounds(graph, region, intermediate, cache=cache)
+    lower = region.lower
     out = graph.output
     if C is None:
         shape = graph.nodes[out].shape
@@ -172,9 +234,9 @@ def crown(
         C = identity_rows(shape, torch.arange(n), lower.shape[0], lower)
     C = C.to(lower.dtype)
     if bound_upper:
-        final = two_sided(graph, bounds, out, C)
+        final = two_sided(graph, bounds, out, C, cache=cache)
     else:  # lower bounds only (e.g. for certification), half the work
-        lb = backward(graph, bounds, out, C)
+        lb = backward(graph, bounds, out, C, cache=cache)
         final = Bounds(lb, torch.full_like(lb, torch.inf))
     final = final.intersect(spec_bounds(graph, bounds, C))
     return final, bounds

@@ -29,6 +29,15 @@ class Bounds:
         return self.lower.shape
 
 
+@dataclass(frozen=True)
+class InputRegion(Bounds):
+    """The input box, and when the region is an L2 ball its centre and radius (CROWN then also
+    uses the dual norm: ``a . x >= a . x0 - eps ||a||_2``, and keeps the better bound)."""
+
+    center: Tensor | None = None
+    l2_eps: float | None = None
+
+
 class Op:
     """A graph operation with ``n_inputs`` input-dependent operands."""
 

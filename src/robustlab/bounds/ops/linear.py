@@ -3,6 +3,7 @@ branches, and shape-only operations (reshape, pad, pooling by average, slicing).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,9 +12,26 @@ from torch import Tensor, nn
 
 from robustlab.bounds.ops.base import LinearOp, vjp_backward
 
+_CASTS: dict[int, tuple] = {}
+
 
 def _cast(t: Tensor | None, like: Tensor) -> Tensor | None:
-    return None if t is None else t.to(dtype=like.dtype, device=like.device)
+    """``t`` in ``like``'s dtype and device; conversions of constants are cached (keyed by the
+    tensor's identity and version, dropped when the tensor is freed)."""
+    if t is None or (t.dtype == like.dtype and t.device == like.device):
+        return t
+    if torch.is_grad_enabled() and t.requires_grad:
+        return t.to(dtype=like.dtype, device=like.device)
+    key = (t._version, like.dtype, like.device)
+    hit = _CASTS.get(id(t))
+    if hit is None or hit[0] != key or hit[1]() is not t:
+        hit = (
+            key,
+            weakref.ref(t, lambda _, k=id(t): _CASTS.pop(k, None)),
+            t.detach().to(dtype=like.dtype, device=like.device),
+        )
+        _CASTS[id(t)] = hit
+    return hit[2]
 
 
 @dataclass(eq=False)

@@ -1,0 +1,211 @@
+"""Benchmark runner: every instance of an ``instances.csv`` through the verifier, on a local
+process pool or a Dask cluster; each result is written to SQLite and CSV as soon as it is known,
+so an interrupted run resumes without redoing or repeating anything."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sqlite3
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from robustlab.errors import RobustlabError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS verify_results (
+    onnx TEXT NOT NULL,
+    vnnlib TEXT NOT NULL,
+    timeout REAL NOT NULL,
+    result TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    finished TEXT NOT NULL,
+    PRIMARY KEY (onnx, vnnlib, timeout)
+)
+"""
+
+
+@dataclass(frozen=True)
+class Instance:
+    onnx: str  # absolute paths
+    vnnlib: str
+    timeout: float
+
+
+def read_instances(path: str | Path, timeout_scale: float = 1.0) -> list[Instance]:
+    """Rows ``onnx,vnnlib,timeout`` (paths relative to the CSV's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RobustlabError(f"instances file not found: {path}")
+    out = []
+    with path.open() as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or row[0].startswith("#"):
+                continue
+            if len(row) < 3:
+                raise RobustlabError(f"{path}:{lineno}: expected onnx,vnnlib,timeout; found {row}")
+            try:
+                t = float(row[2]) * timeout_scale
+            except ValueError:
+                if lineno == 1:
+                    continue  # a header
+                raise RobustlabError(
+                    f"{path}:{lineno}: timeout must be a number; found {row[2]!r}"
+                ) from None
+            onnx, vnnlib = (str((path.parent / p.strip()).resolve()) for p in row[:2])
+            out.append(Instance(onnx, vnnlib, t))
+    if not out:
+        raise RobustlabError(f"{path}: no instances")
+    return out
+
+
+def read_expected(path: str | Path) -> dict[tuple[str, str], str]:
+    """``expected.csv`` (onnx, vnnlib, timeout, expected) keyed by file names."""
+    with Path(path).open() as f:
+        rows = list(csv.DictReader(f))
+    return {(Path(r["onnx"]).name, Path(r["vnnlib"]).name): r["expected"] for r in rows}
+
+
+def _run_one(inst: Instance) -> tuple[Instance, str, float]:
+    import torch
+
+    torch.set_num_threads(1)
+    from robustlab.verify.verifier import verify
+
+    start = time.monotonic()
+    r = verify(inst.onnx, inst.vnnlib, timeout=inst.timeout)
+    return inst, r.verdict, time.monotonic() - start
+
+
+def _local(pending: list[Instance], workers: int) -> Iterator[tuple[Instance, str, float]]:
+    if workers <= 1:
+        for inst in pending:
+            yield _run_one(inst)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_run_one, inst) for inst in pending]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _dask(
+    pending: list[Instance], workers: int, scheduler: str | None
+) -> Iterator[tuple[Instance, str, float]]:
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise RobustlabError("the dask backend needs: pip install 'robustlab[dask]'") from None
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:  # a local cluster bound to loopback only
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=None,
+            processes=True,
+        )
+        client = Client(cluster)
+    try:
+        futures = client.map(_run_one, pending, pure=False)
+        for fut in dask_completed(futures):
+            yield fut.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run_benchmark(
+    instances_csv: str | Path,
+    *,
+    db: str | Path,
+    out_csv: str | Path,
+    backend: str = "local",
+    workers: int = 1,
+    timeout_scale: float = 1.0,
+    scheduler: str | None = None,
+    on_result: Callable[[Instance, str, float, int, int], None] | None = None,
+) -> list[dict]:
+    """Run every instance not yet in ``db``; return all results (old and new) in file order."""
+    if backend not in ("local", "dask"):
+        raise RobustlabError(f"backend must be local or dask; found {backend!r}")
+    instances = read_instances(instances_csv, timeout_scale)
+    con = sqlite3.connect(db, timeout=60)
+    con.execute(SCHEMA)
+    done = {(r[0], r[1], r[2]): (r[3], r[4]) for r in con.execute("SELECT * FROM verify_results")}
+    pending = [i for i in instances if (i.onnx, i.vnnlib, i.timeout) not in done]
+    out_csv = Path(out_csv)
+    with out_csv.open("w", newline="") as f:  # the finished results first, then each new one
+        w = csv.writer(f)
+        w.writerow(["onnx", "vnnlib", "result", "seconds"])
+        for i in instances:
+            if (i.onnx, i.vnnlib, i.timeout) in done:
+                res, sec = done[(i.onnx, i.vnnlib, i.timeout)]
+                w.writerow([i.onnx, i.vnnlib, res, f"{sec:.3f}"])
+    stream = _local(pending, workers) if backend == "local" else _dask(pending, workers, scheduler)
+    for k, (inst, verdict, seconds) in enumerate(stream, 1):
+        with con:
+            con.execute(
+                "INSERT OR REPLACE INTO verify_results VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    inst.onnx,
+                    inst.vnnlib,
+                    inst.timeout,
+                    verdict,
+                    seconds,
+                    time.strftime("%Y-%m-%d %H:%M:%S"),
+                ),
+            )
+        with out_csv.open("a", newline="") as f:
+            csv.writer(f).writerow([inst.onnx, inst.vnnlib, verdict, f"{seconds:.3f}"])
+            f.flush()
+            os.fsync(f.fileno())
+        done[(inst.onnx, inst.vnnlib, inst.timeout)] = (verdict, seconds)
+        if on_result:
+            on_result(inst, verdict, seconds, k, len(pending))
+    con.close()
+    return [
+        {
+            "onnx": i.onnx,
+            "vnnlib": i.vnnlib,
+            "result": done[(i.onnx, i.vnnlib, i.timeout)][0],
+            "seconds": done[(i.onnx, i.vnnlib, i.timeout)][1],
+        }
+        for i in instances
+    ]
+
+
+def summarize(results: list[dict], expected: dict[tuple[str, str], str] | None = None) -> dict:
+    """Counts per answer, total and median time, and wrong answers against ``expected``."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["result"]] = counts.get(r["result"], 0) + 1
+    secs = [r["seconds"] for r in results]
+    summary = {
+        "instances": len(results),
+        "counts": counts,
+        "total_seconds": sum(secs),
+        "median_seconds": statistics.median(secs) if secs else 0.0,
+    }
+    if expected is not None:
+        wrong = []
+        for r in results:
+            exp = expected.get((Path(r["onnx"]).name, Path(r["vnnlib"]).name))
+            if (
+                exp in ("holds", "violated")
+                and r["result"] in ("holds", "violated")
+                and r["result"] != exp
+            ):
+                wrong.append(r)
+        summary["wrong"] = len(wrong)
+        summary["wrong_instances"] = [
+            (Path(r["onnx"]).name, Path(r["vnnlib"]).name, r["result"]) for r in wrong
+        ]
+    return summary
