@@ -211,3 +211,72 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: model file not found: {tmp_path / 'no.onnx'}"
+
+
+def test_certify_methods_are_ordered_on_the_demo_model(monkeypatch, capsys, tmp_path):
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "certify",
+        "--model",
+        "zoo:mlp",
+        "--data",
+        "digits",
+        "--eps",
+        "0.03",
+        "--n",
+        "120",
+        "--method",
+        "ibp,crown,alpha-crown",
+        "--out",
+        tmp_path / "c.json",
+        "--db",
+        tmp_path / "db.sqlite",
+    )
+    assert code == 0, err
+    r = json.loads((tmp_path / "c.json").read_text())
+    acc = {m["method"]: m["certified_accuracy"] for m in r["per_method"]}
+    assert acc["ibp"] <= acc["crown"] <= acc["alpha-crown"] <= r["clean_accuracy"]
+    assert acc["crown"] > acc["ibp"]
+    assert 0 < r["tightness"] <= 1
+
+
+def _onnx_with(op_type: str, tmp_path):
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], [0.1] * 12)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node(op_type, ["h"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / f"{op_type}.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "d.npz", x=np.full((3, 4), 0.5, np.float32), y=np.zeros(3, np.int64))
+    return path
+
+
+@pytest.mark.parametrize("op,message", [("Erf", "ONNX operation 'Erf'"), ("Softmax", "Softmax")])
+def test_unsupported_operation_is_one_line(monkeypatch, capsys, tmp_path, op, message):
+    path = _onnx_with(op, tmp_path)
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "certify",
+        "--model",
+        path,
+        "--data",
+        tmp_path / "d.npz",
+        "--eps",
+        "0.1",
+        "--out",
+        tmp_path / "c.json",
+        "--db",
+        tmp_path / "db.sqlite",
+    )
+    assert code == 2 and message in err and "supported" in err
+    assert len(err.strip().splitlines()) == 1

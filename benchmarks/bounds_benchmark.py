@@ -1,0 +1,171 @@
+"""Bound engine benchmark: robustlab against auto_LiRPA, side by side in one run.
+
+    python benchmarks/bounds_benchmark.py [--threads 2] [--repeats 5] [--skip-alpha]
+
+Cases: ACAS Xu 1_1 on the prop_1 box (one box, and 64 boxes), a 784-input MLP with four
+256-wide layers at Linf eps 0.03 (one region, 64 regions), the oval21 cifar_base_kw network at
+eps 2/255, and a random residual CNN. For each method (IBP, CROWN, alpha-CROWN) it reports the
+median time per call and the mean bound width, and, when auto_LiRPA is importable in the same
+environment, its time and width, the time ratio, and the largest relative difference of the
+bounds. auto_LiRPA is optional: without it, robustlab's side is printed alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import robustlab as rl
+from robustlab.bounds import compute_bounds
+from robustlab.verify.vnnlib import read_vnnlib
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+
+try:  # the peer, only when importable
+    from auto_LiRPA import BoundedModule, BoundedTensor
+    from auto_LiRPA.perturbations import PerturbationLpNorm
+except Exception:  # noqa: BLE001 - any import failure means "not available"
+    BoundedModule = None
+
+
+class ResidualCNN(nn.Module):
+    """A random residual CNN (conv, batch norm, residual add, pooling, linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.c3 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(32 * 8 * 8, 100)
+        self.fc2 = nn.Linear(100, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        h = torch.relu(self.bn(self.c2(h)) + h)
+        h = torch.relu(self.c3(h))
+        return self.fc2(torch.relu(self.fc1(h.flatten(1))))
+
+
+def cases() -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
+    out = []
+    acas = SHARED / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"
+    if acas.exists():
+        model = rl.load_model(acas).module
+        prop = read_vnnlib(SHARED / "acasxu" / "prop_1.vnnlib").properties[0]
+        lo, hi = prop.lower.float().view(1, 1, 1, 5), prop.upper.float().view(1, 1, 1, 5)
+        out.append(("acasxu 1_1 prop_1, 1 box", model, lo, hi))
+        g = torch.Generator().manual_seed(3)
+        c = lo + (hi - lo) * torch.rand(64, 1, 1, 5, generator=g)
+        out.append(("acasxu 1_1, 64 boxes", model, c - (hi - lo) / 2, c + (hi - lo) / 2))
+    torch.manual_seed(0)
+    mlp = nn.Sequential(
+        nn.Linear(784, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10),
+    ).eval()
+    for n, seed in ((1, 1), (64, 4)):
+        x = torch.rand(n, 784, generator=torch.Generator().manual_seed(seed))
+        out.append(
+            (
+                f"mlp 784-4x256, eps 0.03, {n} region(s)",
+                mlp,
+                (x - 0.03).clamp(0, 1),
+                (x + 0.03).clamp(0, 1),
+            )
+        )
+    oval = SHARED / "oval21" / "nets" / "cifar_base_kw.onnx"
+    if oval.exists():
+        model = rl.load_model(oval).module
+        x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+        out.append(("oval21 cifar_base_kw, eps 2/255", model, x - 2 / 255, x + 2 / 255))
+    torch.manual_seed(5)
+    res = ResidualCNN().eval()
+    with torch.no_grad():
+        res.bn.running_mean.uniform_(-0.1, 0.1)
+        res.bn.running_var.uniform_(0.5, 1.5)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    out.append(("residual CNN 16x16, eps 1/255", res, x - 1 / 255, x + 1 / 255))
+    return out
+
+
+def timed(fn, repeats: int):
+    fn()  # warm-up (graph construction, caches)
+    times, result = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+OURS = {"IBP": "ibp", "CROWN": "crown", "alpha-CROWN": "alpha-crown"}
+
+
+def ours(model, lo, hi, method):
+    b = compute_bounds(model, rl.Box(lo, hi), OURS[method])
+    return b.lower.double(), b.upper.double()
+
+
+def peer(model, lo, hi, method):
+    bm = BoundedModule(model, torch.zeros_like(lo), bound_opts={"relu": "adaptive"}, verbose=False)
+    if method == "alpha-CROWN":
+        bm.set_bound_opts({"optimize_bound_args": {"iteration": 20}})
+    x = BoundedTensor((lo + hi) / 2, PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi))
+
+    def run():
+        lb, ub = bm.compute_bounds(x=(x,), method=method)
+        return lb.detach().double(), ub.detach().double()
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-alpha", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, threads {args.threads}, auto_LiRPA "
+        f"{'available' if BoundedModule else 'not importable: robustlab only'}"
+    )
+    header = f"{'case':40s} {'method':12s} {'robustlab ms':>13s} {'width':>10s}"
+    if BoundedModule:
+        header += f" {'auto_LiRPA ms':>14s} {'width':>10s} {'speed-up':>9s} {'max rel diff':>12s}"
+    print(header)
+    for name, model, lo, hi in cases():
+        for method in OURS:
+            if method == "alpha-CROWN" and args.skip_alpha:
+                continue
+            reps = args.repeats if method != "alpha-CROWN" else max(1, args.repeats // 2)
+            t_ours, (l1, u1) = timed(lambda m=model, a=lo, b=hi, k=method: ours(m, a, b, k), reps)
+            line = f"{name:40s} {method:12s} {1000 * t_ours:13.2f} {(u1 - l1).mean().item():10.4g}"
+            if BoundedModule:
+                try:
+                    t_peer, (l2, u2) = timed(peer(model, lo, hi, method), reps)
+                    scale = torch.maximum(l2.abs(), u2.abs()).clamp_min(1.0)
+                    diff = torch.maximum((l1 - l2).abs(), (u1 - u2).abs()) / scale
+                    line += (
+                        f" {1000 * t_peer:14.2f} {(u2 - l2).mean().item():10.4g}"
+                        f" {t_peer / t_ours:8.1f}x {diff.max().item():12.2e}"
+                    )
+                except Exception as e:  # noqa: BLE001 - report the peer's failure and go on
+                    line += f"  auto_LiRPA failed: {type(e).__name__}: {str(e)[:60]}"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
