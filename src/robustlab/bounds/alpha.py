@@ -20,7 +20,7 @@ from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.base import Activation
 
 ITERATIONS = 20
-LR = 0.5
+LR = 0.1
 DECAY = 0.98
 
 
