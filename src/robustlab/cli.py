@@ -99,23 +99,26 @@ def attack(
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
     eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
     norm: str = typer.Option("inf", "--norm", help="inf or 2."),
-    steps: int = typer.Option(50, "--steps", min=1),
-    restarts: int = typer.Option(1, min=1),
+    suite: str = typer.Option("fast", "--suite", help="fast or standard (AutoAttack's)."),
+    attacks: str | None = typer.Option(
+        None, "--attacks", help="Named attacks instead of a suite, e.g. pgd,apgd-ce."
+    ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("attack.json"), "--out", help="Result JSON."),
     db: Path | None = DB,
 ) -> None:
-    """Robust accuracy under a PGD attack at one or more eps."""
+    """Robust accuracy under an attack suite at one or more eps, with reliability flags."""
+    names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
     with _status() as say:
         report = jobs.attack_job(
             model,
             data,
             _eps_list(eps),
             norm,
-            steps=steps,
-            restarts=restarts,
+            suite=suite,
+            attacks=names,
             n=n,
             batch_size=batch_size,
             seed=seed,
@@ -124,6 +127,10 @@ def attack(
     write_report(report, out_file, out_file.with_suffix(".html"))
     run_id = _record(report, out_file, db)
     out.print(_curve_table(report))
+    for flag in report.get("flags", []):
+        err.print(
+            f"warning: {flag.get('message', flag)}", markup=False, highlight=False, soft_wrap=True
+        )
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -133,7 +140,9 @@ def certify(
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
     eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
     norm: str = typer.Option("inf", "--norm", help="inf or 2."),
-    method: str = typer.Option("ibp", "--method", help="Bound method: ibp."),
+    method: str = typer.Option(
+        "crown", "--method", help="ibp, crown-ibp, crown, alpha-crown, or a comma-separated list."
+    ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     out_file: Path = typer.Option(Path("certify.json"), "--out", help="Result JSON."),

@@ -95,42 +95,41 @@ def attack_job(
     eps: Sequence[float],
     norm: str = "inf",
     *,
-    steps: int = 50,
-    restarts: int = 1,
+    suite: str = "fast",
+    attacks: Sequence[str] | None = None,
     n: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> dict:
-    """PGD robust accuracy at each eps; keys ``clean_accuracy``, ``robust_accuracy`` (first eps),
-    ``curve``, ``per_attack``, ``flags``."""
+    """Robust accuracy under an attack suite (or named attacks) at each eps; keys
+    ``clean_accuracy``, ``robust_accuracy`` (first eps), ``curve``, ``per_attack``, ``flags``."""
+    from robustlab.attacks import evaluate
+
     eps, norm = check_eps(eps), parse_norm(norm)
     model, data = prepare(model_src, data_src, n)
-    attack = PGD(steps=steps, restarts=restarts, seed=seed)
     if progress:
-        progress(f"PGD-{steps} x{restarts} on {len(data)} examples at {len(eps)} eps")
-    results = robustness_curve(model.module, data, eps, norm, attack, batch_size=batch_size)
-    report = _base(
-        "attack",
-        model,
+        progress(f"{suite if attacks is None else ','.join(attacks)} on {len(data)} examples")
+    result = evaluate(
+        model.module,
         data,
-        {
-            "attack": "pgd",
-            "steps": steps,
-            "restarts": restarts,
-            "norm": norm,
-            "eps": eps,
-            "seed": seed,
-        },
+        eps,
+        norm,
+        suite=suite,
+        attacks=attacks,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
     )
-    report.update(
-        norm=norm,
-        clean_accuracy=results[0].clean_accuracy,
-        robust_accuracy=results[0].robust_accuracy,
-        curve=[{"eps": r.eps, "robust_accuracy": r.robust_accuracy} for r in results],
-        per_attack=[{k: v for k, v in r.to_dict().items() if k != "robust"} for r in results],
-        flags=[],
-    )
+    settings = {
+        "suite": result.suite,
+        "attacks": result.attacks,
+        "norm": norm,
+        "eps": eps,
+        "seed": seed,
+    }
+    report = _base("attack", model, data, settings)
+    report.update(result.to_dict())
     return report
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import Attack, Counted, predict
+from robustlab.attacks.base import Attack, Counted, input_gradients_only, predict
 from robustlab.data import Dataset
 from robustlab.threat import LpBall, ThreatModel
 
@@ -30,18 +30,48 @@ class AttackResult:
     n_backward: int
     seconds: float
     robust: list[bool] = field(repr=False, default_factory=list)  # per example
+    n_outside: int = 0  # adversarial candidates rejected for leaving the threat model
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _attack_batches(model, attack, x, y, threat, batch_size) -> Tensor:
-    return torch.cat(
-        [
-            attack(model, x[i : i + batch_size], y[i : i + batch_size], threat)
-            for i in range(0, len(x), batch_size)
-        ]
-    )
+def attack_name(attack: object) -> str:
+    return getattr(attack, "name", type(attack).__name__)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The outcome of attacking some points: which are broken (re-checked), the candidates, and
+    how many candidates were rejected for leaving the threat model or the data range."""
+
+    broken: Tensor
+    x_adv: Tensor
+    n_outside: int
+
+
+def attack_points(
+    model: nn.Module,
+    counted: nn.Module,
+    attack: Attack,
+    x0: Tensor,
+    y0: Tensor,
+    threat: ThreatModel,
+    batch_size: int,
+) -> Checked:
+    """Attack ``x0`` through ``counted`` in batches; a point is broken only if its candidate lies
+    in the threat model and the data range, is finite, and a plain forward pass of ``model``
+    misclassifies it."""
+    with input_gradients_only(model):
+        x_adv = torch.cat(
+            [
+                attack(counted, x0[i : i + batch_size], y0[i : i + batch_size], threat).detach()
+                for i in range(0, len(x0), batch_size)
+            ]
+        )
+    inside = threat.contains(x0, x_adv) & torch.isfinite(x_adv).flatten(1).all(1)
+    broken = (predict(model, x_adv, batch_size) != y0) & inside
+    return Checked(broken, x_adv, int((~inside).sum()))
 
 
 def run_attack(
@@ -70,17 +100,17 @@ def run_attack(
             idx = idx[:0]
         if len(idx):
             x0, y0 = data.x[idx], data.y[idx]
-            x_adv = _attack_batches(counted, attack, x0, y0, threat, batch_size)
-            inside = threat.contains(x0, x_adv)
-            if not bool(inside.all()):
-                raise RuntimeError(f"{type(attack).__name__} left the threat model: a bug")
-            broken = predict(model, x_adv) != y0
-            robust[idx[broken]] = False
+            out = attack_points(model, counted, attack, x0, y0, threat, batch_size)
+            if out.n_outside:
+                raise RuntimeError(
+                    f"{type(attack).__name__} left the threat model on {out.n_outside} points: a bug"
+                )
+            robust[idx[out.broken]] = False
     finally:
         model.train(was_training)
     n = len(data)
     return AttackResult(
-        attack=getattr(attack, "name", type(attack).__name__),
+        attack=attack_name(attack),
         norm=getattr(threat, "norm", "box"),
         eps=float(getattr(threat, "eps", float("nan"))),
         n=n,

@@ -1,0 +1,214 @@
+"""The ensemble runner: attacks in sequence with per-sample worst case, over a list of eps, with
+reliability flags (AutoAttack, Croce & Hein 2020, arXiv:2003.01690)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks import flags as fl
+from robustlab.attacks.base import Attack, Counted, n_classes_of, predict
+from robustlab.attacks.evaluate import attack_points
+from robustlab.attacks.suites import suite_attacks
+from robustlab.data import Dataset
+from robustlab.errors import RobustlabError
+from robustlab.threat import LpBall, parse_norm
+
+WHITE_BOX = {"apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "pgd", "fgsm", "cw", "deepfool"}
+CHECK_POINTS = 64  # points used by the gradient, randomness, re-attack and large-eps checks
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """Robust accuracy over a list of eps under an attack suite, per-attack costs and flags."""
+
+    suite: str
+    attacks: list[str]
+    norm: str
+    eps: list[float]  # in the order given
+    n: int
+    clean_accuracy: float
+    robust_accuracy: float  # at the first eps given
+    curve: list[dict]  # {eps, robust_accuracy}, in the order given
+    per_attack: list[
+        dict
+    ]  # {attack, eps, n_attacked, n_broken, n_forward, n_backward, seconds, ...}
+    flags: list[dict]  # {name, message, value}
+    seconds: float
+    n_forward: int
+    n_backward: int
+    robust: list[list[bool]] = field(repr=False, default_factory=list)  # per eps, per example
+
+    def to_dict(self) -> dict:
+        return {
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "curve": self.curve,
+            "per_attack": self.per_attack,
+            "flags": self.flags,
+            "suite": self.suite,
+            "attacks": self.attacks,
+            "norm": self.norm,
+            "eps": self.eps,
+            "n": self.n,
+            "seconds": self.seconds,
+            "n_forward": self.n_forward,
+            "n_backward": self.n_backward,
+        }
+
+
+def _check_eps(eps: Sequence[float]) -> list[float]:
+    values = [float(e) for e in eps]
+    if not values or any(not math.isfinite(e) or e < 0 for e in values):
+        raise RobustlabError(
+            f"eps must be a non-empty list of finite numbers >= 0; found {list(eps)}"
+        )
+    return values
+
+
+def _large_eps(norm: str, data: Dataset) -> float:
+    span = data.upper - data.lower
+    return span if norm == "inf" else span * math.sqrt(data.x[0].numel())
+
+
+def _run(model, counted, name, attack, data, idx, threat, batch_size) -> tuple[Tensor, dict]:
+    f0, b0, t0 = counted.n_forward, counted.n_backward, time.perf_counter()
+    out = attack_points(model, counted, attack, data.x[idx], data.y[idx], threat, batch_size)
+    rec = {
+        "attack": name,
+        "eps": float(threat.eps),
+        "n_attacked": len(idx),
+        "n_broken": int(out.broken.sum()),
+        "n_forward": counted.n_forward - f0,
+        "n_backward": counted.n_backward - b0,
+        "seconds": time.perf_counter() - t0,
+        "n_outside": out.n_outside,
+    }
+    return out.broken, rec
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    eps: Sequence[float],
+    norm: str,
+    *,
+    suite: str = "fast",
+    attacks: Sequence[str] | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    surrogate: nn.Module | None = None,
+    checks: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> SuiteResult:
+    """Robust accuracy at each eps under ``suite`` ("fast" | "standard") or the named ``attacks``.
+
+    Per-sample worst case: each attack runs only on the points still robust, and a point counts
+    as broken if any attack breaks it (its candidate re-checked by a plain forward pass and a
+    threat-model and data-range check). Eps run in ascending order and a point broken at some eps
+    stays broken at every larger one. ``checks`` adds the reliability flags.
+    """
+    eps_list, norm = _check_eps(eps), parse_norm(norm)
+    if batch_size <= 0:
+        raise RobustlabError(f"batch_size must be a positive integer; found {batch_size}")
+    say = progress or (lambda _msg: None)
+    was_training = model.training
+    model.eval()
+    counted = Counted(model)
+    start = time.perf_counter()
+    try:
+        n_classes = n_classes_of(model, data.x)
+        chosen = suite_attacks(suite, n_classes, names=attacks, seed=seed, surrogate=surrogate)
+        correct = predict(counted, data.x, batch_size) == data.y
+        robust = correct.clone()
+        per_attack: list[dict] = []
+        broken_by: dict[tuple[str, float], Tensor] = {}
+        at: dict[float, Tensor] = {}
+        for e in sorted(set(eps_list)):
+            threat = LpBall(norm, e, data.lower, data.upper)
+            for name, attack in chosen if e > 0 else []:
+                idx = robust.nonzero().squeeze(1)
+                if len(idx) == 0:
+                    break
+                broken, rec = _run(model, counted, name, attack, data, idx, threat, batch_size)
+                robust[idx[broken]] = False
+                broken_by[(name, e)] = idx[broken]
+                per_attack.append(rec)
+                say(
+                    f"eps={e:g} {name}: broke {rec['n_broken']} of {rec['n_attacked']} "
+                    f"in {rec['seconds']:.1f}s; robust accuracy {float(robust.float().mean()):.3f}"
+                )
+            at[e] = robust.clone()
+        flags: list[fl.Flag | None] = []
+        if checks:
+            flags += _checks(
+                model, counted, data, correct, chosen, broken_by, norm, batch_size, say
+            )
+            curve_sorted = [
+                {"eps": e, "robust_accuracy": float(r.float().mean())} for e, r in at.items()
+            ]
+            flags.append(fl.check_square(per_attack, len(data), WHITE_BOX))
+            flags.append(fl.check_curve(curve_sorted, float(correct.float().mean())))
+        flags.append(fl.check_outside(sum(r["n_outside"] for r in per_attack)))
+    finally:
+        model.train(was_training)
+    curve = [{"eps": e, "robust_accuracy": float(at[e].float().mean())} for e in eps_list]
+    return SuiteResult(
+        suite=suite if attacks is None else "custom",
+        attacks=[name for name, _ in chosen],
+        norm=norm,
+        eps=eps_list,
+        n=len(data),
+        clean_accuracy=float(correct.float().mean()),
+        robust_accuracy=curve[0]["robust_accuracy"],
+        curve=curve,
+        per_attack=per_attack,
+        flags=_dedupe([f.to_dict() for f in flags if f is not None]),
+        seconds=time.perf_counter() - start,
+        n_forward=counted.n_forward,
+        n_backward=counted.n_backward,
+        robust=[at[e].tolist() for e in eps_list],
+    )
+
+
+def _dedupe(flags: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for f in flags:
+        if f["name"] not in seen:
+            seen.add(f["name"])
+            out.append(f)
+    return out
+
+
+def _checks(model, counted, data, correct, chosen, broken_by, norm, batch_size, say) -> list:
+    """Gradients, randomness, re-attack at a larger eps, and a very large eps."""
+    gen = torch.Generator().manual_seed(0)
+    ok = correct.nonzero().squeeze(1)
+    sample = ok[torch.randperm(len(ok), generator=gen)[:CHECK_POINTS]]
+    out = [
+        fl.check_gradients(model, data.x[sample], data.y[sample]),
+        fl.check_randomized(model, data.x[:CHECK_POINTS]),
+    ]
+    eps_sorted = sorted({e for _, e in broken_by})
+    for (name, e), idx in broken_by.items():
+        larger = [v for v in eps_sorted if v > e]
+        if not larger or len(idx) == 0:
+            continue
+        idx = idx[:16]
+        threat = LpBall(norm, larger[0], data.lower, data.upper)
+        attack: Attack = dict(chosen)[name]
+        broken, _ = _run(model, counted, name, attack, data, idx, threat, batch_size)
+        out.append(fl.check_reattack(int((~broken).sum()), len(idx), name, e, larger[0]))
+    white = [(n, a) for n, a in chosen if n in WHITE_BOX]
+    if white and len(sample):
+        big = _large_eps(norm, data)
+        say(f"checking that {white[0][0]} breaks everything at eps={big:g}")
+        threat = LpBall(norm, big, data.lower, data.upper)
+        broken, _ = _run(model, counted, white[0][0], white[0][1], data, sample, threat, batch_size)
+        out.append(fl.check_large_eps(1 - float(broken.float().mean()), len(sample), big))
+    return out

@@ -1,0 +1,83 @@
+"""Attack suites: AutoAttack's standard composition and budgets (Croce & Hein 2020,
+arXiv:2003.01690), and a fast one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from robustlab.attacks.apgd import APGD
+from robustlab.attacks.apgdt import APGDT
+from robustlab.attacks.base import REGISTRY, Attack
+from robustlab.attacks.fab import FABT
+from robustlab.attacks.square import Square
+from robustlab.attacks.transfer import Transfer
+from robustlab.errors import RobustlabError
+
+
+def _targets(n_classes: int, k: int) -> int:
+    return max(1, min(k, n_classes - 1))
+
+
+def standard_budgets(n_classes: int, seed: int) -> dict[str, Attack]:
+    """AutoAttack's standard version: APGD-CE (100 iterations, 1 restart), APGD-T (100 iterations,
+    9 target classes), FAB-T (100 iterations, 9 target classes), Square (5000 queries, p_init 0.8,
+    no schedule rescaling); in this order."""
+    t = _targets(n_classes, 9)
+    return {
+        "apgd-ce": APGD(n_iter=100, restarts=1, loss="ce", seed=seed),
+        "apgd-t": APGDT(n_iter=100, n_target_classes=t, restarts=1, seed=seed),
+        "fab-t": FABT(n_iter=100, n_target_classes=t, restarts=1, seed=seed),
+        "square": Square(n_queries=5000, p_init=0.8, rescale_schedule=False, seed=seed),
+    }
+
+
+def fast_budgets(n_classes: int, seed: int) -> dict[str, Attack]:
+    """APGD-CE then APGD-T on the targeted DLR loss over the top 3 target classes."""
+    t = _targets(n_classes, 3)
+    return {
+        "apgd-ce": APGD(n_iter=FAST_ITERATIONS, restarts=1, loss="ce", seed=seed),
+        "apgd-t": APGDT(n_iter=FAST_ITERATIONS, n_target_classes=t, restarts=1, seed=seed),
+    }
+
+
+FAST_ITERATIONS = 50
+SUITES: dict[str, Callable[[int, int], dict[str, Attack]]] = {
+    "fast": fast_budgets,
+    "standard": standard_budgets,
+}
+
+
+def suite_attacks(
+    suite: str,
+    n_classes: int,
+    *,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    surrogate: nn.Module | None = None,
+) -> list[tuple[str, Attack]]:
+    """The attacks of ``suite`` in order, or those named in ``names`` (in the order given), each
+    with the suite's budget where the suite has one, else the registry's defaults."""
+    if suite not in SUITES:
+        raise RobustlabError(f"unknown suite '{suite}'; known: {', '.join(SUITES)}")
+    budgets = SUITES[suite](n_classes, seed)
+    if n_classes < 4:  # targeted DLR needs 4 classes
+        budgets.pop("apgd-t", None)
+    if names is None:
+        return list(budgets.items())
+    out = []
+    for name in names:
+        name = name.strip().lower()
+        if name in budgets:
+            out.append((name, budgets[name]))
+        elif name == "transfer":
+            out.append((name, Transfer(surrogate=surrogate, attack=APGD(seed=seed))))
+        elif name in REGISTRY:
+            extra = (
+                {"n_target_classes": _targets(n_classes, 9)} if name in ("apgd-t", "fab-t") else {}
+            )
+            out.append((name, REGISTRY[name](seed=seed, **extra)))
+        else:
+            raise RobustlabError(f"unknown attack '{name}'; known: {', '.join(sorted(REGISTRY))}")
+    return out
