@@ -4,6 +4,8 @@ every intermediate layer whose bounds a relaxation uses."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -49,7 +51,7 @@ def alpha_crown(
     batch = lower.shape[0]
     if C is None:
         shape = graph.nodes[out].shape
-        C = identity_rows(shape, torch.arange(int(torch.tensor(shape).prod())), batch, lower)
+        C = identity_rows(shape, torch.arange(math.prod(shape)), batch, lower)
     C = C.to(lower.dtype)
     with torch.no_grad():
         best_final, bounds = crown(graph, region, C, bound_upper=bound_upper)

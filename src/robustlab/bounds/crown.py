@@ -7,6 +7,7 @@ bounds leave unstable); ``intermediate="ibp"`` gives CROWN-IBP (Zhang et al. 202
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -126,7 +127,7 @@ def _after_nonlinear(graph: BoundGraph) -> list[bool]:
 
 def identity_rows(shape: tuple[int, ...], idx: Tensor, batch: int, like: Tensor) -> Tensor:
     """Rows of the identity for neurons ``idx`` (flat indices): shape (batch, len(idx), *shape)."""
-    n = int(torch.tensor(shape).prod()) if shape else 1
+    n = math.prod(shape)
     rows = torch.zeros(len(idx), n, dtype=like.dtype, device=like.device)
     rows[torch.arange(len(idx)), idx] = 1.0
     return rows.reshape(1, len(idx), *shape).expand(batch, -1, *shape)
@@ -161,7 +162,7 @@ def refine(graph, bounds, i: int, unstable_only: bool, alphas=None, cache=None) 
             group = sel[width[sel] == w]
             _refine_rows(graph, bounds, i, mask[group], group, min(int(w), k), shape, lo, hi)
         return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
-    in_numel = max(int(torch.tensor(n.shape).prod()) for n in graph.nodes[: i + 1])
+    in_numel = max(math.prod(n.shape) for n in graph.nodes[: i + 1])
     chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
     for s in range(0, len(idx), chunk):
         part = idx[s : s + chunk]
@@ -230,7 +231,7 @@ def crown(
     out = graph.output
     if C is None:
         shape = graph.nodes[out].shape
-        n = int(torch.tensor(shape).prod())
+        n = math.prod(shape)
         C = identity_rows(shape, torch.arange(n), lower.shape[0], lower)
     C = C.to(lower.dtype)
     if bound_upper:

@@ -52,7 +52,10 @@ class Linear(LinearOp):
         a_in = A @ w
         if self.bias is None:
             return [a_in], A.new_zeros(A.shape[:2])
-        bias = (A * _cast(self.bias, A)).flatten(2).sum(-1)
+        bias = A @ _cast(self.bias, A)
+        if bias.dim() > 2:
+            bias = bias.flatten(2).sum(-1)
+
         return [a_in], bias
 
 
