@@ -39,12 +39,12 @@ def _stack_spec(prop: Property) -> tuple[Tensor, Tensor, list[slice]]:
 
 def bound_boxes(
     graph: BoundGraph, lo: Tensor, hi: Tensor, C: Tensor, shape, intermediate: str = "crown"
-) -> tuple[Tensor, Tensor]:
-    """CROWN lower bounds of ``C y`` on each box (N, rows) and their input coefficients.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """CROWN lower bounds of ``C y`` on each box (N, rows), with the linear lower bounds they come
+    from: ``C y >= A x + bias`` on the box (A of shape (N, rows, n_inputs)).
 
     Intermediate bounds: ``"crown"`` (backward passes for every unstable neuron, after forward
     linear bounds) or ``"forward"`` (forward linear bounds only: far cheaper, far looser)."""
-
     n = len(lo)
     region = InputRegion(lo.reshape(n, *shape), hi.reshape(n, *shape))
     with torch.no_grad():
@@ -55,7 +55,37 @@ def bound_boxes(
             bounds = intermediate_bounds(graph, region, "crown", prior=prior)
         lin: dict = {}
         lb = backward(graph, bounds, graph.output, C.expand(n, *C.shape), linear=lin)
-    return lb, lin["A"].reshape(n, C.shape[0], -1)
+    return lb, lin["A"].reshape(n, C.shape[0], -1), lin["bias"]
+
+
+def _weights(k: int) -> Tensor:
+    """Convex combinations of k rows tried for a conjunction: weights in {0, 1, 2}, normalised."""
+    grid = torch.cartesian_prod(*[torch.arange(3.0, dtype=torch.float64)] * k).reshape(-1, k)
+    grid = grid[(grid > 0).sum(1) > 1]
+    return grid / grid.sum(1, keepdim=True)
+
+
+def disjunct_slack(lb, A, bias, lo, hi, d, groups) -> Tensor:
+    """(N, disjuncts): a lower bound on the largest ``C_r y - d_r`` over each disjunct's rows,
+    minus the margin; positive means the disjunct is unreachable on the box.
+
+    A conjunction is also refuted by a convex combination of its rows whose linear lower bound is
+    positive over the whole box (even when no single row is)."""
+    margin = HOLD_MARGIN * d.abs().clamp_min(1.0)
+    slack = lb - d - margin
+    c, r = (hi + lo) / 2, (hi - lo) / 2
+    out = []
+    for g in groups:
+        best = slack[:, g].amax(1)
+        k = g.stop - g.start
+        if 1 < k <= 6:
+            w = _weights(k).to(lb.dtype)  # (W, k)
+            coef = torch.einsum("wk,nki->nwi", w, A[:, g])
+            const = (bias[:, g] - d[g] - margin[g]) @ w.T  # (N, W)
+            val = (coef * c[:, None]).sum(-1) - (coef.abs() * r[:, None]).sum(-1) + const
+            best = torch.maximum(best, val.amax(1))
+        out.append(best)
+    return torch.stack(out, 1)
 
 
 def infeasible(lb: Tensor, d: Tensor, groups: list[slice]) -> Tensor:
@@ -72,54 +102,79 @@ def input_split(
     model,
     *,
     deadline: float,
-    batch: int = 1024,
+    batch: int = 512,
     stats: BabStats | None = None,
     intermediate: str = "crown",
+    lookahead: int = 2,
 ) -> tuple[str, Tensor | None]:
     """``("holds", None)``, ``("violated", x)`` (x float64, to be re-checked), or
-    ``("timeout", None)``."""
+    ``("timeout", None)``.
+
+    Branching looks ahead: every undecided box is bounded split in two along each of the
+    ``lookahead`` inputs with the largest |coefficient| x width, and the split whose worse half has
+    the best bound is taken; halves already proven are dropped."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
-    # per box: which disjuncts are still open
-    open_q = torch.ones(1, len(groups), dtype=torch.bool)
+    lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate)
+    stats.domains += 1
+    open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups) > 0)  # per box: open disjuncts
+    a_q = _weakest_row(lb, A, open_q, d, groups)  # per box: linear coefficients of its weakest row
+    if not open_q.any():
+        return "holds", None
     while len(lo_q):
         if time.monotonic() > deadline:
             return "timeout", None
-        lo, hi, op = lo_q[:batch], hi_q[:batch], open_q[:batch]
-        lo_q, hi_q, open_q = lo_q[batch:], hi_q[batch:], open_q[batch:]
-        stats.domains += len(lo)
-        stats.bound_calls += 1
-        lb, A = bound_boxes(graph, lo, hi, C, shape, intermediate)
-        op = op & ~infeasible(lb, d, groups)
-        undecided = op.any(1)
-        if not undecided.any():
-            continue
-        lo, hi, op, lb, A = lo[undecided], hi[undecided], op[undecided], lb[undecided], A[undecided]
-        # a cheap search: the box centre and the corner minimising the weakest open row's bound
-        slack = lb - d
-        slack_open = torch.where(_rows_open(op, groups, C.shape[0]), slack, torch.inf)
-        worst = slack_open.argmin(1)
-        a = A[torch.arange(len(A)), worst]
-        corner = torch.where(a > 0, lo, hi)
-        cand = torch.cat([corner, (lo + hi) / 2])
+        lo, hi, op, a = lo_q[:batch], hi_q[:batch], open_q[:batch], a_q[:batch]
+        lo_q, hi_q, open_q, a_q = lo_q[batch:], hi_q[batch:], open_q[batch:], a_q[batch:]
+        n, k_in = lo.shape
+        # search: box centres and the corners minimising each box's weakest bound
+        cand = torch.cat([torch.where(a > 0, lo, hi), (lo + hi) / 2])
         with torch.no_grad():
             y = model(cand.float().reshape(-1, *shape)).reshape(len(cand), -1)
         v = prop.violation(y)
         if (v <= 0).any():
             return "violated", cand[v.argmin()]
-        # split along the input with the largest |coefficient| x width
-        score = a.abs() * (hi - lo)
-        dim = score.argmax(1)
-        mid = (lo.gather(1, dim[:, None]) + hi.gather(1, dim[:, None])) / 2
-        lo2, hi2 = lo.clone(), hi.clone()
-        hi1 = hi.clone().scatter_(1, dim[:, None], mid)
-        lo2.scatter_(1, dim[:, None], mid)
-        lo_q = torch.cat([lo, lo2, lo_q])
-        hi_q = torch.cat([hi1, hi2, hi_q])
-        open_q = torch.cat([op, op, open_q])
+        # look ahead: both halves along the `lookahead` inputs with the largest |coefficient| x
+        # width (the "smart" score), bounded in one batch
+        m = min(lookahead, k_in)
+        cands = (a.abs() * (hi - lo)).topk(m, dim=1).indices  # (n, m)
+        mids = (lo + hi) / 2
+        los, his = [], []
+        for j in range(m):
+            k = cands[:, j : j + 1]
+            h1 = hi.clone().scatter_(1, k, mids.gather(1, k))
+            l2 = lo.clone().scatter_(1, k, mids.gather(1, k))
+            los += [lo, l2]
+            his += [h1, hi]
+        L, H = torch.cat(los), torch.cat(his)
+        stats.domains += len(L)
+        stats.bound_calls += 1
+        lbc, Ac, bc = bound_boxes(graph, L, H, C, shape, intermediate)
+        sl = disjunct_slack(lbc, Ac, bc, L, H, d, groups).view(m, 2, n, -1)
+        sl = torch.where(op[None, None], sl, torch.inf)  # closed disjuncts do not matter
+        score = sl.amin(3).amin(1)  # (m, n): the worse half's weakest open disjunct
+        dim = score.argmax(0)
+        pick = torch.arange(n)
+        child_open = op[None] & ~(sl[dim, :, pick] > 0).transpose(0, 1)  # (2, n, disjuncts)
+        rows = C.shape[0]
+        lb_c = lbc.view(m, 2, n, rows)[dim, :, pick].transpose(0, 1)
+        A_c = Ac.view(m, 2, n, rows, k_in)[dim, :, pick].transpose(0, 1)
+        L = L.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
+        H = H.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
+        keep = child_open.any(2)
+        lo_q = torch.cat([L[keep], lo_q])
+        hi_q = torch.cat([H[keep], hi_q])
+        open_q = torch.cat([child_open[keep], open_q])
+        a_q = torch.cat([_weakest_row(lb_c[keep], A_c[keep], child_open[keep], d, groups), a_q])
         stats.max_queue = max(stats.max_queue, len(lo_q))
     return "holds", None
+
+
+def _weakest_row(lb, A, op, d, groups) -> Tensor:
+    """Per box: the input coefficients of the open row with the smallest slack."""
+    slack = torch.where(_rows_open(op, groups, A.shape[1]), lb - d, torch.inf)
+    return A[torch.arange(len(A)), slack.argmin(1)]
 
 
 def _rows_open(op: Tensor, groups: list[slice], rows: int) -> Tensor:
