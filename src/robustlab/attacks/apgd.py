@@ -149,12 +149,12 @@ class APGD:
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         best = x.clone()
         todo = torch.arange(len(x), device=x.device)
+        if isinstance(self.loss, str) and self.loss != "ce":
+            with torch.no_grad():
+                check_classes(self.loss, model(x[:1]).shape[1])
         for r in range(max(1, self.restarts)):
             if len(todo) == 0:
                 break
-            if r == 0:
-                with torch.no_grad():
-                    check_classes(self.loss, model(x[:1]).shape[1])
             broken, adv = apgd_run(
                 model, x[todo], y[todo], threat, objective,
                 target=None, n_iter=self.n_iter, rho=self.rho, gen=gen,

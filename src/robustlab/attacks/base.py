@@ -241,7 +241,7 @@ def n_classes_of(model: nn.Module, x: Tensor) -> int:
     return int(out.shape[1])
 
 
-RUNS_PER_BLOCK = 1 << 17  # input elements per batch of side-by-side runs (keeps activations small)
+RUNS_PER_BLOCK = 1 << 15  # input elements per batch of side-by-side runs (keeps activations small)
 
 
 def target_blocks(ranks: list, n_points: int, numel: int, parallel: bool) -> list[list]:
