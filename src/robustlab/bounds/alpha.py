@@ -22,7 +22,7 @@ from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.base import Activation
 
 ITERATIONS = 20
-LR = 0.1
+LR = 0.5
 DECAY = 0.98
 
 
@@ -106,8 +106,12 @@ def alpha_crown(
                     )
                     lo = b.lower.reshape(batch, -1).clone()
                     hi = b.upper.reshape(batch, -1).clone()
-                    lo[:, idx] = torch.maximum(lo[:, idx], nb.lower)
-                    hi[:, idx] = torch.minimum(hi[:, idx], nb.upper)
+                    # the optimised bounds themselves, not intersected with earlier ones: an
+                    # intersection would cut the gradient wherever interval bounds are tighter
+                    # (the best bounds of every iteration are kept separately, below)
+                    lo[:, idx] = nb.lower
+                    hi[:, idx] = nb.upper
+
                     b = Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
                 cur[i] = b
             if bound_upper:
