@@ -96,12 +96,12 @@ def verify_property(
     graph = graph_of(model, tuple(shape))
     st = bab.BabStats()
     while True:
-        # a portfolio of branching rules: look-ahead over the top 3 inputs for a short while
+        # a portfolio of branching rules: look-ahead over every input for a short while
         # (decisive on some properties), then the plain "smart" rule for the rest of the time
         now = time.monotonic()
         short = min(deadline, now + max(2.0, 0.15 * (deadline - now)))
         verdict, x = bab.input_split(
-            graph, prop, shape, model, deadline=short, stats=st, lookahead=3
+            graph, prop, shape, model, deadline=short, stats=st, lookahead=len(prop.lower)
         )
         if verdict == "timeout":
             verdict, x = bab.input_split(
