@@ -95,37 +95,36 @@ def verify_property(
         return "unknown", None
     graph = graph_of(model, tuple(shape))
     st = bab.BabStats()
-    while True:
-        # a portfolio of branching rules: look-ahead over every input for a short while
-        # (decisive on some properties), then the plain "smart" rule for the rest of the time
-        now = time.monotonic()
-        short = min(deadline, now + max(2.0, 0.15 * (deadline - now)))
+    # a portfolio of branching rules: look-ahead over every input for a short while
+    # (decisive on some properties), then the plain "smart" rule for the rest of the time
+    now = time.monotonic()
+    short = min(deadline, now + max(2.0, 0.15 * (deadline - now)))
+    verdict, x = bab.input_split(
+        graph, prop, shape, model, deadline=short, stats=st, lookahead=len(prop.lower)
+    )
+    if verdict == "timeout":
         verdict, x = bab.input_split(
-            graph, prop, shape, model, deadline=short, stats=st, lookahead=len(prop.lower)
+            graph, prop, shape, model, deadline=deadline, stats=st, lookahead=1
         )
-        if verdict == "timeout":
-            verdict, x = bab.input_split(
-                graph, prop, shape, model, deadline=deadline, stats=st, lookahead=1
-            )
-        stats.update(domains=st.domains, max_queue=st.max_queue)
-        if verdict != "violated":
-            return verdict, None
-        lo32, hi32 = float32_box(prop.lower, prop.upper)
-        x32 = torch.minimum(torch.maximum(x.float(), lo32), hi32)
-        y = check_onnx(onnx_bytes, prop, x32, onnx_shape)
-        if y is not None:
-            return "violated", {"x": x32.tolist(), "y": y.tolist()}
-        # rounding made the candidate miss: look around it with a focused search
-        near = Property(
-            torch.maximum(x - 1e-3 * (prop.upper - prop.lower), prop.lower),
-            torch.minimum(x + 1e-3 * (prop.upper - prop.lower), prop.upper),
-            prop.disjuncts,
-        )
-        x2 = search(model, near, shape, samples=512)
-        y = None if x2 is None else check_onnx(onnx_bytes, prop, x2, onnx_shape)
-        if y is not None:
-            return "violated", {"x": x2.float().tolist(), "y": y.tolist()}
-        return "unknown", None
+    stats.update(domains=st.domains, max_queue=st.max_queue)
+    if verdict != "violated":
+        return verdict, None
+    lo32, hi32 = float32_box(prop.lower, prop.upper)
+    x32 = torch.minimum(torch.maximum(x.float(), lo32), hi32)
+    y = check_onnx(onnx_bytes, prop, x32, onnx_shape)
+    if y is not None:
+        return "violated", {"x": x32.tolist(), "y": y.tolist()}
+    # rounding made the candidate miss: look around it with a focused search
+    near = Property(
+        torch.maximum(x - 1e-3 * (prop.upper - prop.lower), prop.lower),
+        torch.minimum(x + 1e-3 * (prop.upper - prop.lower), prop.upper),
+        prop.disjuncts,
+    )
+    x2 = search(model, near, shape, samples=512)
+    y = None if x2 is None else check_onnx(onnx_bytes, prop, x2, onnx_shape)
+    if y is not None:
+        return "violated", {"x": x2.float().tolist(), "y": y.tolist()}
+    return "unknown", None
 
 
 def verify(

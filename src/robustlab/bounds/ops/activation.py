@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robustlab.bounds.ops.base import Activation, Bounds
+from robustlab.bounds.ops.base import Activation
 
 TINY = 1e-12
 
@@ -119,7 +119,3 @@ class SShaped(Activation):
         lb = torch.where(degenerate, fl, lb) - margin
         ub = torch.where(degenerate, fu, ub) + margin
         return la, lb, ua, ub
-
-
-def _check(b: Bounds) -> None:  # pragma: no cover - debugging aid
-    assert (b.lower <= b.upper).all()

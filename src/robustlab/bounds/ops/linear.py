@@ -209,8 +209,3 @@ class Generic(LinearOp):
 
     def backward(self, A, in_shapes):
         return [vjp_backward(self.fn, A, in_shapes[0])], A.new_zeros(A.shape[:2])
-
-
-def avg_pool(m: nn.Module) -> Callable[[Tensor], Tensor]:
-    """The average pooling function of a module (AvgPool1d/2d, AdaptiveAvgPool with any output)."""
-    return lambda x: m(x)
