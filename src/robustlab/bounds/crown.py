@@ -82,9 +82,12 @@ def backward(
                 la, lb, ua, ub = hit[1]
             else:
                 la, lb, ua, ub = op.relax(l[:, None], u[:, None], alpha)
-            positive = a >= 0
-            a_in = a * torch.where(positive, la, ua)
-            bias = bias + (a * torch.where(positive, lb, ub)).flatten(2).sum(-1)
+            # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
+            neg = a.clamp(max=0)
+            a_in = torch.addcmul(a * la, neg, ua - la)
+            bias = bias + _rowdot(neg, ub)
+            if not op.zero_lower_intercept:
+                bias = bias + _rowdot(a - neg, lb)
         elif isinstance(op, MaxPool):
             a_in, b = op.backward(a, l, u)
             bias = bias + b
@@ -96,6 +99,14 @@ def backward(
     if linear is not None:
         linear["A"], linear["bias"] = A[0], bias
     return concretize(A[0], bounds[0]) + bias
+
+
+def _rowdot(x: Tensor, v: Tensor) -> Tensor:
+    """``sum(x * v)`` over the trailing dims: x (batch, rows, *s), v (batch, 1 or rows, *s)."""
+    xf, vf = x.flatten(2), v.flatten(2)
+    if vf.shape[1] == 1 and xf.shape[1] > 1:
+        return torch.bmm(xf, vf.expand(xf.shape[0], -1, -1).transpose(1, 2))[..., 0]
+    return (xf * vf).sum(-1)
 
 
 def two_sided(graph, bounds, target, C, alphas=None, cache=None) -> Bounds:

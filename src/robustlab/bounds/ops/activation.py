@@ -18,6 +18,7 @@ class ReLU(Activation):
 
     slope: float = 0.0
     has_alpha: bool = True
+    zero_lower_intercept: bool = True
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.where(x >= 0, x, self.slope * x)

@@ -76,6 +76,7 @@ class Activation(Op):
     """An elementwise nonlinearity with linear lower and upper relaxations on ``[l, u]``."""
 
     has_alpha: bool = False  # whether the lower slope of unstable neurons can be optimised
+    zero_lower_intercept: bool = False  # whether ``relax`` always returns lb == 0
 
     def ibp(self, b: Bounds) -> Bounds:  # monotone nondecreasing by default
         return Bounds(self.forward(b.lower), self.forward(b.upper))
