@@ -177,6 +177,50 @@ def certify(
 
 
 @app.command()
+def explain(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    method: str = typer.Option(
+        ...,
+        "--method",
+        help="saliency, input-x-gradient, integrated-gradients, smoothgrad, occlusion, "
+        "grad-cam or sobol.",
+    ),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Integrated-gradients steps, SmoothGrad samples or Sobol designs."
+    ),
+    target: str = typer.Option("predicted", "--target", help="predicted, label or a class."),
+    batch_size: int = typer.Option(512, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("explain.json"), "--out", help="Result JSON."),
+    db: Path | None = DB,
+) -> None:
+    """Attributions per input (JSON) and heat-maps (HTML)."""
+    from robustlab.explain.job import explain_job
+
+    with _status() as say:
+        report = explain_job(
+            model,
+            data,
+            method,
+            n=n,
+            steps=steps,
+            target=target,
+            batch_size=batch_size,
+            seed=seed,
+            progress=say,
+        )
+    write_report(report, out_file, out_file.with_suffix(".html"))
+    run_id = _record(report, out_file, db)
+    out.print(
+        f"{method} on {len(report['attributions'])} inputs: {report['n_forward']} forward, "
+        f"{report['n_backward']} backward passes, {report['seconds']:.2f} s"
+    )
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
+@app.command()
 def verify(
     onnx_file: Path = typer.Argument(..., help="The network (ONNX)."),
     vnnlib_file: Path = typer.Argument(..., help="The property (VNN-LIB)."),

@@ -7,13 +7,31 @@ from pathlib import Path
 
 import jinja2
 
-from robustlab.report.plots import accuracy_curve
+from robustlab.report.plots import accuracy_curve, attribution_maps
 
 SCHEMA_VERSION = 1
 
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
+
+
+HEATMAPS = 16  # attribution maps shown in an explain report
+# methods whose attributions have a sign: a diverging colour map centred at 0
+SIGNED = ("input-x-gradient", "integrated-gradients", "smoothgrad", "occlusion")
+
+
+def _heatmaps(report: dict) -> str | None:
+    """Heat-maps of the first attributions of an explain report (signed methods diverge at 0)."""
+    attributions = report.get("attributions") if report.get("kind") == "explain" else None
+    if not attributions:
+        return None
+    classes = report.get("classes") or [None] * len(attributions)
+    titles = [
+        f"#{i}" + ("" if c is None else f" class {c}") for i, c in enumerate(classes[:HEATMAPS])
+    ]
+    signed = report.get("method") in SIGNED
+    return attribution_maps(attributions[:HEATMAPS], titles, signed)
 
 
 def render_html(report: dict) -> str:
@@ -38,6 +56,7 @@ def render_html(report: dict) -> str:
         r={**report, "curve": curve},
         pct=_pct,
         figure=figure,
+        heatmaps=_heatmaps(report),
         headline=headline,
         settings=json.dumps(report.get("settings", {}), indent=2),
         model=json.dumps(report.get("model", {}), indent=2),

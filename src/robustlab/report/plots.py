@@ -40,3 +40,26 @@ def accuracy_curve(curve: list[dict], clean_accuracy: float, norm: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _png(fig)
+
+
+def attribution_maps(attributions: list, titles: list[str], signed: bool) -> str:
+    """Heat-maps of attributions (channels summed; a grid of regions as it is), one panel each."""
+    import numpy as np
+
+    maps = []
+    for a in attributions:
+        a = np.asarray(a, dtype=float)
+        maps.append(a.sum(0) if a.ndim == 3 else a.reshape(1, -1) if a.ndim == 1 else a)
+    cols = min(8, len(maps))
+    rows = (len(maps) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.55 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, m, title in zip(axes.flat, maps, titles, strict=False):
+        top = float(np.abs(m).max()) or 1.0
+        if signed:
+            ax.imshow(m, cmap="RdBu_r", vmin=-top, vmax=top)
+        else:
+            ax.imshow(m, cmap="inferno", vmin=0, vmax=top)
+        ax.set_title(title, fontsize=7)
+    return _png(fig)
