@@ -247,7 +247,14 @@ def metrics_of(report: dict) -> dict:
     """Flat metrics of a report for the run history."""
     m = {"clean_accuracy": report.get("clean_accuracy")}
     for p in report.get("curve", []):
+        at = f"{p['eps']:g}" if "eps" in p else f"radius {p.get('radius', 0):g}"  # smoothing: L2
         for key in ("robust_accuracy", "certified_accuracy"):
             if key in p:
-                m[f"{key}@{p['eps']:g}"] = p[key]
+                m[f"{key}@{at}"] = p[key]
+    for row in report.get("comparison") or []:  # train: one row per method
+        for key in ("clean_accuracy", "robust_accuracy", "certified_accuracy", "train_seconds"):
+            m[f"{row['method']} {key}"] = row.get(key)
+    for e in report.get("log") or []:  # train: the log per epoch
+        for key in ("loss", "clean_accuracy", "robust_accuracy", "certified_accuracy"):
+            m[f"{e['method']} {key}@epoch {e['epoch']}"] = e.get(key)
     return m

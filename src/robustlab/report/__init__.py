@@ -40,7 +40,10 @@ def render_html(report: dict) -> str:
         loader=jinja2.PackageLoader("robustlab", "report/templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
     )
-    curve = report.get("curve") or []
+    # a smoothing report's curve is over the certified L2 radius: shown on the eps axis
+    curve = [
+        p if "eps" in p else {"eps": p.get("radius", 0.0), **p} for p in report.get("curve") or []
+    ]
     figure = (
         accuracy_curve(curve, report["clean_accuracy"], report.get("norm", "inf"))
         if curve

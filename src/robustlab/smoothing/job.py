@@ -1,0 +1,49 @@
+"""The ``robustlab smooth`` job: randomized smoothing of a model over a dataset, as a report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from robustlab.jobs import _base, prepare
+from robustlab.smoothing.core import smooth
+
+Progress = Callable[[str], None]
+
+
+def smooth_job(
+    model_src,
+    data_src,
+    sigma: float,
+    *,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    n_examples: int | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict:
+    """Keys ``sigma``, ``n``, ``alpha``, ``clean_accuracy`` (of the smoothed classifier,
+    abstentions counted as wrong), ``abstain_rate``, ``curve`` ({radius, certified_accuracy}) and
+    ``samples`` ({label, prediction (-1: abstain), count_top, radius}); also ``n0`` and ``cost``."""
+    model, data = prepare(model_src, data_src, n_examples)
+
+    def on_group(done: int, total: int) -> None:
+        if progress:
+            progress(f"smoothing: {done}/{total} inputs, {n0 + n} noise samples each")
+
+    result = smooth(model.module, data, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                    seed=seed, on_group=on_group)  # fmt: skip
+    settings = {
+        "sigma": sigma,
+        "n0": n0,
+        "n": n,
+        "alpha": alpha,
+        "batch_size": batch_size,
+        "seed": seed,
+        "norm": "2",
+    }
+    report = _base("smooth", model, data, settings)
+    report["norm"] = "2"
+    report.update(result.to_dict())
+    return report

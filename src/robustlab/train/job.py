@@ -1,0 +1,201 @@
+"""The ``robustlab train`` job: build or load an architecture, train it with one or more methods,
+export each model to ONNX, evaluate it, and assemble the report (with the comparison table)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from robustlab import zoo
+from robustlab._onnx import torch_to_onnx
+from robustlab.data import Dataset, load_data
+from robustlab.errors import RobustlabError
+from robustlab.jobs import _base, check_eps
+from robustlab.model import load_model
+from robustlab.train.compare import Comparison, comparison_row, evaluate_trained
+from robustlab.train.init import reset_parameters
+from robustlab.train.loop import train
+from robustlab.train.methods import METHODS, get_method
+
+Progress = Callable[[str], None]
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """Training methods from ``"standard,pgd-at"`` or a list; each must be registered."""
+    names = (
+        [m.strip() for m in text.split(",") if m.strip()] if isinstance(text, str) else list(text)
+    )
+    if not names:
+        raise RobustlabError("expected at least one training method")
+    for m in names:
+        if m not in METHODS:
+            raise RobustlabError(f"unknown training method '{m}'; known: {', '.join(METHODS)}")
+    return names
+
+
+def architecture(arch: str, *, seed: int = 0, finetune: bool = False):
+    """``(build, input_shape, name)``: ``build()`` gives a fresh model of a zoo architecture
+    (``mlp``, ``cnn``) or of an ONNX file's graph (re-initialised unless ``finetune``)."""
+    if arch in zoo.ARCHITECTURES:
+
+        def build() -> nn.Module:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                return zoo.build(arch)
+
+        return build, zoo.INPUT_SHAPE, arch
+    path = Path(arch)
+    if path.suffix.lower() != ".onnx":
+        raise RobustlabError(
+            f"--arch expects {', '.join(zoo.ARCHITECTURES)} or an .onnx file; found {arch!r}"
+        )
+    loaded = load_model(path)
+    template = loaded.module
+
+    def build_file() -> nn.Module:
+        model = copy.deepcopy(template)
+        return model if finetune else reset_parameters(model, seed=seed)
+
+    return build_file, tuple(loaded.input_shape), path.name
+
+
+def split_data(data_src, test_src, input_shape, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Training and test data: digits' own split for ``digits``; ``test_src`` when given; else
+    a fixed random 80/20 split of the data."""
+    if str(data_src) in ("digits", "digits-train"):
+        train_d = load_data("digits-train").matched_to(input_shape)
+        test_d = load_data(test_src or "digits", input_shape).matched_to(input_shape)
+        return train_d, test_d
+    data = load_data(data_src, input_shape).matched_to(input_shape)
+    if test_src is not None:
+        return data, load_data(test_src, input_shape).matched_to(input_shape)
+    if len(data) < 5:
+        raise RobustlabError(f"data '{data.name}' has {len(data)} examples; expected at least 5")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    cut = len(data) - max(1, len(data) // 5)
+    tr, te = order[:cut], order[cut:]
+
+    def part(idx, suffix):
+        return Dataset(f"{data.name}{suffix}", data.x[idx], data.y[idx], data.lower, data.upper)
+
+    return part(tr, ""), part(te, " (held-out 20%)")
+
+
+def onnx_path(out: Path, method: str, several: bool) -> Path:
+    return out.with_name(f"{out.stem}-{method}{out.suffix or '.onnx'}") if several else out
+
+
+def train_job(
+    arch: str,
+    data_src,
+    method: str | Sequence[str],
+    eps: float,
+    *,
+    epochs: int = 20,
+    out: Path | str = "model.onnx",
+    test_data=None,
+    n: int | None = None,
+    batch_size: int = 32,
+    lr: float = 1e-2,
+    seed: int = 0,
+    sigma: float | None = None,
+    finetune: bool = False,
+    suite: str = "fast",
+    attacks: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Train with each method, save ``out`` (or ``out-<method>.onnx`` for several), evaluate the
+    saved files; keys ``clean_accuracy``, ``robust_accuracy``, ``certified_accuracy`` (first
+    method), ``curve``, ``log`` (per epoch), ``comparison``, ``onnx``, ``per_method``."""
+    say = progress or (lambda _msg: None)
+    names = parse_methods(method)
+    (eps,) = check_eps([eps])
+    if sigma is not None and not sigma > 0:
+        raise RobustlabError(f"--sigma must be positive; found {sigma}")
+    build, input_shape, arch_name = architecture(arch, seed=seed, finetune=finetune)
+    train_d, test_d = split_data(data_src, test_data, input_shape, seed)
+    test_d = test_d.subset(n)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path = out.with_suffix(".log.jsonl")
+    log_path.write_text("")
+    log, rows, per_method, onnx_files, flags, first_model = [], [], [], [], [], None
+    start = time.perf_counter()
+    for name in names:
+        kwargs = {"sigma": sigma} if name == "gaussian" and sigma is not None else {}
+        model = build()
+
+        def on_epoch(entry: dict, name=name) -> None:
+            with log_path.open("a") as f:  # written as produced: an interrupted run keeps it
+                f.write(json.dumps(entry) + "\n")
+            say(f"{name} epoch {entry['epoch']}/{epochs}: loss {entry['loss']:.3f}, "
+                f"clean {entry['clean_accuracy']:.3f}")  # fmt: skip
+
+        result = train(model, train_d, get_method(name, **kwargs), eps, epochs=epochs,
+                       batch_size=batch_size, lr=lr, seed=seed, eval_data=test_d,
+                       init="keep" if finetune else "auto", on_epoch=on_epoch)  # fmt: skip
+        path = onnx_path(out, name, len(names) > 1)
+        onnx.save(torch_to_onnx(model.eval(), input_shape), str(path))
+        loaded = load_model(path)  # the saved file, checked against onnxruntime
+        first_model = first_model or loaded
+        say(f"{name}: evaluating {path.name} on {len(test_d)} examples")
+        ev = evaluate_trained(loaded.module, test_d, eps, suite=suite, attacks=attacks, seed=seed)
+        row = comparison_row(result, ev)
+        rows.append({**row, "onnx": str(path)})
+        log += result.log
+        flags += result.flags + ev["flags"]
+        onnx_files.append(str(path))
+        per_method.append({
+            "method": name,
+            "onnx": str(path),
+            "onnx_max_abs_error": loaded.onnx_max_abs_error,
+            "evaluation": ev,
+            "training": {k: v for k, v in result.to_dict().items() if k != "log"},
+        })  # fmt: skip
+    settings = {
+        "arch": arch_name,
+        "methods": names,
+        "eps": eps,
+        "norm": "inf",
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "sigma": sigma,
+        "finetune": finetune,
+        "train_data": train_d.name,
+        "train_n": len(train_d),
+        "suite": suite if attacks is None else None,
+        "attacks": list(attacks) if attacks else None,
+    }
+    report = _base("train", first_model, test_d, settings)
+    head = rows[0]
+    report.update(
+        norm="inf",
+        method=names[0] if len(names) == 1 else names,
+        clean_accuracy=head["clean_accuracy"],
+        robust_accuracy=head["robust_accuracy"],
+        certified_accuracy=head["certified_accuracy"],
+        curve=[
+            {
+                "eps": eps,
+                "robust_accuracy": head["robust_accuracy"],
+                "certified_accuracy": head["certified_accuracy"],
+            }
+        ],  # fmt: skip
+        comparison=Comparison(eps, rows).to_dict()["rows"],
+        log=log,
+        log_file=str(log_path),
+        onnx=onnx_files,
+        per_method=per_method,
+        flags=flags,
+        seconds=time.perf_counter() - start,
+    )
+    return report

@@ -1,0 +1,90 @@
+"""``robustlab train`` end to end: ONNX files, the report with the comparison table and the log,
+the run history, and bad input as one line with exit code 2."""
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from robustlab import cli, store, zoo
+from robustlab._onnx import torch_to_onnx
+from robustlab.model import load_model
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["robustlab", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def test_train_two_methods(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "runs.sqlite"
+    code, out, err = run(
+        monkeypatch, capsys, "train", "--arch", "mlp", "--data", "digits",
+        "--method", "standard,ibp", "--eps", "0.05", "--epochs", "2", "--n", "40",
+        "--suite", "fast", "--out", tmp_path / "m.onnx", "--db", db,
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert (tmp_path / "m.html").exists()
+    assert [r["method"] for r in report["comparison"]] == ["standard", "ibp"]
+    for r in report["comparison"]:
+        assert {
+            "clean_accuracy",
+            "robust_accuracy",
+            "certified_accuracy",
+            "train_seconds",
+        } <= r.keys()
+        assert r["certified_accuracy"] <= r["robust_accuracy"] <= r["clean_accuracy"]
+        model = load_model(r["onnx"])  # a valid ONNX file that matches onnxruntime
+        assert model.input_shape == (1, 8, 8)
+    assert len(report["log"]) == 4
+    lines = (tmp_path / "m.log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 1, 2]
+    (run_row,) = store.list_runs(db)
+    assert run_row.metrics["ibp loss@epoch 2"] == report["log"][-1]["loss"]
+    assert (
+        run_row.metrics["standard certified_accuracy"]
+        == report["comparison"][0]["certified_accuracy"]
+    )
+    assert "standard" in out and "ibp" in out
+
+
+def test_train_from_onnx_architecture_on_npz(tmp_path, monkeypatch, capsys):
+    arch = tmp_path / "arch.onnx"
+    onnx.save(torch_to_onnx(zoo.build("mlp"), (1, 8, 8)), str(arch))
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    x = (rng.random((60, 1, 8, 8)) * 0.3 + y[:, None, None, None] * 0.5).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    code, _, err = run(
+        monkeypatch, capsys, "train", "--arch", arch, "--data", tmp_path / "d.npz",
+        "--method", "gaussian", "--eps", "0.1", "--epochs", "10",
+        "--out", tmp_path / "g.onnx", "--db", tmp_path / "r.sqlite",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert report["data"]["n"] == 12 and report["settings"]["train_n"] == 48
+    assert report["clean_accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "resnet"], "--arch expects"),
+        (["--method", "madry"], "unknown training method"),
+        (["--eps", "-0.1"], "eps must be"),
+        (["--data", "missing.npz"], "not found"),
+    ],
+)
+def test_bad_input(args, message, tmp_path, monkeypatch, capsys):
+    base = {"--arch": "mlp", "--data": "digits", "--method": "standard", "--eps": "0.1"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    flat = [v for kv in base.items() for v in kv]
+    code, _, err = run(monkeypatch, capsys, "train", *flat, "--epochs", "1",
+                       "--out", tmp_path / "x.onnx")  # fmt: skip
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
