@@ -1,0 +1,182 @@
+"""The corruption registry by name, input checks, seeding, and ``corrupt``.
+
+A corruption is a function ``fn(x, severity, gen) -> Tensor`` on float images ``(N, C, H, W)`` in
+[0, 1] with ``C`` 1 or 3, registered with its family and its published severity parameters
+(Hendrycks & Dietterich 2019, arXiv:1903.12261, as implemented by the ``imagecorruptions`` package).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from robustlab.errors import RobustlabError
+
+SEVERITIES = (1, 2, 3, 4, 5)
+FAMILIES = ("noise", "blur", "weather", "digital")
+
+CorruptionFn = Callable[[Tensor, int, torch.Generator], Tensor]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One registered corruption: its name, family, whether it is one of the 15 common ones (the
+    other 4 are ImageNet-C's held-out "extra" corruptions), and the parameters per severity."""
+
+    name: str
+    family: str
+    common: bool
+    params: tuple
+    fn: CorruptionFn
+    rgb: bool = False  # needs colour: grayscale inputs go through RGB and back (luma)
+
+    def __call__(self, x: Tensor, severity: int = 1, seed: int = 0) -> Tensor:
+        return corrupt(x, self.name, severity, seed)
+
+
+CORRUPTIONS: dict[str, Corruption] = {}
+
+
+def register(name: str, family: str, params: Sequence, *, common: bool = True, rgb: bool = False):
+    """Function decorator adding a corruption to the registry under ``name``."""
+
+    def deco(fn: CorruptionFn) -> CorruptionFn:
+        CORRUPTIONS[name] = Corruption(name, family, common, tuple(params), fn, rgb)
+        return fn
+
+    return deco
+
+
+# ImageNet-C's order (the imagecorruptions package's corruption_tuple)
+ORDER = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+    "speckle_noise",
+    "gaussian_blur",
+    "spatter",
+    "saturate",
+)
+COMMON = ORDER[:15]
+EXTRA = ORDER[15:]
+
+
+def corruption_names(spec: str | Sequence[str] = "all") -> list[str]:
+    """Names from ``all``, ``common``, ``extra``, a family (``noise``, ``blur``, ``weather``,
+    ``digital``), or a comma-separated list / sequence of names and groups."""
+    _load()
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names: list[str] = []
+    for item in (i for i in items if i):
+        if item == "all":
+            group = list(ORDER)
+        elif item == "common":
+            group = list(COMMON)
+        elif item == "extra":
+            group = list(EXTRA)
+        elif item in FAMILIES:
+            group = [n for n in ORDER if CORRUPTIONS[n].family == item]
+        elif item in CORRUPTIONS:
+            group = [item]
+        else:
+            raise RobustlabError(
+                f"unknown corruption '{item}'; known: all, common, extra, {', '.join(FAMILIES)}, "
+                f"{', '.join(ORDER)}"
+            )
+        names += [n for n in group if n not in names]
+    if not names:
+        raise RobustlabError(f"expected at least one corruption; found {spec!r}")
+    return names
+
+
+def parse_severities(spec: str | int | Sequence[int] = "1-5") -> list[int]:
+    """Severities from ``"1-5"``, ``"2,4"``, ``3`` or a list; each in 1..5."""
+    if isinstance(spec, int):
+        values = [spec]
+    elif isinstance(spec, str):
+        values = []
+        try:
+            for part in (p.strip() for p in spec.split(",") if p.strip()):
+                if "-" in part:
+                    lo, hi = (int(v) for v in part.split("-", 1))
+                    values += list(range(lo, hi + 1))
+                else:
+                    values.append(int(part))
+        except ValueError:
+            raise RobustlabError(
+                f"severities must look like 1-5 or 1,3,5; found {spec!r}"
+            ) from None
+    else:
+        values = [int(v) for v in spec]
+    if not values or any(v not in SEVERITIES for v in values):
+        raise RobustlabError(f"severities must be integers in 1..5; found {spec!r}")
+    return sorted(set(values))
+
+
+def check_images(x: Tensor) -> None:
+    """Raise a one-line error unless ``x`` is a float batch (N, C, H, W) with C 1 or 3."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise RobustlabError(
+            f"expected a float tensor of images; found {getattr(x, 'dtype', type(x).__name__)}"
+        )
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise RobustlabError(
+            f"expected images of shape (N, C, H, W) with C 1 or 3; found {tuple(x.shape)}"
+        )
+
+
+def stable_seed(seed: int, *parts) -> int:
+    """A seed derived from ``seed`` and names / numbers, the same in every process."""
+    text = "-".join(str(p) for p in (seed, *parts))
+    return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+def _load() -> None:
+    # the families register themselves on import
+    from robustlab.corruptions import blur, digital, jpeg, noise, spatter, weather  # noqa: F401
+
+
+def get_corruption(name: str) -> Corruption:
+    """A registered corruption by name."""
+    _load()
+    if name not in CORRUPTIONS:
+        raise RobustlabError(f"unknown corruption '{name}'; known: {', '.join(ORDER)}")
+    return CORRUPTIONS[name]
+
+
+def corrupt(x: Tensor, name: str, severity: int = 1, seed: int = 0) -> Tensor:
+    """Corrupt float images in [0, 1], shape (N, C, H, W) or (C, H, W) with C 1 or 3, by the named
+    corruption at ``severity`` (1..5). Deterministic for a given ``seed``; the result has the shape,
+    dtype and device of ``x`` and lies in [0, 1]."""
+    single = isinstance(x, Tensor) and x.dim() == 3
+    xb = x[None] if single else x
+    check_images(xb)
+    spec = get_corruption(name)
+    if severity not in SEVERITIES:
+        raise RobustlabError(f"severity must be an integer in 1..5; found {severity!r}")
+    work = xb.to(torch.float64 if xb.dtype == torch.float64 else torch.float32).clamp(0, 1)
+    gen = torch.Generator(device=work.device).manual_seed(int(seed))
+    if spec.rgb and work.shape[1] == 1:
+        from robustlab.corruptions._ops import gray
+
+        out = gray(spec.fn(work.expand(-1, 3, -1, -1), severity, gen))
+    else:
+        out = spec.fn(work, severity, gen)
+    out = out.clamp(0, 1).to(x.dtype)
+    return out[0] if single else out

@@ -1,0 +1,139 @@
+"""Spatter, an extra corruption of ImageNet-C (Hendrycks & Dietterich 2019, arXiv:1903.12261):
+water drops (severities 1-3) or mud (4-5) from a thresholded, blurred Gaussian field.
+
+The water branch follows the reference's OpenCV pipeline in torch: Canny edges of the liquid layer,
+a chamfer distance transform (OpenCV's 5 x 5 mask) capped at 20, box blur, histogram
+equalisation, an emboss filter, box blur, and a pale turquoise tint weighted by the result.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robustlab.corruptions import _ops
+from robustlab.corruptions.base import register
+
+# loc, scale, blur sigma, threshold, intensity (water) or mud blur sigma, mud?
+SPATTER = (
+    (0.65, 0.3, 4, 0.69, 0.6, 0),
+    (0.65, 0.3, 3, 0.68, 0.6, 0),
+    (0.65, 0.3, 2, 0.68, 0.5, 0),
+    (0.65, 0.3, 1, 0.65, 1.5, 1),
+    (0.67, 0.4, 1, 0.65, 1.5, 1),
+)
+WATER = (175 / 255, 238 / 255, 238 / 255)
+MUD = (63 / 255, 42 / 255, 20 / 255)
+SOBEL_X = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+EMBOSS = torch.tensor([[-2.0, -1, 0], [-1, 1, 1], [0, 1, 2]])
+CHAMFER = [
+    ((0, 1), 1.0),
+    ((1, 0), 1.0),
+    ((1, 1), 1.4),
+    ((1, -1), 1.4),
+    ((1, 2), 2.1969),
+    ((2, 1), 2.1969),
+    ((1, -2), 2.1969),
+    ((2, -1), 2.1969),
+]  # and the opposite offsets
+
+
+def canny(img: Tensor, low: float, high: float) -> Tensor:
+    """Canny edges (N, 1, H, W) of 0..255 images: 3 x 3 Sobel, L1 magnitude, non-maximum
+    suppression in four directions, hysteresis by 8-connected growth from strong edges."""
+    gx = _ops.filter2d(img, SOBEL_X, "replicate")
+    gy = _ops.filter2d(img, SOBEL_X.T, "replicate")
+    mag = gx.abs() + gy.abs()
+    p = F.pad(mag, (1, 1, 1, 1))  # zero border for the comparisons
+
+    def at(dy: int, dx: int) -> Tensor:
+        h, w = mag.shape[-2:]
+        return p[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+    ax, ay = gx.abs(), gy.abs()
+    horizontal = ay < ax * 0.41421356
+    vertical = ay > ax * 2.41421356
+    s = torch.where(gx * gy < 0, -1, 1)
+    diag_a = torch.where(s > 0, at(-1, -1), at(-1, 1))
+    diag_b = torch.where(s > 0, at(1, 1), at(1, -1))
+    peak = torch.where(
+        horizontal,
+        (mag > at(0, -1)) & (mag >= at(0, 1)),
+        torch.where(
+            vertical, (mag > at(-1, 0)) & (mag >= at(1, 0)), (mag > diag_a) & (mag > diag_b)
+        ),
+    )
+    weak = peak & (mag > low)
+    edges = weak & (mag > high)
+    for _ in range(img.shape[-2] * img.shape[-1]):
+        grown = weak & (F.max_pool2d(edges.to(img.dtype), 3, 1, 1) > 0)
+        if torch.equal(grown, edges):
+            break
+        edges = grown
+    return edges
+
+
+def chamfer_distance(edges: Tensor, cap: float) -> Tensor:
+    """Distance to the nearest edge pixel with OpenCV's 5 x 5 chamfer mask, capped at ``cap``."""
+    big = cap + 10.0
+    d = torch.where(edges, 0.0, big).to(torch.float32)
+    h, w = d.shape[-2:]
+    for _ in range(int(cap) + 2):
+        p = F.pad(d, (2, 2, 2, 2), value=big)
+        new = d
+        for (dy, dx), wt in CHAMFER:
+            for sy, sx in ((dy, dx), (-dy, -dx)):
+                new = torch.minimum(new, p[..., 2 + sy : 2 + sy + h, 2 + sx : 2 + sx + w] + wt)
+        if torch.equal(new, d):
+            break
+        d = new
+    return d.clamp(max=cap)
+
+
+def equalize_hist(img: Tensor) -> Tensor:
+    """OpenCV's ``equalizeHist`` per image of integer values 0..255, shape (N, 1, H, W)."""
+    n = img.shape[0]
+    flat = img.reshape(n, -1).long()
+    hist = torch.zeros(n, 256, device=img.device).scatter_add_(
+        1, flat, torch.ones_like(flat).float()
+    )
+    total = flat.shape[1]
+    first = (hist > 0).float().argmax(1, keepdim=True)
+    h0 = hist.gather(1, first)
+    scale = 255.0 / (total - h0).clamp(min=1)
+    lut = torch.round((hist.cumsum(1) - h0) * scale).clamp(0, 255)
+    lut = torch.where(h0 == total, first.float().expand(-1, 256), lut)
+    return lut.gather(1, flat).reshape(img.shape).to(img.dtype)
+
+
+def _water(x: Tensor, liquid: Tensor, intensity: float) -> Tensor:
+    u8 = torch.floor(liquid * 255).clamp(0, 255)
+    dist = chamfer_distance(canny(u8, 50, 150), 20.0).to(x.dtype)
+    dist = torch.floor(_ops.box_blur(dist))
+    dist = equalize_hist(dist)
+    dist = torch.round(_ops.filter2d(dist, EMBOSS, "reflect101")).clamp(0, 255)
+    dist = _ops.box_blur(dist)
+    m = u8 * dist
+    peak = m.amax((2, 3), keepdim=True)
+    m = torch.where(peak > 0, m / peak.clamp(min=1e-12), torch.zeros_like(m)) * intensity
+    color = torch.tensor(WATER, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+    return (x + m * color).clamp(0, 1)
+
+
+def _mud(x: Tensor, liquid: Tensor, threshold: float, sigma: float) -> Tensor:
+    m = _ops.gaussian_blur((liquid > threshold).to(x.dtype), sigma)
+    m = torch.where(m < 0.8, torch.zeros_like(m), m)
+    color = torch.tensor(MUD, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+    return (x * (1 - m) + color * m).clamp(0, 1)
+
+
+@register("spatter", "weather", SPATTER, common=False, rgb=True)
+def spatter(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    """Water drops or mud splashes occluding the image."""
+    loc, scale, sigma, threshold, strength, mud = SPATTER[severity - 1]
+    n, _, h, w = x.shape
+    liquid = loc + scale * torch.randn((n, 1, h, w), generator=gen, dtype=x.dtype, device=x.device)
+    liquid = _ops.gaussian_blur(liquid, sigma)
+    liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
+    return _mud(x, liquid, threshold, strength) if mud else _water(x, liquid, strength)

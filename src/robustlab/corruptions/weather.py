@@ -1,0 +1,85 @@
+"""Weather corruptions of ImageNet-C (Hendrycks & Dietterich 2019, arXiv:1903.12261): snow, frost
+and fog (spatter, an extra one, is in ``spatter.py``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robustlab.corruptions import _ops
+from robustlab.corruptions._frost import frost_textures
+from robustlab.corruptions.base import register
+
+# loc, scale, zoom, threshold, blur radius, blur sigma, blend
+SNOW = (
+    (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+    (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+    (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+    (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+    (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+)
+FROST = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))  # image weight, frost weight
+FOG = ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4))  # strength, fractal decay
+
+
+@register("snow", "weather", SNOW)
+def snow(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    """Zoomed, thresholded Gaussian flakes, motion-blurred at a random angle in [-135, -45]
+    degrees, added twice (the layer and its 180-degree rotation) over a brightened image."""
+    loc, scale, zoom, threshold, radius, sigma, blend = SNOW[severity - 1]
+    n, _, h, w = x.shape
+    layer = loc + scale * torch.randn((n, 1, h, w), generator=gen, dtype=x.dtype, device=x.device)
+    layer = _ops.clipped_zoom(layer, zoom)
+    layer = torch.where(layer < threshold, torch.zeros_like(layer), layer).clamp(0, 1)
+    angle = torch.rand(n, generator=gen, dtype=torch.float64, device=x.device) * 90 - 135
+    layer = _ops.motion_blur(layer, radius, sigma, angle)
+    layer = torch.round(layer * 255) / 255
+    x = blend * x + (1 - blend) * torch.maximum(x, _ops.gray(x) * 1.5 + 0.5)
+    return (x + layer + layer.flip(-2, -1)).clamp(0, 1)
+
+
+def _frost_layer(n: int, h: int, w: int, gen: torch.Generator, dtype, device) -> Tensor:
+    """A random crop of a random frost texture per image; textures smaller than the image are
+    first enlarged (bicubic), with the reference's 1.1 margin."""
+    tex = frost_textures().to(device=device, dtype=dtype)
+    th, tw = tex.shape[-2:]
+    factor = 1.0 if (th >= h and tw >= w) else max(h / th, w / tw)
+    factor *= 1.1
+    size = (int(math.ceil(th * factor)), int(math.ceil(tw * factor)))
+    tex = F.interpolate(tex, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+    which = torch.randint(len(tex), (n,), generator=gen, device=gen.device).to(device)
+    top = torch.randint(size[0] - h, (n,), generator=gen, device=gen.device).to(device)
+    left = torch.randint(size[1] - w, (n,), generator=gen, device=gen.device).to(device)
+    rows = top[:, None] + torch.arange(h, device=device)  # (n, h)
+    cols = left[:, None] + torch.arange(w, device=device)  # (n, w)
+    return tex[
+        which[:, None, None, None],
+        torch.arange(3, device=device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+
+
+@register("frost", "weather", FROST)
+def frost(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    """``a x + b frost`` with a random crop of one of five procedural frost textures."""
+    a, b = FROST[severity - 1]
+    n, c, h, w = x.shape
+    layer = _frost_layer(n, h, w, gen, x.dtype, x.device)
+    if c == 1:
+        layer = _ops.gray(layer)
+    return (a * x + b * layer).clamp(0, 1)
+
+
+@register("fog", "weather", FOG)
+def fog(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
+    """A diamond-square plasma fractal added to the image, then rescaled by ``max / (max + c)``."""
+    strength, decay = FOG[severity - 1]
+    n, c, h, w = x.shape
+    size = 1 << (max(h, w, 3) - 1).bit_length()  # the reference's max also counts the 3 channels
+    plasma = _ops.plasma_fractal(n, size, decay, gen)[:, None, :h, :w].to(x.dtype)
+    peak = x.amax((1, 2, 3), keepdim=True)
+    return ((x + strength * plasma) * peak / (peak + strength)).clamp(0, 1)
