@@ -135,6 +135,51 @@ def attack(
 
 
 @app.command()
+def corrupt(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    corruptions: str = typer.Option(
+        "all", "--corruptions", help="all, common, extra, a family, or names (comma-separated)."
+    ),
+    severities: str = typer.Option("1-5", "--severities", help="e.g. 1-5 or 1,3,5."),
+    baseline: str | None = typer.Option(None, "--baseline", help="Baseline model for CE / mCE."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    max_shift: int = typer.Option(1, "--max-shift", min=0, help="Largest translation (pixels)."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("corrupt.json"), "--out", help="Result JSON."),
+    db: Path | None = DB,
+) -> None:
+    """Natural robustness: common corruptions (mCE), small transformations, frequency-band noise."""
+    from robustlab.corruptions.job import corrupt_job
+
+    with _status() as say:
+        report = corrupt_job(
+            model,
+            data,
+            corruptions,
+            severities,
+            baseline=baseline,
+            n=n,
+            batch_size=batch_size,
+            seed=seed,
+            max_shift=max_shift,
+            progress=say,
+        )
+    write_report(report, out_file, out_file.with_suffix(".html"))
+    run_id = _record(report, out_file, db)
+    table = Table("corruption", "accuracy", "CE", title=f"{report['model']['name']} on "
+                  f"{report['data']['name']} (clean accuracy {report['clean_accuracy']:.3f})")
+    for p in report["per_corruption"]:
+        ce = "-" if p["ce"] is None else f"{p['ce']:.3f}"
+        table.add_row(p["corruption"], f"{p['accuracy']:.3f}", ce)
+    out.print(table)
+    mce = "" if report["mce"] is None else f", mCE {report['mce']:.3f}"
+    out.print(f"mean corruption accuracy {report['mean_corruption_accuracy']:.3f}{mce}")
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
+@app.command()
 def certify(
     model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:mlp."),
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),

@@ -257,4 +257,7 @@ def metrics_of(report: dict) -> dict:
     for e in report.get("log") or []:  # train: the log per epoch
         for key in ("loss", "clean_accuracy", "robust_accuracy", "certified_accuracy"):
             m[f"{e['method']} {key}@epoch {e['epoch']}"] = e.get(key)
+    for key in ("mean_corruption_accuracy", "mce", "relative_mce"):  # corrupt
+        if report.get(key) is not None:
+            m[key] = report[key]
     return m

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jinja2
 
-from robustlab.report.plots import accuracy_curve, attribution_maps
+from robustlab.report.plots import accuracy_curve, attribution_maps, severity_curves
 
 SCHEMA_VERSION = 1
 
@@ -32,6 +32,14 @@ def _heatmaps(report: dict) -> str | None:
     ]
     signed = report.get("method") in SIGNED
     return attribution_maps(attributions[:HEATMAPS], titles, signed)
+
+
+def _severity(report: dict) -> str | None:
+    """Accuracy against severity of a corrupt report, per corruption family."""
+    if report.get("kind") != "corrupt" or not report.get("table"):
+        return None
+    families = {p["corruption"]: p["family"] for p in report.get("per_corruption") or []}
+    return severity_curves(report["table"], report["clean_accuracy"], families)
 
 
 def render_html(report: dict) -> str:
@@ -60,6 +68,7 @@ def render_html(report: dict) -> str:
         pct=_pct,
         figure=figure,
         heatmaps=_heatmaps(report),
+        severity=_severity(report),
         headline=headline,
         settings=json.dumps(report.get("settings", {}), indent=2),
         model=json.dumps(report.get("model", {}), indent=2),

@@ -63,3 +63,25 @@ def attribution_maps(attributions: list, titles: list[str], signed: bool) -> str
             ax.imshow(m, cmap="inferno", vmin=0, vmax=top)
         ax.set_title(title, fontsize=7)
     return _png(fig)
+
+
+def severity_curves(table: list[dict], clean_accuracy: float, families: dict[str, str]) -> str:
+    """Accuracy against corruption severity: the mean over all corruptions and one line per
+    family (noise, blur, weather, digital, ...)."""
+    groups: dict[str, dict[int, list[float]]] = {"mean": {}}
+    for row in table:
+        for g in ("mean", families.get(row["corruption"], "other")):
+            groups.setdefault(g, {}).setdefault(row["severity"], []).append(row["accuracy"])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.axhline(clean_accuracy, color="#2ca02c", ls="--", lw=1.2, label="clean")
+    for g, by in groups.items():
+        sev = sorted(by)
+        acc = [sum(by[s]) / len(by[s]) for s in sev]
+        style = {"color": "black", "lw": 2.2} if g == "mean" else {"lw": 1.2, "alpha": 0.85}
+        ax.plot(sev, acc, marker="o", label=g, **style)
+    ax.set_xlabel("severity")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _png(fig)
