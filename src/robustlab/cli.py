@@ -168,8 +168,13 @@ def corrupt(
         )
     write_report(report, out_file, out_file.with_suffix(".html"))
     run_id = _record(report, out_file, db)
-    table = Table("corruption", "accuracy", "CE", title=f"{report['model']['name']} on "
-                  f"{report['data']['name']} (clean accuracy {report['clean_accuracy']:.3f})")
+    title = f"{report['model']['name']} on {report['data']['name']}"
+    table = Table(
+        "corruption",
+        "accuracy",
+        "CE",
+        title=f"{title} (clean accuracy {report['clean_accuracy']:.3f})",
+    )
     for p in report["per_corruption"]:
         ce = "-" if p["ce"] is None else f"{p['ce']:.3f}"
         table.add_row(p["corruption"], f"{p['accuracy']:.3f}", ce)
