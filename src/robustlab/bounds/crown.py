@@ -48,6 +48,8 @@ def backward(
     alphas: Alphas | None = None,
     cache: dict | None = None,
     linear: dict | None = None,
+    betas: Mapping[int, Tensor] | None = None,
+    record: dict | None = None,
 ) -> Tensor:
     """Lower bound of ``C . node[target]`` for each row of ``C`` (shape (batch, rows, *shape)).
 
@@ -55,11 +57,17 @@ def backward(
     max-pooling node between the input and ``target``. ``cache`` keeps relaxations between calls
     that share the same bounds. When ``linear`` is given, the lower bound's linear function of
     the input is stored there: ``linear["A"]`` (batch, rows, *input_shape) and ``linear["bias"]``.
+
+    ``betas`` adds, for split constraints (beta-CROWN, Wang et al. 2021, arXiv:2103.06624), a
+    coefficient tensor to the node it names when the pass reaches it (shape (batch, rows,
+    *shape)). ``record`` receives each activation's coefficients on its output (for branching).
     """
     A: dict[int, Tensor] = {target: C}
     bias = C.new_zeros(C.shape[:2])
     for i in range(target, 0, -1):
         a = A.pop(i, None)
+        if betas is not None and i in betas:
+            a = betas[i] if a is None else a + betas[i]
         if a is None:
             continue
         node = graph.nodes[i]
@@ -73,6 +81,8 @@ def backward(
         j = node.inputs[0]
         l, u = bounds[j].lower, bounds[j].upper
         if isinstance(op, Activation):
+            if record is not None:
+                record[i] = a
             alpha = alphas.get(i) if alphas else None
             if alpha is None and cache is not None:
                 hit = cache.get(i)

@@ -20,10 +20,12 @@ from robustlab.model import load_model
 from robustlab.threat import Box
 from robustlab.verify import bab
 from robustlab.verify.falsify import check_onnx, float32_box, search
+from robustlab.verify.relu_split import relu_split
 from robustlab.verify.spec import Property, Spec
 from robustlab.verify.vnnlib import read_vnnlib
 
 VERDICTS = ("holds", "violated", "timeout", "unknown", "error")
+STRATEGIES = ("auto", "input-split", "relu-split", "bounds")
 INPUT_SPLIT_MAX_DIM = 16
 
 
@@ -85,27 +87,31 @@ def verify_property(
         y = check_onnx(onnx_bytes, prop, x, onnx_shape)
         if y is not None:
             return "violated", {"x": x.float().tolist(), "y": y.tolist()}
-    for method in ("crown", "alpha-crown"):
+    # ReLU splitting starts with its own alpha-CROWN pass over every row
+    for method in ("crown",) if strategy == "relu-split" else ("crown", "alpha-crown"):
         if time.monotonic() > deadline:
             return "timeout", None
         if _root_bounds_hold(model, prop, shape, method):
             stats["proved_by"] = method
             return "holds", None
-    if strategy != "input-split":
+    if strategy not in ("input-split", "relu-split"):
         return "unknown", None
     graph = graph_of(model, tuple(shape))
     st = bab.BabStats()
-    # a portfolio of branching rules: look-ahead over every input for a short while
-    # (decisive on some properties), then the plain "smart" rule for the rest of the time
-    now = time.monotonic()
-    short = min(deadline, now + max(2.0, 0.15 * (deadline - now)))
-    verdict, x = bab.input_split(
-        graph, prop, shape, model, deadline=short, stats=st, lookahead=len(prop.lower)
-    )
-    if verdict == "timeout":
+    if strategy == "relu-split":
+        verdict, x = relu_split(graph, prop, shape, model, deadline=deadline, stats=st)
+    else:
+        # a portfolio of branching rules: look-ahead over every input for a short while
+        # (decisive on some properties), then the plain "smart" rule for the rest of the time
+        now = time.monotonic()
+        short = min(deadline, now + max(2.0, 0.15 * (deadline - now)))
         verdict, x = bab.input_split(
-            graph, prop, shape, model, deadline=deadline, stats=st, lookahead=1
+            graph, prop, shape, model, deadline=short, stats=st, lookahead=len(prop.lower)
         )
+        if verdict == "timeout":
+            verdict, x = bab.input_split(
+                graph, prop, shape, model, deadline=deadline, stats=st, lookahead=1
+            )
     stats.update(domains=st.domains, max_queue=st.max_queue)
     if verdict != "violated":
         return verdict, None
@@ -134,7 +140,13 @@ def verify(
     timeout: float = 300.0,
     strategy: str = "auto",
 ) -> VerifyResult:
-    """Verify one VNN-COMP instance; never raises for a bad instance (verdict ``error``)."""
+    """Verify one VNN-COMP instance; never raises for a bad instance (verdict ``error``), only for
+    bad settings. ``strategy``: ``auto`` (input splitting up to 16 inputs, else ReLU splitting),
+    ``input-split``, ``relu-split``, or ``bounds`` (no branching)."""
+    if strategy not in STRATEGIES:
+        raise RobustlabError(f"strategy must be one of {', '.join(STRATEGIES)}; found {strategy!r}")
+    if not timeout > 0:
+        raise RobustlabError(f"timeout must be positive; found {timeout}")
     start = time.monotonic()
     deadline = start + timeout
     stats: dict = {}
@@ -148,7 +160,7 @@ def verify(
             n_out = model(torch.zeros(1, *shape)).numel()
         spec: Spec = read_vnnlib(vnnlib_path, n_in, n_out)
         if strategy == "auto":
-            strategy = "input-split" if n_in <= INPUT_SPLIT_MAX_DIM else "bounds"
+            strategy = "input-split" if n_in <= INPUT_SPLIT_MAX_DIM else "relu-split"
         onnx_shape = _onnx_input_shape(onnx_bytes)
         if int(np.prod(onnx_shape)) != n_in:
             onnx_shape = [1, *shape]
