@@ -73,7 +73,13 @@ def backward(
         node = graph.nodes[i]
         op = node.op
         if isinstance(op, LinearOp):
-            ins, b = op.backward(a, [graph.nodes[j].shape for j in node.inputs])
+            shapes = [graph.nodes[j].shape for j in node.inputs]
+            if a.shape[0] > 1 and a.stride(0) == 0:  # the same rows for every example: once
+                ins, b = op.backward(a[:1], shapes)
+                ins = [t.expand(a.shape[0], *t.shape[1:]) for t in ins]
+                b = b.expand(a.shape[0], -1)
+            else:
+                ins, b = op.backward(a, shapes)
             bias = bias + b
             for j, aj in zip(node.inputs, ins, strict=True):
                 A[j] = A[j] + aj if j in A else aj
