@@ -2,12 +2,13 @@
 water drops (severities 1-3) or mud (4-5) from a thresholded, blurred Gaussian field.
 
 The water branch follows the reference's OpenCV pipeline in torch: Canny edges of the liquid layer,
-a chamfer distance transform (OpenCV's 5 x 5 mask) capped at 20, box blur, histogram
-equalisation, an emboss filter, box blur, and a pale turquoise tint weighted by the result.
+a distance transform capped at 20 (exact Euclidean where OpenCV uses its 5 x 5 chamfer mask), box
+blur, histogram equalisation, an emboss filter, box blur, and a pale turquoise tint weighted by it.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,16 +28,6 @@ WATER = (175 / 255, 238 / 255, 238 / 255)
 MUD = (63 / 255, 42 / 255, 20 / 255)
 SOBEL_X = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
 EMBOSS = torch.tensor([[-2.0, -1, 0], [-1, 1, 1], [0, 1, 2]])
-CHAMFER = [
-    ((0, 1), 1.0),
-    ((1, 0), 1.0),
-    ((1, 1), 1.4),
-    ((1, -1), 1.4),
-    ((1, 2), 2.1969),
-    ((2, 1), 2.1969),
-    ((1, -2), 2.1969),
-    ((2, -1), 2.1969),
-]  # and the opposite offsets
 
 
 def canny(img: Tensor, low: float, high: float) -> Tensor:
@@ -74,21 +65,16 @@ def canny(img: Tensor, low: float, high: float) -> Tensor:
     return edges
 
 
-def chamfer_distance(edges: Tensor, cap: float) -> Tensor:
-    """Distance to the nearest edge pixel with OpenCV's 5 x 5 chamfer mask, capped at ``cap``."""
-    big = cap + 10.0
-    d = torch.where(edges, 0.0, big).to(torch.float32)
-    h, w = d.shape[-2:]
-    for _ in range(int(cap) + 2):
-        p = F.pad(d, (2, 2, 2, 2), value=big)
-        new = d
-        for (dy, dx), wt in CHAMFER:
-            for sy, sx in ((dy, dx), (-dy, -dx)):
-                new = torch.minimum(new, p[..., 2 + sy : 2 + sy + h, 2 + sx : 2 + sx + w] + wt)
-        if torch.equal(new, d):
-            break
-        d = new
-    return d.clamp(max=cap)
+def edge_distance(edges: Tensor, cap: float) -> Tensor:
+    """Euclidean distance to the nearest edge pixel of the same image, capped at ``cap``
+    (``scipy.ndimage.distance_transform_edt``; OpenCV's 5 x 5 mask approximates it within 2%)."""
+    from scipy.ndimage import distance_transform_edt
+
+    e = edges[:, 0].cpu().numpy()
+    d = np.full(e.shape, cap)  # no edge at all: beyond the cap, as OpenCV's
+    for i in np.flatnonzero(e.any((1, 2))):
+        d[i] = distance_transform_edt(~e[i])
+    return torch.from_numpy(d).clamp(max=cap)[:, None].to(edges.device)
 
 
 def equalize_hist(img: Tensor) -> Tensor:
@@ -109,7 +95,7 @@ def equalize_hist(img: Tensor) -> Tensor:
 
 def _water(x: Tensor, liquid: Tensor, intensity: float) -> Tensor:
     u8 = torch.floor(liquid * 255).clamp(0, 255)
-    dist = chamfer_distance(canny(u8, 50, 150), 20.0).to(x.dtype)
+    dist = edge_distance(canny(u8, 50, 150), 20.0).to(x.dtype)
     dist = torch.floor(_ops.box_blur(dist))
     dist = equalize_hist(dist)
     dist = torch.round(_ops.filter2d(dist, EMBOSS, "reflect101")).clamp(0, 255)
