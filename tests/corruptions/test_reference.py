@@ -149,3 +149,16 @@ def test_plasma_fractal_and_symmetric_sampling():
                 x[i, c].numpy(), [ys[i].numpy(), xs[i].numpy()], order=1, mode="reflect"
             )
             assert np.abs(ours[i, c].numpy() - ref).max() < 1e-10
+
+
+def test_elastic_sampling_is_scipy_reflect():
+    """elastic_transform samples with grid_sample's reflection padding, which must be
+    map_coordinates' ``reflect`` mode (mirrored about the outer pixel edges)."""
+    import torch.nn.functional as F
+
+    x = torch.rand(2, 3, 7, 9, dtype=torch.float64)
+    ys = torch.rand(2, 7, 9, dtype=torch.float64) * 12 - 3
+    xs = torch.rand(2, 7, 9, dtype=torch.float64) * 14 - 3
+    grid = torch.stack([(2 * xs + 1) / 9 - 1, (2 * ys + 1) / 7 - 1], -1)
+    ours = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    assert (ours - _ops.bilinear_sample(x, ys, xs, "symmetric")).abs().max() < 1e-10
