@@ -61,5 +61,7 @@ def test_bad_input(cnn, digits):
     x = digits.x[:3]
     with pytest.raises(RobustlabError, match="attributions must match"):
         deletion_auc(cnn, x, torch.zeros(3, 5))
+    with pytest.raises(RobustlabError, match="give a class or labels"):
+        insertion_auc(cnn, x, torch.zeros_like(x), lambda logits: logits[:, 0])
     with pytest.raises(RobustlabError, match="radius"):
         max_sensitivity(cnn, x, get_explainer("saliency"), radius=-1.0)

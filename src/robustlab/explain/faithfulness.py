@@ -57,6 +57,10 @@ def _curve(model, x, attributions, target, steps, start, end, batch_size) -> tup
     order, ``steps`` + 1 points; returns the area under it per input and the forward passes."""
     check_inputs(x)
     check_positive(batch_size=batch_size)
+    if callable(target) and not isinstance(target, Tensor):
+        raise RobustlabError(
+            "deletion and insertion follow a class probability: give a class or labels"
+        )
     order, pixels = _pixel_order(x, attributions)
     n_pix = order.shape[1]
     steps = min(steps or n_pix, n_pix)

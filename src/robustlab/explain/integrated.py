@@ -62,14 +62,17 @@ class IntegratedGradients:
 
         def body(passes, score):
             a = torch.as_tensor(alphas, dtype=x0.dtype, device=x0.device)
-            w = torch.as_tensor(weights, dtype=torch.float64, device=x0.device)
+            w = torch.as_tensor(weights, dtype=x0.dtype, device=x0.device)
             total = torch.zeros(x0.shape, dtype=torch.float64, device=x0.device)
+            shape = (-1,) + (1,) * (x0.dim() - 1)
             for rows in blocks(len(x0) * self.n_steps, self.batch_size):
                 ex, step = rows // self.n_steps, rows % self.n_steps
-                shape = (-1,) + (1,) * (x0.dim() - 1)
-                points = base[ex] + a[step].view(shape) * diff[ex]
-                g = passes.gradient(points, score, ex)
-                total.index_add_(0, ex.to(x0.device), g.double() * w[step].view(shape))
+                points = torch.addcmul(base[ex], a[step].view(shape), diff[ex])
+                g = passes.gradient(points, score, ex).mul_(w[step].view(shape))
+                first = int(ex[0])  # a block spans consecutive inputs: sum its steps per input
+                part = g.new_zeros((int(ex[-1]) - first + 1, *x0.shape[1:]))
+                part.index_add_(0, (ex - first).to(g.device), g)
+                total[first : first + len(part)] += part.double()
             attr = (diff.double() * total).to(x0.dtype)
             ends = []
             for rows in blocks(len(x0), self.batch_size):
