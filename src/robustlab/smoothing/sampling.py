@@ -23,13 +23,13 @@ def sample_counts(
     m = len(x)
     flat = torch.zeros(m * num_classes, dtype=torch.long, device=x.device)
     total = m * n
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
             owner = torch.arange(start, stop, device=x.device) // n
             noise = torch.randn(
                 (stop - start, *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device
             )
-            pred = model(x[owner] + sigma * noise).argmax(1)
+            pred = model(noise.mul_(sigma).add_(x[owner])).argmax(1)
             flat += torch.bincount(owner * num_classes + pred, minlength=m * num_classes)
     return flat.view(m, num_classes)
