@@ -5,6 +5,7 @@ every intermediate layer whose bounds a relaxation uses."""
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import Tensor
@@ -42,10 +43,12 @@ def alpha_crown(
     optimize_intermediate: bool = True,
     bound_upper: bool = True,
     stop_when_positive: bool = False,
+    deadline: float | None = None,
 ) -> tuple[Bounds, dict[int, Bounds]]:
     """alpha-CROWN bounds of ``C @ output``; never looser than CROWN (the best of every
     iteration, starting from CROWN's own bounds, is kept). With ``stop_when_positive`` the
-    optimisation stops as soon as every lower bound is positive (a verified specification)."""
+    optimisation stops as soon as every lower bound is positive (a verified specification), and
+    at ``deadline`` (``time.monotonic()``) in any case."""
     out = graph.output
     lower = region.lower
     batch = lower.shape[0]
@@ -96,6 +99,8 @@ def alpha_crown(
     lo_best, hi_best = best_final.lower.detach(), best_final.upper.detach()
     with torch.enable_grad():
         for _ in range(iterations):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             cur: dict[int, Bounds] = {0: best[0]}
             for i, node in enumerate(graph.nodes[1:], 1):
                 b = node.op.ibp(*[cur[j] for j in node.inputs]).intersect(best[i])

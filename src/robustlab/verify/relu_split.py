@@ -26,7 +26,7 @@ from robustlab.bounds.ops.base import InputRegion
 from robustlab.verify.bab import HOLD_MARGIN, BabStats, _stack_spec
 from robustlab.verify.spec import Property
 
-ITERATIONS = 3  # alpha/beta steps per batch of domains (children start from the parent's values)
+ITERATIONS = 3  # bound passes per batch of domains (children start from the parent's alpha, beta)
 LR_ALPHA, LR_BETA = 0.1, 0.05
 
 
@@ -97,40 +97,35 @@ def _bound(graph, root, doms: Domains, C, iterations: int, record: dict | None =
     )
     best = doms.lb.clone()
     lin: dict = {}
-    for it in range(iterations + 1):
-        last = it == iterations
+    params = list(alphas.values()) + list(betas.values())
+    lb = best
+    for it in range(max(1, iterations)):  # a gradient step between passes, none after the last
+        if it:
+            grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            opt.step()
+            with torch.no_grad():
+                for r, a in alphas.items():
+                    a.clamp_(graph.nodes[r].op.slope, 1.0)
+                for b in betas.values():
+                    b.clamp_(min=0.0)
         terms = {
             j: -(b * doms.signs[j][:, None].to(b.dtype)).view(n, rows, *graph.nodes[j].shape)
             for j, b in betas.items()
         }
-        with torch.set_grad_enabled(not last):
+        rec: dict = {}
+        with torch.enable_grad():
             lb = backward(
-                graph,
-                bounds,
-                graph.output,
-                Cn,
-                alphas,
-                betas=terms,
-                linear=lin if last else None,
-                record=record if last else None,
+                graph, bounds, graph.output, Cn, alphas, betas=terms, linear=lin, record=rec
             )
         best = torch.maximum(best, lb.detach())
-        if last:
-            break
-        params = list(alphas.values()) + list(betas.values())
-        grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        opt.step()
-        with torch.no_grad():
-            for r, a in alphas.items():
-                a.clamp_(graph.nodes[r].op.slope, 1.0)
-            for b in betas.values():
-                b.clamp_(min=0.0)
+    if record is not None:
+        record.update({r: t.detach() for r, t in rec.items()})
     doms.alphas = {r: a.detach() for r, a in alphas.items()}
     doms.betas = {j: b.detach() for j, b in betas.items()}
     doms.lb = best
-    return best, lin["A"], bounds
+    return best, lin["A"].detach(), bounds
 
 
 def _branch(graph, bounds, doms: Domains, record: dict, slack: Tensor) -> list:
@@ -173,7 +168,7 @@ def relu_split(
         prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
     )
     with torch.no_grad():  # one alpha-CROWN pass for every row: the root's intermediate bounds
-        final, root = alpha_crown(graph, region, C_all[None], bound_upper=False)
+        final, root = alpha_crown(graph, region, C_all[None], bound_upper=False, deadline=deadline)
     root = {k: Bounds(b.lower.detach(), b.upper.detach()) for k, b in root.items()}
     relus = _relus(graph)
     slack0 = final.lower[0].double() - d_all - HOLD_MARGIN * d_all.abs().clamp_min(1.0)
