@@ -54,14 +54,17 @@ def descend(
     step = 2.5 * (hi - lo) / 2 / max(steps, 1)
     xa, best = start.clone(), start.clone()
     best_v = torch.full((len(start),), torch.inf, dtype=torch.float64)
-    for _ in range(steps):
-        xa = xa.detach().requires_grad_(True)
+    for k in range(steps + 1):  # the last pass only scores the final iterate
+        xa = xa.detach().requires_grad_(k < steps)
         with torch.enable_grad():
             v = prop.violation(model(xa.reshape(-1, *shape)).reshape(len(xa), -1))
-            (g,) = torch.autograd.grad(v.sum(), xa)
         with torch.no_grad():
             better = v < best_v
             best[better], best_v[better] = xa[better].detach(), v[better].detach()
+        if k == steps:
+            break
+        (g,) = torch.autograd.grad(v.sum(), xa)
+        with torch.no_grad():
             xa = torch.minimum(torch.maximum(xa - step * g.sign(), lo), hi)
     return best
 
