@@ -160,11 +160,15 @@ def identity_rows(shape: tuple[int, ...], idx: Tensor, batch: int, like: Tensor)
     return rows.reshape(1, len(idx), *shape).expand(batch, -1, *shape)
 
 
-def refine(graph, bounds, i: int, unstable_only: bool, alphas=None, cache=None) -> Bounds:
+def refine(
+    graph, bounds, i: int, unstable_only: bool, alphas=None, cache=None, intersect: bool = True
+) -> Bounds:
     """Tighten the bounds of node ``i`` with backward passes (in chunks of rows).
 
     Rows are the neurons unstable in any example of the batch, or, when each example has far
     fewer than that, each example's own unstable neurons (gathered and padded per example).
+    ``intersect=False`` replaces the interval bounds instead of intersecting with them (as
+    auto_LiRPA does; for comparisons only: never tighter).
     """
     b = bounds[i]
     batch = b.lower.shape[0]
@@ -180,7 +184,7 @@ def refine(graph, bounds, i: int, unstable_only: bool, alphas=None, cache=None) 
     shape = graph.nodes[i].shape
     counts = mask.sum(1)
     sel = counts.nonzero().squeeze(1)
-    if alphas is None and batch > 1 and int(counts.sum()) * 2 < batch * len(idx):
+    if intersect and alphas is None and batch > 1 and int(counts.sum()) * 2 < batch * len(idx):
         # each example with its own unstable neurons, grouped by count (rows padded to a power of 2)
         width = torch.ones_like(counts)
         while (width < counts).any():
@@ -195,8 +199,8 @@ def refine(graph, bounds, i: int, unstable_only: bool, alphas=None, cache=None) 
         part = idx[s : s + chunk]
         C = identity_rows(shape, part, batch, b.lower)
         nb = two_sided(graph, bounds, i, C, alphas, cache)
-        lo[:, part] = torch.maximum(lo[:, part], nb.lower)
-        hi[:, part] = torch.minimum(hi[:, part], nb.upper)
+        lo[:, part] = torch.maximum(lo[:, part], nb.lower) if intersect else nb.lower
+        hi[:, part] = torch.minimum(hi[:, part], nb.upper) if intersect else nb.upper
     return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
 
 
@@ -228,6 +232,7 @@ def intermediate_bounds(
     method: str = "crown",
     prior: Mapping[int, Bounds] | None = None,
     cache: dict | None = None,
+    intersect: bool = True,
 ) -> dict[int, Bounds]:
     """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them."""
     need = needs_bounds(graph) if method == "crown" else {}
@@ -239,7 +244,8 @@ def intermediate_bounds(
             b = b.intersect(prior[i])
         bounds[i] = b
         if i in need and nonlinear_before[i] and i != graph.output:
-            bounds[i] = refine(graph, bounds, i, need[i], cache=cache)
+            unstable_only = need[i] and intersect
+            bounds[i] = refine(graph, bounds, i, unstable_only, cache=cache, intersect=intersect)
     return bounds
 
 
@@ -250,10 +256,12 @@ def crown(
     *,
     intermediate: str = "crown",
     bound_upper: bool = True,
+    intersect: bool = True,
 ) -> tuple[Bounds, dict[int, Bounds]]:
-    """CROWN (``intermediate="crown"``) or CROWN-IBP (``"ibp"``) bounds of ``C @ output``."""
+    """CROWN (``intermediate="crown"``) or CROWN-IBP (``"ibp"``) bounds of ``C @ output``.
+    ``intersect=False``: no intersection with interval bounds anywhere (auto_LiRPA's CROWN)."""
     cache: dict = {}
-    bounds = intermediate_bounds(graph, region, intermediate, cache=cache)
+    bounds = intermediate_bounds(graph, region, intermediate, cache=cache, intersect=intersect)
     lower = region.lower
     out = graph.output
     if C is None:
@@ -266,5 +274,6 @@ def crown(
     else:  # lower bounds only (e.g. for certification), half the work
         lb = backward(graph, bounds, out, C, cache=cache)
         final = Bounds(lb, torch.full_like(lb, torch.inf))
-    final = final.intersect(spec_bounds(graph, bounds, C))
+    if intersect:
+        final = final.intersect(spec_bounds(graph, bounds, C))
     return final, bounds
