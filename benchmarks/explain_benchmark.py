@@ -8,6 +8,7 @@ normalised by mean (0.485, 0.456, 0.406) and std 0.225.
 
 1. Agreement: Integrated Gradients (Gauss-Legendre, zero baseline), Saliency (absolute gradient)
    and Occlusion (2x2 / 4x4 windows) of the predicted class; the largest absolute difference.
+   The convergence deltas are shown for information (float32 sums on Captum's side).
 2. Integrated Gradients at n_steps 200 and 1000: wall time and peak memory (resident set growth
    during the call: the kernel's high-water mark is reset just before it), each measurement in a
    fresh process, configurations interleaved, median of the repeats. Captum runs with its
@@ -113,6 +114,7 @@ def agreement(shared: Path, n: dict) -> list[dict]:
                     "max_abs_diff": diff,
                     "max_abs_value": float(b.abs().max()),
                     "equal_to_1e-5": diff <= 1e-5,
+                    "criterion": "delta" not in method,  # deltas: float32 sums of 64-3072 terms
                 }
             )
     return rows
@@ -240,7 +242,8 @@ def main() -> None:
     for r in report["agreement"]:
         print(
             f"  {r['model']:12s} {r['method']:36s} n={r['n']:4d} max|diff| {r['max_abs_diff']:.2e}"
-            f" (max|attr| {r['max_abs_value']:.2e}) {'OK' if r['equal_to_1e-5'] else 'DIFFERS'}"
+            f" (max|attr| {r['max_abs_value']:.2e}) "
+            + ("info" if not r["criterion"] else "OK" if r["equal_to_1e-5"] else "DIFFERS")
         )
     report["timing"] = timing(args.shared, n, args.repeats, steps)
     print(f"\nIntegrated Gradients, median of {args.repeats} (fresh process each)")
