@@ -128,14 +128,17 @@ def fab_run(
         st["target"] = target
     if isinstance(geo.lo, Tensor):
         st["lo"], st["hi"] = geo.lo, geo.hi
-    check = query_function(model, x0)  # the forward pass that checks each new point
-    for _ in range(n_iter):
+    # Runs whose point has no adversarial example yet learn whether their new point is one from
+    # the gradient pass taken there (no separate check); runs already refining one, where most
+    # steps cross the boundary and get pulled back, check it by a forward pass first.
+    st["f"], st["w"], _ = _diff_and_grad(model, x1, y, target, n_classes, geo.norm)
+    check = query_function(model, x0)
+    for it in range(n_iter):
         x0, x1, y, grp = st["x0"], st["x1"], st["y"], st["group"]
-        f, w, _ = _diff_and_grad(model, x1, y, st.get("target"), n_classes, geo.norm)
         with torch.no_grad():
             m = len(grp)
-            flat1, flat0 = x1.flatten(1), x0.flatten(1)
-            b = -f + (w * flat1).sum(1)
+            flat1, flat0, w = x1.flatten(1), x0.flatten(1), st["w"]
+            b = -st["f"] + (w * flat1).sum(1)
             lo, hi = st.get("lo", geo.lo), st.get("hi", geo.hi)
             lo2 = torch.cat([lo.flatten(1)] * 2) if isinstance(lo, Tensor) else lo
             hi2 = torch.cat([hi.flatten(1)] * 2) if isinstance(hi, Tensor) else hi
@@ -146,23 +149,46 @@ def fab_run(
             alpha = (a[:m] / (a[:m] + a[m:])).clamp(0.0, alpha_max)[:, None]
             x1 = (flat1 + eta * d[:m]) * (1 - alpha) + (flat0 + eta * d[m:]) * alpha
             x1 = torch.clamp(x1.view_as(x0), lo, hi)
-            is_adv = check(x1).argmax(1) != y
-            st["x1"] = x1
-            if not bool(is_adv.any()):
-                continue
+            back = x0 + (x1 - x0) * beta  # where an adversarial step is pulled back to
+        last = it == n_iter - 1
+        refine = res[grp] < torch.inf if not last else torch.ones(m, dtype=torch.bool, device=dev)
+        is_adv = torch.zeros_like(refine)
+        if bool(refine.any()):
+            rows = refine.nonzero().squeeze(1)
+            is_adv[rows] = check(x1[rows]).argmax(1) != y[rows]
+        nxt = torch.where(view_per_sample(is_adv, x1), back, x1)
+        fresh = None
+        if not last:
+            st["f"], st["w"], pred = _diff_and_grad(
+                model, nxt, y, st.get("target"), n_classes, geo.norm
+            )
+            fresh = ~refine & (pred != y)  # searching runs whose new point is adversarial
+            is_adv = is_adv | fresh
+            nxt = torch.where(view_per_sample(fresh, x1), back, nxt)
+        st["x1"] = nxt
+        if not bool(is_adv.any()):
+            continue
+        with torch.no_grad():
             dist = torch.where(is_adv, lp_norm(x1 - x0, geo.norm), torch.inf)
             new_res = res.scatter_reduce(0, grp, dist, "amin")
             win = is_adv & (dist == new_res[grp]) & (dist < res[grp])
             adv[grp[win]] = x1[win]
             res = new_res
-            st["x1"] = torch.where(view_per_sample(is_adv, x1), x0 + (x1 - x0) * beta, x1)
-            if stop_at_eps:
-                done = res < torch.inf if geo.is_box else res <= geo.eps
-                keep = ~done[grp]
-                if not bool(keep.all()):
-                    st = {key: v[keep] for key, v in st.items()}
-                    if len(st["group"]) == 0:
-                        break
+        if stop_at_eps:
+            done = res < torch.inf if geo.is_box else res <= geo.eps
+            keep = ~done[grp]
+            if not bool(keep.all()):
+                st = {key: v[keep] for key, v in st.items()}
+                fresh = fresh[keep] if fresh is not None else None
+                if len(st["group"]) == 0:
+                    break
+        if fresh is not None and bool(fresh.any()):  # the gradient at the pulled-back points
+            sub = fresh.nonzero().squeeze(1)
+            t_sub = st["target"][sub] if target is not None else None
+            f_sub, w_sub, _ = _diff_and_grad(
+                model, st["x1"][sub], st["y"][sub], t_sub, n_classes, geo.norm
+            )
+            st["f"], st["w"] = st["f"].index_put((sub,), f_sub), st["w"].index_put((sub,), w_sub)
     return res, adv
 
 

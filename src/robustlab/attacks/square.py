@@ -151,12 +151,12 @@ class Square:
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         geo = geometry(threat, img)
         model = query_function(model, x)  # forward passes only
-        with torch.no_grad():
+        with torch.inference_mode():  # queries only: no autograd bookkeeping at all
             if geo.norm == "inf":
                 out = self._linf(model, img, y, threat, gen, shape)
             else:
                 out = self._l2(model, img, y, threat, geo.eps, gen, shape)
-        return out.view(shape)
+        return out.view(shape).clone()  # a normal tensor again (usable in autograd)
 
     def _side(self, i: int, h: int, w: int, least: int) -> int:
         p = p_selection(self.p_init, i, self.n_queries, self.rescale_schedule)
