@@ -106,6 +106,9 @@ def attack(
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
+    surrogate: str | None = typer.Option(
+        None, "--surrogate", help="Model the transfer attack crafts its examples on."
+    ),
     out_file: Path = typer.Option(Path("attack.json"), "--out", help="Result JSON."),
     db: Path | None = DB,
 ) -> None:
@@ -122,6 +125,7 @@ def attack(
             n=n,
             batch_size=batch_size,
             seed=seed,
+            surrogate=surrogate,
             progress=say,
         )
     write_report(report, out_file, out_file.with_suffix(".html"))

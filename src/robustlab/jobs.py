@@ -100,14 +100,18 @@ def attack_job(
     n: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
+    surrogate=None,
     progress: Progress | None = None,
 ) -> dict:
     """Robust accuracy under an attack suite (or named attacks) at each eps; keys
-    ``clean_accuracy``, ``robust_accuracy`` (first eps), ``curve``, ``per_attack``, ``flags``."""
+    ``clean_accuracy``, ``robust_accuracy`` (first eps), ``curve``, ``per_attack``, ``flags``.
+    ``surrogate``: the model the transfer attack crafts its examples on."""
     from robustlab.attacks import evaluate
+    from robustlab.attacks.transfer import load_surrogate
 
     eps, norm = check_eps(eps), parse_norm(norm)
     model, data = prepare(model_src, data_src, n)
+    sur, attacks = load_surrogate(surrogate, data, attacks)
     if progress:
         progress(f"{suite if attacks is None else ','.join(attacks)} on {len(data)} examples")
     result = evaluate(
@@ -119,6 +123,7 @@ def attack_job(
         attacks=attacks,
         batch_size=batch_size,
         seed=seed,
+        surrogate=sur.module if sur else None,
         progress=progress,
     )
     settings = {
@@ -128,6 +133,8 @@ def attack_job(
         "eps": eps,
         "seed": seed,
     }
+    if sur:
+        settings["surrogate"] = sur.to_dict()
     report = _base("attack", model, data, settings)
     report.update(result.to_dict())
     return report

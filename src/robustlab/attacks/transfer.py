@@ -3,13 +3,17 @@ surrogate model and evaluated on the target, for the threat of attacks from publ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.apgd import APGD
 from robustlab.attacks.base import Attack, input_gradients_only, register
+from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
+from robustlab.model import LoadedModel, load_model
 from robustlab.threat import ThreatModel
 
 
@@ -35,3 +39,34 @@ class Transfer:
                 return self.attack(self.surrogate, x, y, threat)
         finally:
             self.surrogate.train(was_training)
+
+
+def load_surrogate(
+    source, data: Dataset, attacks: Sequence[str] | None
+) -> tuple[LoadedModel | None, list[str] | None]:
+    """The surrogate model for the transfer attack, checked to accept ``data`` and output logits,
+    and the attacks to run: given a surrogate and no attacks, the transfer attack alone."""
+    names = None if attacks is None else [a.strip().lower() for a in attacks]
+    if source is None:
+        if names and "transfer" in names:
+            raise RobustlabError("the transfer attack needs a surrogate model; found none")
+        return None, names
+    if names is not None and "transfer" not in names:
+        raise RobustlabError(
+            f"a surrogate model is used only by the transfer attack; found attacks {names}"
+        )
+    loaded = load_model(source)
+    try:
+        with torch.no_grad():
+            out = loaded.module(data.x[:2])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise RobustlabError(
+            f"surrogate model failed on data of shape {tuple(data.x.shape[1:])} ({first})"
+        ) from None
+    if out.dim() != 2 or out.shape[1] < data.num_classes:
+        raise RobustlabError(
+            f"expected the surrogate to output (batch, {data.num_classes} or more classes); "
+            f"found {tuple(out.shape)}"
+        )
+    return loaded, names or ["transfer"]
