@@ -5,6 +5,7 @@ contribution to the bound is largest (|coefficient| x width, as in "smart" input
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
@@ -106,30 +107,80 @@ def input_split(
     stats: BabStats | None = None,
     intermediate: str = "crown",
     lookahead: int = 2,
+    weakest_first: bool = False,
 ) -> tuple[str, Tensor | None]:
     """``("holds", None)``, ``("violated", x)`` (x float64, to be re-checked), or
-    ``("timeout", None)``.
+    ``("timeout", None)``: one search of :func:`search_steps` run to the deadline."""
+    return portfolio(
+        [
+            search_steps(
+                graph,
+                prop,
+                shape,
+                model,
+                batch=batch,
+                stats=stats,
+                intermediate=intermediate,
+                lookahead=lookahead,
+                weakest_first=weakest_first,
+            )
+        ],
+        deadline,
+    )
+
+
+def portfolio(searches: list, deadline: float) -> tuple[str, Tensor | None]:
+    """Run several searches (generators from :func:`search_steps`) a step each in turn, until
+    one answers or the deadline passes: as fast as the best of them, times their number."""
+    active = list(searches)
+    while active:
+        for s in list(active):
+            if time.monotonic() > deadline:
+                return "timeout", None
+            try:
+                next(s)
+            except StopIteration as stop:
+                return stop.value
+    return "timeout", None
+
+
+def search_steps(
+    graph: BoundGraph,
+    prop: Property,
+    shape: tuple[int, ...],
+    model,
+    *,
+    batch: int = 512,
+    stats: BabStats | None = None,
+    intermediate: str = "crown",
+    lookahead: int = 2,
+    weakest_first: bool = False,
+) -> Generator[None, None, tuple[str, Tensor | None]]:
+    """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
+    ``("holds", None)`` or ``("violated", x)``).
 
     Branching looks ahead: every undecided box is bounded split in two along each of the
     ``lookahead`` inputs with the largest |coefficient| x width, and the split whose worse half has
-    the best bound is taken; halves already proven are dropped."""
+    the best bound is taken; halves already proven are dropped. The coefficients are those of the
+    row closest to refuting the weakest open disjunct, or (``weakest_first``) of the weakest open
+    row; with ``lookahead >= 2`` the candidates alternate between the two."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate)
     stats.domains += 1
     open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups) > 0)  # per box: open disjuncts
-    a_q = _weakest_row(lb, A, open_q, d, groups)  # per box: linear coefficients of its weakest row
+    a_q = _rows_to_improve(lb, A, open_q, d, groups, weakest_first)  # per box: (2, inputs)
     if not open_q.any():
         return "holds", None
     while len(lo_q):
-        if time.monotonic() > deadline:
-            return "timeout", None
+        yield
         lo, hi, op, a = lo_q[:batch], hi_q[:batch], open_q[:batch], a_q[:batch]
         lo_q, hi_q, open_q, a_q = lo_q[batch:], hi_q[batch:], open_q[batch:], a_q[batch:]
         n, k_in = lo.shape
         # search: box centres and the corners minimising each box's weakest bound
-        cand = torch.cat([torch.where(a > 0, lo, hi), (lo + hi) / 2])
+        cand = torch.cat([torch.where(a[:, 0] > 0, lo, hi), torch.where(a[:, 1] > 0, lo, hi)])
+        cand = torch.cat([cand, (lo + hi) / 2])
         with torch.no_grad():
             y = model(cand.float().reshape(-1, *shape)).reshape(len(cand), -1)
         v = prop.violation(y)
@@ -138,7 +189,7 @@ def input_split(
         # look ahead: both halves along the `lookahead` inputs with the largest |coefficient| x
         # width (the "smart" score), bounded in one batch
         m = min(lookahead, k_in)
-        cands = (a.abs() * (hi - lo)).topk(m, dim=1).indices  # (n, m)
+        cands = _candidates(a.abs() * (hi - lo)[:, None], m)  # (n, m)
         mids = (lo + hi) / 2
         los, his = [], []
         for j in range(m):
@@ -166,19 +217,48 @@ def input_split(
         lo_q = torch.cat([L[keep], lo_q])
         hi_q = torch.cat([H[keep], hi_q])
         open_q = torch.cat([child_open[keep], open_q])
-        a_q = torch.cat([_weakest_row(lb_c[keep], A_c[keep], child_open[keep], d, groups), a_q])
+        a_q = torch.cat(
+            [
+                _rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups, weakest_first),
+                a_q,
+            ]
+        )
         stats.max_queue = max(stats.max_queue, len(lo_q))
     return "holds", None
 
 
-def _weakest_row(lb, A, op, d, groups) -> Tensor:
-    """Per box: the input coefficients of the open row with the smallest slack."""
-    slack = torch.where(_rows_open(op, groups, A.shape[1]), lb - d, torch.inf)
-    return A[torch.arange(len(A)), slack.argmin(1)]
-
-
-def _rows_open(op: Tensor, groups: list[slice], rows: int) -> Tensor:
-    mask = torch.zeros(len(op), rows, dtype=torch.bool)
+def _rows_to_improve(lb, A, op, d, groups, weakest_first: bool = False) -> Tensor:
+    """Per box, the input coefficients (N, 2, inputs) of two rows whose bounds branching should
+    improve: the row closest to refuting the weakest open disjunct (a conjunction is refuted by
+    any one of its rows), and the weakest open row of all (that one first if ``weakest_first``)."""
+    slack = lb - d
+    best_row, best_val = [], []
+    for g in groups:
+        v, i = slack[:, g].max(1)
+        best_row.append(i + g.start)
+        best_val.append(v)
+    rows = torch.stack(best_row, 1)
+    vals = torch.where(op, torch.stack(best_val, 1), torch.inf)
+    n = torch.arange(len(A))
+    closest = rows[n, vals.argmin(1)]
+    row_open = torch.zeros_like(slack, dtype=torch.bool)
     for k, g in enumerate(groups):
-        mask[:, g] = op[:, k : k + 1]
-    return mask
+        row_open[:, g] = op[:, k : k + 1]
+    weakest = torch.where(row_open, slack, torch.inf).argmin(1)
+    first, second = (weakest, closest) if weakest_first else (closest, weakest)
+    return torch.stack([A[n, first], A[n, second]], 1)
+
+
+def _candidates(score: Tensor, m: int) -> Tensor:
+    """(n, m) distinct inputs to split, taken in turn from each row's largest scores
+    (score: (n, rows, inputs))."""
+    n, rows, k = score.shape
+    if m >= k:
+        return torch.arange(k).expand(n, k)
+    taken = torch.zeros(n, k, dtype=torch.bool)
+    out = []
+    for j in range(m):
+        pick = score[:, j % rows].masked_fill(taken, -torch.inf).argmax(1)
+        taken[torch.arange(n), pick] = True
+        out.append(pick)
+    return torch.stack(out, 1)

@@ -101,17 +101,19 @@ def verify_property(
     if strategy == "relu-split":
         verdict, x = relu_split(graph, prop, shape, model, deadline=deadline, stats=st)
     else:
-        # a portfolio of branching rules: look-ahead over every input for a short while
-        # (decisive on some properties), then the plain "smart" rule for the rest of the time
-        now = time.monotonic()
-        short = min(deadline, now + max(2.0, 0.15 * (deadline - now)))
-        verdict, x = bab.input_split(
-            graph, prop, shape, model, deadline=short, stats=st, lookahead=len(prop.lower)
+        # a portfolio of branching rules, a step of each in turn: look-ahead over every input
+        # (decisive on some properties), and the "smart" rule on the row closest to refuting the
+        # weakest disjunct, or on the weakest row
+        verdict, x = bab.portfolio(
+            [
+                bab.search_steps(graph, prop, shape, model, stats=st, lookahead=len(prop.lower)),
+                bab.search_steps(graph, prop, shape, model, stats=st, lookahead=1),
+                bab.search_steps(
+                    graph, prop, shape, model, stats=st, lookahead=1, weakest_first=True
+                ),
+            ],
+            deadline,
         )
-        if verdict == "timeout":
-            verdict, x = bab.input_split(
-                graph, prop, shape, model, deadline=deadline, stats=st, lookahead=1
-            )
     stats.update(domains=st.domains, max_queue=st.max_queue)
     if verdict != "violated":
         return verdict, None
