@@ -80,3 +80,17 @@ def test_csv_pixels(tmp_path):
     np.savetxt(path, rows, delimiter=",", fmt="%d")
     d = load_data(path, (1, 2, 2))
     assert d.x.shape == (2, 1, 2, 2) and float(d.x.max()) == 1.0 and d.y.tolist() == [3, 7]
+
+
+@pytest.mark.parametrize("pixel_major", [False, True])
+def test_csv_colour_layout_is_detected(tmp_path, pixel_major):
+    """Smooth colour images written channel-major or pixel-major load to the same tensor."""
+    h = w = 8
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    img = np.stack([xx * 30, yy * 30, (xx + yy) * 15]).astype(np.float64)  # (3, H, W), 0..210
+    img[:, ::2, ::2] += 5  # not a pure ramp
+    flat = img.transpose(1, 2, 0).reshape(-1) if pixel_major else img.reshape(-1)
+    path = tmp_path / "c.csv"
+    np.savetxt(path, np.concatenate([[3], flat])[None], delimiter=",")
+    data = load_data(path, (3, h, w))
+    assert np.allclose(data.x[0].numpy(), img / 255.0, atol=1e-6)

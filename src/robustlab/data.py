@@ -134,7 +134,9 @@ def load_npz(path: Path, lower: float | None = None, upper: float | None = None)
 
 def load_csv(path: Path, input_shape: tuple[int, ...] | None = None) -> Dataset:
     """A CSV of rows ``label, v1, v2, ...`` (MNIST/CIFAR style). Values above 1 are read as 0..255
-    pixels and scaled to [0, 1]; rows are reshaped to ``input_shape`` in row-major (C, H, W) order."""
+    pixels and scaled to [0, 1]; rows are reshaped to ``input_shape``. For colour images (C, H, W)
+    the row's layout, channel-major (C, H, W) or pixel-major (H, W, C), is the one that gives the
+    smoother images: files in the wild use both (the ERAN CIFAR-10 rows are pixel-major)."""
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError as e:
@@ -147,8 +149,23 @@ def load_csv(path: Path, input_shape: tuple[int, ...] | None = None) -> Dataset:
             raise RobustlabError(
                 f"{path}: rows have {x.shape[1]} values but the model expects shape {input_shape}"
             )
-        x = x.reshape(-1, *input_shape)
+        x = _image_layout(x, tuple(input_shape))
     return _validate(path.name, x.astype(np.float32), y, 0.0, 1.0)
+
+
+def _image_layout(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Rows reshaped to ``shape``; for (C, H, W) with 2 to 4 channels, read channel-major or
+    pixel-major, whichever has the smaller total variation between neighbouring pixels."""
+    chw = x.reshape(-1, *shape)
+    if len(shape) != 3 or not 2 <= shape[0] <= 4:
+        return chw
+    c, h, w = shape
+    hwc = x.reshape(-1, h, w, c).transpose(0, 3, 1, 2)
+
+    def variation(im: np.ndarray) -> float:
+        return float(np.abs(np.diff(im, axis=2)).mean() + np.abs(np.diff(im, axis=3)).mean())
+
+    return np.ascontiguousarray(hwc) if variation(hwc) < variation(chw) else chw
 
 
 def load_data(source: str | Path, input_shape: tuple[int, ...] | None = None) -> Dataset:
