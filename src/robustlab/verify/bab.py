@@ -130,17 +130,20 @@ def input_split(
 
 
 def portfolio(searches: list, deadline: float) -> tuple[str, Tensor | None]:
-    """Run several searches (generators from :func:`search_steps`) a step each in turn, until
-    one answers or the deadline passes: as fast as the best of them, times their number."""
-    active = list(searches)
-    while active:
-        for s in list(active):
-            if time.monotonic() > deadline:
-                return "timeout", None
-            try:
-                next(s)
-            except StopIteration as stop:
-                return stop.value
+    """Run several searches (generators from :func:`search_steps`) with equal shares of time (the
+    one that has used least takes the next step) until one answers or the deadline passes: as
+    fast as the best of them, times their number."""
+    used = [0.0] * len(searches)
+    while searches:
+        now = time.monotonic()
+        if now > deadline:
+            return "timeout", None
+        k = min(range(len(searches)), key=used.__getitem__)
+        try:
+            next(searches[k])
+        except StopIteration as stop:
+            return stop.value
+        used[k] += time.monotonic() - now
     return "timeout", None
 
 

@@ -101,19 +101,20 @@ def verify_property(
     if strategy == "relu-split":
         verdict, x = relu_split(graph, prop, shape, model, deadline=deadline, stats=st)
     else:
-        # a portfolio of branching rules, a step of each in turn: look-ahead over every input
+        # a portfolio of branching rules, with equal shares of time: look-ahead over every input
         # (decisive on some properties), and the "smart" rule on the row closest to refuting the
         # weakest disjunct, or on the weakest row
-        verdict, x = bab.portfolio(
-            [
-                bab.search_steps(graph, prop, shape, model, stats=st, lookahead=len(prop.lower)),
-                bab.search_steps(graph, prop, shape, model, stats=st, lookahead=1),
+        searches = [
+            bab.search_steps(graph, prop, shape, model, stats=st, lookahead=len(prop.lower)),
+            bab.search_steps(graph, prop, shape, model, stats=st, lookahead=1),
+        ]
+        if any(len(dj.d) > 1 for dj in prop.disjuncts):  # else the two rows are the same
+            searches.append(
                 bab.search_steps(
                     graph, prop, shape, model, stats=st, lookahead=1, weakest_first=True
-                ),
-            ],
-            deadline,
-        )
+                )
+            )
+        verdict, x = bab.portfolio(searches, deadline)
     stats.update(domains=st.domains, max_queue=st.max_queue)
     if verdict != "violated":
         return verdict, None
