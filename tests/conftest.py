@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,17 @@ import torch
 torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """``robustlab ARGS`` in-process: (exit code, stdout, stderr)."""
+    from robustlab import cli
+
+    monkeypatch.setattr(sys, "argv", ["robustlab", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
 
 
 @pytest.fixture(autouse=True, scope="session")

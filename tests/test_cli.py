@@ -8,16 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from robustlab import cli, zoo
+from robustlab import zoo
 from robustlab._onnx import torch_to_onnx
 
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["robustlab", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
+from .conftest import run_cli as run
 
 
 @pytest.fixture(scope="module")

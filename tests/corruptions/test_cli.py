@@ -1,19 +1,10 @@
 """``robustlab corrupt`` end to end, in-process."""
 
 import json
-import sys
 
 import pytest
 
-from robustlab import cli
-
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["robustlab", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
+from ..conftest import run_cli as run
 
 
 def test_corrupt_command_writes_the_report(monkeypatch, capsys, tmp_path):

@@ -1,23 +1,15 @@
 """``robustlab explain`` end to end (in-process), and its report."""
 
 import json
-import sys
 
 import pytest
 
-from robustlab import cli
 from robustlab._onnx import torch_to_onnx
 from robustlab.report import render_html
 
+from ..conftest import run_cli as run
+
 REQUIRED = {"method", "attributions", "n_forward", "n_backward", "seconds"}
-
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["robustlab", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

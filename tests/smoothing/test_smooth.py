@@ -3,16 +3,16 @@ the ``robustlab smooth`` command."""
 
 import json
 import math
-import sys
 
 import pytest
 import torch
 from scipy import stats
 from torch import nn
 
-from robustlab import cli
 from robustlab.data import Dataset
 from robustlab.smoothing import ABSTAIN, certify, predict, sample_counts, smooth
+
+from ..conftest import run_cli as run
 
 
 class Halfplane(nn.Module):
@@ -98,14 +98,6 @@ def test_smoothed_constant_classifier_gets_the_largest_radius():
     top = 0.25 * stats.norm.ppf(0.01 ** (1 / 1000))
     assert [s["radius"] for s in r.samples[:2]] == pytest.approx([top, top])
     assert r.clean_accuracy == pytest.approx(2 / 3) and r.abstain_rate == 0
-
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["robustlab", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 def test_cli_smooth(tmp_path, monkeypatch, capsys):

@@ -2,23 +2,16 @@
 the run history, and bad input as one line with exit code 2."""
 
 import json
-import sys
 
 import numpy as np
 import onnx
 import pytest
 
-from robustlab import cli, store, zoo
+from robustlab import store, zoo
 from robustlab._onnx import torch_to_onnx
 from robustlab.model import load_model
 
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["robustlab", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
+from ..conftest import run_cli as run
 
 
 def test_train_two_methods(tmp_path, monkeypatch, capsys):
