@@ -53,24 +53,30 @@ def prepare(model_src, data_src, n: int | None = None) -> tuple[LoadedModel, Dat
     data = load_data(data_src, model.input_shape).subset(n)
     if model.input_shape is not None:
         data = data.matched_to(model.input_shape)
+    check_fits(model.module, data)
+    return model, data
+
+
+def check_fits(module: torch.nn.Module, data: Dataset, role: str = "model") -> None:
+    """Check that ``module`` (the model, a baseline, a surrogate) maps the data's inputs to
+    (batch, classes) logits with an output for every label."""
     try:
         with torch.no_grad():
-            out = model.module(data.x[:2])
+            out = module(data.x[:2])
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise RobustlabError(
-            f"model failed on data '{data.name}' of shape {tuple(data.x.shape[1:])} ({first})"
+            f"{role} failed on data '{data.name}' of shape {tuple(data.x.shape[1:])} ({first})"
         ) from None
     if out.dim() != 2:
         raise RobustlabError(
-            f"expected the model to output (batch, classes); found {tuple(out.shape)}"
+            f"expected the {role} to output (batch, classes); found {tuple(out.shape)}"
         )
     if data.num_classes > out.shape[1]:
         raise RobustlabError(
-            f"data '{data.name}' has labels up to {data.num_classes - 1} but the model has "
+            f"data '{data.name}' has labels up to {data.num_classes - 1} but the {role} has "
             f"{out.shape[1]} outputs"
         )
-    return model, data
 
 
 def _base(kind: str, model: LoadedModel, data: Dataset, settings: dict) -> dict:

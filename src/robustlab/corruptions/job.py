@@ -5,36 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
-
 from robustlab.corruptions.base import corruption_names, parse_severities
 from robustlab.corruptions.evaluate import evaluate_corruptions, to_unit
 from robustlab.corruptions.figures import example_grid
 from robustlab.corruptions.frequency import evaluate_frequency
 from robustlab.corruptions.tabular import tabular_names
 from robustlab.corruptions.transforms import evaluate_transformations
-from robustlab.errors import RobustlabError
 
 Progress = Callable[[str], None]
 
 
 def _baseline(src, data):
+    from robustlab.jobs import check_fits
     from robustlab.model import load_model
 
     base = load_model(src)
-    try:
-        with torch.no_grad():
-            out = base.module(data.x[:2])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise RobustlabError(
-            f"baseline model failed on data '{data.name}' of shape {tuple(data.x.shape[1:])} "
-            f"({first})"
-        ) from None
-    if out.dim() != 2:
-        raise RobustlabError(
-            f"expected the baseline to output (batch, classes); found {tuple(out.shape)}"
-        )
+    check_fits(base.module, data, "baseline model")
     return base
 
 
