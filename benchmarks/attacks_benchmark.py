@@ -1,21 +1,25 @@
 """robustlab's attack suites side by side with torchattacks and the original AutoAttack code
-(pyautoattack), on CPU.
+(pyautoattack), on CPU (2 threads; BENCH_THREADS=1 for one).
 
 Models: a standard and a PGD-adversarially-trained CNN on the bundled digits set, and the MNIST
-conv nets of the VeriVital benchmark (ONNX) on 100 MNIST test images. Rows: robustlab `standard`
-against AutoAttack's standard version in both peers (torchattacks ships it with 10 iterations
-per gradient attack, so it also runs with the original budgets), and robustlab `fast` against the
-peers' 20-step attacks (torchattacks PGD-20; pyautoattack has no PGD, its APGD-CE with 20
-iterations stands in). Every peer's adversarial examples are re-checked here (plain forward pass,
-inside the threat model and the data range). A peer that cannot be imported is skipped.
+conv nets of the VeriVital benchmark (ONNX) on 100 MNIST test images. Columns: robustlab
+`standard` against AutoAttack's standard version in pyautoattack (the original code) and in
+torchattacks (which ships it with 10 iterations per gradient attack instead of 100), and
+robustlab `fast` against torchattacks' PGD-20. Every peer's adversarial examples are re-checked
+here (plain forward pass, inside the threat model and the data range). Runs are interleaved
+(a different column order in each repetition) and the table shows medians. Each result is
+appended to ``--out`` as it is produced; a rerun resumes. A peer that cannot be imported is
+skipped.
 
-    python benchmarks/attacks_benchmark.py [--shared ../shared] [--quick]
+    python benchmarks/attacks_benchmark.py [--shared ../shared] [--reps 3] [--out r.jsonl]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
 import time
 import types
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-THREADS = 2
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))  # before torch starts its thread pool
 torch.set_num_threads(THREADS)
 
 from robustlab import load_data, load_model, zoo  # noqa: E402
@@ -106,157 +110,192 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def peer_rows(
-    peers, model, data, eps, norm, n_classes, quick
-) -> list[tuple[str, str, float, float]]:
-    """(row, peer, robust accuracy, seconds) for every peer attack."""
-    rows = []
+COLUMNS = [
+    "robustlab standard",
+    "pyautoattack standard",
+    "torchattacks AutoAttack",
+    "robustlab fast",
+    "torchattacks PGD-20",
+]
+
+
+def runner(column, peers, model, data, eps, norm):
+    """A function running ``column`` once: (robust accuracy re-checked here, wall seconds); None
+    when the peer is missing."""
     threat = LpBall(norm, eps, data.lower, data.upper)
     x, y = data.x, data.y
     pnorm = "Linf" if norm == "inf" else "L2"
-    ta = peers.get("torchattacks")
-    if ta is not None:
-        aa = ta.AutoAttack(
-            model, norm=pnorm, eps=eps, version="standard", n_classes=n_classes, seed=0
-        )
-        adv, s = timed(lambda: aa(x, y))
-        rows.append(
-            (
-                "standard",
-                "torchattacks AutoAttack (shipped: 10 it.)",
-                recheck(model, data, adv, threat),
-                s,
+    with torch.no_grad():
+        n_classes = int(model(x[:1]).shape[1])
+    if column.startswith("robustlab"):
+        suite = column.split()[1]
+
+        def ours():
+            res = evaluate(
+                model, data, [eps], norm, suite=suite, batch_size=len(data), checks=False
             )
-        )
-        if not quick:
-            full = ta.MultiAttack(
-                [
-                    ta.APGD(model, norm=pnorm, eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
-                    ta.APGDT(model, norm=pnorm, eps=eps, steps=100, n_restarts=1, n_classes=n_classes, seed=0),
-                    ta.FAB(model, norm=pnorm, eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=n_classes, seed=0),
-                    ta.Square(model, norm=pnorm, eps=eps, n_queries=5000, n_restarts=1, resc_schedule=False, seed=0),
-                ]
-            )  # fmt: skip
-            adv, s = timed(lambda: full(x, y))
-            rows.append(
-                (
-                    "standard",
-                    "torchattacks AutoAttack (100 it.)",
-                    recheck(model, data, adv, threat),
-                    s,
-                )
+            parts = ", ".join(
+                f"{r['attack']} {r['n_broken']}/{r['n_attacked']} {r['seconds']:.1f}s"
+                for r in res.per_attack
             )
-        pgd_cls = ta.PGD if norm == "inf" else ta.PGDL2
-        pgd = pgd_cls(model, eps=eps, alpha=2.5 * eps / 20, steps=20, random_start=True)
-        torch.manual_seed(0)
-        adv, s = timed(lambda: pgd(x, y))
-        rows.append(("fast", "torchattacks PGD-20", recheck(model, data, adv, threat), s))
-    pa = peers.get("pyautoattack")
-    if pa is not None:
+            return res.robust_accuracy, parts
+
+        (acc, parts), s = timed(ours)
+        return acc, s, parts
+    ta, pa = peers.get("torchattacks"), peers.get("pyautoattack")
+    if column == "pyautoattack standard" and pa is not None:
         import logging
 
         logging.getLogger("auto-attack").setLevel(logging.ERROR)
         aa = pa.AutoAttack(model, norm=pnorm, eps=eps, version="standard", seed=0)
         adv, s = timed(lambda: aa.run_standard_evaluation(x, y, batch_size=len(x))[0])
-        rows.append(("standard", "pyautoattack AutoAttack", recheck(model, data, adv, threat), s))
-        from pyautoattack.autopgd_base import APGDAttack
-
-        apgd = APGDAttack(model, n_iter=20, norm=pnorm, eps=eps, loss="ce", seed=0, device="cpu")
-        adv, s = timed(lambda: apgd.perturb(x, y))
-        rows.append(("fast", "pyautoattack APGD-CE (20 it.)", recheck(model, data, adv, threat), s))
-    return rows
-
-
-def benchmark(name, model, data, eps, norm, peers, quick) -> list[tuple]:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():
-        n_classes = int(model(data.x[:1]).shape[1])
-    out = []
-    for suite in ("standard", "fast"):
-        res, s = timed(
-            lambda suite=suite: evaluate(model, data, [eps], norm, suite=suite, batch_size=len(data), checks=False)
-        )  # fmt: skip
-        out.append(
-            (
-                name,
-                eps,
-                norm,
-                res.clean_accuracy,
-                suite,
-                f"robustlab {suite}",
-                res.robust_accuracy,
-                s,
-            )
+    elif column == "torchattacks AutoAttack" and ta is not None:
+        aa = ta.AutoAttack(
+            model, norm=pnorm, eps=eps, version="standard", n_classes=n_classes, seed=0
         )
-        parts = ", ".join(
-            f"{r['attack']} {r['n_broken']}/{r['n_attacked']} {r['seconds']:.1f}s"
-            for r in res.per_attack
-        )
-        print(f"  robustlab {suite}: {parts}", flush=True)
-    flags = evaluate(model, data, [eps], norm, suite="fast", batch_size=len(data)).flags
-    for row, peer, acc, s in peer_rows(peers, model, data, eps, norm, n_classes, quick):
-        out.append((name, eps, norm, None, row, peer, acc, s))
-    for r in out:
-        print(f"  {r[5]:<42} robust {100 * r[6]:6.2f}%  {r[7]:8.2f} s", flush=True)
-    if flags:
-        print("  flags:", ", ".join(f["name"] for f in flags))
+        adv, s = timed(lambda: aa(x, y))
+    elif column == "torchattacks PGD-20" and ta is not None:
+        pgd_cls = ta.PGD if norm == "inf" else ta.PGDL2
+        pgd = pgd_cls(model, eps=eps, alpha=2.5 * eps / 20, steps=20, random_start=True)
+        torch.manual_seed(0)
+        adv, s = timed(lambda: pgd(x, y))
+    else:
+        return None
+    return recheck(model, data, adv, threat), s, ""
+
+
+def done_keys(path: Path) -> dict:
+    """Results already written (a rerun resumes where an interrupted one stopped)."""
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                out[(r["case"], r["column"], r["rep"])] = r
     return out
 
 
-def table(rows) -> str:
-    lines = [
-        "| model | eps | suite | attack | robust acc. (%) | seconds | robustlab speed-up |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for model, eps, norm, _clean, suite, who, acc, s in rows:
-        ours = next(
-            r for r in rows if r[0] == model and r[1] == eps and r[5] == f"robustlab {suite}"
-        )
-        ratio = "" if who.startswith("robustlab") else f"{s / ours[7]:.1f}x"
-        lines.append(
-            f"| {model} | L{norm} {eps:g} | {suite} | {who} | {100 * acc:.2f} | {s:.2f} | {ratio} |"
-        )
+def table(results: list[dict], cases: list[str]) -> str:
+    """Medians over the repetitions: robust accuracy (%) and seconds per column, and the
+    peers' time over robustlab's (standard against the AutoAttack peers, fast against PGD-20)."""
+    head = (
+        "| model | threat | "
+        + " | ".join(COLUMNS)
+        + " | pyaa / rl std | ta AA / rl std | ta PGD-20 / rl fast |"
+    )
+    lines = [head, "|" + " --- |" * (len(COLUMNS) + 5)]
+    for case in cases:
+        rows = [r for r in results if r["case"] == case]
+        if not rows:
+            continue
+        med = {}
+        cells = []
+        for col in COLUMNS:
+            got = [r for r in rows if r["column"] == col]
+            if not got:
+                cells.append("n/a")
+                continue
+            acc = statistics.median(r["robust_accuracy"] for r in got)
+            sec = statistics.median(r["seconds"] for r in got)
+            med[col] = sec
+            cells.append(f"{100 * acc:.2f}% / {sec:.1f} s")
+
+        def ratio(peer, ours, med=med):
+            return f"{med[peer] / med[ours]:.2f}x" if peer in med and ours in med else "n/a"
+
+        ratios = [
+            ratio("pyautoattack standard", "robustlab standard"),
+            ratio("torchattacks AutoAttack", "robustlab standard"),
+            ratio("torchattacks PGD-20", "robustlab fast"),
+        ]
+        threat = rows[0]["threat"]
+        lines.append(f"| {case} | {threat} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    here = Path(__file__).resolve().parents[1]
-    parser.add_argument("--shared", type=Path, default=here.parent / "shared")
-    parser.add_argument("--quick", action="store_true", help="skip the slowest peer configuration")
-    args = parser.parse_args()
-    os.environ.setdefault("ROBUSTLAB_HOME", str(Path.home() / ".robustlab"))
-    peers = import_peers()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; peers: {', '.join(peers) or 'none'}"
-    )
-    rows = []
+def load_cases(shared: Path, cache: Path) -> list[tuple]:
+    """(name, threat, model, data, eps, norm) for every benchmark case; the PGD-AT model is
+    trained once and kept in ``cache``."""
     digits = load_digits_split(train=False)
-    print("training the digits models (standard and PGD-AT at Linf 0.1) ...", flush=True)
-    standard = zoo.train_digits("cnn", seed=0)
-    robust, s = timed(lambda: adversarial_training("cnn", 0.1))
-    print(f"  PGD-AT took {s:.1f} s")
+    standard = zoo.pretrained("cnn")
+    robust = zoo.build("cnn")
+    if cache.exists():
+        robust.load_state_dict(torch.load(cache, weights_only=True))
+    else:
+        print("PGD adversarial training of the digits CNN (Linf 0.1) ...", flush=True)
+        robust, s = timed(lambda: adversarial_training("cnn", 0.1))
+        print(f"  took {s:.1f} s", flush=True)
+        torch.save(robust.state_dict(), cache)
     cases = [
         ("digits CNN", standard, digits, 0.1, "inf"),
         ("digits CNN PGD-AT", robust, digits, 0.1, "inf"),
         ("digits CNN PGD-AT", robust, digits, 0.5, "2"),
     ]
-    verivital = args.shared / "benchmarks" / "verivital"
-    mnist = args.shared / "datasets" / "mnist_test_100.csv"
+    verivital = shared / "benchmarks" / "verivital"
+    mnist = shared / "datasets" / "mnist_test_100.csv"
     if verivital.exists() and mnist.exists():
         data = load_data(mnist, (1, 28, 28))
         for net in ("avgpool", "maxpool"):
             module = load_model(verivital / f"Convnet_{net}.onnx").module
             cases.append((f"MNIST Convnet_{net}", module, data, 0.04, "inf"))
     else:
-        print(f"(no VeriVital models or MNIST data under {args.shared}: skipped)")
+        print(f"(no VeriVital models or MNIST data under {shared}: skipped)")
+    out = []
     for name, model, data, eps, norm in cases:
-        print(f"{name}, L{norm} eps={eps:g}, {len(data)} points", flush=True)
-        rows += benchmark(name, model, data, eps, norm, peers, args.quick)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        out.append((f"{name} L{norm} {eps:g}", f"L{norm} {eps:g}", model, data, eps, norm))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    here = Path(__file__).resolve().parents[1]
+    parser.add_argument("--shared", type=Path, default=here.parent / "shared")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (medians reported)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("attacks_benchmark.jsonl"), help="results, one per line"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("ROBUSTLAB_HOME", str(Path.home() / ".robustlab"))
+    peers = import_peers()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"peers: {', '.join(peers) or 'none'}; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    cases = load_cases(args.shared, args.out.with_suffix(".pgdat.pt"))
+    done = done_keys(args.out)
+    for rep in range(args.reps):
+        for name, threat, model, data, eps, norm in cases:
+            if rep == 0 and not any(k[0] == name for k in done):
+                flags = evaluate(model, data, [eps], norm, suite="fast", batch_size=len(data)).flags
+                print(f"{name}: flags {[f['name'] for f in flags]}", flush=True)
+            k = rep % len(COLUMNS)
+            for column in COLUMNS[k:] + COLUMNS[:k]:  # a different order each repetition
+                if (name, column, rep) in done:
+                    continue
+                got = runner(column, peers, model, data, eps, norm)
+                if got is None:
+                    continue
+                acc, s, parts = got
+                rec = {
+                    "case": name, "threat": threat, "column": column, "rep": rep,
+                    "robust_accuracy": acc, "seconds": s, "n": len(data),
+                    "threads": torch.get_num_threads(), "load": os.getloadavg()[0],
+                    "detail": parts,
+                }  # fmt: skip
+                done[(name, column, rep)] = rec
+                with args.out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(
+                    f"[{rep}] {name:<28} {column:<24} robust {100 * acc:6.2f}%  {s:7.2f} s  "
+                    f"load {rec['load']:.1f}  {parts}",
+                    flush=True,
+                )
     print()
-    print(table(rows))
+    print(table(list(done.values()), [c[0] for c in cases]))
 
 
 if __name__ == "__main__":
