@@ -129,16 +129,19 @@ def input_split(
     )
 
 
-def portfolio(searches: list, deadline: float) -> tuple[str, Tensor | None]:
-    """Run several searches (generators from :func:`search_steps`) with equal shares of time (the
-    one that has used least takes the next step) until one answers or the deadline passes: as
-    fast as the best of them, times their number."""
+def portfolio(
+    searches: list, deadline: float, shares: list[float] | None = None
+) -> tuple[str, Tensor | None]:
+    """Run several searches (generators from :func:`search_steps`) with the given shares of time
+    (equal by default; the one furthest below its share takes the next step) until one answers
+    or the deadline passes."""
+    shares = shares or [1.0] * len(searches)
     used = [0.0] * len(searches)
     while searches:
         now = time.monotonic()
         if now > deadline:
             return "timeout", None
-        k = min(range(len(searches)), key=used.__getitem__)
+        k = min(range(len(searches)), key=lambda i: used[i] / shares[i])
         try:
             next(searches[k])
         except StopIteration as stop:

@@ -101,7 +101,7 @@ def verify_property(
     if strategy == "relu-split":
         verdict, x = relu_split(graph, prop, shape, model, deadline=deadline, stats=st)
     else:
-        # a portfolio of branching rules, with equal shares of time: look-ahead over every input
+        # a portfolio of branching rules, with shares of time: look-ahead over every input
         # (decisive on some properties), and the "smart" rule on the row closest to refuting the
         # weakest disjunct, or on the weakest row
         searches = [
@@ -114,7 +114,8 @@ def verify_property(
                     graph, prop, shape, model, stats=st, lookahead=1, weakest_first=True
                 )
             )
-        verdict, x = bab.portfolio(searches, deadline)
+        shares = [1.0] + [2.0] * (len(searches) - 1)  # the look-ahead costs k_in times more
+        verdict, x = bab.portfolio(searches, deadline, shares)
     stats.update(domains=st.domains, max_queue=st.max_queue)
     if verdict != "violated":
         return verdict, None
