@@ -1,22 +1,13 @@
 """``robustlab attack --surrogate``: the transfer attack from the command line."""
 
 import json
-import sys
 from copy import deepcopy
 
 import pytest
 import torch
 from torch import nn
 
-from robustlab import cli
-
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["robustlab", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
+from ..conftest import run_cli as run
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +48,10 @@ def test_transfer_attack_from_a_surrogate(models, monkeypatch, capsys, tmp_path)
     [
         (["--attacks", "transfer"], "the transfer attack needs a surrogate model"),
         (["--attacks", "pgd", "--surrogate", "{d}/surrogate.pt"], "only by the transfer attack"),
-        (["--surrogate", "{d}/wide.pt"], "surrogate model failed on data of shape (1, 8, 8)"),
+        (
+            ["--surrogate", "{d}/wide.pt"],
+            "surrogate model failed on data 'digits' of shape (1, 8, 8)",
+        ),
         (["--surrogate", "{d}/missing.pt"], "model file not found"),
     ],
 )

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.apgd import APGD
@@ -55,18 +54,8 @@ def load_surrogate(
         raise RobustlabError(
             f"a surrogate model is used only by the transfer attack; found attacks {names}"
         )
+    from robustlab.jobs import check_fits
+
     loaded = load_model(source)
-    try:
-        with torch.no_grad():
-            out = loaded.module(data.x[:2])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise RobustlabError(
-            f"surrogate model failed on data of shape {tuple(data.x.shape[1:])} ({first})"
-        ) from None
-    if out.dim() != 2 or out.shape[1] < data.num_classes:
-        raise RobustlabError(
-            f"expected the surrogate to output (batch, {data.num_classes} or more classes); "
-            f"found {tuple(out.shape)}"
-        )
+    check_fits(loaded.module, data, "surrogate model")
     return loaded, names or ["transfer"]
