@@ -59,8 +59,10 @@ def test_runs_list_show_compare(demo, monkeypatch, capsys):
     assert code == 0 and "robustlab demo" in out
     code, out, _ = run(monkeypatch, capsys, "runs", "show", "1", "--db", db)
     assert code == 0 and json.loads(out)["metrics"]["clean_accuracy"] >= 0.93
-    code, out, _ = run(monkeypatch, capsys, "runs", "compare", "1", "1", "--db", db)
+    page = db.parent / "compare.html"
+    code, out, _ = run(monkeypatch, capsys, "runs", "compare", "1", "1", "--db", db, "--out", page)
     assert code == 0 and "run 1" in out and "clean_accuracy" in out
+    assert page.read_text().count("data:image/png;base64,") > 0
     code, _, err = run(monkeypatch, capsys, "runs", "show", "99", "--db", db)
     assert code == 2 and "no run with id 99" in err
 

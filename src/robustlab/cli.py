@@ -84,13 +84,54 @@ def demo(
     out_dir: Path = typer.Option(Path("robustlab-demo"), "--out", help="Output folder."),
     db: Path | None = DB,
 ) -> None:
-    """Train (or reuse) the zoo MLP on digits; PGD and IBP over a few eps; write a report."""
+    """Audit the zoo MLP (trained on first use) on digits with the quick profile."""
+    from robustlab.audit import demo_job
+
+    _audit_run(lambda say, on_stage: demo_job(out=out_dir, progress=say, on_stage=on_stage),
+               out_dir, db)  # fmt: skip
+
+
+def _audit_run(job, out_dir: Path, db) -> None:
+    from robustlab.audit.console import print_summary, stage_line
+
     with _status() as say:
-        report = jobs.demo_job(progress=say)
+        report = job(say, lambda rec: err.print(stage_line(rec), markup=False, highlight=False))
     json_path, html_path = write_report_dir(report, out_dir)
     run_id = _record(report, json_path, db)
-    out.print(_curve_table(report))
+    print_summary(out, err, report)
     out.print(f"report: {json_path}\n        {html_path}\nrun id: {run_id}")
+
+
+@app.command()
+def audit(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    eps: str | None = typer.Option(None, "--eps", help="Comma-separated (default: 0 to 0.2 Linf)."),
+    norm: str = typer.Option("inf", "--norm", help="inf or 2."),
+    profile: str = typer.Option("quick", "--profile", help="quick, standard or full."),
+    baseline: str | None = typer.Option(None, "--baseline", help="Baseline model (mCE)."),
+    budget: float | None = typer.Option(None, "--budget", help="Seconds (default: the profile's)."),
+    smoothing: float | None = typer.Option(
+        None, "--smoothing", help="Randomized smoothing with this noise sigma."
+    ),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    out_dir: Path = typer.Option(Path("robustlab-audit"), "--out", help="Output folder."),
+    db: Path | None = DB,
+) -> None:
+    """Everything at once within a time budget: clean, attacks, bounds, corruptions, smoothing,
+    sensitivity; DIR/report.json and DIR/report.html."""
+    from robustlab.audit import audit_job
+
+    eps_values = None if eps is None else _eps_list(eps)
+
+    def job(say, on_stage):
+        return audit_job(model, data, eps_values, norm, profile=profile, baseline=baseline,
+                         budget=budget, sigma=smoothing, n=n, seed=seed, batch_size=batch_size,
+                         out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
+
+    _audit_run(job, out_dir, db)
 
 
 @app.command()
@@ -488,9 +529,13 @@ def runs_show(run_id: int = typer.Argument(...), db: Path | None = DB) -> None:
 
 @runs_app.command("compare")
 def runs_compare(
-    run_ids: list[int] = typer.Argument(..., help="Two or more run ids."), db: Path | None = DB
+    run_ids: list[int] = typer.Argument(..., help="Two or more run ids."),
+    html: Path = typer.Option(Path("compare.html"), "--out", help="The side-by-side page."),
+    db: Path | None = DB,
 ) -> None:
-    """Runs side by side: settings and metrics."""
+    """Runs side by side: settings and metrics (table), and their reports on one page (HTML)."""
+    from robustlab.audit.compare import write_compare
+
     if len(run_ids) < 2:
         raise RobustlabError(f"runs compare expects at least two run ids; found {len(run_ids)}")
     header, rows = store.compare(run_ids, db)
@@ -498,6 +543,8 @@ def runs_compare(
     for row in rows:
         table.add_row(*row)
     out.print(table)
+    write_compare(run_ids, html, db)
+    out.print(f"page: {html}")
 
 
 def main() -> None:

@@ -44,6 +44,10 @@ def _severity(report: dict) -> str | None:
 
 def render_html(report: dict) -> str:
     """The HTML page for a report dict: offline, every figure embedded."""
+    if report.get("kind") == "audit":
+        from robustlab.audit.render import render_audit
+
+        return render_audit(report)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("robustlab", "report/templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),

@@ -1,0 +1,79 @@
+"""Small helpers the audit stages share: confidence intervals, chunk planning, predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.audit.budget import Deadline
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> list[float] | None:
+    """Clopper-Pearson interval of a proportion ``k / n`` (scipy.stats.binomtest)."""
+    if n <= 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(level, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
+def rate(mask: Tensor) -> float | None:
+    """The fraction of True in a boolean vector (None when empty)."""
+    return float(mask.float().mean()) if len(mask) else None
+
+
+def logits_of(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """No gradient on parameters while attacking or explaining; eval mode; both restored."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+class Chunks:
+    """Work over ``n`` items in chunks sized to end by a stage's soft deadline: the first chunk
+    is small (``first``); the rest are sized from the measured time per item."""
+
+    def __init__(self, n: int, deadline: Deadline, *, first: int = 32, most: int = 512) -> None:
+        self.n, self.deadline, self.first, self.most = n, deadline, first, most
+        self.done = 0
+        self.seconds = 0.0
+        self.stopped = False
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        while self.done < self.n:
+            size = self._size()
+            if size == 0:
+                self.stopped = True
+                return
+            a, b = self.done, min(self.n, self.done + size)
+            t0 = time.perf_counter()
+            yield a, b
+            self.seconds += time.perf_counter() - t0
+            self.done = b
+
+    def _size(self) -> int:
+        left = self.n - self.done
+        if self.done == 0:
+            return min(left, self.first)
+        per_item = self.seconds / self.done
+        fit = int(self.deadline.left() / max(per_item, 1e-6))
+        return max(0, min(left, fit, self.most))

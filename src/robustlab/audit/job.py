@@ -1,0 +1,159 @@
+"""What ``robustlab audit`` and ``robustlab demo`` do: load, run the stages of a profile within
+its time budget, summarise; ``report.json`` is rewritten after every stage when ``out`` is set."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import shlex
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from robustlab.audit.adversarial import adversarial_stage
+from robustlab.audit.attacks import attack_stage, clean_stage
+from robustlab.audit.budget import Clock
+from robustlab.audit.certified import allowed_methods, certify_stage
+from robustlab.audit.natural import natural_reason, natural_stage
+from robustlab.audit.profiles import default_eps, get_profile, headline_eps
+from robustlab.audit.runner import Context, run_stages, write_json
+from robustlab.audit.sensitivity import sensitivity_stage
+from robustlab.audit.smoothing import smoothing_stage
+from robustlab.audit.summary import summarise
+from robustlab.errors import RobustlabError
+from robustlab.threat import parse_norm
+
+Progress = Callable[[str], None]
+DEMO_EPS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def _versions() -> dict:
+    import matplotlib
+    import onnxruntime
+    import scipy
+    import sklearn
+
+    from robustlab.jobs import versions
+
+    return {
+        **versions(),
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "matplotlib": matplotlib.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _command(model_src, data_src, eps, norm, profile, **opts) -> str | None:
+    """The command line that reproduces the run (None for an in-memory model or data)."""
+    if not isinstance(model_src, (str, Path)) or not isinstance(data_src, (str, Path)):
+        return None
+    args = ["robustlab", "audit", "--model", str(model_src), "--data", str(data_src),
+            "--eps", ",".join(f"{e:g}" for e in eps), "--norm", norm, "--profile", profile]  # fmt: skip
+    for key, value in opts.items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    return shlex.join(args)
+
+
+def audit_job(
+    model_src,
+    data_src,
+    eps: Sequence[float] | None = None,
+    norm: str = "inf",
+    *,
+    profile: str = "quick",
+    baseline=None,
+    budget: float | None = None,
+    sigma: float | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    out: Path | str | None = None,
+    progress: Progress | None = None,
+    on_stage: Callable[[dict], None] | None = None,
+) -> dict:
+    """Clean accuracy, the attack suite's curves, certified bounds, corruptions, smoothing (with
+    ``sigma``), a sensitivity summary and adversarial examples, each stage within its share of
+    ``budget`` seconds (default: the profile's); keys ``headline``, ``curve``, ``per_class``,
+    ``flags``, ``stages`` and one per stage (None when it did not finish)."""
+    from robustlab.jobs import _base, check_eps, prepare
+
+    prof = get_profile(profile)
+    if budget is not None and not budget > 0:
+        raise RobustlabError(f"--budget must be a positive number of seconds; found {budget}")
+    if sigma is not None and not sigma > 0:
+        raise RobustlabError(f"--smoothing expects a noise sigma > 0; found {sigma}")
+    if batch_size < 1:
+        raise RobustlabError(f"--batch-size must be a positive integer; found {batch_size}")
+    clock = Clock(budget or prof.budget)
+    norm = parse_norm(norm)
+    eps_list = None if eps is None else check_eps(eps)
+    say = progress or (lambda _m: None)
+    say("loading the model and the data")
+    model, data = prepare(model_src, data_src, n or prof.n)
+    base = prepare(baseline, data_src, n or prof.n)[0] if baseline is not None else None
+    if eps_list is None:
+        eps_list = default_eps(norm, data.upper - data.lower)
+    eps_list = sorted(set(eps_list))
+    ctx = Context(model, data, prof, eps_list, norm, headline_eps(eps_list), seed=seed,
+                  batch_size=batch_size, sigma=sigma, baseline=base)  # fmt: skip
+    methods, _ = allowed_methods(ctx)
+    settings = {
+        "profile": prof.name, "eps": eps_list, "norm": norm, "headline_eps": ctx.headline,
+        "budget_s": clock.budget, "n": len(data), "seed": seed, "batch_size": batch_size,
+        "smoothing_sigma": sigma, "baseline": None if base is None else base.name,
+        "suite": prof.suite, "methods": methods, "alpha_scope": prof.alpha_scope,
+        "corruptions": prof.corruptions, "severities": prof.severities,
+        "max_shift": prof.max_shift, "explain_methods": list(prof.explain_methods),
+    }  # fmt: skip
+    report = _base("audit", model, data, settings)
+    report["data"]["digest"] = _digest(data.x, data.y)
+    report["versions"] = _versions()
+    report.update(status="running", profile=prof.name, norm=norm, profile_table=prof.to_dict())
+    report["reproduce"] = _command(model_src, data_src, eps_list, norm, prof.name, n=n,
+                                   seed=seed, baseline=baseline, budget=budget, smoothing=sigma)  # fmt: skip
+    nat = natural_reason(ctx)
+    stages = [
+        ("clean", clean_stage, None),
+        ("attacks", attack_stage, None),
+        ("certified", certify_stage, None),
+        ("corruptions", None if nat else natural_stage, nat),
+        ("smoothing", smoothing_stage if sigma else None, "not asked for (--smoothing SIGMA)"),
+        ("sensitivity", sensitivity_stage, None),
+        ("examples", adversarial_stage, None),
+    ]
+    out_dir = None if out is None else Path(out)
+    try:
+        run_stages(ctx, report, stages, clock, out=out_dir, progress=say, on_stage=on_stage)
+    except KeyboardInterrupt:
+        summarise(ctx, report)
+        report["status"] = "interrupted"
+        if out_dir is not None:
+            from robustlab.report import write_report_dir
+
+            write_report_dir(report, out_dir)
+        raise
+    summarise(ctx, report)
+    report["status"] = "complete"
+    report["elapsed_s"] = round(clock.elapsed(), 2)
+    if out_dir is not None:
+        write_json(report, out_dir / "report.json")
+    return report
+
+
+def demo_job(*, progress: Progress | None = None, out: Path | str | None = None, **kw) -> dict:
+    """The zoo MLP on digits with the quick profile (trained on first use, then reused)."""
+    if progress:
+        progress("training (or reusing) the zoo mlp on digits")
+    return audit_job("zoo:mlp", "digits", DEMO_EPS, "inf", profile="quick", out=out,
+                     progress=progress, **kw)  # fmt: skip
