@@ -191,6 +191,8 @@ def check_page(
     chrome = chrome or find_chromium()
     if chrome is None:
         raise RobustlabError(f"no Chromium found on PATH (looked for {', '.join(NAMES)})")
+    if shutil.which(chrome) is None:
+        raise RobustlabError(f"expected a Chromium executable; found no program at {chrome}")
     url = Path(html).resolve().as_uri()
     with tempfile.TemporaryDirectory(prefix="robustlab-chromium-") as profile:
         pipe = _Pipe(chrome, profile, width, height)

@@ -16,7 +16,7 @@ from robustlab.audit.attacks import attack_stage, clean_stage
 from robustlab.audit.budget import Clock
 from robustlab.audit.certified import allowed_methods, certify_stage
 from robustlab.audit.natural import natural_reason, natural_stage
-from robustlab.audit.profiles import default_eps, get_profile, headline_eps
+from robustlab.audit.profiles import Profile, default_eps, get_profile, headline_eps
 from robustlab.audit.runner import Context, run_stages, write_json
 from robustlab.audit.sensitivity import sensitivity_stage
 from robustlab.audit.smoothing import smoothing_stage
@@ -71,7 +71,7 @@ def audit_job(
     eps: Sequence[float] | None = None,
     norm: str = "inf",
     *,
-    profile: str = "quick",
+    profile: str | Profile = "quick",
     baseline=None,
     budget: float | None = None,
     sigma: float | None = None,
@@ -88,7 +88,7 @@ def audit_job(
     ``flags``, ``stages`` and one per stage (None when it did not finish)."""
     from robustlab.jobs import _base, check_eps, prepare
 
-    prof = get_profile(profile)
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if budget is not None and not budget > 0:
         raise RobustlabError(f"--budget must be a positive number of seconds; found {budget}")
     if sigma is not None and not sigma > 0:

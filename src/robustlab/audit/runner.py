@@ -89,6 +89,7 @@ def run_stages(
             rec["note"] = reason
             report["stages"].append(rec)
             report[name] = None
+            save()
             continue
         k = planned.index((name, fn, reason))
         later = sum(ctx.profile.weights.get(s[0], 0.1) for s in planned[k + 1 :])

@@ -105,6 +105,21 @@ def per_class(ctx: Context) -> list[dict]:
     return rows
 
 
+def per_example(ctx: Context) -> dict:
+    """Per example at the headline eps, as strings of 0 / 1 (example i at position i): correct,
+    robust (no attack broke it) and certified; over the examples the summary covers."""
+    m = _common(ctx)
+    out = {"n": m}
+    arrays = {
+        "correct": ctx.arrays.get("correct"),
+        "robust": (ctx.arrays.get("robust") or {}).get(ctx.headline),
+        "certified": (ctx.arrays.get("certified") or {}).get(ctx.headline),
+    }
+    for key, v in arrays.items():
+        out[key] = None if v is None else "".join("1" if b else "0" for b in v[:m].tolist())
+    return out
+
+
 def flags(ctx: Context, report: dict) -> list[dict]:
     """Reasons to read the numbers with care: the attack suite's reliability flags, stages that
     failed or stopped early, a soundness cross-check, unresolved points, small samples."""
@@ -161,6 +176,7 @@ def summarise(ctx: Context, report: dict) -> dict:
     report["curve"] = combined_curve(ctx)
     report["headline"] = headline(ctx, report["curve"])
     report["per_class"] = per_class(ctx)
+    report["per_example"] = per_example(ctx)
     nat = report.get("corruptions") or {}
     for key in ("mean_corruption_accuracy", "mce", "relative_mce"):
         report[key] = nat.get(key)
