@@ -71,8 +71,10 @@ def _square_check(robust: dict[str, torch.Tensor], eps: list[float], n: int) -> 
     }
 
 
-def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, say) -> None:
-    """Every attack on examples ``a:b``; results into ``robust``, ``costs``, ``flags``."""
+def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, say) -> float:
+    """Every attack on examples ``a:b``; results into ``robust``, ``costs``, ``flags``. Returns
+    the seconds spent on the reliability checks (run once, with the first chunk)."""
+    checks = 0.0
     sub = ctx.subset(slice(a, b))
     for i, name in enumerate(names):
         r = evaluate(
@@ -88,6 +90,8 @@ def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, say) -> N
             progress=lambda m: say(f"examples {a}-{b}: {m}"),
         )
         robust[name][:, a:b] = torch.tensor(r.robust, dtype=torch.bool)
+        if a == 0 and i == 0:
+            checks = r.seconds - sum(rec["seconds"] for rec in r.per_attack)
         flags += r.flags
         totals["n_forward"] += r.n_forward
         totals["n_backward"] += r.n_backward
@@ -97,6 +101,7 @@ def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, say) -> N
             )
             for f in ("n_attacked", "n_broken", "n_forward", "n_backward", "seconds"):
                 acc[f] = acc.get(f, 0) + rec[f]
+    return checks
 
 
 def attack_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
@@ -113,7 +118,9 @@ def attack_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     chunks = Chunks(ctx.n, deadline, first=min(ctx.n, max(32, ctx.n // 3)))
     for a, b in chunks:
         try:
-            _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, say)
+            chunks.overhead += _attack_chunk(
+                ctx, names, eps, a, b, robust, costs, flags, totals, say
+            )
         except BudgetExceeded:  # past the hard deadline: keep the chunks already done
             break
     done = chunks.done

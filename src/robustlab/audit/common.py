@@ -56,6 +56,7 @@ class Chunks:
         self.n, self.deadline, self.first, self.most = n, deadline, first, most
         self.done = 0
         self.seconds = 0.0
+        self.overhead = 0.0  # one-off work inside the chunks (checks): not per item
         self.stopped = False
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -74,6 +75,6 @@ class Chunks:
         left = self.n - self.done
         if self.done == 0:
             return min(left, self.first)
-        per_item = self.seconds / self.done
+        per_item = max(self.seconds - self.overhead, 0.0) / self.done
         fit = int(self.deadline.left() / max(per_item, 1e-6))
         return max(0, min(left, fit, self.most))

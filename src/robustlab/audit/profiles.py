@@ -37,7 +37,7 @@ class Profile:
 
 QUICK = Profile(
     name="quick",
-    budget=75.0,
+    budget=90.0,
     n=100,
     suite="fast",
     methods=("ibp", "crown"),
