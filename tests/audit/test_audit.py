@@ -128,6 +128,20 @@ def test_tabular_data(tmp_path):
     assert "<img" in render_html(r)
 
 
+def test_colour_images(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(24, 3, 16, 16, generator=gen)
+    y = (x[:, 0].mean((1, 2)) > x[:, 2].mean((1, 2))).long()
+    np.savez(tmp_path / "rgb.npz", x=x.numpy(), y=y.numpy())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 2))  # fmt: skip
+    r = audit_job(model, tmp_path / "rgb.npz", [0.0, 0.02], profile=TINY)
+    assert {s["status"] for s in r["stages"]} == {"ok", "skipped"}, r["stages"]
+    assert r["corruptions"]["corrupted_examples"]["png"] and r["examples"]["png"]
+    assert r["sensitivity"]["methods"][0]["method"] == "saliency"
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
