@@ -412,7 +412,9 @@ def train(
     n: int | None = typer.Option(None, "--n", help="Evaluate on the first N test examples."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     lr: float = typer.Option(1e-2, "--lr"),
-    sigma: float | None = typer.Option(None, "--sigma", help="gaussian: noise sigma (default eps)."),
+    sigma: float | None = typer.Option(
+        None, "--sigma", help="gaussian: noise sigma (default eps)."
+    ),
     finetune: bool = typer.Option(False, "--finetune", help="Start from the .onnx file's weights."),
     suite: str = typer.Option("fast", "--suite", help="Attack suite for robust accuracy."),
     seed: int = typer.Option(0, "--seed"),
@@ -446,7 +448,12 @@ def train(
     write_report(report, report_file, report_file.with_suffix(".html"))
     run_id = _record(report, report_file, db)
     table = Table(
-        "method", "clean", "robust", "certified", "train s", title=f"Linf eps {report['settings']['eps']:g}"
+        "method",
+        "clean",
+        "robust",
+        "certified",
+        "train s",
+        title=f"Linf eps {report['settings']['eps']:g}",
     )
     for r in report["comparison"]:
         table.add_row(
@@ -458,7 +465,9 @@ def train(
         )
     out.print(table)
     for flag in report.get("flags", []):
-        err.print(f"warning: {flag.get('message', flag)}", markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"warning: {flag.get('message', flag)}", markup=False, highlight=False, soft_wrap=True
+        )
     out.print(f"model: {', '.join(report['onnx'])}\nresult: {report_file}\nrun id: {run_id}")
 
 

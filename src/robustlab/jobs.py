@@ -11,8 +11,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from robustlab.attacks import PGD, robustness_curve
-from robustlab.attacks.base import predict
 from robustlab.bounds import certify
 from robustlab.data import Dataset, load_data
 from robustlab.errors import RobustlabError
@@ -20,7 +18,6 @@ from robustlab.model import LoadedModel, load_model
 from robustlab.threat import LpBall, parse_norm
 
 Progress = Callable[[str], None]
-DEMO_EPS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 def versions() -> dict:
@@ -206,52 +203,6 @@ def certify_job(
         curve=curve,
         per_method=per_method,
         tightness=tight,
-    )
-    return report
-
-
-def demo_job(
-    eps: Sequence[float] = DEMO_EPS, *, arch: str = "mlp", progress: Progress | None = None
-) -> dict:
-    """The zoo model on digits: clean, PGD robust, and IBP / CROWN certified accuracy over ``eps``."""
-    if progress:
-        progress(f"training (or reusing) the zoo {arch} on digits")
-    model, data = prepare(f"zoo:{arch}", "digits")
-    if progress:
-        progress(f"PGD-50 attacks on {len(data)} test examples at {len(eps)} eps")
-    attacks = robustness_curve(model.module, data, eps, "inf", PGD(steps=50, restarts=2))
-    certs = {}
-    for method in ("ibp", "crown"):
-        if progress:
-            progress(f"{method} bounds")
-        certs[method] = [certify(model.module, data, LpBall("inf", e), method) for e in eps]
-    clean = float((predict(model.module, data.x) == data.y).float().mean())
-    settings = {
-        "attack": "pgd",
-        "steps": 50,
-        "restarts": 2,
-        "norm": "inf",
-        "methods": list(certs),
-        "eps": list(eps),
-    }
-    report = _base("demo", model, data, settings)
-    curve = []
-    for k, a in enumerate(attacks):
-        point = {"eps": a.eps, "robust_accuracy": a.robust_accuracy}
-        best = torch.zeros(len(data), dtype=torch.bool)
-        for method, results in certs.items():
-            point[f"certified_accuracy_{method}"] = results[k].certified_accuracy
-            best |= torch.tensor(results[k].certified)
-        point["certified_accuracy"] = float(best.float().mean())  # certified by any method
-        curve.append(point)
-    report.update(
-        norm="inf",
-        clean_accuracy=clean,
-        curve=curve,
-        seconds={
-            "attack": sum(a.seconds for a in attacks),
-            **{m: sum(r.seconds for r in rs) for m, rs in certs.items()},
-        },
     )
     return report
 
