@@ -107,7 +107,7 @@ def test_relu_split_answers_agree_with_attacks(tmp_path, seed, eps):
     net = _net(n_in, seed)
     g = torch.Generator().manual_seed(seed)
     center = torch.rand(n_in, generator=g)
-    y = net(center[None])[0]
+    y = net(center[None])[0].detach()
     best = _sampled_min(net, center, eps)
     # thresholds: one just below the attacked minimum (likely holds), one above it (violated)
     for threshold, known in (
