@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
+from robustlab.registry import build, registrar
 from robustlab.threat import Box, LpBall, ThreatModel
 
 Objective = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> per-example value to maximise
@@ -28,22 +29,12 @@ class Attack(Protocol):
 REGISTRY: dict[str, type] = {}
 
 
-def register(name: str):
-    """Class decorator adding an attack to the registry under ``name``."""
-
-    def deco(cls: type) -> type:
-        REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+register = registrar(REGISTRY)
 
 
 def get_attack(name: str, **kwargs) -> Attack:
     """An attack instance by registry name."""
-    if name not in REGISTRY:
-        raise RobustlabError(f"unknown attack '{name}'; known: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](**kwargs)
+    return build(REGISTRY, name, "attack", **kwargs)
 
 
 def _other_max(logits: Tensor, y: Tensor) -> Tensor:

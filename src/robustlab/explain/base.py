@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
+from robustlab.registry import build, registrar
 
 # a class index, a label per input, or a callable from logits (B, K) to scores (B,)
 Target = int | Tensor | Callable[[Tensor], Tensor] | None
@@ -55,22 +56,12 @@ class Explainer(Protocol):
 REGISTRY: dict[str, type] = {}
 
 
-def register(name: str):
-    """Class decorator: make an explainer available by ``name`` (CLI, report, Python API)."""
-
-    def deco(cls: type) -> type:
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return deco
+register = registrar(REGISTRY)
 
 
 def get_explainer(name: str, **kwargs) -> Explainer:
     """An explainer by registry name, e.g. ``get_explainer("integrated-gradients", n_steps=200)``."""
-    if name not in REGISTRY:
-        raise RobustlabError(f"unknown explanation method '{name}'; known: {', '.join(REGISTRY)}")
-    return REGISTRY[name](**kwargs)
+    return build(REGISTRY, name, "explanation method", **kwargs)
 
 
 def explain(model: nn.Module, x: Tensor, method: str = "saliency", target: Target = None, **kw):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robustlab.errors import RobustlabError
+from robustlab.registry import build, registrar
 from robustlab.threat import LpBall
 from robustlab.train.adversary import fgsm_random_start, pgd
 from robustlab.train.certified import certified_mask, margin_lower_bounds, robust_loss
@@ -16,22 +16,12 @@ from robustlab.train.certified import certified_mask, margin_lower_bounds, robus
 METHODS: dict[str, type] = {}
 
 
-def register(name: str):
-    """Class decorator adding a training method to the registry under ``name``."""
-
-    def deco(cls: type) -> type:
-        METHODS[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+register = registrar(METHODS)
 
 
 def get_method(name: str, **kwargs):
     """A training method by registry name."""
-    if name not in METHODS:
-        raise RobustlabError(f"unknown training method '{name}'; known: {', '.join(METHODS)}")
-    return METHODS[name](**kwargs)
+    return build(METHODS, name, "training method", **kwargs)
 
 
 @dataclass(frozen=True)
