@@ -65,6 +65,19 @@ def _record(report: dict, report_path: Path, db) -> int:
     )
 
 
+def _save(report: dict, path: Path, db) -> int:
+    """Write the report (JSON and its HTML page) and record the run; returns the run id."""
+    write_report(report, path, path.with_suffix(".html"))
+    return _record(report, path, db)
+
+
+def _warn(report: dict) -> None:
+    for flag in report.get("flags", []):
+        err.print(
+            f"warning: {flag.get('message', flag)}", markup=False, highlight=False, soft_wrap=True
+        )
+
+
 def _curve_table(report: dict) -> Table:
     table = Table(
         title=f"{report['model']['name']} on {report['data']['name']} "
@@ -169,13 +182,9 @@ def attack(
             surrogate=surrogate,
             progress=say,
         )
-    write_report(report, out_file, out_file.with_suffix(".html"))
-    run_id = _record(report, out_file, db)
+    run_id = _save(report, out_file, db)
     out.print(_curve_table(report))
-    for flag in report.get("flags", []):
-        err.print(
-            f"warning: {flag.get('message', flag)}", markup=False, highlight=False, soft_wrap=True
-        )
+    _warn(report)
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -211,8 +220,7 @@ def corrupt(
             max_shift=max_shift,
             progress=say,
         )
-    write_report(report, out_file, out_file.with_suffix(".html"))
-    run_id = _record(report, out_file, db)
+    run_id = _save(report, out_file, db)
     title = f"{report['model']['name']} on {report['data']['name']}"
     table = Table(
         "corruption",
@@ -255,8 +263,7 @@ def certify(
             batch_size=batch_size,
             progress=say,
         )
-    write_report(report, out_file, out_file.with_suffix(".html"))
-    run_id = _record(report, out_file, db)
+    run_id = _save(report, out_file, db)
     out.print(_curve_table(report))
     if len(report["per_method"]) > len(report["curve"]):
         table = Table("method", "eps", "certified accuracy", "seconds", title="per method")
@@ -306,8 +313,7 @@ def explain(
             seed=seed,
             progress=say,
         )
-    write_report(report, out_file, out_file.with_suffix(".html"))
-    run_id = _record(report, out_file, db)
+    run_id = _save(report, out_file, db)
     out.print(
         f"{method} on {len(report['attributions'])} inputs: {report['n_forward']} forward, "
         f"{report['n_backward']} backward passes, {report['seconds']:.2f} s"
@@ -445,8 +451,7 @@ def train(
             progress=say,
         )
     report_file = report_file or out_file.with_suffix(".json")
-    write_report(report, report_file, report_file.with_suffix(".html"))
-    run_id = _record(report, report_file, db)
+    run_id = _save(report, report_file, db)
     table = Table(
         "method",
         "clean",
@@ -464,10 +469,7 @@ def train(
             f"{r['train_seconds']:.1f}",
         )
     out.print(table)
-    for flag in report.get("flags", []):
-        err.print(
-            f"warning: {flag.get('message', flag)}", markup=False, highlight=False, soft_wrap=True
-        )
+    _warn(report)
     out.print(f"model: {', '.join(report['onnx'])}\nresult: {report_file}\nrun id: {run_id}")
 
 
@@ -501,8 +503,7 @@ def smooth(
             seed=seed,
             progress=say,
         )
-    write_report(report, out_file, out_file.with_suffix(".html"))
-    run_id = _record(report, out_file, db)
+    run_id = _save(report, out_file, db)
     table = Table("L2 radius", "certified accuracy", title=(
         f"smoothed clean accuracy {report['clean_accuracy']:.3f}, "
         f"abstain rate {report['abstain_rate']:.3f}"
