@@ -13,11 +13,15 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from robustlab.bounds import window
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion, LinearOp
 from robustlab.bounds.ops.pool import MaxPool
+from robustlab.bounds.window import Window
+
+WINDOWS = True  # rows on a feature map's neurons are kept on their receptive field (window.py)
 
 MAX_ELEMENTS = 2**25  # coefficient entries per backward pass; more rows are split into chunks
 
@@ -62,34 +66,41 @@ def backward(
     coefficient tensor to the node it names when the pass reaches it (shape (batch, rows,
     *shape)). ``record`` receives each activation's coefficients on its output (for branching).
     """
-    A: dict[int, Tensor] = {target: C}
-    bias = C.new_zeros(C.shape[:2])
+    A: dict[int, Tensor | Window] = {target: C}
+    data = C.data if isinstance(C, Window) else C
+    bias = data.new_zeros(C.shape[:2])
     for i in range(target, 0, -1):
         a = A.pop(i, None)
         if betas is not None and i in betas:
-            a = betas[i] if a is None else a + betas[i]
+            a = betas[i] if a is None else _dense(a) + betas[i]
         if a is None:
             continue
         node = graph.nodes[i]
         op = node.op
         if isinstance(op, LinearOp):
             shapes = [graph.nodes[j].shape for j in node.inputs]
-            if a.shape[0] > 1 and a.stride(0) == 0:  # the same rows for every example: once
+            res = window.linear_backward(op, a, shapes) if isinstance(a, Window) else None
+            if res is not None:
+                ins, b = res
+            elif a.shape[0] > 1 and _dense(a).stride(0) == 0:  # same rows for every example
+                a = _dense(a)
                 ins, b = op.backward(a[:1], shapes)
                 ins = [t.expand(a.shape[0], *t.shape[1:]) for t in ins]
                 b = b.expand(a.shape[0], -1)
             else:
-                ins, b = op.backward(a, shapes)
+                ins, b = op.backward(_dense(a), shapes)
             bias = bias + b
             for j, aj in zip(node.inputs, ins, strict=True):
-                A[j] = A[j] + aj if j in A else aj
+                A[j] = window.add(A[j], aj) if j in A else aj
             continue
         j = node.inputs[0]
         l, u = bounds[j].lower, bounds[j].upper
         if isinstance(op, Activation):
             if record is not None:
-                record[i] = a
+                record[i] = a = _dense(a)
             alpha = alphas.get(i) if alphas else None
+            if alpha is not None:
+                a = _dense(a)
             if alpha is None and cache is not None:
                 hit = cache.get(i)
                 if hit is None or hit[0] is not bounds[j]:
@@ -98,6 +109,11 @@ def backward(
                 la, lb, ua, ub = hit[1]
             else:
                 la, lb, ua, ub = op.relax(l[:, None], u[:, None], alpha)
+            if isinstance(a, Window):
+                a_in, b = window.activation_backward(a, la, lb, ua, ub, op.zero_lower_intercept)
+                bias = bias + b
+                A[j] = window.add(A[j], a_in) if j in A else a_in
+                continue
             # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
             neg = a.clamp(max=0)
             a_in = torch.addcmul(a * la, neg, ua - la)
@@ -105,16 +121,22 @@ def backward(
             if not op.zero_lower_intercept:
                 bias = bias + _rowdot(a - neg, lb)
         elif isinstance(op, MaxPool):
-            a_in, b = op.backward(a, l, u)
+            a_in, b = op.backward(_dense(a), l, u)
             bias = bias + b
         else:  # pragma: no cover - every op is linear, an activation, or max pooling
             raise TypeError(type(op).__name__)
-        A[j] = A[j] + a_in if j in A else a_in
+        A[j] = window.add(A[j], a_in) if j in A else a_in
     if 0 not in A:  # the target does not depend on the input
-        A[0] = torch.zeros(*C.shape[:2], *graph.nodes[0].shape, dtype=C.dtype, device=C.device)
+        A[0] = data.new_zeros(*C.shape[:2], *graph.nodes[0].shape)
     if linear is not None:
-        linear["A"], linear["bias"] = A[0], bias
+        linear["A"], linear["bias"] = _dense(A[0]), bias
+    if isinstance(A[0], Window):
+        return window.concretize(A[0], bounds[0]) + bias
     return concretize(A[0], bounds[0]) + bias
+
+
+def _dense(a: Tensor | Window) -> Tensor:
+    return a.dense() if isinstance(a, Window) else a
 
 
 def _rowdot(x: Tensor, v: Tensor) -> Tensor:
@@ -128,7 +150,8 @@ def _rowdot(x: Tensor, v: Tensor) -> Tensor:
 def two_sided(graph, bounds, target, C, alphas=None, cache=None) -> Bounds:
     """Lower and upper bounds of ``C . node[target]`` in one backward pass (rows ``[C; -C]``)."""
     m = C.shape[1]
-    lb = backward(graph, bounds, target, torch.cat([C, -C], 1), alphas, cache)
+    both = window.cat(C, -C) if isinstance(C, Window) else torch.cat([C, -C], 1)
+    lb = backward(graph, bounds, target, both, alphas, cache)
     return Bounds(lb[:, :m], -lb[:, m:])
 
 
@@ -197,7 +220,10 @@ def refine(
     chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
     for s in range(0, len(idx), chunk):
         part = idx[s : s + chunk]
-        C = identity_rows(shape, part, batch, b.lower)
+        if WINDOWS and alphas is None and window.usable(shape):
+            C = window.identity_windows(shape, part, batch, b.lower)
+        else:
+            C = identity_rows(shape, part, batch, b.lower)
         nb = two_sided(graph, bounds, i, C, alphas, cache)
         lo[:, part] = torch.maximum(lo[:, part], nb.lower) if intersect else nb.lower
         hi[:, part] = torch.minimum(hi[:, part], nb.upper) if intersect else nb.upper
@@ -207,14 +233,17 @@ def refine(
 def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi) -> None:
     """Backward passes for examples ``group``, rows = each one's first ``k`` masked neurons."""
     per = torch.argsort(sub_mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
-    C = torch.zeros(len(group), k, lo.shape[1], dtype=lo.dtype, device=lo.device)
-    C.scatter_(2, per[:, :, None], 1.0)
+    if WINDOWS and window.usable(shape):
+        C = window.identity_windows(shape, per, len(group), lo)
+    else:
+        C = torch.zeros(len(group), k, lo.shape[1], dtype=lo.dtype, device=lo.device)
+        C = C.scatter_(2, per[:, :, None], 1.0).reshape(len(group), k, *shape)
     part = {
         j: (Bounds(v.lower[group], v.upper[group]) if j else _slice_region(v, group))
         for j, v in bounds.items()
         if j <= i
     }
-    nb = two_sided(graph, part, i, C.reshape(len(group), k, *shape))
+    nb = two_sided(graph, part, i, C)
     lo[group] = lo[group].scatter_reduce(1, per, nb.lower, "amax")
     hi[group] = hi[group].scatter_reduce(1, per, nb.upper, "amin")
 

@@ -1,0 +1,224 @@
+"""Coefficient rows kept on their receptive field (the idea of auto_LiRPA's "patches" mode, Xu et
+al. 2020, arXiv:2002.12920, Appendix): the bound of one neuron of a convolutional layer depends,
+layer by layer back to the input, on a small spatial window only. Backward passes that start from
+such neurons carry a ``Window`` (the coefficients on the window, and its position per row) instead
+of dense coefficients over the whole feature map, which for a 32 x 32 map is up to 100x less work.
+
+Convolutions, per-channel affine maps (BatchNorm, normalisation), residual additions and
+elementwise relaxations keep a window; anything else (reshape, linear layers, pooling) and any
+window grown to the size of its map turn it back into dense coefficients, so every result equals
+the dense computation's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.bounds.ops.linear import Add, Affine, Conv, _cast
+
+
+@dataclass(frozen=True)
+class Window:
+    """Rows whose coefficients on a (C, H, W) node are zero outside a window: row ``r`` of example
+    ``b`` has ``data[b, r]`` at positions ``(oy[b, r] + y, ox[b, r] + x)``. Entries that fall
+    outside the ``frame`` (H, W) are always zero. ``oy``/``ox`` have a leading dimension of 1 when
+    every example shares the rows' positions."""
+
+    data: Tensor  # (batch, rows, C, h, w)
+    oy: Tensor  # (batch or 1, rows), int64
+    ox: Tensor
+    frame: tuple[int, int]
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    def __neg__(self) -> Window:
+        return Window(-self.data, self.oy, self.ox, self.frame)
+
+    def scaled(self, s: float) -> Window:
+        return self if s == 1 else Window(self.data * s, self.oy, self.ox, self.frame)
+
+    def dense(self) -> Tensor:
+        """The same coefficients as a dense (batch, rows, C, H, W) tensor."""
+        b, m, c = self.data.shape[:3]
+        H, W = self.frame
+        idx = _flat_index(self, expand=True)
+        out = self.data.new_zeros(b, m, c, H * W)
+        out.scatter_add_(3, idx, self.data.reshape(b, m, c, -1).expand(b, m, c, idx.shape[3]))
+        return out.reshape(b, m, c, H, W)
+
+    def gather(self, t: Tensor) -> Tensor:
+        """``t`` (broadcastable to (batch, C, H, W), or (batch, 1, C, H, W)) on each row's window:
+        (batch, rows, C, h, w). Positions outside the frame read a border value, which the zero
+        coefficients there cancel."""
+        if t.dim() == 5:
+            t = t[:, 0]
+        b, m, c, h, w = self.data.shape
+        t = t.expand(t.shape[0], c, *self.frame).reshape(t.shape[0], c, -1)
+        B = max(b, t.shape[0], self.oy.shape[0])
+        idx = _flat_index(self, expand=False)  # (1 or B, m, h*w)
+        src = t[:, None].expand(B, m, c, t.shape[2])
+        out = torch.gather(src, 3, idx[:, :, None, :].expand(B, m, c, h * w))
+        return out.reshape(B, m, c, h, w)
+
+
+def _flat_index(win: Window, expand: bool) -> Tensor:
+    """Flat frame index of every window position, clamped into the frame."""
+    b, m, c, h, w = win.data.shape
+    H, W = win.frame
+    ys = (win.oy[..., None] + torch.arange(h, device=win.oy.device)).clamp(0, H - 1)
+    xs = (win.ox[..., None] + torch.arange(w, device=win.ox.device)).clamp(0, W - 1)
+    idx = (ys[..., :, None] * W + xs[..., None, :]).reshape(ys.shape[0], m, h * w)
+    if expand:
+        return idx[:, :, None, :].expand(b, m, c, h * w)
+    return idx
+
+
+def identity_windows(shape: tuple[int, ...], idx: Tensor, batch: int, like: Tensor) -> Window:
+    """Rows of the identity for neurons ``idx`` (flat indices into ``shape`` = (C, H, W)): each a
+    1 x 1 window. ``idx`` is (rows,) for rows shared by the batch, or (batch, rows)."""
+    c_n, H, W = shape
+    m = idx.shape[-1]
+    ch, y, x = idx // (H * W), (idx // W) % H, idx % W
+    rows = idx.reshape(-1, m)
+    data = torch.zeros(rows.shape[0], m, c_n, 1, 1, dtype=like.dtype, device=like.device)
+    data.scatter_(2, ch.reshape(-1, m, 1, 1, 1), 1.0)
+    if rows.shape[0] == 1:
+        data = data.expand(batch, -1, -1, -1, -1)
+    return Window(data, y.reshape(-1, m), x.reshape(-1, m), (H, W))
+
+
+def usable(shape: tuple[int, ...]) -> bool:
+    """Whether rows on a node of this shape are worth keeping as windows."""
+    return len(shape) == 3 and shape[1] * shape[2] > 1
+
+
+def cat(a: Window, b: Window) -> Window:
+    """Rows of ``a`` then rows of ``b`` (same window size)."""
+    n = max(a.data.shape[0], b.data.shape[0])
+    data = torch.cat([a.data.expand(n, *a.data.shape[1:]), b.data.expand(n, *b.data.shape[1:])], 1)
+    k = max(a.oy.shape[0], b.oy.shape[0])
+
+    def both(u, v):
+        return torch.cat([u.expand(k, -1), v.expand(k, -1)], 1)
+
+    return Window(data, both(a.oy, b.oy), both(a.ox, b.ox), a.frame)
+
+
+def add(a: Tensor | Window, b: Tensor | Window) -> Tensor | Window:
+    """The sum of two coefficient sets on the same node (windows merged when they line up)."""
+    if isinstance(a, Window) and isinstance(b, Window):
+        merged = _merge(a, b)
+        if merged is not None:
+            return merged
+    a = a.dense() if isinstance(a, Window) else a
+    b = b.dense() if isinstance(b, Window) else b
+    return a + b
+
+
+def _merge(a: Window, b: Window) -> Window | None:
+    """Both windows inside their union, when the offset between them is the same for every row
+    (as for the two branches of a residual block)."""
+    dy, dx = b.oy - a.oy, b.ox - a.ox
+    if not (bool((dy == dy.flatten()[0]).all()) and bool((dx == dx.flatten()[0]).all())):
+        return None
+    dy, dx = int(dy.flatten()[0]), int(dx.flatten()[0])
+    (ha, wa), (hb, wb) = a.data.shape[3:], b.data.shape[3:]
+    top, left = min(0, dy), min(0, dx)
+    h, w = max(ha, dy + hb) - top, max(wa, dx + wb) - left
+    if h * w >= math.prod(a.frame):
+        return None
+    pa = (-left, w - wa + left, -top, h - ha + top)
+    pb = (dx - left, w - wb - dx + left, dy - top, h - hb - dy + top)
+    data = nn.functional.pad(a.data, pa) + nn.functional.pad(b.data, pb)
+    oy, ox = (
+        (a.oy + top, a.ox + left)
+        if a.oy.shape[0] >= b.oy.shape[0]
+        else (b.oy - dy + top, b.ox - dx + left)
+    )
+    return Window(data, oy, ox, a.frame)
+
+
+def linear_backward(
+    op, win: Window, in_shapes: list[tuple[int, ...]]
+) -> tuple[list[Tensor | Window], Tensor] | None:
+    """``op``'s transpose applied to a window, or None when it does not keep windows."""
+    if isinstance(op, Conv) and op.weight.dim() == 4 and len(in_shapes[0]) == 3:
+        return _conv(op, win, in_shapes[0])
+    if isinstance(op, Affine):
+        return _affine(op, win)
+    if isinstance(op, Add) and all(tuple(s) == (win.shape[2], *win.frame) for s in in_shapes):
+        return [win, win.scaled(op.sign)], win.data.new_zeros(win.shape[:2])
+    return None
+
+
+def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tensor]:
+    b, m, c, h, w = win.data.shape
+    weight = _cast(op.weight, win.data)
+    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
+    data = win.data[:1] if shared else win.data
+    flat = data.reshape(-1, c, h, w)
+    out = nn.functional.conv_transpose2d(
+        flat, weight, None, op.stride, 0, 0, op.groups, op.dilation
+    )
+    H, W = in_shape[1:]
+    oy = win.oy * op.stride[0] - op.padding[0]
+    ox = win.ox * op.stride[1] - op.padding[1]
+    hh, ww = out.shape[2:]
+    ys = oy[..., None] + torch.arange(hh, device=oy.device)
+    xs = ox[..., None] + torch.arange(ww, device=ox.device)
+    valid = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    out = out.reshape(data.shape[0], m, -1, hh, ww) * valid
+    if shared:
+        out = out.expand(b, -1, -1, -1, -1)
+    bias = win.data.new_zeros(b, m)
+    if op.bias is not None:
+        bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
+    new = Window(out, oy, ox, (H, W))
+    return [new.dense() if hh * ww >= H * W else new], bias
+
+
+def _affine(op: Affine, win: Window) -> tuple[list, Tensor]:
+    s, t = op._s(win.data), op._t(win.data)
+    s = s if s.dim() < 2 or s.shape[-2:] == (1, 1) else win.gather(s.expand(1, *s.shape[-3:]))
+    a_in = win.data * s
+    if not bool(t.abs().max() > 0):
+        bias = win.data.new_zeros(win.shape[:2])
+    elif t.dim() < 2 or t.shape[-2:] == (1, 1):
+        bias = (win.data * t).flatten(2).sum(-1)
+    else:
+        bias = (win.data * win.gather(t.expand(1, *t.shape[-3:]))).flatten(2).sum(-1)
+    if a_in.shape != win.data.shape:
+        a_in = a_in.expand(win.data.shape)
+    return [Window(a_in, win.oy, win.ox, win.frame)], bias
+
+
+def activation_backward(
+    win: Window, la: Tensor, lb: Tensor, ua: Tensor, ub: Tensor, zero_lower_intercept: bool
+) -> tuple[Window, Tensor]:
+    """The relaxation step ``a+ la + a- ua`` on a window (relaxations of shape (batch, 1, ...))."""
+    a = win.data
+    neg = a.clamp(max=0)
+    a_in = torch.addcmul(a * win.gather(la), neg, win.gather(ua - la))
+    bias = (neg * win.gather(ub)).flatten(2).sum(-1)
+    if not zero_lower_intercept:
+        bias = bias + ((a - neg) * win.gather(lb)).flatten(2).sum(-1)
+    return Window(a_in, win.oy, win.ox, win.frame), bias
+
+
+def concretize(win: Window, region) -> Tensor:
+    """Lower bound of the rows over the input region (box; an L2 ball as in ``crown.concretize``)."""
+    c = win.gather((region.upper + region.lower) / 2)
+    r = win.gather((region.upper - region.lower) / 2)
+    a = win.data
+    value = (a * c).flatten(2).sum(-1) - (a.abs() * r).flatten(2).sum(-1)
+    if getattr(region, "l2_eps", None) is not None:
+        x0 = win.gather(region.center.to(a.dtype))
+        ball = (a * x0).flatten(2).sum(-1) - region.l2_eps * a.flatten(2).norm(dim=2)
+        value = torch.maximum(value, ball)
+    return value
