@@ -3,6 +3,14 @@ contrast, elastic transform, pixelate and the extra saturate (JPEG is in ``jpeg.
 
 Brightness and saturate change V or S in HSV space; with hue fixed, HSV -> RGB is linear in V and
 in S, so both are applied in closed form on RGB (the same result as ``skimage.color`` round trips).
+
+Saturate departs from the published parameters at s1-s3: published, s1 and s2 desaturate (S x 0.3,
+S x 0.1) and s3-s5 oversaturate (S x 2, S x 5 + 0.1, S x 20 + 0.2). Oversaturation cannot move a
+pixel further than to S = 1, so on colourful images s3 changed them less than s2 (and no order of
+desaturating and oversaturating steps is monotone for every image); grayscale images (S = 0) were
+left unchanged at s1-s3. Here every severity oversaturates with ``a`` and ``b`` both rising,
+(1.5, 0.01), (1.75, 0.03), (2, 0.05), then s4 and s5 as published, so the new saturation of every
+pixel, and with it its distance to the clean one, grows with severity.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)
 ELASTIC = tuple(250 * a for a in (0.05, 0.065, 0.085, 0.1, 0.12))  # alpha (sigma: 1% of the size)
 PIXELATE = (0.6, 0.5, 0.4, 0.3, 0.25)
-SATURATE = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))  # S -> S * a + b
+# S -> S * a + b (published: (0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))
+SATURATE = ((1.5, 0.01), (1.75, 0.03), (2, 0.05), (5, 0.1), (20, 0.2))
 
 
 @register("brightness", "digital", BRIGHTNESS)
