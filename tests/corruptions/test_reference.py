@@ -29,7 +29,9 @@ def test_gaussian_blur_matches_scipy_nearest():
     assert np.abs(ours.numpy() - ref).max() < 1e-10
 
 
-@pytest.mark.parametrize("n,factor", [(32, 1.06), (32, 3.0), (32, 2.5), (9, 1.3), (20, 4.5)])
+@pytest.mark.parametrize(
+    "n,factor", [(32, 1.06), (32, 3.0), (32, 2.5), (9, 1.3), (20, 4.5), (100, 1.06), (90, 4.5)]
+)
 def test_zoom_matrix_matches_scipy_clipped_zoom(n, factor):
     img = np.random.default_rng(0).random((n, n))
     crop = int(math.ceil(n / factor))

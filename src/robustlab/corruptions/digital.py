@@ -57,7 +57,8 @@ def elastic_transform(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
     alpha = ELASTIC[severity - 1]
     max_d = h * 0.005
     u = torch.rand((2, n, h, w), generator=gen, dtype=torch.float64, device=x.device)
-    d = _ops.gaussian_blur((u * 2 - 1) * max_d, (h * 0.01, w * 0.01), "symmetric", 3.0) * alpha
+    u = ((u * 2 - 1) * max_d).to(x.dtype)  # drawn in float64 as before, filtered in x's precision
+    d = _ops.gaussian_blur(u, (h * 0.01, w * 0.01), "symmetric", 3.0).double() * alpha
     # sample at (row + dy, col + dx) with mirrored ("reflect") borders: grid_sample's reflection
     # padding without align_corners mirrors about the outer pixel edges, as scipy does
     cols = torch.arange(w, dtype=torch.float64, device=x.device)[None, None, :] + d[0]

@@ -20,6 +20,7 @@ small departures from the published parameters, each at a step where they lower 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -59,15 +60,21 @@ def snow(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
     return (x + layer + layer.flip(-2, -1)).clamp(0, 1)
 
 
+@lru_cache(maxsize=4)
+def _enlarged(size: tuple[int, int], dtype: torch.dtype, device: str) -> Tensor:
+    """The frost textures enlarged (bicubic) to ``size``, kept for the next call."""
+    tex = frost_textures().to(device=device, dtype=dtype)
+    return F.interpolate(tex, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
 def _frost_layer(n: int, h: int, w: int, gen: torch.Generator, dtype, device) -> Tensor:
     """A random crop of a random frost texture per image; textures smaller than the image are
     first enlarged (bicubic), with the reference's 1.1 margin."""
-    tex = frost_textures().to(device=device, dtype=dtype)
-    th, tw = tex.shape[-2:]
+    th, tw = frost_textures().shape[-2:]
     factor = 1.0 if (th >= h and tw >= w) else max(h / th, w / tw)
     factor *= 1.1
     size = (int(math.ceil(th * factor)), int(math.ceil(tw * factor)))
-    tex = F.interpolate(tex, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+    tex = _enlarged(size, dtype, str(device))
     which = torch.randint(len(tex), (n,), generator=gen, device=gen.device).to(device)
     top = torch.randint(size[0] - h, (n,), generator=gen, device=gen.device).to(device)
     left = torch.randint(size[1] - w, (n,), generator=gen, device=gen.device).to(device)
