@@ -1,11 +1,13 @@
 """Every method's bounds contain sampled and attacked outputs, per output and for random C."""
 
+import copy
+
 import pytest
 import torch
 
 from robustlab.attacks import PGD
-from robustlab.bounds import METHODS, compute_bounds
-from robustlab.threat import LpBall
+from robustlab.bounds import METHODS, compute_bounds, rounding
+from robustlab.threat import Box, LpBall
 
 from .nets import KINDS, make
 
@@ -101,3 +103,44 @@ def test_l2_ball_bounds_are_sound_and_use_the_dual_norm(kind):
     box_only = compute_bounds(net, (LpBall("inf", 0.3), x0), "crown")
     l2 = compute_bounds(net, (ball, x0), "crown")
     assert (l2.upper - l2.lower).sum() < (box_only.upper - box_only.lower).sum()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv-residual"])
+def test_float32_bounds_contain_exact_outputs_where_rounding_dominates(kind):
+    """Inputs near 1000 with a width of 1e-3 and large biases: float32 rounding is larger than
+    the bounds' width. Outputs evaluated exactly (float64 copy of the float32 weights) stay
+    inside every method's float32 bounds; without the rounding accounting they do not."""
+    unsound_without = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        if kind == "mlp":
+            net = torch.nn.Sequential(
+                torch.nn.Linear(8, 32),
+                torch.nn.ReLU(),
+                torch.nn.Linear(32, 32),
+                torch.nn.ReLU(),
+                torch.nn.Linear(32, 3),
+            ).eval()
+            with torch.no_grad():
+                net[0].bias.uniform_(-3000, 3000)
+            shape = (8,)
+        else:
+            net, shape = make(kind, seed)
+        exact = copy.deepcopy(net).double()
+        g = torch.Generator().manual_seed(seed)
+        lo = 1000.0 + torch.rand(1, *shape, generator=g)
+        hi = lo + 1e-3
+        pts = lo.double() + (hi - lo).double() * torch.rand(3000, *shape, generator=g).double()
+        with torch.no_grad():
+            out = exact(torch.cat([pts, lo.double(), hi.double()]))
+        for method in METHODS:
+            b = compute_bounds(net, Box(lo, hi), method, dtype=torch.float32)
+            assert b.lower.dtype == torch.float32
+            assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all(), method
+            with rounding.ignored():
+                naive = compute_bounds(net, Box(lo, hi), method, dtype=torch.float32)
+            unsound_without += not bool(
+                (out >= naive.lower.double()).all() and (out <= naive.upper.double()).all()
+            )
+    if kind == "mlp":
+        assert unsound_without > 0  # the test has teeth

@@ -10,6 +10,7 @@ import time
 import torch
 from torch import Tensor
 
+from robustlab.bounds import rounding
 from robustlab.bounds.crown import (
     _after_nonlinear,
     backward,
@@ -103,7 +104,7 @@ def alpha_crown(
                 break
             cur: dict[int, Bounds] = {0: best[0]}
             for i, node in enumerate(graph.nodes[1:], 1):
-                b = node.op.ibp(*[cur[j] for j in node.inputs]).intersect(best[i])
+                b = rounding.safe_ibp(node.op, *[cur[j] for j in node.inputs]).intersect(best[i])
                 if i in starts:
                     idx, _ = starts[i]
                     nb = two_sided(

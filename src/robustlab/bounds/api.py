@@ -16,7 +16,6 @@ from robustlab.errors import RobustlabError
 from robustlab.threat import Box, LpBall
 
 METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
-FLOAT32_MARGIN = 1e-5  # relative widening of float32 bounds (see README, "Soundness")
 
 
 @dataclass(frozen=True)
@@ -45,9 +44,6 @@ def input_region(region) -> InputRegion:
 
 def _outward(b: Bounds, dtype: torch.dtype, computed: torch.dtype) -> Bounds:
     lo, hi = b.lower.detach(), b.upper.detach()
-    if computed == torch.float32:  # rounding in float32 arithmetic: widen by a relative margin
-        scale = lo.abs().maximum(hi.abs()) + 1.0
-        lo, hi = lo - FLOAT32_MARGIN * scale, hi + FLOAT32_MARGIN * scale
     lo_c, hi_c = lo.to(dtype), hi.to(dtype)
     if torch.finfo(dtype).eps > torch.finfo(lo.dtype).eps:  # rounding down to a coarser type
         lo_c = torch.where(

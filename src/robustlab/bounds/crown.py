@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from robustlab.bounds import window
+from robustlab.bounds import rounding, window
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.activation import ReLU
@@ -68,10 +68,18 @@ def backward(
     """
     A: dict[int, Tensor | Window] = {target: C}
     data = C.data if isinstance(C, Window) else C
-    bias = data.new_zeros(C.shape[:2])
+    track = rounding.tracked(C)  # float32: bound the pass's own rounding error (rounding.py)
+    bias = data.new_zeros(C.shape[:2], dtype=torch.float64 if track else data.dtype)
+    err = 0.0
+
+    def mag(k: int) -> Tensor:
+        return rounding.magnitude(bounds[k])
+
     for i in range(target, 0, -1):
         a = A.pop(i, None)
         if betas is not None and i in betas:
+            if a is not None and track:
+                err = err + rounding.sum_error(_dense(a) + betas[i], mag(i))
             a = betas[i] if a is None else _dense(a) + betas[i]
         if a is None:
             continue
@@ -79,6 +87,8 @@ def backward(
         op = node.op
         if isinstance(op, LinearOp):
             shapes = [graph.nodes[j].shape for j in node.inputs]
+            if track:
+                err = err + rounding.linear_error(op, a, [mag(j) for j in node.inputs], node.shape)
             res = window.linear_backward(op, a, shapes) if isinstance(a, Window) else None
             if res is not None:
                 ins, b = res
@@ -89,9 +99,9 @@ def backward(
                 b = b.expand(a.shape[0], -1)
             else:
                 ins, b = op.backward(_dense(a), shapes)
-            bias = bias + b
+            bias = bias + (rounding.linear_bias(op, a) if track else b)
             for j, aj in zip(node.inputs, ins, strict=True):
-                A[j] = window.add(A[j], aj) if j in A else aj
+                err = _accumulate(A, j, aj, err, track and mag(j))
             continue
         j = node.inputs[0]
         l, u = bounds[j].lower, bounds[j].upper
@@ -104,35 +114,63 @@ def backward(
             if alpha is None and cache is not None:
                 hit = cache.get(i)
                 if hit is None or hit[0] is not bounds[j]:
-                    hit = (bounds[j], op.relax(l[:, None], u[:, None]))
+                    hit = (bounds[j], rounding.relax(op, l[:, None], u[:, None]))
                     cache[i] = hit
                 la, lb, ua, ub = hit[1]
             else:
-                la, lb, ua, ub = op.relax(l[:, None], u[:, None], alpha)
+                la, lb, ua, ub = rounding.relax(op, l[:, None], u[:, None], alpha)
+            if track:
+                err = err + rounding.activation_error(a, la, ua, mag(j))
+                bias = bias + rounding.activation_bias(a, lb, ub, op.zero_lower_intercept)
             if isinstance(a, Window):
                 a_in, b = window.activation_backward(a, la, lb, ua, ub, op.zero_lower_intercept)
-                bias = bias + b
-                A[j] = window.add(A[j], a_in) if j in A else a_in
+                bias = bias if track else bias + b
+                err = _accumulate(A, j, a_in, err, track and mag(j))
                 continue
             # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
             neg = a.clamp(max=0)
             a_in = torch.addcmul(a * la, neg, ua - la)
-            bias = bias + _rowdot(neg, ub)
-            if not op.zero_lower_intercept:
-                bias = bias + _rowdot(a - neg, lb)
+            if not track:
+                bias = bias + _rowdot(neg, ub)
+                if not op.zero_lower_intercept:
+                    bias = bias + _rowdot(a - neg, lb)
         elif isinstance(op, MaxPool):
+            if track:
+                err = err + rounding.pool_error(op, _dense(a), mag(j))
             a_in, b = op.backward(_dense(a), l, u)
             bias = bias + b
         else:  # pragma: no cover - every op is linear, an activation, or max pooling
             raise TypeError(type(op).__name__)
-        A[j] = window.add(A[j], a_in) if j in A else a_in
+        err = _accumulate(A, j, a_in, err, track and mag(j))
     if 0 not in A:  # the target does not depend on the input
         A[0] = data.new_zeros(*C.shape[:2], *graph.nodes[0].shape)
+    if not track:
+        if linear is not None:
+            linear["A"], linear["bias"] = _dense(A[0]), bias
+        if isinstance(A[0], Window):
+            return window.concretize(A[0], bounds[0]) + bias
+        return concretize(A[0], bounds[0]) + bias
+    # float32 coefficients, everything after them in float64, the error subtracted
+    bias = bias - err
     if linear is not None:
         linear["A"], linear["bias"] = _dense(A[0]), bias
+    region = rounding.upcast(bounds[0])
     if isinstance(A[0], Window):
-        return window.concretize(A[0], bounds[0]) + bias
-    return concretize(A[0], bounds[0]) + bias
+        a0 = A[0]
+        value = window.concretize(window.Window(a0.data.double(), a0.oy, a0.ox, a0.frame), region)
+    else:
+        value = concretize(A[0].double(), region)
+    return rounding.round_down(value + bias, data.dtype)
+
+
+def _accumulate(A: dict, j: int, a: Tensor | Window, err, m) -> Tensor | float:
+    """``A[j] += a``; with ``m`` (the magnitude of node j, float32 passes) the sum's rounding
+    is added to ``err``."""
+    if j not in A:
+        A[j] = a
+        return err
+    A[j] = window.add(A[j], a)
+    return err if m is False else err + rounding.sum_error(A[j], m)
 
 
 def _dense(a: Tensor | Window) -> Tensor:
@@ -268,7 +306,7 @@ def intermediate_bounds(
     nonlinear_before = _after_nonlinear(graph)
     bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
-        b = node.op.ibp(*[bounds[j] for j in node.inputs])
+        b = rounding.safe_ibp(node.op, *[bounds[j] for j in node.inputs])
         if prior and i in prior:
             b = b.intersect(prior[i])
         bounds[i] = b

@@ -3,6 +3,7 @@ input-dependent operations with their per-sample shapes; constants are evaluated
 
 from __future__ import annotations
 
+import math
 import operator
 import weakref
 from collections.abc import Callable
@@ -113,7 +114,12 @@ def _module_op(m: nn.Module, x: _Var) -> Op:
         if _pair(m.dilation) != (1, 1) or m.ceil_mode or m.return_indices:
             raise UnsupportedOperation("MaxPool2d with dilation, ceil_mode or return_indices")
         return MaxPool(_pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding))
-    if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+    if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
+        k = m.kernel_size
+        return Generic(
+            m, terms=math.prod(k if isinstance(k, tuple) else (k,) * (x.example.dim() - 2)) + 1
+        )
+    if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
         return Generic(m)
     if isinstance(m, nn.Flatten):
         y = m(x.example)
@@ -374,7 +380,7 @@ def _make_op(gm, node, args, kwargs, flat_vars) -> tuple[Op | None, list[_Var]]:
                 )
         const_args = args[1:]
         fn = _bind(gm, node, const_args, kwargs)
-        return Generic(fn), flat_vars
+        return Generic(fn, terms=None if key == "getitem" else 0), flat_vars
     if key == "cat" and all(isinstance(a, _Var) for a in args[0]):
         raise UnsupportedOperation(
             f"cat of input-dependent tensors at node '{node.name}' (not yet supported)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from robustlab.bounds import rounding
 from robustlab.bounds.graph import BoundGraph, Bounds, graph_of
 from robustlab.bounds.ops.linear import Linear
 
@@ -12,7 +13,7 @@ def interval_all(graph: BoundGraph, lower: Tensor, upper: Tensor) -> list[Bounds
     """Interval bounds of every node of ``graph`` over the box ``[lower, upper]``."""
     bounds = [Bounds(lower, upper)]
     for node in graph.nodes[1:]:
-        bounds.append(node.op.ibp(*[bounds[j] for j in node.inputs]))
+        bounds.append(rounding.safe_ibp(node.op, *[bounds[j] for j in node.inputs]))
     return bounds
 
 
@@ -26,7 +27,13 @@ def apply_spec(b: Bounds, C: Tensor) -> Bounds:
 
 
 def spec_bounds(graph: BoundGraph, bounds: list[Bounds], C: Tensor) -> Bounds:
-    """``C @ output`` from interval bounds, folding C into a final linear layer when there is one."""
+    """``C @ output`` from interval bounds, folding C into a final linear layer when there is one
+    (float32: computed in float64 and rounded outward)."""
+    if rounding.tracked(C):
+        last = graph.nodes[-1]
+        k = last.inputs[0] if isinstance(last.op, Linear) else graph.output
+        up = {k: rounding.upcast(bounds[k])}
+        return rounding.outward(spec_bounds(graph, up, C.double()), C.dtype)
     last = graph.nodes[-1]
     if isinstance(last.op, Linear):
         b_in = bounds[last.inputs[0]]

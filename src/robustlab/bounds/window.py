@@ -13,6 +13,7 @@ the dense computation's.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -162,10 +163,13 @@ def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tenso
     weight = _cast(op.weight, win.data)
     shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
     data = win.data[:1] if shared else win.data
-    flat = data.reshape(-1, c, h, w)
-    out = nn.functional.conv_transpose2d(
-        flat, weight, None, op.stride, 0, 0, op.groups, op.dilation
-    )
+    matrix = _transpose_matrix(op, weight, c, h, w)
+    if matrix is not None:  # small windows: one matrix product (fast in float64 too)
+        out = (data.reshape(-1, c * h * w) @ matrix[0]).reshape(-1, *matrix[1])
+    else:
+        out = nn.functional.conv_transpose2d(
+            data.reshape(-1, c, h, w), weight, None, op.stride, 0, 0, op.groups, op.dilation
+        )
     H, W = in_shape[1:]
     oy = win.oy * op.stride[0] - op.padding[0]
     ox = win.ox * op.stride[1] - op.padding[1]
@@ -181,6 +185,31 @@ def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tenso
         bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
     new = Window(out, oy, ox, (H, W))
     return [new.dense() if hh * ww >= H * W else new], bias
+
+
+MATRIX_ENTRIES = 2**22  # largest matrix kept per (convolution, window size)
+_MATRICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _transpose_matrix(op: Conv, weight: Tensor, c: int, h: int, w: int):
+    """The transposed convolution on an (c, h, w) window as a dense matrix (cached), or None
+    when it would be large."""
+    key = (c, h, w, weight.dtype, weight.device, weight.data_ptr(), op.weight._version)
+    per_op = _MATRICES.setdefault(op, {})
+    if key in per_op:
+        return per_op[key]
+    s, d, k = op.stride, op.dilation, weight.shape[2:]
+    hh, ww = (h - 1) * s[0] + d[0] * (k[0] - 1) + 1, (w - 1) * s[1] + d[1] * (k[1] - 1) + 1
+    n_in = weight.shape[1] * op.groups
+    if c * h * w * n_in * hh * ww > MATRIX_ENTRIES:
+        per_op[key] = None
+        return None
+    eye = torch.eye(c * h * w, dtype=weight.dtype, device=weight.device).reshape(-1, c, h, w)
+    cols = nn.functional.conv_transpose2d(eye, weight, None, s, 0, 0, op.groups, d)
+    if len(per_op) >= 4:  # a few window sizes per convolution: keep memory small
+        per_op.pop(next(iter(per_op)))
+    per_op[key] = (cols.reshape(c * h * w, -1), (n_in, hh, ww))
+    return per_op[key]
 
 
 def _affine(op: Affine, win: Window) -> tuple[list, Tensor]:

@@ -198,6 +198,7 @@ class Generic(LinearOp):
 
     fn: Callable[[Tensor], Tensor]
     nonneg: bool = True  # all coefficients are >= 0, so |L| r = L r
+    terms: int | None = None  # most terms summed per entry, both ways (None: unknown)
 
     def forward(self, x):
         return self.fn(x)
