@@ -68,27 +68,25 @@ def backward(
     """
     A: dict[int, Tensor | Window] = {target: C}
     data = C.data if isinstance(C, Window) else C
-    track = rounding.tracked(C)  # float32: bound the pass's own rounding error (rounding.py)
-    bias = data.new_zeros(C.shape[:2], dtype=torch.float64 if track else data.dtype)
-    err = 0.0
-
-    def mag(k: int) -> Tensor:
-        return rounding.magnitude(bounds[k])
-
+    bias = data.new_zeros(C.shape[:2])
+    # float32: biases in float64 and a bound on the pass's own rounding (rounding.py)
+    track = rounding.Tracker(bounds, C.shape[:2], data.device) if rounding.tracked(C) else None
     for i in range(target, 0, -1):
         a = A.pop(i, None)
         if betas is not None and i in betas:
-            if a is not None and track:
-                err = err + rounding.sum_error(_dense(a) + betas[i], mag(i))
-            a = betas[i] if a is None else _dense(a) + betas[i]
+            if a is None:
+                a = betas[i]
+            else:
+                parts = [_dense(a), betas[i]]
+                a = parts[0] + parts[1]
+                if track:
+                    track.added(parts, a, i)
         if a is None:
             continue
         node = graph.nodes[i]
         op = node.op
         if isinstance(op, LinearOp):
             shapes = [graph.nodes[j].shape for j in node.inputs]
-            if track:
-                err = err + rounding.linear_error(op, a, [mag(j) for j in node.inputs], node.shape)
             res = window.linear_backward(op, a, shapes) if isinstance(a, Window) else None
             if res is not None:
                 ins, b = res
@@ -99,9 +97,12 @@ def backward(
                 b = b.expand(a.shape[0], -1)
             else:
                 ins, b = op.backward(_dense(a), shapes)
-            bias = bias + (rounding.linear_bias(op, a) if track else b)
+            if track:
+                track.linear(op, a, ins, node.inputs, node.shape)
+            else:
+                bias = bias + b
             for j, aj in zip(node.inputs, ins, strict=True):
-                err = _accumulate(A, j, aj, err, track and mag(j))
+                _accumulate(A, j, aj, track)
             continue
         j = node.inputs[0]
         l, u = bounds[j].lower, bounds[j].upper
@@ -119,58 +120,48 @@ def backward(
                 la, lb, ua, ub = hit[1]
             else:
                 la, lb, ua, ub = rounding.relax(op, l[:, None], u[:, None], alpha)
-            if track:
-                err = err + rounding.activation_error(a, la, ua, mag(j))
-                bias = bias + rounding.activation_bias(a, lb, ub, op.zero_lower_intercept)
             if isinstance(a, Window):
                 a_in, b = window.activation_backward(a, la, lb, ua, ub, op.zero_lower_intercept)
-                bias = bias if track else bias + b
-                err = _accumulate(A, j, a_in, err, track and mag(j))
-                continue
-            # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
-            neg = a.clamp(max=0)
-            a_in = torch.addcmul(a * la, neg, ua - la)
-            if not track:
-                bias = bias + _rowdot(neg, ub)
-                if not op.zero_lower_intercept:
-                    bias = bias + _rowdot(a - neg, lb)
-        elif isinstance(op, MaxPool):
+            else:  # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
+                neg = a.clamp(max=0)
+                a_in = torch.addcmul(a * la, neg, ua - la)
+                b = None if track else _rowdot(neg, ub)
+                if not (track or op.zero_lower_intercept):
+                    b = b + _rowdot(a - neg, lb)
             if track:
-                err = err + rounding.pool_error(op, _dense(a), mag(j))
-            a_in, b = op.backward(_dense(a), l, u)
-            bias = bias + b
+                track.activation(a, la, lb, ua, ub, op.zero_lower_intercept, a_in, j)
+            else:
+                bias = bias + b
+        elif isinstance(op, MaxPool):
+            a = _dense(a)
+            a_in, b = op.backward(a, l, u)
+            if track:
+                track.pool(op, a, j)
+            else:
+                bias = bias + b
         else:  # pragma: no cover - every op is linear, an activation, or max pooling
             raise TypeError(type(op).__name__)
-        err = _accumulate(A, j, a_in, err, track and mag(j))
+        _accumulate(A, j, a_in, track)
     if 0 not in A:  # the target does not depend on the input
         A[0] = data.new_zeros(*C.shape[:2], *graph.nodes[0].shape)
-    if not track:
-        if linear is not None:
-            linear["A"], linear["bias"] = _dense(A[0]), bias
-        if isinstance(A[0], Window):
-            return window.concretize(A[0], bounds[0]) + bias
-        return concretize(A[0], bounds[0]) + bias
-    # float32 coefficients, everything after them in float64, the error subtracted
-    bias = bias - err
+    if track:
+        return track.finish(A[0], data.dtype, linear)
     if linear is not None:
         linear["A"], linear["bias"] = _dense(A[0]), bias
-    region = rounding.upcast(bounds[0])
     if isinstance(A[0], Window):
-        a0 = A[0]
-        value = window.concretize(window.Window(a0.data.double(), a0.oy, a0.ox, a0.frame), region)
-    else:
-        value = concretize(A[0].double(), region)
-    return rounding.round_down(value + bias, data.dtype)
+        return window.concretize(A[0], bounds[0]) + bias
+    return concretize(A[0], bounds[0]) + bias
 
 
-def _accumulate(A: dict, j: int, a: Tensor | Window, err, m) -> Tensor | float:
-    """``A[j] += a``; with ``m`` (the magnitude of node j, float32 passes) the sum's rounding
-    is added to ``err``."""
+def _accumulate(A: dict, j: int, a: Tensor | Window, track) -> None:
+    """``A[j] += a`` (the sum's rounding is tracked in float32 passes)."""
     if j not in A:
         A[j] = a
-        return err
+        return
+    parts = [A[j], a]
     A[j] = window.add(A[j], a)
-    return err if m is False else err + rounding.sum_error(A[j], m)
+    if track:
+        track.added(parts, A[j], j)
 
 
 def _dense(a: Tensor | Window) -> Tensor:

@@ -182,7 +182,7 @@ def _elementwise_const(fn_name: str, a, b) -> Op:
     if fn_name == "mul":
         return Affine(c, 0.0)
     if fn_name == "div" and var_first:
-        return Affine(1.0 / c if isinstance(c, float) else 1.0 / c, 0.0)
+        return Affine(1.0 / c if isinstance(c, float) else 1.0 / c.double(), 0.0)
     raise UnsupportedOperation(f"{fn_name} with the input-dependent tensor as divisor")
 
 

@@ -80,35 +80,132 @@ def absdot(a: Tensor | Window, v: Tensor) -> Tensor:
     if v.dim() == a.dim():
         v = v[:, 0]
     v = v.reshape(-1, n, 1).to(a.dtype).expand(b, -1, -1)
-    return torch.bmm(a.abs().reshape(b, m, n), v)[..., 0].double() * (1 + gamma(n))
+    return torch.bmm(a.abs().reshape(b, m, n), v)[..., 0].double() * (1 + gamma(n + 2))
 
 
-def linear_error(op: LinearOp, a, mags: list[Tensor], out_shape: tuple[int, ...]) -> Tensor:
-    """Bound on ``sum |error| * max|x|`` for the coefficients ``op.backward(a)`` computes in
-    float32 (its bias term is recomputed in float64 by ``linear_bias``)."""
-    numel = math.prod(out_shape)
-    if isinstance(op, Reshape):
-        return _zero(a)
-    if isinstance(op, Add):  # exact, unless an input was broadcast (its coefficients are summed)
-        err = _zero(a)
-        for m in mags:
-            if tuple(m.shape[1:]) != tuple(out_shape):
-                err = err + gamma(numel) * absdot(a, m.expand(m.shape[0], *out_shape))
-        return err
-    m = mags[0]
+def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
+    """Most products summed per coefficient by ``op.backward`` (0: exact)."""
     if isinstance(op, Linear):
-        n = op.weight.shape[0]  # rows @ W sums over the layer's outputs
-    elif isinstance(op, Conv):
-        n = op.weight.shape[0] // op.groups * math.prod(op.weight.shape[2:])
-    elif isinstance(op, Affine):
-        n = 1
-    elif isinstance(op, Generic) and op.nonneg:  # pooling by average, padding, slicing
-        n = numel if op.terms is None else op.terms
-        if not n:
-            return _zero(a)
-    else:
-        raise TypeError(f"no float32 rounding bound for {type(op).__name__}")
-    return gamma(n) * absdot(a, op.forward_abs(m))
+        return op.weight.shape[0]  # rows @ W sums over the layer's outputs
+    if isinstance(op, Conv):
+        return op.weight.shape[0] // op.groups * math.prod(op.weight.shape[2:])
+    if isinstance(op, Affine):
+        return 2  # the product, and the scale's own rounding to float32
+    if isinstance(op, Generic) and op.nonneg:  # pooling by average, padding, slicing
+        return math.prod(out_shape) if op.terms is None else op.terms
+    raise TypeError(f"no float32 rounding bound for {type(op).__name__}")
+
+
+def dot64(a, v: Tensor) -> Tensor:
+    """``<a, v>`` per row in float64: ``a`` (batch, rows, *s) or a Window, ``v`` (batch or 1, *s)."""
+    if isinstance(a, Window):
+        if v.dim() == a.data.dim() - 2:
+            v = v[None]
+        return (a.data.double() * a.gather(v.double())).flatten(2).sum(-1)
+    b, m = a.shape[:2]
+    n = math.prod(a.shape[2:])
+    v = v.double().reshape(-1, n, 1).expand(b, -1, -1)
+    return torch.bmm(a.double().reshape(b, m, n), v)[..., 0]
+
+
+class Tracker:
+    """The float64 side of a float32 backward pass (CROWN): its bias, and a bound on how far
+    rounding moved its coefficients from the exact transposes and relaxations.
+
+    A step that should give coefficients ``T`` on a node x gives ``T + E``; the bound stays
+    sound when lowered by ``E . x`` for the worst x. With ``c`` the centre of x's interval bounds
+    and ``w`` their half-width, ``E . x >= E . c - |E| . w``: ``E . c`` is computed (in float64:
+    ``(T + E) . c - T . c``), and ``|E|`` is bounded by the standard float32 error bounds. The
+    error term thus scales with the intervals' widths, not with the values' magnitude.
+    """
+
+    def __init__(self, bounds, rows: torch.Size, device) -> None:
+        self.bounds = bounds
+        self.bias = torch.zeros(rows, dtype=torch.float64, device=device)
+        self.err = torch.zeros(rows, dtype=torch.float64, device=device)
+        self._ref: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def ref(self, j: int) -> tuple[Tensor, Tensor]:
+        """Centre and half-width of node j's interval bounds, float64."""
+        if j not in self._ref:
+            lo, hi = self.bounds[j].lower.double(), self.bounds[j].upper.double()
+            self._ref[j] = ((lo + hi) / 2, (hi - lo) / 2)
+        return self._ref[j]
+
+    def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape) -> None:
+        """An affine step ``y = L x + b``: ``ins`` are the computed coefficients on ``inputs``.
+        Its bias ``a . b`` and ``-E . c`` together are ``a . (L c + b) - ins . c``."""
+        if isinstance(op, (Reshape, Add)):  # exact, unless Add broadcast an input (summed)
+            for j in inputs if isinstance(op, Add) else ():
+                m = magnitude(self.bounds[j])
+                if tuple(m.shape[1:]) != tuple(shape):
+                    self.err = self.err + gamma(math.prod(shape)) * absdot(a, _bcast(m, shape))
+            return
+        j = inputs[0]
+        c, w = self.ref(j)
+        self.bias = self.bias + dot64(a, op.forward(c)) - dot64(ins[0], c)
+        n = _terms(op, shape)
+        if n:
+            self.err = self.err + gamma(n) * absdot(a, op.forward_abs(w))
+
+    def activation(self, a, la, lb, ua, ub, zero_lower_intercept: bool, a_in, j: int) -> None:
+        """The relaxation step ``a_in = a+ la + a- ua`` (a few roundings per entry). Its
+        intercepts ``a+ lb + a- ub`` and ``-E . c`` together are
+        ``a . (lb + la c) + a- . (ub - lb + (ua - la) c) - a_in . c``."""
+        c, w = self.ref(j)
+        la_, ua_, lb_, ub_ = la.double(), ua.double(), lb.double(), ub.double()
+        c_ = c[:, None]
+        v1 = lb_ + la_ * c_
+        v2 = ub_ - lb_ + (ua_ - la_) * c_
+        steps = 4 * U * (2 * la.abs() + ua.abs()) * w[:, None].to(la.dtype)
+        neg = a.data.clamp(max=0) if isinstance(a, Window) else a.clamp(max=0)
+        if isinstance(a, Window):
+            neg = Window(neg, a.oy, a.ox, a.frame)
+        if v1.shape[1] == 1:
+            self.bias = self.bias + dot64(a, v1[:, 0]) + dot64(neg, v2[:, 0])
+        else:  # per-row slopes (alpha-CROWN), dense rows
+            a64, n64 = a.double(), neg.double()
+            self.bias = self.bias + (a64 * v1 + n64 * v2).flatten(2).sum(-1)
+        self.bias = self.bias - dot64(a_in, c)
+        self.err = self.err + _absdot_rows(a, steps) * SLACK
+
+    def pool(self, op, a: Tensor, j: int) -> None:
+        """Max pooling: its bias in float64; its transpose sums overlapping windows."""
+        l, u = self.bounds[j].lower, self.bounds[j].upper
+        _, exact, u_max = op.relax_indices(l, u)
+        a64 = a.double().reshape(*a.shape[:3], -1)
+        gap = (1 - exact[:, None].double()) * u_max[:, None].double()
+        self.bias = self.bias + (a64.clamp(max=0) * gap).flatten(2).sum(-1)
+        if any(k > s for k, s in zip(op.kernel, op.stride, strict=True)):
+            m = op.forward(magnitude(self.bounds[j]))
+            self.err = self.err + gamma(math.prod(op.kernel)) * absdot(a, m)
+
+    def added(self, parts: list, total, j: int) -> None:
+        """``total`` was computed as the sum of ``parts`` (one rounding per entry)."""
+        c, w = self.ref(j)
+        self.bias = self.bias - (dot64(total, c) - sum(dot64(p, c) for p in parts))
+        self.err = self.err + gamma(1) * absdot(total, w)
+
+    def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
+        """The lower bound: concretisation over the input region in float64, rounded down."""
+        bias = self.bias - self.err
+        if linear is not None:
+            linear["A"], linear["bias"] = (A0.dense() if isinstance(A0, Window) else A0), bias
+        region = upcast(self.bounds[0])
+        if isinstance(A0, Window):
+            from robustlab.bounds import window
+
+            a64 = Window(A0.data.double(), A0.oy, A0.ox, A0.frame)
+            value = window.concretize(a64, region)
+        else:
+            from robustlab.bounds.crown import concretize
+
+            value = concretize(A0.double(), region)
+        return round_down(value + bias, dtype)
+
+
+def _bcast(m: Tensor, shape) -> Tensor:
+    return m.expand(m.shape[0], *shape)
 
 
 def linear_bias(op: LinearOp, a) -> Tensor:
@@ -130,42 +227,11 @@ def linear_bias(op: LinearOp, a) -> Tensor:
     return _zero(a)
 
 
-def activation_bias(a, lb: Tensor, ub: Tensor, zero_lower_intercept: bool) -> Tensor:
-    """The intercept terms ``a- ub + a+ lb`` of a relaxation step, in float64."""
-    if isinstance(a, Window):
-        data = a.data.double()
-        ub_, lb_ = a.gather(ub).double(), None if zero_lower_intercept else a.gather(lb).double()
-    else:
-        data, ub_, lb_ = a.double(), ub.double(), None if zero_lower_intercept else lb.double()
-    neg = data.clamp(max=0)
-    out = (neg * ub_).flatten(2).sum(-1)
-    if lb_ is not None:
-        out = out + ((data - neg) * lb_).flatten(2).sum(-1)
-    return out
-
-
-def activation_error(a, la: Tensor, ua: Tensor, m: Tensor) -> Tensor:
-    """The relaxation step ``a+ la + a- ua`` in float32: a few roundings per entry (relaxations
-    of shape (batch, 1 or rows, *s))."""
-    return _absdot_rows(a, 4 * U * (2 * la.abs() + ua.abs()) * m[:, None])
-
-
 def _absdot_rows(a, v: Tensor) -> Tensor:
     if v.shape[1] == 1 or isinstance(a, Window):
         return absdot(a, v)
     n = math.prod(v.shape[2:])
-    return (a.abs() * v).flatten(2).sum(-1).double() * (1 + gamma(n))
-
-
-def pool_error(op, a: Tensor, m: Tensor) -> Tensor:
-    """Max pooling's transpose (a scatter-add over overlapping windows) and its bias term."""
-    n = math.prod(a.shape[2:]) + math.prod(op.kernel) + 2
-    return 2 * gamma(n) * absdot(a, op.forward(m))
-
-
-def sum_error(total, m: Tensor) -> Tensor:
-    """Adding two coefficient sets (branches meeting, split terms): one rounding per entry."""
-    return gamma(1) * absdot(total, m)
+    return (a.abs() * v).flatten(2).sum(-1).double() * (1 + gamma(n + 2))
 
 
 def _zero(a) -> Tensor:

@@ -106,6 +106,19 @@ class Conv(LinearOp):
         return [a_in], bias
 
 
+_CONSTS: dict[float, Tensor] = {}
+
+
+def _const(v: Tensor | float) -> Tensor:
+    """A constant as a tensor; Python numbers in float64 (the model's literal, not its float32
+    rounding)."""
+    if isinstance(v, Tensor):
+        return v
+    if v not in _CONSTS:
+        _CONSTS[v] = torch.tensor(v, dtype=torch.float64)
+    return _CONSTS[v]
+
+
 @dataclass(eq=False)
 class Affine(LinearOp):
     """Elementwise ``y = x * scale + shift`` with constants broadcast against one sample
@@ -115,10 +128,10 @@ class Affine(LinearOp):
     shift: Tensor | float
 
     def _s(self, like):
-        return _cast(torch.as_tensor(self.scale), like)
+        return _cast(_const(self.scale), like)
 
     def _t(self, like):
-        return _cast(torch.as_tensor(self.shift), like)
+        return _cast(_const(self.shift), like)
 
     def forward(self, x):
         return x * self._s(x) + self._t(x)
