@@ -13,7 +13,8 @@ corruption's own effect on the statistic); for the deterministic corruptions the
 pixel difference. Our outputs are floored to uint8 levels for these comparisons, as the
 reference's ``np.uint8`` does to its own (quantisation alone adds high-frequency energy). The
 reference's own distances to the clean image per severity show where the published parameters
-are not monotone. A grid of one image under every corruption and severity, reference and ours
+are not monotone (ours depart from them there, see ``robustlab.corruptions``; "ours monotone" is
+the same check on our side). A grid of one image under every corruption and severity, reference and ours
 side by side, is written for a visual check. imagecorruptions 1.1.2 crashes on glass_blur and
 gaussian_blur (skimage's ``multichannel``) and fog (``np.float_``) with current libraries: those
 three are timed on our side only. Rows are written as they are measured (``rows.jsonl``).
@@ -175,9 +176,10 @@ def summarise(rows: list, set_name: str) -> list[str]:
     lines = [f"\n## {set_name}\n"]
     lines.append(
         "| corruption | ref ms/img | ours ms/img | speed-up | mean ref | mean ours | "
-        "max |d mean| | HF ref | HF ours | max rel. d HF | pixel MAE | ref monotone |"
+        "max |d mean| | HF ref | HF ours | max rel. d HF | pixel MAE | ref monotone | "
+        "ours monotone |"
     )
-    lines.append("|" + "---|" * 12)
+    lines.append("|" + "---|" * 13)
     tot_ref = tot_ours = tot_ours_all = 0.0
     for name in ORDER:
         rs = [r for r in rows if r["set"] == set_name and r["corruption"] == name]
@@ -185,11 +187,15 @@ def summarise(rows: list, set_name: str) -> list[str]:
             continue
         ours_ms = sum(r["ours_ms_per_image"] for r in rs) / len(rs)
         tot_ours_all += ours_ms
+        ours_dist = [r["ours_distance"] for r in rs]
+        ours_mono = (
+            "yes" if all(b > a for a, b in zip(ours_dist, ours_dist[1:], strict=False)) else "no"
+        )
         if "ref_ms_per_image" not in rs[0]:
             lines.append(
                 f"| {name} | (peer crashes) | {ours_ms:.3f} | - | - | "
                 f"{np.mean([r['ours_mean'] for r in rs]):.3f} | - | - | "
-                f"{np.mean([r['ours_hf'] for r in rs]):.4f} | - | - | - |"
+                f"{np.mean([r['ours_hf'] for r in rs]):.4f} | - | - | - | {ours_mono} |"
             )
             continue
         ref_ms = sum(r["ref_ms_per_image"] for r in rs) / len(rs)
@@ -206,7 +212,7 @@ def summarise(rows: list, set_name: str) -> list[str]:
             f"{np.mean([r['ref_hf'] for r in rs]):.4f} | "
             f"{np.mean([r['ours_hf'] for r in rs]):.4f} | "
             f"{max(r['hf_rel_diff'] for r in rs):.2f} | "
-            f"{f'{max(mae):.4f}' if mae else '-'} | {'yes' if mono else 'no'} |"
+            f"{f'{max(mae):.4f}' if mae else '-'} | {'yes' if mono else 'no'} | {ours_mono} |"
         )
     if tot_ours:
         lines.append(
