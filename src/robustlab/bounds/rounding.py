@@ -75,12 +75,43 @@ def absdot(a: Tensor | Window, v: Tensor) -> Tensor:
         elif v.dim() == a.data.dim() - 2:  # no batch dimension
             v = v[None]
         return (a.data.abs() * a.gather(v.to(a.data.dtype))).flatten(2).sum(-1).double() * SLACK
-    b, m = a.shape[:2]
-    n = math.prod(a.shape[2:])
     if v.dim() == a.dim():
         v = v[:, 0]
-    v = v.reshape(-1, n, 1).to(a.dtype).expand(b, -1, -1)
-    return torch.bmm(a.abs().reshape(b, m, n), v)[..., 0].double() * (1 + gamma(n + 2))
+    n = math.prod(a.shape[2:])
+    return _dense_dot(a, v, absolute=True) * (1 + gamma(n + 2))
+
+
+CHUNK = 2**18  # coefficient entries converted at a time (no full-size temporaries)
+
+
+def _dense_dot(a: Tensor, v: Tensor, absolute: bool = False) -> Tensor:
+    """Per row of ``a`` (batch, rows, *s): ``<a, v>`` in float64, or ``<|a|, v>`` in a's own
+    precision (v >= 0); ``v`` has shape (batch or 1, *s). A chunk of ``a`` at a time."""
+    b, m = a.shape[:2]
+    n = math.prod(a.shape[2:])
+    a3 = a.reshape(b, m, n)
+    dt = a.dtype if absolute else torch.float64
+    v3 = v.reshape(-1, n).to(dt)
+
+    def conv(x: Tensor) -> Tensor:
+        return x.abs() if absolute else x.double()
+
+    if b > 1 and a3.stride(0) == 0:  # the same rows for every example
+        return (conv(a3[0]) @ v3.T).T.expand(b, m).double()
+    out = torch.empty(b, m, dtype=dt, device=a.device)
+    per = CHUNK // max(m * n, 1)
+    if per >= 1:  # whole examples per chunk
+        for s in range(0, b, per):
+            e = min(b, s + per)
+            vs = v3[s:e] if v3.shape[0] > 1 else v3.expand(e - s, n)
+            out[s:e] = torch.bmm(conv(a3[s:e]), vs[:, :, None])[..., 0]
+        return out.double()
+    rows = max(1, CHUNK // n)
+    for s in range(b):
+        vs = v3[s if v3.shape[0] > 1 else 0]
+        for r in range(0, m, rows):
+            out[s, r : r + rows] = conv(a3[s, r : r + rows]) @ vs
+    return out.double()
 
 
 def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
@@ -102,10 +133,7 @@ def dot64(a, v: Tensor) -> Tensor:
         if v.dim() == a.data.dim() - 2:
             v = v[None]
         return (a.data.double() * a.gather(v.double())).flatten(2).sum(-1)
-    b, m = a.shape[:2]
-    n = math.prod(a.shape[2:])
-    v = v.double().reshape(-1, n, 1).expand(b, -1, -1)
-    return torch.bmm(a.double().reshape(b, m, n), v)[..., 0]
+    return _dense_dot(a, v)
 
 
 class Tracker:
@@ -158,13 +186,14 @@ class Tracker:
         v1 = lb_ + la_ * c_
         v2 = ub_ - lb_ + (ua_ - la_) * c_
         steps = 4 * U * (2 * la.abs() + ua.abs()) * w[:, None].to(la.dtype)
-        neg = a.data.clamp(max=0) if isinstance(a, Window) else a.clamp(max=0)
         if isinstance(a, Window):
-            neg = Window(neg, a.oy, a.ox, a.frame)
-        if v1.shape[1] == 1:
+            neg = Window(a.data.clamp(max=0), a.oy, a.ox, a.frame)
             self.bias = self.bias + dot64(a, v1[:, 0]) + dot64(neg, v2[:, 0])
+        elif v1.shape[1] == 1:
+            self.bias = self.bias + dot64(a, v1[:, 0]) + dot64(a.clamp(max=0), v2[:, 0])
         else:  # per-row slopes (alpha-CROWN), dense rows
-            a64, n64 = a.double(), neg.double()
+            a64 = a.double()
+            n64 = a64.clamp(max=0)
             self.bias = self.bias + (a64 * v1 + n64 * v2).flatten(2).sum(-1)
         self.bias = self.bias - dot64(a_in, c)
         self.err = self.err + _absdot_rows(a, steps) * SLACK
