@@ -80,6 +80,12 @@ def test_changed_corruptions_are_monotone_on_other_images(name):
         assert all(dist[i + 1] > dist[i] for i in range(4)), (name, kind, dist)
 
 
+def test_channels_last_input_gives_the_same_images():
+    nhwc = RGB[:4].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # as from a numpy array
+    for name in ("zoom_blur", "jpeg_compression", "snow"):
+        assert torch.equal(corrupt(nhwc, name, 3, seed=2), corrupt(RGB[:4], name, 3, seed=2))
+
+
 def test_corruption_object_and_errors():
     spec = get_corruption("fog")
     assert spec.family == "weather" and spec(RGB[:2], 2).shape == RGB[:2].shape

@@ -170,7 +170,10 @@ def corrupt(x: Tensor, name: str, severity: int = 1, seed: int = 0) -> Tensor:
     spec = get_corruption(name)
     if severity not in SEVERITIES:
         raise RobustlabError(f"severity must be an integer in 1..5; found {severity!r}")
+    # one contiguous copy: channels-last batches (torch views of NHWC arrays) made the matrix
+    # products of the small-image paths several times slower
     work = xb.to(torch.float64 if xb.dtype == torch.float64 else torch.float32).clamp(0, 1)
+    work = work.contiguous()
     gen = torch.Generator(device=work.device).manual_seed(int(seed))
     if spec.rgb and work.shape[1] == 1:
         from robustlab.corruptions._ops import gray
