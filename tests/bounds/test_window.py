@@ -93,3 +93,18 @@ def test_window_dense_gather_and_merge_by_hand():
     assert isinstance(merged, window.Window)
     assert torch.equal(merged.dense(), dense + big.dense())
     assert torch.equal(window.add(win, win.scaled(2.0)).dense(), 3 * dense)
+
+
+@pytest.mark.parametrize("case", [0, 2])
+def test_windowed_alpha_crown_equals_dense(monkeypatch, case):
+    """alpha-CROWN's per-row slopes are read on each row's window."""
+    net, shape = list(_nets())[case]
+    x0 = torch.rand(2, *shape, generator=torch.Generator().manual_seed(4))
+    res = {}
+    for flag in (True, False):
+        monkeypatch.setattr(crown, "WINDOWS", flag)
+        res[flag] = compute_bounds(
+            net, (LpBall("inf", 0.05), x0), "alpha-crown", alpha_iterations=5
+        )
+    assert torch.allclose(res[True].lower, res[False].lower, rtol=1e-7, atol=1e-8)
+    assert torch.allclose(res[True].upper, res[False].upper, rtol=1e-7, atol=1e-8)

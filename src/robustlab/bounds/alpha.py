@@ -10,7 +10,8 @@ import time
 import torch
 from torch import Tensor
 
-from robustlab.bounds import rounding
+import robustlab.bounds.crown as crown_module
+from robustlab.bounds import rounding, window
 from robustlab.bounds.crown import (
     _after_nonlinear,
     backward,
@@ -22,6 +23,7 @@ from robustlab.bounds.crown import (
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.base import Activation
+from robustlab.bounds.window import identity_windows
 
 ITERATIONS = 20
 LR = 0.5
@@ -107,9 +109,12 @@ def alpha_crown(
                 b = rounding.safe_ibp(node.op, *[cur[j] for j in node.inputs]).intersect(best[i])
                 if i in starts:
                     idx, _ = starts[i]
-                    nb = two_sided(
-                        graph, cur, i, identity_rows(node.shape, idx, batch, lower), alphas[i]
+                    rows = (
+                        identity_windows(node.shape, idx, batch, lower)
+                        if crown_module.WINDOWS and window.usable(node.shape)
+                        else identity_rows(node.shape, idx, batch, lower)
                     )
+                    nb = two_sided(graph, cur, i, rows, alphas[i])
                     lo = b.lower.reshape(batch, -1).clone()
                     hi = b.upper.reshape(batch, -1).clone()
                     # the optimised bounds themselves, not intersected with earlier ones: an

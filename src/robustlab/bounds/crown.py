@@ -110,8 +110,6 @@ def backward(
             if record is not None:
                 record[i] = a = _dense(a)
             alpha = alphas.get(i) if alphas else None
-            if alpha is not None:
-                a = _dense(a)
             if alpha is None and cache is not None:
                 hit = cache.get(i)
                 if hit is None or hit[0] is not bounds[j]:

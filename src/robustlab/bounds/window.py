@@ -57,9 +57,15 @@ class Window:
         """``t`` (broadcastable to (batch, C, H, W), or (batch, 1, C, H, W)) on each row's window:
         (batch, rows, C, h, w). Positions outside the frame read a border value, which the zero
         coefficients there cancel."""
+        b, m, c, h, w = self.data.shape
+        if t.dim() == 5 and t.shape[1] > 1:  # one value per row (alpha-CROWN's slopes)
+            H, W = self.frame
+            B = max(b, t.shape[0], self.oy.shape[0])
+            src = t.expand(t.shape[0], m, c, H, W).reshape(t.shape[0], m, c, H * W)
+            idx = _flat_index(self, expand=False)[:, :, None, :].expand(B, m, c, h * w)
+            return torch.gather(src.expand(B, -1, -1, -1), 3, idx).reshape(B, m, c, h, w)
         if t.dim() == 5:
             t = t[:, 0]
-        b, m, c, h, w = self.data.shape
         t = t.expand(t.shape[0], c, *self.frame).reshape(t.shape[0], c, -1)
         B = max(b, t.shape[0], self.oy.shape[0])
         idx = _flat_index(self, expand=False)  # (1 or B, m, h*w)
