@@ -164,3 +164,24 @@ def test_elastic_sampling_is_scipy_reflect():
     grid = torch.stack([(2 * xs + 1) / 9 - 1, (2 * ys + 1) / 7 - 1], -1)
     ours = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     assert (ours - _ops.bilinear_sample(x, ys, xs, "symmetric")).abs().max() < 1e-10
+
+
+def test_spatter_hysteresis_and_distance_match_per_image_versions():
+    from robustlab.corruptions.spatter import edge_distance, hysteresis
+
+    g = torch.Generator().manual_seed(0)
+    weak = torch.rand(5, 1, 20, 23, generator=g) < 0.45
+    strong = weak & (torch.rand(5, 1, 20, 23, generator=g) < 0.05)
+    strong[3] = False  # an image without strong edges
+    edges = strong.clone()
+    while True:  # growth from the strong edges within the weak ones
+        grown = weak & (torch.nn.functional.max_pool2d(edges.float(), 3, 1, 1) > 0)
+        if torch.equal(grown, edges):
+            break
+        edges = grown
+    assert torch.equal(hysteresis(weak, strong), edges)
+    d = edge_distance(edges, 20.0)
+    for i in range(5):
+        e = edges[i, 0].numpy()
+        ref = ndimage.distance_transform_edt(~e) if e.any() else np.full(e.shape, 20.0)
+        assert np.abs(d[i, 0].numpy() - np.minimum(ref, 20.0)).max() < 1e-12
