@@ -70,17 +70,15 @@ def backward(
     data = C.data if isinstance(C, Window) else C
     bias = data.new_zeros(C.shape[:2])
     # float32: biases in float64 and a bound on the pass's own rounding (rounding.py)
-    track = rounding.Tracker(bounds, C.shape[:2], data.device) if rounding.tracked(C) else None
+    track = rounding.Tracker(graph, bounds, C, target) if rounding.tracked(C) else None
     for i in range(target, 0, -1):
         a = A.pop(i, None)
         if betas is not None and i in betas:
-            if a is None:
-                a = betas[i]
-            else:
-                parts = [_dense(a), betas[i]]
-                a = parts[0] + parts[1]
-                if track:
-                    track.added(parts, a, i)
+            if track:
+                track.start(betas[i], i)
+            a = betas[i] if a is None else _dense(a) + betas[i]
+            if track and a is not betas[i]:
+                track.added(a, i)
         if a is None:
             continue
         node = graph.nodes[i]
@@ -127,14 +125,14 @@ def backward(
                 if not (track or op.zero_lower_intercept):
                     b = b + _rowdot(a - neg, lb)
             if track:
-                track.activation(a, la, lb, ua, ub, op.zero_lower_intercept, a_in, j)
+                track.activation(i, a, la, lb, ua, ub, j)
             else:
                 bias = bias + b
         elif isinstance(op, MaxPool):
             a = _dense(a)
             a_in, b = op.backward(a, l, u)
             if track:
-                track.pool(op, a, j)
+                track.pool(op, a, j, i)
             else:
                 bias = bias + b
         else:  # pragma: no cover - every op is linear, an activation, or max pooling
@@ -156,10 +154,9 @@ def _accumulate(A: dict, j: int, a: Tensor | Window, track) -> None:
     if j not in A:
         A[j] = a
         return
-    parts = [A[j], a]
     A[j] = window.add(A[j], a)
     if track:
-        track.added(parts, A[j], j)
+        track.added(A[j], j)
 
 
 def _dense(a: Tensor | Window) -> Tensor:

@@ -137,100 +137,178 @@ def dot64(a, v: Tensor) -> Tensor:
 
 
 class Tracker:
-    """The float64 side of a float32 backward pass (CROWN): its bias, and a bound on how far
-    rounding moved its coefficients from the exact transposes and relaxations.
+    """The float64 side of a float32 backward pass (CROWN), by a reference trajectory.
 
-    A step that should give coefficients ``T`` on a node x gives ``T + E``; the bound stays
-    sound when lowered by ``E . x`` for the worst x. With ``c`` the centre of x's interval bounds
-    and ``w`` their half-width, ``E . x >= E . c - |E| . w``: ``E . c`` is computed (in float64:
-    ``(T + E) . c - T . c``), and ``|E|`` is bounded by the standard float32 error bounds. The
-    error term thus scales with the intervals' widths, not with the values' magnitude.
+    A reference point c_j for every node (the input box's centre, pushed forward through the
+    affine operations and the relaxations' lower lines, in float64) makes the pass's own
+    arithmetic drop out: evaluated at the references, the chain of exact identities the pass
+    stands for telescopes to ``C . c_out`` plus, per relaxation, ``<a-, gap>`` (the gap between
+    its upper and lower lines at the reference). A step that should give coefficients T on a node
+    x and gives T + E then costs only ``|E| . w`` with ``w = max |x - c|`` over x's interval
+    bounds, and ``|E|`` is bounded by the standard float32 error bounds. All of it is products
+    of float32 coefficients with vectors (no float64 copies of the coefficients), with their own
+    rounding bounded the same way. The bound is ``C . c_out + sum <a-, gap> - <|A_0|, r> - sum
+    |E| . w`` (r: the input box's radius).
     """
 
-    def __init__(self, bounds, rows: torch.Size, device) -> None:
-        self.bounds = bounds
-        self.bias = torch.zeros(rows, dtype=torch.float64, device=device)
-        self.err = torch.zeros(rows, dtype=torch.float64, device=device)
-        self._ref: dict[int, tuple[Tensor, Tensor]] = {}
+    def __init__(self, graph, bounds, C, target: int) -> None:
+        self.graph, self.bounds, self.C, self.target = graph, bounds, C, target
+        data = C.data if isinstance(C, Window) else C
+        self.value = torch.zeros(C.shape[:2], dtype=torch.float64, device=data.device)
+        self._c: dict[int, Tensor] = {}
+        self._w: dict[int, Tensor] = {}
+        self._relax: dict[int, tuple] = {}
 
-    def ref(self, j: int) -> tuple[Tensor, Tensor]:
-        """Centre and half-width of node j's interval bounds, float64."""
-        if j not in self._ref:
-            lo, hi = self.bounds[j].lower.double(), self.bounds[j].upper.double()
-            self._ref[j] = ((lo + hi) / 2, (hi - lo) / 2)
-        return self._ref[j]
+    def relaxation(self, i: int) -> tuple:
+        """The relaxation of activation node i without per-row slopes (the reference lines)."""
+        if i not in self._relax:
+            b = self.bounds[self.graph.nodes[i].inputs[0]]
+            self._relax[i] = relax(self.graph.nodes[i].op, b.lower[:, None], b.upper[:, None])
+        return self._relax[i]
+
+    def c(self, j: int) -> Tensor:
+        """The reference point of node j (float64, one per example)."""
+        if j not in self._c:
+            node = self.graph.nodes[j]
+            if j == 0:
+                b = self.bounds[0]
+                ref = (b.lower.double() + b.upper.double()) / 2
+            elif isinstance(node.op, LinearOp):
+                ref = node.op.forward(*[self.c(k) for k in node.inputs])
+            elif hasattr(node.op, "relax"):  # activation: its lower line at the input's reference
+                la, lb, _, _ = self.relaxation(j)
+                ref = la[:, 0].double() * self.c(node.inputs[0]) + lb[:, 0].double()
+            else:  # max pooling: the input its relaxation picks
+                k = node.inputs[0]
+                idx, _, _ = node.op.relax_indices(self.bounds[k].lower, self.bounds[k].upper)
+                ck = self.c(k)
+                ref = ck.reshape(*ck.shape[:2], -1).gather(2, idx).reshape(-1, *node.shape)
+            self._c[j] = ref
+        return self._c[j]
+
+    def w(self, j: int) -> Tensor:
+        """``max |x - c_j|`` over node j's interval bounds (float64)."""
+        if j not in self._w:
+            b, c = self.bounds[j], self.c(j)
+            self._w[j] = torch.maximum((b.upper.double() - c).abs(), (c - b.lower.double()).abs())
+        return self._w[j]
 
     def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape) -> None:
-        """An affine step ``y = L x + b``: ``ins`` are the computed coefficients on ``inputs``.
-        Its bias ``a . b`` and ``-E . c`` together are ``a . (L c + b) - ins . c``."""
-        if isinstance(op, (Reshape, Add)):  # exact, unless Add broadcast an input (summed)
-            for j in inputs if isinstance(op, Add) else ():
-                m = magnitude(self.bounds[j])
-                if tuple(m.shape[1:]) != tuple(shape):
-                    self.err = self.err + gamma(math.prod(shape)) * absdot(a, _bcast(m, shape))
+        """An affine step: its bias is in the references; only its rounding costs."""
+        if isinstance(op, Reshape):
             return
-        j = inputs[0]
-        c, w = self.ref(j)
-        self.bias = self.bias + dot64(a, op.forward(c)) - dot64(ins[0], c)
+        if isinstance(op, Add):  # exact unless an input was broadcast (its coefficients summed)
+            for j in inputs:
+                w = self.w(j)
+                if tuple(w.shape[1:]) != tuple(shape):
+                    self.value = self.value - gamma(math.prod(shape)) * absdot(a, _bcast(w, shape))
+            return
         n = _terms(op, shape)
         if n:
-            self.err = self.err + gamma(n) * absdot(a, op.forward_abs(w))
+            self.value = self.value - gamma(n) * absdot(a, op.forward_abs(self.w(inputs[0])))
 
-    def activation(self, a, la, lb, ua, ub, zero_lower_intercept: bool, a_in, j: int) -> None:
-        """The relaxation step ``a_in = a+ la + a- ua`` (a few roundings per entry). Its
-        intercepts ``a+ lb + a- ub`` and ``-E . c`` together are
-        ``a . (lb + la c) + a- . (ub - lb + (ua - la) c) - a_in . c``."""
-        c, w = self.ref(j)
-        la_, ua_, lb_, ub_ = la.double(), ua.double(), lb.double(), ub.double()
-        c_ = c[:, None]
-        v1 = lb_ + la_ * c_
-        v2 = ub_ - lb_ + (ua_ - la_) * c_
-        steps = 4 * U * (2 * la.abs() + ua.abs()) * w[:, None].to(la.dtype)
+    def activation(self, i: int, a, la, lb, ua, ub, j: int) -> None:
+        """The relaxation step ``a+ la + a- ua`` at node i (input j): ``<a-, gap>`` at the
+        reference, a term for slopes that differ from the reference lines (alpha-CROWN), and
+        the step's few roundings per entry."""
+        la0, lb0, _, _ = self.relaxation(i)
+        c, w = self.c(j)[:, None], self.w(j)[:, None]
+        gap = (ua.double() - la.double()) * c + ub.double() - lb.double()
+        shift = None
+        if la.shape[1] > 1 or not (torch.equal(la, la0) and torch.equal(lb, lb0)):
+            shift = (la.double() - la0.double()) * c + lb.double() - lb0.double()
+        steps = 4 * U * (2 * la.abs() + ua.abs()) * w.to(la.dtype)
         if isinstance(a, Window):
-            neg = Window(a.data.clamp(max=0), a.oy, a.ox, a.frame)
-            self.bias = self.bias + dot64(a, v1[:, 0]) + dot64(neg, v2[:, 0])
-        elif v1.shape[1] == 1:
-            self.bias = self.bias + dot64(a, v1[:, 0]) + dot64(a.clamp(max=0), v2[:, 0])
-        else:  # per-row slopes (alpha-CROWN), dense rows
-            a64 = a.double()
-            n64 = a64.clamp(max=0)
-            self.bias = self.bias + (a64 * v1 + n64 * v2).flatten(2).sum(-1)
-        self.bias = self.bias - dot64(a_in, c)
-        self.err = self.err + _absdot_rows(a, steps) * SLACK
+            data = a.data.double()
+            neg = data.clamp(max=0)
+            val = (neg * a.gather(gap)).flatten(2).sum(-1)
+            if shift is not None:
+                val = val + (data * a.gather(shift)).flatten(2).sum(-1)
+            self.value = (
+                self.value
+                + val
+                - (data.abs() * a.gather(steps.double())).flatten(2).sum(-1) * SLACK
+            )
+            return
+        neg = a.clamp(max=0)
+        n = math.prod(a.shape[2:])
+        self.value = self.value + _signed_dot(neg, gap, n)
+        if shift is not None:
+            self.value = self.value + _signed_dot(a, shift, n)
+        self.value = self.value - _absdot_rows(a, steps) * SLACK
 
-    def pool(self, op, a: Tensor, j: int) -> None:
-        """Max pooling: its bias in float64; its transpose sums overlapping windows."""
+    def pool(self, op, a: Tensor, j: int, i: int) -> None:
+        """Max pooling: ``<a-, gap>`` at the reference (where the max is not exact, the gap to
+        the window's largest upper bound); its transpose sums overlapping windows."""
         l, u = self.bounds[j].lower, self.bounds[j].upper
         _, exact, u_max = op.relax_indices(l, u)
-        a64 = a.double().reshape(*a.shape[:3], -1)
-        gap = (1 - exact[:, None].double()) * u_max[:, None].double()
-        self.bias = self.bias + (a64.clamp(max=0) * gap).flatten(2).sum(-1)
+        ci = self.c(i).reshape(*exact.shape)
+        gap = ((1 - exact.double()) * (u_max.double() - ci)).reshape(
+            -1, 1, *self.graph.nodes[i].shape
+        )
+        self.value = self.value + _signed_dot(a.clamp(max=0), gap, math.prod(a.shape[2:]))
         if any(k > s for k, s in zip(op.kernel, op.stride, strict=True)):
-            m = op.forward(magnitude(self.bounds[j]))
-            self.err = self.err + gamma(math.prod(op.kernel)) * absdot(a, m)
+            self.value = self.value - gamma(math.prod(op.kernel)) * absdot(a, op.forward(self.w(j)))
 
-    def added(self, parts: list, total, j: int) -> None:
-        """``total`` was computed as the sum of ``parts`` (one rounding per entry)."""
-        c, w = self.ref(j)
-        self.bias = self.bias - (dot64(total, c) - sum(dot64(p, c) for p in parts))
-        self.err = self.err + gamma(1) * absdot(total, w)
+    def added(self, total, j: int) -> None:
+        """``total`` was computed as a sum of two coefficient sets on node j."""
+        self.value = self.value - gamma(1) * absdot(total, self.w(j))
+
+    def start(self, term, i: int) -> None:
+        """A coefficient set entering at node i (beta-CROWN's split terms): its reference."""
+        self.value = self.value + _signed_dot(term, self.c(i)[:, None], math.prod(term.shape[2:]))
 
     def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
-        """The lower bound: concretisation over the input region in float64, rounded down."""
-        bias = self.bias - self.err
+        """The lower bound, rounded down."""
+        region = self.bounds[0]
+        value = self.value + _signed_dot(self.C, self.c(self.target)[:, None], None)
+        r = (region.upper.double() - region.lower.double()) / 2
+        box = value - absdot(A0, r)
+        if isinstance(region, InputRegion) and region.l2_eps is not None:
+            data = A0.data if isinstance(A0, Window) else A0
+            d = region.center.double() - self.c(0)
+            norm = data.flatten(2).norm(dim=2).double() * (1 + gamma(data[0, 0].numel() + 2))
+            ball = value + _signed_dot(A0, d[:, None], None) - region.l2_eps * norm
+            box = torch.maximum(box, ball)
         if linear is not None:
-            linear["A"], linear["bias"] = (A0.dense() if isinstance(A0, Window) else A0), bias
-        region = upcast(self.bounds[0])
-        if isinstance(A0, Window):
-            from robustlab.bounds import window
+            dense = A0.dense() if isinstance(A0, Window) else A0
+            linear["A"] = dense
+            linear["bias"] = box + absdot(dense, r) - dot64(dense, self.c(0))
+        return round_down(box, dtype)
 
-            a64 = Window(A0.data.double(), A0.oy, A0.ox, A0.frame)
-            value = window.concretize(a64, region)
-        else:
-            from robustlab.bounds.crown import concretize
 
-            value = concretize(A0.double(), region)
-        return round_down(value + bias, dtype)
+def _signed_dot(a, v: Tensor, n: int | None) -> Tensor:
+    """A lower bound on ``<a, v>`` per row computed in a's precision (float64 result): the
+    float32 sum minus its rounding bound ``gamma <|a|, |v|>``. ``v`` is (batch, 1 or rows, *s)."""
+    if isinstance(a, Window):
+        g = a.gather(v)
+        data = a.data.double()
+        return (data * g).flatten(2).sum(-1)  # small windows: in float64
+    n = math.prod(a.shape[2:]) if n is None else n
+    if v.shape[1] > 1:  # per-row values
+        v32 = v.to(a.dtype)
+        exact = (a * v32).flatten(2).sum(-1).double()
+        err = (a.abs() * v32.abs()).flatten(2).sum(-1).double() * (1 + gamma(n + 2))
+    else:
+        v0 = v[:, 0]
+        exact = (
+            _dense_dot(a, v0.to(a.dtype), absolute=False)
+            if a.dtype == torch.float64
+            else _f32dot(a, v0)
+        )
+        err = absdot(a, v0.abs())
+    return exact - gamma(n + 2) * err
+
+
+def _f32dot(a: Tensor, v: Tensor) -> Tensor:
+    """``<a, v>`` per row in a's precision (no float64 copy of a), as float64."""
+    b, m = a.shape[:2]
+    n = math.prod(a.shape[2:])
+    v3 = v.reshape(-1, n, 1).to(a.dtype).expand(b, -1, -1)
+    a3 = a.reshape(b, m, n)
+    if b > 1 and a3.stride(0) == 0:
+        return (a3[0] @ v3[..., 0].T).T.double()
+    return torch.bmm(a3, v3)[..., 0].double()
 
 
 def _bcast(m: Tensor, shape) -> Tensor:
