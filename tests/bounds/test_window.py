@@ -1,5 +1,7 @@
 """Rows kept on their receptive field give exactly the dense computation's bounds."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,21 @@ def test_windowed_alpha_crown_equals_dense(monkeypatch, case):
         )
     assert torch.allclose(res[True].lower, res[False].lower, rtol=1e-7, atol=1e-8)
     assert torch.allclose(res[True].upper, res[False].upper, rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_float32_windowed_bounds_contain_exact_outputs(norm):
+    """The rigorous float32 path on windows (rounding.py), checked with exact evaluation."""
+    net, shape = list(_nets())[0]
+    exact = copy.deepcopy(net).double()
+    g = torch.Generator().manual_seed(9)
+    x0 = torch.rand(2, *shape, generator=g)
+    threat = LpBall(norm, 0.05 if norm == "inf" else 0.3)
+    pts = threat.sample(x0, 1500, g).double()
+    with torch.no_grad():
+        out = exact(pts.reshape(-1, *shape)).reshape(pts.shape[0], 2, -1)
+    for method in ("crown", "alpha-crown"):
+        b = compute_bounds(net, (threat, x0), method, dtype=torch.float32)
+        assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all(), method
+        b64 = compute_bounds(net, (threat, x0), method)
+        assert ((b.upper - b.lower) <= (b64.upper - b64.lower) * 1.01 + 1e-6).all()
