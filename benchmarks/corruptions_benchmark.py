@@ -232,6 +232,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512, help="digits images")
     ap.add_argument("--large", action="store_true", help="also 16 CIFAR images at 224 x 224")
     ap.add_argument("--out", type=Path, default=Path("corruptions-benchmark"))
+    ap.add_argument("--sets", default="", help="only these image sets (comma-separated names)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -254,6 +255,8 @@ def main() -> None:
         f"# robustlab corruptions vs imagecorruptions ({args.threads} torch threads, "
         f"{args.repeats} interleaved repeats, medians; a shared 2-core machine)"
     ]
+    if args.sets:
+        sets = [t for t in sets if t[0] in args.sets.split(",")]
     for set_name, imgs, sevs in sets:
         log(f"{set_name}: {len(imgs)} images {imgs.shape[1:]}")
         x = measure(set_name, imgs, sevs, args.repeats, rows, log)
