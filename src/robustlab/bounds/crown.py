@@ -116,6 +116,7 @@ def backward(
                 la, lb, ua, ub = hit[1]
             else:
                 la, lb, ua, ub = rounding.relax(op, l[:, None], u[:, None], alpha)
+            neg = None
             if isinstance(a, Window):
                 a_in, b = window.activation_backward(a, la, lb, ua, ub, op.zero_lower_intercept)
             else:  # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
@@ -125,7 +126,7 @@ def backward(
                 if not (track or op.zero_lower_intercept):
                     b = b + _rowdot(a - neg, lb)
             if track:
-                track.activation(i, a, la, lb, ua, ub, j)
+                track.activation(i, a, la, lb, ua, ub, j, neg)
             else:
                 bias = bias + b
         elif isinstance(op, MaxPool):

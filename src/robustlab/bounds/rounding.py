@@ -207,7 +207,7 @@ class Tracker:
         if n:
             self.value = self.value - gamma(n) * absdot(a, op.forward_abs(self.w(inputs[0])))
 
-    def activation(self, i: int, a, la, lb, ua, ub, j: int) -> None:
+    def activation(self, i: int, a, la, lb, ua, ub, j: int, neg: Tensor | None = None) -> None:
         """The relaxation step ``a+ la + a- ua`` at node i (input j): ``<a-, gap>`` at the
         reference, a term for slopes that differ from the reference lines (alpha-CROWN), and
         the step's few roundings per entry."""
@@ -230,8 +230,19 @@ class Tracker:
                 - (data.abs() * a.gather(steps.double())).flatten(2).sum(-1) * SLACK
             )
             return
-        neg = a.clamp(max=0)
+        neg = a.clamp(max=0) if neg is None else neg
         n = math.prod(a.shape[2:])
+        if shift is None and gap.shape[1] == 1 and steps.shape[1] == 1:
+            # one pass over each of a- and a: <a-, gap>, <|a-|, |gap|> = -<a-, |gap|>, and
+            # <|a|, steps> = <a, steps> - 2 <a-, steps>
+            g, st = gap[:, 0].to(a.dtype), steps[:, 0]
+            dn = _dots(neg, [g, g.abs(), st])
+            (da,) = _dots(a, [st]).unbind(-1)
+            gn, gabs, sn = dn.unbind(-1)
+            k = gamma(n + 2)
+            self.value = self.value + gn - k * (-gabs) * (1 + k)
+            self.value = self.value - (da - 2 * sn) / (1 - 3 * k) * SLACK
+            return
         self.value = self.value + _signed_dot(neg, gap, n)
         if shift is not None:
             self.value = self.value + _signed_dot(a, shift, n)
@@ -298,6 +309,20 @@ def _signed_dot(a, v: Tensor, n: int | None) -> Tensor:
         )
         err = absdot(a, v0.abs())
     return exact - gamma(n + 2) * err
+
+
+def _dots(a: Tensor, vs: list[Tensor]) -> Tensor:
+    """``<a, v>`` per row for several vectors v (batch or 1, *s) in one pass over ``a``, in a's
+    precision: (batch, rows, len(vs)) as float64."""
+    b, m = a.shape[:2]
+    n = math.prod(a.shape[2:])
+    V = torch.stack([v.reshape(-1, n).to(a.dtype) for v in vs], -1)  # (batch or 1, n, k)
+    a3 = a.reshape(b, m, n)
+    if b > 1 and a3.stride(0) == 0:  # the same rows for every example
+        out = torch.einsum("mn,bnk->bmk", a3[0], V.expand(b, -1, -1))
+    else:
+        out = torch.bmm(a3, V.expand(b, -1, -1))
+    return out.double()
 
 
 def _f32dot(a: Tensor, v: Tensor) -> Tensor:
