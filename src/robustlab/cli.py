@@ -248,6 +248,9 @@ def certify(
     ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
+    precision: str = typer.Option(
+        "float64", "--precision", help="float64, or float32 (rigorous, faster on CNNs)."
+    ),
     out_file: Path = typer.Option(Path("certify.json"), "--out", help="Result JSON."),
     db: Path | None = DB,
 ) -> None:
@@ -261,6 +264,7 @@ def certify(
             method=method,
             n=n,
             batch_size=batch_size,
+            precision=precision,
             progress=say,
         )
     run_id = _save(report, out_file, db)

@@ -165,15 +165,19 @@ def certify_job(
     method: str | Sequence[str] = "ibp",
     n: int | None = None,
     batch_size: int = 256,
+    precision: str = "float64",
     progress: Progress | None = None,
 ) -> dict:
     """Certified accuracy at each eps for one or more bound methods; keys ``clean_accuracy``,
     ``certified_accuracy`` (first eps; a point certified by any of the methods), ``curve``,
     ``per_method``, ``tightness``."""
+    from robustlab.bounds.certify import PRECISIONS
     from robustlab.bounds.tightness import tightness
 
     eps, norm = check_eps(eps), parse_norm(norm)
     methods = parse_methods(method)
+    if precision not in PRECISIONS:
+        raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
     model, data = prepare(model_src, data_src, n)
     curve, per_method = [], []
     for e in eps:
@@ -182,7 +186,9 @@ def certify_job(
         for m in methods:
             if progress:
                 progress(f"{m} bounds on {len(data)} examples at eps {e:g}")
-            r = certify(model.module, data, threat, m, batch_size=batch_size)
+            r = certify(
+                model.module, data, threat, m, batch_size=batch_size, precision=precision
+            )
             cert = torch.tensor(r.certified)
             union = cert if union is None else union | cert
             per_method.append({k: v for k, v in r.to_dict().items() if k != "certified"})
@@ -194,7 +200,8 @@ def certify_job(
         # the linearised network's ratio does not depend on eps; computed at the first eps > 0
         e0 = next((e for e in eps if e > 0), None)
         tight = None if e0 is None else float(tightness(model.module, sample, e0).mean())
-    report = _base("certify", model, data, {"methods": methods, "norm": norm, "eps": eps})
+    settings = {"methods": methods, "norm": norm, "eps": eps, "precision": precision}
+    report = _base("certify", model, data, settings)
     report.update(
         norm=norm,
         method=methods[0] if len(methods) == 1 else methods,
