@@ -1,16 +1,16 @@
 """Rigorous float32 rounding for the bound engines.
 
 Backward passes in float32 (the expensive part: products of coefficient rows with weights) carry
-a bound on their own rounding error. By the standard bounds on floating-point error (Higham 2002,
-"Accuracy and Stability of Numerical Algorithms", ch. 3), a dot product of n terms, in any
-summation order and with or without fused multiply-add, is off by at most ``gamma_n |a|.|b|``
-with ``gamma_n = n u / (1 - n u)``, ``u = 2^-24``. A pass whose coefficients are then not exactly
-the transpose of a layer stays sound when the bound is lowered by ``sum |error| * max|x|`` over
-that layer's input x: ``gamma_n <|a|, |W| m>`` with ``m`` the magnitude of x's interval bounds,
-one product with a vector per layer. Those error terms, the bias, the concretisation over the
-input region, the relaxations' intercepts and all interval bounds are computed in float64 and
-rounded outward to float32. Direct and GEMM convolutions are covered; Winograd or FFT algorithms
-are not (CPU PyTorch uses neither for float32 transposed convolutions).
+a bound on their own rounding error, so float32 bounds are as sound as float64 ones. By the
+standard bounds on floating-point error (Higham 2002, "Accuracy and Stability of Numerical
+Algorithms", ch. 3), a dot product of n terms, in any summation order and with or without fused
+multiply-add, is off by at most ``gamma_n |a|.|b|`` with ``gamma_n = n u / (1 - n u)``,
+``u = 2^-24``. ``Tracker`` turns that into a bound on the whole pass through a reference
+trajectory (see its docstring), so the cost is a few products of the float32 coefficients with
+vectors per layer and the bounds lose only ~gamma_n times the intervals' widths, not their
+magnitudes. Relaxations, interval bounds and every reference value are computed in float64 and
+rounded outward. Direct and GEMM convolutions are covered; Winograd or FFT algorithms are not
+(CPU PyTorch uses neither for float32 transposed convolutions).
 
 float64 passes skip this accounting: their rounding, ~1e-16 relative per operation, is documented
 in the README as far below any margin a verdict depends on.
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Bounds, InputRegion, LinearOp
-from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, Linear, Reshape, _cast
+from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, Linear, Reshape
 from robustlab.bounds.window import Window
 
 U = 2.0**-24  # unit roundoff of float32
@@ -60,11 +60,6 @@ def gamma(n: int) -> float:
     if n * U >= 0.25:
         raise ValueError(f"float32 sums of {n} terms are too long for a rounding bound")
     return SLACK * n * U / (1.0 - n * U)
-
-
-def magnitude(b: Bounds) -> Tensor:
-    """``max |x|`` over the interval, elementwise."""
-    return torch.maximum(b.lower.abs(), b.upper.abs())
 
 
 def absdot(a: Tensor | Window, v: Tensor) -> Tensor:
@@ -116,10 +111,11 @@ def _dense_dot(a: Tensor, v: Tensor, absolute: bool = False) -> Tensor:
 
 def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
     """Most products summed per coefficient by ``op.backward`` (0: exact)."""
+    # + 1: weights that are not float32 already are rounded to it
     if isinstance(op, Linear):
-        return op.weight.shape[0]  # rows @ W sums over the layer's outputs
+        return op.weight.shape[0] + 1  # rows @ W sums over the layer's outputs
     if isinstance(op, Conv):
-        return op.weight.shape[0] // op.groups * math.prod(op.weight.shape[2:])
+        return op.weight.shape[0] // op.groups * math.prod(op.weight.shape[2:]) + 1
     if isinstance(op, Affine):
         return 2  # the product, and the scale's own rounding to float32
     if isinstance(op, Generic) and op.nonneg:  # pooling by average, padding, slicing
@@ -340,35 +336,11 @@ def _bcast(m: Tensor, shape) -> Tensor:
     return m.expand(m.shape[0], *shape)
 
 
-def linear_bias(op: LinearOp, a) -> Tensor:
-    """``a . b`` for the constant term b of an affine operation, in float64."""
-    win = isinstance(a, Window)
-    data = (a.data if win else a).double()
-    if isinstance(op, (Linear, Conv)) and op.bias is not None:
-        bias = _cast(op.bias, data)
-        if isinstance(op, Linear):
-            return (data @ bias).flatten(2).sum(-1) if data.dim() > 3 else data @ bias
-        return data.flatten(3).sum(-1) @ bias
-    if isinstance(op, Affine):
-        t = op._t(data)
-        if not bool(t.abs().max() > 0):
-            return _zero(a)
-        if win and t.dim() >= 2 and t.shape[-2:] != (1, 1):
-            t = a.gather(t.expand(1, *t.shape[-3:])).double()
-        return (data * t).flatten(2).sum(-1)
-    return _zero(a)
-
-
 def _absdot_rows(a, v: Tensor) -> Tensor:
     if v.shape[1] == 1 or isinstance(a, Window):
         return absdot(a, v)
     n = math.prod(v.shape[2:])
     return (a.abs() * v).flatten(2).sum(-1).double() * (1 + gamma(n + 2))
-
-
-def _zero(a) -> Tensor:
-    data = a.data if isinstance(a, Window) else a
-    return torch.zeros(data.shape[:2], dtype=torch.float64, device=data.device)
 
 
 def round_down(x: Tensor, dtype: torch.dtype) -> Tensor:
