@@ -19,6 +19,11 @@ side by side, is written for a visual check. imagecorruptions 1.1.2 crashes on g
 gaussian_blur (skimage's ``multichannel``) and fog (``np.float_``) with current libraries: those
 three are timed on our side only. Rows are written as they are measured (``rows.jsonl``).
 
+On a machine where other processes keep a core busy, torch's OpenMP threads spin waiting for each
+other and several threads run slower than one (CIFAR-32 at 2 threads: 1.0x the reference with the
+default policy, 8.6x with ``OMP_WAIT_POLICY=PASSIVE``, 16x on a quiet machine for the digits);
+the header of the table records the policy.
+
 Run in a separate environment holding the peer (it is not a robustlab dependency):
 
     python -m venv /work/peers/corrupt-venv
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -253,6 +259,7 @@ def main() -> None:
         sets.append(("cifar10-224", cifar(args.shared, 224, 16), (1, 3, 5)))
     report = [
         f"# robustlab corruptions vs imagecorruptions ({args.threads} torch threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
         f"{args.repeats} interleaved repeats, medians; a shared 2-core machine)"
     ]
     if args.sets:
