@@ -4,6 +4,7 @@ every intermediate layer whose bounds a relaxation uses."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -100,38 +101,26 @@ def alpha_crown(
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, DECAY)
     lo_best, hi_best = best_final.lower.detach(), best_final.upper.detach()
-    with torch.enable_grad():
+    # float32: the iterations skip the rounding bookkeeping (their bounds only steer the
+    # optimisation); one bookkept pass with the final slopes gives the sound bounds
+    tracked = rounding.tracked(lower)
+    steer = {i: b for i, b in best.items()}
+    with torch.enable_grad(), rounding.ignored() if tracked else contextlib.nullcontext():
         for _ in range(iterations):
             if deadline is not None and time.monotonic() > deadline:
                 break
-            cur: dict[int, Bounds] = {0: best[0]}
-            for i, node in enumerate(graph.nodes[1:], 1):
-                b = rounding.safe_ibp(node.op, *[cur[j] for j in node.inputs]).intersect(best[i])
-                if i in starts:
-                    idx, _ = starts[i]
-                    rows = (
-                        identity_windows(node.shape, idx, batch, lower)
-                        if crown_module.WINDOWS and window.usable(node.shape)
-                        else identity_rows(node.shape, idx, batch, lower)
-                    )
-                    nb = two_sided(graph, cur, i, rows, alphas[i])
-                    lo = b.lower.reshape(batch, -1).clone()
-                    hi = b.upper.reshape(batch, -1).clone()
-                    # the optimised bounds themselves, not intersected with earlier ones: an
-                    # intersection would cut the gradient wherever interval bounds are tighter
-                    # (the best bounds of every iteration are kept separately, below)
-                    lo[:, idx] = nb.lower
-                    hi[:, idx] = nb.upper
-
-                    b = Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
-                cur[i] = b
-            if bound_upper:
-                fin = two_sided(graph, cur, out, C, alphas[out])
-                loss = fin.upper.sum() - fin.lower.sum()
-            else:
-                lb = backward(graph, cur, out, C, alphas[out])
-                fin = Bounds(lb, torch.full_like(lb, torch.inf))
-                loss = -lb.sum()
+            cur, fin = _evaluate(graph, steer, starts, alphas, C, bound_upper)
+            with torch.no_grad():
+                if not tracked:
+                    lo_best = torch.maximum(lo_best, fin.lower.detach())
+                    hi_best = torch.minimum(hi_best, fin.upper.detach())
+                steer = {0: steer[0]} | {
+                    i: steer[i].intersect(Bounds(c.lower.detach(), c.upper.detach()))
+                    for i, c in list(cur.items())[1:]
+                }
+            if stop_when_positive and bool((fin.lower > 0).all()):
+                break  # verified with these slopes (re-evaluated below, in float32 soundly)
+            loss = fin.upper.sum() - fin.lower.sum() if bound_upper else -fin.lower.sum()
             grads = torch.autograd.grad(loss, params)  # never touches the model's own gradients
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
@@ -141,11 +130,45 @@ def alpha_crown(
                 for s in alphas:
                     for r, a in alphas[s].items():
                         a.clamp_(graph.nodes[r].op.slope, 1.0)
-                lo_best = torch.maximum(lo_best, fin.lower.detach())
-                hi_best = torch.minimum(hi_best, fin.upper.detach())
-                for i in list(cur)[1:]:
-                    best[i] = best[i].intersect(
-                        Bounds(cur[i].lower.detach(), cur[i].upper.detach())
-                    )
+    # the slopes after the last step, evaluated (in float32 with the bookkeeping, against the
+    # sound bounds only)
+    base = best if tracked else steer
+    with torch.no_grad():
+        cur, fin = _evaluate(graph, base, starts, alphas, C, bound_upper)
+    lo_best = torch.maximum(lo_best, fin.lower)
+    hi_best = torch.minimum(hi_best, fin.upper)
+    best = {0: base[0]} | {i: base[i].intersect(c) for i, c in list(cur.items())[1:]}
     final = Bounds(lo_best, hi_best).intersect(spec_bounds(graph, best, C))
     return final, best
+
+
+def _evaluate(graph, best, starts, alphas, C, bound_upper: bool) -> tuple[dict, Bounds]:
+    """One pass with the current slopes: every node's bounds (intersected with ``best``, the
+    refined ones replaced by the optimised bounds so gradients reach them) and the final ones."""
+    batch = C.shape[0]
+    lower = best[0].lower
+    cur: dict[int, Bounds] = {0: best[0]}
+    for i, node in enumerate(graph.nodes[1:], 1):
+        b = rounding.safe_ibp(node.op, *[cur[j] for j in node.inputs]).intersect(best[i])
+        if i in starts:
+            idx, _ = starts[i]
+            rows = (
+                identity_windows(node.shape, idx, batch, lower)
+                if crown_module.WINDOWS and window.usable(node.shape)
+                else identity_rows(node.shape, idx, batch, lower)
+            )
+            nb = two_sided(graph, cur, i, rows, alphas[i])
+            lo = b.lower.reshape(batch, -1).clone()
+            hi = b.upper.reshape(batch, -1).clone()
+            # the optimised bounds themselves, not intersected with earlier ones: an
+            # intersection would cut the gradient wherever interval bounds are tighter
+            # (the best bounds of every iteration are kept separately)
+            lo[:, idx] = nb.lower
+            hi[:, idx] = nb.upper
+            b = Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
+        cur[i] = b
+    out = graph.output
+    if bound_upper:
+        return cur, two_sided(graph, cur, out, C, alphas[out])
+    lb = backward(graph, cur, out, C, alphas[out])
+    return cur, Bounds(lb, torch.full_like(lb, torch.inf))
