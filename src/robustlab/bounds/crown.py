@@ -298,7 +298,7 @@ def intermediate_bounds(
             b = b.intersect(prior[i])
         bounds[i] = b
         if i in need and nonlinear_before[i] and i != graph.output:
-            unstable_only = need[i] and intersect
+            unstable_only = need[i]
             bounds[i] = refine(graph, bounds, i, unstable_only, cache=cache, intersect=intersect)
     return bounds
 
