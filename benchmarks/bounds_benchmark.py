@@ -167,7 +167,7 @@ def main() -> None:
         f"torch {torch.__version__}, threads {args.threads}, auto_LiRPA "
         f"{'available' if BoundedModule else 'not importable: robustlab only'}"
     )
-    header = f"{'case':40s} {'method':14s} {'robustlab ms':>13s} {'width':>10s}"
+    header = f"{'case':40s} {'method':20s} {'robustlab ms':>13s} {'width':>10s}"
     if BoundedModule:
         header += f" {'auto_LiRPA ms':>14s} {'width':>10s} {'speed-up':>9s} {'max rel diff':>12s}"
     print(header)
@@ -180,7 +180,7 @@ def main() -> None:
 
             reps = args.repeats if not method.startswith("alpha") else max(1, args.repeats // 2)
             t_ours, (l1, u1) = timed(lambda m=model, a=lo, b=hi, k=method: ours(m, a, b, k), reps)
-            line = f"{name:40s} {method:14s} {1000 * t_ours:13.2f} {(u1 - l1).mean().item():10.4g}"
+            line = f"{name:40s} {method:20s} {1000 * t_ours:13.2f} {(u1 - l1).mean().item():10.4g}"
             if BoundedModule:
                 try:
                     t_peer, (l2, u2) = timed(peer(model, lo, hi, method), reps)
