@@ -240,49 +240,21 @@ def test_certify_methods_are_ordered_on_the_demo_model(monkeypatch, capsys, tmp_
 def test_certify_in_float32_on_a_cnn(monkeypatch, capsys, tmp_path):
     """Rigorous float32 bounds certify (almost) as many points as float64 ones; a bad precision
     is a one-line error."""
+
+    def certify(precision: str):
+        common = ["--model", "zoo:cnn", "--data", "digits", "--eps", "0.02", "--n", "60"]
+        out = ["--out", tmp_path / f"{precision}.json", "--db", tmp_path / "db.sqlite"]
+        return run(monkeypatch, capsys, "certify", *common, "--precision", precision, *out)
+
     acc = {}
     for precision in ("float64", "float32"):
-        code, _, err = run(
-            monkeypatch,
-            capsys,
-            "certify",
-            "--model",
-            "zoo:cnn",
-            "--data",
-            "digits",
-            "--eps",
-            "0.02",
-            "--n",
-            "60",
-            "--precision",
-            precision,
-            "--out",
-            tmp_path / f"{precision}.json",
-            "--db",
-            tmp_path / "db.sqlite",
-        )
+        code, _, err = certify(precision)
         assert code == 0, err
         r = json.loads((tmp_path / f"{precision}.json").read_text())
         assert r["settings"]["precision"] == precision
         acc[precision] = r["certified_accuracy"]
     assert acc["float64"] - 0.05 <= acc["float32"] <= acc["float64"]
-    code, _, err = run(
-        monkeypatch,
-        capsys,
-        "certify",
-        "--model",
-        "zoo:cnn",
-        "--data",
-        "digits",
-        "--eps",
-        "0.02",
-        "--precision",
-        "half",
-        "--out",
-        tmp_path / "x.json",
-        "--db",
-        tmp_path / "db.sqlite",
-    )
+    code, _, err = certify("half")
     assert code == 2 and err.strip() == "error: precision must be float64 or float32; found 'half'"
 
 
