@@ -19,6 +19,7 @@ from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion, LinearOp
 from robustlab.bounds.ops.pool import MaxPool
+from robustlab.bounds.tracker import Tracker
 from robustlab.bounds.window import Window
 
 WINDOWS = True  # rows on a feature map's neurons are kept on their receptive field (window.py)
@@ -70,7 +71,7 @@ def backward(
     data = C.data if isinstance(C, Window) else C
     bias = data.new_zeros(C.shape[:2])
     # float32: biases in float64 and a bound on the pass's own rounding (rounding.py)
-    track = rounding.Tracker(graph, bounds, C, target) if rounding.tracked(C) else None
+    track = Tracker(graph, bounds, C, target, cache) if rounding.tracked(C) else None
     for i in range(target, 0, -1):
         a = A.pop(i, None)
         if betas is not None and i in betas:

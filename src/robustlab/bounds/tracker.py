@@ -1,0 +1,274 @@
+"""Rigorous float32 backward passes (CROWN) by a reference trajectory: see ``Tracker``. The float32
+error bounds themselves are in ``rounding.py``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from robustlab.bounds.ops.base import InputRegion, LinearOp
+from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, Linear, Reshape
+from robustlab.bounds.rounding import (
+    SLACK,
+    U,
+    absdot,
+    dense_dot,
+    gamma,
+    relax,
+    round_down,
+)
+from robustlab.bounds.window import Window
+
+
+def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
+    """Most products summed per coefficient by ``op.backward`` (0: exact)."""
+    # + 1: weights that are not float32 already are rounded to it
+    if isinstance(op, Linear):
+        return op.weight.shape[0] + 1  # rows @ W sums over the layer's outputs
+    if isinstance(op, Conv):
+        return op.weight.shape[0] // op.groups * math.prod(op.weight.shape[2:]) + 1
+    if isinstance(op, Affine):
+        return 2  # the product, and the scale's own rounding to float32
+    if isinstance(op, Generic) and op.nonneg:  # pooling by average, padding, slicing
+        return math.prod(out_shape) if op.terms is None else op.terms
+    raise TypeError(f"no float32 rounding bound for {type(op).__name__}")
+
+
+def dot64(a, v: Tensor) -> Tensor:
+    """``<a, v>`` per row in float64: ``a`` (batch, rows, *s) or a Window, ``v`` (batch or 1, *s)."""
+    if isinstance(a, Window):
+        if v.dim() == a.data.dim() - 2:
+            v = v[None]
+        return (a.data.double() * a.gather(v.double())).flatten(2).sum(-1)
+    return dense_dot(a, v)
+
+
+class Tracker:
+    """The float64 side of a float32 backward pass (CROWN), by a reference trajectory.
+
+    A reference point c_j for every node (the input box's centre, pushed forward through the
+    affine operations and the relaxations' lower lines, in float64) makes the pass's own
+    arithmetic drop out: evaluated at the references, the chain of exact identities the pass
+    stands for telescopes to ``C . c_out`` plus, per relaxation, ``<a-, gap>`` (the gap between
+    its upper and lower lines at the reference). A step that should give coefficients T on a node
+    x and gives T + E then costs only ``|E| . w`` with ``w = max |x - c|`` over x's interval
+    bounds, and ``|E|`` is bounded by the standard float32 error bounds. All of it is products
+    of float32 coefficients with vectors (no float64 copies of the coefficients), with their own
+    rounding bounded the same way. The bound is ``C . c_out + sum <a-, gap> - <|A_0|, r> - sum
+    |E| . w`` (r: the input box's radius).
+    """
+
+    def __init__(self, graph, bounds, C, target: int, cache: dict | None = None) -> None:
+        self.graph, self.bounds, self.C, self.target = graph, bounds, C, target
+        data = C.data if isinstance(C, Window) else C
+        self.value = torch.zeros(C.shape[:2], dtype=torch.float64, device=data.device)
+        # references and relaxations, kept between the passes of one bound computation (crown's
+        # cache); every entry records what it was computed from and is used only while that holds
+        self.cache = {} if cache is None else cache
+
+    def relaxation(self, i: int) -> tuple:
+        """The relaxation of activation node i without per-row slopes (the reference lines);
+        the same entry as ``crown.backward``'s cache."""
+        b = self.bounds[self.graph.nodes[i].inputs[0]]
+        hit = self.cache.get(i)
+        if hit is None or hit[0] is not b:
+            hit = (b, relax(self.graph.nodes[i].op, b.lower[:, None], b.upper[:, None]))
+            self.cache[i] = hit
+        return hit[1]
+
+    def c(self, j: int) -> Tensor:
+        """The reference point of node j (float64, one per example)."""
+        node = self.graph.nodes[j]
+        if j == 0:
+            deps: tuple = (self.bounds[0],)
+        elif isinstance(node.op, LinearOp):
+            deps = tuple(self.c(k) for k in node.inputs)
+        else:
+            deps = (self.bounds[node.inputs[0]], self.c(node.inputs[0]))
+        hit = self.cache.get(("c", j))
+        if hit is not None and len(hit[0]) == len(deps) and all(map(_same, hit[0], deps)):
+            return hit[1]
+        if j == 0:
+            b = self.bounds[0]
+            ref = (b.lower.double() + b.upper.double()) / 2
+        elif isinstance(node.op, LinearOp):
+            ref = node.op.forward(*deps)
+        elif hasattr(node.op, "relax"):  # activation: its lower line at the input's reference
+            la, lb, _, _ = self.relaxation(j)
+            ref = la[:, 0].double() * deps[1] + lb[:, 0].double()
+        else:  # max pooling: the input its relaxation picks
+            b, ck = deps
+            idx, _, _ = node.op.relax_indices(b.lower, b.upper)
+            ref = ck.reshape(*ck.shape[:2], -1).gather(2, idx).reshape(-1, *node.shape)
+        self.cache[("c", j)] = (deps, ref)
+        return ref
+
+    def w(self, j: int) -> Tensor:
+        """``max |x - c_j|`` over node j's interval bounds (float64)."""
+        b, c = self.bounds[j], self.c(j)
+        hit = self.cache.get(("w", j))
+        if hit is None or hit[0] is not b or hit[1] is not c:
+            w = torch.maximum((b.upper.double() - c).abs(), (c - b.lower.double()).abs())
+            hit = (b, c, w)
+            self.cache[("w", j)] = hit
+        return hit[2]
+
+    def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape) -> None:
+        """An affine step: its bias is in the references; only its rounding costs."""
+        if isinstance(op, Reshape):
+            return
+        if isinstance(op, Add):  # exact unless an input was broadcast (its coefficients summed)
+            for j in inputs:
+                w = self.w(j)
+                if tuple(w.shape[1:]) != tuple(shape):
+                    self.value = self.value - gamma(math.prod(shape)) * absdot(a, _bcast(w, shape))
+            return
+        n = _terms(op, shape)
+        if n:
+            self.value = self.value - gamma(n) * absdot(a, op.forward_abs(self.w(inputs[0])))
+
+    def activation(self, i: int, a, la, lb, ua, ub, j: int, neg: Tensor | None = None) -> None:
+        """The relaxation step ``a+ la + a- ua`` at node i (input j): ``<a-, gap>`` at the
+        reference, a term for slopes that differ from the reference lines (alpha-CROWN), and
+        the step's few roundings per entry."""
+        la0, lb0, _, _ = self.relaxation(i)
+        c, w = self.c(j)[:, None], self.w(j)[:, None]
+        gap = (ua.double() - la.double()) * c + ub.double() - lb.double()
+        shift = None
+        same = la is la0 and lb is lb0
+        if la.shape[1] > 1 or not (same or (torch.equal(la, la0) and torch.equal(lb, lb0))):
+            shift = (la.double() - la0.double()) * c + lb.double() - lb0.double()
+        steps = 4 * U * (2 * la.abs() + ua.abs()) * w.to(la.dtype)
+        if isinstance(a, Window):
+            data = a.data.double()
+            neg = data.clamp(max=0)
+            val = (neg * a.gather(gap)).flatten(2).sum(-1)
+            if shift is not None:
+                val = val + (data * a.gather(shift)).flatten(2).sum(-1)
+            self.value = (
+                self.value
+                + val
+                - (data.abs() * a.gather(steps.double())).flatten(2).sum(-1) * SLACK
+            )
+            return
+        neg = a.clamp(max=0) if neg is None else neg
+        n = math.prod(a.shape[2:])
+        if shift is None and gap.shape[1] == 1 and steps.shape[1] == 1:
+            # one pass over each of a- and a: <a-, gap>, <|a-|, |gap|> = -<a-, |gap|>, and
+            # <|a|, steps> = <a, steps> - 2 <a-, steps>
+            g, st = gap[:, 0].to(a.dtype), steps[:, 0]
+            dn = _dots(neg, [g, g.abs(), st])
+            (da,) = _dots(a, [st]).unbind(-1)
+            gn, gabs, sn = dn.unbind(-1)
+            k = gamma(n + 2)
+            self.value = self.value + gn - k * (-gabs) * (1 + k)
+            self.value = self.value - (da - 2 * sn) / (1 - 3 * k) * SLACK
+            return
+        self.value = self.value + _signed_dot(neg, gap, n)
+        if shift is not None:
+            self.value = self.value + _signed_dot(a, shift, n)
+        self.value = self.value - _absdot_rows(a, steps) * SLACK
+
+    def pool(self, op, a: Tensor, j: int, i: int) -> None:
+        """Max pooling: ``<a-, gap>`` at the reference (where the max is not exact, the gap to
+        the window's largest upper bound); its transpose sums overlapping windows."""
+        l, u = self.bounds[j].lower, self.bounds[j].upper
+        _, exact, u_max = op.relax_indices(l, u)
+        ci = self.c(i).reshape(*exact.shape)
+        gap = ((1 - exact.double()) * (u_max.double() - ci)).reshape(
+            -1, 1, *self.graph.nodes[i].shape
+        )
+        self.value = self.value + _signed_dot(a.clamp(max=0), gap, math.prod(a.shape[2:]))
+        if any(k > s for k, s in zip(op.kernel, op.stride, strict=True)):
+            self.value = self.value - gamma(math.prod(op.kernel)) * absdot(a, op.forward(self.w(j)))
+
+    def added(self, total, j: int) -> None:
+        """``total`` was computed as a sum of two coefficient sets on node j."""
+        self.value = self.value - gamma(1) * absdot(total, self.w(j))
+
+    def start(self, term, i: int) -> None:
+        """A coefficient set entering at node i (beta-CROWN's split terms): its reference."""
+        self.value = self.value + _signed_dot(term, self.c(i)[:, None], math.prod(term.shape[2:]))
+
+    def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
+        """The lower bound, rounded down."""
+        region = self.bounds[0]
+        value = self.value + _signed_dot(self.C, self.c(self.target)[:, None], None)
+        r = (region.upper.double() - region.lower.double()) / 2
+        box = value - absdot(A0, r)
+        if isinstance(region, InputRegion) and region.l2_eps is not None:
+            data = A0.data if isinstance(A0, Window) else A0
+            d = region.center.double() - self.c(0)
+            norm = data.flatten(2).norm(dim=2).double() * (1 + gamma(data[0, 0].numel() + 2))
+            ball = value + _signed_dot(A0, d[:, None], None) - region.l2_eps * norm
+            box = torch.maximum(box, ball)
+        if linear is not None:
+            dense = A0.dense() if isinstance(A0, Window) else A0
+            linear["A"] = dense
+            linear["bias"] = box + absdot(dense, r) - dot64(dense, self.c(0))
+        return round_down(box, dtype)
+
+
+def _same(x, y) -> bool:
+    return x is y
+
+
+def _signed_dot(a, v: Tensor, n: int | None) -> Tensor:
+    """A lower bound on ``<a, v>`` per row computed in a's precision (float64 result): the
+    float32 sum minus its rounding bound ``gamma <|a|, |v|>``. ``v`` is (batch, 1 or rows, *s)."""
+    if isinstance(a, Window):
+        g = a.gather(v)
+        data = a.data.double()
+        return (data * g).flatten(2).sum(-1)  # small windows: in float64
+    n = math.prod(a.shape[2:]) if n is None else n
+    if v.shape[1] > 1:  # per-row values
+        v32 = v.to(a.dtype)
+        exact = (a * v32).flatten(2).sum(-1).double()
+        err = (a.abs() * v32.abs()).flatten(2).sum(-1).double() * (1 + gamma(n + 2))
+    else:
+        v0 = v[:, 0]
+        exact = (
+            dense_dot(a, v0.to(a.dtype), absolute=False)
+            if a.dtype == torch.float64
+            else _f32dot(a, v0)
+        )
+        err = absdot(a, v0.abs())
+    return exact - gamma(n + 2) * err
+
+
+def _dots(a: Tensor, vs: list[Tensor]) -> Tensor:
+    """``<a, v>`` per row for several vectors v (batch or 1, *s) in one pass over ``a``, in a's
+    precision: (batch, rows, len(vs)) as float64."""
+    b, m = a.shape[:2]
+    n = math.prod(a.shape[2:])
+    V = torch.stack([v.reshape(-1, n).to(a.dtype) for v in vs], -1)  # (batch or 1, n, k)
+    a3 = a.reshape(b, m, n)
+    if b > 1 and a3.stride(0) == 0:  # the same rows for every example
+        out = torch.einsum("mn,bnk->bmk", a3[0], V.expand(b, -1, -1))
+    else:
+        out = torch.bmm(a3, V.expand(b, -1, -1))
+    return out.double()
+
+
+def _f32dot(a: Tensor, v: Tensor) -> Tensor:
+    """``<a, v>`` per row in a's precision (no float64 copy of a), as float64."""
+    b, m = a.shape[:2]
+    n = math.prod(a.shape[2:])
+    v3 = v.reshape(-1, n, 1).to(a.dtype).expand(b, -1, -1)
+    a3 = a.reshape(b, m, n)
+    if b > 1 and a3.stride(0) == 0:
+        return (a3[0] @ v3[..., 0].T).T.double()
+    return torch.bmm(a3, v3)[..., 0].double()
+
+
+def _bcast(m: Tensor, shape) -> Tensor:
+    return m.expand(m.shape[0], *shape)
+
+
+def _absdot_rows(a, v: Tensor) -> Tensor:
+    if v.shape[1] == 1 or isinstance(a, Window):
+        return absdot(a, v)
+    n = math.prod(v.shape[2:])
+    return (a.abs() * v).flatten(2).sum(-1).double() * (1 + gamma(n + 2))
