@@ -119,7 +119,7 @@ def round_down(x: Tensor, dtype: torch.dtype) -> Tensor:
         fix = torch.where(
             yd.to(d.dtype) > d, torch.nextafter(yd, torch.full_like(yd, -torch.inf)), yd
         )
-    return y + (fix - yd)
+    return y + (fix - yd) if x.requires_grad else fix
 
 
 def outward(b: Bounds, dtype: torch.dtype) -> Bounds:

@@ -67,6 +67,7 @@ class Tracker:
         # references and relaxations, kept between the passes of one bound computation (crown's
         # cache); every entry records what it was computed from and is used only while that holds
         self.cache = {} if cache is None else cache
+        self._seen: dict[int, Tensor] = {}  # references checked in this pass
 
     def relaxation(self, i: int) -> tuple:
         """The relaxation of activation node i without per-row slopes (the reference lines);
@@ -80,6 +81,11 @@ class Tracker:
 
     def c(self, j: int) -> Tensor:
         """The reference point of node j (float64, one per example)."""
+        if j not in self._seen:
+            self._seen[j] = self._reference(j)
+        return self._seen[j]
+
+    def _reference(self, j: int) -> Tensor:
         node = self.graph.nodes[j]
         if j == 0:
             deps: tuple = (self.bounds[0],)
