@@ -186,9 +186,7 @@ def certify_job(
         for m in methods:
             if progress:
                 progress(f"{m} bounds on {len(data)} examples at eps {e:g}")
-            r = certify(
-                model.module, data, threat, m, batch_size=batch_size, precision=precision
-            )
+            r = certify(model.module, data, threat, m, batch_size=batch_size, precision=precision)
             cert = torch.tensor(r.certified)
             union = cert if union is None else union | cert
             per_method.append({k: v for k, v in r.to_dict().items() if k != "certified"})
