@@ -44,6 +44,24 @@ class ConvResidual(nn.Module):
         return self.fc(torch.flatten(h, 1))
 
 
+class Concat(nn.Module):
+    """Two convolutional branches concatenated along channels, then two linear branches of the
+    flattened features concatenated (DenseNet / Inception-style joins)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 3, 3, padding=1)
+        self.b = nn.Conv2d(2, 2, 1)
+        self.c = nn.Conv2d(5, 4, 3, stride=2, padding=1)
+        self.f1, self.f2 = nn.Linear(36, 5), nn.Linear(36, 3)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(torch.cat([self.a(x), self.b(x)], dim=1))
+        h = torch.relu(self.c(h)).flatten(1)
+        return self.out(torch.tanh(torch.cat((self.f1(h), self.f2(h)), -1)))
+
+
 def make(kind: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(seed)
     if kind == "mlp":
@@ -80,7 +98,9 @@ def make(kind: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
         return Residual().eval(), (6,)
     if kind == "conv-residual":
         return ConvResidual().eval(), (2, 5, 5)
+    if kind == "concat":
+        return Concat().eval(), (2, 5, 5)
     raise ValueError(kind)
 
 
-KINDS = ("mlp", "cnn", "smooth", "residual", "conv-residual")
+KINDS = ("mlp", "cnn", "smooth", "residual", "conv-residual", "concat")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from robustlab.bounds import compute_bounds
+from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.activation import ReLU, SShaped
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.errors import UnsupportedOperation
@@ -114,3 +115,23 @@ def test_unsupported_operation_names_node_and_list():
 
     with pytest.raises(UnsupportedOperation, match=r"exp.*at node 'exp'.*supported: "):
         compute_bounds(Net(), Box(torch.zeros(1, 3), torch.ones(1, 3)))
+
+
+def test_concatenation_is_exact_for_linear_branches():
+    """cat of x and 2x for x in [0, 2]^2: coordinates [0, 2], [0, 2], [0, 4], [0, 4]; an all-ones
+    layer on top gives [0, 12] exactly."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sum = nn.Linear(4, 1, bias=False)
+            nn.init.ones_(self.sum.weight)
+
+        def forward(self, x):
+            return self.sum(torch.cat([x, 2 * x], dim=1))
+
+    net = Net()
+    assert any(type(n.op).__name__ == "Cat" for n in graph_of(net, (2,)).nodes[1:])
+    for method in ("ibp", "crown"):
+        b = compute_bounds(net, box([0.0, 0.0], [2.0, 2.0]), method)
+        assert b.lower.item() == 0.0 and b.upper.item() == 12.0, method

@@ -14,7 +14,7 @@ from torch import Tensor, fx, nn
 
 from robustlab.bounds.ops.activation import ReLU, SShaped
 from robustlab.bounds.ops.base import Bounds, Op
-from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, Linear, Reshape
+from robustlab.bounds.ops.linear import Add, Affine, Cat, Conv, Generic, Linear, Reshape
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.errors import UnsupportedOperation
 
@@ -382,9 +382,14 @@ def _make_op(gm, node, args, kwargs, flat_vars) -> tuple[Op | None, list[_Var]]:
         fn = _bind(gm, node, const_args, kwargs)
         return Generic(fn, terms=None if key == "getitem" else 0), flat_vars
     if key == "cat" and all(isinstance(a, _Var) for a in args[0]):
-        raise UnsupportedOperation(
-            f"cat of input-dependent tensors at node '{node.name}' (not yet supported)"
-        )
+        parts = list(args[0])
+        ndim = parts[0].example.dim()
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        dim = dim + ndim if dim < 0 else dim
+        if dim == 0:
+            raise UnsupportedOperation(f"cat along the batch dimension at node '{node.name}'")
+        sizes = tuple(int(v.example.shape[dim]) for v in parts)
+        return Cat(dim - 1, sizes, len(parts)), parts
     raise UnsupportedOperation(
         f"operation {desc} at node '{node.name}' with these operands has no bound rule; "
         f"supported: {', '.join(SUPPORTED)}"

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.ops.base import InputRegion, LinearOp
-from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, Linear, Reshape
+from robustlab.bounds.ops.linear import Add, Affine, Cat, Conv, Generic, Linear, Reshape
 from robustlab.bounds.rounding import (
     SLACK,
     U,
@@ -123,7 +123,7 @@ class Tracker:
 
     def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape) -> None:
         """An affine step: its bias is in the references; only its rounding costs."""
-        if isinstance(op, Reshape):
+        if isinstance(op, (Reshape, Cat)):  # coefficients moved or split: exact
             return
         if isinstance(op, Add):  # exact unless an input was broadcast (its coefficients summed)
             for j in inputs:

@@ -175,6 +175,29 @@ class Add(LinearOp):
         ], A.new_zeros(A.shape[:2])
 
 
+@dataclass(eq=False)
+class Cat(LinearOp):
+    """Concatenation of input-dependent tensors along a per-sample dimension ``dim`` (0 is the
+    first dimension after the batch); exact both ways (coefficients are split, not summed)."""
+
+    dim: int
+    sizes: tuple[int, ...]
+    n_inputs: int = 2
+
+    def forward(self, *xs):
+        return torch.cat(xs, self.dim + 1)
+
+    forward_abs = forward
+
+    def ibp(self, *bs):
+        from robustlab.bounds.ops.base import Bounds
+
+        return Bounds(self.forward(*[b.lower for b in bs]), self.forward(*[b.upper for b in bs]))
+
+    def backward(self, A, in_shapes):
+        return list(torch.split(A, list(self.sizes), dim=self.dim + 2)), A.new_zeros(A.shape[:2])
+
+
 def _unbroadcast(A: Tensor, shape: tuple[int, ...]) -> Tensor:
     """Sum coefficients over dimensions an input was broadcast along."""
     extra = A.dim() - 2 - len(shape)
