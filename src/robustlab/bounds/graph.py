@@ -69,6 +69,11 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _avgpool_as_conv(m: nn.AvgPool2d) -> bool:
+    """Whether average pooling is a convolution: padding counted, no ceil mode, no divisor."""
+    return m.count_include_pad and not m.ceil_mode and m.divisor_override is None
+
+
 def _module_op(m: nn.Module, x: _Var) -> Op:
     if isinstance(m, nn.Linear):
         return Linear(m.weight, m.bias)
@@ -114,6 +119,12 @@ def _module_op(m: nn.Module, x: _Var) -> Op:
         if _pair(m.dilation) != (1, 1) or m.ceil_mode or m.return_indices:
             raise UnsupportedOperation("MaxPool2d with dilation, ceil_mode or return_indices")
         return MaxPool(_pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding))
+    if isinstance(m, nn.AvgPool2d) and _avgpool_as_conv(m):
+        # a depthwise convolution with weights 1/k^2 (float64): rows keep their windows
+        c, kernel = x.example.shape[1], _pair(m.kernel_size)
+        weight = torch.full((c, 1, *kernel), 1.0 / math.prod(kernel), dtype=torch.float64)
+        stride = _pair(m.stride if m.stride is not None else m.kernel_size)
+        return Conv(weight, None, stride, _pair(m.padding), (1, 1), c)
     if isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
         k = m.kernel_size
         return Generic(
