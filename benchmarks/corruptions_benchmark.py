@@ -48,18 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustlab.corruptions import ORDER, corrupt
-
-DETERMINISTIC = {
-    "defocus_blur",
-    "zoom_blur",
-    "brightness",
-    "contrast",
-    "pixelate",
-    "jpeg_compression",
-    "gaussian_blur",
-    "saturate",
-}
+from robustlab.corruptions import DETERMINISTIC, ORDER, corrupt
 
 
 def digits_rgb(n: int = 512, size: int = 32) -> np.ndarray:

@@ -5,7 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlab.corruptions import COMMON, CORRUPTIONS, EXTRA, ORDER, corrupt, get_corruption
+from robustlab.corruptions import (
+    COMMON,
+    CORRUPTIONS,
+    DETERMINISTIC,
+    EXTRA,
+    ORDER,
+    corrupt,
+    get_corruption,
+)
 from robustlab.errors import RobustlabError
 
 from .images import digits_images
@@ -13,16 +21,6 @@ from .images import digits_images
 RGB = digits_images(24)
 GRAY = digits_images(12, size=(8, 8), rgb=False)
 ODD = digits_images(6, size=(20, 27))
-DETERMINISTIC = {
-    "defocus_blur",
-    "zoom_blur",
-    "brightness",
-    "contrast",
-    "pixelate",
-    "jpeg_compression",
-    "gaussian_blur",
-    "saturate",
-}
 # the corruptions whose published parameters lower the distance at some step and that depart from
 # them to be monotone (documented in their modules)
 CHANGED = ("glass_blur", "snow", "frost", "fog", "spatter", "saturate")

@@ -4,6 +4,7 @@ transformations, frequency-band noise and tabular noise."""
 from robustlab.corruptions.base import (
     COMMON,
     CORRUPTIONS,
+    DETERMINISTIC,
     EXTRA,
     ORDER,
     SEVERITIES,
@@ -29,6 +30,7 @@ from robustlab.corruptions.transforms import (  # noqa: E402
 __all__ = [
     "COMMON",
     "CORRUPTIONS",
+    "DETERMINISTIC",
     "EXTRA",
     "ORDER",
     "SEVERITIES",

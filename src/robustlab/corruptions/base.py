@@ -75,6 +75,19 @@ ORDER = (
 )
 COMMON = ORDER[:15]
 EXTRA = ORDER[15:]
+# corruptions that draw nothing at random (the same output whatever the seed)
+DETERMINISTIC = frozenset(
+    {
+        "defocus_blur",
+        "zoom_blur",
+        "brightness",
+        "contrast",
+        "pixelate",
+        "jpeg_compression",
+        "gaussian_blur",
+        "saturate",
+    }
+)
 
 
 def corruption_names(spec: str | Sequence[str] = "all") -> list[str]:
