@@ -70,7 +70,7 @@ def backward(
     A: dict[int, Tensor | Window] = {target: C}
     data = C.data if isinstance(C, Window) else C
     bias = data.new_zeros(C.shape[:2])
-    # float32: biases in float64 and a bound on the pass's own rounding (rounding.py)
+    # float32: the pass bounds its own rounding error (tracker.py); its bias is in the tracker
     track = Tracker(graph, bounds, C, target, cache) if rounding.tracked(C) else None
     for i in range(target, 0, -1):
         a = A.pop(i, None)
