@@ -4,7 +4,6 @@ every intermediate layer whose bounds a relaxation uses."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 
@@ -23,7 +22,7 @@ from robustlab.bounds.crown import (
 )
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
-from robustlab.bounds.ops.base import Activation
+from robustlab.bounds.ops.base import Activation, InputRegion
 from robustlab.bounds.window import identity_windows
 
 ITERATIONS = 20
@@ -79,6 +78,17 @@ def alpha_crown(
                     starts[j] = (idx, unstable_only)
     best = {i: Bounds(b.lower.detach(), b.upper.detach()) for i, b in bounds.items()}
     best[0] = region
+    # the slopes are optimised in float32 (the iterations only steer; their bounds are not kept)
+    # and evaluated once, at the end, in the requested precision
+    work = torch.float32
+    steer = {i: rounding.outward(b, work) for i, b in best.items()}
+    steer[0] = InputRegion(
+        steer[0].lower,
+        steer[0].upper,
+        None if getattr(region, "center", None) is None else region.center.to(work),
+        getattr(region, "l2_eps", None),
+    )
+    C_work = C.to(work)
     alphas: dict[int, dict[int, Tensor]] = {}
     params = []
     for s, rows in [(s, 2 * len(idx)) for s, (idx, _) in starts.items()] + [
@@ -92,7 +102,7 @@ def alpha_crown(
             lb, ub = best[j].lower, best[j].upper
             if not ((lb < 0) & (ub > 0)).any():
                 continue
-            init = graph.nodes[r].op.alpha_init(lb, ub)[:, None]
+            init = graph.nodes[r].op.alpha_init(lb, ub)[:, None].to(work)
             a = init.expand(batch, rows, *init.shape[2:]).clone().requires_grad_(True)
             alphas[s][r] = a
             params.append(a)
@@ -100,27 +110,23 @@ def alpha_crown(
         return best_final, bounds
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, DECAY)
-    lo_best, hi_best = best_final.lower.detach(), best_final.upper.detach()
-    # float32: the iterations skip the rounding bookkeeping (their bounds only steer the
-    # optimisation); one bookkept pass with the final slopes gives the sound bounds
-    tracked = rounding.tracked(lower)
-    steer = {i: b for i, b in best.items()}
-    with torch.enable_grad(), rounding.ignored() if tracked else contextlib.nullcontext():
+    best_loss, snapshot = math.inf, None
+    with torch.enable_grad(), rounding.ignored():
         for _ in range(iterations):
             if deadline is not None and time.monotonic() > deadline:
                 break
-            cur, fin = _evaluate(graph, steer, starts, alphas, C, bound_upper)
+            cur, fin = _evaluate(graph, steer, starts, alphas, C_work, bound_upper)
             with torch.no_grad():
-                if not tracked:
-                    lo_best = torch.maximum(lo_best, fin.lower.detach())
-                    hi_best = torch.minimum(hi_best, fin.upper.detach())
                 steer = {0: steer[0]} | {
                     i: steer[i].intersect(Bounds(c.lower.detach(), c.upper.detach()))
                     for i, c in list(cur.items())[1:]
                 }
             if stop_when_positive and bool((fin.lower > 0).all()):
-                break  # verified with these slopes (re-evaluated below, in float32 soundly)
+                break  # these slopes verify (re-evaluated soundly below)
             loss = fin.upper.sum() - fin.lower.sum() if bound_upper else -fin.lower.sum()
+            if float(loss.detach()) < best_loss:  # the slopes of the best iteration so far
+                best_loss = float(loss.detach())
+                snapshot = _copy(alphas)
             grads = torch.autograd.grad(loss, params)  # never touches the model's own gradients
             for p, g in zip(params, grads, strict=True):
                 p.grad = g
@@ -130,21 +136,30 @@ def alpha_crown(
                 for s in alphas:
                     for r, a in alphas[s].items():
                         a.clamp_(graph.nodes[r].op.slope, 1.0)
-    # the slopes after the last step, evaluated (in float32 with the bookkeeping, against the
-    # sound bounds only)
-    base = best if tracked else steer
+    # the last slopes and the best iteration's, evaluated in the requested precision against
+    # the sound bounds; the elementwise best of the two is kept
+    lo_best, hi_best = best_final.lower, best_final.upper
     with torch.no_grad():
-        cur, fin = _evaluate(graph, base, starts, alphas, C, bound_upper)
-    lo_best = torch.maximum(lo_best, fin.lower)
-    hi_best = torch.minimum(hi_best, fin.upper)
-    best = {0: base[0]} | {i: base[i].intersect(c) for i, c in list(cur.items())[1:]}
+        for cand in [alphas] if snapshot is None else [alphas, snapshot]:
+            cand = {s: {r: a.to(lower.dtype) for r, a in d.items()} for s, d in cand.items()}
+            cur, fin = _evaluate(graph, best, starts, cand, C, bound_upper, sound=True)
+            lo_best = torch.maximum(lo_best, fin.lower)
+            hi_best = torch.minimum(hi_best, fin.upper)
+            best = {0: best[0]} | {i: best[i].intersect(c) for i, c in list(cur.items())[1:]}
     final = Bounds(lo_best, hi_best).intersect(spec_bounds(graph, best, C))
     return final, best
 
 
-def _evaluate(graph, best, starts, alphas, C, bound_upper: bool) -> tuple[dict, Bounds]:
-    """One pass with the current slopes: every node's bounds (intersected with ``best``, the
-    refined ones replaced by the optimised bounds so gradients reach them) and the final ones."""
+def _copy(alphas: dict) -> dict:
+    return {s: {r: a.detach().clone() for r, a in d.items()} for s, d in alphas.items()}
+
+
+def _evaluate(
+    graph, best, starts, alphas, C, bound_upper: bool, sound: bool = False
+) -> tuple[dict, Bounds]:
+    """One pass with the current slopes: every node's bounds (intersected with ``best``; while
+    optimising (``sound=False``) the refined ones are replaced by the optimised bounds, so
+    gradients reach them) and the final ones."""
     batch = C.shape[0]
     lower = best[0].lower
     cur: dict[int, Bounds] = {0: best[0]}
@@ -163,8 +178,8 @@ def _evaluate(graph, best, starts, alphas, C, bound_upper: bool) -> tuple[dict, 
             # the optimised bounds themselves, not intersected with earlier ones: an
             # intersection would cut the gradient wherever interval bounds are tighter
             # (the best bounds of every iteration are kept separately)
-            lo[:, idx] = nb.lower
-            hi[:, idx] = nb.upper
+            lo[:, idx] = torch.maximum(nb.lower, lo[:, idx]) if sound else nb.lower
+            hi[:, idx] = torch.minimum(nb.upper, hi[:, idx]) if sound else nb.upper
             b = Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
         cur[i] = b
     out = graph.output
