@@ -526,12 +526,7 @@ def _op_squeeze(ctx: _Ctx, node: onnx.NodeProto) -> None:
     if any(shape[a] != 1 for a in axes):
         raise ctx.fail(f"cannot squeeze axes {axes} of shape {shape}")
     out = [d for a, d in enumerate(shape) if a not in axes]
-    if isinstance(x, torch.Tensor):
-        ctx.set(x.reshape(out))
-    elif ctx.offset == 0 and 0 in axes:
-        raise ctx.fail("squeezing the batch dimension is not supported")
-    else:
-        ctx.set(ctx.reshape(ctx.dyn(0), out[1 - ctx.offset :]))
+    _set_reshaped(ctx, x, out, axes, "squeezing the batch dimension")
 
 
 def _op_unsqueeze(ctx: _Ctx, node: onnx.NodeProto) -> None:
@@ -546,10 +541,16 @@ def _op_unsqueeze(ctx: _Ctx, node: onnx.NodeProto) -> None:
     axes = sorted(a % rank for a in axes)
     for a in axes:
         shape.insert(a, 1)
+    _set_reshaped(ctx, x, shape, axes, "inserting an axis before the batch dimension")
+
+
+def _set_reshaped(ctx: _Ctx, x, shape: list[int], axes: list[int], what: str) -> None:
+    """The output of a squeeze / unsqueeze: ``x`` (a constant, or the input-dependent value)
+    reshaped to ``shape``; an axis 0 among ``axes`` of the input-dependent value is its batch."""
     if isinstance(x, torch.Tensor):
         ctx.set(x.reshape(shape))
     elif ctx.offset == 0 and 0 in axes:
-        raise ctx.fail("inserting an axis before the batch dimension is not supported")
+        raise ctx.fail(f"{what} is not supported")
     else:
         ctx.set(ctx.reshape(ctx.dyn(0), shape[1 - ctx.offset :]))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from robustlab.errors import RobustlabError
 
@@ -83,22 +83,15 @@ STANDARD = Profile(
     smoothing_examples=100,
     weights={**QUICK.weights, "certified": 0.4, "smoothing": 0.15},
 )
-FULL = Profile(
+FULL = replace(  # the standard profile, on every example, with more of everything
+    STANDARD,
     name="full",
     budget=3 * 3600.0,
     n=None,
     suite="standard",
     methods=("ibp", "crown-ibp", "crown", "alpha-crown"),
     alpha_scope="all",
-    corruptions="all",
-    severities="1-5",
-    max_shift=2,
-    frequency=True,
-    explain_methods=("saliency", "integrated-gradients", "smoothgrad"),
-    n_explain=8,
     ig_steps=128,
-    n_adversarial=8,
-    smoothing_n0=100,
     smoothing_n=100_000,
     smoothing_examples=500,
     weights={**STANDARD.weights, "attacks": 0.4},
