@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,8 @@ class Window:
     oy: Tensor  # (batch or 1, rows), int64
     ox: Tensor
     frame: tuple[int, int]
+    # the flat frame index of every window position, computed once per window (gathers reuse it)
+    _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def shape(self) -> torch.Size:
@@ -77,13 +79,20 @@ class Window:
 def _flat_index(win: Window, expand: bool) -> Tensor:
     """Flat frame index of every window position, clamped into the frame."""
     b, m, c, h, w = win.data.shape
-    H, W = win.frame
-    ys = (win.oy[..., None] + torch.arange(h, device=win.oy.device)).clamp(0, H - 1)
-    xs = (win.ox[..., None] + torch.arange(w, device=win.ox.device)).clamp(0, W - 1)
-    idx = (ys[..., :, None] * W + xs[..., None, :]).reshape(ys.shape[0], m, h * w)
+    if "flat" not in win._index:
+        win._index["flat"] = _positions(win)
+    idx = win._index["flat"]
     if expand:
         return idx[:, :, None, :].expand(b, m, c, h * w)
     return idx
+
+
+def _positions(win: Window) -> Tensor:
+    m, h, w = win.data.shape[1], win.data.shape[3], win.data.shape[4]
+    H, W = win.frame
+    ys = (win.oy[..., None] + torch.arange(h, device=win.oy.device)).clamp(0, H - 1)
+    xs = (win.ox[..., None] + torch.arange(w, device=win.ox.device)).clamp(0, W - 1)
+    return (ys[..., :, None] * W + xs[..., None, :]).reshape(ys.shape[0], m, h * w)
 
 
 def identity_windows(shape: tuple[int, ...], idx: Tensor, batch: int, like: Tensor) -> Window:
