@@ -64,7 +64,7 @@ def widen_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _session(proto: onnx.ModelProto):
+def _session(proto: onnx.ModelProto, data: bytes | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -72,7 +72,7 @@ def _session(proto: onnx.ModelProto):
     options.intra_op_num_threads = 1
     try:
         return ort.InferenceSession(
-            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            data or proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -109,8 +109,10 @@ def check_against_onnxruntime(
     *,
     n: int = 8,
     seed: int = 0,
+    data: bytes | None = None,
 ) -> Agreement:
-    """Compare the module with onnxruntime on ``n`` random inputs (uniform in [0, 1] and normal)."""
+    """Compare the module with onnxruntime on ``n`` random inputs (uniform in [0, 1] and normal);
+    ``data``: the serialized ``proto`` when at hand (large models serialize slowly)."""
     gen = torch.Generator().manual_seed(seed)
     normal = n // 4
     x = torch.cat(
@@ -118,7 +120,7 @@ def check_against_onnxruntime(
          torch.randn(normal, *input_shape, generator=gen, dtype=torch.float64)]
     )  # fmt: skip
     x = x.to(torch.float32)  # what the model's users feed; float64 models cast it themselves
-    reference = run_onnxruntime(proto, x.numpy())
+    reference = run_onnxruntime(proto, x.numpy(), _session(proto, data))
     with torch.no_grad():
         theirs = module(x).double().reshape(n, -1).numpy()
     if reference.shape != theirs.shape:

@@ -140,14 +140,16 @@ class Ctx:
     # ------------------------------------------------------------------ emitting fx nodes
 
     def tensor(self, value: np.ndarray) -> torch.Tensor:
-        """A constant as torch: floating point in the module's dtype, integers as int64."""
+        """A constant as torch: floating point in the module's dtype, integers as int64, bools.
+        Shares memory with ``value`` where it can (constants are never written in place)."""
+        if value.dtype.kind not in "fbiu":
+            raise self.error(f"constants of type {value.dtype} are not supported")
+        if not value.flags.writeable or value.dtype.byteorder == ">":
+            value = np.array(value, copy=True)
+        t = torch.from_numpy(value)
         if value.dtype.kind == "f":
-            return torch.from_numpy(np.array(value, copy=True)).to(self.dtype)
-        if value.dtype.kind == "b":
-            return torch.from_numpy(np.array(value, copy=True))
-        if value.dtype.kind in "iu":
-            return torch.from_numpy(value.astype(np.int64))
-        raise self.error(f"constants of type {value.dtype} are not supported")
+            return t.to(self.dtype)
+        return t if value.dtype.kind == "b" else t.to(torch.int64)
 
     def _unique(self, base: str) -> str:
         name, k = base, 1

@@ -13,6 +13,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from robustlab._onnx.context import Ctx, Dyn, Value
 from robustlab._onnx.ops_math import binary
@@ -22,11 +23,10 @@ Handler = Callable[[Ctx, onnx.NodeProto], None]
 
 
 def _linear(ctx: Ctx, weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=ctx.dtype)
-    with torch.no_grad():
-        layer.weight.copy_(ctx.tensor(weight))
-        if bias is not None:
-            layer.bias.copy_(ctx.tensor(bias))
+    layer = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, dtype=ctx.dtype)
+    layer.weight = nn.Parameter(ctx.tensor(weight).contiguous())  # one (transposing) copy at most
+    if bias is not None:
+        layer.bias = nn.Parameter(ctx.tensor(bias).contiguous())
     return layer
 
 
@@ -133,8 +133,8 @@ def _op_conv(ctx: Ctx, node: onnx.NodeProto) -> None:
     if x.shape[1] != weight.shape[1] * group:
         raise ctx.error(f"{x.shape[1]} input channels for weights {list(weight.shape)}")
     x, padding = _pad_input(ctx, x, _pads(ctx, attrs, nd), 0.0, True)
-    conv = _CONV[nd](
-        weight.shape[1] * group, weight.shape[0], tuple(weight.shape[2:]),
+    conv = skip_init(
+        _CONV[nd], weight.shape[1] * group, weight.shape[0], tuple(weight.shape[2:]),
         stride=tuple(attrs.get("strides", [1] * nd)), padding=padding,
         dilation=tuple(attrs.get("dilations", [1] * nd)), groups=group,
         bias=bias is not None, dtype=ctx.dtype,
@@ -176,8 +176,8 @@ def _op_conv_transpose(ctx: Ctx, node: onnx.NodeProto) -> None:
     sym = [min(pads[i], pads[nd + i]) for i in range(nd)]
     if any(o >= max(s, d) for o, s, d in zip(out_pad, stride, dilation, strict=True)):
         raise ctx.fail(f"output_padding {out_pad} must be smaller than the stride or dilation")
-    conv = _CONVT[nd](
-        weight.shape[0], weight.shape[1] * group, tuple(kernel), stride=tuple(stride),
+    conv = skip_init(
+        _CONVT[nd], weight.shape[0], weight.shape[1] * group, tuple(kernel), stride=tuple(stride),
         padding=tuple(sym), output_padding=tuple(out_pad), groups=group,
         bias=bias is not None, dilation=tuple(dilation), dtype=ctx.dtype,
     )  # fmt: skip
