@@ -38,7 +38,9 @@ def _ort_seconds(data: bytes) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "benchmarks"))
+    parser.add_argument(
+        "--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "benchmarks")
+    )
     parser.add_argument("--only", default="")
     parser.add_argument("--errors", action="store_true", help="print each failure")
     args = parser.parse_args()
@@ -53,7 +55,15 @@ def main() -> None:
         try:
             m = load_model(path)
             seconds = time.perf_counter() - start
-            rows[family].append((True, m.onnx_max_abs_error, m.onnx_max_rel_error, seconds, _ort_seconds(m.onnx_bytes)))
+            rows[family].append(
+                (
+                    True,
+                    m.onnx_max_abs_error,
+                    m.onnx_max_rel_error,
+                    seconds,
+                    _ort_seconds(m.onnx_bytes),
+                )
+            )
         except Exception as e:  # noqa: BLE001 - a table of every outcome
             seconds = time.perf_counter() - start
             rows[family].append((False, None, None, seconds, None))

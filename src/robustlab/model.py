@@ -54,6 +54,33 @@ class LoadedModel:
         }
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to load with its preprocessing: what ``--model M --mean ... --std ...`` names."""
+
+    source: str | Path | nn.Module
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __str__(self) -> str:
+        return str(self.source)
+
+
+def parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    """``"0.49,0.48,0.45"`` -> a tuple of floats (None stays None)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RobustlabError(
+            f"{name} expects numbers separated by commas; found {text!r}"
+        ) from None
+    if not values:
+        raise RobustlabError(f"{name} expects at least one number; found {text!r}")
+    return values
+
+
 class Normalized(nn.Module):
     """``model((x - mean) / std)``: the preprocessing a network expects, as its first layer."""
 
@@ -93,15 +120,17 @@ def normalized(
     s = _values("std", 1.0 if std is None else std)
     if any(v <= 0 for v in s):
         raise RobustlabError(f"std must be positive; found {s}")
-    channels = None if not input_shape else input_shape[0] if len(input_shape) >= 2 else input_shape[-1]
+    channels = (
+        None if not input_shape else input_shape[0] if len(input_shape) >= 2 else input_shape[-1]
+    )
     for name, v in (("mean", m), ("std", s)):
         if len(v) != 1 and len(v) != channels:
-            where = "the model's input shape is unknown" if channels is None else (
-                f"the input has {channels} channels (shape {tuple(input_shape)})"
+            where = (
+                "the model's input shape is unknown"
+                if channels is None
+                else (f"the input has {channels} channels (shape {tuple(input_shape)})")
             )
-            raise RobustlabError(
-                f"{name} has {len(v)} values; expected 1 or {channels} ({where})"
-            )
+            raise RobustlabError(f"{name} has {len(v)} values; expected 1 or {channels} ({where})")
     dtype = next((p.dtype for p in module.parameters()), torch.float32)
     rank = len(input_shape) if input_shape else 1
     view = (-1,) + (1,) * (rank - 1) if rank >= 2 else (-1,)
@@ -214,7 +243,7 @@ def _load_pt(path: Path, data: bytes, arch: str | None, input_shape) -> LoadedMo
 
 
 def load_model(
-    source: str | Path | nn.Module,
+    source: str | Path | nn.Module | ModelSource,
     *,
     arch: str | None = None,
     input_shape: tuple[int, ...] | None = None,
@@ -224,7 +253,11 @@ def load_model(
     """Load ``source``: an ``nn.Module``, ``zoo:mlp`` / ``zoo:cnn``, an ONNX file (``.onnx`` or
     gzipped), or a ``.pt`` file (TorchScript, or with ``arch`` a state dict loaded with
     ``weights_only=True``). With ``mean`` / ``std`` the model gets ``(x - mean) / std`` (per
-    channel) as its first layer."""
+    channel) as its first layer; a ``ModelSource`` carries its own ``mean`` / ``std``."""
+    if isinstance(source, ModelSource):
+        mean = source.mean if mean is None else mean
+        std = source.std if std is None else std
+        source = source.source
     loaded = _load(source, arch, input_shape)
     if mean is None and std is None:
         return loaded

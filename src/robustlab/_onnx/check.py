@@ -134,4 +134,6 @@ def check_against_onnxruntime(
     per_sample = tuple(float(d.max()) if d.size else 0.0 for d in diff)
     finite = np.abs(reference[np.isfinite(reference)])
     discrete = is_discrete(module)
-    return Agreement(max(per_sample), float(finite.max()) if finite.size else 0.0, per_sample, discrete)
+    return Agreement(
+        max(per_sample), float(finite.max()) if finite.size else 0.0, per_sample, discrete
+    )

@@ -91,7 +91,9 @@ class Ctx:
         self.node, self.label, self.name = node, label, ident(label, node.op_type.lower())
 
     def fail(self, why: str) -> UnsupportedOperation:
-        return UnsupportedOperation(f"ONNX operation '{self.node.op_type}' at node '{self.label}': {why}")
+        return UnsupportedOperation(
+            f"ONNX operation '{self.node.op_type}' at node '{self.label}': {why}"
+        )
 
     def error(self, why: str) -> RobustlabError:
         return RobustlabError(f"ONNX node '{self.label}' ({self.node.op_type}): {why}")
@@ -264,7 +266,9 @@ class Ctx:
     def align(self, *xs: Dyn) -> list[Dyn]:
         """Input-dependent operands in one frame: same ONNX rank, all batched or all not."""
         rank = max(x.rank for x in xs)
-        out = [x if x.rank == rank else self.reshape(x, [1] * (rank - x.rank) + x.shape) for x in xs]
+        out = [
+            x if x.rank == rank else self.reshape(x, [1] * (rank - x.rank) + x.shape) for x in xs
+        ]
         if all(x.batched for x in out):
             return out
         out = [self.rebatch(x) for x in out]

@@ -121,7 +121,9 @@ def _output(ctx: Ctx, graph: onnx.GraphProto) -> fx.Node:
     ctx.begin(onnx.NodeProto(op_type="Output"), "output")
     if len(results) == 1:
         return ctx.rebatch(results[0]).node
-    flat = [ctx.call(torch.reshape, r, (-1, max(math.prod(r.shape), 1)), batched=False) for r in results]
+    flat = [
+        ctx.call(torch.reshape, r, (-1, max(math.prod(r.shape), 1)), batched=False) for r in results
+    ]
     return ctx.call(torch.cat, flat, 1, batched=False).node
 
 

@@ -23,7 +23,9 @@ Handler = Callable[[Ctx, onnx.NodeProto], None]
 
 
 def _linear(ctx: Ctx, weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
-    layer = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, dtype=ctx.dtype)
+    layer = skip_init(
+        nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, dtype=ctx.dtype
+    )
     layer.weight = nn.Parameter(ctx.tensor(weight).contiguous())  # one (transposing) copy at most
     if bias is not None:
         layer.bias = nn.Parameter(ctx.tensor(bias).contiguous())
@@ -85,7 +87,9 @@ def _op_gemm(ctx: Ctx, node: onnx.NodeProto) -> None:
             try:
                 bias = np.broadcast_to(c * np.asarray(beta, c.dtype), (1, weight.shape[0]))[0]
             except ValueError:
-                raise ctx.error(f"C of shape {list(c.shape)} does not broadcast to a bias") from None
+                raise ctx.error(
+                    f"C of shape {list(c.shape)} does not broadcast to a bias"
+                ) from None
         ctx.set(ctx.call_module(_linear(ctx, weight, bias), a))
         return
     if attrs.get("transA", 0):
@@ -163,7 +167,9 @@ def _op_conv_transpose(ctx: Ctx, node: onnx.NodeProto) -> None:
             for s, i, o, k, d in zip(stride, sizes, out_pad, kernel, dilation, strict=True)]  # fmt: skip
     auto = attrs.get("auto_pad", "NOTSET")
     if "output_shape" in attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
-        target = list(attrs.get("output_shape", []))[-nd:] or [i * s for i, s in zip(sizes, stride, strict=True)]
+        target = list(attrs.get("output_shape", []))[-nd:] or [
+            i * s for i, s in zip(sizes, stride, strict=True)
+        ]
         total = [f - t for f, t in zip(full, target, strict=True)]
         if any(t < 0 for t in total):
             raise ctx.fail(f"output_shape {target} is larger than the full output {full}")
@@ -280,7 +286,9 @@ def _op_pad(ctx: Ctx, node: onnx.NodeProto) -> None:
         pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
     else:
         pads, fill = ctx.ints(1) or [], ctx.get(2)
-        value = float(ctx.const(2).reshape(-1)[0]) if fill is not None and ctx.const(2).size else 0.0
+        value = (
+            float(ctx.const(2).reshape(-1)[0]) if fill is not None and ctx.const(2).size else 0.0
+        )
         axes = ctx.ints(3)
         if axes is not None:
             given, pads = pads, [0] * 2 * rank
@@ -329,7 +337,9 @@ def _op_resize(ctx: Ctx, node: onnx.NodeProto) -> None:
         sizes = None
     else:
         scales_in = ctx.get(1 if ctx.opset < 11 else 2)
-        scales = list(ctx.const(1 if ctx.opset < 11 else 2).reshape(-1)) if scales_in is not None else []
+        scales = (
+            list(ctx.const(1 if ctx.opset < 11 else 2).reshape(-1)) if scales_in is not None else []
+        )
         sizes = ctx.ints(3) if ctx.opset >= 11 and ctx.get(3) is not None else None
     if attrs.get("antialias", 0) or attrs.get("axes") is not None:
         raise ctx.fail("antialias and axes are not supported")
@@ -341,8 +351,15 @@ def _op_resize(ctx: Ctx, node: onnx.NodeProto) -> None:
         out = [int(math.floor(d * float(s))) for d, s in zip(shape, scales, strict=True)]
     else:
         raise ctx.error(f"expected scales or sizes for each of the {len(shape)} axes")
-    if len(out) != len(shape) or out[:2] != shape[:2] or not x.batched or len(shape) not in (3, 4, 5):
-        raise ctx.fail(f"resizing {shape} to {out}: only the spatial axes of (1, C, ...) may change")
+    if (
+        len(out) != len(shape)
+        or out[:2] != shape[:2]
+        or not x.batched
+        or len(shape) not in (3, 4, 5)
+    ):
+        raise ctx.fail(
+            f"resizing {shape} to {out}: only the spatial axes of (1, C, ...) may change"
+        )
     if mode == "linear":
         mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[len(shape)]
     layer = nn.Upsample(size=tuple(out[2:]), mode=mode, align_corners=align)

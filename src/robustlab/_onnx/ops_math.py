@@ -273,6 +273,7 @@ def is_discrete(module: nn.Module) -> bool:
     casts to integers)."""
     graph = getattr(module, "graph", None)
     return graph is not None and any(
-        (n.op == "call_function" and n.target in DISCONTINUOUS) or (n.op == "call_method" and n.target == "to")
+        (n.op == "call_function" and n.target in DISCONTINUOUS)
+        or (n.op == "call_method" and n.target == "to")
         for n in graph.nodes
     )

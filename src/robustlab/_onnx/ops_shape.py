@@ -19,7 +19,9 @@ Handler = Callable[[Ctx, onnx.NodeProto], None]
 
 def _resolve(ctx: Ctx, target: list[int], dims: list[int], allowzero: bool) -> list[int]:
     """Resolve 0 (copy) and -1 (infer) in an ONNX target shape."""
-    out = [dims[i] if t == 0 and not allowzero and i < len(dims) else t for i, t in enumerate(target)]
+    out = [
+        dims[i] if t == 0 and not allowzero and i < len(dims) else t for i, t in enumerate(target)
+    ]
     numel, known = math.prod(dims), math.prod(d for d in out if d != -1)
     if out.count(-1) == 1 and known and numel % known == 0:
         out[out.index(-1)] = numel // known
@@ -114,7 +116,11 @@ def _op_concat(ctx: Ctx, node: onnx.NodeProto) -> None:
             after = frame.example.ndim - 1 - dim
             pad = (0, 0) * after + (start, total - start - size)
             padded = ctx.call(F.pad, p, pad, batched=frame.batched)
-            acc = padded if acc is None else ctx.call(operator.add, acc, padded, batched=frame.batched)
+            acc = (
+                padded
+                if acc is None
+                else ctx.call(operator.add, acc, padded, batched=frame.batched)
+            )
         else:
             index = [slice(None)] * rank
             index[axis] = slice(start, start + size)
@@ -156,7 +162,9 @@ def _slice_args(ctx: Ctx, node: onnx.NodeProto, rank: int) -> list[tuple[int, in
         for i in range(1, 5):
             value = ctx.get(i)
             if isinstance(value, Dyn):
-                raise ctx.fail(f"input {i} (starts / ends / axes / steps) is computed from the input")
+                raise ctx.fail(
+                    f"input {i} (starts / ends / axes / steps) is computed from the input"
+                )
         starts, ends = ctx.ints(1), ctx.ints(2)
         axes = ctx.ints(3) or list(range(len(starts)))
         steps = ctx.ints(4) or [1] * len(starts)
@@ -164,7 +172,9 @@ def _slice_args(ctx: Ctx, node: onnx.NodeProto, rank: int) -> list[tuple[int, in
         raise ctx.error("starts, ends, axes and steps differ in length")
     if any(s == 0 for s in steps):
         raise ctx.error("a step of 0")
-    return [(a % max(rank, 1), s, e, st) for a, s, e, st in zip(axes, starts, ends, steps, strict=True)]
+    return [
+        (a % max(rank, 1), s, e, st) for a, s, e, st in zip(axes, starts, ends, steps, strict=True)
+    ]
 
 
 def slice_value(ctx: Ctx, x: Dyn, spec: list[tuple[int, int, int, int]]) -> Dyn:
@@ -197,8 +207,10 @@ def slice_value(ctx: Ctx, x: Dyn, spec: list[tuple[int, int, int, int]]) -> Dyn:
 
 def _op_slice(ctx: Ctx, node: onnx.NodeProto) -> None:
     if any(isinstance(ctx.get(i), Dyn) for i in range(1, 5)):
-        raise ctx.fail("starts / ends / axes / steps computed from the model input (slicing that "
-                       "depends on input values) are not supported")
+        raise ctx.fail(
+            "starts / ends / axes / steps computed from the model input (slicing that "
+            "depends on input values) are not supported"
+        )
     x = ctx.dyn(0)
     ctx.set(slice_value(ctx, x, _slice_args(ctx, node, x.rank)))
 
