@@ -173,7 +173,9 @@ def _op_conv_transpose(ctx: Ctx, node: onnx.NodeProto) -> None:
         total = [f - t for f, t in zip(full, target, strict=True)]
         if any(t < 0 for t in total):
             raise ctx.fail(f"output_shape {target} is larger than the full output {full}")
-        upper = auto != "SAME_LOWER"
+        upper = (
+            auto == "SAME_UPPER"
+        )  # as onnxruntime: NOTSET with output_shape pads like SAME_LOWER
         begin = [t // 2 if upper else t - t // 2 for t in total]
         pads = begin + [t - b for t, b in zip(total, begin, strict=True)]
     else:
