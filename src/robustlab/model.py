@@ -183,6 +183,20 @@ def _guess_input_shape(module: nn.Module) -> tuple[int, ...] | None:
     return None
 
 
+def _checkable(proto):
+    """A copy for onnx's checker when graph inputs / outputs declare a tensor type without a
+    shape (valid for onnxruntime, refused by the checker); None when none does."""
+    values = [*proto.graph.input, *proto.graph.output]
+    if all(v.type.tensor_type.HasField("shape") for v in values if v.type.HasField("tensor_type")):
+        return None
+    copy = type(proto)()
+    copy.CopyFrom(proto)
+    for v in [*copy.graph.input, *copy.graph.output]:
+        if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape"):
+            v.type.tensor_type.shape.SetInParent()
+    return copy
+
+
 def _load_onnx(path: Path, data: bytes, digest: str) -> LoadedModel:
     import onnx
 
@@ -191,7 +205,7 @@ def _load_onnx(path: Path, data: bytes, digest: str) -> LoadedModel:
 
     try:
         proto = onnx.load_model_from_string(data)
-        onnx.checker.check_model(data)  # bytes: no second serialization of a large model
+        onnx.checker.check_model(_checkable(proto) or data)  # bytes: no second serialization
     except Exception as e:  # onnx raises several types for corrupt files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RobustlabError(f"{path}: not a valid ONNX model ({first[:300]})") from None
