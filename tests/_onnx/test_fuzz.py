@@ -327,6 +327,7 @@ def test_dynamic_shapes(tmp_path_factory, dims, missing) -> None:
     ],
 )
 def test_regressions(tmp_path, nodes, dims, match) -> None:
+    """Refusals the fuzzers met, with the one line they now give."""
     graph = helper.make_graph(
         nodes, "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
@@ -337,3 +338,16 @@ def test_regressions(tmp_path, nodes, dims, match) -> None:
         path = tmp_path / "r.onnx"
         path.write_bytes(model.SerializeToString())
         load_model(path)
+
+
+def test_regression_equal_infinities_agree(tmp_path) -> None:
+    """Found by the long profile: log(relu(x)) is -inf for x <= 0 on both sides, and the check
+    computed inf - inf = nan and refused the model."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Log", ["r"], ["y"])], "r",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    assert _load_bytes(tmp_path, model.SerializeToString()) == "ok"
