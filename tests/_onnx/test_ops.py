@@ -287,3 +287,19 @@ def test_discrete_outputs_compare_by_samples() -> None:
 def test_refused_with_the_reason(nodes, inits, opset, match) -> None:
     with pytest.raises(RobustlabError, match=match):
         onnx_to_torch(model(nodes, [1, 2, 4], inits, opset))
+
+
+@pytest.mark.parametrize("half_first", [False, True])
+def test_erf_gelu_pattern_becomes_one_gelu(half_first: bool) -> None:
+    """PyTorch's export of GELU before opset 20."""
+    tail = (
+        [node("Mul", ["x", "h"], "xh"), node("Mul", ["xh", "p"])]
+        if half_first
+        else [node("Mul", ["x", "p"], "xp"), node("Mul", ["xp", "h"])]
+    )
+    nodes = [node("Div", ["x", "r2"], "d"), node("Erf", ["d"], "e"), node("Add", ["e", "one"], "p"),
+             *tail]  # fmt: skip
+    inits = {"r2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
+             "h": np.array(0.5, np.float32)}  # fmt: skip
+    gm = agree(model(nodes, [1, 6], inits))
+    assert targets(gm) == {F.gelu}

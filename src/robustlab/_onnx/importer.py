@@ -17,10 +17,12 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+import torch.nn.functional as F
 from torch import fx
 
 from robustlab._onnx import ops_layers, ops_math, ops_shape
 from robustlab._onnx.context import EXAMPLE_BATCH, Ctx, Dyn, ident
+from robustlab._onnx.patterns import gelu_patterns
 from robustlab.errors import RobustlabError, UnsupportedOperation
 
 _Handler = Callable[[Ctx, onnx.NodeProto], None]
@@ -145,8 +147,19 @@ def onnx_to_torch(proto: onnx.ModelProto) -> tuple[fx.GraphModule, tuple[int, ..
     for t in graph.initializer:
         ctx.values[t.name] = _array(t)
     shape = _placeholders(ctx, inputs)
+    gelus, replaced = gelu_patterns(graph)
     for index, node in enumerate(graph.node):
         label = node.name or (node.output[0] if node.output else f"{node.op_type}_{index}")
+        if index in replaced:
+            continue
+        if index in gelus:  # 0.5 * x * (1 + erf(x / sqrt(2))): one GELU
+            ctx.begin(onnx.helper.make_node("Gelu", [gelus[index][0]], [gelus[index][1]]), label)
+            x = ctx.get(0)
+            if isinstance(x, Dyn):
+                _HANDLERS["Gelu"](ctx, ctx.node)
+            else:
+                ctx.set(F.gelu(torch.from_numpy(np.array(x, copy=True))).numpy())
+            continue
         ctx.begin(node, label)
         if node.domain not in _DOMAINS:
             raise UnsupportedOperation(
