@@ -16,8 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 import torch.nn.functional as F
+from onnx import numpy_helper
 from torch import fx
 
 from robustlab._onnx import ops_layers, ops_math, ops_shape
