@@ -131,7 +131,11 @@ def check_against_onnxruntime(
     with np.errstate(invalid="ignore"):
         diff = np.abs(reference - theirs)
     diff[(reference == theirs) | (np.isnan(reference) & np.isnan(theirs))] = 0.0  # inf == inf
-    diff[np.isnan(diff)] = np.inf
+    # NaN on one side only: inputs outside an operation's domain (sqrt of a negative, ...), where
+    # runtimes differ in NaN propagation (onnxruntime's max skips NaN, torch.amax keeps it):
+    # those entries are not compared unless nothing else is
+    one_nan = np.isnan(reference) ^ np.isnan(theirs)
+    diff[one_nan] = 0.0 if (~one_nan).any() else np.inf
     per_sample = tuple(float(d.max()) if d.size else 0.0 for d in diff)
     finite = np.abs(reference[np.isfinite(reference)])
     discrete = is_discrete(module)
