@@ -220,7 +220,7 @@ class Ctx:
         shape = [int(d) for d in shape]
         if math.prod(shape) != math.prod(x.shape):
             raise self.error(f"cannot reshape {x.shape} to {shape}")
-        batched = len(shape) > 0 and shape[0] == 1
+        batched = len(shape) > 1 and shape[0] == 1  # a sample keeps at least one axis
         torch_shape = tuple(shape[1:] if batched else shape)
         if tuple(x.example.shape[1:]) == torch_shape:
             return Dyn(x.node, x.example, batched, x.module)
@@ -236,7 +236,7 @@ class Ctx:
 
     def rebatch(self, x: Dyn) -> Dyn:
         """``x`` batched when its ONNX axis 0 has size 1 (one reshape at most)."""
-        if x.batched or not x.shape or x.shape[0] != 1:
+        if x.batched or x.rank < 2 or x.shape[0] != 1:
             return x
         return self.reshape(x, x.shape)
 

@@ -122,7 +122,12 @@ def _output(ctx: Ctx, graph: onnx.GraphProto) -> fx.Node:
         raise RobustlabError("the ONNX model has no outputs")
     ctx.begin(onnx.NodeProto(op_type="Output"), "output")
     if len(results) == 1:
-        return ctx.rebatch(results[0]).node
+        y = ctx.rebatch(results[0])
+        return (
+            y.node
+            if y.example.ndim > 1
+            else ctx.call(torch.reshape, y, (-1, 1), batched=False).node
+        )
     flat = [
         ctx.call(torch.reshape, r, (-1, max(math.prod(r.shape), 1)), batched=False) for r in results
     ]
