@@ -35,6 +35,22 @@ DB = typer.Option(
 )
 
 
+MEAN = typer.Option(
+    None, "--mean", help="Per-channel mean the model expects, e.g. 0.4914,0.4822,0.4465: "
+    "(x - mean) / std is prepended, inputs and eps stay in pixel space."
+)  # fmt: skip
+STD = typer.Option(None, "--std", help="Per-channel std the model expects (see --mean).")
+
+
+def _model(model: str, mean: str | None, std: str | None):
+    """The --model argument with its --mean / --std preprocessing."""
+    from robustlab.model import ModelSource, parse_floats
+
+    if mean is None and std is None:
+        return model
+    return ModelSource(model, parse_floats(mean, "--mean"), parse_floats(std, "--std"))
+
+
 def _eps_list(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -131,6 +147,8 @@ def audit(
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     out_dir: Path = typer.Option(Path("robustlab-audit"), "--out", help="Output folder."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
     db: Path | None = DB,
 ) -> None:
     """Everything at once within a time budget: clean, attacks, bounds, corruptions, smoothing,
@@ -140,8 +158,9 @@ def audit(
     eps_values = None if eps is None else _eps_list(eps)
 
     def job(say, on_stage):
-        return audit_job(model, data, eps_values, norm, profile=profile, baseline=baseline,
-                         budget=budget, sigma=smoothing, n=n, seed=seed, batch_size=batch_size,
+        return audit_job(_model(model, mean, std), data, eps_values, norm, profile=profile,
+                         baseline=baseline, budget=budget, sigma=smoothing, n=n, seed=seed,
+                         batch_size=batch_size,
                          out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 
     _audit_run(job, out_dir, db)
@@ -164,13 +183,15 @@ def attack(
         None, "--surrogate", help="Model the transfer attack crafts its examples on."
     ),
     out_file: Path = typer.Option(Path("attack.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
     db: Path | None = DB,
 ) -> None:
     """Robust accuracy under an attack suite at one or more eps, with reliability flags."""
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
     with _status() as say:
         report = jobs.attack_job(
-            model,
+            _model(model, mean, std),
             data,
             _eps_list(eps),
             norm,
@@ -202,6 +223,8 @@ def corrupt(
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("corrupt.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
     db: Path | None = DB,
 ) -> None:
     """Natural robustness: common corruptions (mCE), small transformations, frequency-band noise."""
@@ -209,7 +232,7 @@ def corrupt(
 
     with _status() as say:
         report = corrupt_job(
-            model,
+            _model(model, mean, std),
             data,
             corruptions,
             severities,
@@ -252,12 +275,14 @@ def certify(
         "float64", "--precision", help="float64, or float32 (rigorous, faster on CNNs)."
     ),
     out_file: Path = typer.Option(Path("certify.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
     db: Path | None = DB,
 ) -> None:
     """Certified accuracy from sound bounds at one or more eps."""
     with _status() as say:
         report = jobs.certify_job(
-            model,
+            _model(model, mean, std),
             data,
             _eps_list(eps),
             norm,
@@ -300,6 +325,8 @@ def explain(
     batch_size: int = typer.Option(512, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("explain.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
     db: Path | None = DB,
 ) -> None:
     """Attributions per input (JSON) and heat-maps (HTML)."""
@@ -307,7 +334,7 @@ def explain(
 
     with _status() as say:
         report = explain_job(
-            model,
+            _model(model, mean, std),
             data,
             method,
             n=n,
@@ -489,6 +516,8 @@ def smooth(
     batch_size: int = typer.Option(1000, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("smooth.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
     db: Path | None = DB,
 ) -> None:
     """Randomized smoothing: smoothed accuracy and certified L2 radii (Cohen et al.)."""
@@ -496,7 +525,7 @@ def smooth(
 
     with _status() as say:
         report = smooth_job(
-            model,
+            _model(model, mean, std),
             data,
             sigma,
             n0=n0,
