@@ -108,7 +108,8 @@ def compute_bounds(
 ) -> Bounds | BoundResult:
     """Sound bounds on ``model`` (or on ``C @ model``) over a batched region.
 
-    ``region`` is a ``Box`` with batched bounds or ``(threat, x0)``. ``C`` has shape
+    ``region`` is a ``Box`` with batched bounds or ``(threat, x0)``, taken exactly as given
+    (:func:`input_region`; a float32 computation rounds it outward). ``C`` has shape
     (batch, rows, *output_shape). Bounds are computed in ``dtype`` (float64 by default) and rounded
     outward to the region's dtype. ``bound_upper=False`` computes lower bounds only (the upper
     bounds are then infinite); ``stop_when_positive`` ends alpha-CROWN's optimisation once every

@@ -204,9 +204,8 @@ def search_steps(
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate)
     stats.domains += 1
-    open_q = ~(
-        disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups, margin) > 0
-    )  # per box: open disjuncts
+    # per box: its open disjuncts
+    open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups, margin) > 0)
     a_q = _rows_to_improve(lb, A, open_q, d, groups, weakest_first)  # per box: (2, inputs)
     if not open_q.any():
         return "holds", None
