@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -96,6 +97,11 @@ class LpBall:
         return inside & (dist <= self.eps * (1 + tol) + tol)
 
 
+def _exact(v) -> Tensor:
+    """``v`` as a tensor without rounding: tensors keep their dtype, numbers become float64."""
+    return v if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v))
+
+
 @dataclass(frozen=True)
 class Box:
     """A fixed axis-aligned box ``lower <= x <= upper`` (bounds broadcast against the input)."""
@@ -109,9 +115,9 @@ class Box:
             raise RobustlabError("box bounds must be finite with lower <= upper")
 
     def box(self, x0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The box itself, broadcast to ``x0``'s shape when ``x0`` is given."""
-        lo = torch.as_tensor(self.lower, dtype=torch.get_default_dtype())
-        hi = torch.as_tensor(self.upper, dtype=torch.get_default_dtype())
+        """The box itself in its tensors' dtype (float64 stays float64; Python numbers are float64,
+        their exact value), broadcast to ``x0``'s shape and dtype when ``x0`` is given."""
+        lo, hi = _exact(self.lower), _exact(self.upper)
         if x0 is not None:
             lo, hi = lo.to(x0).expand_as(x0), hi.to(x0).expand_as(x0)
         return lo, hi

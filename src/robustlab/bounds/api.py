@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from robustlab.bounds import rounding
 from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import Bounds, graph_of
@@ -27,19 +28,48 @@ class BoundResult:
 
 
 def input_region(region) -> InputRegion:
-    """The input region: a ``Box``, or ``(threat, x0)`` with a threat model applied to x0."""
+    """The input region, exactly as given: a ``Box`` in its tensors' dtype, or ``(threat, x0)``
+    with the threat model applied to x0 in float64 (x0 converts exactly; ``x0 -+ eps`` is rounded
+    outward), so a float32 rounding of the region can never move it inward."""
     if isinstance(region, Box):
         lo, hi = region.box()
         return InputRegion(lo, hi)
     if isinstance(region, tuple) and len(region) == 2 and isinstance(region[0], (LpBall, Box)):
         threat, x0 = region
-        lo, hi = threat.box(x0)
-        if isinstance(threat, LpBall) and threat.norm == "2":
-            return InputRegion(lo, hi, x0, threat.eps)
+        x64 = x0.double()
+        if isinstance(threat, Box):
+            lo, hi = threat.box(x64)
+            return InputRegion(lo, hi)
+        lo = _sub_down(x64, threat.eps).clamp(threat.lower, threat.upper)
+        hi = _add_up(x64, threat.eps).clamp(threat.lower, threat.upper)
+        if threat.norm == "2":
+            return InputRegion(lo, hi, x64, threat.eps)
         return InputRegion(lo, hi)
     raise RobustlabError(
         f"expected a Box or (threat model, x0) as region; found {type(region).__name__}"
     )
+
+
+def _sub_down(x: Tensor, e: float) -> Tensor:
+    """``x - e`` rounded down (x float64): the exact error of the rounded difference by TwoSum
+    (Knuth), one step down where the rounding went up."""
+    s = x - e
+    bb = s - x
+    err = (x - (s - bb)) + (-e - bb)  # x - e == s + err exactly
+    return torch.where(err < 0, torch.nextafter(s, s.new_tensor(-torch.inf)), s)
+
+
+def _add_up(x: Tensor, e: float) -> Tensor:
+    return -_sub_down(-x, e)
+
+
+def _region_in(given: InputRegion, dtype: torch.dtype) -> InputRegion:
+    """The region in the computation's dtype: exact in float64 (a float32 region converts
+    exactly), rounded outward to a coarser dtype; an L2 ball keeps its float64 centre."""
+    lower = rounding.round_down(given.lower.double(), dtype)
+    upper = -rounding.round_down(-given.upper.double(), dtype)
+    center = None if given.center is None else given.center.double()
+    return InputRegion(lower, upper, center, given.l2_eps)
 
 
 def _outward(b: Bounds, dtype: torch.dtype, computed: torch.dtype) -> Bounds:
@@ -53,6 +83,15 @@ def _outward(b: Bounds, dtype: torch.dtype, computed: torch.dtype) -> Bounds:
             hi_c.to(hi.dtype) < hi, torch.nextafter(hi_c, torch.full_like(hi_c, torch.inf)), hi_c
         )
     return Bounds(lo_c, hi_c)
+
+
+def _widened(b: Bounds, C_err: Tensor, out: Bounds) -> Bounds:
+    """Bounds of ``C y`` from those of ``C' y`` (C' = C rounded): ``|C - C'| max|y|`` wider, in
+    float64 (|y| from the output's own bounds)."""
+    mag = torch.maximum(out.lower.double().abs(), out.upper.double().abs()).flatten(1)
+    terms = torch.where(C_err.flatten(2) > 0, C_err.flatten(2) * mag[:, None], 0.0)
+    d = terms.sum(-1) * (1 + 1e-12)
+    return Bounds(b.lower.double() - d, b.upper.double() + d)
 
 
 def compute_bounds(
@@ -69,7 +108,8 @@ def compute_bounds(
 ) -> Bounds | BoundResult:
     """Sound bounds on ``model`` (or on ``C @ model``) over a batched region.
 
-    ``region`` is a ``Box`` with batched bounds or ``(threat, x0)``. ``C`` has shape
+    ``region`` is a ``Box`` with batched bounds or ``(threat, x0)``, taken exactly as given
+    (:func:`input_region`; a float32 computation rounds it outward). ``C`` has shape
     (batch, rows, *output_shape). Bounds are computed in ``dtype`` (float64 by default) and rounded
     outward to the region's dtype. ``bound_upper=False`` computes lower bounds only (the upper
     bounds are then infinite); ``stop_when_positive`` ends alpha-CROWN's optimisation once every
@@ -79,17 +119,19 @@ def compute_bounds(
         raise RobustlabError(f"unknown bound method '{method}'; known: {', '.join(METHODS)}")
     given = input_region(region)
     out_dtype = given.lower.dtype if given.lower.is_floating_point() else torch.get_default_dtype()
-    lower, upper = given.lower.to(dtype), given.upper.to(dtype)
-    center = None if given.center is None else given.center.to(dtype)
-    region = InputRegion(lower, upper, center, given.l2_eps)
+    region = _region_in(given, dtype)
+    lower = region.lower
+    C_err = None
     if C is not None:
-        C = C.to(dtype)
         if C.dim() == 2:
             C = C.expand(lower.shape[0], *C.shape)
+        C64, C = C.double(), C.to(dtype)
+        if not torch.equal(C.double(), C64):  # C rounded: bound C y by C' y and |C - C'| |y|
+            C_err = (C64 - C.double()).abs()
     graph = graph_of(model, tuple(lower.shape[1:]))
     with torch.no_grad():
         if method == "ibp":
-            all_b = interval_all(graph, lower, upper)
+            all_b = interval_all(graph, lower, region.upper)
             inter = dict(enumerate(all_b))
             final = all_b[-1] if C is None else spec_bounds(graph, inter, C)
         elif method in ("crown", "crown-ibp"):
@@ -107,6 +149,8 @@ def compute_bounds(
             stop_when_positive=stop_when_positive,
             **kw,
         )
+    if C_err is not None:
+        final = _widened(final, C_err, inter[graph.output] if method != "ibp" else all_b[-1])
     result = _outward(final, out_dtype, dtype)
     if return_intermediate:
         return BoundResult(

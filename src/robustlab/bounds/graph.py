@@ -107,14 +107,15 @@ def _module_op(m: nn.Module, x: _Var) -> Op:
             raise UnsupportedOperation(
                 f"{type(m).__name__} in training mode (put the model in eval mode)"
             )
-        scale = (
-            m.weight / torch.sqrt(m.running_var + m.eps)
-            if m.affine
-            else 1 / torch.sqrt(m.running_var + m.eps)
-        )
-        shift = (m.bias if m.affine else 0) - m.running_mean * scale
+        # folded in float64 from the parameters (in their float32, the fold's rounding would
+        # make the bounds describe a slightly different function)
+        var, mean = m.running_var.detach().double(), m.running_mean.detach().double()
+        scale = 1 / torch.sqrt(var + m.eps)
+        if m.affine:
+            scale = m.weight.detach().double() * scale
+        shift = (m.bias.detach().double() if m.affine else 0.0) - mean * scale
         shape = (-1,) + (1,) * (x.example.dim() - 2)
-        return Affine(scale.detach().view(shape), shift.detach().view(shape))
+        return Affine(scale.view(shape), shift.view(shape))
     if isinstance(m, nn.MaxPool2d):
         if _pair(m.dilation) != (1, 1) or m.ceil_mode or m.return_indices:
             raise UnsupportedOperation("MaxPool2d with dilation, ceil_mode or return_indices")

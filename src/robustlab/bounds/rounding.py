@@ -149,7 +149,10 @@ def relax(op, l: Tensor, u: Tensor, alpha: Tensor | None = None):
     la, lb, ua, ub = op.relax(l64, u64, None if alpha is None else alpha.double())
     la32, ua32 = la.float(), ua.float()
     m = torch.maximum(l64.abs(), u64.abs())
-    if isinstance(op, ReLU):  # the lower line la x (la in [slope, 1]) is exact; refit the upper
+    if isinstance(op, ReLU):
+        # the lower line la x is valid for every la in [slope, 1]: round la up, into that range
+        # (rounded to nearest, a slope such as 0.01 could fall below the model's); refit the upper
+        la32 = -round_down(-la, torch.float32)
         s, ua_ = op.slope, ua32.double()
         ub = torch.maximum(s * l64 - ua_ * l64, u64 - ua_ * u64).clamp_min(0.0)
         ub = ub + 1e-15 * (ua_.abs() + 1) * m  # the float64 products and differences above

@@ -18,7 +18,8 @@ from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.verify.spec import Property
 
-HOLD_MARGIN = 1e-6  # a disjunct is infeasible only when its bound clears d by this (x max(1, |d|))
+HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
+UNIT = 2.0**-24  # the precision networks are evaluated in (float32, as onnxruntime checks them)
 
 
 @dataclass
@@ -59,6 +60,29 @@ def bound_boxes(
     return lb, lin["A"].reshape(n, C.shape[0], -1), lin["bias"]
 
 
+def margin_of(d: Tensor, magnitude: Tensor | float = 0.0, unit: float = UNIT) -> Tensor:
+    """``HOLD_ULPS * unit * (|d| + magnitude)``, per row (see :func:`hold_margin`)."""
+    return HOLD_ULPS * unit * (d.abs() + magnitude)
+
+
+def hold_margin(graph: BoundGraph, prop: Property, shape, unit: float = UNIT) -> Tensor:
+    """How far a lower bound of each row ``C_r y`` (the property's stacked rows) must clear
+    ``d_r`` before a disjunct counts as unreachable: ``HOLD_ULPS`` units of the input precision
+    ``unit`` of the bounded quantity's magnitude, ``|d_r| + |C_r| max|y| + |A_r| max|x|`` over
+    the property's box (CROWN bounds of the outputs y; A_r: the coefficients of C_r y's linear
+    bound, its sensitivity to the inputs). The two magnitude terms are what rounding the outputs
+    and the inputs to float32 can change, so no float32 evaluation contradicts a ``holds``; the
+    margin follows the network's scale (outputs near 1e6 or near 1e-6 alike)."""
+    C, d, _ = _stack_spec(prop)
+    k, n_out = C.shape
+    eye = torch.eye(n_out, dtype=C.dtype)
+    lo, hi = prop.lower[None].double(), prop.upper[None].double()
+    lb, A, _ = bound_boxes(graph, lo, hi, torch.cat([C, eye, -eye]), shape)
+    y_mag = torch.maximum(lb[0, k : k + n_out].abs(), lb[0, k + n_out :].abs())
+    x_mag = torch.maximum(lo.abs(), hi.abs())[0]
+    return margin_of(d, C.abs() @ y_mag + A[0, :k].abs() @ x_mag, unit)
+
+
 def _weights(k: int) -> Tensor:
     """Convex combinations of k rows tried for a conjunction: weights in {0, 1, 2}, normalised."""
     grid = torch.cartesian_prod(*[torch.arange(3.0, dtype=torch.float64)] * k).reshape(-1, k)
@@ -66,13 +90,14 @@ def _weights(k: int) -> Tensor:
     return grid / grid.sum(1, keepdim=True)
 
 
-def disjunct_slack(lb, A, bias, lo, hi, d, groups) -> Tensor:
+def disjunct_slack(lb, A, bias, lo, hi, d, groups, margin: Tensor | None = None) -> Tensor:
     """(N, disjuncts): a lower bound on the largest ``C_r y - d_r`` over each disjunct's rows,
-    minus the margin; positive means the disjunct is unreachable on the box.
+    minus the margin (:func:`hold_margin`; default: from |d| alone); positive means the
+    disjunct is unreachable on the box.
 
     A conjunction is also refuted by a convex combination of its rows whose linear lower bound is
     positive over the whole box (even when no single row is)."""
-    margin = HOLD_MARGIN * d.abs().clamp_min(1.0)
+    margin = margin_of(d) if margin is None else margin
     slack = lb - d - margin
     c, r = (hi + lo) / 2, (hi - lo) / 2
     out = []
@@ -89,9 +114,10 @@ def disjunct_slack(lb, A, bias, lo, hi, d, groups) -> Tensor:
     return torch.stack(out, 1)
 
 
-def infeasible(lb: Tensor, d: Tensor, groups: list[slice]) -> Tensor:
-    """(N, disjuncts): disjunct proven unreachable on the box (some row's bound exceeds d)."""
-    margin = HOLD_MARGIN * d.abs().clamp_min(1.0)
+def infeasible(lb: Tensor, d: Tensor, groups: list[slice], margin: Tensor | None = None) -> Tensor:
+    """(N, disjuncts): disjunct proven unreachable on the box (some row's bound exceeds d by the
+    margin, :func:`hold_margin`; default: from |d| alone)."""
+    margin = margin_of(d) if margin is None else margin
     ok = lb > d + margin
     return torch.stack([ok[:, g].any(1) for g in groups], 1)
 
@@ -161,6 +187,7 @@ def search_steps(
     intermediate: str = "crown",
     lookahead: int = 2,
     weakest_first: bool = False,
+    margin: Tensor | None = None,
 ) -> Generator[None, None, tuple[str, Tensor | None]]:
     """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
     ``("holds", None)`` or ``("violated", x)``).
@@ -169,13 +196,16 @@ def search_steps(
     ``lookahead`` inputs with the largest |coefficient| x width, and the split whose worse half has
     the best bound is taken; halves already proven are dropped. The coefficients are those of the
     row closest to refuting the weakest open disjunct, or (``weakest_first``) of the weakest open
-    row; with ``lookahead >= 2`` the candidates alternate between the two."""
+    row; with ``lookahead >= 2`` the candidates alternate between the two. ``margin``: that of
+    :func:`hold_margin` (computed when not given)."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
+    margin = hold_margin(graph, prop, shape) if margin is None else margin
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate)
     stats.domains += 1
-    open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups) > 0)  # per box: open disjuncts
+    # per box: its open disjuncts
+    open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups, margin) > 0)
     a_q = _rows_to_improve(lb, A, open_q, d, groups, weakest_first)  # per box: (2, inputs)
     if not open_q.any():
         return "holds", None
@@ -208,7 +238,7 @@ def search_steps(
         stats.domains += len(L)
         stats.bound_calls += 1
         lbc, Ac, bc = bound_boxes(graph, L, H, C, shape, intermediate)
-        sl = disjunct_slack(lbc, Ac, bc, L, H, d, groups).view(m, 2, n, -1)
+        sl = disjunct_slack(lbc, Ac, bc, L, H, d, groups, margin).view(m, 2, n, -1)
         sl = torch.where(op[None, None], sl, torch.inf)  # closed disjuncts do not matter
         score = sl.amin(3).amin(1)  # (m, n): the worse half's weakest open disjunct
         dim = score.argmax(0)

@@ -23,7 +23,7 @@ from robustlab.bounds.crown import backward
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.verify.bab import HOLD_MARGIN, BabStats, _stack_spec
+from robustlab.verify.bab import BabStats, _stack_spec, hold_margin
 from robustlab.verify.spec import Property
 
 ITERATIONS = 3  # bound passes per batch of domains (children start from the parent's alpha, beta)
@@ -159,11 +159,14 @@ def relu_split(
     deadline: float,
     batch: int = 64,
     stats: BabStats | None = None,
+    margin: Tensor | None = None,
 ) -> tuple[str, Tensor | None]:
     """``("holds", None)``, ``("violated", x)`` (x float64, to be re-checked), ``("unknown",
-    None)`` when a domain has no unstable neuron left, or ``("timeout", None)``."""
+    None)`` when a domain has no unstable neuron left, or ``("timeout", None)``. ``margin``:
+    that of :func:`bab.hold_margin` (computed when not given)."""
     stats = stats or BabStats()
     C_all, d_all, groups = _stack_spec(prop)
+    margin_all = hold_margin(graph, prop, shape) if margin is None else margin
     region = InputRegion(
         prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
     )
@@ -171,12 +174,12 @@ def relu_split(
         final, root = alpha_crown(graph, region, C_all[None], bound_upper=False, deadline=deadline)
     root = {k: Bounds(b.lower.detach(), b.upper.detach()) for k, b in root.items()}
     relus = _relus(graph)
-    slack0 = final.lower[0].double() - d_all - HOLD_MARGIN * d_all.abs().clamp_min(1.0)
+    slack0 = final.lower[0].double() - d_all - margin_all
     todo = [g for g in groups if not bool((slack0[g] > 0).any())]
     todo.sort(key=lambda g: float(slack0[g].max()))  # the hardest first: it decides the answer
     for g in todo:  # each disjunct of the unsafe region must be refuted on every domain
         C, d = C_all[g], d_all[g]
-        margin = HOLD_MARGIN * d.abs().clamp_min(1.0)
+        margin = margin_all[g]
         rows = C.shape[0]
         signs = {
             j: torch.zeros(1, root[j].lower[0].numel(), dtype=torch.int8) for j in relus.values()

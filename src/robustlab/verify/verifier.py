@@ -62,13 +62,13 @@ def _onnx_input_shape(onnx_bytes: bytes) -> list[int]:
     return [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
 
 
-def _root_bounds_hold(model, prop: Property, shape, method: str) -> bool:
+def _root_bounds_hold(model, prop: Property, shape, method: str, margin) -> bool:
     C, d, groups = bab._stack_spec(prop)
     lo, hi = prop.lower.reshape(1, *shape), prop.upper.reshape(1, *shape)
     b = compute_bounds(
         model, Box(lo, hi), method, C=C[None], bound_upper=False, stop_when_positive=False
     )
-    return bool(bab.infeasible(b.lower.double(), d, groups).all())
+    return bool(bab.infeasible(b.lower.double(), d, groups, margin).all())
 
 
 def verify_property(
@@ -87,32 +87,34 @@ def verify_property(
         y = check_onnx(onnx_bytes, prop, x, onnx_shape)
         if y is not None:
             return "violated", {"x": x.float().tolist(), "y": y.tolist()}
+    graph = graph_of(model, tuple(shape))
+    margin = bab.hold_margin(graph, prop, shape)  # scaled to the network's outputs and inputs
     # ReLU splitting starts with its own alpha-CROWN pass over every row
     for method in ("crown",) if strategy == "relu-split" else ("crown", "alpha-crown"):
         if time.monotonic() > deadline:
             return "timeout", None
-        if _root_bounds_hold(model, prop, shape, method):
+        if _root_bounds_hold(model, prop, shape, method, margin):
             stats["proved_by"] = method
             return "holds", None
     if strategy not in ("input-split", "relu-split"):
         return "unknown", None
-    graph = graph_of(model, tuple(shape))
     st = bab.BabStats()
     if strategy == "relu-split":
-        verdict, x = relu_split(graph, prop, shape, model, deadline=deadline, stats=st)
+        verdict, x = relu_split(
+            graph, prop, shape, model, deadline=deadline, stats=st, margin=margin
+        )
     else:
         # a portfolio of branching rules, with shares of time: look-ahead over every input
         # (decisive on some properties), and the "smart" rule on the row closest to refuting the
         # weakest disjunct, or on the weakest row
+        kw = dict(stats=st, margin=margin)
         searches = [
-            bab.search_steps(graph, prop, shape, model, stats=st, lookahead=len(prop.lower)),
-            bab.search_steps(graph, prop, shape, model, stats=st, lookahead=1),
+            bab.search_steps(graph, prop, shape, model, lookahead=len(prop.lower), **kw),
+            bab.search_steps(graph, prop, shape, model, lookahead=1, **kw),
         ]
         if any(len(dj.d) > 1 for dj in prop.disjuncts):  # else the two rows are the same
             searches.append(
-                bab.search_steps(
-                    graph, prop, shape, model, stats=st, lookahead=1, weakest_first=True
-                )
+                bab.search_steps(graph, prop, shape, model, lookahead=1, weakest_first=True, **kw)
             )
         shares = [1.0] + [2.0] * (len(searches) - 1)  # the look-ahead costs k_in times more
         verdict, x = bab.portfolio(searches, deadline, shares)

@@ -25,19 +25,23 @@ class ReLU(Activation):
 
     def alpha_init(self, l, u):
         # CROWN's adaptive lower slope: 1 when the positive part dominates, else the leak slope
-        return torch.where(u > -l, 1.0, self.slope).to(l.dtype)
+        # (constants as tensors of l's dtype: a Python scalar pair in torch.where gives float32)
+        return torch.where(u > -l, l.new_tensor(1.0), l.new_tensor(self.slope))
 
     def relax(self, l, u, alpha=None):
-        a = self.slope
+        s = l.new_tensor(self.slope)  # the model's slope, exact in l's dtype
         unstable = (l < 0) & (u > 0)
-        active = l >= 0
-        ua = torch.where(
-            unstable, (u - a * l) / (u - l).clamp_min(TINY), torch.where(active, 1.0, a)
-        )
-        ub = torch.where(unstable, (a - 1) * l * u / (u - l).clamp_min(TINY), 0.0)
+        stable = torch.where(l >= 0, l.new_tensor(1.0), s)
+        # unstable: the chord through (l, s l) and (u, u); u - l >= u > 0 there, so no floor is
+        # needed (a floor would shrink the line below f on intervals narrower than it)
+        width = torch.where(unstable, u - l, l.new_tensor(1.0))
+        ua = torch.where(unstable, (u - s * l) / width, stable)
+        # the intercept refitted to the rounded slope: f - ua x is convex, so its largest value
+        # on [l, u] is at an end (and no product of l and u can underflow)
+        ub = torch.where(unstable, torch.maximum(s * l - ua * l, u - ua * u), l.new_tensor(0.0))
         if alpha is None:
             alpha = self.alpha_init(l, u)
-        la = torch.where(unstable, alpha.clamp(a, 1.0), torch.where(active, 1.0, a))
+        la = torch.where(unstable, alpha.to(l.dtype).clamp(self.slope, 1.0), stable)
         return la, torch.zeros_like(la), ua.expand_as(la), ub.expand_as(la)
 
 
