@@ -15,9 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robustlab import jobs, store
+# imports stay light here (``--help`` must not load torch or matplotlib): each command imports what
+# it needs; robustlab.store uses only the standard library
+from robustlab import store
 from robustlab.errors import RobustlabError
-from robustlab.report import write_report, write_report_dir
 
 app = typer.Typer(
     add_completion=False,
@@ -53,13 +54,15 @@ def _status(quiet: bool = False):
 
 
 def _record(report: dict, report_path: Path, db) -> int:
+    from robustlab.jobs import metrics_of
+
     return store.record(
         shlex.join(["robustlab", *sys.argv[1:]]),
         model=report["model"]["name"],
         model_hash=report["model"]["digest"],
         data=report["data"]["name"],
         settings=report.get("settings", {}),
-        metrics=jobs.metrics_of(report),
+        metrics=metrics_of(report),
         report=str(report_path.resolve()),
         db=db,
     )
@@ -67,6 +70,8 @@ def _record(report: dict, report_path: Path, db) -> int:
 
 def _save(report: dict, path: Path, db) -> int:
     """Write the report (JSON and its HTML page) and record the run; returns the run id."""
+    from robustlab.report import write_report
+
     write_report(report, path, path.with_suffix(".html"))
     return _record(report, path, db)
 
@@ -106,6 +111,7 @@ def demo(
 
 def _audit_run(job, out_dir: Path, db) -> None:
     from robustlab.audit.console import print_summary, stage_line
+    from robustlab.report import write_report_dir
 
     with _status() as say:
         report = job(say, lambda rec: err.print(stage_line(rec), markup=False, highlight=False))
@@ -167,6 +173,8 @@ def attack(
     db: Path | None = DB,
 ) -> None:
     """Robust accuracy under an attack suite at one or more eps, with reliability flags."""
+    from robustlab import jobs
+
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
     with _status() as say:
         report = jobs.attack_job(
@@ -255,6 +263,8 @@ def certify(
     db: Path | None = DB,
 ) -> None:
     """Certified accuracy from sound bounds at one or more eps."""
+    from robustlab import jobs
+
     with _status() as say:
         report = jobs.certify_job(
             model,

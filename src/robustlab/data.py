@@ -6,6 +6,7 @@ what it reads and names what it expected and what it found.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
+from robustlab.paths import home
 
 BUILTIN = ("digits", "digits-train")
 
@@ -60,7 +62,11 @@ class Dataset:
         )
 
 
-def _digits(train: bool) -> Dataset:
+DIGITS_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def split_digits() -> dict[str, np.ndarray]:
+    """scikit-learn's digits scaled to [0, 1], (N, 1, 8, 8), split 75/25 (stratified, seed 0)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -68,7 +74,42 @@ def _digits(train: bool) -> Dataset:
     x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    x, y = (x_tr, y_tr) if train else (x_te, y_te)
+    return dict(zip(DIGITS_KEYS, (x_tr, y_tr, x_te, y_te), strict=True))
+
+
+def digits_cache() -> Path:
+    """The split's cache file, keyed by scikit-learn's version (which fixes the split)."""
+    from importlib.metadata import version
+
+    return home() / "data" / f"digits-sklearn-{version('scikit-learn')}.npz"
+
+
+def _digits_arrays() -> dict[str, np.ndarray]:
+    """The split, read from the cache (importing scikit-learn costs about a second of every
+    command's start-up); computed and cached on first use. A damaged cache is recomputed; an
+    unwritable one is skipped."""
+    path = digits_cache()
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in DIGITS_KEYS}
+        if arrays["x_train"].dtype == np.float32 and arrays["y_test"].dtype == np.int64:
+            return arrays
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass
+    arrays = split_digits()
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: concurrent readers see the old file or the whole new one
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return arrays
+
+
+def _digits(train: bool) -> Dataset:
+    arrays = _digits_arrays()
+    x, y = (arrays["x_train"], arrays["y_train"]) if train else (arrays["x_test"], arrays["y_test"])
     name = "digits-train" if train else "digits"
     return Dataset(name, torch.from_numpy(x), torch.from_numpy(y), 0.0, 1.0)
 

@@ -1,0 +1,54 @@
+"""Paths: robustlab's home folder; output paths whose missing folders are created, and a path that
+cannot be written as a one-line error.
+
+Commands check their output paths before they compute, so a typo in ``--out`` costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from robustlab.errors import RobustlabError
+
+
+def home() -> Path:
+    """robustlab's own folder: ``$ROBUSTLAB_HOME``, default ``~/.robustlab`` (caches, run history)."""
+    return Path(os.environ.get("ROBUSTLAB_HOME") or Path.home() / ".robustlab")
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def output_folder(path: Path | str, what: str = "--out") -> Path:
+    """``path`` as a writable folder, created with its parents when missing."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise RobustlabError(f"{what} expects a folder; found the file {path}")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RobustlabError(f"{what}: cannot create the folder {path} ({_why(e)})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RobustlabError(f"{what}: the folder {path} is not writable")
+    return path
+
+
+def output_file(path: Path | str, what: str = "--out") -> Path:
+    """``path`` as a writable file path whose folder exists (created when missing)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise RobustlabError(f"{what} expects a file path; found the folder {path}")
+        output_folder(path.parent, what)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise RobustlabError(f"{what}: the file {path} is not writable")
+    except OSError as e:
+        raise cannot_write(path, e, what) from None
+    return path
+
+
+def cannot_write(path: Path | str, e: OSError, what: str = "--out") -> RobustlabError:
+    """The one-line error for a write that failed after the checks (disk full, permissions)."""
+    return RobustlabError(f"{what}: cannot write {path} ({_why(e)})")
