@@ -16,9 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 # imports stay light here (``--help`` must not load torch or matplotlib): each command imports what
-# it needs; robustlab.store uses only the standard library
+# it needs; robustlab.store and robustlab.paths use only the standard library
 from robustlab import store
 from robustlab.errors import RobustlabError
+from robustlab.paths import cannot_write, output_file, output_folder
 
 app = typer.Typer(
     add_completion=False,
@@ -68,11 +69,25 @@ def _record(report: dict, report_path: Path, db) -> int:
     )
 
 
+def _outputs(path: Path, db: Path | None, folder: bool = False) -> None:
+    """Before any work: ``--out`` (a file, or a folder) and ``--db`` can be written; missing
+    folders are created."""
+    if folder:
+        output_folder(path)
+    else:
+        output_file(path)
+    if db is not None:
+        output_file(db, "--db")
+
+
 def _save(report: dict, path: Path, db) -> int:
     """Write the report (JSON and its HTML page) and record the run; returns the run id."""
     from robustlab.report import write_report
 
-    write_report(report, path, path.with_suffix(".html"))
+    try:
+        write_report(report, output_file(path), path.with_suffix(".html"))
+    except OSError as e:
+        raise cannot_write(path, e) from None
     return _record(report, path, db)
 
 
@@ -105,6 +120,7 @@ def demo(
     """Audit the zoo MLP (trained on first use) on digits with the quick profile."""
     from robustlab.audit import demo_job
 
+    _outputs(out_dir, db, folder=True)
     _audit_run(lambda say, on_stage: demo_job(out=out_dir, progress=say, on_stage=on_stage),
                out_dir, db)  # fmt: skip
 
@@ -115,7 +131,10 @@ def _audit_run(job, out_dir: Path, db) -> None:
 
     with _status() as say:
         report = job(say, lambda rec: err.print(stage_line(rec), markup=False, highlight=False))
-    json_path, html_path = write_report_dir(report, out_dir)
+    try:
+        json_path, html_path = write_report_dir(report, output_folder(out_dir))
+    except OSError as e:
+        raise cannot_write(out_dir, e) from None
     run_id = _record(report, json_path, db)
     print_summary(out, err, report)
     out.print(f"report: {json_path}\n        {html_path}\nrun id: {run_id}")
@@ -143,6 +162,7 @@ def audit(
     sensitivity; DIR/report.json and DIR/report.html."""
     from robustlab.audit import audit_job
 
+    _outputs(out_dir, db, folder=True)
     eps_values = None if eps is None else _eps_list(eps)
 
     def job(say, on_stage):
@@ -175,6 +195,7 @@ def attack(
     """Robust accuracy under an attack suite at one or more eps, with reliability flags."""
     from robustlab import jobs
 
+    _outputs(out_file, db)
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
     with _status() as say:
         report = jobs.attack_job(
@@ -215,6 +236,7 @@ def corrupt(
     """Natural robustness: common corruptions (mCE), small transformations, frequency-band noise."""
     from robustlab.corruptions.job import corrupt_job
 
+    _outputs(out_file, db)
     with _status() as say:
         report = corrupt_job(
             model,
@@ -265,6 +287,7 @@ def certify(
     """Certified accuracy from sound bounds at one or more eps."""
     from robustlab import jobs
 
+    _outputs(out_file, db)
     with _status() as say:
         report = jobs.certify_job(
             model,
@@ -315,6 +338,7 @@ def explain(
     """Attributions per input (JSON) and heat-maps (HTML)."""
     from robustlab.explain.job import explain_job
 
+    _outputs(out_file, db)
     with _status() as say:
         report = explain_job(
             model,
@@ -348,9 +372,14 @@ def verify(
     """Verify one instance; prints holds, violated, timeout, unknown or error."""
     from robustlab.verify import verify as run_verify
 
+    if out_file is not None:
+        output_file(out_file)
     result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy)
     if out_file is not None:
-        out_file.write_text(result.vnncomp())
+        try:
+            out_file.write_text(result.vnncomp())
+        except OSError as e:
+            raise cannot_write(out_file, e) from None
     out.print(result.verdict, markup=False, highlight=False)
     if result.verdict == "error":  # bad input: the word on stdout, the reason on stderr, exit 2
         raise RobustlabError(result.message)
@@ -376,7 +405,8 @@ def verify_benchmark(
 
     from robustlab.verify.runner import read_expected, run_benchmark, summarize
 
-    db = results_db or out_file.with_suffix(".sqlite")
+    db = output_file(results_db, "--db") if results_db else out_file.with_suffix(".sqlite")
+    output_file(out_file)
     with Progress(console=err, disable=not err.is_terminal) as bar:
         task = bar.add_task("verifying", total=None)
 
@@ -446,6 +476,9 @@ def train(
     """Train (adversarially, certifiably, with noise); save ONNX, evaluate, compare methods."""
     from robustlab.train.job import train_job
 
+    _outputs(out_file, db)
+    if report_file is not None:
+        output_file(report_file, "--report")
     with _status() as say:
         report = train_job(
             arch,
@@ -504,6 +537,7 @@ def smooth(
     """Randomized smoothing: smoothed accuracy and certified L2 radii (Cohen et al.)."""
     from robustlab.smoothing.job import smooth_job
 
+    _outputs(out_file, db)
     with _status() as say:
         report = smooth_job(
             model,
@@ -562,6 +596,7 @@ def runs_compare(
 
     if len(run_ids) < 2:
         raise RobustlabError(f"runs compare expects at least two run ids; found {len(run_ids)}")
+    output_file(html)
     header, rows = store.compare(run_ids, db)
     table = Table(*header)
     for row in rows:

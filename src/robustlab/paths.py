@@ -21,17 +21,26 @@ def _why(e: OSError) -> str:
     return e.strerror or type(e).__name__
 
 
-def output_folder(path: Path | str, what: str = "--out") -> Path:
-    """``path`` as a writable folder, created with its parents when missing."""
-    path = Path(path)
+def _make_folder(path: Path, what: str) -> None:
     try:
         if path.exists() and not path.is_dir():
-            raise RobustlabError(f"{what} expects a folder; found the file {path}")
+            raise RobustlabError(f"{what}: cannot create the folder {path} (a file has that name)")
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RobustlabError(f"{what}: cannot create the folder {path} ({_why(e)})") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise RobustlabError(f"{what}: the folder {path} is not writable")
+
+
+def output_folder(path: Path | str, what: str = "--out") -> Path:
+    """``path`` as a writable folder, created with its parents when missing."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            raise RobustlabError(f"{what} expects a folder; found the file {path}")
+    except OSError as e:
+        raise RobustlabError(f"{what}: cannot use {path} ({_why(e)})") from None
+    _make_folder(path, what)
     return path
 
 
@@ -41,7 +50,7 @@ def output_file(path: Path | str, what: str = "--out") -> Path:
     try:
         if path.is_dir():
             raise RobustlabError(f"{what} expects a file path; found the folder {path}")
-        output_folder(path.parent, what)
+        _make_folder(path.parent, what)
         if path.exists() and not os.access(path, os.W_OK):
             raise RobustlabError(f"{what}: the file {path} is not writable")
     except OSError as e:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robustlab.errors import RobustlabError
+from robustlab.paths import output_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -52,8 +53,7 @@ def default_path() -> Path:
 
 
 def _connect(path: Path | str | None) -> sqlite3.Connection:
-    path = Path(path) if path else default_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = output_file(path or default_path(), "run history")
     try:
         con = sqlite3.connect(path, timeout=30)
         con.execute(SCHEMA)
