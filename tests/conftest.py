@@ -9,6 +9,22 @@ torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+try:  # the fuzz suite's profiles: "ci" (seeded, fast; the default) and "long" (ROBUSTLAB_FUZZ=long)
+    from hypothesis import HealthCheck, settings
+
+    _quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    settings.register_profile(
+        "ci", max_examples=40, derandomize=True, database=None, deadline=None,
+        suppress_health_check=_quiet, print_blob=True,
+    )  # fmt: skip
+    settings.register_profile(
+        "long", max_examples=2000, database=None, deadline=None,
+        suppress_health_check=_quiet, print_blob=True,
+    )  # fmt: skip
+    settings.load_profile(os.environ.get("ROBUSTLAB_FUZZ", "ci"))
+except ImportError:  # the fuzz tests skip themselves
+    pass
+
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """``robustlab ARGS`` in-process: (exit code, stdout, stderr)."""

@@ -385,6 +385,18 @@ def verify(
         raise RobustlabError(result.message)
 
 
+def _expected(read, path: Path) -> dict:
+    """``--expected``: a readable CSV with the expected columns, or one line."""
+    if not path.is_file():
+        raise RobustlabError(f"--expected file not found: {path}")
+    try:
+        return read(path)
+    except (OSError, ValueError, KeyError) as e:  # also undecodable bytes, missing columns
+        raise RobustlabError(
+            f"--expected {path}: expected a CSV with columns onnx,vnnlib,timeout_s,expected ({e!r})"
+        ) from None
+
+
 @app.command("verify-benchmark")
 def verify_benchmark(
     instances: Path = typer.Argument(..., help="instances.csv: onnx,vnnlib,timeout per row."),
@@ -405,8 +417,9 @@ def verify_benchmark(
 
     from robustlab.verify.runner import read_expected, run_benchmark, summarize
 
-    db = output_file(results_db, "--db") if results_db else out_file.with_suffix(".sqlite")
     output_file(out_file)
+    db = output_file(results_db, "--db") if results_db else out_file.with_suffix(".sqlite")
+    known = _expected(read_expected, expected) if expected else None  # before any work
     with Progress(console=err, disable=not err.is_terminal) as bar:
         task = bar.add_task("verifying", total=None)
 
@@ -428,7 +441,7 @@ def verify_benchmark(
             scheduler=scheduler,
             on_result=on_result,
         )
-    summary = summarize(results, read_expected(expected) if expected else None)
+    summary = summarize(results, known)
     table = Table("answer", "count", title=f"{instances} ({summary['instances']} instances)")
     for k, v in sorted(summary["counts"].items()):
         table.add_row(k, str(v))

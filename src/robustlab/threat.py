@@ -16,6 +16,9 @@ from robustlab.errors import RobustlabError
 NORMS = ("inf", "2")
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _check_range(lower: float, upper: float) -> None:
     if not (math.isfinite(lower) and math.isfinite(upper)) or lower >= upper:
         raise RobustlabError(
@@ -48,8 +51,11 @@ class LpBall:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", parse_norm(self.norm))
-        if not math.isfinite(self.eps) or self.eps < 0:
-            raise RobustlabError(f"eps must be a finite number >= 0; found {self.eps}")
+        if not (0 <= self.eps <= FLOAT32_MAX):  # also NaN; inputs are float32 tensors
+            raise RobustlabError(
+                f"eps must be a finite number >= 0 (at most float32's {FLOAT32_MAX:.4g}); "
+                f"found {self.eps}"
+            )
         _check_range(self.lower, self.upper)
 
     def box(self, x0: Tensor) -> tuple[Tensor, Tensor]:

@@ -61,6 +61,7 @@ def default_path() -> Path:
     return Path(env) if env else Path.home() / ".robustlab" / "runs.sqlite"
 
 
+SQLITE_MAX = 2**63 - 1  # SQLite's largest integer
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another one's lock (SQLite's busy timeout)
 RETRIES = 5  # then a "database is locked" that got past the busy timeout is retried this often
 
@@ -151,6 +152,7 @@ def _row(r: tuple) -> Run:
 
 def list_runs(db: Path | str | None = None, limit: int = 50) -> list[Run]:
     """The most recent runs, newest first."""
+    limit = min(limit, SQLITE_MAX)  # "all of them"
     with _session(db) as con:
         rows = con.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
     return [_row(r) for r in rows]
@@ -158,6 +160,8 @@ def list_runs(db: Path | str | None = None, limit: int = 50) -> list[Run]:
 
 def get_run(run_id: int, db: Path | str | None = None) -> Run:
     """One run by id; an error naming the id when it does not exist."""
+    if not 0 <= run_id <= SQLITE_MAX:  # no such row can exist
+        raise RobustlabError(f"no run with id {run_id} in {db or default_path()}")
     with _session(db) as con:
         r = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     if r is None:
