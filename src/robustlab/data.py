@@ -187,9 +187,10 @@ def load_npz(path: Path, lower: float | None = None, upper: float | None = None)
     """An ``.npz`` file with arrays ``x`` and ``y``; optional scalars ``lower`` / ``upper`` declare
     the value range (default [0, 1]). Pickled (object) arrays are refused, never unpickled."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise ValueError("a single array, not an archive of named arrays")
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("one .npy array, not an archive of named arrays")
+        with f:
             arrays = {k: f[k] for k in f.files}
     except Exception as e:  # any failure to parse an untrusted file: zip, header, data, pickle
         why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
