@@ -144,11 +144,11 @@ def _argv(command: str, opts: dict, d) -> list[str]:
     args = [command]
     for key in ("SUB", "ONNX", "SPEC", "INSTANCES"):
         if opts.get(key) is not None:
-            args.append(opts[key].format(d=d))
-    args += [a.format(d=d) for a in opts.get("ARGS") or []]
+            args.append(opts[key].replace("{d}", str(d)))
+    args += [a.replace("{d}", str(d)) for a in opts.get("ARGS") or []]
     for key, value in opts.items():
         if key.startswith("--") and value is not None:
-            args += [key, value.format(d=d)]
+            args += [key, value.replace("{d}", str(d))]
     return args
 
 

@@ -149,3 +149,16 @@ def test_verify_benchmark_out_and_expected(monkeypatch, capsys, tmp_path):
         f"error: --expected {bad}: expected a CSV with columns onnx,vnnlib,timeout_s,expected "
         "(KeyError('onnx'))"
     )
+
+
+@pytest.mark.skipif(not TEST.exists(), reason="shared benchmarks not present")
+def test_verify_benchmark_db_that_is_not_a_database(monkeypatch, capsys, tmp_path):
+    """Before: sqlite3.DatabaseError (internal error)."""
+    instances = tmp_path / "i.csv"
+    instances.write_text(f"{TEST / 'test_nano.onnx'},{TEST / 'test_nano.vnnlib'},20\n")
+    db = tmp_path / "r.json"
+    db.write_text('{"not": "a database"}')
+    err = _cli(
+        monkeypatch, capsys, "verify-benchmark", instances, "--out", tmp_path / "r.csv", "--db", db
+    )
+    assert err == f"error: --db {db}: not a usable results database (file is not a database)"

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shlex
+import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -431,16 +432,19 @@ def verify_benchmark(
                 description=f"{Path(inst.vnnlib).name}: {verdict} ({seconds:.1f} s)",
             )
 
-        results = run_benchmark(
-            instances,
-            db=db,
-            out_csv=out_file,
-            backend=backend,
-            workers=workers,
-            timeout_scale=timeout_scale,
-            scheduler=scheduler,
-            on_result=on_result,
-        )
+        try:
+            results = run_benchmark(
+                instances,
+                db=db,
+                out_csv=out_file,
+                backend=backend,
+                workers=workers,
+                timeout_scale=timeout_scale,
+                scheduler=scheduler,
+                on_result=on_result,
+            )
+        except sqlite3.DatabaseError as e:  # --db names another kind of file
+            raise RobustlabError(f"--db {db}: not a usable results database ({e})") from None
     summary = summarize(results, known)
     table = Table("answer", "count", title=f"{instances} ({summary['instances']} instances)")
     for k, v in sorted(summary["counts"].items()):
