@@ -1,5 +1,6 @@
 """Run history in SQLite: every CLI run with its command, model hash, data, settings, metrics and
-report path. Default file ``~/.robustlab/runs.sqlite``; override with ``ROBUSTLAB_DB`` or ``--db``.
+report path. Default file ``~/.robustlab/runs.sqlite`` (``$ROBUSTLAB_HOME/runs.sqlite``); override
+with ``ROBUSTLAB_DB`` or ``--db``.
 
 Several commands may write one file at once: the database is in WAL mode, a writer waits up to
 ``BUSY_TIMEOUT_S`` for another's lock, and a write that still finds it locked is retried whole."""
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from robustlab.errors import RobustlabError
-from robustlab.paths import output_file
+from robustlab.paths import home, output_file
 
 T = TypeVar("T")
 
@@ -56,9 +57,10 @@ class Run:
 
 
 def default_path() -> Path:
-    """``$ROBUSTLAB_DB`` if set, else ``~/.robustlab/runs.sqlite``."""
+    """``$ROBUSTLAB_DB`` if set, else ``runs.sqlite`` in robustlab's home (``$ROBUSTLAB_HOME``,
+    default ``~/.robustlab``)."""
     env = os.environ.get("ROBUSTLAB_DB")
-    return Path(env) if env else Path.home() / ".robustlab" / "runs.sqlite"
+    return Path(env) if env else home() / "runs.sqlite"
 
 
 SQLITE_MAX = 2**63 - 1  # SQLite's largest integer

@@ -1,0 +1,18 @@
+"""The tests write nothing into the user's home: every default path of robustlab lies in the
+session's temporary ROBUSTLAB_HOME (tests/conftest.py), also for subprocesses, which inherit it."""
+
+import os
+from pathlib import Path
+
+from robustlab import store, zoo
+from robustlab.data import digits_cache
+from robustlab.paths import home
+
+
+def test_default_paths_are_in_the_temporary_home(monkeypatch):
+    tmp_home = Path(os.environ["ROBUSTLAB_HOME"])
+    assert tmp_home != Path.home() / ".robustlab" and home() == tmp_home
+    for path in (store.default_path(), zoo.cache_dir(), digits_cache()):
+        assert tmp_home in path.parents, path
+    monkeypatch.delenv("ROBUSTLAB_DB")  # the run history follows ROBUSTLAB_HOME too
+    assert store.default_path() == tmp_home / "runs.sqlite"
