@@ -76,13 +76,13 @@ def test_a_lock_held_past_the_busy_timeout_is_retried(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not TEST.exists(), reason="shared benchmarks not present")
-def test_verify_benchmark_and_attacks_writing_one_file(tmp_path):
-    """A 2-worker verify-benchmark writing its results and attack commands recording runs into
-    the same SQLite file at the same time: every result and every run is there."""
+def test_verify_benchmark_and_an_audit_writing_one_file(tmp_path):
+    """A 2-worker verify-benchmark writing its results and an audit and an attack recording their
+    runs into the same SQLite file at the same time: every result and every run is there."""
     rows = list(csv.reader((TEST / "test_instances.csv").open()))
     instances = tmp_path / "instances.csv"
     with instances.open("w") as f:
-        for k in range(2):  # distinct timeouts: distinct keys
+        for k in range(1):  # (more repetitions: distinct timeouts, distinct keys)
             for onnx, vnnlib, timeout in rows:
                 f.write(f"{TEST / onnx},{TEST / vnnlib},{float(timeout) + k}\n")
     db = tmp_path / "shared.sqlite"
@@ -91,16 +91,17 @@ def test_verify_benchmark_and_attacks_writing_one_file(tmp_path):
         [*cli, "verify-benchmark", str(instances), "--workers", "2", "--db", str(db), "--out", str(tmp_path / "r.csv")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    attack = [*cli, "attack", "--model", "zoo:mlp", "--data", "digits", "--eps", "0.05", "--n", "4"]
-    for k in range(2):
-        proc = subprocess.run(
-            [*attack, "--attacks", "fgsm", "--db", str(db), "--out", str(tmp_path / f"a{k}.json")],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+    mlp = ["--model", "zoo:mlp", "--data", "digits", "--n", "4", "--db", str(db)]
+    commands = [
+        [*cli, "audit", *mlp, "--eps", "0,0.05", "--budget", "5", "--out", str(tmp_path / "au")],
+        [*cli, "attack", *mlp, "--eps", "0.05", "--attacks", "fgsm", "--out", str(tmp_path / "a.json")],
+    ]  # fmt: skip
+    for cmd in commands:  # one after the other, while the benchmark runs
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
     _, err = bench.communicate(timeout=600)
     assert bench.returncode == 0, err
     con = sqlite3.connect(db)
-    assert con.execute("SELECT COUNT(*) FROM verify_results").fetchone()[0] == 2 * len(rows)
+    assert con.execute("SELECT COUNT(*) FROM verify_results").fetchone()[0] == len(rows)
     con.close()
     assert len(store.list_runs(db)) == 2
