@@ -163,9 +163,12 @@ def test_options(command, files, tmp_path_factory, monkeypatch, capsys):
     base, options = COMMANDS[command]
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # a default --out lands in a temporary folder
 
+    tried = []
+
     @settings(max_examples=examples(CI_EXAMPLES[command], long=10))
     @given(data=st.data())
     def case(data):
+        tried.append(1)
         chosen = data.draw(
             st.lists(st.sampled_from(sorted(options)), min_size=1, max_size=3, unique=True)
         )
@@ -187,3 +190,4 @@ def test_options(command, files, tmp_path_factory, monkeypatch, capsys):
         assert_one_line_or_success(code, out, err, f"robustlab {' '.join(argv)}")
 
     case()
+    print(f"fuzz {command}: {len(tried)} cases")  # shown with -rP

@@ -162,3 +162,21 @@ def test_verify_benchmark_db_that_is_not_a_database(monkeypatch, capsys, tmp_pat
         monkeypatch, capsys, "verify-benchmark", instances, "--out", tmp_path / "r.csv", "--db", db
     )
     assert err == f"error: --db {db}: not a usable results database (file is not a database)"
+
+
+@pytest.mark.parametrize(
+    "content,why",
+    [
+        (
+            b"\x08\x07garbage\xff,b,1\n",
+            "'utf-8' codec can't decode byte 0xff in position 9: invalid start byte",
+        ),
+        (b"a,b,1\n\x00\x00,x,2\n", "embedded null byte"),
+    ],
+)
+def test_verify_benchmark_instances_that_are_not_text(monkeypatch, capsys, tmp_path, content, why):
+    """Before: UnicodeDecodeError / ValueError (internal error)."""
+    instances = tmp_path / "i.csv"
+    instances.write_bytes(content)
+    err = _cli(monkeypatch, capsys, "verify-benchmark", instances, "--out", tmp_path / "r.csv")
+    assert err == f"error: {instances}: expected a text CSV of rows onnx,vnnlib,timeout ({why})"

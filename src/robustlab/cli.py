@@ -4,6 +4,7 @@ record the run, print."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shlex
@@ -416,7 +417,16 @@ def verify_benchmark(
     """Run a benchmark; resumes where an interrupted run stopped."""
     from rich.progress import Progress
 
-    from robustlab.verify.runner import read_expected, run_benchmark, summarize
+    from robustlab.verify.runner import read_expected, read_instances, run_benchmark, summarize
+
+    try:  # before any work: the instances file is text and its rows are instances
+        read_instances(instances, timeout_scale)
+    except RobustlabError:
+        raise
+    except (ValueError, csv.Error) as e:  # undecodable bytes, NUL bytes
+        raise RobustlabError(
+            f"{instances}: expected a text CSV of rows onnx,vnnlib,timeout ({e})"
+        ) from None
 
     output_file(out_file)
     db = output_file(results_db, "--db") if results_db else out_file.with_suffix(".sqlite")
