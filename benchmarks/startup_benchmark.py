@@ -5,11 +5,13 @@ were made lazy (``BEFORE``, same machine, same commands).
 
 - ``--help``: the typer app alone (no torch).
 - ``import robustlab``: the public API package (lazy: torch only when a name is used).
-- ``attack --n 1``: one example of zoo:mlp on digits, fast suite at eps 0.05: the fixed cost of a
-  command that computes (process start, imports, model and data, one batch, report, run history).
+- ``to first batch``: process start to the first batch of a command (imports, zoo:mlp and digits
+  loaded and checked: ``robustlab.jobs.prepare``).
+- ``attack --n 1``: one example of zoo:mlp on digits, fast suite at eps 0.05: the whole fixed cost of
+  a command that computes (process start, imports, model and data, one batch, report, run history).
 - ``verify small``: ``../shared/benchmarks/test/test_small.onnx`` and its VNN-LIB file.
 
-    python benchmarks/startup_benchmark.py [--runs 7]
+    python benchmarks/startup_benchmark.py [--runs 7] [--before DIR]
 
 Each command runs with OMP_NUM_THREADS=1 and a temporary ROBUSTLAB_HOME / ROBUSTLAB_DB, so nothing
 is written into ~/.robustlab. The load average is printed: on a busy machine every number grows.
@@ -36,6 +38,7 @@ SMALL = ROOT.parent / "shared" / "benchmarks" / "test"
 BEFORE = {
     "--help": 2.60,
     "import robustlab": 1.66,
+    "to first batch": None,
     "attack --n 1": 4.60,
     "verify small": 4.25,
 }
@@ -46,6 +49,11 @@ def commands(tmp: Path) -> dict[str, list[str]]:
     return {
         "--help": [*cli, "--help"],
         "import robustlab": [sys.executable, "-c", "import robustlab"],
+        "to first batch": [  # process start to the first batch: imports, model and data loaded
+            sys.executable,
+            "-c",
+            "from robustlab.jobs import prepare; prepare('zoo:mlp', 'digits', 1)",
+        ],
         "attack --n 1": [
             *cli,
             "attack",
@@ -83,6 +91,12 @@ def timed(cmd: list[str], env: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a folder with the old src/ (git archive 65c51bc src | tar -x -C DIR): measured in "
+        "the same run, interleaved, instead of the recorded BEFORE numbers",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -92,24 +106,34 @@ def main() -> None:
             "ROBUSTLAB_HOME": str(tmp / "home"),
             "ROBUSTLAB_DB": str(tmp / "runs.sqlite"),
         }
+        sides = {"after": env}
+        if args.before:
+            sides["before"] = {**env, "PYTHONPATH": str(args.before.resolve() / "src")}
         cmds = commands(tmp)
         if not SMALL.exists():
             del cmds["verify small"]
-        for cmd in cmds.values():  # warm-up: the zoo model, the file cache
-            timed(cmd, env)
-        times: dict[str, list[float]] = {k: [] for k in cmds}
+        for side_env in sides.values():  # warm-up: the zoo model, the file cache
+            for cmd in cmds.values():
+                timed(cmd, side_env)
+        times = {(side, k): [] for side in sides for k in cmds}
         for _ in range(args.runs):  # interleaved, so a burst of load hits every command alike
             for name, cmd in cmds.items():
-                times[name].append(timed(cmd, env))
+                for side, side_env in sides.items():
+                    times[side, name].append(timed(cmd, side_env))
     load = os.getloadavg()
-    print(f"median of {args.runs} runs per command; load average {load[0]:.2f} {load[1]:.2f}")
-    print(f"{'command':<18} {'before s':>9} {'after s':>9} {'min-max s':>13} {'ratio':>7}")
-    for name, ts in times.items():
+    source = "measured now, interleaved" if args.before else "recorded (BEFORE)"
+    print(
+        f"median of {args.runs} runs per command; before: {source}; load {load[0]:.2f} {load[1]:.2f}"
+    )
+    print("| command | before s | after s | after min-max s | speed-up |")
+    print("|---|---|---|---|---|")
+    for name in cmds:
+        ts = times["after", name]
         med = statistics.median(ts)
-        before = BEFORE.get(name)
-        ratio = f"{before / med:6.1f}x" if before else "      -"
-        b = f"{before:9.2f}" if before else "        -"
-        print(f"{name:<18} {b} {med:9.2f} {min(ts):6.2f}-{max(ts):<6.2f} {ratio}")
+        before = statistics.median(times["before", name]) if args.before else BEFORE.get(name)
+        ratio = f"{before / med:.1f}x" if before else "-"
+        b = f"{before:.2f}" if before else "-"
+        print(f"| {name} | {b} | {med:.2f} | {min(ts):.2f}-{max(ts):.2f} | {ratio} |")
 
 
 if __name__ == "__main__":
