@@ -51,10 +51,11 @@ class LpBall:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", parse_norm(self.norm))
-        if not (0 <= self.eps <= FLOAT32_MAX):  # also NaN; inputs are float32 tensors
+        if not math.isfinite(self.eps) or self.eps < 0:
+            raise RobustlabError(f"eps must be a finite number >= 0; found {self.eps}")
+        if self.eps > FLOAT32_MAX:  # inputs are float32 tensors
             raise RobustlabError(
-                f"eps must be a finite number >= 0 (at most float32's {FLOAT32_MAX:.4g}); "
-                f"found {self.eps}"
+                f"eps must be at most float32's largest number {FLOAT32_MAX:.4g}; found {self.eps}"
             )
         _check_range(self.lower, self.upper)
 
