@@ -34,7 +34,9 @@ SMALL = ROOT.parent / "shared" / "benchmarks" / "test"
 # Measured with this script on the 2-core development machine before the lazy imports (commit
 # 65c51bc: torch, matplotlib, jinja2 and every capability imported before the command was known;
 # scikit-learn for the digits, onnx for its version string), median of 7 runs, load average 1.5-2.8
-# (other engineers' jobs running).
+# (other engineers' jobs running). With --before, the same run measures both (fairer under load):
+# at load 6-8, median of 5, before / after: --help 4.34 / 0.32 s, import 2.95 / 0.03 s, to first
+# batch 4.97 / 3.00 s, attack --n 1 8.37 / 4.79 s, verify small 5.81 / 4.96 s.
 BEFORE = {
     "--help": 2.60,
     "import robustlab": 1.66,
