@@ -150,3 +150,24 @@ def test_report_is_written_where_asked(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert json.loads(target.read_text())["kind"] == "attack"
     assert target.with_suffix(".html").is_file()
+
+
+@pytest.mark.parametrize("command", ["attack", "audit"])
+def test_a_command_that_fails_leaves_no_folder(command, tmp_path, monkeypatch, capsys):
+    """Output folders are checked before the work and created when results are written: bad
+    input leaves nothing behind (also not the default --out folder in the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    args = [command, "--model", "missing.onnx", "--data", "digits", "--eps", "0.1"]
+    code, _, err = run(monkeypatch, capsys, *args, "--db", tmp_path / "db" / "h.sqlite")
+    assert code == 2 and "model file not found" in err
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        *args,
+        "--out",
+        tmp_path / "new" / "r",
+        "--db",
+        tmp_path / "db" / "h.sqlite",
+    )
+    assert code == 2 and "model file not found" in err
+    assert list(tmp_path.iterdir()) == []

@@ -72,14 +72,14 @@ def _record(report: dict, report_path: Path, db) -> int:
 
 
 def _outputs(path: Path, db: Path | None, folder: bool = False) -> None:
-    """Before any work: ``--out`` (a file, or a folder) and ``--db`` can be written; missing
-    folders are created."""
+    """Before any work: ``--out`` (a file, or a folder) and ``--db`` can be written (missing
+    folders are created when the results are written)."""
     if folder:
-        output_folder(path)
+        output_folder(path, create=False)
     else:
-        output_file(path)
+        output_file(path, create=False)
     if db is not None:
-        output_file(db, "--db")
+        output_file(db, "--db", create=False)
 
 
 def _save(report: dict, path: Path, db) -> int:
@@ -375,11 +375,11 @@ def verify(
     from robustlab.verify import verify as run_verify
 
     if out_file is not None:
-        output_file(out_file)
+        output_file(out_file, create=False)
     result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy)
     if out_file is not None:
         try:
-            out_file.write_text(result.vnncomp())
+            output_file(out_file).write_text(result.vnncomp())
         except OSError as e:
             raise cannot_write(out_file, e) from None
     out.print(result.verdict, markup=False, highlight=False)
@@ -428,9 +428,11 @@ def verify_benchmark(
             f"{instances}: expected a text CSV of rows onnx,vnnlib,timeout ({e})"
         ) from None
 
-    output_file(out_file)
-    db = output_file(results_db, "--db") if results_db else out_file.with_suffix(".sqlite")
+    output_file(out_file, create=False)
+    db = output_file(results_db, "--db", False) if results_db else out_file.with_suffix(".sqlite")
     known = _expected(read_expected, expected) if expected else None  # before any work
+    output_file(out_file)  # the folders, now that the work starts
+    output_file(db, "--db")
     with Progress(console=err, disable=not err.is_terminal) as bar:
         task = bar.add_task("verifying", total=None)
 
@@ -505,7 +507,7 @@ def train(
 
     _outputs(out_file, db)
     if report_file is not None:
-        output_file(report_file, "--report")
+        output_file(report_file, "--report", create=False)
     with _status() as say:
         report = train_job(
             arch,
@@ -623,7 +625,7 @@ def runs_compare(
 
     if len(run_ids) < 2:
         raise RobustlabError(f"runs compare expects at least two run ids; found {len(run_ids)}")
-    output_file(html)
+    output_file(html, create=False)
     header, rows = store.compare(run_ids, db)
     table = Table(*header)
     for row in rows:
