@@ -71,3 +71,10 @@ def digits():
     from robustlab.data import load_digits_split
 
     return load_digits_split(train=False)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The random order's seed, also under -q (which hides pytest-randomly's header line)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"test order: pytest-randomly --randomly-seed={seed}")
