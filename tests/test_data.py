@@ -15,6 +15,25 @@ def test_digits_split_is_fixed_and_scaled():
     assert len(train) == 1347 and train.num_classes == 10
 
 
+def test_digits_cache_holds_the_scikit_learn_split(tmp_path, monkeypatch):
+    """The split is read from $ROBUSTLAB_HOME after the first use (no scikit-learn import at
+    start-up); it is the same arrays, and a damaged cache file is recomputed."""
+    from robustlab.data import digits_cache, split_digits
+
+    monkeypatch.setenv("ROBUSTLAB_HOME", str(tmp_path))
+    fresh = split_digits()
+    first = load_data("digits-train")
+    path = digits_cache()
+    assert path.parent.parent == tmp_path and path.exists()
+    for _ in range(2):
+        cached, train = load_data("digits"), load_data("digits-train")
+        assert torch.equal(cached.x, torch.from_numpy(fresh["x_test"]))
+        assert torch.equal(cached.y, torch.from_numpy(fresh["y_test"]))
+        assert torch.equal(train.x, first.x) and torch.equal(train.y, first.y)
+        assert cached.x.dtype == torch.float32 and cached.y.dtype == torch.int64
+        path.write_bytes(b"damaged")  # the second round recomputes it
+
+
 def _npz(tmp_path, **arrays):
     path = tmp_path / "d.npz"
     np.savez(path, **arrays)

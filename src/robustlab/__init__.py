@@ -1,30 +1,50 @@
-"""robustlab: attack, certify, explain and harden neural networks, with one report."""
+"""robustlab: attack, certify, explain and harden neural networks, with one report.
+
+The public names below are imported on first use (PEP 562 module ``__getattr__``), so that
+``import robustlab`` and the command line's ``--help`` do not pay for torch; ``rl.load_model``,
+``from robustlab import certify`` and ``dir(robustlab)`` work as with eager imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
-from robustlab.attacks import PGD, AttackResult, robustness_curve, run_attack  # noqa: E402
-from robustlab.bounds import Bounds, CertifyResult, certify, compute_bounds  # noqa: E402
-from robustlab.data import Dataset, load_data  # noqa: E402
-from robustlab.errors import RobustlabError, UnsupportedOperation  # noqa: E402
-from robustlab.model import LoadedModel, load_model  # noqa: E402
-from robustlab.threat import Box, LpBall  # noqa: E402
+# public name -> the module that defines it (one table; __all__ is derived from it)
+_EXPORTS = {
+    "PGD": "robustlab.attacks",
+    "AttackResult": "robustlab.attacks",
+    "robustness_curve": "robustlab.attacks",
+    "run_attack": "robustlab.attacks",
+    "Bounds": "robustlab.bounds",
+    "CertifyResult": "robustlab.bounds",
+    "certify": "robustlab.bounds",
+    "compute_bounds": "robustlab.bounds",
+    "Dataset": "robustlab.data",
+    "load_data": "robustlab.data",
+    "RobustlabError": "robustlab.errors",
+    "UnsupportedOperation": "robustlab.errors",
+    "LoadedModel": "robustlab.model",
+    "load_model": "robustlab.model",
+    "Box": "robustlab.threat",
+    "LpBall": "robustlab.threat",
+}
 
-__all__ = [
-    "PGD",
-    "AttackResult",
-    "Bounds",
-    "Box",
-    "CertifyResult",
-    "Dataset",
-    "LoadedModel",
-    "LpBall",
-    "RobustlabError",
-    "UnsupportedOperation",
-    "__version__",
-    "certify",
-    "compute_bounds",
-    "load_data",
-    "load_model",
-    "robustness_curve",
-    "run_attack",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:  # a subpackage used as an attribute: rl.attacks.evaluate(...)
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module 'robustlab' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

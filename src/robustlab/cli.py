@@ -4,9 +4,11 @@ record the run, print."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shlex
+import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -15,9 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from robustlab import jobs, store
+# imports stay light here (``--help`` must not load torch or matplotlib): each command imports what
+# it needs; robustlab.store and robustlab.paths use only the standard library
+from robustlab import store
 from robustlab.errors import RobustlabError
-from robustlab.report import write_report, write_report_dir
+from robustlab.paths import cannot_write, output_file, output_folder
 
 app = typer.Typer(
     add_completion=False,
@@ -69,21 +73,39 @@ def _status(quiet: bool = False):
 
 
 def _record(report: dict, report_path: Path, db) -> int:
+    from robustlab.jobs import metrics_of
+
     return store.record(
         shlex.join(["robustlab", *sys.argv[1:]]),
         model=report["model"]["name"],
         model_hash=report["model"]["digest"],
         data=report["data"]["name"],
         settings=report.get("settings", {}),
-        metrics=jobs.metrics_of(report),
+        metrics=metrics_of(report),
         report=str(report_path.resolve()),
         db=db,
     )
 
 
+def _outputs(path: Path, db: Path | None, folder: bool = False) -> None:
+    """Before any work: ``--out`` (a file, or a folder) and ``--db`` can be written (missing
+    folders are created when the results are written)."""
+    if folder:
+        output_folder(path, create=False)
+    else:
+        output_file(path, create=False)
+    if db is not None:
+        output_file(db, "--db", create=False)
+
+
 def _save(report: dict, path: Path, db) -> int:
     """Write the report (JSON and its HTML page) and record the run; returns the run id."""
-    write_report(report, path, path.with_suffix(".html"))
+    from robustlab.report import write_report
+
+    try:
+        write_report(report, output_file(path), path.with_suffix(".html"))
+    except OSError as e:
+        raise cannot_write(path, e) from None
     return _record(report, path, db)
 
 
@@ -116,16 +138,21 @@ def demo(
     """Audit the zoo MLP (trained on first use) on digits with the quick profile."""
     from robustlab.audit import demo_job
 
+    _outputs(out_dir, db, folder=True)
     _audit_run(lambda say, on_stage: demo_job(out=out_dir, progress=say, on_stage=on_stage),
                out_dir, db)  # fmt: skip
 
 
 def _audit_run(job, out_dir: Path, db) -> None:
     from robustlab.audit.console import print_summary, stage_line
+    from robustlab.report import write_report_dir
 
     with _status() as say:
         report = job(say, lambda rec: err.print(stage_line(rec), markup=False, highlight=False))
-    json_path, html_path = write_report_dir(report, out_dir)
+    try:
+        json_path, html_path = write_report_dir(report, output_folder(out_dir))
+    except OSError as e:
+        raise cannot_write(out_dir, e) from None
     run_id = _record(report, json_path, db)
     print_summary(out, err, report)
     out.print(f"report: {json_path}\n        {html_path}\nrun id: {run_id}")
@@ -155,6 +182,7 @@ def audit(
     sensitivity; DIR/report.json and DIR/report.html."""
     from robustlab.audit import audit_job
 
+    _outputs(out_dir, db, folder=True)
     eps_values = None if eps is None else _eps_list(eps)
 
     def job(say, on_stage):
@@ -188,6 +216,9 @@ def attack(
     db: Path | None = DB,
 ) -> None:
     """Robust accuracy under an attack suite at one or more eps, with reliability flags."""
+    from robustlab import jobs
+
+    _outputs(out_file, db)
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
     with _status() as say:
         report = jobs.attack_job(
@@ -230,6 +261,7 @@ def corrupt(
     """Natural robustness: common corruptions (mCE), small transformations, frequency-band noise."""
     from robustlab.corruptions.job import corrupt_job
 
+    _outputs(out_file, db)
     with _status() as say:
         report = corrupt_job(
             _model(model, mean, std),
@@ -280,6 +312,9 @@ def certify(
     db: Path | None = DB,
 ) -> None:
     """Certified accuracy from sound bounds at one or more eps."""
+    from robustlab import jobs
+
+    _outputs(out_file, db)
     with _status() as say:
         report = jobs.certify_job(
             _model(model, mean, std),
@@ -332,6 +367,7 @@ def explain(
     """Attributions per input (JSON) and heat-maps (HTML)."""
     from robustlab.explain.job import explain_job
 
+    _outputs(out_file, db)
     with _status() as say:
         report = explain_job(
             _model(model, mean, std),
@@ -365,12 +401,29 @@ def verify(
     """Verify one instance; prints holds, violated, timeout, unknown or error."""
     from robustlab.verify import verify as run_verify
 
+    if out_file is not None:
+        output_file(out_file, create=False)
     result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy)
     if out_file is not None:
-        out_file.write_text(result.vnncomp())
+        try:
+            output_file(out_file).write_text(result.vnncomp())
+        except OSError as e:
+            raise cannot_write(out_file, e) from None
     out.print(result.verdict, markup=False, highlight=False)
     if result.verdict == "error":  # bad input: the word on stdout, the reason on stderr, exit 2
         raise RobustlabError(result.message)
+
+
+def _expected(read, path: Path) -> dict:
+    """``--expected``: a readable CSV with the expected columns, or one line."""
+    if not path.is_file():
+        raise RobustlabError(f"--expected file not found: {path}")
+    try:
+        return read(path)
+    except (OSError, ValueError, KeyError) as e:  # also undecodable bytes, missing columns
+        raise RobustlabError(
+            f"--expected {path}: expected a CSV with columns onnx,vnnlib,timeout_s,expected ({e!r})"
+        ) from None
 
 
 @app.command("verify-benchmark")
@@ -391,9 +444,22 @@ def verify_benchmark(
     """Run a benchmark; resumes where an interrupted run stopped."""
     from rich.progress import Progress
 
-    from robustlab.verify.runner import read_expected, run_benchmark, summarize
+    from robustlab.verify.runner import read_expected, read_instances, run_benchmark, summarize
 
-    db = results_db or out_file.with_suffix(".sqlite")
+    try:  # before any work: the instances file is text and its rows are instances
+        read_instances(instances, timeout_scale)
+    except RobustlabError:
+        raise
+    except (ValueError, csv.Error) as e:  # undecodable bytes, NUL bytes
+        raise RobustlabError(
+            f"{instances}: expected a text CSV of rows onnx,vnnlib,timeout ({e})"
+        ) from None
+
+    output_file(out_file, create=False)
+    db = output_file(results_db, "--db", False) if results_db else out_file.with_suffix(".sqlite")
+    known = _expected(read_expected, expected) if expected else None  # before any work
+    output_file(out_file)  # the folders, now that the work starts
+    output_file(db, "--db")
     with Progress(console=err, disable=not err.is_terminal) as bar:
         task = bar.add_task("verifying", total=None)
 
@@ -405,17 +471,20 @@ def verify_benchmark(
                 description=f"{Path(inst.vnnlib).name}: {verdict} ({seconds:.1f} s)",
             )
 
-        results = run_benchmark(
-            instances,
-            db=db,
-            out_csv=out_file,
-            backend=backend,
-            workers=workers,
-            timeout_scale=timeout_scale,
-            scheduler=scheduler,
-            on_result=on_result,
-        )
-    summary = summarize(results, read_expected(expected) if expected else None)
+        try:
+            results = run_benchmark(
+                instances,
+                db=db,
+                out_csv=out_file,
+                backend=backend,
+                workers=workers,
+                timeout_scale=timeout_scale,
+                scheduler=scheduler,
+                on_result=on_result,
+            )
+        except sqlite3.DatabaseError as e:  # --db names another kind of file
+            raise RobustlabError(f"--db {db}: not a usable results database ({e})") from None
+    summary = summarize(results, known)
     table = Table("answer", "count", title=f"{instances} ({summary['instances']} instances)")
     for k, v in sorted(summary["counts"].items()):
         table.add_row(k, str(v))
@@ -463,6 +532,9 @@ def train(
     """Train (adversarially, certifiably, with noise); save ONNX, evaluate, compare methods."""
     from robustlab.train.job import train_job
 
+    _outputs(out_file, db)
+    if report_file is not None:
+        output_file(report_file, "--report", create=False)
     with _status() as say:
         report = train_job(
             arch,
@@ -523,6 +595,7 @@ def smooth(
     """Randomized smoothing: smoothed accuracy and certified L2 radii (Cohen et al.)."""
     from robustlab.smoothing.job import smooth_job
 
+    _outputs(out_file, db)
     with _status() as say:
         report = smooth_job(
             _model(model, mean, std),
@@ -581,6 +654,7 @@ def runs_compare(
 
     if len(run_ids) < 2:
         raise RobustlabError(f"runs compare expects at least two run ids; found {len(run_ids)}")
+    output_file(html, create=False)
     header, rows = store.compare(run_ids, db)
     table = Table(*header)
     for row in rows:

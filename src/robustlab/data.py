@@ -6,6 +6,8 @@ what it reads and names what it expected and what it found.
 
 from __future__ import annotations
 
+import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
+from robustlab.paths import home
 
 BUILTIN = ("digits", "digits-train")
 
@@ -60,7 +63,11 @@ class Dataset:
         )
 
 
-def _digits(train: bool) -> Dataset:
+DIGITS_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def split_digits() -> dict[str, np.ndarray]:
+    """scikit-learn's digits scaled to [0, 1], (N, 1, 8, 8), split 75/25 (stratified, seed 0)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -68,7 +75,42 @@ def _digits(train: bool) -> Dataset:
     x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    x, y = (x_tr, y_tr) if train else (x_te, y_te)
+    return dict(zip(DIGITS_KEYS, (x_tr, y_tr, x_te, y_te), strict=True))
+
+
+def digits_cache() -> Path:
+    """The split's cache file, keyed by scikit-learn's version (which fixes the split)."""
+    from importlib.metadata import version
+
+    return home() / "data" / f"digits-sklearn-{version('scikit-learn')}.npz"
+
+
+def _digits_arrays() -> dict[str, np.ndarray]:
+    """The split, read from the cache (importing scikit-learn costs about a second of every
+    command's start-up); computed and cached on first use. A damaged cache is recomputed; an
+    unwritable one is skipped."""
+    path = digits_cache()
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in DIGITS_KEYS}
+        if arrays["x_train"].dtype == np.float32 and arrays["y_test"].dtype == np.int64:
+            return arrays
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass
+    arrays = split_digits()
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: concurrent readers see the old file or the whole new one
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return arrays
+
+
+def _digits(train: bool) -> Dataset:
+    arrays = _digits_arrays()
+    x, y = (arrays["x_train"], arrays["y_train"]) if train else (arrays["x_test"], arrays["y_test"])
     name = "digits-train" if train else "digits"
     return Dataset(name, torch.from_numpy(x), torch.from_numpy(y), 0.0, 1.0)
 
@@ -78,15 +120,21 @@ def load_digits_split(train: bool = False) -> Dataset:
     return _digits(train)
 
 
+MAX_LABEL = 2**31 - 1  # labels become int64 tensors; a larger one is a mistake, not a class
+
+
 def _validate(name: str, x: np.ndarray, y: np.ndarray, lower: float, upper: float) -> Dataset:
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype.kind != "f":
         raise RobustlabError(f"{name}: array 'x' must be floating point; found dtype {x.dtype}")
     if x.ndim < 2:
         raise RobustlabError(f"{name}: array 'x' must have shape (N, ...); found shape {x.shape}")
-    if not (
-        np.issubdtype(y.dtype, np.integer)
-        or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))
-    ):
+    if x[0:1].size == 0 and x.shape[0] > 0:
+        raise RobustlabError(f"{name}: 'x' has no values per example; found shape {x.shape}")
+    with np.errstate(all="ignore"):
+        integral = y.dtype.kind in "iu" or (
+            y.dtype.kind == "f" and bool(np.all(np.isfinite(y) & (np.mod(y, 1) == 0)))
+        )
+    if not integral:
         raise RobustlabError(f"{name}: array 'y' must hold integer labels; found dtype {y.dtype}")
     if y.shape != (x.shape[0],):
         raise RobustlabError(
@@ -94,41 +142,67 @@ def _validate(name: str, x: np.ndarray, y: np.ndarray, lower: float, upper: floa
         )
     if x.shape[0] == 0:
         raise RobustlabError(f"{name}: the dataset is empty")
-    if not np.isfinite(x).all():
-        raise RobustlabError(f"{name}: 'x' contains NaN or infinite values")
+    if (y < 0).any():
+        raise RobustlabError(f"{name}: labels must be >= 0; found {int(y.min())}")
+    if (y > MAX_LABEL).any():
+        raise RobustlabError(f"{name}: labels must be at most {MAX_LABEL}; found {y.max():g}")
+    if not (np.isfinite(lower) and np.isfinite(upper) and lower < upper):
+        raise RobustlabError(
+            f"{name}: the value range [lower, upper] must be finite with lower < upper; "
+            f"found [{lower:g}, {upper:g}]"
+        )
+    with np.errstate(all="ignore"):
+        x32 = x.astype(np.float32)
+    if not (np.isfinite(x).all() and np.isfinite(x32).all()):
+        raise RobustlabError(f"{name}: 'x' contains NaN or infinite values (in float32)")
     lo, hi = float(x.min()), float(x.max())
     if lo < lower or hi > upper:
         raise RobustlabError(
-            f"{name}: values of 'x' must lie in the declared range [{lower}, {upper}]; "
+            f"{name}: values of 'x' must lie in the declared range [{lower:g}, {upper:g}]; "
             f"found [{lo:g}, {hi:g}]"
         )
-    if (y < 0).any():
-        raise RobustlabError(f"{name}: labels must be >= 0; found {int(y.min())}")
     return Dataset(
         name,
-        torch.from_numpy(x.astype(np.float32)),
+        torch.from_numpy(np.ascontiguousarray(x32)),
         torch.from_numpy(y.astype(np.int64)),
         float(lower),
         float(upper),
     )
 
 
+def _scalar(path: Path, arrays: dict, key: str, default: float) -> float:
+    """An optional scalar of an .npz file (``lower`` / ``upper``): one real number."""
+    if key not in arrays:
+        return default
+    a = arrays[key]
+    if a.size != 1 or a.dtype.kind not in "iuf":
+        raise RobustlabError(
+            f"{path}: '{key}' must be one real number; found an array of shape {a.shape} "
+            f"and dtype {a.dtype}"
+        )
+    return float(a.reshape(()))
+
+
 def load_npz(path: Path, lower: float | None = None, upper: float | None = None) -> Dataset:
     """An ``.npz`` file with arrays ``x`` and ``y``; optional scalars ``lower`` / ``upper`` declare
-    the value range (default [0, 1])."""
+    the value range (default [0, 1]). Pickled (object) arrays are refused, never unpickled."""
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("one .npy array, not an archive of named arrays")
+        with f:
             arrays = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise RobustlabError(f"{path}: not a readable .npz file ({e})") from None
+    except Exception as e:  # any failure to parse an untrusted file: zip, header, data, pickle
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise RobustlabError(f"{path}: not a readable .npz file ({why})") from None
     for key in ("x", "y"):
         if key not in arrays:
             raise RobustlabError(
                 f"{path}: missing array '{key}' (expected arrays 'x' and 'y'; found "
                 f"{', '.join(sorted(arrays)) or 'none'})"
             )
-    lo = lower if lower is not None else float(arrays.get("lower", 0.0))
-    hi = upper if upper is not None else float(arrays.get("upper", 1.0))
+    lo = lower if lower is not None else _scalar(path, arrays, "lower", 0.0)
+    hi = upper if upper is not None else _scalar(path, arrays, "upper", 1.0)
     return _validate(path.name, arrays["x"], arrays["y"], lo, hi)
 
 
@@ -138,9 +212,18 @@ def load_csv(path: Path, input_shape: tuple[int, ...] | None = None) -> Dataset:
     the row's layout, channel-major (C, H, W) or pixel-major (H, W, C), is the one that gives the
     smoother images: files in the wild use both (the ERAN CIFAR-10 rows are pixel-major)."""
     try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise RobustlabError(f"{path}: expected numeric rows 'label,v1,v2,...' ({e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns about an empty file: an error below
+            table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, encoding="utf-8-sig")
+    except ValueError as e:  # also undecodable bytes (UnicodeDecodeError)
+        why = " ".join(str(e).split())[:300]
+        raise RobustlabError(f"{path}: expected numeric rows 'label,v1,v2,...' ({why})") from None
+    if table.shape[0] == 0:
+        raise RobustlabError(f"{path}: no rows (expected rows 'label,v1,v2,...')")
+    if table.shape[1] < 2:
+        raise RobustlabError(
+            f"{path}: rows have a label but no values (expected 'label,v1,v2,...')"
+        )
     y, x = table[:, 0], table[:, 1:]
     if x.max(initial=0) > 1.0:
         x = x / 255.0
@@ -150,7 +233,7 @@ def load_csv(path: Path, input_shape: tuple[int, ...] | None = None) -> Dataset:
                 f"{path}: rows have {x.shape[1]} values but the model expects shape {input_shape}"
             )
         x = _image_layout(x, tuple(input_shape))
-    return _validate(path.name, x.astype(np.float32), y, 0.0, 1.0)
+    return _validate(path.name, x, y, 0.0, 1.0)
 
 
 def _image_layout(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -21,8 +21,9 @@ Progress = Callable[[str], None]
 
 
 def versions() -> dict:
+    from importlib.metadata import version
+
     import numpy
-    import onnx
 
     from robustlab import __version__
 
@@ -30,7 +31,7 @@ def versions() -> dict:
         "robustlab": __version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
-        "onnx": onnx.__version__,
+        "onnx": version("onnx"),  # importing onnx costs ~1 s of start-up
         "python": platform.python_version(),
     }
 

@@ -17,6 +17,9 @@ from robustlab.errors import RobustlabError
 NORMS = ("inf", "2")
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _check_range(lower: float, upper: float) -> None:
     if not (math.isfinite(lower) and math.isfinite(upper)) or lower >= upper:
         raise RobustlabError(
@@ -51,6 +54,10 @@ class LpBall:
         object.__setattr__(self, "norm", parse_norm(self.norm))
         if not math.isfinite(self.eps) or self.eps < 0:
             raise RobustlabError(f"eps must be a finite number >= 0; found {self.eps}")
+        if self.eps > FLOAT32_MAX:  # inputs are float32 tensors
+            raise RobustlabError(
+                f"eps must be at most float32's largest number {FLOAT32_MAX:.4g}; found {self.eps}"
+            )
         _check_range(self.lower, self.upper)
 
     def box(self, x0: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,8 @@ import torch
 from robustlab.errors import RobustlabError
 from robustlab.explain import REGISTRY, get_explainer
 
+from ..tolerance import assert_close_rounding, network_magnitude, network_terms
+
 FAST = {
     "saliency": {},
     "input-x-gradient": {},
@@ -24,6 +26,13 @@ EXPECTED_PASSES = {  # (forward, backward) per input, without the prediction pas
     "grad-cam": (1, 1),
     "sobol": (8 * (16 + 1), 0),
 }
+# averaging steps an explainer adds to the network's sums (integrated gradients, SmoothGrad, Sobol)
+STEPS = {name: max(FAST[name].values(), default=0) for name in FAST}
+
+
+def _per_input(scale, like):
+    """A per-input scale (N,) broadcast against attributions of any shape (N, ...)."""
+    return scale.view(-1, *[1] * (like.dim() - 1))
 
 
 def test_every_registered_explainer_is_covered():
@@ -65,13 +74,17 @@ def test_target_kinds_agree(name, cnn, digits):
     by_labels = e(cnn, x, torch.full((5,), 3)).attributions
     by_callable = e(cnn, x, lambda logits: logits[:, 3]).attributions
     assert torch.equal(by_int, by_labels)
-    assert torch.allclose(by_int, by_callable, atol=1e-6)
+    # float32 work in other shapes: equal up to rounding (tests/tolerance.py), never bit for bit
+    n_terms = network_terms(cnn, x) + STEPS[name]
+    scale = _per_input(network_magnitude(cnn, x, 3), by_int)
+    assert_close_rounding(by_callable, by_int, scale, n_terms)
     if name == "smoothgrad":
         return  # noise is drawn for the whole batch: one input alone gets other noise
     per_label = e(cnn, x, torch.arange(5)).attributions
+    scale = network_magnitude(cnn, x, torch.arange(5))
     for i in range(5):
         one = e(cnn, x[i : i + 1], i).attributions
-        assert torch.allclose(per_label[i], one[0], atol=1e-6)
+        assert_close_rounding(one[0], per_label[i], scale[i], n_terms)
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
@@ -79,7 +92,10 @@ def test_batch_size_changes_nothing(name, cnn, digits):
     x = digits.x[:5]
     big = get_explainer(name, **FAST[name])(cnn, x, 2)
     small = get_explainer(name, **FAST[name], batch_size=7)(cnn, x, 2)
-    assert torch.allclose(big.attributions, small.attributions, atol=1e-5, rtol=1e-5)
+    scale = _per_input(network_magnitude(cnn, x, 2), big.attributions)
+    assert_close_rounding(
+        small.attributions, big.attributions, scale, n_terms=network_terms(cnn, x) + STEPS[name]
+    )
     assert (big.n_forward, big.n_backward) == (small.n_forward, small.n_backward)
 
 

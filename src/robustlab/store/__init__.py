@@ -1,16 +1,27 @@
 """Run history in SQLite: every CLI run with its command, model hash, data, settings, metrics and
-report path. Default file ``~/.robustlab/runs.sqlite``; override with ``ROBUSTLAB_DB`` or ``--db``."""
+report path. Default file ``~/.robustlab/runs.sqlite`` (``$ROBUSTLAB_HOME/runs.sqlite``); override
+with ``ROBUSTLAB_DB`` or ``--db``.
+
+Several commands may write one file at once: the database is in WAL mode, a writer waits up to
+``BUSY_TIMEOUT_S`` for another's lock, and a write that still finds it locked is retried whole."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from robustlab.errors import RobustlabError
+from robustlab.paths import home, output_file
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -46,20 +57,60 @@ class Run:
 
 
 def default_path() -> Path:
-    """``$ROBUSTLAB_DB`` if set, else ``~/.robustlab/runs.sqlite``."""
+    """``$ROBUSTLAB_DB`` if set, else ``runs.sqlite`` in robustlab's home (``$ROBUSTLAB_HOME``,
+    default ``~/.robustlab``)."""
     env = os.environ.get("ROBUSTLAB_DB")
-    return Path(env) if env else Path.home() / ".robustlab" / "runs.sqlite"
+    return Path(env) if env else home() / "runs.sqlite"
 
 
-def _connect(path: Path | str | None) -> sqlite3.Connection:
-    path = Path(path) if path else default_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+SQLITE_MAX = 2**63 - 1  # SQLite's largest integer
+BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another one's lock (SQLite's busy timeout)
+RETRIES = 5  # then a "database is locked" that got past the busy timeout is retried this often
+
+
+def _locked(e: sqlite3.OperationalError) -> bool:
+    return "locked" in str(e) or "busy" in str(e)
+
+
+def _retrying(work: Callable[[], T]) -> T:
+    """``work()``, retried with growing pauses while the database is locked. A failed write
+    transaction is rolled back whole, so a retry neither loses nor repeats a row."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return work()
+        except sqlite3.OperationalError as e:
+            if not _locked(e):
+                raise
+            if attempt == RETRIES:
+                raise RobustlabError(
+                    f"the run history stayed locked by another process ({e})"
+                ) from None
+            time.sleep(0.05 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _session(path: Path | str | None) -> Iterator[sqlite3.Connection]:
+    """A connection in WAL mode (readers never block the writer, nor it them) with a busy
+    timeout; one transaction, committed on success, rolled back on error; always closed."""
+    path = output_file(path or default_path(), "run history")
     try:
-        con = sqlite3.connect(path, timeout=30)
-        con.execute(SCHEMA)
+        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
     except sqlite3.DatabaseError as e:
         raise RobustlabError(f"{path}: not a usable run-history database ({e})") from None
-    return con
+    try:
+        try:
+            _retrying(lambda: con.execute("PRAGMA journal_mode=WAL"))
+            with con:
+                con.execute(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and _locked(e):
+                raise
+            raise RobustlabError(f"{path}: not a usable run-history database ({e})") from None
+        with con:
+            yield con
+    finally:
+        con.close()
 
 
 def record(
@@ -73,23 +124,28 @@ def record(
     report: str | None,
     db: Path | str | None = None,
 ) -> int:
-    """Store a run and return its id."""
-    with _connect(db) as con:
-        cur = con.execute(
-            "INSERT INTO runs (created, command, model, model_hash, data, settings, metrics, report)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                time.strftime("%Y-%m-%d %H:%M:%S"),
-                command,
-                model,
-                model_hash,
-                data,
-                json.dumps(settings),
-                json.dumps(metrics),
-                report,
-            ),
-        )
-        return int(cur.lastrowid)
+    """Store a run and return its id (safe while other processes write the same file)."""
+    row = (
+        time.strftime("%Y-%m-%d %H:%M:%S"),
+        command,
+        model,
+        model_hash,
+        data,
+        json.dumps(settings),
+        json.dumps(metrics),
+        report,
+    )
+
+    def insert() -> int:
+        with _session(db) as con:
+            cur = con.execute(
+                "INSERT INTO runs (created, command, model, model_hash, data, settings, metrics,"
+                " report) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            return int(cur.lastrowid)
+
+    return _retrying(insert)
 
 
 def _row(r: tuple) -> Run:
@@ -98,14 +154,17 @@ def _row(r: tuple) -> Run:
 
 def list_runs(db: Path | str | None = None, limit: int = 50) -> list[Run]:
     """The most recent runs, newest first."""
-    with _connect(db) as con:
+    limit = min(limit, SQLITE_MAX)  # "all of them"
+    with _session(db) as con:
         rows = con.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
     return [_row(r) for r in rows]
 
 
 def get_run(run_id: int, db: Path | str | None = None) -> Run:
     """One run by id; an error naming the id when it does not exist."""
-    with _connect(db) as con:
+    if not 0 <= run_id <= SQLITE_MAX:  # no such row can exist
+        raise RobustlabError(f"no run with id {run_id} in {db or default_path()}")
+    with _session(db) as con:
         r = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     if r is None:
         raise RobustlabError(f"no run with id {run_id} in {db or default_path()}")
