@@ -145,7 +145,7 @@ def attack_job(
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
     """Bound methods from ``"ibp,crown"`` or a list; each must be known."""
-    from robustlab.bounds import METHODS
+    from robustlab.bounds import CERTIFY_METHODS as METHODS
 
     methods = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
     for m in methods:
