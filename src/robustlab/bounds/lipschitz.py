@@ -132,7 +132,7 @@ class GlobalLipschitz:
     """An upper bound on the L2 Lipschitz constant of the whole model, and its parts."""
 
     bound: float  # ||f(x) - f(x')||_2 <= bound * ||x - x'||_2 for all x, x'
-    layers: tuple[tuple[str, float], ...]  # (node, norm bound) per operation
+    layers: tuple[tuple[str, float], ...]  # (layer or node, norm bound) per operation
     before_last: float | None  # the bound up to the final Linear layer's input, if there is one
     last_weight: Tensor | None  # that final Linear layer's weight (float64)
 
@@ -250,7 +250,12 @@ def global_lipschitz(model: nn.Module, input_shape: tuple[int, ...]) -> GlobalLi
             continue  # constants, and values that do not depend on the input (shapes)
         lip[node] = _up(_factor(node, deps, lip, gm))
         before = max(lip[d] for d in deps)
-        layers.append((node.name, lip[node] / before if before else 0.0))
+        label = (
+            f"{type(gm.get_submodule(node.target)).__name__} '{node.target}'"
+            if node.op == "call_module"
+            else node.name
+        )
+        layers.append((label, lip[node] / before if before else 0.0))
     out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if not isinstance(out, fx.Node) or out not in lip:
         raise RobustlabError("expected a model with one output that depends on its input")
