@@ -221,8 +221,10 @@ def metrics_of(report: dict) -> dict:
             if key in p:
                 m[f"{key}@{at}"] = p[key]
     for row in report.get("comparison") or []:  # train: one row per method
-        for key in ("clean_accuracy", "robust_accuracy", "certified_accuracy", "train_seconds"):
-            m[f"{row['method']} {key}"] = row.get(key)
+        for key in ("clean_accuracy", "robust_accuracy", "certified_accuracy", "train_seconds",
+                    "robust_l2_accuracy", "certified_l2_accuracy"):  # fmt: skip
+            if key in row:
+                m[f"{row['method']} {key}"] = row[key]
     for e in report.get("log") or []:  # train: the log per epoch
         for key in ("loss", "clean_accuracy", "robust_accuracy", "certified_accuracy"):
             m[f"{e['method']} {key}@epoch {e['epoch']}"] = e.get(key)
