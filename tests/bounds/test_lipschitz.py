@@ -145,5 +145,7 @@ def test_certify_command(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     report = json.loads(out.read_text())
     per = {(r["method"], r["eps"]): r["certified_accuracy"] for r in report["per_method"]}
+    bounds = [r.get("lipschitz") for r in report["per_method"]]
+    assert bounds[0] > 1 and bounds[1] is None  # the computed L, for the lipschitz rows only
     assert per[("lipschitz", 0.05)] >= per[("lipschitz", 0.2)]
     assert report["curve"][0]["certified_accuracy"] >= per[("lipschitz", 0.05)]

@@ -109,6 +109,8 @@ def test_train_new_methods_with_l2_evaluation(tmp_path, monkeypatch, capsys):
 
     lip = load_model(rows["lipschitz"]["onnx"]).module
     assert abs(global_lipschitz(lip, (1, 8, 8)).bound - 1) < 1e-4
+    assert rows["lipschitz"]["lipschitz_bound"] == global_lipschitz(lip, (1, 8, 8)).bound
+    assert rows["mixup"]["lipschitz_bound"] > 1
     assert "L2 0.5" in out
     (row,) = store.list_runs(tmp_path / "r.sqlite")
     assert (

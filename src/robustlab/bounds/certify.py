@@ -31,9 +31,13 @@ class CertifyResult:
     certified_accuracy: float
     seconds: float
     certified: list[bool] = field(repr=False, default_factory=list)  # per example
+    lipschitz: float | None = None  # the global L2 Lipschitz bound (method "lipschitz")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.lipschitz is None:
+            del out["lipschitz"]
+        return out
 
 
 def margin_spec(y: Tensor, num_classes: int) -> Tensor:
@@ -66,9 +70,9 @@ def _certified(model, data, threat, method, idx, k, batch_size, dtype) -> Tensor
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
-def _lipschitz_certified(model, data, threat, idx, batch_size) -> Tensor:
+def _lipschitz_certified(model, data, threat, idx, batch_size) -> tuple[Tensor, float]:
     """Whether each point ``idx`` has a certified L2 radius (``bounds.lipschitz``) beyond the
-    threat's ball (an Linf ball through ``||v||_2 <= sqrt(d) ||v||_inf``)."""
+    threat's ball (an Linf ball through ``||v||_2 <= sqrt(d) ||v||_inf``), and the bound L."""
     if not isinstance(threat, LpBall):
         raise RobustlabError(
             f"the lipschitz method expects an Lp ball; found {type(threat).__name__}"
@@ -81,7 +85,7 @@ def _lipschitz_certified(model, data, threat, idx, batch_size) -> Tensor:
         )
         for part in idx.split(batch_size)
     ]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+    return (torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)), bound.bound
 
 
 def certify(
@@ -122,8 +126,11 @@ def certify(
             certified = torch.zeros(len(data), dtype=torch.bool)
             todo = correct.nonzero().squeeze(1)
             first = "crown" if method == "alpha-crown" else method
+            lipschitz = None
             if method == "lipschitz":
-                certified[todo] = _lipschitz_certified(model, data, threat, todo, batch_size)
+                certified[todo], lipschitz = _lipschitz_certified(
+                    model, data, threat, todo, batch_size
+                )
             else:
                 certified[todo] = _certified(model, data, threat, first, todo, k, batch_size, dtype)
             if method == "alpha-crown":
@@ -142,4 +149,5 @@ def certify(
         certified_accuracy=float(certified.float().mean()),
         seconds=time.perf_counter() - start,
         certified=certified.tolist(),
+        lipschitz=lipschitz,
     )

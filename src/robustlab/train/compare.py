@@ -48,25 +48,26 @@ def evaluate_trained(
         attack = evaluate(model, data, [e], norm, suite=suite, attacks=attacks,
                           batch_size=batch_size, seed=seed)  # fmt: skip
         t_attack += time.perf_counter() - t0
-        union, per_method = _certified(model, data, LpBall(norm, e, data.lower, data.upper),
-                                       bound_methods, batch_size)  # fmt: skip
+        union, per_method, lip = _certified(model, data, LpBall(norm, e, data.lower, data.upper),
+                                            bound_methods, batch_size)  # fmt: skip
         out[f"robust{suffix}_accuracy"] = attack.robust_accuracy
         out[f"certified{suffix}_accuracy"] = float(union.float().mean())
         out[f"certified{suffix}_by"] = per_method
         if norm == "inf":
             out.update(clean_accuracy=attack.clean_accuracy, attacks=attack.attacks,
-                       flags=attack.flags)  # fmt: skip
+                       flags=attack.flags, lipschitz_bound=lip)  # fmt: skip
     if l2_eps is not None:
         out["l2_eps"] = l2_eps
     out["seconds"] = {"attack": t_attack, "bounds": time.perf_counter() - start - t_attack}
     return out
 
 
-def _certified(model, data, threat, methods, batch_size) -> tuple[torch.Tensor, dict]:
-    """Points certified by any of ``methods``, and each method's certified accuracy (None where
-    the Lipschitz bound does not support the network)."""
+def _certified(model, data, threat, methods, batch_size):
+    """Points certified by any of ``methods``, each method's certified accuracy (None where the
+    Lipschitz bound does not support the network), and the global Lipschitz bound if computed."""
     union = torch.zeros(len(data), dtype=torch.bool)
     per_method: dict[str, float | None] = {}
+    lipschitz = None
     for m in methods:
         try:
             r = certify(model, data, threat, m, batch_size=batch_size)
@@ -77,7 +78,8 @@ def _certified(model, data, threat, methods, batch_size) -> tuple[torch.Tensor, 
             continue
         union |= torch.tensor(r.certified, dtype=torch.bool)
         per_method[m] = r.certified_accuracy
-    return union, per_method
+        lipschitz = r.lipschitz if r.lipschitz is not None else lipschitz
+    return union, per_method, lipschitz
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ def comparison_row(result: TrainResult, evaluation: dict) -> dict:
         "robust_accuracy": evaluation["robust_accuracy"],
         "certified_accuracy": evaluation["certified_accuracy"],
         "certified_by": evaluation["certified_by"],
+        "lipschitz_bound": evaluation.get("lipschitz_bound"),
         **{
             k: evaluation[k]
             for k in ("robust_l2_accuracy", "certified_l2_accuracy", "certified_l2_by")
