@@ -299,7 +299,10 @@ def certify(
     eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
     norm: str = typer.Option("inf", "--norm", help="inf or 2."),
     method: str = typer.Option(
-        "crown", "--method", help="ibp, crown-ibp, crown, alpha-crown, or a comma-separated list."
+        "crown",
+        "--method",
+        help="ibp, crown-ibp, crown, alpha-crown, lipschitz (margin / Lipschitz radius), or a "
+        "comma-separated list.",
     ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
@@ -506,8 +509,8 @@ def train(
     method: str = typer.Option(
         ...,
         "--method",
-        help="standard, pgd-at, trades, fast-at, gaussian, ibp, crown-ibp, or a comma-separated "
-        "list (one model each and a comparison table).",
+        help="standard, pgd-at, trades, fast-at, gaussian, ibp, crown-ibp, interpolated-at, "
+        "mixup, hr, lipschitz, or a comma-separated list (one model each and a comparison table).",
     ),
     eps: float = typer.Option(..., "--eps", help="Linf radius (gaussian: noise sigma)."),
     epochs: int = typer.Option(20, "--epochs", min=1),
@@ -524,6 +527,22 @@ def train(
     finetune: bool = typer.Option(False, "--finetune", help="Start from the .onnx file's weights."),
     suite: str = typer.Option("fast", "--suite", help="Attack suite for robust accuracy."),
     seed: int = typer.Option(0, "--seed"),
+    l2_eps: float | None = typer.Option(
+        None, "--l2-eps", help="Also evaluate at this L2 radius; lipschitz trains for it."
+    ),
+    hr_alpha: float | None = typer.Option(
+        None, "--hr-alpha", help="hr: poisoning share alpha in [0, 1) (default 0.05)."
+    ),
+    hr_r: float | None = typer.Option(
+        None, "--hr-r", help="hr: KL radius r >= 0 (default 0.1); the evasion radius is --eps."
+    ),
+    certify_training: bool = typer.Option(
+        False,
+        "--certify-training",
+        help="FullCert: bound SGD training (method standard, an MLP) for training data moved by "
+        "--delta per feature; certified test predictions.",
+    ),
+    delta: float = typer.Option(1e-3, "--delta", help="--certify-training: poisoning budget."),
     report_file: Path | None = typer.Option(
         None, "--report", help="Result JSON (default: beside --out)."
     ),
@@ -551,27 +570,31 @@ def train(
             sigma=sigma,
             finetune=finetune,
             suite=suite,
+            l2_eps=l2_eps,
+            hr_alpha=hr_alpha,
+            hr_r=hr_r,
+            certify_training=certify_training,
+            delta=delta,
             progress=say,
         )
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
-    table = Table(
-        "method",
-        "clean",
-        "robust",
-        "certified",
-        "train s",
-        title=f"Linf eps {report['settings']['eps']:g}",
-    )
+    l2 = report["settings"].get("l2_eps")
+    columns = ["method", "clean", "robust", "certified", "train s"]
+    columns[4:4] = ["robust L2", "certified L2"] if l2 is not None else []
+    title = f"Linf eps {report['settings']['eps']:g}" + (f", L2 {l2:g}" if l2 is not None else "")
+    table = Table(*columns, title=title)
     for r in report["comparison"]:
-        table.add_row(
-            r["method"],
-            f"{r['clean_accuracy']:.3f}",
-            f"{r['robust_accuracy']:.3f}",
-            f"{r['certified_accuracy']:.3f}",
-            f"{r['train_seconds']:.1f}",
-        )
+        keys = ["clean_accuracy", "robust_accuracy", "certified_accuracy"]
+        keys += ["robust_l2_accuracy", "certified_l2_accuracy"] if l2 is not None else []
+        table.add_row(r["method"], *(f"{r[k]:.3f}" for k in keys), f"{r['train_seconds']:.1f}")
     out.print(table)
+    if report.get("training_certificate"):
+        c = report["training_certificate"]
+        out.print(
+            f"FullCert: {c['certified_share']:.3f} of {c['n']} test predictions certified "
+            f"against training data moved by {c['delta']:g} per feature"
+        )
     _warn(report)
     out.print(f"model: {', '.join(report['onnx'])}\nresult: {report_file}\nrun id: {run_id}")
 

@@ -146,7 +146,7 @@ def attack_job(
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
     """Bound methods from ``"ibp,crown"`` or a list; each must be known."""
-    from robustlab.bounds import METHODS
+    from robustlab.bounds import CERTIFY_METHODS as METHODS
 
     methods = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
     for m in methods:
@@ -222,8 +222,10 @@ def metrics_of(report: dict) -> dict:
             if key in p:
                 m[f"{key}@{at}"] = p[key]
     for row in report.get("comparison") or []:  # train: one row per method
-        for key in ("clean_accuracy", "robust_accuracy", "certified_accuracy", "train_seconds"):
-            m[f"{row['method']} {key}"] = row.get(key)
+        for key in ("clean_accuracy", "robust_accuracy", "certified_accuracy", "train_seconds",
+                    "robust_l2_accuracy", "certified_l2_accuracy"):  # fmt: skip
+            if key in row:
+                m[f"{row['method']} {key}"] = row[key]
     for e in report.get("log") or []:  # train: the log per epoch
         for key in ("loss", "clean_accuracy", "robust_accuracy", "certified_accuracy"):
             m[f"{e['method']} {key}@epoch {e['epoch']}"] = e.get(key)

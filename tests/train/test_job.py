@@ -81,3 +81,76 @@ def test_bad_input(args, message, tmp_path, monkeypatch, capsys):
     code, _, err = run(monkeypatch, capsys, "train", *flat, "--epochs", "1",
                        "--out", tmp_path / "x.onnx")  # fmt: skip
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_new_methods_with_l2_evaluation(tmp_path, monkeypatch, capsys):
+    code, out, err = run(
+        monkeypatch, capsys, "train", "--arch", "mlp", "--data", "digits",
+        "--method", "interpolated-at,mixup,hr,lipschitz", "--eps", "0.1", "--l2-eps", "0.5",
+        "--hr-alpha", "0.1", "--hr-r", "0.2", "--epochs", "1", "--n", "30",
+        "--out", tmp_path / "m.onnx", "--db", tmp_path / "r.sqlite",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["settings"]["l2_eps"] == 0.5
+    assert report["settings"]["hyperparameters"] == {
+        "hr": {"alpha": 0.1, "r": 0.2},
+        "lipschitz": {"eps": 0.5},
+    }
+    rows = {r["method"]: r for r in report["comparison"]}
+    assert list(rows) == ["interpolated-at", "mixup", "hr", "lipschitz"]
+    for r in rows.values():
+        assert r["certified_l2_accuracy"] <= r["robust_l2_accuracy"] <= r["clean_accuracy"]
+        assert set(r["certified_by"]) == {"ibp", "crown", "lipschitz"}
+    hr = next(p for p in report["per_method"] if p["method"] == "hr")
+    assert hr["training"]["hyperparameters"]["alpha"] == 0.1
+    # the exported Lipschitz network: its certificate computes L = 1 (float32 weights)
+    from robustlab.bounds import global_lipschitz
+
+    lip = load_model(rows["lipschitz"]["onnx"]).module
+    assert abs(global_lipschitz(lip, (1, 8, 8)).bound - 1) < 1e-4
+    assert rows["lipschitz"]["lipschitz_bound"] == global_lipschitz(lip, (1, 8, 8)).bound
+    assert rows["mixup"]["lipschitz_bound"] > 1
+    assert "L2 0.5" in out
+    (row,) = store.list_runs(tmp_path / "r.sqlite")
+    assert (
+        row.metrics["lipschitz certified_l2_accuracy"] == rows["lipschitz"]["certified_l2_accuracy"]
+    )
+
+
+def test_certify_training(tmp_path, monkeypatch, capsys):
+    arch = tmp_path / "arch.onnx"
+    onnx.save(torch_to_onnx(zoo.pretrained("mlp"), (1, 8, 8)), str(arch))
+    code, out, err = run(
+        monkeypatch, capsys, "train", "--arch", arch, "--finetune", "--data", "digits",
+        "--method", "standard", "--certify-training", "--delta", "0.001", "--lr", "0.01",
+        "--batch-size", "512", "--eps", "0.05", "--epochs", "1", "--n", "40",
+        "--out", tmp_path / "f.onnx", "--db", tmp_path / "r.sqlite",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "f.json").read_text())
+    cert = report["training_certificate"]
+    assert cert["delta"] == 0.001 and cert["n"] == 40 and 0 < cert["certified_share"] <= 1
+    assert cert["certified_accuracy"] <= cert["clean_accuracy"] <= 1
+    assert report["settings"]["certify_training"] is True
+    assert [
+        json.loads(x)["epoch"] for x in (tmp_path / "f.log.jsonl").read_text().splitlines()
+    ] == [1]
+    assert "FullCert" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "hr", "--hr-alpha", "1.5"], "alpha (the poisoning share)"),
+        (["--method", "hr", "--hr-r", "-1"], "r (the KL radius)"),
+        (["--l2-eps", "-0.5"], "eps must be"),
+        (["--method", "pgd-at", "--certify-training"], "certify_training bounds plain SGD"),
+        (["--arch", "cnn", "--certify-training"], "MLP of Linear and ReLU"),
+    ],
+)
+def test_bad_new_options(args, message, tmp_path, monkeypatch, capsys):
+    base = ["--arch", "mlp", "--data", "digits", "--method", "standard", "--eps", "0.1"]
+    code, _, err = run(monkeypatch, capsys, "train", *base, *args, "--epochs", "1", "--n", "10",
+                       "--out", tmp_path / "x.onnx")  # fmt: skip
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -10,9 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.bounds.api import METHODS, compute_bounds
+from robustlab.bounds.lipschitz import global_lipschitz, l2_radius
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
-from robustlab.threat import ThreatModel
+from robustlab.threat import LpBall, ThreatModel
+
+# certify's methods: the bound methods, and the margin / Lipschitz radius (no bound propagation)
+CERTIFY_METHODS = (*METHODS, "lipschitz")
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,13 @@ class CertifyResult:
     certified_accuracy: float
     seconds: float
     certified: list[bool] = field(repr=False, default_factory=list)  # per example
+    lipschitz: float | None = None  # the global L2 Lipschitz bound (method "lipschitz")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.lipschitz is None:
+            del out["lipschitz"]
+        return out
 
 
 def margin_spec(y: Tensor, num_classes: int) -> Tensor:
@@ -62,6 +70,24 @@ def _certified(model, data, threat, method, idx, k, batch_size, dtype) -> Tensor
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
+def _lipschitz_certified(model, data, threat, idx, batch_size) -> tuple[Tensor, float]:
+    """Whether each point ``idx`` has a certified L2 radius (``bounds.lipschitz``) beyond the
+    threat's ball (an Linf ball through ``||v||_2 <= sqrt(d) ||v||_inf``), and the bound L."""
+    if not isinstance(threat, LpBall):
+        raise RobustlabError(
+            f"the lipschitz method expects an Lp ball; found {type(threat).__name__}"
+        )
+    bound = global_lipschitz(model, tuple(data.x.shape[1:]))
+    d = data.x[0].numel()
+    out = [
+        l2_radius(model, data.x[part], data.y[part], bound=bound).certified(
+            threat.norm, threat.eps, d
+        )
+        for part in idx.split(batch_size)
+    ]
+    return (torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)), bound.bound
+
+
 def certify(
     model: nn.Module,
     data: Dataset,
@@ -72,15 +98,18 @@ def certify(
     alpha_batch_size: int = 32,
     precision: str = "float64",
 ) -> CertifyResult:
-    """Certified accuracy of ``model`` on ``data`` under ``threat`` with a bound ``method``.
+    """Certified accuracy of ``model`` on ``data`` under ``threat`` with a bound ``method``, or
+    with ``"lipschitz"``: the margin / Lipschitz radius (``bounds.lipschitz``, any network).
 
     Only correctly classified points are bounded; alpha-CROWN runs only on the points CROWN leaves
     uncertified, in small batches that stop optimising once every margin is proven positive.
     ``precision="float32"`` is faster on convolutional networks and batches, equally rigorous
     (its rounding is bounded, see ``bounds/rounding.py``) and slightly looser.
     """
-    if method not in METHODS:
-        raise RobustlabError(f"unknown bound method '{method}'; known: {', '.join(METHODS)}")
+    if method not in CERTIFY_METHODS:
+        raise RobustlabError(
+            f"unknown bound method '{method}'; known: {', '.join(CERTIFY_METHODS)}"
+        )
     if precision not in PRECISIONS:
         raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
     dtype = PRECISIONS[precision]
@@ -97,7 +126,13 @@ def certify(
             certified = torch.zeros(len(data), dtype=torch.bool)
             todo = correct.nonzero().squeeze(1)
             first = "crown" if method == "alpha-crown" else method
-            certified[todo] = _certified(model, data, threat, first, todo, k, batch_size, dtype)
+            lipschitz = None
+            if method == "lipschitz":
+                certified[todo], lipschitz = _lipschitz_certified(
+                    model, data, threat, todo, batch_size
+                )
+            else:
+                certified[todo] = _certified(model, data, threat, first, todo, k, batch_size, dtype)
             if method == "alpha-crown":
                 todo = todo[~certified[todo]]
                 certified[todo] = _certified(
@@ -114,4 +149,5 @@ def certify(
         certified_accuracy=float(certified.float().mean()),
         seconds=time.perf_counter() - start,
         certified=certified.tolist(),
+        lipschitz=lipschitz,
     )

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp
 
+from robustlab.bounds.lipschitz import l2_radius
 from robustlab.errors import RobustlabError
 from robustlab.explain.base import (
     Passes,
@@ -22,7 +23,6 @@ from robustlab.explain.base import (
     explaining,
     resolve_target,
 )
-from robustlab.explain.spectral import global_lipschitz
 from robustlab.threat import LpBall, parse_norm
 
 
@@ -145,8 +145,8 @@ def lipschitz_radius(
     model: nn.Module, x: Tensor, y: Tensor | None = None, *, method: str = "global"
 ) -> LipschitzRadius:
     """The L2 radius within which the class of each input cannot change: margin / L_yj per pair
-    (y, j). ``method="global"``: L from per-layer spectral norms (certified, for exact arithmetic
-    on the weights: margins are computed in float64). ``"local"``: sqrt(2) times the Jacobian
+    (y, j). ``method="global"``: L from rigorous per-layer norms (``bounds.l2_radius``: certified,
+    margins computed in float64). ``"local"``: sqrt(2) times the Jacobian
     spectral norm at the point (an estimate, not certified)."""
     check_inputs(x)
     if method not in ("global", "local"):
@@ -163,18 +163,8 @@ def lipschitz_radius(
     others.scatter_(1, y[:, None], -math.inf)
     margin = (mine[:, 0] - others.amax(1)).cpu()
     if method == "global":
-        bound = global_lipschitz(model, tuple(x.shape[1:]))
-        pair = bound.pairwise()
-        if pair is None:  # no final Linear layer: |f_y - f_j| <= sqrt(2) * L * ||dx||
-            radius = margin / (math.sqrt(2) * bound.bound)
-        else:
-            gaps = mine - logits  # (N, K)
-            lips = pair[y].to(gaps.device)
-            ratio = torch.where(lips > 0, gaps / lips.clamp_min(1e-300), math.inf)
-            ratio.scatter_(1, y[:, None], math.inf)
-            radius = ratio.amin(1).cpu()
-        radius = torch.where(margin > 0, radius * (1 - 1e-9), 0.0)
-        return LipschitzRadius(radius, margin, bound.bound, True, "global")
+        cert = l2_radius(model, x, y)
+        return LipschitzRadius(cert.radius, margin, cert.lipschitz.bound, True, "global")
     sigma = jacobian_spectral_norm(model, x).double().cpu()
     radius = torch.where(margin > 0, margin / (math.sqrt(2) * sigma.clamp_min(1e-300)), 0.0)
     return LipschitzRadius(radius, margin, sigma, False, "local")

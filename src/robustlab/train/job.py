@@ -20,8 +20,10 @@ from robustlab.errors import RobustlabError
 from robustlab.jobs import _base, check_eps
 from robustlab.model import load_model
 from robustlab.train.compare import Comparison, comparison_row, evaluate_trained
+from robustlab.train.fullcert import TrainingCertificate
+from robustlab.train.fullcert import certify_training as certify_training_fn
 from robustlab.train.init import reset_parameters
-from robustlab.train.loop import train
+from robustlab.train.loop import TrainResult, train
 from robustlab.train.methods import METHODS, get_method
 
 Progress = Callable[[str], None]
@@ -88,6 +90,33 @@ def split_data(data_src, test_src, input_shape, seed: int = 0) -> tuple[Dataset,
     return part(tr, ""), part(te, " (held-out 20%)")
 
 
+def method_kwargs(
+    name: str,
+    *,
+    sigma: float | None = None,
+    l2_eps: float | None = None,
+    hr_alpha: float | None = None,
+    hr_r: float | None = None,
+) -> dict:
+    """The hyperparameters the job's options set for a method (the others keep defaults)."""
+    given = {
+        "gaussian": {"sigma": sigma},
+        "lipschitz": {"eps": l2_eps},
+        "hr": {"alpha": hr_alpha, "r": hr_r},
+    }.get(name, {})
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _fullcert_result(cert: TrainingCertificate, eps: float) -> TrainResult:
+    """The FullCert run as a training result (its log, its cost) for the comparison row."""
+    return TrainResult(
+        method="standard", eps=eps, epochs=cert.epochs, schedule={}, log=cert.log, flags=[],
+        seconds=cert.seconds, n_forward=0, n_backward=0, n_bounded=cert.n_train * cert.epochs,
+        hyperparameters={"optimizer": "sgd", "lr": cert.lr, "batch_size": cert.batch_size,
+                         "seed": cert.seed, "delta": cert.delta},
+    )  # fmt: skip
+
+
 def onnx_path(out: Path, method: str, several: bool) -> Path:
     return out.with_name(f"{out.stem}-{method}{out.suffix or '.onnx'}") if several else out
 
@@ -109,16 +138,37 @@ def train_job(
     finetune: bool = False,
     suite: str = "fast",
     attacks: Sequence[str] | None = None,
+    l2_eps: float | None = None,
+    hr_alpha: float | None = None,
+    hr_r: float | None = None,
+    certify_training: bool = False,
+    delta: float = 1e-3,
     progress: Progress | None = None,
 ) -> dict:
     """Train with each method, save ``out`` (or ``out-<method>.onnx`` for several), evaluate the
-    saved files; keys ``clean_accuracy``, ``robust_accuracy``, ``certified_accuracy`` (first
-    method), ``curve``, ``log`` (per epoch), ``comparison``, ``onnx``, ``per_method``."""
+    saved files (also at L2 ``l2_eps`` when given: the lipschitz method's training radius);
+    keys ``clean_accuracy``, ``robust_accuracy``, ``certified_accuracy`` (first method),
+    ``curve``, ``log`` (per epoch), ``comparison``, ``onnx``, ``per_method``.
+
+    ``certify_training``: train ``standard`` by FullCert's certified procedure (plain SGD at
+    ``lr``, float64) with interval bounds for training data moved by at most ``delta`` per
+    feature; key ``training_certificate`` (certified share of the test predictions)."""
     say = progress or (lambda _msg: None)
     names = parse_methods(method)
     (eps,) = check_eps([eps])
     if sigma is not None and not sigma > 0:
-        raise RobustlabError(f"--sigma must be positive; found {sigma}")
+        raise RobustlabError(f"sigma must be positive; found {sigma}")
+    if l2_eps is not None:
+        (l2_eps,) = check_eps([l2_eps])
+    if certify_training and names != ["standard"]:
+        raise RobustlabError(
+            f"certify_training bounds plain SGD: it expects method 'standard' alone; found "
+            f"{', '.join(names)}"
+        )
+    kwargs_of = {
+        n: method_kwargs(n, sigma=sigma, l2_eps=l2_eps, hr_alpha=hr_alpha, hr_r=hr_r) for n in names
+    }
+    methods = {n: get_method(n, **kwargs_of[n]) for n in names}  # bad values fail before training
     build, input_shape, arch_name = architecture(arch, seed=seed, finetune=finetune)
     train_d, test_d = split_data(data_src, test_data, input_shape, seed)
     test_d = test_d.subset(n)
@@ -127,9 +177,9 @@ def train_job(
     log_path = out.with_suffix(".log.jsonl")
     log_path.write_text("")
     log, rows, per_method, onnx_files, flags, first_model = [], [], [], [], [], None
+    certificate = None
     start = time.perf_counter()
     for name in names:
-        kwargs = {"sigma": sigma} if name == "gaussian" and sigma is not None else {}
         model = build()
 
         def on_epoch(entry: dict, name=name) -> None:
@@ -138,15 +188,22 @@ def train_job(
             say(f"{name} epoch {entry['epoch']}/{epochs}: loss {entry['loss']:.3f}, "
                 f"clean {entry['clean_accuracy']:.3f}")  # fmt: skip
 
-        result = train(model, train_d, get_method(name, **kwargs), eps, epochs=epochs,
-                       batch_size=batch_size, lr=lr, seed=seed, eval_data=test_d,
-                       init="keep" if finetune else "auto", on_epoch=on_epoch)  # fmt: skip
+        if certify_training:
+            certificate = certify_training_fn(model, train_d, test_d, delta, epochs=epochs,
+                                              lr=lr, batch_size=batch_size, seed=seed,
+                                              on_epoch=on_epoch)  # fmt: skip
+            result = _fullcert_result(certificate, eps)
+        else:
+            result = train(model, train_d, methods[name], eps, epochs=epochs,
+                           batch_size=batch_size, lr=lr, seed=seed, eval_data=test_d,
+                           init="keep" if finetune else "auto", on_epoch=on_epoch)  # fmt: skip
         path = onnx_path(out, name, len(names) > 1)
         onnx.save(torch_to_onnx(model.eval(), input_shape), str(path))
         loaded = load_model(path)  # the saved file, checked against onnxruntime
         first_model = first_model or loaded
         say(f"{name}: evaluating {path.name} on {len(test_d)} examples")
-        ev = evaluate_trained(loaded.module, test_d, eps, suite=suite, attacks=attacks, seed=seed)
+        ev = evaluate_trained(loaded.module, test_d, eps, suite=suite, attacks=attacks, seed=seed,
+                              l2_eps=l2_eps)  # fmt: skip
         row = comparison_row(result, ev)
         rows.append({**row, "onnx": str(path)})
         log += result.log
@@ -174,6 +231,10 @@ def train_job(
         "train_n": len(train_d),
         "suite": suite if attacks is None else None,
         "attacks": list(attacks) if attacks else None,
+        "l2_eps": l2_eps,
+        "hyperparameters": {n: kwargs_of[n] for n in names if kwargs_of[n]},
+        "certify_training": certify_training,
+        "delta": delta if certify_training else None,
     }
     report = _base("train", first_model, test_d, settings)
     head = rows[0]
@@ -198,4 +259,6 @@ def train_job(
         flags=flags,
         seconds=time.perf_counter() - start,
     )
+    if certificate is not None:
+        report["training_certificate"] = certificate.to_dict()
     return report

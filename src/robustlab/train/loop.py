@@ -114,11 +114,14 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with a registered ``method`` at Linf radius ``eps``.
 
-    ``init``: "auto" (IBP initialisation for certified methods, Shi et al. 2021; the weights as
-    they are otherwise), "ibp", or "keep". ``schedule`` defaults to a short warm-up and a smooth
-    ramp for certified methods and the target eps from the start for the others. After each epoch
-    the model is evaluated on up to 256 examples of ``eval_data`` (default: the training data),
-    the entry appended to the log and passed to ``on_epoch`` (to save it as it is produced).
+    ``init``: "auto" (IBP initialisation for certified methods, Shi et al. 2021; orthogonal for
+    lipschitz; the weights as they are otherwise), "ibp", or "keep". A method with ``prepare`` /
+    ``finish`` (lipschitz) turns the model's layers into its own before training and back into
+    plain layers holding the trained weights after. ``schedule`` defaults to a short warm-up and
+    a smooth ramp for certified methods and the target eps from the start for the others. After
+    each epoch the model is evaluated on up to 256 examples of ``eval_data`` (default: the
+    training data), the entry appended to the log and passed to ``on_epoch`` (to save it as it
+    is produced).
     """
     if isinstance(method, str):
         method = get_method(method)
@@ -139,6 +142,8 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     if init == "ibp" or (init == "auto" and certified):
         ibp_init(model, generator=gen)
+    if hasattr(method, "prepare"):  # a method with its own layers (lipschitz): in place
+        method.prepare(model, data.x[:2], gen, keep_weights=init != "auto")
     num_classes = _num_classes(model, data)
     check = (eval_data or data).subset(CHECK_N)
     train_check = Dataset(data.name, data.x[:CHECK_N], data.y[:CHECK_N], data.lower, data.upper)
@@ -189,7 +194,7 @@ def train(
             "train_clean_accuracy": _mean(clean),
             "train_robust_accuracy": _mean(robust),
             "train_certified_accuracy": _mean(cert),
-            **evaluate_epoch(model, check, eps, seed),
+            **evaluate_epoch(_plain(method, model), check, eps, seed),
         }
         stop = False
         if getattr(method, "watch_overfitting", False) and eps > 0:
@@ -209,6 +214,8 @@ def train(
             break
     if best_state is not None and flags:
         model.load_state_dict(best_state)  # in place: cached bound graphs keep working
+    if hasattr(method, "finish"):
+        method.finish(model)  # plain layers holding the trained weights
     model.train(was_training)
     return TrainResult(
         method=name,
@@ -232,6 +239,16 @@ def train(
             "grad_clip": grad_clip,
         },
     )
+
+
+def _plain(method, model: nn.Module) -> nn.Module:
+    """The model as plain layers for evaluation: a finished copy for methods with their own
+    layers (cached bound graphs would hold a snapshot of parametrized weights)."""
+    if not hasattr(method, "finish"):
+        return model
+    plain = copy.deepcopy(model)
+    method.finish(plain)
+    return plain.eval()
 
 
 def _overfit_flag(epoch: int, value: float, best: float, best_epoch: int | None) -> dict:

@@ -1,0 +1,78 @@
+"""Training on convex combinations of examples: mixup (Zhang et al. 2018, arXiv:1710.09412) and
+interpolated adversarial training (Lamb et al. 2019, arXiv:1906.06784: mixup of clean and of
+adversarial examples, the mean of both losses).
+
+Co-Mixup (Kim et al. 2021, arXiv:2102.03065) is not here: its saliency-guided masks come from a
+joint discrete optimisation over spatial blocks of every image pair (graph cuts in the authors'
+code), built for 32x32 and larger images; on 8x8 digits or tabular rows it has nothing to
+partition and reduces to mixup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from robustlab.errors import RobustlabError
+from robustlab.train.adversary import pgd
+from robustlab.train.methods import StepContext, StepOutput, _correct, register
+
+
+def mixing_coefficient(alpha: float, generator: torch.Generator) -> float:
+    """lambda ~ Beta(alpha, alpha), drawn from the training generator (reproducible)."""
+    if not alpha > 0:
+        raise RobustlabError(f"alpha must be positive; found {alpha}")
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def mixup_loss(
+    model: nn.Module, x: Tensor, y: Tensor, alpha: float, generator: torch.Generator
+) -> Tensor:
+    """``lam CE(f(x~), y) + (1 - lam) CE(f(x~), y[perm])`` with ``x~ = lam x + (1 - lam)
+    x[perm]`` for a random permutation of the batch (Zhang et al. 2018, eq. 1)."""
+    lam = mixing_coefficient(alpha, generator)
+    perm = torch.randperm(len(x), generator=generator)
+    logits = model(lam * x + (1 - lam) * x[perm])
+    ce = nn.functional.cross_entropy
+    return lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])
+
+
+@register("mixup")
+@dataclass(frozen=True)
+class Mixup:
+    """mixup (Zhang et al. 2018, arXiv:1710.09412): cross-entropy on convex combinations of
+    pairs of examples and of their one-hot labels, lambda ~ Beta(alpha, alpha) per batch
+    (alpha = 1: the paper's CIFAR-10 setting)."""
+
+    alpha: float = 1.0
+
+    def step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
+        loss = mixup_loss(model, x, y, self.alpha, ctx.generator)
+        return StepOutput(loss, _correct(model, x, y))
+
+
+@register("interpolated-at")
+@dataclass(frozen=True)
+class InterpolatedAT:
+    """Interpolated adversarial training (Lamb et al. 2019, arXiv:1906.06784, Algorithm 1): PGD
+    examples of the batch (as PGD-AT), then the mean of the mixup loss on the clean batch and the
+    mixup loss on the adversarial batch, each with its own lambda and permutation."""
+
+    alpha: float = 1.0
+    steps: int = 10
+    step_size: float | None = None
+
+    def step(self, model, x, y, ctx):
+        xa = pgd(model, x, y, ctx.threat(), steps=self.steps, step_size=self.step_size,
+                 generator=ctx.generator)  # fmt: skip
+        clean = mixup_loss(model, x, y, self.alpha, ctx.generator)
+        adversarial = mixup_loss(model, xa, y, self.alpha, ctx.generator)
+        return StepOutput(
+            (clean + adversarial) / 2,
+            _correct(model, x, y),
+            robust_correct=_correct(model, xa, y),
+        )

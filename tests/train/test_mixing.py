@@ -1,0 +1,68 @@
+"""mixup and interpolated adversarial training: the losses are the papers' formulas for the
+coefficient and permutation drawn from the training generator (reproducible); refusals."""
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab import zoo
+from robustlab.data import load_digits_split
+from robustlab.errors import RobustlabError
+from robustlab.threat import LpBall
+from robustlab.train import get_method
+from robustlab.train.adversary import pgd
+from robustlab.train.methods import StepContext
+from robustlab.train.mixing import mixing_coefficient, mixup_loss
+
+
+@pytest.fixture(scope="module")
+def batch():
+    d = load_digits_split(train=True)
+    return d.x[:24], d.y[:24]
+
+
+def clone(gen: torch.Generator) -> torch.Generator:
+    return torch.Generator().set_state(gen.get_state())
+
+
+def manual_mixup(model, x, y, alpha, gen):
+    lam = mixing_coefficient(alpha, gen)
+    perm = torch.randperm(len(x), generator=gen)
+    logits = model(lam * x + (1 - lam) * x[perm])
+    ce = nn.functional.cross_entropy
+    return lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])
+
+
+def test_coefficient_is_reproducible_and_in_range():
+    a = [mixing_coefficient(0.4, torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert a[0] == a[1] and 0 <= a[0] <= 1
+    draws = [mixing_coefficient(1e4, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert all(abs(v - 0.5) < 0.05 for v in draws)  # Beta(a, a) concentrates at 1/2
+    with pytest.raises(RobustlabError, match="alpha"):
+        mixing_coefficient(0.0, torch.Generator())
+
+
+def test_mixup_loss_is_the_formula(batch):
+    x, y = batch
+    torch.manual_seed(0)
+    model = zoo.build("mlp")
+    gen = torch.Generator().manual_seed(5)
+    expected = manual_mixup(model, x, y, 1.0, clone(gen))
+    assert torch.allclose(mixup_loss(model, x, y, 1.0, gen), expected)
+    ctx = StepContext(0.1, 1.0, 0.0, 1.0, 10, torch.Generator().manual_seed(7), model)
+    again = manual_mixup(model, x, y, 1.0, clone(ctx.generator))
+    assert torch.allclose(get_method("mixup").step(model, x, y, ctx).loss, again)
+
+
+def test_interpolated_at_is_the_mean_of_clean_and_adversarial_mixup(batch):
+    x, y = batch
+    torch.manual_seed(0)
+    model = zoo.build("mlp")
+    ctx = StepContext(0.1, 1.0, 0.0, 1.0, 10, torch.Generator().manual_seed(7), model)
+    gen = clone(ctx.generator)
+    xa = pgd(model, x, y, LpBall("inf", 0.1), steps=10, generator=gen)
+    expected = (manual_mixup(model, x, y, 1.0, gen) + manual_mixup(model, xa, y, 1.0, gen)) / 2
+    out = get_method("interpolated-at").step(model, x, y, ctx)
+    assert torch.allclose(out.loss, expected)
+    with torch.no_grad():
+        assert torch.equal(out.robust_correct, model(xa).argmax(1) == y)
