@@ -155,10 +155,10 @@ def test_crown_through_exp_by_hand():
     crown = compute_bounds(Net(), region, "crown")
     assert crown.upper.item() == pytest.approx(1.0, abs=1e-6)  # (rounded outward to float32)
     assert crown.lower.item() == pytest.approx(1.5 * math.exp(0.5) - (math.e - 1), abs=1e-6)
-    alpha = compute_bounds(Net(), region, "alpha-crown")
+    alpha = compute_bounds(Net(), region, "alpha-crown", bound_upper=False)
     best = (math.e - 1) * (1 - math.log(math.e - 1))
     assert crown.lower.item() < alpha.lower.item() <= best
-    assert alpha.lower.item() == pytest.approx(best, abs=1e-2)
+    assert alpha.lower.item() == pytest.approx(best, abs=2e-2)
 
 
 @pytest.mark.parametrize(

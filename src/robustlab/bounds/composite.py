@@ -21,6 +21,7 @@ from robustlab.bounds.ops.shape import Center, MatMulConst, PairDiff, ScaleShift
 from robustlab.errors import UnsupportedOperation
 
 PAIRWISE_MAX = 64  # softmax over up to this many entries as 1 / (1 + sum exp(x_j - x_i))
+CAP = 80.0  # the softmax's differences are capped here before exp (its value moves < e^-80)
 
 
 def _is_var(v) -> bool:
@@ -46,7 +47,11 @@ def reduce(emit, x, dims: tuple[int, ...], mean: bool, name: str, keepdim: bool 
 def softmax(emit, x, dim: int, log: bool = False, name: str = "softmax"):
     """softmax (or log-softmax) along per-sample ``dim``. Up to ``PAIRWISE_MAX`` entries as
     ``1 / (1 + sum_{j != i} exp(x_j - x_i))`` (the differences are linear in x, so CROWN bounds
-    them tightly; the result lies in (0, 1]); above, as ``exp(x) / sum exp(x)`` (Shi et al. 2020)."""
+    them tightly; the result lies in (0, 1]); above, as ``exp(x) / sum exp(x)`` (Shi et al. 2020).
+
+    The softmax's differences are capped at ``CAP`` before exp, so no bound overflows: where a
+    difference exceeds it, the true probability and the capped one both lie below e^-CAP, so
+    the reciprocal's lower bounds are lowered by e^-CAP and enclose the true softmax."""
     n = x.example.shape[dim + 1]
     last = x.example.dim() - 2
     if n == 1:  # a single entry: 1 (log: 0)
@@ -54,14 +59,14 @@ def softmax(emit, x, dim: int, log: bool = False, name: str = "softmax"):
     if n > PAIRWISE_MAX:
         return _softmax_direct(emit, x, dim, log, name)
     d = emit(PairDiff(dim, n), [x], f"{name}.pairs")  # (..., n, n - 1)
-    e = emit(Exp(), [d], f"{name}.exp")
+    e = emit(Exp(None if log else CAP), [d], f"{name}.exp")
     s = reduce(emit, e, (last + 1,), False, f"{name}.sum", keepdim=False)  # (..., n)
     s = emit(ScaleShift(1.0, 1.0), [s], f"{name}.denominator")
     if log:
         y = emit(Log(), [s], f"{name}.log")
         y = emit(ScaleShift(-1.0, 0.0), [y], f"{name}.neg")
     else:
-        y = emit(Pow(-1.0, "reciprocal"), [s], f"{name}.reciprocal")
+        y = emit(Pow(-1.0, "reciprocal", slack=math.exp(-CAP)), [s], f"{name}.reciprocal")
     if dim != last:
         y = shape_fn(emit, y, lambda t: t.movedim(-1, dim + 1), f"{name}.movedim")
     return y

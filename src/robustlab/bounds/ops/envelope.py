@@ -23,6 +23,7 @@ from robustlab.errors import RobustlabError
 
 ULPS = 16  # rounding margin per candidate value, in units of the dtype's epsilon
 ITERATIONS = 30  # bisection steps for a critical point (any point is sound; this only tightens)
+STEERING_ITERATIONS = 12  # while alpha-CROWN steers (its bounds are not kept)
 TINY_WIDTH = 1e-9  # relative width below which an interval is bounded by constants
 
 
@@ -35,6 +36,9 @@ class Elementwise(Activation):
 
     node: str = field(default="", kw_only=True)  # the graph node, for error messages
     has_alpha: bool = field(default=True, kw_only=True)
+    # lower bounds are lowered by this much: an enclosure of functions within ``slack`` below f
+    # (the softmax's probabilities from exponentials capped at ``SOFTMAX_CAP``)
+    slack: float = field(default=0.0, kw_only=True)
     label = "function"
 
     def scale(self, x: Tensor, fx: Tensor) -> Tensor:
@@ -69,12 +73,14 @@ class Elementwise(Activation):
 
     span = (-1.0, 1.0)
 
-    def critical(self, k: Tensor, a: Tensor, b: Tensor, s: float) -> list[Tensor]:
+    def critical(
+        self, k: Tensor, a: Tensor, b: Tensor, s: float, iterations: int = ITERATIONS
+    ) -> list[Tensor]:
         """Points near the minimum of ``s (f - k x)`` on [a, b] (convex there): bisection on its
         derivative. Any point is sound (the best of the candidates' bounds is kept);
         subclasses give closed forms (solutions of ``f'(x) = k``)."""
         lo, hi, kk = torch.broadcast_tensors(a.detach(), b.detach(), k.detach())
-        for _ in range(ITERATIONS):
+        for _ in range(iterations):
             mid = (lo + hi) / 2
             down = s * (self.df(mid) - kk) < 0
             lo = torch.where(down, mid, lo)
@@ -82,7 +88,9 @@ class Elementwise(Activation):
         return [(lo + hi) / 2]
 
     # --- the primitive ------------------------------------------------------------------
-    def _bound(self, k: Tensor, l: Tensor, u: Tensor, upper: bool) -> Tensor:
+    def _bound(
+        self, k: Tensor, l: Tensor, u: Tensor, upper: bool, steps: int = ITERATIONS
+    ) -> Tensor:
         """A lower bound of ``min f(x) - k x`` over [l, u] (``upper``: an upper bound of the max)."""
         s = -1.0 if upper else 1.0
         ulp = ULPS * torch.finfo(l.dtype).eps
@@ -101,7 +109,8 @@ class Elementwise(Activation):
             if bool(convex.any()):
                 with torch.no_grad():
                     points = [
-                        torch.minimum(torch.maximum(t, a), b) for t in self.critical(k, a, b, s)
+                        torch.minimum(torch.maximum(t, a), b)
+                        for t in self.critical(k, a, b, s, steps)
                     ]
                 vt = None
                 for t in points:  # each gives a valid bound; the best is kept
@@ -111,7 +120,9 @@ class Elementwise(Activation):
                     right = torch.where(b > t, dh * (b - t), torch.zeros_like(dh))
                     span = torch.where(b > a, (dh * (b - a)).abs(), torch.zeros_like(dh))
                     err = self.scale(t, ft) + (k * t).abs() + span
-                    cand = s * (ft - k * t) + torch.minimum(left, right) - ulp * err
+                    cand = s * (ft - k * t)
+                    if steps == ITERATIONS:  # not while steering: only the gradient counts there
+                        cand = cand + torch.minimum(left, right) - ulp * err
                     vt = cand if vt is None else torch.maximum(vt, cand)
                 v = torch.where(convex, vt, v)
             best = v if best is None else torch.minimum(best, v)
@@ -178,7 +189,7 @@ class Elementwise(Activation):
     def ibp(self, b: Bounds) -> Bounds:
         l, u, steering = self._checked(b.lower, b.upper)
         zero = torch.zeros_like(l)
-        lo, hi = self._bound(zero, l, u, False), self._bound(zero, l, u, True)
+        lo, hi = self._bound(zero, l, u, False) - self.slack, self._bound(zero, l, u, True)
         sat = self.saturated(l, u)
         if sat is not None:
             lo = torch.where(sat, self.span[0], lo)
@@ -216,8 +227,9 @@ class Elementwise(Activation):
         if sat is not None:  # keep the arithmetic finite there; replaced below
             u = torch.where(sat, l, u)
         la, ua, _, _ = self._slopes(l, u, alpha)
-        lb = self._bound(la, l, u, False)
-        ub = self._bound(ua, l, u, True)
+        steps = STEERING_ITERATIONS if steering else ITERATIONS
+        lb = self._bound(la, l, u, False, steps) - self.slack
+        ub = self._bound(ua, l, u, True, steps)
         if sat is not None:
             zero = torch.zeros_like(la)
             la, ua = torch.where(sat, zero, la), torch.where(sat, zero, ua)

@@ -15,20 +15,28 @@ from robustlab.bounds.ops.envelope import Elementwise
 
 @dataclass(eq=False)
 class Exp(Elementwise):
-    """``exp``: convex and increasing; critical points in closed form (log k)."""
+    """``exp``: convex and increasing; critical points in closed form (log k). With ``cap``:
+    ``exp(min(x, cap))`` (the softmax's, which never overflows)."""
 
+    cap: float | None = None
     label = "exp"
 
     def forward(self, x):
-        return torch.exp(x)
+        return torch.exp(x if self.cap is None else x.clamp(max=self.cap))
 
     def df(self, x):
-        return torch.exp(x)
+        e = self.forward(x)
+        return e if self.cap is None else torch.where(x < self.cap, e, torch.zeros_like(e))
 
     def curvature(self, m):
-        return torch.ones_like(m)
+        return torch.ones_like(m) if self.cap is None else (m < self.cap).to(m.dtype)
 
-    def critical(self, k, a, b, s):
+    def breaks(self, l, u):
+        if self.cap is None:
+            return []
+        return [torch.minimum(torch.maximum(torch.full_like(l, self.cap), l), u)]
+
+    def critical(self, k, a, b, s, iterations=0):
         return [torch.log(k.detach().clamp_min(torch.finfo(k.dtype).tiny))]
 
 
@@ -55,7 +63,7 @@ class Log(Elementwise):
         tiny = torch.finfo(torch.float32).tiny
         return l.clamp_min(tiny), u.clamp_min(tiny)
 
-    def critical(self, k, a, b, s):
+    def critical(self, k, a, b, s, iterations=0):
         kk = k.detach()
         return [torch.where(kk > 0, 1.0 / kk.clamp_min(torch.finfo(k.dtype).tiny), math.inf)]
 
@@ -108,7 +116,7 @@ class Pow(Elementwise):
             return [torch.minimum(torch.maximum(torch.zeros_like(l), l), u)]
         return []
 
-    def critical(self, k, a, b, s):
+    def critical(self, k, a, b, s, iterations=0):
         """The solutions of ``p x^(p-1) = k``: +-|k / p|^(1 / (p - 1))."""
         r = torch.pow((k.detach() / self.p).abs(), 1.0 / (self.p - 1))
         return [r, -r] if self.integer else [r]
