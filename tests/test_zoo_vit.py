@@ -31,9 +31,13 @@ def test_vit_bounds_contain_sampled_and_attacked_outputs(vit, digits):
     x0 = digits.x[:2]
     threat = LpBall("inf", 0.01)
     g = torch.Generator().manual_seed(0)
-    pts = threat.sample(x0, 2000, g)
+    x64 = x0.double()  # the region as the bounds take it: x0 +- eps in float64
+    pts = threat.sample(x64, 2000, g)
     attacked = [
-        PGD(steps=20, loss=lambda z, y, j=j, s=s: s * z[:, j])(vit, x0, digits.y[:2], threat)
+        threat.project(
+            x64,
+            PGD(steps=20, loss=lambda z, y, j=j, s=s: s * z[:, j])(vit, x0, digits.y[:2], threat),
+        )
         for j in range(10)
         for s in (1.0, -1.0)
     ]

@@ -99,7 +99,7 @@ def test_module_bounds_contain_sampled_outputs(name):
     exact = copy.deepcopy(m).double()
     x0 = torch.randn(2, *shape)
     threat = LpBall("inf", 0.05, -10.0, 10.0)
-    pts = threat.sample(x0, 2000)
+    pts = threat.sample(x0.double(), 2000)  # inside the float64 region
     with torch.no_grad():
         out = exact(pts.flatten(0, 1).double()).reshape(2000, 2, -1)
     for method in ("ibp", "crown"):

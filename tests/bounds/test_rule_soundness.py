@@ -17,14 +17,17 @@ SLOW = {"encoder", "attention", "conv-transpose"}
 
 
 def _points(net, threat, x0, g):
-    """10^4 samples and, per output and sign, a PGD maximiser: (points, float64 outputs)."""
-    pts = threat.sample(x0, 5000, g)  # (5000, 2, ...)
+    """10^4 samples and, per output and sign, a PGD maximiser, all inside the region as the
+    bounds take it (x0 +- eps in float64): the network's float64 outputs there."""
+    x64 = x0.double()
+    pts = threat.sample(x64, 5000, g)  # (5000, 2, ...)
     k = net(x0).shape[1]
     attacked = []
     for j in range(k):
         for sign in (1.0, -1.0):
             attack = PGD(steps=20, loss=lambda z, y, j=j, s=sign: s * z[:, j])
-            attacked.append(attack(net, x0, torch.zeros(len(x0), dtype=torch.long), threat))
+            adv = attack(net, x0, torch.zeros(len(x0), dtype=torch.long), threat)
+            attacked.append(threat.project(x64, adv.double()))
     pts = torch.cat([pts, torch.stack(attacked)])
     exact = copy.deepcopy(net).double()
     with torch.no_grad():
