@@ -76,3 +76,10 @@ def test_audit_runs_every_stage_on_the_vit(monkeypatch, capsys, tmp_path, vit):
     assert all(v == "ok" for k, v in status.items() if k != "smoothing"), status
     methods = {r["method"] for r in report["certified"]["per_method"] if r["n_bounded"]}
     assert {"ibp", "crown"} <= methods
+
+
+def test_tightness_covers_products_and_softmax(vit, digits):
+    from robustlab.bounds.tightness import tightness
+
+    t = tightness(vit, digits.x[:3], 0.01)
+    assert t.shape == (3,) and bool(((t > 0) & (t <= 1 + 1e-9)).all())
