@@ -100,6 +100,18 @@ class Attention(nn.Module):
         return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
 
 
+class ConvAct(nn.Module):
+    """Convolutions around an elementwise function (rows kept as receptive-field windows)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn, self.a, self.b = fn, nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 2, 3, stride=2)
+        self.out = nn.Linear(2 * 2 * 2, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.b(self.fn(self.a(x)))).flatten(1))
+
+
 RULE_NETS = {
     "exp": lambda: (Wrap(torch.exp), (4,)),
     "log": lambda: (Wrap(lambda h: torch.log(h.abs() + 0.05)), (4,)),
@@ -125,6 +137,8 @@ RULE_NETS = {
     "log-softmax": lambda: (Wrap(lambda h: F.log_softmax(h, 1), gain=3.0), (4,)),
     "layer-norm": lambda: (LayerNormNet(), (4,)),
     "shapes": lambda: (Shapes(), (6,)),
+    "conv-sign": lambda: (ConvAct(torch.sign), (1, 5, 5)),
+    "conv-sin": lambda: (ConvAct(lambda h: torch.sin(4 * h)), (1, 5, 5)),
     "conv-transpose": lambda: (ConvT(), (2, 4, 4)),
     "attention": lambda: (Tokens(Attention()), (4,)),
     "encoder": lambda: (

@@ -20,7 +20,11 @@ from robustlab.bounds.ops.nonlinear import GELU, Exp, Log, Pow
 from robustlab.bounds.ops.shape import Center, MatMulConst, PairDiff, ScaleShift, per_sample
 from robustlab.errors import UnsupportedOperation
 
-PAIRWISE_MAX = 64  # softmax over up to this many entries as 1 / (1 + sum exp(x_j - x_i))
+# softmax over up to this many entries as 1 / (1 + sum exp(x_j - x_i)): n^2 differences to
+# bound instead of n inputs. zoo:vit (4 tokens), CROWN certified at eps 0.01: 33% (26% with
+# the direct form); VNN-COMP's vit ibp_3_3_8 (17 tokens): CROWN 350 s pairwise, 19 s direct,
+# the direct form as tight (mean width 0.875 vs 0.882)
+PAIRWISE_MAX = 8
 CAP = 80.0  # the softmax's differences are capped here before exp (its value moves < e^-80)
 
 

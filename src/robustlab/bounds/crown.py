@@ -220,8 +220,9 @@ def needs_bounds(graph: BoundGraph) -> dict[int, bool]:
     need: dict[int, bool] = {}
     for node in graph.nodes[1:]:
         if not isinstance(node.op, LinearOp):
+            kink = isinstance(node.op, ReLU) or getattr(node.op, "unstable_only", False)
             for j in node.inputs:
-                need[j] = need.get(j, True) and isinstance(node.op, ReLU)
+                need[j] = need.get(j, True) and kink
     return need
 
 

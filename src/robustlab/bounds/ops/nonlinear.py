@@ -271,6 +271,7 @@ class Sign(Activation):
 
     node: str = ""
     has_alpha: bool = True
+    unstable_only = True  # only inputs whose interval contains 0 need tighter bounds
 
     def forward(self, x):
         return torch.sign(x)
