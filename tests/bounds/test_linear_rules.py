@@ -189,4 +189,4 @@ def test_graph_sizes_of_expansions():
     """softmax over n entries: pairwise differences, exp, sum, +1, reciprocal (and a move of the
     axis back unless it is the last)."""
     ops = [type(n.op).__name__ for n in graph_of(Fn(lambda x: torch.softmax(x, 1)), (3,)).nodes[1:]]
-    assert ops == ["PairDiff", "Exp", "Monotone", "ScaleShift", "Pow"]
+    assert ops == ["PairDiff", "Exp", "Monotone", "ScaleShift", "Pow", "Within"]

@@ -17,7 +17,14 @@ from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.bilinear import MatMul, Mul
 from robustlab.bounds.ops.linear import Add, Linear, Reshape
 from robustlab.bounds.ops.nonlinear import GELU, Exp, Log, Pow
-from robustlab.bounds.ops.shape import Center, MatMulConst, PairDiff, ScaleShift, per_sample
+from robustlab.bounds.ops.shape import (
+    Center,
+    MatMulConst,
+    PairDiff,
+    ScaleShift,
+    Within,
+    per_sample,
+)
 from robustlab.errors import UnsupportedOperation
 
 # softmax over up to this many entries as 1 / (1 + sum exp(x_j - x_i)): n^2 differences to
@@ -55,7 +62,8 @@ def softmax(emit, x, dim: int, log: bool = False, name: str = "softmax"):
 
     The softmax's differences are capped at ``CAP`` before exp, so no bound overflows: where a
     difference exceeds it, the true probability and the capped one both lie below e^-CAP, so
-    the reciprocal's lower bounds are lowered by e^-CAP and enclose the true softmax."""
+    the reciprocal's lower bounds are lowered by e^-CAP and enclose the true softmax. Interval
+    bounds of the probabilities are clipped to [0, 1] (the sum-to-one fact is not used)."""
     n = x.example.shape[dim + 1]
     last = x.example.dim() - 2
     if n == 1:  # a single entry: 1 (log: 0)
@@ -71,6 +79,7 @@ def softmax(emit, x, dim: int, log: bool = False, name: str = "softmax"):
         y = emit(ScaleShift(-1.0, 0.0), [y], f"{name}.neg")
     else:
         y = emit(Pow(-1.0, "reciprocal", slack=math.exp(-CAP)), [s], f"{name}.reciprocal")
+        y = emit(Within(0.0, 1.0), [y], f"{name}.probabilities")
     if dim != last:
         y = shape_fn(emit, y, lambda t: t.movedim(-1, dim + 1), f"{name}.movedim")
     return y
@@ -82,7 +91,7 @@ def _softmax_direct(emit, x, dim, log, name):
     if log:
         return emit(Add(-1.0), [x, emit(Log(), [s], f"{name}.log")], name)
     r = emit(Pow(-1.0, "reciprocal"), [s], f"{name}.reciprocal")
-    return emit(Mul(), [e, r], name)
+    return emit(Within(0.0, 1.0), [emit(Mul(), [e, r], f"{name}.product")], name)
 
 
 def layer_norm(emit, x, normalized_shape, weight, bias, eps: float, name: str = "layer_norm"):

@@ -52,6 +52,30 @@ class ScaleShift(Affine):
 
 
 @dataclass(eq=False)
+class Within(LinearOp):
+    """The identity on values known to lie in [lo, hi] (a softmax's probabilities): interval
+    bounds are clipped to that range; the linear rules pass through unchanged."""
+
+    lo: float
+    hi: float
+
+    def forward(self, x):
+        return x
+
+    forward_abs = forward
+
+    def ibp(self, b: Bounds) -> Bounds:
+        lo, hi = b.lower.clamp(self.lo, self.hi), b.upper.clamp(self.lo, self.hi)
+        return Bounds(torch.minimum(lo, hi), hi)
+
+    def backward(self, A, in_shapes):
+        return [A], A.new_zeros(A.shape[:2])
+
+    def rounding_terms(self, out_shape) -> int:
+        return 0
+
+
+@dataclass(eq=False)
 class ConvTranspose(LinearOp):
     """1-D or 2-D transposed convolution (zero padding); its transpose is the convolution with the
     same weight. Not float32-bookkept (CPU convolutions may use Winograd): float64 there."""
