@@ -135,9 +135,9 @@ RULE_NETS = {
     "matmul": lambda: (Pair(lambda a, b: a @ b, shape=(2, 2)), (4,)),
     "softmax": lambda: (Wrap(lambda h: torch.softmax(h, -1), gain=3.0), (4,)),
     "log-softmax": lambda: (Wrap(lambda h: F.log_softmax(h, 1), gain=3.0), (4,)),
-    "softmax-direct": lambda: (  # over more than composite.PAIRWISE_MAX entries
-        Wrap(lambda h: torch.softmax(h, -1) + F.log_softmax(h, -1), d=12, gain=2.0),
-        (12,),
+    "softmax-direct": lambda: (  # more differences than composite.PAIRWISE_MAX
+        Wrap(lambda h: torch.softmax(h, -1) + F.log_softmax(h, -1), d=72, gain=0.5),
+        (72,),
     ),
     "layer-norm": lambda: (LayerNormNet(), (4,)),
     "shapes": lambda: (Shapes(), (6,)),
