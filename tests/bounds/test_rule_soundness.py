@@ -16,7 +16,7 @@ from robustlab.threat import Box, LpBall
 
 from .rule_nets import RULE_NETS, make
 
-SLOW = {"encoder", "attention", "conv-transpose"}
+SLOW = {"encoder", "conv-transpose"}
 
 
 def _points(net, threat, x0, g):
