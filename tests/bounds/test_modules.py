@@ -75,6 +75,9 @@ MODULES = {
         (2, 3, 3),
     ),
     "relu6-hardtanh": (lambda: nn.Sequential(nn.ReLU6(), nn.Hardtanh(0.5, 2.0)), (6,)),
+    "global-max-pool": (lambda: nn.AdaptiveMaxPool2d(1), (3, 4, 5)),
+    "global-max-pool-1d": (lambda: nn.AdaptiveMaxPool1d(1), (3, 7)),
+    "max-pool-1d": (lambda: nn.MaxPool1d(3, stride=2, padding=1), (3, 8)),
 }
 
 
@@ -91,7 +94,9 @@ def test_expansion_computes_what_the_module_computes(name):
     assert torch.allclose(got, want, atol=1e-5 * (1 + want.abs().max()), rtol=0), name
 
 
-@pytest.mark.parametrize("name", ["mha", "encoder-pre-norm-gelu", "layer-norm", "sdpa"])
+@pytest.mark.parametrize(
+    "name", ["mha", "encoder-pre-norm-gelu", "layer-norm", "sdpa", "global-max-pool", "max-pool-1d"]
+)
 def test_module_bounds_contain_sampled_outputs(name):
     make, shape = MODULES[name]
     torch.manual_seed(1)

@@ -280,6 +280,9 @@ _MODULES: dict[type, Callable[[Call, nn.Module], object]] = {
     nn.ConvTranspose1d: rules.conv_transpose_module,
     nn.ConvTranspose2d: rules.conv_transpose_module,
     nn.Upsample: rules.upsample_module,
+    nn.AdaptiveMaxPool1d: rules.global_max_module,
+    nn.AdaptiveMaxPool2d: rules.global_max_module,
+    nn.MaxPool1d: rules.max_pool1d_module,
     nn.LayerNorm: rules.layer_norm_module,
     nn.GELU: rules.gelu_module,
     nn.Softmax: rules.softmax_module,
@@ -554,7 +557,12 @@ def _apply(gm: fx.GraphModule, call: Call):
         raise UnsupportedOperation(
             f"operation {desc} at node '{node.name}' has no bound rule; supported: {', '.join(SUPPORTED)}"
         )
-    return _CALLS[key](call)
+    try:
+        return _CALLS[key](call)
+    except UnsupportedOperation as e:
+        if "supported: " in str(e):
+            raise
+        raise UnsupportedOperation(f"{e}; supported: {', '.join(SUPPORTED)}") from None
 
 
 def _hashable(v) -> bool:

@@ -17,6 +17,7 @@ from robustlab.bounds.ops.base import Op
 from robustlab.bounds.ops.bilinear import Mul
 from robustlab.bounds.ops.linear import Add, Cat, Reshape
 from robustlab.bounds.ops.nonlinear import GELU, Abs, Clamp, Erf, Exp, Log, Pow, Sign, Sin
+from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.reduce import MaxReduce
 from robustlab.bounds.ops.shape import CatConst, ConvTranspose, ScaleShift, Where, per_sample
 from robustlab.errors import UnsupportedOperation
@@ -400,6 +401,28 @@ def encoder_module(call: Call, m: nn.Module) -> Var:
     if isinstance(m, nn.TransformerEncoderLayer):
         return composite.encoder_layer(call.emit, m, x, call.name)
     return composite.encoder(call.emit, m, x, call.name)
+
+
+def global_max_module(call: Call, m: nn.Module) -> Var:
+    """``AdaptiveMaxPool1d/2d`` to size 1 (ONNX GlobalMaxPool): amax over the spatial dims."""
+    x = call.vars[0]
+    size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
+    if any(s != 1 for s in size) or m.return_indices:
+        raise call.unsupported(f"{type(m).__name__} to size {m.output_size} (only 1)")
+    dims = tuple(range(1, x.example.dim() - 1))
+    return call.emit(MaxReduce(dims, keepdim=True), [x])
+
+
+def max_pool1d_module(call: Call, m: nn.MaxPool1d) -> Var:
+    """``MaxPool1d`` as 2-D max pooling of a (C, 1, L) map."""
+    x = call.vars[0]
+    if m.dilation != 1 or m.ceil_mode or m.return_indices:
+        raise call.unsupported("MaxPool1d with dilation, ceil_mode or return_indices")
+    c, n = x.example.shape[1:]
+    k, s = m.kernel_size, m.stride or m.kernel_size
+    h = call.emit(Reshape((c, 1, n)), [x], f"{call.name}.as_2d")
+    h = call.emit(MaxPool((1, k), (1, s), (0, m.padding)), [h], f"{call.name}.pool")
+    return call.emit(Reshape((c, call.out.shape[-1])), [h])
 
 
 def gelu_module(call: Call, m: nn.GELU) -> Var:
