@@ -18,8 +18,10 @@ from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion, LinearOp
+from robustlab.bounds.ops.bilinear import Bilinear
 from robustlab.bounds.ops.pool import MaxPool
-from robustlab.bounds.tracker import Tracker
+from robustlab.bounds.ops.reduce import MaxReduce
+from robustlab.bounds.tracker import Tracker, covers
 from robustlab.bounds.window import Window
 
 WINDOWS = True  # rows on a feature map's neurons are kept on their receptive field (window.py)
@@ -66,7 +68,13 @@ def backward(
     ``betas`` adds, for split constraints (beta-CROWN, Wang et al. 2021, arXiv:2103.06624), a
     coefficient tensor to the node it names when the pass reaches it (shape (batch, rows,
     *shape)). ``record`` receives each activation's coefficients on its output (for branching).
+
+    float32 coefficients on a graph with operations outside the rounding bookkeeping
+    (``tracker.covers``: products of two tensors, amax, transposed convolutions, ...) are
+    computed in float64 and the bound rounded down to float32: as sound, not faster.
     """
+    if rounding.tracked(C) and not covers(graph):
+        return _in_float64(graph, bounds, target, C, alphas, linear, betas, record)
     A: dict[int, Tensor | Window] = {target: C}
     data = C.data if isinstance(C, Window) else C
     bias = data.new_zeros(C.shape[:2])
@@ -103,6 +111,14 @@ def backward(
             for j, aj in zip(node.inputs, ins, strict=True):
                 _accumulate(A, j, aj, track)
             continue
+        if isinstance(op, Bilinear):
+            alpha = alphas.get(i) if alphas else None
+            shapes = [graph.nodes[j].shape for j in node.inputs]
+            ins, b = op.backward(_dense(a), *[bounds[j] for j in node.inputs], shapes, alpha)
+            bias = bias + b
+            for j, aj in zip(node.inputs, ins, strict=True):
+                _accumulate(A, j, aj, track)
+            continue
         j = node.inputs[0]
         l, u = bounds[j].lower, bounds[j].upper
         if isinstance(op, Activation):
@@ -130,7 +146,7 @@ def backward(
                 track.activation(i, a, la, lb, ua, ub, j, neg)
             else:
                 bias = bias + b
-        elif isinstance(op, MaxPool):
+        elif isinstance(op, (MaxPool, MaxReduce)):
             a = _dense(a)
             a_in, b = op.backward(a, l, u)
             if track:
@@ -149,6 +165,24 @@ def backward(
     if isinstance(A[0], Window):
         return window.concretize(A[0], bounds[0]) + bias
     return concretize(A[0], bounds[0]) + bias
+
+
+def _in_float64(graph, bounds, target, C, alphas, linear, betas, record) -> Tensor:
+    """``backward`` in float64, the bound rounded down to C's float32 (``linear``: float64)."""
+
+    def up(t):
+        return None if t is None else t.double()
+
+    if isinstance(C, Window):
+        C64 = Window(C.data.double(), C.oy, C.ox, C.frame)
+    else:
+        C64 = C.double()
+    items = bounds.items() if isinstance(bounds, Mapping) else enumerate(bounds)
+    b64 = {k: rounding.upcast(b) for k, b in items}
+    a64 = None if alphas is None else {k: up(v) for k, v in alphas.items()}
+    beta64 = None if betas is None else {k: up(v) for k, v in betas.items()}
+    lb = backward(graph, b64, target, C64, a64, None, linear, beta64, record)
+    return rounding.round_down(lb, torch.float32)
 
 
 def _accumulate(A: dict, j: int, a: Tensor | Window, track) -> None:
@@ -185,9 +219,10 @@ def needs_bounds(graph: BoundGraph) -> dict[int, bool]:
     """Nodes whose bounds a relaxation uses -> whether only unstable neurons matter (ReLU)."""
     need: dict[int, bool] = {}
     for node in graph.nodes[1:]:
-        if isinstance(node.op, (Activation, MaxPool)):
-            j = node.inputs[0]
-            need[j] = need.get(j, True) and isinstance(node.op, ReLU)
+        if not isinstance(node.op, LinearOp):
+            kink = isinstance(node.op, ReLU) or getattr(node.op, "unstable_only", False)
+            for j in node.inputs:
+                need[j] = need.get(j, True) and kink
     return need
 
 
