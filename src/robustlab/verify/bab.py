@@ -96,6 +96,15 @@ def infeasible(lb: Tensor, d: Tensor, groups: list[slice]) -> Tensor:
     return torch.stack([ok[:, g].any(1) for g in groups], 1)
 
 
+def refuted_rows(lb: Tensor, d: Tensor) -> Tensor:
+    """Per row of ``lb`` (N, rows): whether its lower bound refutes ``C_r y <= d_r`` (with the
+    margin of :func:`infeasible`); ``d`` has shape (rows,) or (N, rows)."""
+    rows = lb.shape[-1]
+    if rows == 0:
+        return torch.zeros(lb.shape, dtype=torch.bool)
+    return infeasible(lb, d, [slice(i, i + 1) for i in range(rows)])
+
+
 def input_split(
     graph: BoundGraph,
     prop: Property,

@@ -1,0 +1,232 @@
+"""The verification procedure for a loaded model and a Spec: falsification on every region at
+once, CROWN / alpha-CROWN bounds on batches of regions, a second attack, then branch and bound
+region by region (input splitting for few inputs, ReLU splitting for ReLU networks, splitting the
+inputs of general nonlinearities otherwise), each region with its share of the time left."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from robustlab.bounds.alpha import alpha_crown
+from robustlab.bounds.crown import crown
+from robustlab.bounds.graph import BoundGraph, graph_of
+from robustlab.bounds.ops.activation import ReLU
+from robustlab.bounds.ops.base import Activation, InputRegion
+from robustlab.deadline import DeadlineExceeded, within
+from robustlab.errors import UnsupportedOperation
+from robustlab.verify import bab
+from robustlab.verify.falsify import attack, float32_box, search
+from robustlab.verify.nonlinear_split import nonlinear_split
+from robustlab.verify.oracle import confirm
+from robustlab.verify.relu_split import relu_split
+from robustlab.verify.spec import Property, Spec
+
+STRATEGIES = ("auto", "input-split", "relu-split", "nonlinear-split", "bounds")
+INPUT_SPLIT_MAX_DIM = 16
+# attacks: (share of the time left, rounds of fresh starts) before the bounds, before branching
+ATTACKS = ((0.05, 1), (0.15, 3))
+REGION_BATCH = 256  # regions bounded in one pass
+
+
+def free_inputs(spec: Spec) -> int:
+    """How many inputs some region lets vary (zero-width inputs are constants)."""
+    return int((spec.upper > spec.lower).any(0).sum())
+
+
+def choose_strategy(graph: BoundGraph, n_inputs: int) -> str:
+    """Input splitting for few inputs that vary; ReLU splitting when every activation is a
+    ReLU; branching on general nonlinearities otherwise."""
+    if n_inputs <= INPUT_SPLIT_MAX_DIM:
+        return "input-split"
+    acts = [n.op for n in graph.nodes[1:] if isinstance(n.op, Activation)]
+    return "relu-split" if all(type(a) is ReLU for a in acts) else "nonlinear-split"
+
+
+def verify_spec(
+    model,
+    shape: tuple[int, ...],
+    spec: Spec,
+    oracle,
+    *,
+    deadline: float,
+    strategy: str = "auto",
+    stats: dict | None = None,
+) -> tuple[str, dict | None, str, str]:
+    """``(verdict, counterexample, strategy used, message)`` for ``spec`` on ``model`` (inputs of
+    ``shape`` per sample) by ``deadline`` (``time.monotonic()``); ``oracle(x)`` gives the
+    reference outputs (onnxruntime) at a flat input, and decides every counterexample."""
+    stats = {} if stats is None else stats
+    state = {"strategy": strategy}
+    try:
+        with within(deadline):
+            verdict, cex, message = _verify(model, shape, spec, oracle, deadline, state, stats)
+    except DeadlineExceeded:
+        verdict, cex, message = "timeout", None, ""
+    return verdict, cex, state["strategy"], message
+
+
+def _share(deadline: float, fraction: float) -> float:
+    return max(0.0, (deadline - time.monotonic()) * fraction)
+
+
+def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
+    stats["regions"] = len(spec)
+    open_ = torch.arange(len(spec))
+    try:
+        graph, unsupported = graph_of(model, tuple(shape)), None
+    except UnsupportedOperation as e:  # no bounds: attacks are all there is
+        graph, unsupported = None, e
+    strategy = state["strategy"]
+    if strategy == "auto" and graph is not None:
+        strategy = state["strategy"] = choose_strategy(graph, free_inputs(spec))
+    t0 = time.monotonic()
+    share, rounds = (1.0, 1_000_000) if graph is None else ATTACKS[0]
+    cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 0, stats)
+    stats["attack_s"] = round(time.monotonic() - t0, 3)
+    if cex is not None:
+        return "violated", cex, ""
+    if graph is None:
+        return "unknown", None, str(unsupported)
+    t0 = time.monotonic()
+    for method in ("crown",) if strategy == "relu-split" else ("crown", "alpha-crown"):
+        open_ = open_[~_bounds_refute(graph, spec, open_, shape, method)]
+        if not len(open_):
+            stats["proved_by"] = method
+            stats["bounds_s"] = round(time.monotonic() - t0, 3)
+            return "holds", None, ""
+    stats["bounds_s"] = round(time.monotonic() - t0, 3)
+    stats["open_regions"] = len(open_)
+    if strategy == "bounds":
+        return "unknown", None, ""
+    share, rounds = ATTACKS[1]
+    cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 1, stats)
+    if cex is not None:
+        return "violated", cex, ""
+    st = bab.BabStats()
+    verdicts = []
+    try:
+        for i, r in enumerate(open_.tolist()):
+            end = time.monotonic() + (deadline - time.monotonic()) / (len(open_) - i)
+            prop = spec.property(r)
+            verdict, x = _branch(graph, prop, shape, model, min(end, deadline), strategy, st)
+            if verdict == "violated":
+                cex = _confirm_near(model, shape, prop, oracle, x)
+                if cex is not None:
+                    return "violated", cex, ""
+                verdict = "unknown"
+            if verdict != "holds":
+                verdicts.append(verdict)
+    finally:
+        stats.update(domains=st.domains, max_queue=st.max_queue)
+    if not verdicts:
+        stats["proved_by"] = strategy
+        return "holds", None, ""
+    return ("timeout" if "timeout" in verdicts else "unknown"), None, ""
+
+
+def _falsify(model, shape, spec: Spec, regions, oracle, seconds, rounds: int, seed: int, stats):
+    """A confirmed counterexample from ``rounds`` rounds of attacks on ``regions`` within
+    ``seconds``, or None."""
+    stop = time.monotonic() + seconds
+    k = 0
+    while True:
+        found = attack(
+            model,
+            spec,
+            regions,
+            shape,
+            seconds=max(0.0, stop - time.monotonic()),
+            rounds=rounds,
+            seed=seed + k,
+        )
+        if found is None:
+            return None
+        r, x = found
+        cex = confirm(oracle, spec.lower[r], spec.upper[r], _region_violation(spec, r), x)
+        if cex is not None:
+            return cex
+        stats["rejected_candidates"] = stats.get("rejected_candidates", 0) + 1
+        k += 1000
+        if time.monotonic() > stop:
+            return None
+
+
+def _region_violation(spec: Spec, r: int):
+    region = torch.tensor([r])
+    return lambda y: spec.violation(y, region)
+
+
+def _bounds_refute(graph, spec: Spec, regions: Tensor, shape, method: str) -> Tensor:
+    """Per region: whether ``method``'s bounds refute every disjunct (some row of each)."""
+    proven = torch.zeros(len(regions), dtype=torch.bool)
+    out_shape = graph.nodes[graph.output].shape
+    for s in range(0, len(regions), REGION_BATCH):
+        part = regions[s : s + REGION_BATCH]
+        C, d, group, n_dis = spec.padded(part)
+        roff, _ = spec.offsets
+        count = roff[part + 1] - roff[part]
+        if C.shape[1] == 0:
+            proven[s : s + len(part)] = count == 0
+            continue
+        region = InputRegion(
+            spec.lower[part].reshape(-1, *shape), spec.upper[part].reshape(-1, *shape)
+        )
+        Cs = C.reshape(len(part), C.shape[1], *out_shape)
+        with torch.no_grad():
+            if method == "crown":
+                b, _ = crown(graph, region, Cs, bound_upper=False)
+            else:
+                b, _ = alpha_crown(graph, region, Cs, bound_upper=False)
+        rows = bab.refuted_rows(b.lower.double(), d).long()
+        per = torch.zeros(len(part), n_dis + 1, dtype=torch.long)
+        per = per.scatter_reduce(1, group, rows, "amax", include_self=True)
+        have = torch.arange(n_dis + 1)[None] < count[:, None]
+        proven[s : s + len(part)] = ((per > 0) | ~have).all(1)
+    return proven
+
+
+def _branch(graph, prop: Property, shape, model, end: float, strategy: str, st: bab.BabStats):
+    """Branch and bound on one region until ``end``: ``(verdict, x or None)``."""
+    if strategy == "relu-split" and not any(isinstance(n.op, ReLU) for n in graph.nodes):
+        strategy = "nonlinear-split"
+    if strategy == "relu-split":
+        return relu_split(graph, prop, shape, model, deadline=end, stats=st)
+    if strategy == "nonlinear-split":
+        return nonlinear_split(graph, prop, shape, model, deadline=end, stats=st)
+    # a portfolio of branching rules, with shares of time: look-ahead over every input
+    # (decisive on some properties), and the "smart" rule on the row closest to refuting the
+    # weakest disjunct, or on the weakest row
+    free = int((prop.upper > prop.lower).sum())
+    searches = [
+        bab.search_steps(graph, prop, shape, model, stats=st, lookahead=max(free, 1)),
+        bab.search_steps(graph, prop, shape, model, stats=st, lookahead=1),
+    ]
+    if any(len(dj.d) > 1 for dj in prop.disjuncts):  # else the two rows are the same
+        searches.append(
+            bab.search_steps(graph, prop, shape, model, stats=st, lookahead=1, weakest_first=True)
+        )
+    shares = [1.0] + [2.0] * (len(searches) - 1)  # the look-ahead costs k_in times more
+    return bab.portfolio(searches, end, shares)
+
+
+def _confirm_near(model, shape, prop: Property, oracle, x: Tensor) -> dict | None:
+    """A confirmed counterexample at the branch and bound's candidate ``x`` rounded into the
+    box's float32 points, or from a focused search around it."""
+    lo32, hi32 = float32_box(prop.lower, prop.upper)
+    x32 = torch.minimum(torch.maximum(x.float(), lo32), hi32)
+    cex = confirm(oracle, prop.lower, prop.upper, prop.violation, x32)
+    if cex is not None:
+        return cex
+    width = prop.upper - prop.lower
+    near = Property(
+        torch.maximum(x - 1e-3 * width, prop.lower),
+        torch.minimum(x + 1e-3 * width, prop.upper),
+        prop.disjuncts,
+    )
+    x2 = search(model, near, shape, samples=512, seconds=1.0)
+    if x2 is None:
+        return None
+    return confirm(oracle, prop.lower, prop.upper, prop.violation, x2)
