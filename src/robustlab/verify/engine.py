@@ -82,6 +82,7 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     strategy = state["strategy"]
     if strategy == "auto" and graph is not None:
         strategy = state["strategy"] = choose_strategy(graph, free_inputs(spec))
+    stats["strategy"] = strategy
     t0 = time.monotonic()
     share, rounds = (1.0, 1_000_000) if graph is None else ATTACKS[0]
     cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 0, stats)

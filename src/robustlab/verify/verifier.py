@@ -119,7 +119,8 @@ def verify(
     if worker.is_alive():
         _ABANDONED.add(worker)
         stats = dict(box.get("stats", {}), abandoned=True)
-        return VerifyResult("timeout", time.monotonic() - start, strategy, stats=stats)
+        used = stats.get("strategy", strategy)
+        return VerifyResult("timeout", time.monotonic() - start, used, stats=stats)
     if "raised" in box:
         raise box["raised"]
     return box["result"]
