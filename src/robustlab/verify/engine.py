@@ -29,6 +29,7 @@ INPUT_SPLIT_MAX_DIM = 16
 # attacks: (share of the time left, rounds of fresh starts) before the bounds, before branching
 ATTACKS = ((0.05, 1), (0.15, 3))
 REGION_BATCH = 256  # regions bounded in one pass
+CROWN_RATE = 2e10  # multiply-adds per second assumed when judging whether a bound pass fits
 
 
 def free_inputs(spec: Spec) -> int:
@@ -91,8 +92,24 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
         return "violated", cex, ""
     if graph is None:
         return "unknown", None, str(unsupported)
+    intermediate = "crown"
+    if strategy == "input-split" and bab.crown_over_forward(graph) > bab.FORWARD_RATIO:
+        intermediate = "forward"  # few inputs, a large network: forward bounds go further
+    stats["intermediate"] = intermediate
+    left = deadline - time.monotonic()
+    if intermediate == "crown" and bab.crown_cost(graph) > CROWN_RATE * left:
+        # one bound pass would outlast the time left: attacks are all there is
+        cex = _falsify(model, shape, spec, open_, oracle, left, 1_000_000, 2, stats)
+        if cex is not None:
+            return "violated", cex, ""
+        return "timeout", None, "a bound pass on this network would outlast the timeout"
+    methods = ("crown", "alpha-crown")
+    if strategy == "relu-split":
+        methods = ("crown",)  # relu-split starts with its own alpha-CROWN pass
+    if intermediate == "forward":
+        methods = ("forward",)
     t0 = time.monotonic()
-    for method in ("crown",) if strategy == "relu-split" else ("crown", "alpha-crown"):
+    for method in methods:
         open_ = open_[~_bounds_refute(graph, spec, open_, shape, method)]
         if not len(open_):
             stats["proved_by"] = method
@@ -112,7 +129,9 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
         for i, r in enumerate(open_.tolist()):
             end = time.monotonic() + (deadline - time.monotonic()) / (len(open_) - i)
             prop = spec.property(r)
-            verdict, x = _branch(graph, prop, shape, model, min(end, deadline), strategy, st)
+            verdict, x = _branch(
+                graph, prop, shape, model, min(end, deadline), (strategy, intermediate), st
+            )
             if verdict == "violated":
                 cex = _confirm_near(model, shape, prop, oracle, x)
                 if cex is not None:
@@ -177,11 +196,21 @@ def _bounds_refute(graph, spec: Spec, regions: Tensor, shape, method: str) -> Te
         )
         Cs = C.reshape(len(part), C.shape[1], *out_shape)
         with torch.no_grad():
-            if method == "crown":
-                b, _ = crown(graph, region, Cs, bound_upper=False)
+            if method == "forward":  # forward linear intermediate bounds, CROWN's last pass
+                lo, hi = spec.lower[part], spec.upper[part]
+                lb = torch.cat(
+                    [
+                        bab.bound_boxes(
+                            graph, lo[i : i + 1], hi[i : i + 1], C[i], shape, "forward"
+                        )[0]
+                        for i in range(len(part))
+                    ]
+                )
+            elif method == "crown":
+                lb = crown(graph, region, Cs, bound_upper=False)[0].lower
             else:
-                b, _ = alpha_crown(graph, region, Cs, bound_upper=False)
-        rows = bab.refuted_rows(b.lower.double(), d).long()
+                lb = alpha_crown(graph, region, Cs, bound_upper=False)[0].lower
+        rows = bab.refuted_rows(lb.double(), d).long()
         per = torch.zeros(len(part), n_dis + 1, dtype=torch.long)
         per = per.scatter_reduce(1, group, rows, "amax", include_self=True)
         have = torch.arange(n_dis + 1)[None] < count[:, None]
@@ -189,8 +218,10 @@ def _bounds_refute(graph, spec: Spec, regions: Tensor, shape, method: str) -> Te
     return proven
 
 
-def _branch(graph, prop: Property, shape, model, end: float, strategy: str, st: bab.BabStats):
-    """Branch and bound on one region until ``end``: ``(verdict, x or None)``."""
+def _branch(graph, prop: Property, shape, model, end: float, how, st: bab.BabStats):
+    """Branch and bound on one region until ``end`` with ``how = (strategy, intermediate
+    bounds for input splitting)``: ``(verdict, x or None)``."""
+    strategy, intermediate = how
     if strategy == "relu-split" and not any(isinstance(n.op, ReLU) for n in graph.nodes):
         strategy = "nonlinear-split"
     if strategy == "relu-split":
@@ -201,13 +232,16 @@ def _branch(graph, prop: Property, shape, model, end: float, strategy: str, st: 
     # (decisive on some properties), and the "smart" rule on the row closest to refuting the
     # weakest disjunct, or on the weakest row
     free = int((prop.upper > prop.lower).sum())
+    kw = {"stats": st, "intermediate": intermediate}
     searches = [
-        bab.search_steps(graph, prop, shape, model, stats=st, lookahead=max(free, 1)),
-        bab.search_steps(graph, prop, shape, model, stats=st, lookahead=1),
+        bab.search_steps(graph, prop, shape, model, lookahead=max(free, 1), **kw),
+        bab.search_steps(graph, prop, shape, model, lookahead=1, **kw),
     ]
+    if intermediate == "forward":  # cheap bounds: looking ahead over every input pays most
+        return bab.portfolio(searches[:1], end)
     if any(len(dj.d) > 1 for dj in prop.disjuncts):  # else the two rows are the same
         searches.append(
-            bab.search_steps(graph, prop, shape, model, stats=st, lookahead=1, weakest_first=True)
+            bab.search_steps(graph, prop, shape, model, lookahead=1, weakest_first=True, **kw)
         )
     shares = [1.0] + [2.0] * (len(searches) - 1)  # the look-ahead costs k_in times more
     return bab.portfolio(searches, end, shares)

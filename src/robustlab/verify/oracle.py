@@ -54,17 +54,26 @@ class OnnxOracle:
 
     def __init__(self, onnx_bytes: bytes, n_inputs: int) -> None:
         self.onnx_bytes = onnx_bytes
-        self.ports = onnx_inputs(onnx_bytes)
-        total = sum(p.numel for p in self.ports)
-        if total != n_inputs:
-            if len(self.ports) != 1:
-                raise RobustlabError(
-                    f"the ONNX inputs hold {total} numbers; the model takes {n_inputs}"
-                )
-            p = self.ports[0]  # e.g. a declared shape without its batch dimension
-            self.ports = [Port(p.name, (1, n_inputs), p.dtype)]
+        self.n_inputs = n_inputs
+        self._ports: list[Port] | None = None
         self._session = None
         self.busy = False  # while a re-check runs (the caller waits a moment for it)
+
+    @property
+    def ports(self) -> list[Port]:
+        """The declared inputs (read on first use: parsing a large model costs time)."""
+        if self._ports is None:
+            ports = onnx_inputs(self.onnx_bytes)
+            total = sum(p.numel for p in ports)
+            if total != self.n_inputs:
+                if len(ports) != 1:
+                    raise RobustlabError(
+                        f"the ONNX inputs hold {total} numbers; the model takes {self.n_inputs}"
+                    )
+                p = ports[0]  # e.g. a declared shape without its batch dimension
+                ports = [Port(p.name, (1, self.n_inputs), p.dtype)]
+            self._ports = ports
+        return self._ports
 
     def _sess(self):
         if self._session is None:
