@@ -17,7 +17,7 @@ from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion
 from robustlab.deadline import DeadlineExceeded, within
 from robustlab.errors import UnsupportedOperation
-from robustlab.verify import bab
+from robustlab.verify import bab, cost
 from robustlab.verify.falsify import attack, float32_box, search
 from robustlab.verify.nonlinear_split import nonlinear_split
 from robustlab.verify.oracle import confirm
@@ -29,7 +29,6 @@ INPUT_SPLIT_MAX_DIM = 16
 # attacks: (share of the time left, rounds of fresh starts) before the bounds, before branching
 ATTACKS = ((0.05, 1), (0.15, 3))
 REGION_BATCH = 256  # regions bounded in one pass
-CROWN_RATE = 2e10  # multiply-adds per second assumed when judging whether a bound pass fits
 
 
 def free_inputs(spec: Spec) -> int:
@@ -93,45 +92,38 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     if graph is None:
         return "unknown", None, str(unsupported)
     intermediate = "crown"
-    if strategy == "input-split" and bab.crown_over_forward(graph) > bab.FORWARD_RATIO:
+    if strategy == "input-split" and cost.crown_over_forward(graph) > cost.FORWARD_RATIO:
         intermediate = "forward"  # few inputs, a large network: forward bounds go further
     stats["intermediate"] = intermediate
     left = deadline - time.monotonic()
-    if intermediate == "crown" and bab.crown_cost(graph) > CROWN_RATE * left:
+    if intermediate == "crown" and cost.crown_cost(graph) > cost.CROWN_RATE * left:
         # one bound pass would outlast the time left: attacks are all there is
         cex = _falsify(model, shape, spec, open_, oracle, left, 1_000_000, 2, stats)
         if cex is not None:
             return "violated", cex, ""
         return "timeout", None, "a bound pass on this network would outlast the timeout"
-    methods = ("crown", "alpha-crown")
-    if strategy == "relu-split":
-        methods = ("crown",)  # relu-split starts with its own alpha-CROWN pass
-    if intermediate == "forward":
-        methods = ("forward",)
-    t0 = time.monotonic()
-    for method in methods:
-        open_ = open_[~_bounds_refute(graph, spec, open_, shape, method)]
-        if not len(open_):
-            stats["proved_by"] = method
-            stats["bounds_s"] = round(time.monotonic() - t0, 3)
-            return "holds", None, ""
-    stats["bounds_s"] = round(time.monotonic() - t0, 3)
-    stats["open_regions"] = len(open_)
+    open_ = _bound_regions(graph, spec, open_, shape, strategy, intermediate, stats)
+    if not len(open_):
+        return "holds", None, ""
     if strategy == "bounds":
         return "unknown", None, ""
     share, rounds = ATTACKS[1]
     cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 1, stats)
     if cex is not None:
         return "violated", cex, ""
+    how = (strategy, intermediate)
+    return _branch_regions(graph, spec, open_, shape, model, oracle, deadline, how, stats)
+
+
+def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, how, stats):
+    """Branch and bound on each region in turn, each with its share of the time left."""
     st = bab.BabStats()
     verdicts = []
     try:
-        for i, r in enumerate(open_.tolist()):
-            end = time.monotonic() + (deadline - time.monotonic()) / (len(open_) - i)
+        for i, r in enumerate(regions.tolist()):
+            end = time.monotonic() + (deadline - time.monotonic()) / (len(regions) - i)
             prop = spec.property(r)
-            verdict, x = _branch(
-                graph, prop, shape, model, min(end, deadline), (strategy, intermediate), st
-            )
+            verdict, x = _branch(graph, prop, shape, model, min(end, deadline), how, st)
             if verdict == "violated":
                 cex = _confirm_near(model, shape, prop, oracle, x)
                 if cex is not None:
@@ -142,9 +134,27 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     finally:
         stats.update(domains=st.domains, max_queue=st.max_queue)
     if not verdicts:
-        stats["proved_by"] = strategy
+        stats["proved_by"] = how[0]
         return "holds", None, ""
     return ("timeout" if "timeout" in verdicts else "unknown"), None, ""
+
+
+def _bound_regions(graph, spec: Spec, regions, shape, strategy, intermediate, stats) -> Tensor:
+    """The regions that incomplete bounds leave open (the cheaper method first)."""
+    methods = ("crown", "alpha-crown")
+    if strategy == "relu-split":
+        methods = ("crown",)  # relu-split starts with its own alpha-CROWN pass
+    if intermediate == "forward":
+        methods = ("forward",)
+    t0 = time.monotonic()
+    for method in methods:
+        regions = regions[~_bounds_refute(graph, spec, regions, shape, method)]
+        if not len(regions):
+            stats["proved_by"] = method
+            break
+    stats["bounds_s"] = round(time.monotonic() - t0, 3)
+    stats["open_regions"] = len(regions)
+    return regions
 
 
 def _falsify(model, shape, spec: Spec, regions, oracle, seconds, rounds: int, seed: int, stats):
