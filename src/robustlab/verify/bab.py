@@ -170,6 +170,7 @@ def search_steps(
     intermediate: str = "crown",
     lookahead: int = 2,
     weakest_first: bool = False,
+    split_all: bool = False,
 ) -> Generator[None, None, tuple[str, Tensor | None]]:
     """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
     ``("holds", None)`` or ``("violated", x)``).
@@ -178,7 +179,9 @@ def search_steps(
     ``lookahead`` inputs with the largest |coefficient| x width, and the split whose worse half has
     the best bound is taken; halves already proven are dropped. The coefficients are those of the
     row closest to refuting the weakest open disjunct, or (``weakest_first``) of the weakest open
-    row; with ``lookahead >= 2`` the candidates alternate between the two."""
+    row; with ``lookahead >= 2`` the candidates alternate between the two. With ``split_all``
+    (for two or three inputs that vary) every box is split along all of them at once and every
+    child is kept: the bounds of the look-ahead's discarded halves are not wasted."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
@@ -201,6 +204,19 @@ def search_steps(
         v = prop.violation(y)
         if (v <= 0).any():
             return "violated", cand[v.argmin()]
+        if split_all:
+            L, H, child_open, lb_c, A_c = _split_all(
+                graph, lo, hi, op, C, d, groups, shape, intermediate
+            )
+            stats.domains += len(L)
+            stats.bound_calls += 1
+            keep = child_open.any(1)
+            lo_q, hi_q = torch.cat([L[keep], lo_q]), torch.cat([H[keep], hi_q])
+            open_q = torch.cat([child_open[keep], open_q])
+            improve = _rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups)
+            a_q = torch.cat([improve, a_q])
+            stats.max_queue = max(stats.max_queue, len(lo_q))
+            continue
         # look ahead: both halves along the `lookahead` inputs with the largest |coefficient| x
         # width (the "smart" score), bounded in one batch
         m = min(lookahead, k_in)
@@ -240,6 +256,21 @@ def search_steps(
         )
         stats.max_queue = max(stats.max_queue, len(lo_q))
     return "holds", None
+
+
+def _split_all(graph, lo, hi, op, C, d, groups, shape, intermediate):
+    """Every box halved along every input that varies, all children bounded: the children's
+    boxes, open disjuncts, lower bounds and their input coefficients."""
+    L, H = lo, hi
+    for k in ((hi - lo) > 0).any(0).nonzero().squeeze(1).tolist():
+        mid = (L[:, k] + H[:, k]) / 2
+        H1, L2 = H.clone(), L.clone()
+        H1[:, k], L2[:, k] = mid, mid
+        L, H = torch.cat([L, L2]), torch.cat([H1, H])
+    lb, A, bias = bound_boxes(graph, L, H, C, shape, intermediate)
+    parents = op.repeat(len(L) // len(lo), 1)
+    child_open = parents & ~(disjunct_slack(lb, A, bias, L, H, d, groups) > 0)
+    return L, H, child_open, lb, A
 
 
 def _rows_to_improve(lb, A, op, d, groups, weakest_first: bool = False) -> Tensor:

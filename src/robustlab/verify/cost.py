@@ -11,7 +11,8 @@ from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.linear import Conv, Linear
 
-FORWARD_RATIO = 100.0  # CROWN intermediate bounds this many times dearer: forward bounds instead
+FORWARD_RATIO = 100.0  # CROWN intermediate bounds this many times dearer: forward bounds too
+FORWARD_ONLY_RATIO = 1000.0  # this many times dearer: forward bounds alone
 CROWN_RATE = 2e10  # multiply-adds per second assumed when judging whether a bound pass fits
 
 

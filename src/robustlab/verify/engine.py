@@ -17,7 +17,7 @@ from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion
 from robustlab.deadline import DeadlineExceeded, within
 from robustlab.errors import UnsupportedOperation
-from robustlab.verify import bab, cost
+from robustlab.verify import bab, cost, embed
 from robustlab.verify.falsify import attack, float32_box, search
 from robustlab.verify.nonlinear_split import nonlinear_split
 from robustlab.verify.oracle import confirm
@@ -92,8 +92,14 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     if graph is None:
         return "unknown", None, str(unsupported)
     intermediate = "crown"
-    if strategy == "input-split" and cost.crown_over_forward(graph) > cost.FORWARD_RATIO:
-        intermediate = "forward"  # few inputs, a large network: forward bounds go further
+    if strategy == "input-split":
+        red = embed.reduce(graph, model, spec.property(0), shape)
+        ratio = cost.crown_over_forward(graph if red is None else red.graph)
+        # few inputs and a large network: forward bounds go further, alone or beside CROWN's
+        if ratio > cost.FORWARD_ONLY_RATIO:
+            intermediate = "forward"
+        elif ratio > cost.FORWARD_RATIO:
+            intermediate = "both"
     stats["intermediate"] = intermediate
     left = deadline - time.monotonic()
     if intermediate == "crown" and cost.crown_cost(graph) > cost.CROWN_RATE * left:
@@ -102,7 +108,7 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
         if cex is not None:
             return "violated", cex, ""
         return "timeout", None, "a bound pass on this network would outlast the timeout"
-    open_ = _bound_regions(graph, spec, open_, shape, strategy, intermediate, stats)
+    open_ = _bound_regions(graph, model, spec, open_, shape, strategy, intermediate, stats)
     if not len(open_):
         return "holds", None, ""
     if strategy == "bounds":
@@ -139,16 +145,18 @@ def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, 
     return ("timeout" if "timeout" in verdicts else "unknown"), None, ""
 
 
-def _bound_regions(graph, spec: Spec, regions, shape, strategy, intermediate, stats) -> Tensor:
+def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermediate, stats):
     """The regions that incomplete bounds leave open (the cheaper method first)."""
     methods = ("crown", "alpha-crown")
     if strategy == "relu-split":
         methods = ("crown",)  # relu-split starts with its own alpha-CROWN pass
     if intermediate == "forward":
         methods = ("forward",)
+    elif intermediate == "both":
+        methods = ("forward", "crown", "alpha-crown")
     t0 = time.monotonic()
     for method in methods:
-        regions = regions[~_bounds_refute(graph, spec, regions, shape, method)]
+        regions = regions[~_bounds_refute(graph, model, spec, regions, shape, method)]
         if not len(regions):
             stats["proved_by"] = method
             break
@@ -189,8 +197,9 @@ def _region_violation(spec: Spec, r: int):
     return lambda y: spec.violation(y, region)
 
 
-def _bounds_refute(graph, spec: Spec, regions: Tensor, shape, method: str) -> Tensor:
-    """Per region: whether ``method``'s bounds refute every disjunct (some row of each)."""
+def _bounds_refute(graph, model, spec: Spec, regions: Tensor, shape, method: str) -> Tensor:
+    """Per region: whether ``method``'s bounds refute every disjunct (some row of each);
+    ``forward``: forward linear intermediate bounds over the region's free inputs."""
     proven = torch.zeros(len(regions), dtype=torch.bool)
     out_shape = graph.nodes[graph.output].shape
     for s in range(0, len(regions), REGION_BATCH):
@@ -207,13 +216,10 @@ def _bounds_refute(graph, spec: Spec, regions: Tensor, shape, method: str) -> Te
         Cs = C.reshape(len(part), C.shape[1], *out_shape)
         with torch.no_grad():
             if method == "forward":  # forward linear intermediate bounds, CROWN's last pass
-                lo, hi = spec.lower[part], spec.upper[part]
                 lb = torch.cat(
                     [
-                        bab.bound_boxes(
-                            graph, lo[i : i + 1], hi[i : i + 1], C[i], shape, "forward"
-                        )[0]
-                        for i in range(len(part))
+                        _forward_bound(graph, model, spec.property(r), shape, C[i])
+                        for i, r in enumerate(part.tolist())
                     ]
                 )
             elif method == "crown":
@@ -228,6 +234,14 @@ def _bounds_refute(graph, spec: Spec, regions: Tensor, shape, method: str) -> Te
     return proven
 
 
+def _forward_bound(graph, model, prop: Property, shape, C: Tensor) -> Tensor:
+    """Lower bounds (1, rows) of ``C y`` on one region, with forward intermediate bounds."""
+    red = embed.reduce(graph, model, prop, shape)
+    if red is not None:
+        graph, prop, shape = red.graph, red.prop, (len(red.prop.lower),)
+    return bab.bound_boxes(graph, prop.lower[None], prop.upper[None], C, shape, "forward")[0]
+
+
 def _branch(graph, prop: Property, shape, model, end: float, how, st: bab.BabStats):
     """Branch and bound on one region until ``end`` with ``how = (strategy, intermediate
     bounds for input splitting)``: ``(verdict, x or None)``."""
@@ -238,17 +252,43 @@ def _branch(graph, prop: Property, shape, model, end: float, how, st: bab.BabSta
         return relu_split(graph, prop, shape, model, deadline=end, stats=st)
     if strategy == "nonlinear-split":
         return nonlinear_split(graph, prop, shape, model, deadline=end, stats=st)
+    red = embed.reduce(graph, model, prop, shape)
+    if red is None:
+        return _input_split(graph, prop, shape, model, end, intermediate, st)
+    verdict, z = _input_split(
+        red.graph, red.prop, (len(red.prop.lower),), red.model, end, intermediate, st
+    )
+    return verdict, (None if z is None else red.expand(z))
+
+
+def _input_split(graph, prop: Property, shape, model, end: float, intermediate, st):
+    """Input splitting on the region's (free) inputs until ``end``."""
     # a portfolio of branching rules, with shares of time: look-ahead over every input
     # (decisive on some properties), and the "smart" rule on the row closest to refuting the
     # weakest disjunct, or on the weakest row
     free = int((prop.upper > prop.lower).sum())
     kw = {"stats": st, "intermediate": intermediate}
+    if intermediate in ("forward", "both"):  # cheap bounds on many boxes: no look-ahead wasted
+        fwd = bab.search_steps(
+            graph,
+            prop,
+            shape,
+            model,
+            lookahead=min(max(free, 1), 2),
+            split_all=free <= 3,
+            stats=st,
+            intermediate="forward",
+        )
+        if intermediate == "forward":
+            return bab.portfolio([fwd], end)
+        kw["intermediate"] = "crown"
+        crown_full = bab.search_steps(graph, prop, shape, model, lookahead=max(free, 1), **kw)
+        crown_one = bab.search_steps(graph, prop, shape, model, lookahead=1, **kw)
+        return bab.portfolio([fwd, crown_full, crown_one], end, [2.0, 1.0, 2.0])
     searches = [
         bab.search_steps(graph, prop, shape, model, lookahead=max(free, 1), **kw),
         bab.search_steps(graph, prop, shape, model, lookahead=1, **kw),
     ]
-    if intermediate == "forward":  # cheap bounds: looking ahead over every input pays most
-        return bab.portfolio(searches[:1], end)
     if any(len(dj.d) > 1 for dj in prop.disjuncts):  # else the two rows are the same
         searches.append(
             bab.search_steps(graph, prop, shape, model, lookahead=1, weakest_first=True, **kw)
