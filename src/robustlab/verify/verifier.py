@@ -96,7 +96,7 @@ def verify(
 ) -> VerifyResult:
     """Verify one VNN-COMP instance (ONNX and VNN-LIB files, plain or gzipped) within
     ``timeout`` seconds, loading included; never raises for a bad instance (verdict ``error``),
-    only for bad settings. ``strategy``: ``auto`` (input splitting up to 16 inputs, else ReLU
+    only for bad settings. ``strategy``: ``auto`` (input splitting when at most 16 inputs vary, else ReLU
     splitting for ReLU networks and branching on general nonlinearities otherwise),
     ``input-split``, ``relu-split``, ``nonlinear-split``, or ``bounds`` (no branching)."""
     if strategy not in STRATEGIES:
