@@ -398,7 +398,9 @@ def verify(
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds."),
     out_file: Path | None = typer.Option(None, "--out", help="Result file in VNN-COMP's format."),
     strategy: str = typer.Option(
-        "auto", "--strategy", help="auto, input-split, relu-split or bounds (no branching)."
+        "auto",
+        "--strategy",
+        help="auto, input-split, relu-split, nonlinear-split or bounds (no branching).",
     ),
 ) -> None:
     """Verify one instance; prints holds, violated, timeout, unknown or error."""
@@ -435,6 +437,9 @@ def verify_benchmark(
     backend: str = typer.Option("local", "--backend", help="local (process pool) or dask."),
     workers: int = typer.Option(1, "--workers", min=1),
     timeout_scale: float = typer.Option(1.0, "--timeout-scale", min=0.0),
+    timeout_cap: float | None = typer.Option(
+        None, "--timeout-cap", help="Cap every instance's timeout at this many seconds."
+    ),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address."),
     results_db: Path | None = typer.Option(
         None, "--db", help="Results database (default: beside --out)."
@@ -482,6 +487,7 @@ def verify_benchmark(
                 backend=backend,
                 workers=workers,
                 timeout_scale=timeout_scale,
+                timeout_cap=timeout_cap,
                 scheduler=scheduler,
                 on_result=on_result,
             )

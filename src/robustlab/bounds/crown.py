@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from robustlab import deadline
 from robustlab.bounds import rounding, window
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
@@ -81,6 +82,7 @@ def backward(
     # float32: the pass bounds its own rounding error (tracker.py); its bias is in the tracker
     track = Tracker(graph, bounds, C, target, cache) if rounding.tracked(C) else None
     for i in range(target, 0, -1):
+        deadline.check()  # a pass through a huge network can outlast a verifier's timeout
         a = A.pop(i, None)
         if betas is not None and i in betas:
             if track:
@@ -280,6 +282,7 @@ def refine(
     in_numel = max(math.prod(n.shape) for n in graph.nodes[: i + 1])
     chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
     for s in range(0, len(idx), chunk):
+        deadline.check()
         part = idx[s : s + chunk]
         if WINDOWS and alphas is None and window.usable(shape):
             C = window.identity_windows(shape, part, batch, b.lower)
@@ -329,6 +332,7 @@ def intermediate_bounds(
     nonlinear_before = _after_nonlinear(graph)
     bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
+        deadline.check()
         b = rounding.safe_ibp(node.op, *[bounds[j] for j in node.inputs])
         if prior and i in prior:
             b = b.intersect(prior[i])

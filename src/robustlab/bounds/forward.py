@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from robustlab import deadline
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.base import Activation, InputRegion, LinearOp
 from robustlab.bounds.ops.bilinear import Mul
@@ -121,6 +122,7 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
     lins = {0: _Lin(eye, zero, eye, zero)}
     bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
+        deadline.check()
         op = node.op
         ins = [lins[j] for j in node.inputs]
         if isinstance(op, Linear):
