@@ -30,8 +30,9 @@ def test_points_broken_at_a_small_eps_are_not_attacked_again(mlp, digits):
     res = evaluate(mlp, digits.subset(100), [0.05, 0.1], "inf", suite="fast", checks=False)
     small = [r for r in res.per_attack if r["eps"] == 0.05]
     first_large = next(r for r in res.per_attack if r["eps"] == 0.1)
-    assert first_large["n_attacked"] == round(res.curve[0]["robust_accuracy"] * 100)
-    assert small[0]["n_attacked"] == round(res.clean_accuracy * 100)
+    skipped = [c["certified_skipped"] for c in res.curve]  # certified: robust, not attacked
+    assert first_large["n_attacked"] == round(res.curve[0]["robust_accuracy"] * 100) - skipped[1]
+    assert small[0]["n_attacked"] == round(res.clean_accuracy * 100) - skipped[0]
     robust = torch.tensor(res.robust)
     assert not (robust[1] & ~robust[0]).any()  # robust at 0.1 implies robust at 0.05
 
@@ -60,7 +61,7 @@ def test_candidates_outside_the_threat_model_are_rejected_and_flagged(mlp, digit
     import robustlab.attacks.ensemble as ens
 
     monkeypatch.setattr(ens, "suite_attacks", lambda *a, **k: [("cheat", _Cheat())])
-    res = evaluate(mlp, digits.subset(30), [0.01], "inf", checks=False)
+    res = evaluate(mlp, digits.subset(30), [0.01], "inf", checks=False, skip_certified=False)
     assert res.robust_accuracy == res.clean_accuracy
     assert res.flags[0]["name"] == "left_threat_model"
     with pytest.raises(RuntimeError, match="left the threat model"):

@@ -1,5 +1,6 @@
 """Targeted Auto-PGD on the targeted DLR loss over the top-k classes (Croce & Hein 2020,
-arXiv:2003.01690)."""
+arXiv:2003.01690), with the targets ranked by confidence or by MALT (Melamed et al. 2024,
+arXiv:2407.02240)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from robustlab.attacks.apgd import apgd_run
 from robustlab.attacks.base import (
     Targeted,
     check_classes,
+    geometry,
     get_targeted_loss,
     register,
     target_blocks,
-    target_ranking,
 )
+from robustlab.attacks.malt import rank_targets
 from robustlab.threat import ThreatModel
 
 
@@ -25,11 +27,13 @@ from robustlab.threat import ThreatModel
 class APGDT:
     """Targeted Auto-PGD (Croce & Hein 2020, arXiv:2003.01690), AutoAttack's APGD-T.
 
-    One APGD run on the targeted loss for each of the ``n_target_classes`` classes ranked highest
-    after the true class at the clean point; success is any misclassification. With ``parallel``
-    the runs of all targets go side by side in one batch and a point stops as soon as any of its
-    runs succeeds (the same runs as AutoAttack's sequential order, far fewer Python steps);
-    without, targets run one after the other on the points not yet broken.
+    One APGD run on the targeted loss for each of ``n_target_classes`` classes: those ranked
+    highest after the true class at the clean point (``targeting="confidence"``, AutoAttack) or
+    with the smallest MALT score (``"malt"``), starting at rank ``first_target``; success is any
+    misclassification. With ``parallel`` the runs of all targets go side by side in one batch and
+    a point stops as soon as any of its runs succeeds (the same runs as the sequential order, far
+    fewer Python steps); without, targets run one after the other on the points not yet broken.
+    ``eot`` > 1 averages each gradient over that many forward passes (randomized models).
     """
 
     n_iter: int = 100
@@ -39,14 +43,19 @@ class APGDT:
     rho: float = 0.75
     parallel: bool = True
     seed: int = 0
+    targeting: str = "confidence"  # "confidence" | "malt"
+    first_target: int = 0
+    eot: int = 1
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         objective = get_targeted_loss(self.loss)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        with torch.no_grad():
-            others = target_ranking(model(x), y)  # targets: the classes ranked 2nd, 3rd, ...
+        others = rank_targets(model, x, y, geometry(threat, x).norm, self.targeting)
         check_classes(self.loss, others.shape[1] + 1)
-        ranks = list(range(min(self.n_target_classes, others.shape[1])))
+        k = others.shape[1]
+        ranks = list(
+            range(min(self.first_target, k), min(self.first_target + self.n_target_classes, k))
+        )
         blocks = target_blocks(ranks, len(x), x[0].numel(), self.parallel)
         best = x.clone()
         todo = torch.arange(len(x), device=x.device)
@@ -61,7 +70,7 @@ class APGDT:
                 broken, adv = apgd_run(
                     model, x[todo].repeat(m, *([1] * (x.dim() - 1))), y[todo].repeat(m), threat,
                     objective, target=target, n_iter=self.n_iter, rho=self.rho, gen=gen,
-                    group=group, n_points=len(todo),
+                    group=group, n_points=len(todo), eot=self.eot,
                 )  # fmt: skip
                 if first:
                     best[todo] = adv
@@ -70,3 +79,13 @@ class APGDT:
                     best[todo[broken]] = adv[broken]
                 todo = todo[~broken]
         return best
+
+
+@register("malt")
+@dataclass(frozen=True)
+class MALT(APGDT):
+    """MALT (Melamed, Yehudai & Shamir 2024, arXiv:2407.02240): targeted APGD on the classes with
+    the smallest mesoscopic almost-linearity score |z_y - z_t| / ||grad_x (z_y - z_t)||_*, the
+    distance to each decision boundary of the model linearised at the clean point."""
+
+    targeting: str = "malt"

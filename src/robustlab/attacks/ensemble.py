@@ -12,14 +12,33 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import flags as fl
-from robustlab.attacks.base import Attack, Counted, n_classes_of, predict
+from robustlab.attacks.base import (
+    Attack,
+    Counted,
+    eval_mode,
+    n_classes_of,
+    predict,
+    training_mode_layers,
+)
 from robustlab.attacks.evaluate import attack_points
+from robustlab.attacks.skip import SKIP_METHODS, certify_points
 from robustlab.attacks.suites import suite_attacks
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.threat import LpBall, parse_norm
 
-WHITE_BOX = {"apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "pgd", "fgsm", "cw", "deepfool"}
+WHITE_BOX = {
+    "apgd-ce",
+    "apgd-dlr",
+    "apgd-t",
+    "malt",
+    "fab",
+    "fab-t",
+    "pgd",
+    "fgsm",
+    "cw",
+    "deepfool",
+}
 CHECK_POINTS = 64  # points used by the gradient, randomness, re-attack and large-eps checks
 
 
@@ -43,6 +62,9 @@ class SuiteResult:
     n_forward: int
     n_backward: int
     robust: list[list[bool]] = field(repr=False, default_factory=list)  # per eps, per example
+    certified_skipped: int = 0  # at the first eps: points certified by sound bounds, not attacked
+    certification: list[dict] = field(default_factory=list)  # per eps and bound method
+    eot: int = 1
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +81,9 @@ class SuiteResult:
             "seconds": self.seconds,
             "n_forward": self.n_forward,
             "n_backward": self.n_backward,
+            "certified_skipped": self.certified_skipped,
+            "certification": self.certification,
+            "eot": self.eot,
         }
 
 
@@ -104,35 +129,66 @@ def evaluate(
     seed: int = 0,
     surrogate: nn.Module | None = None,
     checks: bool = True,
+    eot: int = 1,
+    skip_certified: bool | Sequence[str] = True,
     progress: Callable[[str], None] | None = None,
 ) -> SuiteResult:
-    """Robust accuracy at each eps under ``suite`` ("fast" | "standard") or the named ``attacks``.
+    """Robust accuracy at each eps under ``suite`` ("fast" | "rapid" | "standard") or the named
+    ``attacks``.
 
     Per-sample worst case: each attack runs only on the points still robust, and a point counts
     as broken if any attack breaks it (its candidate re-checked by a plain forward pass and a
     threat-model and data-range check). Eps run in ascending order and a point broken at some eps
-    stays broken at every larger one. ``checks`` adds the reliability flags.
+    stays broken at every larger one. ``skip_certified``: points certified robust by sound bounds
+    (IBP, then CROWN on models small enough; or the methods named) count as robust without being
+    attacked (never on a randomized model). ``eot`` > 1 averages the gradients of the gradient
+    attacks over that many forward passes. The model is evaluated in eval mode (flagged when
+    dropout or batch norm were in training mode) and its modes restored. ``checks`` adds the
+    other reliability flags.
     """
     eps_list, norm = _check_eps(eps), parse_norm(norm)
     if batch_size <= 0:
         raise RobustlabError(f"batch_size must be a positive integer; found {batch_size}")
+    if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
+        raise RobustlabError(f"eot must be a positive integer; found {eot!r}")
+    methods = _skip_methods(skip_certified)
     say = progress or (lambda _msg: None)
-    was_training = model.training
-    model.eval()
+    flags: list[fl.Flag | None] = [fl.check_mode(training_mode_layers(model))]
     counted = Counted(model)
     start = time.perf_counter()
-    try:
+    with eval_mode(model):
         n_classes = n_classes_of(model, data.x)
-        chosen = suite_attacks(suite, n_classes, names=attacks, seed=seed, surrogate=surrogate)
+        chosen = suite_attacks(
+            suite, n_classes, names=attacks, seed=seed, surrogate=surrogate, eot=eot
+        )
         correct = predict(counted, data.x, batch_size) == data.y
+        randomized = fl.check_randomized(model, data.x[:CHECK_POINTS], eot)
+        flags.append(randomized)
+        if randomized is not None:
+            methods = ()  # bounds of one draw say nothing about the next
         robust = correct.clone()
         per_attack: list[dict] = []
+        certification: list[dict] = []
         broken_by: dict[tuple[str, float], Tensor] = {}
         at: dict[float, Tensor] = {}
+        skipped: dict[float, int] = {}
+        candidates = correct  # points worth bounding: certified at the previous eps
         for e in sorted(set(eps_list)):
             threat = LpBall(norm, e, data.lower, data.upper)
+            cert = torch.zeros_like(robust)
+            if e > 0 and methods:
+                idx = (robust & candidates).nonzero().squeeze(1)
+                if len(idx):
+                    got, recs = certify_points(
+                        model, data.x[idx], data.y[idx], threat, n_classes, methods
+                    )
+                    cert[idx[got]] = True
+                    certification += [r.to_dict() for r in recs]
+                    say(f"eps={e:g}: {int(got.sum())} of {len(idx)} points certified (skipped)")
+                candidates = cert
+            skipped[e] = int(cert.sum())
             for name, attack in chosen if e > 0 else []:
-                idx = robust.nonzero().squeeze(1)
+                idx = (robust & ~cert).nonzero().squeeze(1)
                 if len(idx) == 0:
                     break
                 broken, rec = _run(model, counted, name, attack, data, idx, threat, batch_size)
@@ -144,7 +200,6 @@ def evaluate(
                     f"in {rec['seconds']:.1f}s; robust accuracy {float(robust.float().mean()):.3f}"
                 )
             at[e] = robust.clone()
-        flags: list[fl.Flag | None] = []
         if checks:
             flags += _checks(
                 model, counted, data, correct, chosen, broken_by, norm, batch_size, say
@@ -155,9 +210,14 @@ def evaluate(
             flags.append(fl.check_square(per_attack, len(data), WHITE_BOX))
             flags.append(fl.check_curve(curve_sorted, float(correct.float().mean())))
         flags.append(fl.check_outside(sum(r["n_outside"] for r in per_attack)))
-    finally:
-        model.train(was_training)
-    curve = [{"eps": e, "robust_accuracy": float(at[e].float().mean())} for e in eps_list]
+    curve = [
+        {
+            "eps": e,
+            "robust_accuracy": float(at[e].float().mean()),
+            "certified_skipped": skipped[e],
+        }
+        for e in eps_list
+    ]
     return SuiteResult(
         suite=suite if attacks is None else "custom",
         attacks=[name for name, _ in chosen],
@@ -173,7 +233,24 @@ def evaluate(
         n_forward=counted.n_forward,
         n_backward=counted.n_backward,
         robust=[at[e].tolist() for e in eps_list],
+        certified_skipped=curve[0]["certified_skipped"],
+        certification=certification,
+        eot=eot,
     )
+
+
+def _skip_methods(skip_certified: bool | Sequence[str]) -> tuple[str, ...]:
+    if skip_certified is True:
+        return SKIP_METHODS
+    if skip_certified is False:
+        return ()
+    methods = tuple(skip_certified)
+    if any(m not in SKIP_METHODS for m in methods):
+        raise RobustlabError(
+            f"skip_certified must be a bool or methods among {', '.join(SKIP_METHODS)}; "
+            f"found {skip_certified!r}"
+        )
+    return methods
 
 
 def _dedupe(flags: list[dict]) -> list[dict]:
@@ -186,14 +263,11 @@ def _dedupe(flags: list[dict]) -> list[dict]:
 
 
 def _checks(model, counted, data, correct, chosen, broken_by, norm, batch_size, say) -> list:
-    """Gradients, randomness, re-attack at a larger eps, and a very large eps."""
+    """Gradients, re-attack at a larger eps, and a very large eps."""
     gen = torch.Generator().manual_seed(0)
     ok = correct.nonzero().squeeze(1)
     sample = ok[torch.randperm(len(ok), generator=gen)[:CHECK_POINTS]]
-    out = [
-        fl.check_gradients(model, data.x[sample], data.y[sample]),
-        fl.check_randomized(model, data.x[:CHECK_POINTS]),
-    ]
+    out = [fl.check_gradients(model, data.x[sample], data.y[sample])]
     eps_sorted = sorted({e for _, e in broken_by})
     for (name, e), idx in broken_by.items():
         larger = [v for v in eps_sorted if v > e]

@@ -1,0 +1,68 @@
+"""Target selection for targeted attacks: by confidence (AutoAttack) or by MALT's mesoscopic
+almost-linearity score (Melamed, Yehudai & Shamir 2024, arXiv:2407.02240)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.attacks.base import RUNS_PER_BLOCK, logits_and_jacobian, target_ranking
+from robustlab.errors import RobustlabError
+
+MALT_CANDIDATES = 100  # classes scored per point: the most confident ones (the paper's choice)
+
+
+def dual_norm(grad: Tensor, norm: str, start_dim: int = 1) -> Tensor:
+    """The dual norm of gradients over the axes from ``start_dim`` on: L1 for an Linf threat, L2
+    for L2 (how much a perturbation of norm 1 can change a linear function)."""
+    flat = grad.flatten(start_dim)
+    return flat.abs().sum(-1) if norm == "inf" else flat.norm(dim=-1)
+
+
+def malt_scores(
+    model: nn.Module, x: Tensor, y: Tensor, classes: Tensor, norm: str
+) -> tuple[Tensor, Tensor]:
+    """MALT's score of each class in ``classes`` (N, m): (z_y - z_t) / ||grad_x (z_y - z_t)||_*,
+    the distance to the decision boundary between y and t of the model linearised at x (exact for
+    a linear model). Returns (scores (N, m), logits (N, K)).
+
+    The Jacobian rows come from one forward and backward pass over the batch replicated per class,
+    in blocks that keep the replicated batch near ``RUNS_PER_BLOCK`` input elements."""
+    n, m = classes.shape
+    per = max(1, RUNS_PER_BLOCK // max(1, n * x[0].numel()) - 1)
+    scores, logits = [], None
+    for j in range(0, m, per):
+        block = classes[:, j : j + per]
+        out, jac = logits_and_jacobian(model, x, torch.cat([y[:, None], block], 1))
+        logits = out if logits is None else logits
+        diff = jac[:, :1] - jac[:, 1:]  # (N, b, *x): gradients of z_y - z_t
+        gap = out.gather(1, y[:, None]) - out.gather(1, block)
+        scores.append(gap.abs() / dual_norm(diff, norm, 2).clamp_min(1e-30))
+    return torch.cat(scores, 1), logits
+
+
+def malt_ranking(
+    model: nn.Module, x: Tensor, y: Tensor, norm: str, candidates: int = MALT_CANDIDATES
+) -> Tensor:
+    """The classes other than the label, the ``candidates`` most confident ones ordered by MALT's
+    score (smallest first; the nearest linearised boundary), the others after them by confidence:
+    (N, K - 1)."""
+    with torch.no_grad():
+        others = target_ranking(model(x), y)
+    top = others[:, : max(1, candidates)]
+    scores, _ = malt_scores(model, x, y, top, norm)
+    order = scores.argsort(dim=1, stable=True)
+    return torch.cat([top.gather(1, order), others[:, top.shape[1] :]], 1)
+
+
+TARGETINGS = ("confidence", "malt")
+
+
+def rank_targets(model: nn.Module, x: Tensor, y: Tensor, norm: str, targeting: str) -> Tensor:
+    """The target classes of each point in the order a targeted attack tries them: (N, K - 1)."""
+    if targeting == "malt":
+        return malt_ranking(model, x, y, norm)
+    if targeting == "confidence":
+        with torch.no_grad():
+            return target_ranking(model(x), y)
+    raise RobustlabError(f"targeting must be one of {', '.join(TARGETINGS)}; found {targeting!r}")
