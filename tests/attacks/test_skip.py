@@ -44,31 +44,29 @@ def test_certified_points_are_skipped_and_robust_accuracy_is_unchanged(ibp_train
     for j, e in enumerate(on.eps):
         attacked_on = next(r["n_attacked"] for r in on.per_attack if r["eps"] == e)
         attacked_off = next(r["n_attacked"] for r in off.per_attack if r["eps"] == e)
-        assert attacked_on == attacked_off - on.curve[j]["certified_skipped"]
+        recs = [r for r in on.certification if r["eps"] == e]
+        ibp = sum(r["n_certified"] for r in recs if r["method"] == "ibp")
+        assert attacked_on == attacked_off - ibp  # IBP before the first attack, CROWN after it
+        assert on.curve[j]["certified_skipped"] == sum(r["n_certified"] for r in recs)
     methods = {(r["method"], r["eps"]) for r in on.certification}
     assert ("ibp", EPS / 2) in methods
     assert on.n_backward < off.n_backward
 
 
+@pytest.mark.slow
 def test_skipped_points_are_never_broken(ibp_trained, digits):
-    """Soundness: a stronger attack on the certified points breaks none of them."""
+    """Soundness: the standard suite on the certified points breaks none of them."""
     from robustlab.threat import LpBall
 
-    data = digits.subset(200)
-    x, y = data.x, data.y
+    x, y = digits.x[:120], digits.y[:120]
     with torch.no_grad():
         ok = ibp_trained(x).argmax(1) == y
     threat = LpBall("inf", EPS)
-    cert, recs = sk.certify_points(ibp_trained, x[ok], y[ok], threat, 10)
-    assert int(cert.sum()) > 0 and recs[0].method == "ibp"
+    cert, rec = sk.certify_points(ibp_trained, x[ok], y[ok], threat, 10, "ibp")
+    assert int(cert.sum()) > 20 and rec.method == "ibp" and rec.n_certified == int(cert.sum())
+    data = Dataset("certified", x[ok][cert], y[ok][cert])
     res = evaluate(
-        ibp_trained,
-        Dataset("certified", x[ok][cert], y[ok][cert]),
-        [EPS],
-        "inf",
-        suite="standard",
-        checks=False,
-        skip_certified=False,
+        ibp_trained, data, [EPS], "inf", suite="standard", checks=False, skip_certified=False
     )
     assert res.robust_accuracy == 1.0
 
@@ -90,20 +88,36 @@ def test_only_the_named_methods_run(mlp, digits):
         evaluate(mlp, digits.subset(4), [0.01], "inf", skip_certified=["alpha-crown"])
 
 
-def test_crown_probe_and_size_limit(monkeypatch, digits):
+def test_probe_cost_rule_and_size_limit(monkeypatch, digits):
     from robustlab.threat import LpBall
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    x, y = digits.x[:40], digits.y[:40]
-    threat = LpBall("inf", 0.3)  # nothing certifiable: CROWN stops after its probe
-    cert, recs = sk.certify_points(net, x, y, threat, 10)
-    assert not cert.any()
-    crown = next(r for r in recs if r.method == "crown")
-    assert crown.n_bounded == sk.CROWN_PROBE and "none of the first" in crown.note
+    x = digits.x[:40]
+    with torch.no_grad():
+        y = net(x).argmax(1)  # margins of the predicted class: certifiable at a tiny eps
+    cert, rec = sk.certify_points(net, x, y, LpBall("inf", 0.3), 10, "crown")
+    assert not cert.any()  # nothing certifiable: CROWN stops after its probe
+    assert rec.n_bounded == sk.PROBE["crown"] and "none of the first" in rec.note
+    tiny = LpBall("inf", 1e-4)  # everything certified
+    cert, rec = sk.certify_points(net, x, y, tiny, 10, "crown")
+    assert cert.all() and rec.n_bounded == 40 and rec.note == ""
+    cert, rec = sk.certify_points(net, x, y, tiny, 10, "crown", attack_seconds=1e-9)
+    assert rec.n_bounded == sk.PROBE["crown"] and "not worth it" in rec.note
+    assert int(cert.sum()) == sk.PROBE["crown"]
     monkeypatch.setattr(sk, "CROWN_MAX_PARAMS", 10)
-    _, recs = sk.certify_points(net, x, y, threat, 10)
-    assert next(r for r in recs if r.method == "crown").note == "model too large"
+    cert, rec = sk.certify_points(net, x, y, tiny, 10, "crown")
+    assert rec.note == "model too large" and not cert.any()
+    cert, rec = sk.certify_points(net, x, y, tiny, 10, "ibp")  # IBP has no size limit
+    assert cert.all()
+
+
+def test_crown_runs_after_the_first_attack_on_what_it_left(mlp, digits):
+    res = evaluate(mlp, digits.subset(100), [0.05], "inf", suite="rapid", checks=False)
+    crown = [r for r in res.certification if r["method"] == "crown"]
+    assert len(crown) == 1
+    first = res.per_attack[0]
+    assert crown[0]["n_bounded"] <= first["n_attacked"] - first["n_broken"]
 
 
 def test_the_size_limit_is_the_audits():

@@ -276,6 +276,19 @@ def target_ranking(logits: Tensor, y: Tensor) -> Tensor:
     return ranked.gather(1, key.argsort(dim=1))[:, : k - 1]
 
 
+def passes_per_point(attack: object) -> float:
+    """Roughly the gradient passes an attack spends on a point it cannot break: iterations (or
+    steps) x target classes x restarts x eot; a score-based attack's queries count a third (no
+    backward pass)."""
+    queries = getattr(attack, "n_queries", None)
+    if queries is not None:
+        return queries / 3
+    n = getattr(attack, "n_iter", None) or getattr(attack, "steps", None) or 1
+    for name in ("n_target_classes", "restarts", "eot"):
+        n *= max(1, getattr(attack, name, 1))
+    return float(n)
+
+
 def n_classes_of(model: nn.Module, x: Tensor) -> int:
     """The number of logits the model outputs (one forward pass on one example)."""
     with torch.no_grad():

@@ -6,7 +6,6 @@ without being attacked."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -18,8 +17,8 @@ SKIP_METHODS = ("ibp", "crown")  # cheapest first; each bounds only what the pre
 # CROWN only below these sizes: the audit's limits (robustlab.audit.profiles, kept equal by a test)
 CROWN_MAX_PARAMS = 5_000_000
 CROWN_MAX_INPUTS = 3 * 64 * 64
-CROWN_PROBE = 16  # CROWN bounds the other points only if it certifies one of the first 16
-BATCH = {"ibp": 256, "crown": 32}  # points per bound computation
+PROBE = {"ibp": 64, "crown": 16}  # points bounded first, to decide whether to go on
+BATCH = {"ibp": 256, "crown": 32}  # points per bound computation after the probe
 
 
 @dataclass(frozen=True)
@@ -56,44 +55,53 @@ def certify_points(
     y: Tensor,
     threat: ThreatModel,
     n_classes: int,
-    methods: Sequence[str] = SKIP_METHODS,
-) -> tuple[Tensor, list[Certification]]:
-    """Which points are certified robust (every margin z_y - z_j has a positive sound lower bound
-    over ``threat``), trying ``methods`` in order on the points the previous ones left. A method
-    that cannot bound the model (an unsupported operation) certifies nothing, and the points are
-    attacked as usual; so does CROWN on a model too large for it, or when it certifies none of
-    the first ``CROWN_PROBE`` points it bounds. Returns (certified (N,), one record per method)."""
+    method: str,
+    *,
+    attack_seconds: float | None = None,
+) -> tuple[Tensor, Certification]:
+    """Which points are certified robust by ``method`` (every margin z_y - z_j has a positive
+    sound lower bound over ``threat``). The first ``PROBE[method]`` points go first; the others
+    are bounded only if the probe certified some and, when ``attack_seconds`` (what the attacks
+    would spend per robust point) is given, if the attack time it saves per point (certified
+    fraction x ``attack_seconds``) exceeds the bound's own time per point. A method that cannot
+    bound the model (an unsupported operation) certifies nothing: the points are attacked as
+    usual; so does CROWN on a model too large for it. Returns (certified (N,), the record)."""
     certified = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    records: list[Certification] = []
-    for method in methods:
-        todo = (~certified).nonzero().squeeze(1)
-        if len(todo) == 0:
-            break
-        if method != "ibp" and not crown_fits(model, x):
-            records.append(Certification(method, float(threat.eps), 0, 0, 0.0, "model too large"))
-            continue
-        start, done, note = time.perf_counter(), 0, ""
-        batch = BATCH.get(method, 32)
-        try:
-            while done < len(todo):
-                size = CROWN_PROBE if method != "ibp" and done == 0 else batch
-                part = todo[done : done + size]
-                with torch.no_grad():
-                    certified[part] = _margins_positive(
-                        model, x[part], y[part], threat, method, n_classes
-                    )
-                done += len(part)
-                if method != "ibp" and done == len(part) and not bool(certified[part].any()):
-                    note = f"certified none of the first {len(part)} points"
+    eps = float(getattr(threat, "eps", 0.0))
+    if method != "ibp" and not crown_fits(model, x):
+        return certified, Certification(method, eps, 0, 0, 0.0, "model too large")
+    start, done, note = time.perf_counter(), 0, ""
+    try:
+        while done < len(x):
+            size = PROBE[method] if done == 0 else BATCH[method]
+            part = slice(done, done + size)
+            with torch.no_grad():
+                certified[part] = _margins_positive(
+                    model, x[part], y[part], threat, method, n_classes
+                )
+            done = min(done + size, len(x))
+            if done == min(PROBE[method], len(x)) and done < len(x):
+                note = _stop_after_probe(
+                    certified[:done], time.perf_counter() - start, attack_seconds
+                )
+                if note:
                     break
-        except Exception as e:  # the bound engine cannot handle this model: attack everything
-            note = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        n_cert = int(certified[todo].sum())
-        records.append(
-            Certification(
-                method, float(threat.eps), done, n_cert, time.perf_counter() - start, note
-            )
+    except Exception as e:  # the bound engine cannot handle this model: attack everything
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        note = f"{type(e).__name__}: {first}"
+    seconds = time.perf_counter() - start
+    return certified, Certification(method, eps, done, int(certified.sum()), seconds, note)
+
+
+def _stop_after_probe(certified: Tensor, seconds: float, attack_seconds: float | None) -> str:
+    """Why bounding should stop after the probe, or "" to go on."""
+    frac = float(certified.float().mean())
+    if frac == 0:
+        return f"certified none of the first {len(certified)} points"
+    per_point = seconds / len(certified)
+    if attack_seconds is not None and frac * attack_seconds < per_point:
+        return (
+            f"not worth it: {per_point:.3g} s per point to save {frac:.0%} of "
+            f"{attack_seconds:.3g} s of attacks"
         )
-        if note and done == 0 and method == "ibp":
-            break  # IBP failed on the model: CROWN would too
-    return certified, records
+    return ""
