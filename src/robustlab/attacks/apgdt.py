@@ -50,7 +50,7 @@ class APGDT:
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         objective = get_targeted_loss(self.loss)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        others = rank_targets(model, x, y, geometry(threat, x).norm, self.targeting)
+        others = rank_targets(model, x, y, geometry(threat, x).norm, self.targeting, self.eot)
         check_classes(self.loss, others.shape[1] + 1)
         k = others.shape[1]
         ranks = list(

@@ -141,12 +141,15 @@ def evaluate(
     Per-sample worst case: each attack runs only on the points still robust, and a point counts
     as broken if any attack breaks it (its candidate re-checked by a plain forward pass and a
     threat-model and data-range check). Eps run in ascending order and a point broken at some eps
-    stays broken at every larger one. ``skip_certified``: points certified robust by sound bounds
-    count as robust without being attacked (never on a randomized model): IBP before the attacks,
-    CROWN (on models small enough, when it saves more attack time than it costs) on the points
-    the first attack could not break; ``True`` for both, or the methods to use. ``eot`` > 1 averages the gradients of the gradient
-    attacks over that many forward passes. The model is evaluated in eval mode (flagged when
-    dropout or batch norm were in training mode) and its modes restored. ``checks`` adds the
+    stays broken at every larger one.
+
+    ``skip_certified``: points certified robust by sound bounds count as robust without being
+    attacked (``certified_skipped``; never on a randomized model): IBP before the attacks, CROWN
+    on what the first attack left, on models small enough and when it saves more attack time than
+    it costs; ``True`` for both, or the methods to use. At each larger eps only points certified
+    at the previous one are bounded. ``eot`` > 1 averages the gradients of the gradient attacks
+    over that many forward passes. The model is evaluated in eval mode (flagged when dropout or
+    batch norm were in training mode) and every submodule's mode restored. ``checks`` adds the
     other reliability flags.
     """
     eps_list, norm = _check_eps(eps), parse_norm(norm)

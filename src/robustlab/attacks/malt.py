@@ -6,7 +6,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import RUNS_PER_BLOCK, logits_and_jacobian, target_ranking
+from robustlab.attacks.base import (
+    RUNS_PER_BLOCK,
+    logits_and_jacobian,
+    mean_logits,
+    target_ranking,
+)
 from robustlab.errors import RobustlabError
 
 MALT_CANDIDATES = 100  # classes scored per point: the most confident ones (the paper's choice)
@@ -20,20 +25,21 @@ def dual_norm(grad: Tensor, norm: str, start_dim: int = 1) -> Tensor:
 
 
 def malt_scores(
-    model: nn.Module, x: Tensor, y: Tensor, classes: Tensor, norm: str
+    model: nn.Module, x: Tensor, y: Tensor, classes: Tensor, norm: str, eot: int = 1
 ) -> tuple[Tensor, Tensor]:
-    """MALT's score of each class in ``classes`` (N, m): (z_y - z_t) / ||grad_x (z_y - z_t)||_*,
+    """MALT's score of each class in ``classes`` (N, m): |z_y - z_t| / ||grad_x (z_y - z_t)||_*,
     the distance to the decision boundary between y and t of the model linearised at x (exact for
     a linear model). Returns (scores (N, m), logits (N, K)).
 
     The Jacobian rows come from one forward and backward pass over the batch replicated per class,
-    in blocks that keep the replicated batch near ``RUNS_PER_BLOCK`` input elements."""
+    in blocks that keep the replicated batch near ``RUNS_PER_BLOCK`` input elements; logits and
+    Jacobians averaged over ``eot`` passes (randomized models)."""
     n, m = classes.shape
     per = max(1, RUNS_PER_BLOCK // max(1, n * x[0].numel()) - 1)
     scores, logits = [], None
     for j in range(0, m, per):
         block = classes[:, j : j + per]
-        out, jac = logits_and_jacobian(model, x, torch.cat([y[:, None], block], 1))
+        out, jac = _mean_jacobian(model, x, torch.cat([y[:, None], block], 1), eot)
         logits = out if logits is None else logits
         diff = jac[:, :1] - jac[:, 1:]  # (N, b, *x): gradients of z_y - z_t
         gap = out.gather(1, y[:, None]) - out.gather(1, block)
@@ -41,16 +47,28 @@ def malt_scores(
     return torch.cat(scores, 1), logits
 
 
+def _mean_jacobian(model, x, classes, eot) -> tuple[Tensor, Tensor]:
+    out, jac = logits_and_jacobian(model, x, classes)
+    for _ in range(eot - 1):
+        o, j = logits_and_jacobian(model, x, classes)
+        out, jac = out + o, jac + j
+    return out / eot, jac / eot
+
+
 def malt_ranking(
-    model: nn.Module, x: Tensor, y: Tensor, norm: str, candidates: int = MALT_CANDIDATES
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: str,
+    candidates: int = MALT_CANDIDATES,
+    eot: int = 1,
 ) -> Tensor:
     """The classes other than the label, the ``candidates`` most confident ones ordered by MALT's
     score (smallest first; the nearest linearised boundary), the others after them by confidence:
     (N, K - 1)."""
-    with torch.no_grad():
-        others = target_ranking(model(x), y)
+    others = target_ranking(mean_logits(model, x, eot), y)
     top = others[:, : max(1, candidates)]
-    scores, _ = malt_scores(model, x, y, top, norm)
+    scores, _ = malt_scores(model, x, y, top, norm, eot)
     order = scores.argsort(dim=1, stable=True)
     return torch.cat([top.gather(1, order), others[:, top.shape[1] :]], 1)
 
@@ -58,11 +76,12 @@ def malt_ranking(
 TARGETINGS = ("confidence", "malt")
 
 
-def rank_targets(model: nn.Module, x: Tensor, y: Tensor, norm: str, targeting: str) -> Tensor:
+def rank_targets(
+    model: nn.Module, x: Tensor, y: Tensor, norm: str, targeting: str, eot: int = 1
+) -> Tensor:
     """The target classes of each point in the order a targeted attack tries them: (N, K - 1)."""
     if targeting == "malt":
-        return malt_ranking(model, x, y, norm)
+        return malt_ranking(model, x, y, norm, eot=eot)
     if targeting == "confidence":
-        with torch.no_grad():
-            return target_ranking(model(x), y)
+        return target_ranking(mean_logits(model, x, eot), y)
     raise RobustlabError(f"targeting must be one of {', '.join(TARGETINGS)}; found {targeting!r}")
