@@ -31,15 +31,18 @@ def test_ranking_is_the_exact_order_of_distances_to_the_boundaries(norm):
     dist = _pairwise_distances(lin, x, y, norm)
     dist[torch.arange(len(y)), y] = torch.inf
     exact = dist.argsort(1)[:, :-1]  # the label (infinite distance) last, left out
-    assert torch.equal(malt_ranking(lin, x, y, norm), exact)
-    assert torch.equal(rank_targets(lin, x, y, norm, "malt"), exact)
+    ranking, sorted_scores = malt_ranking(lin, x, y, norm)
+    assert torch.equal(ranking, exact)
+    assert torch.equal(rank_targets(lin, x, y, norm, "malt")[0], exact)
     scores, _ = malt_scores(lin, x, y, exact, norm)
     ref = dist.gather(1, exact).float()
     assert torch.allclose(scores, ref, rtol=1e-4, atol=1e-6)
+    assert torch.equal(sorted_scores, scores)
     # the first target is the closest boundary: the minimal adversarial distance
     assert torch.allclose(scores[:, 0], minimal_distance(lin, x, y, norm), rtol=1e-4, atol=1e-6)
     # confidence ranks differently on some points (otherwise the test would not tell them apart)
-    assert not torch.equal(rank_targets(lin, x, y, norm, "confidence"), exact)
+    by_confidence, none = rank_targets(lin, x, y, norm, "confidence")
+    assert none is None and not torch.equal(by_confidence, exact)
 
 
 def test_candidates_limit_the_scored_classes():
@@ -47,8 +50,9 @@ def test_candidates_limit_the_scored_classes():
     x = interior_points(50, 12, seed=1)
     with torch.no_grad():
         y = lin(x).argmax(1)
-        conf = rank_targets(lin, x, y, "inf", "confidence")
-    got = malt_ranking(lin, x, y, "inf", candidates=3)
+        conf, _ = rank_targets(lin, x, y, "inf", "confidence")
+    got, scores = malt_ranking(lin, x, y, "inf", candidates=3)
+    assert torch.isfinite(scores[:, :3]).all() and torch.isinf(scores[:, 3:]).all()
     assert torch.equal(got[:, 3:], conf[:, 3:])  # the rest by confidence
     assert torch.equal(got[:, :3].sort(1).values, conf[:, :3].sort(1).values)
 
@@ -89,3 +93,30 @@ def test_unknown_targeting_is_an_error():
     x = interior_points(4, 10)
     with pytest.raises(RobustlabError, match="targeting"):
         rank_targets(lin, x, torch.zeros(4, dtype=torch.long), "inf", "random")
+
+
+def test_reach_leaves_out_targets_beyond_it():
+    """A target whose linearised distance exceeds reach * eps is not attacked: on a linear model
+    with reach 1 every point below eps is still broken, and the points beyond it cost nothing."""
+    from robustlab.attacks.base import Counted
+
+    lin = linear_classifier(d=10, k=4).eval()
+    x = interior_points(240, 10)
+    with torch.no_grad():
+        y = lin(x).argmax(1)
+    threat = LpBall("inf", 0.05)
+    dist = minimal_distance(lin, x, y, "inf")
+    counted = {}
+    for reach in (None, 1.0, 0.0):
+        c = Counted(lin)
+        x_adv = MALT(n_iter=20, n_target_classes=3, reach=reach)(c, x, y, threat)
+        with torch.no_grad():
+            broken = lin(x_adv).argmax(1) != y
+        assert not broken[dist > 0.05].any()
+        if reach != 0.0:
+            assert broken[dist < 0.049].all()
+        else:
+            assert torch.equal(x_adv, x)  # nothing within reach: nothing attacked
+        counted[reach] = c.n_backward
+    assert counted[0.0] == 4 * 240  # the ranking alone: one pass over 4 replicas
+    assert counted[1.0] - counted[0.0] < (counted[None] - counted[0.0]) / 2

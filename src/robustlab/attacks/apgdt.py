@@ -33,7 +33,8 @@ class APGDT:
     misclassification. With ``parallel`` the runs of all targets go side by side in one batch and
     a point stops as soon as any of its runs succeeds (the same runs as the sequential order, far
     fewer Python steps); without, targets run one after the other on the points not yet broken.
-    ``eot`` > 1 averages each gradient over that many forward passes (randomized models).
+    ``reach`` (MALT only): a target whose score (its linearised distance) exceeds ``reach * eps``
+    is not attacked. ``eot`` > 1 averages each gradient over that many forward passes.
     """
 
     n_iter: int = 100
@@ -45,13 +46,21 @@ class APGDT:
     seed: int = 0
     targeting: str = "confidence"  # "confidence" | "malt"
     first_target: int = 0
+    reach: float | None = None  # MALT only: targets with a score above reach * eps are left out
     eot: int = 1
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         objective = get_targeted_loss(self.loss)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        others = rank_targets(model, x, y, geometry(threat, x).norm, self.targeting, self.eot)
+        geo = geometry(threat, x)
+        others, scores = rank_targets(model, x, y, geo.norm, self.targeting, self.eot)
         check_classes(self.loss, others.shape[1] + 1)
+        within = torch.ones(others.shape, dtype=torch.bool, device=x.device)
+        if self.reach is not None and scores is not None:
+            eps = (
+                geo.eps.flatten(1).amax(1, keepdim=True) if isinstance(geo.eps, Tensor) else geo.eps
+            )
+            within = scores <= self.reach * eps
         k = others.shape[1]
         ranks = list(
             range(min(self.first_target, k), min(self.first_target + self.n_target_classes, k))
@@ -64,20 +73,28 @@ class APGDT:
             for _ in range(max(1, self.restarts)):
                 if len(todo) == 0:
                     return best
-                m = len(block)
-                group = torch.arange(len(todo), device=x.device).repeat(m)
-                target = others[todo][:, block].t().reshape(-1)
+                cols = torch.tensor(block, device=x.device)
+                sel = within[todo][:, cols]  # (points, targets of the block) to run
+                has = sel.any(1)
+                if not bool(has.any()):
+                    break
+                sub = todo[has]
+                pick = sel[has].t().reshape(-1)  # runs in block order
+                group = torch.arange(len(sub), device=x.device).repeat(len(block))[pick]
+                target = others[sub][:, cols].t().reshape(-1)[pick]
                 broken, adv = apgd_run(
-                    model, x[todo].repeat(m, *([1] * (x.dim() - 1))), y[todo].repeat(m), threat,
-                    objective, target=target, n_iter=self.n_iter, rho=self.rho, gen=gen,
-                    group=group, n_points=len(todo), eot=self.eot,
+                    model, x[sub][group], y[sub][group], threat, objective, target=target,
+                    n_iter=self.n_iter, rho=self.rho, gen=gen, group=group, n_points=len(sub),
+                    eot=self.eot,
                 )  # fmt: skip
                 if first:
-                    best[todo] = adv
+                    best[sub] = adv
                     first = False
                 else:
-                    best[todo[broken]] = adv[broken]
-                todo = todo[~broken]
+                    best[sub[broken]] = adv[broken]
+                keep = torch.ones(len(todo), dtype=torch.bool, device=x.device)
+                keep[has.nonzero().squeeze(1)[broken]] = False
+                todo = todo[keep]
         return best
 
 

@@ -34,6 +34,7 @@ WHITE_BOX = {
     "apgd-dlr",
     "apgd-t",
     "malt",
+    "malt-rest",
     "fab",
     "fab-t",
     "pgd",

@@ -62,15 +62,19 @@ def malt_ranking(
     norm: str,
     candidates: int = MALT_CANDIDATES,
     eot: int = 1,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """The classes other than the label, the ``candidates`` most confident ones ordered by MALT's
-    score (smallest first; the nearest linearised boundary), the others after them by confidence:
-    (N, K - 1)."""
+    score (smallest first; the nearest linearised boundary), the others after them by confidence
+    (N, K - 1); and their scores (infinite for the classes not scored)."""
     others = target_ranking(mean_logits(model, x, eot), y)
     top = others[:, : max(1, candidates)]
     scores, _ = malt_scores(model, x, y, top, norm, eot)
-    order = scores.argsort(dim=1, stable=True)
-    return torch.cat([top.gather(1, order), others[:, top.shape[1] :]], 1)
+    scores, order = scores.sort(dim=1, stable=True)
+    rest = others[:, top.shape[1] :]
+    return (
+        torch.cat([top.gather(1, order), rest], 1),
+        torch.cat([scores, torch.full(rest.shape, torch.inf, dtype=scores.dtype)], 1),
+    )
 
 
 TARGETINGS = ("confidence", "malt")
@@ -78,10 +82,11 @@ TARGETINGS = ("confidence", "malt")
 
 def rank_targets(
     model: nn.Module, x: Tensor, y: Tensor, norm: str, targeting: str, eot: int = 1
-) -> Tensor:
-    """The target classes of each point in the order a targeted attack tries them: (N, K - 1)."""
+) -> tuple[Tensor, Tensor | None]:
+    """The target classes of each point in the order a targeted attack tries them (N, K - 1),
+    and their MALT scores (None when ranked by confidence)."""
     if targeting == "malt":
         return malt_ranking(model, x, y, norm, eot=eot)
     if targeting == "confidence":
-        return target_ranking(mean_logits(model, x, eot), y)
+        return target_ranking(mean_logits(model, x, eot), y), None
     raise RobustlabError(f"targeting must be one of {', '.join(TARGETINGS)}; found {targeting!r}")

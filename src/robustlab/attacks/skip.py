@@ -17,7 +17,7 @@ SKIP_METHODS = ("ibp", "crown")  # cheapest first; each bounds only what the pre
 # CROWN only below these sizes: the audit's limits (robustlab.audit.profiles, kept equal by a test)
 CROWN_MAX_PARAMS = 5_000_000
 CROWN_MAX_INPUTS = 3 * 64 * 64
-PROBE = {"ibp": 64, "crown": 16}  # points bounded first, to decide whether to go on
+PROBES = {"ibp": (64,), "crown": (4, 16)}  # points bounded first, to decide whether to go on
 BATCH = {"ibp": 256, "crown": 32}  # points per bound computation after the probe
 
 
@@ -60,48 +60,52 @@ def certify_points(
     attack_seconds: float | None = None,
 ) -> tuple[Tensor, Certification]:
     """Which points are certified robust by ``method`` (every margin z_y - z_j has a positive
-    sound lower bound over ``threat``). The first ``PROBE[method]`` points go first; the others
-    are bounded only if the probe certified some and, when ``attack_seconds`` (what the attacks
-    would spend per robust point) is given, if the attack time it saves per point (certified
-    fraction x ``attack_seconds``) exceeds the bound's own time per point. A method that cannot
-    bound the model (an unsupported operation) certifies nothing: the points are attacked as
-    usual; so does CROWN on a model too large for it. Returns (certified (N,), the record)."""
+    sound lower bound over ``threat``).
+
+    The points go in growing batches (``PROBES[method]``, then ``BATCH[method]`` at a time), and
+    bounding stops after a probe when it certified none of the points so far, or, given
+    ``attack_seconds`` (what the attacks would spend per robust point), when the attack time it
+    saves per point (certified fraction x ``attack_seconds``; a fraction of 1 after the first,
+    smallest probe) is less than its own time per point. A method that cannot bound the model (an
+    unsupported operation) certifies nothing, and the points are attacked as usual; so does CROWN
+    on a model too large for it. Returns (certified (N,), the record)."""
     certified = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     eps = float(getattr(threat, "eps", 0.0))
     if method != "ibp" and not crown_fits(model, x):
         return certified, Certification(method, eps, 0, 0, 0.0, "model too large")
     start, done, note = time.perf_counter(), 0, ""
+    probes = list(PROBES[method])
     try:
-        while done < len(x):
-            size = PROBE[method] if done == 0 else BATCH[method]
-            part = slice(done, done + size)
+        while done < len(x) and not note:
+            end = min(probes[0] if probes else done + BATCH[method], len(x))
             with torch.no_grad():
-                certified[part] = _margins_positive(
-                    model, x[part], y[part], threat, method, n_classes
+                certified[done:end] = _margins_positive(
+                    model, x[done:end], y[done:end], threat, method, n_classes
                 )
-            done = min(done + size, len(x))
-            if done == min(PROBE[method], len(x)) and done < len(x):
-                note = _stop_after_probe(
-                    certified[:done], time.perf_counter() - start, attack_seconds
+            done = end
+            if probes and done < len(x):
+                first = len(probes) == len(PROBES[method])
+                probes.pop(0)
+                note = _stop(
+                    certified[:done], time.perf_counter() - start, attack_seconds, first, probes
                 )
-                if note:
-                    break
     except Exception as e:  # the bound engine cannot handle this model: attack everything
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        note = f"{type(e).__name__}: {first}"
+        first_line = str(e).splitlines()[0][:200] if str(e) else ""
+        note = f"{type(e).__name__}: {first_line}"
     seconds = time.perf_counter() - start
     return certified, Certification(method, eps, done, int(certified.sum()), seconds, note)
 
 
-def _stop_after_probe(certified: Tensor, seconds: float, attack_seconds: float | None) -> str:
-    """Why bounding should stop after the probe, or "" to go on."""
+def _stop(certified: Tensor, seconds: float, attack_seconds, first: bool, more: list) -> str:
+    """Why bounding should stop after a probe, or "" to go on."""
     frac = float(certified.float().mean())
-    if frac == 0:
+    if not more and frac == 0:
         return f"certified none of the first {len(certified)} points"
     per_point = seconds / len(certified)
-    if attack_seconds is not None and frac * attack_seconds < per_point:
+    saved = (1.0 if first and more else frac) * (attack_seconds or 0.0)
+    if attack_seconds is not None and saved < per_point:
         return (
-            f"not worth it: {per_point:.3g} s per point to save {frac:.0%} of "
-            f"{attack_seconds:.3g} s of attacks"
+            f"not worth it: {per_point:.3g} s per point bounded, to save {saved:.3g} s of "
+            "attacks per point"
         )
     return ""
