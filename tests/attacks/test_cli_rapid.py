@@ -9,7 +9,7 @@ def test_rapid_suite_with_eot(monkeypatch, capsys, tmp_path):
     out = tmp_path / "r.json"
     code, _, err = run(
         monkeypatch, capsys, "attack", "--model", "zoo:mlp", "--data", "digits", "--eps",
-        "0.02,0.1", "--n", "40", "--suite", "rapid", "--eot", "2", "--out", out,
+        "0.02,0.1", "--n", "24", "--suite", "rapid", "--eot", "2", "--out", out,
         "--db", tmp_path / "runs.sqlite",
     )  # fmt: skip
     assert code == 0, err
