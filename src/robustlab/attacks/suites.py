@@ -1,5 +1,6 @@
 """Attack suites: AutoAttack's standard composition and budgets (Croce & Hein 2020,
-arXiv:2003.01690), and a fast one."""
+arXiv:2003.01690), a rapid one with MALT's targeting (Melamed et al. 2024, arXiv:2407.02240) and
+a fast one."""
 
 from __future__ import annotations
 
