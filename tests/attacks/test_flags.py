@@ -83,3 +83,17 @@ def test_training_mode_is_flagged_evaluated_in_eval_mode_and_restored(digits):
     assert res.robust == ref.robust and res.clean_accuracy == ref.clean_accuracy
     assert [m.training for m in model.modules()] == [True, True, True, False, True, True, True]
     assert torch.equal(model[2].running_mean, stats)  # no forward pass in training mode
+
+
+def test_mode_dependent_layers_are_recognised_in_torchscript_too():
+    from torch import nn
+
+    from robustlab.attacks.base import training_mode_layers
+
+    model = nn.Sequential(
+        nn.Linear(4, 4), nn.Dropout(0.5), nn.BatchNorm1d(4), nn.Dropout(0.0),
+        nn.InstanceNorm1d(4), nn.LayerNorm(4), nn.InstanceNorm1d(4, track_running_stats=True),
+    ).train()  # fmt: skip
+    assert training_mode_layers(model) == ["1", "2", "6"]  # p = 0 and no running stats: no
+    assert training_mode_layers(torch.jit.script(model)) == ["1", "2", "6"]
+    assert training_mode_layers(model.eval()) == []

@@ -149,7 +149,17 @@ def input_gradients_only(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
+def _mode_dependent(m: nn.Module) -> bool:
+    """Dropout (p > 0) and normalisation with running statistics behave differently in training
+    and evaluation; TorchScript copies are recognised by their original class name."""
+    name = type(m).__name__
+    if isinstance(m, torch.jit.ScriptModule):
+        name = getattr(m, "original_name", name)
+    elif not isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)):
+        return False
+    if "Dropout" in name:
+        return float(getattr(m, "p", 1.0)) > 0
+    return "Norm" in name and bool(getattr(m, "track_running_stats", False))
 
 
 def training_mode_layers(model: nn.Module) -> list[str]:
@@ -158,7 +168,7 @@ def training_mode_layers(model: nn.Module) -> list[str]:
     return [
         name or type(m).__name__
         for name, m in model.named_modules()
-        if isinstance(m, MODE_DEPENDENT) and m.training
+        if m.training and _mode_dependent(m)
     ]
 
 

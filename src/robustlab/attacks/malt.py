@@ -14,7 +14,9 @@ from robustlab.attacks.base import (
 )
 from robustlab.errors import RobustlabError
 
-MALT_CANDIDATES = 100  # classes scored per point, the most confident ones (bounds the Jacobian cost)
+MALT_CANDIDATES = (
+    100  # classes scored per point, the most confident ones (bounds the Jacobian cost)
+)
 
 
 def dual_norm(grad: Tensor, norm: str, start_dim: int = 1) -> Tensor:
