@@ -200,13 +200,18 @@ def attack(
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
     eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
     norm: str = typer.Option("inf", "--norm", help="inf or 2."),
-    suite: str = typer.Option("fast", "--suite", help="fast or standard (AutoAttack's)."),
+    suite: str = typer.Option(
+        "fast", "--suite", help="fast, rapid (MALT targeting) or standard (AutoAttack's)."
+    ),
     attacks: str | None = typer.Option(
         None, "--attacks", help="Named attacks instead of a suite, e.g. pgd,apgd-ce."
     ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
+    eot: int = typer.Option(
+        1, "--eot", min=1, help="Forward passes per gradient (randomized models)."
+    ),
     surrogate: str | None = typer.Option(
         None, "--surrogate", help="Model the transfer attack crafts its examples on."
     ),
@@ -231,6 +236,7 @@ def attack(
             n=n,
             batch_size=batch_size,
             seed=seed,
+            eot=eot,
             surrogate=surrogate,
             progress=say,
         )
