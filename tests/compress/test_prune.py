@@ -30,6 +30,19 @@ def test_hydra_score_gradient_is_the_straight_through_chain_rule():
     assert torch.allclose(_score_gradient(g_eff, w0, s.detach(), "unstructured"), s.grad)
 
 
+def test_hydra_channel_score_gradient_includes_the_bias():
+    w0, b0 = torch.randn(3, 2, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    s = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 2, dtype=torch.float64)
+    m = s.abs()  # the straight-through mask of each output channel
+    out = ((w0 * m[:, None, None]) * x).sum((1, 2)) + b0 * m
+    (out**2).sum().backward()
+    g_eff = 2 * out.detach()[:, None, None] * x  # dL/dw_eff
+    gb = 2 * out.detach()  # dL/db_eff
+    got = _score_gradient(g_eff, w0, s.detach(), "channel", gb, b0)
+    assert torch.allclose(got, s.grad)
+
+
 def test_hydra_masks_are_exactly_sparse_and_leave_the_weights_alone():
     model, d = cnn(), data()
     before = [p.detach().clone() for p in model.parameters()]

@@ -36,10 +36,17 @@ def scaled_scores(module: nn.Module, structure: str) -> Tensor:
     return math.sqrt(6 / fan_in) * s / (top if top > 0 else 1.0)
 
 
-def _score_gradient(g: Tensor, w0: Tensor, s: Tensor, structure: str) -> Tensor:
+def _score_gradient(
+    g: Tensor, w0: Tensor, s: Tensor, structure: str, gb: Tensor | None = None, b0=None
+) -> Tensor:
+    """dL/ds through the straight-through mask: per weight, or per channel summed over the
+    channel's weights and its bias (``gb``, ``b0``)."""
     if structure == "unstructured":
         return g * w0 * torch.sign(s)
-    return (g * w0).reshape(w0.shape[0], -1).sum(1) * torch.sign(s)
+    per_channel = (g * w0).reshape(w0.shape[0], -1).sum(1)
+    if gb is not None and b0 is not None:
+        per_channel = per_channel + gb * b0
+    return per_channel * torch.sign(s)
 
 
 def hydra_masks(
@@ -78,6 +85,9 @@ def hydra_masks(
     with torch.no_grad():
         k = int(model(data.x[:2]).shape[1])
     weights = [m.weight for _, m in layers]
+    # channel masks also switch biases off: their gradients reach the channel's score
+    with_bias = [n for n, m in layers if m.bias is not None] if structure == "channel" else []
+    biases = [dict(layers)[n].bias for n in with_bias]
     frozen = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
     start = time.perf_counter()
@@ -101,11 +111,14 @@ def hydra_masks(
                 ctx = StepContext(schedule(t), schedule.progress(t), data.lower, data.upper, k,
                                   gen, model)  # fmt: skip
                 out = method.step(model, data.x[idx], data.y[idx], ctx)
-                grads = torch.autograd.grad(out.loss, weights, allow_unused=True)
+                grads = torch.autograd.grad(out.loss, weights + biases, allow_unused=True)
+                gw = grads[: len(weights)]
+                gb = dict(zip(with_bias, grads[len(weights) :], strict=True))
                 opt.zero_grad()
-                for (n, _), g in zip(layers, grads, strict=True):
+                for (n, _), g in zip(layers, gw, strict=True):
                     if g is not None:
-                        scores[n].grad = _score_gradient(g, w0[n], scores[n].detach(), structure)
+                        scores[n].grad = _score_gradient(g, w0[n], scores[n].detach(), structure,
+                                                         gb.get(n), b0[n])  # fmt: skip
                 opt.step()
                 sched.step()
             if progress:
