@@ -704,10 +704,11 @@ def sensitivity(
         table.add_row(r["name"] or "(model)", str(r["parameters"]), f"{r['hessian_trace']:.3g}{ci}",
                       _fmt(r["top_eigenvalue"]), _fmt(r["fisher_trace"]))  # fmt: skip
     out.print(table)
-    corr = report.get("correlation")
-    if corr:
-        out.print(f"Spearman rank correlation, Hessian trace vs measured {corr['format']} loss "
-                  f"increase per layer: {_fmt(corr['trace_vs_loss_increase'], '.2f')}")  # fmt: skip
+    for c in report["correlations"]:
+        out.print(
+            f"Spearman rank correlation, Hessian trace vs measured {c['format']} loss increase "
+            f"per layer: {_fmt(c['trace_vs_loss_increase'], '.2f')}"
+        )
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 

@@ -35,7 +35,8 @@ def test_analyze_joins_every_measure_per_layer():
     for row in out["layers"]:
         assert row["hessian_trace_ci"][0] <= row["hessian_trace"] <= row["hessian_trace_ci"][1]
         assert row["fisher_trace"] > 0 and "int8_loss_increase" in row
-    assert out["correlation"]["format"] == "int8" and len(out["correlation"]["layers"]) == 3
+    (corr,) = out["correlations"]
+    assert corr["format"] == "int8" and len(corr["layers"]) == 3
     names = {m["name"] for m in out["metrics"]}
     assert {"clean_accuracy", "hessian_trace", "top_hessian_eigenvalue", "bfloat16 clean_accuracy",
             "clean_accuracy@weight noise 0.1"} <= names  # fmt: skip
@@ -47,5 +48,5 @@ def test_analyze_joins_every_measure_per_layer():
 def test_analyze_without_eps_noise_or_formats():
     r = analyze(cnn().eval(), data(30), samples=2, iterations=2, noise_levels=[], formats=[],
                 layer_formats=[])  # fmt: skip
-    assert r.noise is None and r.precision is None and r.correlation is None
+    assert r.noise is None and r.precision is None and r.correlations == []
     assert 0 <= r.clean_accuracy <= 1 and r.loss > 0

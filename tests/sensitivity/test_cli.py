@@ -21,7 +21,7 @@ def test_sensitivity_command_writes_the_report_page_and_history(monkeypatch, cap
     assert code == 0, err
     r = json.loads(out.read_text())
     assert r["kind"] == "sensitivity" and [x["name"] for x in r["layers"]] == ["1", "3", "5"]
-    assert {"whole_model", "noise", "precision", "correlation", "metrics"} <= set(r)
+    assert {"whole_model", "noise", "precision", "correlations", "metrics"} <= set(r)
     assert r["model"]["name"] == "zoo:mlp"
     html = out.with_suffix(".html").read_text()
     assert "Per-layer sensitivity" in html and "Emulated precision" in html
@@ -36,7 +36,7 @@ def test_sensitivity_command_writes_the_report_page_and_history(monkeypatch, cap
     "args,message",
     [
         (("--formats", "fp8"), "unknown formats entry 'fp8'"),
-        (("--layer-formats", "int4"), "unknown layer_formats entry 'int4'"),
+        (("--layer-formats", "int3"), "unknown layer_formats entry 'int3'"),
         (("--noise", "0,-1"), "noise_levels must be finite numbers >= 0"),
         (("--noise", "a"), "--noise expects numbers"),
         (("--samples", "0"), "samples must be a positive integer"),

@@ -45,6 +45,8 @@ def test_int8_weights_use_one_symmetric_scale_per_output_channel():
     assert q[0, 1] == pytest.approx(-1.27) and q[1, 0] == pytest.approx(2.54)  # the extremes exact
     assert torch.equal(q[2], w[2])  # an all-zero channel stays zero
     assert ((q - w).abs() <= scale[:, None] / 2 + 1e-7).all()
+    q4 = FORMATS["int4"].round_weight(w)  # 7 levels a side
+    assert torch.allclose(q4[0] / (1.27 / 7), torch.round(w[0] / (1.27 / 7)), atol=1e-5)
 
 
 def test_emulating_one_layer_changes_only_that_layer():
@@ -98,8 +100,8 @@ def test_precision_table_rows_and_the_float32_baseline():
 
 
 def test_bad_formats_and_layers_are_one_line_errors():
-    with pytest.raises(RobustlabError, match="unknown formats entry 'int4'"):
-        parse_formats("float16,int4")
+    with pytest.raises(RobustlabError, match="unknown formats entry 'int3'"):
+        parse_formats("float16,int3")
     assert parse_formats("none") == [] and parse_formats("int8, float16") == ["int8", "float16"]
     with pytest.raises(RobustlabError, match="unknown layer 'nope'"):
         emulate(cnn(), FORMATS["float16"], ["nope"])

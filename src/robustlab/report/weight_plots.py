@@ -61,23 +61,37 @@ def noise_curves(report: dict) -> str | None:
 
 
 def trace_vs_drop(report: dict) -> str | None:
-    """Per layer: Hessian trace against the measured loss increase in the layer format."""
-    corr = report.get("correlation")
-    if not corr:
+    """Per layer: Hessian trace against the measured loss increase, one series per format."""
+    formats = [c["format"] for c in report.get("correlations") or []]
+    if not formats:
         return None
-    fmt = corr["format"]
-    rows = [r for r in report["layers"] if r.get(f"{fmt}_loss_increase") is not None]
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    rows = report["layers"]
     x = [r["hessian_trace"] for r in rows]
-    y = [r[f"{fmt}_loss_increase"] for r in rows]
-    ax.scatter(x, y, color=COLORS[1])
-    for r, xi, yi in zip(rows, x, y, strict=True):
-        ax.annotate(r["name"], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for i, fmt in enumerate(formats):
+        pts = [
+            (r, xi)
+            for r, xi in zip(rows, x, strict=True)
+            if r.get(f"{fmt}_loss_increase") is not None
+        ]
+        ys = [r[f"{fmt}_loss_increase"] for r, _ in pts]
+        ax.scatter([xi for _, xi in pts], ys, color=COLORS[(i + 1) % len(COLORS)], label=fmt)
+        for (r, xi), yi in zip(pts, ys, strict=True):
+            ax.annotate(r["name"], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if all(v > 0 for v in x):
         ax.set_xscale("log")
+    ys_all = [
+        r[f"{f}_loss_increase"]
+        for f in formats
+        for r in rows
+        if r.get(f"{f}_loss_increase") is not None
+    ]
+    if ys_all and min(ys_all) > 0:
+        ax.set_yscale("log")
     ax.set_xlabel("Hessian trace of the layer")
-    ax.set_ylabel(f"loss increase, layer in {fmt}")
+    ax.set_ylabel("loss increase, that layer rounded")
     ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     return _png(fig)
 
 

@@ -1,7 +1,7 @@
 """Network sensitivity in one call: per layer the Hessian trace (Hutchinson) and top eigenvalue
 (power iteration), the diagonal empirical Fisher, accuracy under relative weight noise, and the
 model emulated in lower precision, with the rank correlation between the Hessian traces and the
-measured per-layer int8 drops."""
+measured per-layer drops in each layer-by-layer format."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class SensitivityResult:
     fisher: dict | None  # seconds
     noise: dict | None  # NoiseCurves.to_dict()
     precision: dict | None  # PrecisionResult.to_dict()
-    correlation: dict | None  # Spearman's rho between traces and measured per-layer drops
+    correlations: list[dict]  # per layer format: Spearman's rho, traces vs measured drops
     seconds: float
 
     def to_dict(self) -> dict:
@@ -61,9 +61,9 @@ class SensitivityResult:
                     m.append(
                         Metric(f"{row['format']} robust_accuracy", row["robust_accuracy"], True)
                     )
-        if self.correlation:
-            m.append(Metric("spearman trace vs int8 loss increase",
-                            self.correlation.get("trace_vs_loss_increase"), True))  # fmt: skip
+        for c in self.correlations:
+            m.append(Metric(f"spearman trace vs {c['format']} loss increase",
+                            c["trace_vs_loss_increase"], True))  # fmt: skip
         return m
 
 
@@ -140,7 +140,7 @@ def analyze(
         noise = noise_curves(model, data, levels=noise_levels, draws=draws, eps=eps,
                              robust_n=robust_n, suite=suite, groups=groups,
                              batch_size=batch_size, seed=seed, progress=say).to_dict()  # fmt: skip
-    precision, correlation = None, None
+    precision, correlations = None, []
     if len(formats) or len(layer_formats):
         prec = evaluate_precision(model, data, formats=formats, layer_formats=layer_formats,
                                   eps=eps, suite=suite, robust_n=robust_n,
@@ -154,9 +154,7 @@ def analyze(
                 for key in ("clean_drop", "loss_increase", "robust_accuracy",
                             "certified_accuracy", "weight_error"):  # fmt: skip
                     by_name[row["scope"]][f"{row['format']}_{key}"] = row[key]
-        if layer_formats:
-            fmt = "int8" if "int8" in layer_formats else layer_formats[0]
-            correlation = _correlation(per_layer, fmt)
+        correlations = [c for f in layer_formats if (c := _correlation(per_layer, f))]
     clean = precision["baseline"] if precision else None
     if clean is None:
         from robustlab.sensitivity.precision_eval import _clean
@@ -186,6 +184,6 @@ def analyze(
         fisher={"seconds": fish.seconds} if fish else None,
         noise=noise,
         precision=precision,
-        correlation=correlation,
+        correlations=correlations,
         seconds=time.perf_counter() - start,
     )

@@ -1,7 +1,7 @@
 """Emulated low precision (as Pychop, Carson & Chen 2025, arXiv:2504.07835, and "Exploration of
 numerical precision in deep neural networks", Li et al. 2018, arXiv:1805.01078): weights and the
 activations entering each Linear / Conv layer rounded to float16, bfloat16 (a cast to the torch
-dtype and back: round to nearest even, with the format's range and subnormals) or int8
+dtype and back: round to nearest even, with the format's range and subnormals) or int8 / int4
 (symmetric; weights per output channel, activations per tensor with a scale calibrated on a few
 batches), the layers' arithmetic in float32.
 
@@ -80,6 +80,7 @@ FORMATS = {
     "float16": FloatFormat("float16", torch.float16),
     "bfloat16": FloatFormat("bfloat16", torch.bfloat16),
     "int8": IntFormat("int8", 8),
+    "int4": IntFormat("int4", 4),
 }
 
 
