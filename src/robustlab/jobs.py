@@ -239,4 +239,6 @@ def metrics_of(report: dict) -> dict:
     head = report.get("headline") or {}  # audit: empirical - certified at the headline eps
     if head.get("gap") is not None:
         m[f"gap@{head['eps']:g}"] = head["gap"]
+    for item in report.get("metrics") or []:  # results that list their own metrics (Metric)
+        m[item["name"]] = item["value"]
     return m
