@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.alpha import alpha_crown
-from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import BoundGraph, graph_of
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion
