@@ -53,7 +53,11 @@ def input_region(region) -> InputRegion:
 def _user_dtype(region, given: InputRegion) -> torch.dtype:
     """The dtype bounds are returned in: the user's (x0's for ``(threat, x0)``, else the box's),
     not the float64 the region is built in."""
-    if isinstance(region, tuple) and isinstance(region[1], Tensor) and region[1].is_floating_point():
+    if (
+        isinstance(region, tuple)
+        and isinstance(region[1], Tensor)
+        and region[1].is_floating_point()
+    ):
         return region[1].dtype
     return given.lower.dtype if given.lower.is_floating_point() else torch.get_default_dtype()
 
