@@ -176,6 +176,25 @@ def _activation(draw, shape, g) -> Block | None:
     return Block(mod, lambda m: m + bump, shape)
 
 
+# elementwise functions of the general-graph rules: name -> (function, output magnitude from an
+# input magnitude m, which also bounds how far an input error can move the output: derivative x m)
+UNARY: dict[str, tuple[Callable, Callable[[Tensor], Tensor]]] = {
+    "sin": (torch.sin, lambda m: m + 1),
+    "cos": (torch.cos, lambda m: m + 1),
+    "erf": (torch.erf, lambda m: m + 1),
+    "gelu": (F.gelu, lambda m: 1.2 * m + 1),
+    "abs": (torch.abs, lambda m: m),
+    "square": (lambda x: x * x, lambda m: 2 * m * m + 1),  # the product rule of x * y
+    "softmax": (lambda x: F.softmax(x, dim=-1), lambda m: m + 1),
+}
+
+
+def _unary(draw, shape, g) -> Block | None:
+    name = draw(st.sampled_from(sorted(UNARY)))
+    fn, mag = UNARY[name]
+    return Block(Lambda(fn), mag, shape)
+
+
 def _constant(draw, shape, g) -> Block | None:
     op = draw(st.sampled_from(["add", "sub", "rsub", "mul", "div"]))
     c = draw(st.sampled_from([-1.0, 1.0])) * _scale(draw, -3, 3)
@@ -305,6 +324,7 @@ OPS: dict[str, Callable] = {
     "conv": _conv,
     "batchnorm": _batchnorm,
     "activation": _activation,
+    "unary": _unary,
     "constant": _constant,
     "residual": _residual,
     "cat": _cat,

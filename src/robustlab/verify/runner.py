@@ -8,6 +8,7 @@ import csv
 import os
 import sqlite3
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -93,7 +94,10 @@ def verify_instance(inst: Instance) -> str:
     """The verdict for one instance (the default work of a worker process)."""
     from robustlab.verify.verifier import verify
 
-    return verify(inst.onnx, inst.vnnlib, timeout=inst.timeout).verdict
+    r = verify(inst.onnx, inst.vnnlib, timeout=inst.timeout)
+    if r.verdict == "error":  # the reason, for whoever reads the benchmark's log
+        print(f"{inst.vnnlib}: error: {r.message}", file=sys.stderr, flush=True)
+    return r.verdict
 
 
 def _worker(conn, run: Callable[[Instance], str]) -> None:
@@ -112,7 +116,8 @@ def _worker(conn, run: Callable[[Instance], str]) -> None:
         start = time.monotonic()
         try:
             verdict = run(inst)
-        except Exception:  # a bad setting or an internal error: recorded, the run goes on
+        except Exception as e:  # a bad setting or an internal error: recorded, the run goes on
+            print(f"{inst.vnnlib}: internal error: {e!r}", file=sys.stderr, flush=True)
             verdict = "error"
         conn.send((verdict, time.monotonic() - start))
 
@@ -173,6 +178,9 @@ def _local(
                     msg = conn.recv()
                 except (EOFError, OSError):  # the worker died (crash, memory)
                     inst = p.inst
+                    if inst is not None:
+                        code = p.proc.exitcode
+                        print(f"{inst.vnnlib}: worker died ({code})", file=sys.stderr, flush=True)
                     p.end()
                     procs[k] = _Process(ctx, run)
                     if inst is not None:
