@@ -14,8 +14,10 @@ import torch
 from robustlab.bounds import certify
 from robustlab.data import Dataset, load_data
 from robustlab.errors import RobustlabError
+from robustlab.inputs import check_fits as check_fits  # re-exported for the jobs
+from robustlab.inputs import fit
 from robustlab.model import LoadedModel, load_model
-from robustlab.threat import LpBall, parse_norm
+from robustlab.threat import LpBall, on_data, parse_eps, parse_norm
 
 Progress = Callable[[str], None]
 
@@ -40,41 +42,25 @@ def check_eps(eps: Sequence[float]) -> list[float]:
     """Validate a list of eps values (finite, >= 0, at least one)."""
     if not eps:
         raise RobustlabError("expected at least one eps value")
-    for e in eps:
+    values = [parse_eps(e) for e in eps]
+    for e in values:
         LpBall("inf", e)  # raises a RobustlabError naming a bad value
-    return [float(e) for e in eps]
+    return values
+
+
+def check_eps_on(eps: Sequence[float], norm: str, data: Dataset) -> None:
+    """Before any work: every eps fits the data's value range (else: suggest eps/255)."""
+    for e in eps:
+        on_data(LpBall(norm, e), data)
 
 
 def prepare(model_src, data_src, n: int | None = None) -> tuple[LoadedModel, Dataset]:
-    """Load a model and a dataset and check that they fit together."""
+    """Load a model and a dataset and check that they fit together (``inputs.fit``: the same
+    reshaping and checks as the Python API)."""
     model = load_model(model_src)
     data = load_data(data_src, model.input_shape).subset(n)
-    if model.input_shape is not None:
-        data = data.matched_to(model.input_shape)
-    check_fits(model.module, data)
+    _, data = fit(model, data)
     return model, data
-
-
-def check_fits(module: torch.nn.Module, data: Dataset, role: str = "model") -> None:
-    """Check that ``module`` (the model, a baseline, a surrogate) maps the data's inputs to
-    (batch, classes) logits with an output for every label."""
-    try:
-        with torch.no_grad():
-            out = module(data.x[:2])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise RobustlabError(
-            f"{role} failed on data '{data.name}' of shape {tuple(data.x.shape[1:])} ({first})"
-        ) from None
-    if out.dim() != 2:
-        raise RobustlabError(
-            f"expected the {role} to output (batch, classes); found {tuple(out.shape)}"
-        )
-    if data.num_classes > out.shape[1]:
-        raise RobustlabError(
-            f"data '{data.name}' has labels up to {data.num_classes - 1} but the {role} has "
-            f"{out.shape[1]} outputs"
-        )
 
 
 def _base(kind: str, model: LoadedModel, data: Dataset, settings: dict) -> dict:
@@ -117,6 +103,7 @@ def attack_job(
 
     eps, norm = check_eps(eps), parse_norm(norm)
     model, data = prepare(model_src, data_src, n)
+    check_eps_on(eps, norm, data)
     sur, attacks = load_surrogate(surrogate, data, attacks)
     if progress:
         progress(f"{suite if attacks is None else ','.join(attacks)} on {len(data)} examples")
@@ -184,6 +171,7 @@ def certify_job(
     if precision not in PRECISIONS:
         raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
     model, data = prepare(model_src, data_src, n)
+    check_eps_on(eps, norm, data)
     curve, per_method = [], []
     for e in eps:
         threat = LpBall(norm, e, data.lower, data.upper)

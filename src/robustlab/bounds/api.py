@@ -14,6 +14,7 @@ from robustlab.bounds.graph import Bounds, graph_of
 from robustlab.bounds.ibp import interval_all, spec_bounds
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.errors import RobustlabError
+from robustlab.inputs import as_module
 from robustlab.threat import Box, LpBall
 
 METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
@@ -129,6 +130,7 @@ def compute_bounds(
     """
     if method not in METHODS:
         raise RobustlabError(f"unknown bound method '{method}'; known: {', '.join(METHODS)}")
+    model = as_module(model)  # what load_model returns, a module or a path
     given = input_region(region)
     out_dtype = _user_dtype(region, given)
     region = _region_in(given, dtype)

@@ -7,13 +7,14 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from robustlab.bounds.api import METHODS, compute_bounds
 from robustlab.bounds.lipschitz import global_lipschitz, l2_radius
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
-from robustlab.threat import LpBall, ThreatModel
+from robustlab.inputs import ModelLike, fit
+from robustlab.threat import LpBall, ThreatModel, on_data
 
 # certify's methods: the bound methods, and the margin / Lipschitz radius (no bound propagation)
 CERTIFY_METHODS = (*METHODS, "lipschitz")
@@ -89,7 +90,7 @@ def _lipschitz_certified(model, data, threat, idx, batch_size) -> tuple[Tensor, 
 
 
 def certify(
-    model: nn.Module,
+    model: ModelLike,
     data: Dataset,
     threat: ThreatModel,
     method: str = "ibp",
@@ -113,6 +114,8 @@ def certify(
     if precision not in PRECISIONS:
         raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
     dtype = PRECISIONS[precision]
+    model, data = fit(model, data)
+    threat = on_data(threat, data)
     start = time.perf_counter()
     was_training = model.training
     model.eval()

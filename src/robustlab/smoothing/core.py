@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
+from robustlab.inputs import fit
 from robustlab.smoothing.sampling import sample_counts
 from robustlab.smoothing.stats import certify_decision, predict_decision
 
@@ -185,6 +186,7 @@ def smooth(
     _check(sigma, n, alpha, n0, batch_size)
     if len(data) == 0:
         raise RobustlabError(f"data '{data.name}' is empty")
+    model, data = fit(model, data)  # what load_model returns, a module or a path
     start = time.perf_counter()
     was_training = model.training
     model.eval()
