@@ -56,10 +56,20 @@ def _model(model: str, mean: str | None, std: str | None):
 
 
 def _eps_list(text: str) -> list[float]:
+    """``--eps 0.01,2/255,8/255``: numbers or fractions, comma-separated."""
+    from robustlab.threat import parse_eps_list
+
+    return parse_eps_list(text)
+
+
+def _eps(text: str) -> float:
+    """One ``--eps``: a number or a fraction such as 8/255 (a typer parser: click's error)."""
+    from robustlab.threat import parse_eps
+
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise RobustlabError(f"--eps expects numbers separated by commas; found {text!r}") from None
+        return parse_eps(text)
+    except RobustlabError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 @contextlib.contextmanager
@@ -198,7 +208,9 @@ def audit(
 def attack(
     model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:mlp."),
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
-    eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
+    eps: str = typer.Option(
+        ..., "--eps", help="One eps or a comma-separated list (numbers or fractions: 8/255)."
+    ),
     norm: str = typer.Option("inf", "--norm", help="inf or 2."),
     suite: str = typer.Option(
         "fast", "--suite", help="fast, rapid (MALT targeting) or standard (AutoAttack's)."
@@ -216,6 +228,9 @@ def attack(
         None, "--surrogate", help="Model the transfer attack crafts its examples on."
     ),
     out_file: Path = typer.Option(Path("attack.json"), "--out", help="Result JSON."),
+    save_examples: Path | None = typer.Option(
+        None, "--save-examples", help="Write the adversarial examples to this .npz file."
+    ),
     mean: str | None = MEAN,
     std: str | None = STD,
     db: Path | None = DB,
@@ -224,6 +239,8 @@ def attack(
     from robustlab import jobs
 
     _outputs(out_file, db)
+    if save_examples is not None:
+        output_file(save_examples, "--save-examples", create=False)
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
     with _status() as say:
         report = jobs.attack_job(
@@ -238,11 +255,14 @@ def attack(
             seed=seed,
             eot=eot,
             surrogate=surrogate,
+            save_examples=save_examples,
             progress=say,
         )
     run_id = _save(report, out_file, db)
     out.print(_curve_table(report))
     _warn(report)
+    if save_examples is not None:
+        out.print(f"examples: {save_examples}")
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -302,7 +322,9 @@ def corrupt(
 def certify(
     model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:mlp."),
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
-    eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
+    eps: str = typer.Option(
+        ..., "--eps", help="One eps or a comma-separated list (numbers or fractions: 8/255)."
+    ),
     norm: str = typer.Option("inf", "--norm", help="inf or 2."),
     method: str = typer.Option(
         "crown",
@@ -524,7 +546,9 @@ def train(
         help="standard, pgd-at, trades, fast-at, gaussian, ibp, crown-ibp, interpolated-at, "
         "mixup, hr, lipschitz, or a comma-separated list (one model each and a comparison table).",
     ),
-    eps: float = typer.Option(..., "--eps", help="Linf radius (gaussian: noise sigma)."),
+    eps: float = typer.Option(
+        ..., "--eps", parser=_eps, help="Linf radius, e.g. 0.03 or 8/255 (gaussian: noise sigma)."
+    ),
     epochs: int = typer.Option(20, "--epochs", min=1),
     out_file: Path = typer.Option(Path("model.onnx"), "--out", help="The trained ONNX model."),
     test_data: str | None = typer.Option(
@@ -676,7 +700,10 @@ def sensitivity(
     model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
     eps: float | None = typer.Option(
-        None, "--eps", help="Linf radius for robust and certified accuracy (none: clean only)."
+        None,
+        "--eps",
+        parser=_eps,
+        help="Linf radius for robust and certified accuracy (none: clean only).",
     ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     samples: int = typer.Option(64, "--samples", help="Hutchinson samples per layer."),
@@ -767,7 +794,9 @@ def prune(
     objective: str = typer.Option(
         "pgd-at", "--objective", help="Fine-tuning loss: pgd-at, trades, crown-ibp, ... (not pwoa)."
     ),
-    eps: float = typer.Option(..., "--eps", help="Linf radius (training and evaluation)."),
+    eps: float = typer.Option(
+        ..., "--eps", parser=_eps, help="Linf radius (training and evaluation), e.g. 8/255."
+    ),
     epochs: int = typer.Option(10, "--epochs", help="Fine-tuning epochs (every method)."),
     score_epochs: int = typer.Option(
         10, "--score-epochs", help="HYDRA's score epochs or PwoA's ADMM epochs."
@@ -835,7 +864,9 @@ def patch(
     standard: str = typer.Option(..., "--standard", help="The standard model M0."),
     robust: str = typer.Option(..., "--robust", help="The robust model M1 (same architecture)."),
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
-    eps: float = typer.Option(..., "--eps", help="Linf radius for robust and certified accuracy."),
+    eps: float = typer.Option(
+        ..., "--eps", parser=_eps, help="Linf radius for robust and certified accuracy, e.g. 8/255."
+    ),
     scale: str = typer.Option(
         "0,0.25,0.5,0.75,1,1.25", "--scale", help="Scales A of the patch (comma-separated)."
     ),

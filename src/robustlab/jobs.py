@@ -8,6 +8,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -92,12 +93,14 @@ def attack_job(
     seed: int = 0,
     eot: int = 1,
     surrogate=None,
+    save_examples=None,
     progress: Progress | None = None,
 ) -> dict:
     """Robust accuracy under an attack suite (or named attacks) at each eps; keys
     ``clean_accuracy``, ``robust_accuracy`` (first eps), ``curve``, ``per_attack``, ``flags``,
     ``certified_skipped``. ``surrogate``: the model the transfer attack crafts its examples on;
-    ``eot``: forward passes per gradient."""
+    ``eot``: forward passes per gradient; ``save_examples``: an ``.npz`` file for the adversarial
+    examples (``save_examples``)."""
     from robustlab.attacks import evaluate
     from robustlab.attacks.transfer import load_surrogate
 
@@ -132,7 +135,38 @@ def attack_job(
         settings["surrogate"] = sur.to_dict()
     report = _base("attack", model, data, settings)
     report.update(result.to_dict())
+    if save_examples is not None:
+        report["examples_file"] = str(write_examples(save_examples, model.module, data, result))
     return report
+
+
+def write_examples(path, module: torch.nn.Module, data: Dataset, result) -> Path:
+    """The adversarial examples of a ``SuiteResult`` as an ``.npz`` (no pickles): ``x``, ``y``,
+    ``eps`` (E,), the worst case per eps ``x_adv`` (E, N, ...), ``broken`` (E, N), ``attack``
+    (E, N: the attack that broke the point, "" where none did), ``prediction`` (E, N) on
+    ``x_adv``; folders created."""
+    import numpy as np
+
+    from robustlab.attacks import predict
+    from robustlab.paths import cannot_write, output_file
+
+    x_adv = torch.stack(result.x_adv)
+    arrays = {
+        "x": data.x.numpy(),
+        "y": data.y.numpy(),
+        "eps": np.asarray(result.eps, dtype=np.float64),
+        "x_adv": x_adv.numpy(),
+        "broken": np.asarray([[a != "" for a in row] for row in result.broken_by], dtype=bool),
+        "attack": np.asarray(result.broken_by, dtype=str).reshape(len(result.eps), len(data)),
+        "prediction": np.stack([predict(module, xa).numpy() for xa in result.x_adv]),
+    }
+    path = Path(path)
+    try:
+        with open(output_file(path, "--save-examples"), "wb") as f:
+            np.savez_compressed(f, **arrays)
+    except OSError as e:
+        raise cannot_write(path, e) from None
+    return path
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:

@@ -240,7 +240,8 @@ def evaluate(
                 x_adv[idx[broken]] = found.to(x_adv.dtype)
                 for i in idx[broken].tolist():
                     by[i] = name
-                examples.append(Examples(name, e, idx[broken], found))
+                if len(found):
+                    examples.append(Examples(name, e, idx[broken], found))
                 per_attack.append(rec)
                 say(
                     f"eps={e:g} {name}: broke {rec['n_broken']} of {rec['n_attacked']} "
