@@ -430,21 +430,51 @@ def verify(
         "--strategy",
         help="auto, input-split, relu-split, nonlinear-split or bounds (no branching).",
     ),
+    db: Path | None = DB,
 ) -> None:
-    """Verify one instance; prints holds, violated, timeout, unknown or error."""
+    """Verify one instance; a one-line summary, then holds, violated, timeout, unknown or error
+    (the last line)."""
     from robustlab.verify import verify as run_verify
 
     if out_file is not None:
         output_file(out_file, create=False)
+    if db is not None:
+        output_file(db, "--db", create=False)
     result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy)
     if out_file is not None:
         try:
             output_file(out_file).write_text(result.vnncomp())
         except OSError as e:
             raise cannot_write(out_file, e) from None
+    _record_verify(result, onnx_file, vnnlib_file, out_file, db)
+    out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
     out.print(result.verdict, markup=False, highlight=False)
     if result.verdict == "error":  # bad input: the word on stdout, the reason on stderr, exit 2
         raise RobustlabError(result.message)
+
+
+def _record_verify(result, onnx_file: Path, vnnlib_file: Path, out_file, db) -> int:
+    """A verify run in the run history: the verdict (settings), seconds and 0/1 per verdict."""
+    import hashlib
+
+    digest = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    metrics = {"seconds": result.seconds, **{v: float(result.verdict == v) for v in
+                                              ("holds", "violated", "timeout")}}  # fmt: skip
+    return store.record(
+        shlex.join(["robustlab", *sys.argv[1:]]),
+        model=onnx_file.name,
+        model_hash=digest,
+        data=vnnlib_file.name,
+        settings={
+            "verdict": result.verdict,
+            "strategy": result.strategy,
+            "vnnlib": str(vnnlib_file),
+            "summary": result.summary(),
+        },  # fmt: skip
+        metrics=metrics,
+        report=None if out_file is None else str(Path(out_file).resolve()),
+        db=db,
+    )
 
 
 def _expected(read, path: Path) -> dict:

@@ -25,11 +25,10 @@ def did_you_mean(name: str, known) -> str:
 
 
 def unknown(kind: str, name: str, known) -> RobustlabError:
-    """The error for an unknown name: the closest known one and the whole list."""
+    """The error for an unknown name: the known names, and the closest one (difflib)."""
     known = list(known)
-    return RobustlabError(
-        f"unknown {kind} '{name}'{did_you_mean(name, known)} (known: {', '.join(map(str, known))})"
-    )
+    listed = ", ".join(map(str, known))
+    return RobustlabError(f"unknown {kind} '{name}'; known: {listed}{did_you_mean(name, known)}")
 
 
 def canonical(name: str, known) -> str:

@@ -82,18 +82,19 @@ def _run_one(inst: Instance) -> tuple[Instance, str, float]:
     import torch
 
     torch.set_num_threads(1)
-    from robustlab.verify.verifier import verify
-
     start = time.monotonic()
-    r = verify(inst.onnx, inst.vnnlib, timeout=inst.timeout)
-    return inst, r.verdict, time.monotonic() - start
+    return inst, verify_instance(inst), time.monotonic() - start
 
 
 def verify_instance(inst: Instance) -> str:
-    """The verdict for one instance (the default work of a worker process)."""
+    """The verdict for one instance (the default work of a worker process); a missing file is
+    verdict ``error`` here (``verify`` raises for it)."""
     from robustlab.verify.verifier import verify
 
-    return verify(inst.onnx, inst.vnnlib, timeout=inst.timeout).verdict
+    try:
+        return verify(inst.onnx, inst.vnnlib, timeout=inst.timeout).verdict
+    except RobustlabError:
+        return "error"
 
 
 def _worker(conn, run: Callable[[Instance], str]) -> None:
