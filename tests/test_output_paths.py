@@ -23,7 +23,7 @@ COMMANDS = {
         "file",
     ),
     "explain": ([*MLP, "--method", "saliency", "--n", "2"], "file"),
-    "smooth": ([*MLP, "--sigma", "0.25", "--n0", "8", "--n", "64", "--examples", "2"], "file"),
+    "smooth": ([*MLP, "--sigma", "0.25", "--n0", "8", "--samples", "64", "--n", "2"], "file"),
     "train": (
         ["--arch", "mlp", "--data", "digits-train", "--method", "standard", "--eps", "0.01"]
         + ["--epochs", "1", "--n", "4"],

@@ -72,6 +72,33 @@ def _eps(text: str) -> float:
         raise typer.BadParameter(str(e)) from None
 
 
+def _deprecated(old: str, new: str, meaning: str) -> None:
+    """One stderr line for an old option name that still works."""
+    err.print(
+        f"note: {old} is deprecated; use {new} ({meaning})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from robustlab import __version__
+
+        out.print(f"robustlab {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Attack, certify, explain and harden neural networks."""
+
+
 @contextlib.contextmanager
 def _status(quiet: bool = False):
     """A spinner whose message follows the job's progress callback."""
@@ -385,7 +412,10 @@ def explain(
     ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     steps: int | None = typer.Option(
-        None, "--steps", help="Integrated-gradients steps, SmoothGrad samples or Sobol designs."
+        None, "--steps", help="Integrated Gradients' path steps (its only meaning)."
+    ),
+    samples: int | None = typer.Option(
+        None, "--samples", help="SmoothGrad's noise samples or Sobol's designs."
     ),
     target: str = typer.Option("predicted", "--target", help="predicted, label or a class."),
     batch_size: int = typer.Option(512, "--batch-size", min=1),
@@ -396,9 +426,12 @@ def explain(
     db: Path | None = DB,
 ) -> None:
     """Attributions per input (JSON) and heat-maps (HTML)."""
-    from robustlab.explain.job import explain_job
+    from robustlab.explain.job import SAMPLES_FIELD, explain_job
 
     _outputs(out_file, db)
+    if steps is not None and samples is None and method.replace("_", "-") in SAMPLES_FIELD:
+        _deprecated("--steps", "--samples", f"{method}'s samples")
+        steps, samples = None, steps
     with _status() as say:
         report = explain_job(
             _model(model, mean, std),
@@ -406,6 +439,7 @@ def explain(
             method,
             n=n,
             steps=steps,
+            samples=samples,
             target=target,
             batch_size=batch_size,
             seed=seed,
@@ -500,8 +534,9 @@ def verify_benchmark(
     ),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address."),
     results_db: Path | None = typer.Option(
-        None, "--db", help="Results database (default: beside --out)."
+        None, "--results-db", help="Results database (default: beside --out)."
     ),
+    old_db: Path | None = typer.Option(None, "--db", hidden=True, help="Deprecated: --results-db."),
     out_file: Path = typer.Option(Path("results.csv"), "--out"),
     expected: Path | None = typer.Option(
         None, "--expected", help="expected.csv to count wrong answers."
@@ -521,11 +556,20 @@ def verify_benchmark(
             f"{instances}: expected a text CSV of rows onnx,vnnlib,timeout ({e})"
         ) from None
 
+    if old_db is not None:
+        _deprecated(
+            "--db", "--results-db", "the results database (--db is the run history elsewhere)"
+        )
+        results_db = results_db or old_db
     output_file(out_file, create=False)
-    db = output_file(results_db, "--db", False) if results_db else out_file.with_suffix(".sqlite")
+    db = (
+        output_file(results_db, "--results-db", False)
+        if results_db
+        else out_file.with_suffix(".sqlite")
+    )
     known = _expected(read_expected, expected) if expected else None  # before any work
     output_file(out_file)  # the folders, now that the work starts
-    output_file(db, "--db")
+    output_file(db, "--results-db")
     with Progress(console=err, disable=not err.is_terminal) as bar:
         task = bar.add_task("verifying", total=None)
 
@@ -550,7 +594,9 @@ def verify_benchmark(
                 on_result=on_result,
             )
         except sqlite3.DatabaseError as e:  # --db names another kind of file
-            raise RobustlabError(f"--db {db}: not a usable results database ({e})") from None
+            raise RobustlabError(
+                f"--results-db {db}: not a usable results database ({e})"
+            ) from None
     summary = summarize(results, known)
     table = Table("answer", "count", title=f"{instances} ({summary['instances']} instances)")
     for k, v in sorted(summary["counts"].items()):
@@ -671,9 +717,10 @@ def smooth(
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
     sigma: float = typer.Option(..., "--sigma", help="Gaussian noise sigma."),
     n0: int = typer.Option(100, "--n0", help="Selection samples per input."),
-    n: int = typer.Option(100_000, "--n", help="Estimation samples per input."),
+    samples: int = typer.Option(100_000, "--samples", help="Estimation samples per input."),
     alpha: float = typer.Option(0.001, "--alpha", help="Failure probability."),
-    n_examples: int | None = typer.Option(None, "--examples", help="Use the first N examples."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    n_examples: int | None = typer.Option(None, "--examples", hidden=True, help="Deprecated: --n."),
     batch_size: int = typer.Option(1000, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("smooth.json"), "--out", help="Result JSON."),
@@ -685,16 +732,24 @@ def smooth(
     from robustlab.smoothing.job import smooth_job
 
     _outputs(out_file, db)
+    if n_examples is not None:
+        if n is not None:
+            raise RobustlabError(
+                "--examples is the old name of --n (examples; Monte-Carlo samples are --samples);"
+                f" found both --n {n} and --examples {n_examples}"
+            )
+        _deprecated("--examples", "--n", "examples")
+        n = n_examples
     with _status() as say:
         report = smooth_job(
             _model(model, mean, std),
             data,
             sigma,
             n0=n0,
-            n=n,
+            n=samples,
             alpha=alpha,
             batch_size=batch_size,
-            n_examples=n_examples,
+            n_examples=n,
             seed=seed,
             progress=say,
         )

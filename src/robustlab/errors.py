@@ -16,12 +16,19 @@ def _key(name: str) -> str:
 
 
 def did_you_mean(name: str, known) -> str:
-    """``"; did you mean 'x'?"`` for the known name closest to ``name`` (difflib), else ``""``."""
+    """``"; did you mean 'x'?"``: the known names that start with ``name`` (at most three), else
+    the closest one (difflib), else ``""``."""
     import difflib
 
     names = {_key(k): str(k) for k in known}
-    close = difflib.get_close_matches(_key(name), list(names), n=1, cutoff=0.6)
-    return f"; did you mean '{names[close[0]]}'?" if close else ""
+    key = _key(name)
+    close = [k for k in names if k.startswith(key) and k != key][:3] if key else []
+    close = close or difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    quoted = [f"'{names[k]}'" for k in close]
+    listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    return f"; did you mean {listed}?"
 
 
 def unknown(kind: str, name: str, known) -> RobustlabError:
@@ -31,10 +38,12 @@ def unknown(kind: str, name: str, known) -> RobustlabError:
     return RobustlabError(f"unknown {kind} '{name}'; known: {listed}{did_you_mean(name, known)}")
 
 
-def canonical(name: str, known) -> str:
+def canonical(name: str, known, aliases: dict | None = None) -> str:
     """``name`` spelled as a known name when it differs only in case, hyphens or underscores
-    (``alpha_crown`` -> ``alpha-crown``, ``gaussian-noise`` -> ``gaussian_noise``), else as it is."""
+    (``alpha_crown`` -> ``alpha-crown``, ``gaussian-noise`` -> ``gaussian_noise``) or is one of
+    ``aliases`` (``ig`` -> ``integrated-gradients``), else as it is."""
     if name in known:
         return name
     by_key = {_key(k): k for k in known}
+    by_key.update({_key(k): v for k, v in (aliases or {}).items()})
     return by_key.get(_key(name), name)

@@ -14,7 +14,7 @@ import torch
 
 from robustlab.bounds import certify
 from robustlab.data import Dataset, load_data
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.inputs import check_fits as check_fits  # re-exported for the jobs
 from robustlab.inputs import fit
 from robustlab.model import LoadedModel, load_model
@@ -174,9 +174,10 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
     from robustlab.bounds import CERTIFY_METHODS as METHODS
 
     methods = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
+    methods = [canonical(m, METHODS) for m in methods]  # alpha_crown: alpha-crown
     for m in methods:
         if m not in METHODS:
-            raise RobustlabError(f"unknown bound method '{m}'; known: {', '.join(METHODS)}")
+            raise unknown("bound method", m, METHODS)
     if not methods:
         raise RobustlabError("expected at least one bound method")
     return methods
@@ -188,7 +189,7 @@ def certify_job(
     eps: Sequence[float],
     norm: str = "inf",
     *,
-    method: str | Sequence[str] = "ibp",
+    method: str | Sequence[str] = "crown",
     n: int | None = None,
     batch_size: int = 256,
     precision: str = "float64",

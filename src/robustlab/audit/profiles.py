@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from robustlab.errors import RobustlabError
+from robustlab.errors import unknown
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ ALPHA_MAX_PARAMS = 500_000
 
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
-        raise RobustlabError(f"unknown profile '{name}'; known: {', '.join(PROFILES)}")
+        raise unknown("profile", name, PROFILES)
     return PROFILES[name]
 
 
