@@ -132,3 +132,13 @@ def test_eps_fractions():
     for bad in ("8/0", "a/255", "1/2/3"):
         with pytest.raises(RobustlabError, match="fraction such as 8/255"):
             parse_eps(bad)
+
+
+def test_bounds_to_dict():
+    x = torch.zeros(2, 3)
+    b = rl.compute_bounds(torch.nn.Linear(3, 2), (rl.LpBall("inf", 0.1), x), "ibp")
+    d = b.to_dict()
+    assert (
+        torch.tensor(d["lower"]).shape == (2, 2)
+        and (torch.tensor(d["upper"]) >= torch.tensor(d["lower"])).all()
+    )
