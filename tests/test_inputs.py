@@ -142,3 +142,22 @@ def test_bounds_to_dict():
         torch.tensor(d["lower"]).shape == (2, 2)
         and (torch.tensor(d["upper"]) >= torch.tensor(d["lower"])).all()
     )
+
+
+def test_cli_eps_on_the_255_scale_is_one_line(monkeypatch, capsys, tmp_path):
+    from tests.conftest import run_cli
+
+    args = ["--model", "zoo:mlp", "--data", "digits", "--n", "4", "--db", tmp_path / "r.sqlite"]
+    code, _, err = run_cli(
+        monkeypatch, capsys, "attack", *args, "--eps", "8", "--out", tmp_path / "a.json"
+    )
+    assert code == 2 and "write 8/255" in err and len(err.splitlines()) == 1
+    code, _, err = run_cli(
+        monkeypatch, capsys, "certify", *args, "--eps", "0,8/255", "--method", "ibp",
+        "--out", tmp_path / "c.json",
+    )  # fmt: skip
+    assert code == 0, err
+    import json
+
+    curve = json.loads((tmp_path / "c.json").read_text())["curve"]
+    assert [p["eps"] for p in curve] == [0.0, 8 / 255]
