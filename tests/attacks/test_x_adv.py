@@ -72,3 +72,10 @@ def test_cli_save_examples(monkeypatch, capsys, tmp_path):
         )
         for k in range(2):
             assert np.abs(xa[k] - x).max() <= eps[k] * (1 + 1e-6) + 1e-6
+
+
+def test_steps_is_the_iteration_name_everywhere():
+    from robustlab.attacks import APGD, APGDT, FAB
+
+    assert APGD(steps=7) == APGD(n_iter=7) and APGDT(steps=3).n_iter == 3
+    assert FAB(steps=4).n_iter == 4 and rl.PGD(steps=5).steps == 5
