@@ -33,6 +33,17 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert scope["cert"].certified_accuracy <= attack.robust_accuracy
 
 
+def test_readme_verify_and_audit_example_names_real_functions():
+    code = _python_blocks()[1]
+    compile(code, "README.md", "exec")  # valid Python
+    from robustlab.audit import audit_job  # noqa: F401 (the names the example imports)
+    from robustlab.report import write_report_dir  # noqa: F401
+    from robustlab.verify import verify
+    from robustlab.verify.verifier import VerifyResult
+
+    assert "verify(" in code and hasattr(VerifyResult, "summary") and callable(verify)
+
+
 @pytest.fixture(scope="module")
 def zoo():
     model = rl.load_model("zoo:mlp")
@@ -56,8 +67,8 @@ def test_every_function_takes_load_model_directly(zoo):
     assert torch.equal(b1.lower, b2.lower) and torch.equal(b1.upper, b2.upper)
     suite = rl.attacks.evaluate(rl.load_model("zoo:mlp"), data, [0.03], "inf", attacks=["fgsm"])
     assert suite.n == len(data)
-    sm = rl.smoothing.smooth(rl.load_model("zoo:mlp"), data.subset(4), 0.25, n0=10, n=50)
-    assert len(sm.samples) == 4
+    sm = rl.smoothing.smooth(rl.load_model("zoo:mlp"), data.subset(4), 0.25, n0=10, samples=50)
+    assert len(sm.samples) == 4 and sm.n == 50
     ex = rl.explain.explain(rl.load_model("zoo:mlp"), x, "saliency")
     assert ex.attributions.shape == x.shape
 
