@@ -167,7 +167,10 @@ def test_attack_and_certify_on_onnx_and_npz(files, monkeypatch, capsys, tmp_path
             ["--model", "{d}/mlp.onnx", "--data", "digits", "--eps", "0.1", "--norm", "3"],
             "norm must",
         ),
-        (["--model", "{d}/mlp.onnx", "--data", "digits", "--eps", "abc"], "--eps expects numbers"),
+        (
+            ["--model", "{d}/mlp.onnx", "--data", "digits", "--eps", "abc"],
+            "--eps expects a number or a fraction",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["attack", "certify"])

@@ -75,12 +75,12 @@ COMMANDS = {
     "explain": (
         {**MLP, "--method": "saliency", "--n": "2", "--out": "{d}/e.json"},
         {"--method": _names("saliency", "occlusion", "sobol", "integrated-gradients"),
-         "--n": SIZE, "--steps": COUNT, "--target": st.one_of(NAME, NUMBER, st.sampled_from(["label", "predicted"])),
+         "--n": SIZE, "--steps": COUNT, "--samples": COUNT, "--target": st.one_of(NAME, NUMBER, st.sampled_from(["label", "predicted"])),
          "--batch-size": SIZE, "--seed": NUMBER, "--model": FILE},
     ),
     "smooth": (
-        {**MLP, "--sigma": "0.25", "--n0": "8", "--n": "32", "--examples": "2", "--out": "{d}/s.json"},
-        {"--sigma": SIZE, "--n0": COUNT, "--n": COUNT, "--alpha": NUMBER, "--examples": SIZE,
+        {**MLP, "--sigma": "0.25", "--n0": "8", "--samples": "32", "--n": "2", "--out": "{d}/s.json"},
+        {"--sigma": SIZE, "--n0": COUNT, "--samples": COUNT, "--alpha": NUMBER, "--n": SIZE,
          "--batch-size": SIZE, "--seed": NUMBER, "--data": FILE},
     ),
     "train": (
@@ -106,7 +106,7 @@ COMMANDS = {
     "verify-benchmark": (
         {"INSTANCES": "{d}/instances.csv", "--out": "{d}/vb/results.csv"},
         {"INSTANCES": FILE, "--backend": _names("local"), "--workers": BAD_NUMBERS,
-         "--timeout-scale": NUMBER, "--db": OUT, "--out": OUT, "--expected": FILE},
+         "--timeout-scale": NUMBER, "--results-db": OUT, "--out": OUT, "--expected": FILE},
     ),
     "runs": (
         {"SUB": "list"},

@@ -157,9 +157,18 @@ def test_verify_benchmark_db_that_is_not_a_database(monkeypatch, capsys, tmp_pat
     db = tmp_path / "r.json"
     db.write_text('{"not": "a database"}')
     err = _cli(
-        monkeypatch, capsys, "verify-benchmark", instances, "--out", tmp_path / "r.csv", "--db", db
+        monkeypatch,
+        capsys,
+        "verify-benchmark",
+        instances,
+        "--out",
+        tmp_path / "r.csv",
+        "--results-db",
+        db,
     )
-    assert err == f"error: --db {db}: not a usable results database (file is not a database)"
+    assert (
+        err == f"error: --results-db {db}: not a usable results database (file is not a database)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,11 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (one table; __all__ is derived from it)
 _EXPORTS = {
+    "APGD": "robustlab.attacks",
+    "FGSM": "robustlab.attacks",
     "PGD": "robustlab.attacks",
+    "Square": "robustlab.attacks",
+    "SuiteResult": "robustlab.attacks",
     "AttackResult": "robustlab.attacks",
     "robustness_curve": "robustlab.attacks",
     "run_attack": "robustlab.attacks",
@@ -30,6 +34,7 @@ _EXPORTS = {
     "load_model": "robustlab.model",
     "Box": "robustlab.threat",
     "LpBall": "robustlab.threat",
+    "audit_job": "robustlab.audit",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -40,7 +45,10 @@ def __getattr__(name: str):
     if module is None:  # a subpackage used as an attribute: rl.attacks.evaluate(...)
         if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
             return importlib.import_module(f"{__name__}.{name}")
-        raise AttributeError(f"module 'robustlab' has no attribute '{name}'")
+        from robustlab.errors import did_you_mean
+
+        hint = did_you_mean(name, __dir__())
+        raise AttributeError(f"module 'robustlab' has no attribute '{name}'{hint}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value

@@ -56,10 +56,47 @@ def _model(model: str, mean: str | None, std: str | None):
 
 
 def _eps_list(text: str) -> list[float]:
+    """``--eps 0.01,2/255,8/255``: numbers or fractions, comma-separated."""
+    from robustlab.threat import parse_eps_list
+
+    return parse_eps_list(text)
+
+
+def _eps(text: str) -> float:
+    """One ``--eps``: a number or a fraction such as 8/255 (a typer parser: click's error)."""
+    from robustlab.threat import parse_eps
+
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise RobustlabError(f"--eps expects numbers separated by commas; found {text!r}") from None
+        return parse_eps(text)
+    except RobustlabError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _deprecated(old: str, new: str, meaning: str) -> None:
+    """One stderr line for an old option name that still works."""
+    err.print(
+        f"note: {old} is deprecated; use {new} ({meaning})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from robustlab import __version__
+
+        out.print(f"robustlab {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Attack, certify, explain and harden neural networks."""
 
 
 @contextlib.contextmanager
@@ -198,7 +235,9 @@ def audit(
 def attack(
     model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:mlp."),
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
-    eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
+    eps: str = typer.Option(
+        ..., "--eps", help="One eps or a comma-separated list (numbers or fractions: 8/255)."
+    ),
     norm: str = typer.Option("inf", "--norm", help="inf or 2."),
     suite: str = typer.Option(
         "fast", "--suite", help="fast, rapid (MALT targeting) or standard (AutoAttack's)."
@@ -216,6 +255,9 @@ def attack(
         None, "--surrogate", help="Model the transfer attack crafts its examples on."
     ),
     out_file: Path = typer.Option(Path("attack.json"), "--out", help="Result JSON."),
+    save_examples: Path | None = typer.Option(
+        None, "--save-examples", help="Write the adversarial examples to this .npz file."
+    ),
     mean: str | None = MEAN,
     std: str | None = STD,
     db: Path | None = DB,
@@ -224,6 +266,8 @@ def attack(
     from robustlab import jobs
 
     _outputs(out_file, db)
+    if save_examples is not None:
+        output_file(save_examples, "--save-examples", create=False)
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
     with _status() as say:
         report = jobs.attack_job(
@@ -238,11 +282,14 @@ def attack(
             seed=seed,
             eot=eot,
             surrogate=surrogate,
+            save_examples=save_examples,
             progress=say,
         )
     run_id = _save(report, out_file, db)
     out.print(_curve_table(report))
     _warn(report)
+    if save_examples is not None:
+        out.print(f"examples: {save_examples}")
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -302,7 +349,9 @@ def corrupt(
 def certify(
     model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:mlp."),
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
-    eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
+    eps: str = typer.Option(
+        ..., "--eps", help="One eps or a comma-separated list (numbers or fractions: 8/255)."
+    ),
     norm: str = typer.Option("inf", "--norm", help="inf or 2."),
     method: str = typer.Option(
         "crown",
@@ -363,7 +412,10 @@ def explain(
     ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     steps: int | None = typer.Option(
-        None, "--steps", help="Integrated-gradients steps, SmoothGrad samples or Sobol designs."
+        None, "--steps", help="Integrated Gradients' path steps (its only meaning)."
+    ),
+    samples: int | None = typer.Option(
+        None, "--samples", help="SmoothGrad's noise samples or Sobol's designs."
     ),
     target: str = typer.Option("predicted", "--target", help="predicted, label or a class."),
     batch_size: int = typer.Option(512, "--batch-size", min=1),
@@ -374,9 +426,12 @@ def explain(
     db: Path | None = DB,
 ) -> None:
     """Attributions per input (JSON) and heat-maps (HTML)."""
-    from robustlab.explain.job import explain_job
+    from robustlab.explain.job import SAMPLES_FIELD, explain_job
 
     _outputs(out_file, db)
+    if steps is not None and samples is None and method.replace("_", "-") in SAMPLES_FIELD:
+        _deprecated("--steps", "--samples", f"{method}'s samples")
+        steps, samples = None, steps
     with _status() as say:
         report = explain_job(
             _model(model, mean, std),
@@ -384,6 +439,7 @@ def explain(
             method,
             n=n,
             steps=steps,
+            samples=samples,
             target=target,
             batch_size=batch_size,
             seed=seed,
@@ -408,21 +464,51 @@ def verify(
         "--strategy",
         help="auto, input-split, relu-split, nonlinear-split or bounds (no branching).",
     ),
+    db: Path | None = DB,
 ) -> None:
-    """Verify one instance; prints holds, violated, timeout, unknown or error."""
+    """Verify one instance; a one-line summary, then holds, violated, timeout, unknown or error
+    (the last line)."""
     from robustlab.verify import verify as run_verify
 
     if out_file is not None:
         output_file(out_file, create=False)
+    if db is not None:
+        output_file(db, "--db", create=False)
     result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy)
     if out_file is not None:
         try:
             output_file(out_file).write_text(result.vnncomp())
         except OSError as e:
             raise cannot_write(out_file, e) from None
+    _record_verify(result, onnx_file, vnnlib_file, out_file, db)
+    out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
     out.print(result.verdict, markup=False, highlight=False)
     if result.verdict == "error":  # bad input: the word on stdout, the reason on stderr, exit 2
         raise RobustlabError(result.message)
+
+
+def _record_verify(result, onnx_file: Path, vnnlib_file: Path, out_file, db) -> int:
+    """A verify run in the run history: the verdict (settings), seconds and 0/1 per verdict."""
+    import hashlib
+
+    digest = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    metrics = {"seconds": result.seconds, **{v: float(result.verdict == v) for v in
+                                              ("holds", "violated", "timeout")}}  # fmt: skip
+    return store.record(
+        shlex.join(["robustlab", *sys.argv[1:]]),
+        model=onnx_file.name,
+        model_hash=digest,
+        data=vnnlib_file.name,
+        settings={
+            "verdict": result.verdict,
+            "strategy": result.strategy,
+            "vnnlib": str(vnnlib_file),
+            "summary": result.summary(),
+        },  # fmt: skip
+        metrics=metrics,
+        report=None if out_file is None else str(Path(out_file).resolve()),
+        db=db,
+    )
 
 
 def _expected(read, path: Path) -> dict:
@@ -448,8 +534,9 @@ def verify_benchmark(
     ),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address."),
     results_db: Path | None = typer.Option(
-        None, "--db", help="Results database (default: beside --out)."
+        None, "--results-db", help="Results database (default: beside --out)."
     ),
+    old_db: Path | None = typer.Option(None, "--db", hidden=True, help="Deprecated: --results-db."),
     out_file: Path = typer.Option(Path("results.csv"), "--out"),
     expected: Path | None = typer.Option(
         None, "--expected", help="expected.csv to count wrong answers."
@@ -469,11 +556,20 @@ def verify_benchmark(
             f"{instances}: expected a text CSV of rows onnx,vnnlib,timeout ({e})"
         ) from None
 
+    if old_db is not None:
+        _deprecated(
+            "--db", "--results-db", "the results database (--db is the run history elsewhere)"
+        )
+        results_db = results_db or old_db
     output_file(out_file, create=False)
-    db = output_file(results_db, "--db", False) if results_db else out_file.with_suffix(".sqlite")
+    db = (
+        output_file(results_db, "--results-db", False)
+        if results_db
+        else out_file.with_suffix(".sqlite")
+    )
     known = _expected(read_expected, expected) if expected else None  # before any work
     output_file(out_file)  # the folders, now that the work starts
-    output_file(db, "--db")
+    output_file(db, "--results-db")
     with Progress(console=err, disable=not err.is_terminal) as bar:
         task = bar.add_task("verifying", total=None)
 
@@ -498,7 +594,9 @@ def verify_benchmark(
                 on_result=on_result,
             )
         except sqlite3.DatabaseError as e:  # --db names another kind of file
-            raise RobustlabError(f"--db {db}: not a usable results database ({e})") from None
+            raise RobustlabError(
+                f"--results-db {db}: not a usable results database ({e})"
+            ) from None
     summary = summarize(results, known)
     table = Table("answer", "count", title=f"{instances} ({summary['instances']} instances)")
     for k, v in sorted(summary["counts"].items()):
@@ -524,7 +622,9 @@ def train(
         help="standard, pgd-at, trades, fast-at, gaussian, ibp, crown-ibp, interpolated-at, "
         "mixup, hr, lipschitz, or a comma-separated list (one model each and a comparison table).",
     ),
-    eps: float = typer.Option(..., "--eps", help="Linf radius (gaussian: noise sigma)."),
+    eps: float = typer.Option(
+        ..., "--eps", parser=_eps, help="Linf radius, e.g. 0.03 or 8/255 (gaussian: noise sigma)."
+    ),
     epochs: int = typer.Option(20, "--epochs", min=1),
     out_file: Path = typer.Option(Path("model.onnx"), "--out", help="The trained ONNX model."),
     test_data: str | None = typer.Option(
@@ -617,9 +717,10 @@ def smooth(
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
     sigma: float = typer.Option(..., "--sigma", help="Gaussian noise sigma."),
     n0: int = typer.Option(100, "--n0", help="Selection samples per input."),
-    n: int = typer.Option(100_000, "--n", help="Estimation samples per input."),
+    samples: int = typer.Option(100_000, "--samples", help="Estimation samples per input."),
     alpha: float = typer.Option(0.001, "--alpha", help="Failure probability."),
-    n_examples: int | None = typer.Option(None, "--examples", help="Use the first N examples."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    n_examples: int | None = typer.Option(None, "--examples", hidden=True, help="Deprecated: --n."),
     batch_size: int = typer.Option(1000, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("smooth.json"), "--out", help="Result JSON."),
@@ -631,16 +732,24 @@ def smooth(
     from robustlab.smoothing.job import smooth_job
 
     _outputs(out_file, db)
+    if n_examples is not None:
+        if n is not None:
+            raise RobustlabError(
+                "--examples is the old name of --n (examples; Monte-Carlo samples are --samples);"
+                f" found both --n {n} and --examples {n_examples}"
+            )
+        _deprecated("--examples", "--n", "examples")
+        n = n_examples
     with _status() as say:
         report = smooth_job(
             _model(model, mean, std),
             data,
             sigma,
             n0=n0,
-            n=n,
+            n=samples,
             alpha=alpha,
             batch_size=batch_size,
-            n_examples=n_examples,
+            n_examples=n,
             seed=seed,
             progress=say,
         )
@@ -676,7 +785,10 @@ def sensitivity(
     model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
     eps: float | None = typer.Option(
-        None, "--eps", help="Linf radius for robust and certified accuracy (none: clean only)."
+        None,
+        "--eps",
+        parser=_eps,
+        help="Linf radius for robust and certified accuracy (none: clean only).",
     ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     samples: int = typer.Option(64, "--samples", help="Hutchinson samples per layer."),
@@ -767,7 +879,9 @@ def prune(
     objective: str = typer.Option(
         "pgd-at", "--objective", help="Fine-tuning loss: pgd-at, trades, crown-ibp, ... (not pwoa)."
     ),
-    eps: float = typer.Option(..., "--eps", help="Linf radius (training and evaluation)."),
+    eps: float = typer.Option(
+        ..., "--eps", parser=_eps, help="Linf radius (training and evaluation), e.g. 8/255."
+    ),
     epochs: int = typer.Option(10, "--epochs", help="Fine-tuning epochs (every method)."),
     score_epochs: int = typer.Option(
         10, "--score-epochs", help="HYDRA's score epochs or PwoA's ADMM epochs."
@@ -835,7 +949,9 @@ def patch(
     standard: str = typer.Option(..., "--standard", help="The standard model M0."),
     robust: str = typer.Option(..., "--robust", help="The robust model M1 (same architecture)."),
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
-    eps: float = typer.Option(..., "--eps", help="Linf radius for robust and certified accuracy."),
+    eps: float = typer.Option(
+        ..., "--eps", parser=_eps, help="Linf radius for robust and certified accuracy, e.g. 8/255."
+    ),
     scale: str = typer.Option(
         "0,0.25,0.5,0.75,1,1.25", "--scale", help="Scales A of the patch (comma-separated)."
     ),

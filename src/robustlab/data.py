@@ -6,6 +6,7 @@ what it reads and names what it expected and what it found.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import zipfile
@@ -47,19 +48,28 @@ class Dataset:
             raise RobustlabError(f"--n must be a positive number of examples; found {n}")
         return Dataset(self.name, self.x[:n], self.y[:n], self.lower, self.upper)
 
-    def matched_to(self, input_shape: tuple[int, ...]) -> Dataset:
-        """The same data reshaped to a model's input shape, or an error if they do not match.
+    def matched_to(self, input_shape: tuple[int, ...] | None) -> Dataset:
+        """The same data reshaped to a model's input shape, or an error naming both shapes.
 
-        Shapes match when they are equal or differ only in dimensions of size 1.
+        Shapes match when they are equal, differ only in dimensions of size 1, or one of them is
+        flat with as many values (rows of a CSV: colour images read channel-major or pixel-major,
+        as ``load_csv`` does). ``None`` (a shape not known) keeps the data as it is.
         """
-        found = tuple(self.x.shape[1:])
-        if found == tuple(input_shape):
+        if input_shape is None:
             return self
-        if [d for d in found if d != 1] == [d for d in input_shape if d != 1]:
-            x = self.x.reshape(len(self), *input_shape)
+        shape, found = tuple(int(d) for d in input_shape), tuple(self.x.shape[1:])
+        if found == shape:
+            return self
+        big_found, big_shape = [d for d in found if d != 1], [d for d in shape if d != 1]
+        flat = len(big_found) <= 1 or len(big_shape) <= 1
+        if big_found == big_shape or (flat and math.prod(found) == math.prod(shape)):
+            if len(big_found) <= 1 and len(shape) == 3:
+                x = torch.from_numpy(_image_layout(self.x.reshape(len(self), -1).numpy(), shape))
+            else:
+                x = self.x.reshape(len(self), *shape)
             return Dataset(self.name, x, self.y, self.lower, self.upper)
         raise RobustlabError(
-            f"data '{self.name}' has inputs of shape {found} but the model expects {tuple(input_shape)}"
+            f"data '{self.name}' has inputs of shape {found} but the model expects {shape}"
         )
 
 

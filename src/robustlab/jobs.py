@@ -8,14 +8,17 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
 from robustlab.bounds import certify
 from robustlab.data import Dataset, load_data
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, canonical, unknown
+from robustlab.inputs import check_fits as check_fits  # re-exported for the jobs
+from robustlab.inputs import fit
 from robustlab.model import LoadedModel, load_model
-from robustlab.threat import LpBall, parse_norm
+from robustlab.threat import LpBall, on_data, parse_eps, parse_norm
 
 Progress = Callable[[str], None]
 
@@ -40,41 +43,25 @@ def check_eps(eps: Sequence[float]) -> list[float]:
     """Validate a list of eps values (finite, >= 0, at least one)."""
     if not eps:
         raise RobustlabError("expected at least one eps value")
-    for e in eps:
+    values = [parse_eps(e) for e in eps]
+    for e in values:
         LpBall("inf", e)  # raises a RobustlabError naming a bad value
-    return [float(e) for e in eps]
+    return values
+
+
+def check_eps_on(eps: Sequence[float], norm: str, data: Dataset) -> None:
+    """Before any work: every eps fits the data's value range (else: suggest eps/255)."""
+    for e in eps:
+        on_data(LpBall(norm, e), data)
 
 
 def prepare(model_src, data_src, n: int | None = None) -> tuple[LoadedModel, Dataset]:
-    """Load a model and a dataset and check that they fit together."""
+    """Load a model and a dataset and check that they fit together (``inputs.fit``: the same
+    reshaping and checks as the Python API)."""
     model = load_model(model_src)
     data = load_data(data_src, model.input_shape).subset(n)
-    if model.input_shape is not None:
-        data = data.matched_to(model.input_shape)
-    check_fits(model.module, data)
+    _, data = fit(model, data)
     return model, data
-
-
-def check_fits(module: torch.nn.Module, data: Dataset, role: str = "model") -> None:
-    """Check that ``module`` (the model, a baseline, a surrogate) maps the data's inputs to
-    (batch, classes) logits with an output for every label."""
-    try:
-        with torch.no_grad():
-            out = module(data.x[:2])
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise RobustlabError(
-            f"{role} failed on data '{data.name}' of shape {tuple(data.x.shape[1:])} ({first})"
-        ) from None
-    if out.dim() != 2:
-        raise RobustlabError(
-            f"expected the {role} to output (batch, classes); found {tuple(out.shape)}"
-        )
-    if data.num_classes > out.shape[1]:
-        raise RobustlabError(
-            f"data '{data.name}' has labels up to {data.num_classes - 1} but the {role} has "
-            f"{out.shape[1]} outputs"
-        )
 
 
 def _base(kind: str, model: LoadedModel, data: Dataset, settings: dict) -> dict:
@@ -106,17 +93,20 @@ def attack_job(
     seed: int = 0,
     eot: int = 1,
     surrogate=None,
+    save_examples=None,
     progress: Progress | None = None,
 ) -> dict:
     """Robust accuracy under an attack suite (or named attacks) at each eps; keys
     ``clean_accuracy``, ``robust_accuracy`` (first eps), ``curve``, ``per_attack``, ``flags``,
     ``certified_skipped``. ``surrogate``: the model the transfer attack crafts its examples on;
-    ``eot``: forward passes per gradient."""
+    ``eot``: forward passes per gradient; ``save_examples``: an ``.npz`` file for the adversarial
+    examples (``save_examples``)."""
     from robustlab.attacks import evaluate
     from robustlab.attacks.transfer import load_surrogate
 
     eps, norm = check_eps(eps), parse_norm(norm)
     model, data = prepare(model_src, data_src, n)
+    check_eps_on(eps, norm, data)
     sur, attacks = load_surrogate(surrogate, data, attacks)
     if progress:
         progress(f"{suite if attacks is None else ','.join(attacks)} on {len(data)} examples")
@@ -145,7 +135,38 @@ def attack_job(
         settings["surrogate"] = sur.to_dict()
     report = _base("attack", model, data, settings)
     report.update(result.to_dict())
+    if save_examples is not None:
+        report["examples_file"] = str(write_examples(save_examples, model.module, data, result))
     return report
+
+
+def write_examples(path, module: torch.nn.Module, data: Dataset, result) -> Path:
+    """The adversarial examples of a ``SuiteResult`` as an ``.npz`` (no pickles): ``x``, ``y``,
+    ``eps`` (E,), the worst case per eps ``x_adv`` (E, N, ...), ``broken`` (E, N), ``attack``
+    (E, N: the attack that broke the point, "" where none did), ``prediction`` (E, N) on
+    ``x_adv``; folders created."""
+    import numpy as np
+
+    from robustlab.attacks import predict
+    from robustlab.paths import cannot_write, output_file
+
+    x_adv = torch.stack(result.x_adv)
+    arrays = {
+        "x": data.x.numpy(),
+        "y": data.y.numpy(),
+        "eps": np.asarray(result.eps, dtype=np.float64),
+        "x_adv": x_adv.numpy(),
+        "broken": np.asarray([[a != "" for a in row] for row in result.broken_by], dtype=bool),
+        "attack": np.asarray(result.broken_by, dtype=str).reshape(len(result.eps), len(data)),
+        "prediction": np.stack([predict(module, xa).numpy() for xa in result.x_adv]),
+    }
+    path = Path(path)
+    try:
+        with open(output_file(path, "--save-examples"), "wb") as f:
+            np.savez_compressed(f, **arrays)
+    except OSError as e:
+        raise cannot_write(path, e) from None
+    return path
 
 
 def parse_methods(text: str | Sequence[str]) -> list[str]:
@@ -153,9 +174,10 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
     from robustlab.bounds import CERTIFY_METHODS as METHODS
 
     methods = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
+    methods = [canonical(m, METHODS) for m in methods]  # alpha_crown: alpha-crown
     for m in methods:
         if m not in METHODS:
-            raise RobustlabError(f"unknown bound method '{m}'; known: {', '.join(METHODS)}")
+            raise unknown("bound method", m, METHODS)
     if not methods:
         raise RobustlabError("expected at least one bound method")
     return methods
@@ -167,7 +189,7 @@ def certify_job(
     eps: Sequence[float],
     norm: str = "inf",
     *,
-    method: str | Sequence[str] = "ibp",
+    method: str | Sequence[str] = "crown",
     n: int | None = None,
     batch_size: int = 256,
     precision: str = "float64",
@@ -184,6 +206,7 @@ def certify_job(
     if precision not in PRECISIONS:
         raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
     model, data = prepare(model_src, data_src, n)
+    check_eps_on(eps, norm, data)
     curve, per_method = [], []
     for e in eps:
         threat = LpBall(norm, e, data.lower, data.upper)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from robustlab.errors import RobustlabError
+from robustlab.errors import canonical, unknown
 
 
 def registrar(table: dict[str, type]) -> Callable[[str], Callable[[type], type]]:
@@ -25,6 +25,7 @@ def registrar(table: dict[str, type]) -> Callable[[str], Callable[[type], type]]
 
 def build(table: dict[str, type], name: str, kind: str, **kwargs):
     """An instance of ``table[name]``, or an error naming the ``kind`` and the known names."""
+    name = canonical(name, table)  # case, hyphens and underscores as the table spells them
     if name not in table:
-        raise RobustlabError(f"unknown {kind} '{name}'; known: {', '.join(sorted(table))}")
+        raise unknown(kind, name, sorted(table))
     return table[name](**kwargs)

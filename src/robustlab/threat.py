@@ -20,6 +20,61 @@ NORMS = ("inf", "2")
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
+class FromData(float):
+    """The default value range of an ``LpBall`` (0.0 or 1.0), standing in until a dataset gives
+    its own: ``on_data`` replaces it with the data's range; a range given explicitly is a plain
+    float and must equal the data's."""
+
+    def __repr__(self) -> str:
+        return f"{float(self)!r}"
+
+
+def parse_eps(text: str | float, name: str = "--eps") -> float:
+    """One eps: a number (``0.03``) or a fraction (``8/255``)."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    value = text.strip()
+    try:
+        if value.count("/") == 1:
+            num, den = (float(v) for v in value.split("/"))
+            if den == 0:
+                raise ValueError
+            return num / den
+        return float(value)
+    except ValueError:
+        raise RobustlabError(
+            f"{name} expects a number or a fraction such as 8/255; found {text!r}"
+        ) from None
+
+
+def parse_eps_list(text: str, name: str = "--eps") -> list[float]:
+    """``"0.01,2/255,8/255"`` -> floats (numbers or fractions, comma-separated)."""
+    return [parse_eps(v, name) for v in str(text).split(",") if v.strip()]
+
+
+def _eps_limit(norm: str, width: float, numel: int | None) -> float | None:
+    """The largest useful eps: the range's width (Linf), its diagonal (L2, ``numel`` known)."""
+    if norm == "inf":
+        return width
+    return None if numel is None else width * math.sqrt(numel)
+
+
+def check_eps_range(eps: float, norm: str, lower: float, upper: float, numel=None) -> None:
+    """An eps larger than the value range allows (likely on the 0-255 scale) is an error that
+    suggests eps/255."""
+    limit = _eps_limit(norm, upper - lower, numel)
+    if limit is None or eps <= limit:
+        return
+    hint = (
+        f"; on the 0-255 scale write {eps:g}/255 (= {eps / 255:.4g})" if eps / 255 <= limit else ""
+    )
+    where = "the range's width" if norm == "inf" else "the range's diagonal"
+    raise RobustlabError(
+        f"eps {eps:g} (L{norm}) exceeds {where} {limit:.4g} for values in [{lower:g}, {upper:g}]"
+        f"{hint}"
+    )
+
+
 def _check_range(lower: float, upper: float) -> None:
     if not (math.isfinite(lower) and math.isfinite(upper)) or lower >= upper:
         raise RobustlabError(
@@ -43,12 +98,14 @@ def _flat_norm(x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class LpBall:
-    """An Lp ball of radius ``eps`` around each clean input, intersected with the data range."""
+    """An Lp ball of radius ``eps`` around each clean input, intersected with the data range.
+
+    Without ``lower`` / ``upper`` the range is the data's (``on_data``; [0, 1] until then)."""
 
     norm: str
     eps: float
-    lower: float = 0.0
-    upper: float = 1.0
+    lower: float = FromData(0.0)
+    upper: float = FromData(1.0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", parse_norm(self.norm))
@@ -59,6 +116,13 @@ class LpBall:
                 f"eps must be at most float32's largest number {FLOAT32_MAX:.4g}; found {self.eps}"
             )
         _check_range(self.lower, self.upper)
+        if self.range_given:
+            check_eps_range(self.eps, self.norm, self.lower, self.upper)
+
+    @property
+    def range_given(self) -> bool:
+        """Whether the value range was given (else it is the data's)."""
+        return not (isinstance(self.lower, FromData) and isinstance(self.upper, FromData))
 
     def box(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         """The smallest axis-aligned box containing the region (what interval bounds start from)."""
@@ -147,3 +211,26 @@ class Box:
 
 
 ThreatModel = LpBall | Box
+
+
+def on_data(threat: ThreatModel, data) -> ThreatModel:
+    """``threat`` on ``data``'s value range: an ``LpBall`` without a range takes the data's, one
+    with another range is an error; eps beyond the range (0-255 scale) is an error."""
+    if not isinstance(threat, LpBall):
+        if isinstance(threat, Box):
+            return threat
+        raise RobustlabError(
+            f"threat model must be an LpBall or a Box; found {type(threat).__name__}"
+        )
+    lo, hi = float(data.lower), float(data.upper)
+    if threat.range_given and (threat.lower, threat.upper) != (lo, hi):
+        raise RobustlabError(
+            f"the threat model's value range [{threat.lower:g}, {threat.upper:g}] differs from "
+            f"the range of data '{data.name}' [{lo:g}, {hi:g}]; leave lower / upper out to use "
+            "the data's"
+        )
+    numel = int(data.x[0].numel()) if len(data) else None
+    check_eps_range(threat.eps, threat.norm, lo, hi, numel)
+    if threat.range_given:
+        return threat
+    return LpBall(threat.norm, threat.eps, lo, hi)

@@ -91,7 +91,7 @@ def test_certified_never_exceeds_robust(mlp, digits):
     data = digits.subset(150)
     for eps in (0.005, 0.01, 0.02):
         threat = LpBall("inf", eps)
-        cert = torch.tensor(certify(mlp, data, threat).certified)
+        cert = torch.tensor(certify(mlp, data, threat, "ibp").certified)
         robust = torch.tensor(run_attack(mlp, data, threat, PGD(steps=20)).robust)
         assert not (cert & ~robust).any()
 

@@ -103,10 +103,11 @@ def test_smoothed_constant_classifier_gets_the_largest_radius():
 def test_cli_smooth(tmp_path, monkeypatch, capsys):
     code, out, err = run(
         monkeypatch, capsys, "smooth", "--model", "zoo:mlp", "--data", "digits",
-        "--sigma", "0.25", "--n0", "20", "--n", "200", "--alpha", "0.001",
-        "--examples", "10", "--out", tmp_path / "r.json", "--db", tmp_path / "db.sqlite",
+        "--sigma", "0.25", "--n0", "20", "--samples", "200", "--alpha", "0.001",
+        "--n", "10", "--out", tmp_path / "r.json", "--db", tmp_path / "db.sqlite",
     )  # fmt: skip
     assert code == 0, err
+    assert "deprecated" not in err
     r = json.loads((tmp_path / "r.json").read_text())
     assert {"sigma", "n", "alpha", "clean_accuracy", "abstain_rate", "curve", "samples"} <= r.keys()
     assert (r["sigma"], r["n"], r["alpha"]) == (0.25, 200, 0.001)
@@ -119,11 +120,31 @@ def test_cli_smooth(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--sigma", "0"], "sigma"), (["--alpha", "1.5"], "alpha"), (["--n", "0"], "n0")],
+    [
+        (["--sigma", "0"], "sigma"),
+        (["--alpha", "1.5"], "alpha"),
+        (["--samples", "0"], "n0"),
+        (["--examples", "3"], "found both --n 2 and --examples 3"),
+    ],  # fmt: skip
 )
 def test_cli_smooth_bad_input(args, message, tmp_path, monkeypatch, capsys):
-    base = {"--model": "zoo:mlp", "--data": "digits", "--sigma": "0.25", "--examples": "2"}
+    base = {"--model": "zoo:mlp", "--data": "digits", "--sigma": "0.25", "--n": "2"}
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     flat = [v for kv in base.items() for v in kv]
     code, _, err = run(monkeypatch, capsys, "smooth", *flat, "--out", tmp_path / "x.json")
     assert code == 2 and message in err
+
+
+def test_cli_smooth_n_counts_examples_and_examples_is_a_deprecated_alias(
+    tmp_path, monkeypatch, capsys
+):
+    common = ["smooth", "--model", "zoo:mlp", "--data", "digits", "--sigma", "0.25", "--n0", "8",
+              "--samples", "16", "--db", tmp_path / "db.sqlite"]  # fmt: skip
+    code, _, err = run(monkeypatch, capsys, *common, "--n", "5", "--out", tmp_path / "a.json")
+    r = json.loads((tmp_path / "a.json").read_text())
+    assert code == 0 and len(r["samples"]) == 5 and r["n"] == 16, err
+    code, _, err = run(
+        monkeypatch, capsys, *common, "--examples", "3", "--out", tmp_path / "b.json"
+    )
+    assert code == 0 and len(json.loads((tmp_path / "b.json").read_text())["samples"]) == 3
+    assert "note: --examples is deprecated; use --n" in err

@@ -88,7 +88,7 @@ def test_verify_benchmark_and_an_audit_writing_one_file(tmp_path):
     db = tmp_path / "shared.sqlite"
     cli = [sys.executable, "-c", "from robustlab.cli import main; main()"]
     bench = subprocess.Popen(
-        [*cli, "verify-benchmark", str(instances), "--workers", "2", "--db", str(db), "--out", str(tmp_path / "r.csv")],
+        [*cli, "verify-benchmark", str(instances), "--workers", "2", "--results-db", str(db), "--out", str(tmp_path / "r.csv")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     mlp = ["--model", "zoo:mlp", "--data", "digits", "--n", "4", "--db", str(db)]

@@ -1,5 +1,4 @@
 import csv
-from pathlib import Path
 
 import onnx
 import pytest
@@ -7,6 +6,7 @@ import torch
 from torch import nn
 
 from robustlab._onnx import torch_to_onnx
+from robustlab.errors import RobustlabError
 from robustlab.verify import verify
 
 from ..conftest import SHARED
@@ -113,6 +113,17 @@ def test_bump_below_threshold_holds(tmp_path, n):
 
 def test_bad_instance_is_an_error_verdict(tmp_path):
     (tmp_path / "x.vnnlib").write_text("(declare-const X_0 Real)")
-    r = verify(tmp_path / "missing.onnx", tmp_path / "x.vnnlib", timeout=5)
-    assert r.verdict == "error" and "not found" in r.message
-    assert Path  # noqa: B018
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    r = verify(tmp_path / "bad.onnx", tmp_path / "x.vnnlib", timeout=5)
+    assert r.verdict == "error" and "not a valid ONNX model" in r.message
+    assert r.summary().startswith("error in ")
+
+
+def test_missing_file_raises(tmp_path):
+    (tmp_path / "x.vnnlib").write_text("(declare-const X_0 Real)")
+    with pytest.raises(RobustlabError, match="model file not found"):
+        verify(tmp_path / "missing.onnx", tmp_path / "x.vnnlib", timeout=5)
+    with pytest.raises(RobustlabError, match="property file not found"):
+        verify(tmp_path / "x.vnnlib", tmp_path / "missing.vnnlib", timeout=5)
+    with pytest.raises(RobustlabError, match="did you mean 'relu-split'"):
+        verify(tmp_path / "x.vnnlib", tmp_path / "x.vnnlib", strategy="relu-splt")

@@ -6,7 +6,7 @@ from robustlab.attacks.apgdt import APGDT, MALT
 from robustlab.attacks.base import REGISTRY, Attack, get_attack, get_loss, predict
 from robustlab.attacks.cw import CarliniWagnerL2
 from robustlab.attacks.deepfool import DeepFool
-from robustlab.attacks.ensemble import SuiteResult, evaluate
+from robustlab.attacks.ensemble import Examples, SuiteResult, evaluate
 from robustlab.attacks.evaluate import AttackResult, robustness_curve, run_attack
 from robustlab.attacks.fab import FAB, FABT
 from robustlab.attacks.fgsm import FGSM
@@ -29,6 +29,7 @@ __all__ = [
     "SUITES",
     "Attack",
     "AttackResult",
+    "Examples",
     "CarliniWagnerL2",
     "DeepFool",
     "Flag",

@@ -3,7 +3,7 @@ step halving and restart from the best point."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,7 @@ from robustlab.attacks.base import (
     geometry,
     get_loss,
     register,
+    steps_alias,
     view_per_sample,
 )
 from robustlab.threat import ThreatModel
@@ -146,6 +147,11 @@ class APGD:
     rho: float = 0.75
     seed: int = 0
     eot: int = 1  # forward passes per gradient (expectation over transformation)
+
+    steps: int | None = field(default=None, repr=False, compare=False)  # alias of n_iter
+
+    def __post_init__(self) -> None:
+        steps_alias(self)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         objective = get_loss(self.loss)

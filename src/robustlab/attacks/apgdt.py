@@ -4,7 +4,7 @@ arXiv:2407.02240)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,7 @@ from robustlab.attacks.base import (
     geometry,
     get_targeted_loss,
     register,
+    steps_alias,
     target_blocks,
 )
 from robustlab.attacks.malt import rank_targets
@@ -48,6 +49,11 @@ class APGDT:
     first_target: int = 0
     reach: float | None = None  # MALT only: targets with a score above reach * eps are left out
     eot: int = 1
+
+    steps: int | None = field(default=None, repr=False, compare=False)  # alias of n_iter
+
+    def __post_init__(self) -> None:
+        steps_alias(self)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         objective = get_targeted_loss(self.loss)

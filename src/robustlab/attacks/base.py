@@ -286,6 +286,15 @@ def target_ranking(logits: Tensor, y: Tensor) -> Tensor:
     return ranked.gather(1, key.argsort(dim=1))[:, : k - 1]
 
 
+def steps_alias(attack: object) -> None:
+    """``steps``, PGD's name for the iterations, accepted by attacks whose field is AutoAttack's
+    ``n_iter`` (``APGD(steps=50)`` is ``APGD(n_iter=50)``); cleared once copied."""
+    steps = getattr(attack, "steps", None)
+    if steps is not None:
+        object.__setattr__(attack, "n_iter", steps)
+        object.__setattr__(attack, "steps", None)
+
+
 def passes_per_point(attack: object) -> float:
     """Roughly the gradient passes an attack spends on a point it cannot break: iterations (or
     steps) x target classes x restarts x eot; a score-based attack's queries count a third (no

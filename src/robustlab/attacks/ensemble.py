@@ -27,7 +27,8 @@ from robustlab.attacks.skip import SKIP_METHODS, certify_points
 from robustlab.attacks.suites import suite_attacks
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
-from robustlab.threat import LpBall, parse_norm
+from robustlab.inputs import ModelLike, fit
+from robustlab.threat import LpBall, on_data, parse_norm
 
 WHITE_BOX = {
     "apgd-ce",
@@ -43,6 +44,19 @@ WHITE_BOX = {
     "deepfool",
 }
 CHECK_POINTS = 64  # points used by the gradient, randomness, re-attack and large-eps checks
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The points one attack broke at one eps (indices into the data) and its examples there."""
+
+    attack: str
+    eps: float
+    index: Tensor
+    x_adv: Tensor  # (len(index), *input shape)
+
+    def to_dict(self) -> dict:
+        return {"attack": self.attack, "eps": self.eps, "index": self.index.tolist()}
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,19 @@ class SuiteResult:
     certified_skipped: int = 0  # at the first eps: points certified by sound bounds, not attacked
     certification: list[dict] = field(default_factory=list)  # per eps and bound method
     eot: int = 1
+    # per eps: the worst-case adversarial examples (the data's shape; clean where none was found)
+    x_adv: list[Tensor] = field(repr=False, compare=False, default_factory=list)
+    # per eps: the attack that broke each point ("" where none did)
+    broken_by: list[list[str]] = field(repr=False, compare=False, default_factory=list)
+    # per attack and eps: the points it broke and their adversarial examples
+    examples: list[Examples] = field(repr=False, compare=False, default_factory=list)
+
+    def examples_of(self, attack: str, eps: float) -> Examples | None:
+        """What one attack broke at ``eps`` (indices and examples), or None when it did not run."""
+        for ex in self.examples:
+            if ex.attack == attack and ex.eps == float(eps):
+                return ex
+        return None
 
     def to_dict(self) -> dict:
         return {
@@ -104,7 +131,9 @@ def _large_eps(norm: str, data: Dataset) -> float:
     return span if norm == "inf" else span * math.sqrt(data.x[0].numel())
 
 
-def _run(model, counted, name, attack, data, idx, threat, batch_size) -> tuple[Tensor, dict]:
+def _run(
+    model, counted, name, attack, data, idx, threat, batch_size
+) -> tuple[Tensor, dict, Tensor]:
     f0, b0, t0 = counted.n_forward, counted.n_backward, time.perf_counter()
     out = attack_points(model, counted, attack, data.x[idx], data.y[idx], threat, batch_size)
     rec = {
@@ -117,11 +146,11 @@ def _run(model, counted, name, attack, data, idx, threat, batch_size) -> tuple[T
         "seconds": time.perf_counter() - t0,
         "n_outside": out.n_outside,
     }
-    return out.broken, rec
+    return out.broken, rec, out.x_adv[out.broken]
 
 
 def evaluate(
-    model: nn.Module,
+    model: ModelLike,
     data: Dataset,
     eps: Sequence[float],
     norm: str,
@@ -154,6 +183,11 @@ def evaluate(
     other reliability flags.
     """
     eps_list, norm = _check_eps(eps), parse_norm(norm)
+    model, data = fit(model, data)
+    if surrogate is not None:
+        surrogate, _ = fit(surrogate, data, "surrogate model")
+    for e in eps_list:
+        on_data(LpBall(norm, e), data)  # eps on the 0-255 scale: an error suggesting eps/255
     if batch_size <= 0:
         raise RobustlabError(f"batch_size must be a positive integer; found {batch_size}")
     if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
@@ -178,6 +212,10 @@ def evaluate(
         certification: list[dict] = []
         broken_by: dict[tuple[str, float], Tensor] = {}
         at: dict[float, Tensor] = {}
+        x_adv, by = data.x.detach().clone(), [""] * len(data)  # broken points keep their example
+        at_x: dict[float, Tensor] = {}
+        at_by: dict[float, list[str]] = {}
+        examples: list[Examples] = []
         skipped: dict[float, int] = {}
         candidates = correct  # points worth bounding: certified at the previous eps
         for e in sorted(set(eps_list)):
@@ -194,9 +232,16 @@ def evaluate(
                 idx = (robust & ~cert).nonzero().squeeze(1)
                 if len(idx) == 0:
                     break
-                broken, rec = _run(model, counted, name, attack, data, idx, threat, batch_size)
+                broken, rec, found = _run(
+                    model, counted, name, attack, data, idx, threat, batch_size
+                )
                 robust[idx[broken]] = False
                 broken_by[(name, e)] = idx[broken]
+                x_adv[idx[broken]] = found.to(x_adv.dtype)
+                for i in idx[broken].tolist():
+                    by[i] = name
+                if len(found):
+                    examples.append(Examples(name, e, idx[broken], found))
                 per_attack.append(rec)
                 say(
                     f"eps={e:g} {name}: broke {rec['n_broken']} of {rec['n_attacked']} "
@@ -206,6 +251,7 @@ def evaluate(
                 candidates = cert
             skipped[e] = int(cert.sum())
             at[e] = robust.clone()
+            at_x[e], at_by[e] = x_adv.clone(), list(by)
         if checks:
             flags += _checks(
                 model, counted, data, correct, chosen, broken_by, norm, batch_size, say
@@ -242,6 +288,9 @@ def evaluate(
         certified_skipped=curve[0]["certified_skipped"],
         certification=certification,
         eot=eot,
+        x_adv=[at_x[e] for e in eps_list],
+        broken_by=[at_by[e] for e in eps_list],
+        examples=examples,
     )
 
 
@@ -299,13 +348,15 @@ def _checks(model, counted, data, correct, chosen, broken_by, norm, batch_size, 
         idx = idx[:16]
         threat = LpBall(norm, larger[0], data.lower, data.upper)
         attack: Attack = dict(chosen)[name]
-        broken, _ = _run(model, counted, name, attack, data, idx, threat, batch_size)
+        broken, _, _ = _run(model, counted, name, attack, data, idx, threat, batch_size)
         out.append(fl.check_reattack(int((~broken).sum()), len(idx), name, e, larger[0]))
     white = [(n, a) for n, a in chosen if n in WHITE_BOX]
     if white and len(sample):
         big = _large_eps(norm, data)
         say(f"checking that {white[0][0]} breaks everything at eps={big:g}")
         threat = LpBall(norm, big, data.lower, data.upper)
-        broken, _ = _run(model, counted, white[0][0], white[0][1], data, sample, threat, batch_size)
+        broken, _, _ = _run(
+            model, counted, white[0][0], white[0][1], data, sample, threat, batch_size
+        )
         out.append(fl.check_large_eps(1 - float(broken.float().mean()), len(sample), big))
     return out

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import Attack, Counted, eval_mode, input_gradients_only, predict
 from robustlab.data import Dataset
-from robustlab.threat import LpBall, ThreatModel
+from robustlab.inputs import ModelLike, fit
+from robustlab.threat import LpBall, ThreatModel, on_data
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,11 @@ class AttackResult:
     seconds: float
     robust: list[bool] = field(repr=False, default_factory=list)  # per example
     n_outside: int = 0  # adversarial candidates rejected for leaving the threat model
+    # the adversarial examples: the data's shape, the clean input where none was found
+    x_adv: Tensor | None = field(repr=False, compare=False, default=None)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(replace(self, x_adv=None)).items() if k != "x_adv"}
 
 
 def attack_name(attack: object) -> str:
@@ -75,7 +78,7 @@ def attack_points(
 
 
 def run_attack(
-    model: nn.Module,
+    model: ModelLike,
     data: Dataset,
     threat: ThreatModel,
     attack: Attack,
@@ -86,14 +89,19 @@ def run_attack(
     """Attack the examples still robust (clean-correct, and in ``robust_before`` when given).
 
     Every adversarial example is checked to lie in the threat model and re-evaluated by a plain
-    forward pass; only that pass decides whether an example is broken.
+    forward pass; only that pass decides whether an example is broken. ``model``: what
+    ``load_model`` returns, an ``nn.Module`` or a path; the threat model takes the data's value
+    range unless it gives its own (which must be the data's).
     """
+    model, data = fit(model, data)
+    threat = on_data(threat, data)
     counted = Counted(model)
     start = time.perf_counter()
     with eval_mode(model):
         correct = predict(counted, data.x) == data.y
         robust = correct.clone() if robust_before is None else correct & robust_before
         idx = robust.nonzero().squeeze(1)
+        x_adv = data.x.detach().clone()
         if isinstance(threat, LpBall) and threat.eps == 0:
             idx = idx[:0]
         if len(idx):
@@ -104,6 +112,7 @@ def run_attack(
                     f"{type(attack).__name__} left the threat model on {out.n_outside} points: a bug"
                 )
             robust[idx[out.broken]] = False
+            x_adv[idx[out.broken]] = out.x_adv[out.broken].to(x_adv.dtype)
     n = len(data)
     return AttackResult(
         attack=attack_name(attack),
@@ -118,11 +127,17 @@ def run_attack(
         n_backward=counted.n_backward,
         seconds=time.perf_counter() - start,
         robust=robust.tolist(),
+        x_adv=x_adv,
     )
 
 
+def view(mask: Tensor, like: Tensor) -> Tensor:
+    """A per-example mask (N,) shaped to broadcast against a batch like ``like``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
 def robustness_curve(
-    model: nn.Module,
+    model: ModelLike,
     data: Dataset,
     eps: Sequence[float],
     norm: str,
@@ -132,11 +147,14 @@ def robustness_curve(
 ) -> list[AttackResult]:
     """Robust accuracy at each eps (in ascending order), reusing work: an example broken at some eps
     counts as broken at every larger eps and is not attacked again."""
+    model, data = fit(model, data)
     results: dict[float, AttackResult] = {}
-    robust = None
+    robust = x_adv = None
     for e in sorted(set(float(v) for v in eps)):
         threat = LpBall(norm, e, data.lower, data.upper)
         res = run_attack(model, data, threat, attack, batch_size=batch_size, robust_before=robust)
-        robust = torch.tensor(res.robust)
+        if x_adv is not None:  # points broken at a smaller eps keep that example (inside this ball)
+            res = replace(res, x_adv=torch.where(view(robust, x_adv), res.x_adv, x_adv))
+        robust, x_adv = torch.tensor(res.robust), res.x_adv
         results[e] = res
     return [results[float(e)] for e in eps]

@@ -3,7 +3,7 @@ a fast adaptive boundary attack", arXiv:1907.02044), untargeted and targeted (FA
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,7 @@ from robustlab.attacks.base import (
     lp_norm,
     query_function,
     register,
+    steps_alias,
     target_blocks,
     target_ranking,
     view_per_sample,
@@ -214,6 +215,11 @@ class FAB:
     stop_at_eps: bool = True
     parallel: bool = True
     seed: int = 0
+
+    steps: int | None = field(default=None, repr=False, compare=False)  # alias of n_iter
+
+    def __post_init__(self) -> None:
+        steps_alias(self)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         gen = torch.Generator(device=x.device).manual_seed(self.seed)

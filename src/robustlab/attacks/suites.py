@@ -15,7 +15,7 @@ from robustlab.attacks.base import REGISTRY, Attack
 from robustlab.attacks.fab import FABT
 from robustlab.attacks.square import Square
 from robustlab.attacks.transfer import Transfer
-from robustlab.errors import RobustlabError
+from robustlab.errors import canonical, unknown
 
 
 def _targets(n_classes: int, k: int) -> int:
@@ -96,9 +96,13 @@ def suite_attacks(
     ]
 
 
+SUITE_ALIASES = {"autoattack": "standard", "aa": "standard"}  # AutoAttack's standard suite
+
+
 def _chosen(suite, n_classes, names, seed, surrogate) -> list[tuple[str, Attack]]:
+    suite = canonical(suite, SUITES, SUITE_ALIASES)
     if suite not in SUITES:
-        raise RobustlabError(f"unknown suite '{suite}'; known: {', '.join(SUITES)}")
+        raise unknown("suite", suite, SUITES)
     budgets = SUITES[suite](n_classes, seed)
     if n_classes < 4:  # targeted DLR needs 4 classes
         for name in ("apgd-t", "malt", "malt-rest"):
@@ -107,7 +111,7 @@ def _chosen(suite, n_classes, names, seed, surrogate) -> list[tuple[str, Attack]
         return list(budgets.items())
     out = []
     for name in names:
-        name = name.strip().lower()
+        name = canonical(name.strip().lower(), [*budgets, "transfer", *REGISTRY])
         if name in budgets:
             out.append((name, budgets[name]))
         elif name == "transfer":
@@ -117,5 +121,5 @@ def _chosen(suite, n_classes, names, seed, surrogate) -> list[tuple[str, Attack]
             extra = {"n_target_classes": _targets(n_classes, 9)} if targeted else {}
             out.append((name, REGISTRY[name](seed=seed, **extra)))
         else:
-            raise RobustlabError(f"unknown attack '{name}'; known: {', '.join(sorted(REGISTRY))}")
+            raise unknown("attack", name, sorted(REGISTRY))
     return out

@@ -30,7 +30,7 @@ def _pick(ctx: Context, m: int) -> torch.Tensor:
 def adversarial_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     """Run the suite's attacks in order on a few points at the headline eps; keep the first
     adversarial example found per point (inside the threat model, misclassified by a forward
-    pass), else the last attempt."""
+    pass); only the points broken are shown."""
     d, e = ctx.data, ctx.headline
     idx = _pick(ctx, ctx.profile.n_adversarial)
     if len(idx) == 0 or e <= 0:
@@ -56,24 +56,28 @@ def adversarial_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
                 todo[i] = False
     p_clean = predict(ctx.model.module, x0)
     p_adv = predict(ctx.model.module, x_adv)
+    keep = [i for i in range(len(idx)) if by[i] is not None and int(p_adv[i]) != int(y0[i])]
+    if not keep:  # only broken examples are shown: an unbroken one is no adversarial example
+        return {"eps": e, "norm": ctx.norm, "items": [], "png": None,
+                "note": f"no attack broke the {len(idx)} examples tried at eps {e:g}"}  # fmt: skip
+    idx, x0, y0, x_adv, p_clean, p_adv = (v[keep] for v in (idx, x0, y0, x_adv, p_clean, p_adv))
+    by = [by[i] for i in keep]
     delta = (x_adv - x0).flatten(1)
     scale = float(delta.abs().max()) or 1.0
     rows: list[list] = [[], [], []]
     items = []
     for i in range(len(idx)):
-        broken = by[i] is not None and int(p_adv[i]) != int(y0[i])
         rows[0].append({"img": figures.to_image(x0[i], d.lower, d.upper),
                         "title": f"#{int(idx[i])} label {int(y0[i])}\npred {int(p_clean[i])}"})  # fmt: skip
         rows[1].append({"img": figures.to_image(x_adv[i], d.lower, d.upper),
-                        "title": f"pred {int(p_adv[i])}" + (f"\n{by[i]}" if broken else "\nnot broken"),
-                        "color": "#d62728" if broken else "black"})  # fmt: skip
+                        "title": f"pred {int(p_adv[i])}\n{by[i]}", "color": "#d62728"})  # fmt: skip
         pert = figures.to_image(delta[i].view_as(x0[i]), -scale, scale)  # 0.5: unchanged
         title = f"Linf {float(delta[i].abs().max()):.3g}"
         rows[2].append({"img": pert, "title": title} if pert.ndim == 3 else
                        {"img": 2 * pert - 1, "cmap": "RdBu_r", "vmin": -1, "vmax": 1, "title": title})  # fmt: skip
         items.append({
             "index": int(idx[i]), "label": int(y0[i]), "clean_prediction": int(p_clean[i]),
-            "adversarial_prediction": int(p_adv[i]), "broken": broken, "attack": by[i],
+            "adversarial_prediction": int(p_adv[i]), "broken": True, "attack": by[i],
             "linf": float(delta[i].abs().max()), "l2": float(delta[i].norm()),
         })  # fmt: skip
     labels = ["clean", f"adversarial\neps {e:g}", "perturbation\n(scaled)"]

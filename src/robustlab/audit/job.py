@@ -86,7 +86,7 @@ def audit_job(
     ``sigma``), a sensitivity summary and adversarial examples, each stage within its share of
     ``budget`` seconds (default: the profile's); keys ``headline``, ``curve``, ``per_class``,
     ``flags``, ``stages`` and one per stage (None when it did not finish)."""
-    from robustlab.jobs import _base, check_eps, prepare
+    from robustlab.jobs import _base, check_eps, check_eps_on, prepare
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if budget is not None and not budget > 0:
@@ -103,8 +103,9 @@ def audit_job(
     model, data = prepare(model_src, data_src, n or prof.n)
     base = prepare(baseline, data_src, n or prof.n)[0] if baseline is not None else None
     if eps_list is None:
-        eps_list = default_eps(norm, data.upper - data.lower)
+        eps_list = default_eps(norm, data.upper - data.lower, tuple(data.x.shape[1:]))
     eps_list = sorted(set(eps_list))
+    check_eps_on(eps_list, norm, data)  # before any work: eps on the 0-255 scale is an error
     ctx = Context(model, data, prof, eps_list, norm, headline_eps(eps_list), seed=seed,
                   batch_size=batch_size, sigma=sigma, baseline=base)  # fmt: skip
     methods, _ = allowed_methods(ctx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from robustlab.errors import RobustlabError
+from robustlab.errors import unknown
 
 
 @dataclass(frozen=True)
@@ -106,14 +106,24 @@ ALPHA_MAX_PARAMS = 500_000
 
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
-        raise RobustlabError(f"unknown profile '{name}'; known: {', '.join(PROFILES)}")
+        raise unknown("profile", name, PROFILES)
     return PROFILES[name]
 
 
-def default_eps(norm: str, span: float = 1.0) -> list[float]:
-    """Eps for the curves when none are given, in units of the data range: Linf 0 to 0.2,
-    L2 0 to 2."""
-    rel = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2) if norm == "inf" else (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+def default_eps(norm: str, span: float = 1.0, shape: tuple[int, ...] | None = None) -> list[float]:
+    """Eps for the curves when none are given, in units of the data range and by the field's
+    convention for the data's kind (the headline is the middle one): colour images of 32 px or
+    more (CIFAR-like) Linf 2/255 to 16/255 (headline 8/255); grey images of 28 px or more
+    (MNIST-like) Linf 0.1 to 0.4 (headline 0.3); otherwise Linf 0 to 0.2, L2 0 to 2."""
+    image = shape is not None and len(shape) == 3 and min(shape[1:]) >= 28
+    if norm == "inf" and image and shape[0] == 3 and min(shape[1:]) >= 32:
+        return [k * span / 255 for k in (0, 2, 4, 8, 12, 16)]  # exactly 8/255 on [0, 1]
+    if norm == "inf" and image and shape[0] == 1:
+        rel = (0.0, 0.1, 0.2, 0.3, 0.35, 0.4)
+    elif norm == "inf":
+        rel = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
+    else:
+        rel = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
     return [round(r * span, 10) for r in rel]
 
 

@@ -11,6 +11,8 @@ from robustlab.audit.runner import Context
 GAP_FLAG = 0.1  # unresolved points (neither broken nor proven) worth a note
 IG_FLAG = 0.05  # Integrated Gradients' relative completeness error worth a note
 SMALL_N = 200
+CONSTANT_SHARE = 0.95  # one class taking this share of the predictions: a constant model
+SHIFT_FRAGILE = 0.05  # worst-of-k accuracy under translations below this share of clean accuracy
 
 
 def _common(ctx: Context) -> int:
@@ -40,15 +42,20 @@ def _verdict(clean, emp, cert, k) -> tuple[str, str]:
         return "bad", "clean accuracy is close to chance"
     if clean == 0:
         return "bad", "no example is classified correctly"
-    proven = "" if cert is None else f"; bounds prove {100 * cert / clean:.0f}%"
+    # every percentage on the cards' base: the examples (not the correct predictions)
+    proven = "" if cert is None else f"; bounds prove {100 * cert:.1f}% of the examples"
     if cert is not None and cert >= 0.9 * clean:
         return (
             "good",
-            f"certified robust: bounds prove {100 * cert / clean:.0f}% of the correct predictions",
+            f"certified robust: bounds prove {100 * cert:.1f}% of the examples robust "
+            f"({100 * clean:.1f}% are classified correctly)",
         )
     if emp is None:
         return "unknown", "no attack results" + proven
-    broken = f"attacks break {100 * (1 - emp / clean):.0f}% of the correct predictions{proven}"
+    broken = (
+        f"attacks break {100 * (clean - emp):.1f}% of the examples ({100 * clean:.1f}% clean, "
+        f"{100 * emp:.1f}% robust){proven}"
+    )
     if emp >= 0.9 * clean:
         return "warn", f"empirically robust, not proven: {broken}"
     if emp >= 0.5 * clean:
@@ -156,6 +163,7 @@ def flags(ctx: Context, report: dict) -> list[dict]:
     if ctx.profile.name == "quick":
         add("quick_profile", "info", "quick profile: a fast attack suite, CROWN at most and few "
             "examples; run --profile standard or full before relying on the numbers", "summary")  # fmt: skip
+    _model_flags(ctx, report, add)
     sm = report.get("smoothing")
     if sm and sm["abstain_rate"] > 0.5:
         add("abstentions", "warning", f"the smoothed classifier abstains on {100 * sm['abstain_rate']:.0f}% "
@@ -167,6 +175,29 @@ def flags(ctx: Context, report: dict) -> list[dict]:
                 f"{100 * rel:.0f}% of the output change: more steps would sharpen the maps",
                 "sensitivity", rel)  # fmt: skip
     return out
+
+
+def _model_flags(ctx: Context, report: dict, add) -> None:
+    """A model that predicts one class; a model that no one-pixel shift leaves correct."""
+    pred = ctx.arrays.get("pred")
+    if pred is not None and len(pred) and len(torch.unique(ctx.data.y)) > 1:
+        counts = torch.bincount(pred)
+        top = int(counts.argmax())
+        share = float(counts[top]) / len(pred)
+        label_share = float((ctx.data.y == top).float().mean())
+        if share >= CONSTANT_SHARE and label_share < CONSTANT_SHARE:
+            add("constant_prediction", "warning", f"the model predicts class {top} for "
+                f"{100 * share:.0f}% of the inputs ({100 * label_share:.0f}% of the labels): "
+                "robustness numbers of a constant model say little", "clean", share)  # fmt: skip
+    nat = report.get("corruptions") or {}
+    clean = (report.get("clean") or {}).get("accuracy")
+    for fam in (nat.get("transformations") or {}).get("families", []):
+        worst = fam.get("worst_case_accuracy")
+        if fam.get("family") == "translation" and clean and worst is not None:
+            if worst <= SHIFT_FRAGILE * clean:
+                add("shift_fragile", "warning", f"{100 * worst:.1f}% of the examples stay correct "
+                    f"under every small translation (worst-of-k; {100 * clean:.1f}% clean): the "
+                    "model depends on exact pixel positions", "corruptions", worst)  # fmt: skip
 
 
 def summarise(ctx: Context, report: dict) -> dict:

@@ -13,7 +13,8 @@ from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import Bounds, graph_of
 from robustlab.bounds.ibp import interval_all, spec_bounds
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, canonical, unknown
+from robustlab.inputs import as_module
 from robustlab.threat import Box, LpBall
 
 METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
@@ -127,8 +128,10 @@ def compute_bounds(
     bounds are then infinite); ``stop_when_positive`` ends alpha-CROWN's optimisation once every
     lower bound is positive.
     """
+    method = canonical(method, METHODS)  # alpha_crown: alpha-crown
     if method not in METHODS:
-        raise RobustlabError(f"unknown bound method '{method}'; known: {', '.join(METHODS)}")
+        raise unknown("bound method", method, METHODS)
+    model = as_module(model)  # what load_model returns, a module or a path
     given = input_region(region)
     out_dtype = _user_dtype(region, given)
     region = _region_in(given, dtype)

@@ -7,13 +7,14 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from robustlab.bounds.api import METHODS, compute_bounds
 from robustlab.bounds.lipschitz import global_lipschitz, l2_radius
 from robustlab.data import Dataset
-from robustlab.errors import RobustlabError
-from robustlab.threat import LpBall, ThreatModel
+from robustlab.errors import RobustlabError, canonical, unknown
+from robustlab.inputs import ModelLike, fit
+from robustlab.threat import LpBall, ThreatModel, on_data
 
 # certify's methods: the bound methods, and the margin / Lipschitz radius (no bound propagation)
 CERTIFY_METHODS = (*METHODS, "lipschitz")
@@ -89,30 +90,31 @@ def _lipschitz_certified(model, data, threat, idx, batch_size) -> tuple[Tensor, 
 
 
 def certify(
-    model: nn.Module,
+    model: ModelLike,
     data: Dataset,
     threat: ThreatModel,
-    method: str = "ibp",
+    method: str = "crown",
     *,
     batch_size: int = 256,
     alpha_batch_size: int = 32,
     precision: str = "float64",
 ) -> CertifyResult:
-    """Certified accuracy of ``model`` on ``data`` under ``threat`` with a bound ``method``, or
-    with ``"lipschitz"``: the margin / Lipschitz radius (``bounds.lipschitz``, any network).
+    """Certified accuracy of ``model`` on ``data`` under ``threat`` with a bound ``method`` (CROWN
+    by default, as on the command line), or with ``"lipschitz"``: the margin / Lipschitz radius (``bounds.lipschitz``, any network).
 
     Only correctly classified points are bounded; alpha-CROWN runs only on the points CROWN leaves
     uncertified, in small batches that stop optimising once every margin is proven positive.
     ``precision="float32"`` is faster on convolutional networks and batches, equally rigorous
     (its rounding is bounded, see ``bounds/rounding.py``) and slightly looser.
     """
+    method = canonical(method, CERTIFY_METHODS)  # alpha_crown: alpha-crown
     if method not in CERTIFY_METHODS:
-        raise RobustlabError(
-            f"unknown bound method '{method}'; known: {', '.join(CERTIFY_METHODS)}"
-        )
+        raise unknown("bound method", method, CERTIFY_METHODS)
     if precision not in PRECISIONS:
         raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
     dtype = PRECISIONS[precision]
+    model, data = fit(model, data)
+    threat = on_data(threat, data)
     start = time.perf_counter()
     was_training = model.training
     model.eval()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, canonical, unknown
 
 SEVERITIES = (1, 2, 3, 4, 5)
 FAMILIES = ("noise", "blur", "weather", "digital")
@@ -105,13 +105,10 @@ def corruption_names(spec: str | Sequence[str] = "all") -> list[str]:
             group = list(EXTRA)
         elif item in FAMILIES:
             group = [n for n in ORDER if CORRUPTIONS[n].family == item]
-        elif item in CORRUPTIONS:
-            group = [item]
+        elif canonical(item, CORRUPTIONS) in CORRUPTIONS:  # gaussian-noise: gaussian_noise
+            group = [canonical(item, CORRUPTIONS)]
         else:
-            raise RobustlabError(
-                f"unknown corruption '{item}'; known: all, common, extra, {', '.join(FAMILIES)}, "
-                f"{', '.join(ORDER)}"
-            )
+            raise unknown("corruption", item, ["all", "common", "extra", *FAMILIES, *ORDER])
         names += [n for n in group if n not in names]
     if not names:
         raise RobustlabError(f"expected at least one corruption; found {spec!r}")
@@ -168,8 +165,9 @@ def _load() -> None:
 def get_corruption(name: str) -> Corruption:
     """A registered corruption by name."""
     _load()
+    name = canonical(name, CORRUPTIONS)  # gaussian-noise: gaussian_noise
     if name not in CORRUPTIONS:
-        raise RobustlabError(f"unknown corruption '{name}'; known: {', '.join(ORDER)}")
+        raise unknown("corruption", name, ORDER)
     return CORRUPTIONS[name]
 
 

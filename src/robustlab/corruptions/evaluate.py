@@ -29,6 +29,7 @@ from robustlab.corruptions.base import (
 from robustlab.corruptions.tabular import corrupt_tabular, tabular_names
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
+from robustlab.inputs import fit
 
 Progress = Callable[[str], None]
 
@@ -126,6 +127,9 @@ def evaluate_corruptions(
     corruption name, the severity and the batch index, so results do not depend on the order.
     Images (N, C, H, W) take the image corruptions, rows (N, F) the tabular ones."""
     start = time.perf_counter()
+    model, data = fit(model, data)  # what load_model returns, a module or a path
+    if baseline is not None:
+        baseline, _ = fit(baseline, data, "baseline model")
     sevs = parse_severities(severities)
     if batch_size < 1:
         raise RobustlabError(f"batch size must be positive; found {batch_size}")

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
+from robustlab.inputs import as_module
 from robustlab.registry import build, registrar
 
 # a class index, a label per input, or a callable from logits (B, K) to scores (B,)
@@ -65,8 +66,9 @@ def get_explainer(name: str, **kwargs) -> Explainer:
 
 
 def explain(model: nn.Module, x: Tensor, method: str = "saliency", target: Target = None, **kw):
-    """Attributions by method name; keyword arguments go to the explainer."""
-    return get_explainer(method, **kw)(model, x, target)
+    """Attributions by method name; keyword arguments go to the explainer. ``model``: what
+    ``load_model`` returns, an ``nn.Module`` or a path."""
+    return get_explainer(method, **kw)(as_module(model), x, target)
 
 
 def check_positive(**values: int | float) -> None:
@@ -196,6 +198,7 @@ def run(
     name: str, model: nn.Module, x: Tensor, target: Target, batch_size: int, body
 ) -> ExplainResult:
     """Validate, set up counting and the target, call ``body(passes, score)`` -> (attr, delta)."""
+    model = as_module(model)  # what load_model returns, a module or a path
     check_inputs(x)
     check_positive(batch_size=batch_size)
     start = time.perf_counter()

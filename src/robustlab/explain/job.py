@@ -7,10 +7,11 @@ import dataclasses
 import torch
 
 from robustlab.attacks.base import predict
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.explain.base import REGISTRY, get_explainer
 
-STEPS_FIELD = {"integrated-gradients": "n_steps", "smoothgrad": "n_samples", "sobol": "n_designs"}
+STEPS_FIELD = {"integrated-gradients": "n_steps"}  # --steps: path steps
+SAMPLES_FIELD = {"smoothgrad": "n_samples", "sobol": "n_designs"}  # --samples: random draws
 
 
 def parse_target(text: str | int | None, labels: torch.Tensor):
@@ -27,23 +28,32 @@ def parse_target(text: str | int | None, labels: torch.Tensor):
         ) from None
 
 
-def make_explainer(method: str, *, steps: int | None, batch_size: int, seed: int):
+METHOD_ALIASES = {"ig": "integrated-gradients", "ixg": "input-x-gradient"}
+
+
+def make_explainer(
+    method: str, *, steps: int | None, batch_size: int, seed: int, samples: int | None = None
+):
     """The registered explainer with the CLI's knobs: ``steps`` is Integrated Gradients' path
-    steps, SmoothGrad's samples or Sobol's designs."""
+    steps, ``samples`` SmoothGrad's noise samples or Sobol's designs."""
+    method = canonical(method, REGISTRY, METHOD_ALIASES)
     if method not in REGISTRY:
-        raise RobustlabError(f"unknown explanation method '{method}'; known: {', '.join(REGISTRY)}")
+        raise unknown("explanation method", method, REGISTRY)
     fields = {f.name for f in dataclasses.fields(REGISTRY[method])}
     kwargs: dict = {"batch_size": batch_size}
     if "seed" in fields:
         kwargs["seed"] = seed
-    if steps is not None:
-        if method not in STEPS_FIELD:
-            raise RobustlabError(
-                f"--steps applies to {', '.join(STEPS_FIELD)}; found method '{method}'"
-            )
-        if steps < 1:
-            raise RobustlabError(f"--steps must be a positive integer; found {steps}")
-        kwargs[STEPS_FIELD[method]] = steps
+    for flag, value, table in (
+        ("--steps", steps, STEPS_FIELD),
+        ("--samples", samples, SAMPLES_FIELD),
+    ):
+        if value is None:
+            continue
+        if method not in table:
+            raise RobustlabError(f"{flag} applies to {', '.join(table)}; found method '{method}'")
+        if value < 1:
+            raise RobustlabError(f"{flag} must be a positive integer; found {value}")
+        kwargs[table[method]] = value
     return get_explainer(method, **kwargs)
 
 
@@ -54,6 +64,7 @@ def explain_job(
     *,
     n: int | None = None,
     steps: int | None = None,
+    samples: int | None = None,
     target: str | int | None = "predicted",
     batch_size: int = 512,
     seed: int = 0,
@@ -63,7 +74,10 @@ def explain_job(
     ``n_backward``, ``seconds``, ``delta`` (integrated gradients), ``classes``."""
     from robustlab.jobs import _base, prepare
 
-    explainer = make_explainer(method, steps=steps, batch_size=batch_size, seed=seed)
+    method = canonical(method, REGISTRY, METHOD_ALIASES)
+    explainer = make_explainer(
+        method, steps=steps, samples=samples, batch_size=batch_size, seed=seed
+    )
     model, data = prepare(model_src, data_src, n)
     tgt = parse_target(target, data.y)
     if progress:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
+from robustlab.inputs import fit
 from robustlab.smoothing.sampling import sample_counts
 from robustlab.smoothing.stats import certify_decision, predict_decision
 
@@ -173,18 +174,22 @@ def smooth(
     seed: int = 0,
     group: int = 16,
     on_group: Callable[[int, int], None] | None = None,
+    samples: int | None = None,
 ) -> SmoothingResult:
     """PREDICT and CERTIFY every input of ``data`` with shared noise samples.
 
-    Per input, ``n0`` selection samples choose CERTIFY's class and ``n`` estimation samples give
+    Per input, ``n0`` selection samples choose CERTIFY's class and ``n`` estimation samples
+    (``samples``: the command line's name, used when given) give
     both CERTIFY's bound and PREDICT's test. A record's ``prediction`` is PREDICT's answer and
     its ``radius`` CERTIFY's, kept only when CERTIFY selected the same class (else ``None``): so
     a point is certified at radius r only if the smoothed classifier predicts it correctly, and
     certified accuracy at radius 0 never exceeds the clean accuracy.
     """
+    n = n if samples is None else samples
     _check(sigma, n, alpha, n0, batch_size)
     if len(data) == 0:
         raise RobustlabError(f"data '{data.name}' is empty")
+    model, data = fit(model, data)  # what load_model returns, a module or a path
     start = time.perf_counter()
     was_training = model.training
     model.eval()

@@ -16,7 +16,7 @@ from torch import nn
 from robustlab import zoo
 from robustlab._onnx import torch_to_onnx
 from robustlab.data import Dataset, load_data
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.jobs import _base, check_eps
 from robustlab.model import load_model
 from robustlab.train.compare import Comparison, comparison_row, evaluate_trained
@@ -36,9 +36,10 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
     )
     if not names:
         raise RobustlabError("expected at least one training method")
+    names = [canonical(m, METHODS) for m in names]  # pgd_at: pgd-at
     for m in names:
         if m not in METHODS:
-            raise RobustlabError(f"unknown training method '{m}'; known: {', '.join(METHODS)}")
+            raise unknown("training method", m, METHODS)
     return names
 
 

@@ -83,18 +83,20 @@ def _run_one(inst: Instance) -> tuple[Instance, str, float]:
     import torch
 
     torch.set_num_threads(1)
-    from robustlab.verify.verifier import verify
-
     start = time.monotonic()
-    r = verify(inst.onnx, inst.vnnlib, timeout=inst.timeout)
-    return inst, r.verdict, time.monotonic() - start
+    return inst, verify_instance(inst), time.monotonic() - start
 
 
 def verify_instance(inst: Instance) -> str:
-    """The verdict for one instance (the default work of a worker process)."""
+    """The verdict for one instance (the default work of a worker process); a missing file is
+    verdict ``error`` here (``verify`` raises for it)."""
     from robustlab.verify.verifier import verify
 
-    r = verify(inst.onnx, inst.vnnlib, timeout=inst.timeout)
+    try:
+        r = verify(inst.onnx, inst.vnnlib, timeout=inst.timeout)
+    except RobustlabError as e:
+        print(f"{inst.vnnlib}: error: {e}", file=sys.stderr, flush=True)
+        return "error"
     if r.verdict == "error":  # the reason, for whoever reads the benchmark's log
         print(f"{inst.vnnlib}: error: {r.message}", file=sys.stderr, flush=True)
     return r.verdict

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from robustlab import deadline
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.verify.engine import STRATEGIES, verify_spec
 from robustlab.verify.oracle import OnnxOracle
 from robustlab.verify.vnnlib import read_vnnlib
@@ -49,6 +49,21 @@ class VerifyResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        """One line: the verdict, the time, the strategy, what proved it or the counterexample."""
+        parts = [f"{self.verdict} in {self.seconds:.2f} s", f"strategy {self.strategy or '-'}"]
+        st = self.stats
+        if st.get("proved_by"):
+            parts.append(f"proved by {st['proved_by']}")
+        if st.get("regions") is not None and self.verdict != "holds":
+            parts.append(f"{st.get('open_regions', '?')} of {st['regions']} regions open")
+        if self.counterexample:
+            x, y = self.counterexample["x"], self.counterexample["y"]
+            parts.append(f"counterexample of {len(x)} inputs, outputs {_short(y)}")
+        if self.message:
+            parts.append(" ".join(self.message.split())[:200])
+        return "; ".join(parts)
+
     def vnncomp(self) -> str:
         """The result file's text in VNN-COMP's format."""
         word = {"holds": "unsat", "violated": "sat"}.get(self.verdict, self.verdict)
@@ -57,6 +72,11 @@ class VerifyResult:
         lines = [f"(X_{i} {float(v)!r})" for i, v in enumerate(self.counterexample["x"])]
         lines += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(self.counterexample["y"])]
         return "sat\n(" + "\n ".join(lines) + ")\n"
+
+
+def _short(values, k: int = 4) -> str:
+    v = [f"{float(a):.4g}" for a in list(values)[:k]]
+    return "[" + ", ".join(v) + (", ...]" if len(values) > k else "]")
 
 
 def load_onnx(path: str | Path):
@@ -95,14 +115,19 @@ def verify(
     strategy: str = "auto",
 ) -> VerifyResult:
     """Verify one VNN-COMP instance (ONNX and VNN-LIB files, plain or gzipped) within
-    ``timeout`` seconds, loading included; never raises for a bad instance (verdict ``error``),
-    only for bad settings. ``strategy``: ``auto`` (input splitting when at most 16 inputs vary, else ReLU
+    ``timeout`` seconds, loading included. Raises ``RobustlabError`` for bad settings and missing
+    files, like the rest of the API; a file that cannot be read as a network or a property is
+    verdict ``error`` (its reason in ``message``). ``strategy``: ``auto`` (input splitting when at most 16 inputs vary, else ReLU
     splitting for ReLU networks and branching on general nonlinearities otherwise),
     ``input-split``, ``relu-split``, ``nonlinear-split``, or ``bounds`` (no branching)."""
+    strategy = canonical(strategy, STRATEGIES)  # relu_split: relu-split
     if strategy not in STRATEGIES:
-        raise RobustlabError(f"strategy must be one of {', '.join(STRATEGIES)}; found {strategy!r}")
+        raise unknown("strategy", strategy, STRATEGIES)
     if not timeout > 0:
         raise RobustlabError(f"timeout must be positive; found {timeout}")
+    for what, path in (("model", onnx_path), ("property", vnnlib_path)):
+        if not Path(path).is_file():
+            raise RobustlabError(f"{what} file not found: {path}")
     start = time.monotonic()
     end = start + timeout
     box: dict = {}

@@ -28,6 +28,10 @@ class Bounds:
     def shape(self) -> torch.Size:
         return self.lower.shape
 
+    def to_dict(self) -> dict:
+        """``lower`` and ``upper`` as nested lists (JSON), like every result."""
+        return {"lower": self.lower.tolist(), "upper": self.upper.tolist()}
+
 
 @dataclass(frozen=True)
 class InputRegion(Bounds):

@@ -1,0 +1,95 @@
+"""What every API function accepts: a model as ``load_model`` returns it, an ``nn.Module`` or a
+path; data matched to the model's input shape; a threat model on the data's value range.
+
+One place for these rules, so that ``rl.run_attack(rl.load_model(p), ...)``, the same call with
+``model.module`` or with the path, and the command line see the same model and the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustlab.data import Dataset
+from robustlab.errors import RobustlabError
+from robustlab.model import LoadedModel, ModelSource, _guess_input_shape, load_model
+
+ModelLike = LoadedModel | nn.Module | str | Path | ModelSource
+
+
+def as_loaded(model: ModelLike) -> LoadedModel:
+    """``model`` as a ``LoadedModel``: loaded from a path or ``zoo:`` name; an ``nn.Module`` is
+    wrapped as it is (its mode and parameters untouched, its input shape unknown: ``fit`` takes
+    the data's)."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):  # the input shape: the data's (see fit)
+        return LoadedModel(model, None, type(model).__name__, "", "module")
+    if isinstance(model, (str, Path, ModelSource)):
+        return load_model(model)
+    raise RobustlabError(
+        "expected a model: what load_model returns, a torch nn.Module, or a path / zoo name; "
+        f"found {type(model).__name__}"
+    )
+
+
+def as_module(model: ModelLike) -> nn.Module:
+    """The ``nn.Module`` behind ``model`` (see ``as_loaded``)."""
+    return model if isinstance(model, nn.Module) else as_loaded(model).module
+
+
+@contextmanager
+def _eval(module: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def check_fits(
+    module: nn.Module,
+    data: Dataset,
+    role: str = "model",
+    expected: tuple[int, ...] | None = None,
+) -> None:
+    """Check that ``module`` maps the data's inputs to (batch, classes) logits with an output for
+    every label (one forward pass of two examples in eval mode; every module's mode restored)."""
+    found = tuple(data.x.shape[1:])
+    try:
+        with torch.no_grad(), _eval(module):
+            out = module(data.x[:2])
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        guess = expected or _guess_input_shape(module)
+        want = f"; it expects inputs of shape {tuple(guess)}" if guess else ""
+        raise RobustlabError(
+            f"{role} failed on data '{data.name}' of shape {found} ({first}){want}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise RobustlabError(f"expected the {role} to output (batch, classes); found {shape}")
+    if data.num_classes > out.shape[1]:
+        raise RobustlabError(
+            f"data '{data.name}' has labels up to {data.num_classes - 1} but the {role} has "
+            f"{out.shape[1]} outputs"
+        )
+
+
+def fit(model: ModelLike, data: Dataset, role: str = "model") -> tuple[nn.Module, Dataset]:
+    """The module and the data reshaped to its input shape (known from the file, or inferred:
+    the data's own shape for a module), checked to fit; a mismatch names both shapes."""
+    if not isinstance(data, Dataset):
+        raise RobustlabError(
+            f"expected data as a robustlab Dataset (rl.load_data(...)); found {type(data).__name__}"
+        )
+    loaded = as_loaded(model)
+    data = data.matched_to(loaded.input_shape)
+    check_fits(loaded.module, data, role, loaded.input_shape)
+    return loaded.module, data
