@@ -17,6 +17,7 @@ from robustlab.data import load_npz
 from robustlab.model import load_model
 from robustlab.threat import LpBall
 from robustlab.verify.vnnlib import read_vnnlib
+
 from ..conftest import SHARED, run_cli
 
 FAMILY = SHARED / "benchmarks" / "vnncomp2023" / "vit"
