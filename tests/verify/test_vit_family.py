@@ -25,7 +25,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not FAMILY.is_dir(), reason="shared vnncomp2023/vit not present"),
 ]
-N_POINTS = 4
+N_POINTS = 3
 
 
 def _boxes(net: str):
