@@ -27,7 +27,8 @@ from robustlab import deadline
 from robustlab.errors import RobustlabError
 from robustlab.verify.engine import STRATEGIES, verify_spec
 from robustlab.verify.oracle import OnnxOracle
-from robustlab.verify.vnnlib import read_vnnlib
+from robustlab.verify.vnnlib import read_text, read_vnnlib
+from robustlab.verify.vnnlib2 import Unsupported, is_vnnlib2
 
 VERDICTS = ("holds", "violated", "timeout", "unknown", "error")
 RECHECK_S = 1.5  # past the timeout, for the onnxruntime re-check of a counterexample found in time
@@ -54,6 +55,8 @@ class VerifyResult:
         word = {"holds": "unsat", "violated": "sat"}.get(self.verdict, self.verdict)
         if self.verdict != "violated":
             return word + "\n"
+        if "vnnlib2" in self.counterexample:  # a VNN-LIB 2.0 query: VNN-COMP 2026's format
+            return self.counterexample["vnnlib2"]
         lines = [f"(X_{i} {float(v)!r})" for i, v in enumerate(self.counterexample["x"])]
         lines += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(self.counterexample["y"])]
         return "sat\n(" + "\n ".join(lines) + ")\n"
@@ -93,12 +96,15 @@ def verify(
     *,
     timeout: float = 300.0,
     strategy: str = "auto",
+    networks: dict | None = None,
 ) -> VerifyResult:
     """Verify one VNN-COMP instance (ONNX and VNN-LIB files, plain or gzipped) within
     ``timeout`` seconds, loading included; never raises for a bad instance (verdict ``error``),
     only for bad settings. ``strategy``: ``auto`` (input splitting when at most 16 inputs vary, else ReLU
     splitting for ReLU networks and branching on general nonlinearities otherwise),
-    ``input-split``, ``relu-split``, ``nonlinear-split``, or ``bounds`` (no branching)."""
+    ``input-split``, ``relu-split``, ``nonlinear-split``, or ``bounds`` (no branching).
+    The property may be VNN-LIB 1.0 or 2.0 (detected from its text); ``networks`` maps the
+    names of a 2.0 query's further networks (``isomorphic-to``) to their ONNX files."""
     if strategy not in STRATEGIES:
         raise RobustlabError(f"strategy must be one of {', '.join(STRATEGIES)}; found {strategy!r}")
     if not timeout > 0:
@@ -110,7 +116,9 @@ def verify(
     # operation (a huge matrix product, a conversion) is still running: that thread stops at
     # its next deadline check
     worker = threading.Thread(
-        target=_run, args=(onnx_path, vnnlib_path, strategy, start, end, box), daemon=True
+        target=_run,
+        args=(onnx_path, vnnlib_path, strategy, start, end, box, networks or {}),
+        daemon=True,
     )
     worker.start()
     worker.join(max(0.0, end - time.monotonic()))
@@ -137,12 +145,21 @@ def _join_abandoned() -> None:
         t.join(60)
 
 
-def _run(onnx_path, vnnlib_path, strategy: str, start: float, end: float, box: dict) -> None:
+def _run(onnx_path, vnnlib_path, strategy, start, end, box: dict, networks: dict) -> None:
     stats: dict = {}
     box["stats"] = stats
     used = strategy
     try:
         with deadline.within(end):
+            text, _ = read_text(vnnlib_path, "VNN-LIB")
+            if is_vnnlib2(text):
+                verdict, cex, used, message = _run2(
+                    onnx_path, vnnlib_path, networks, strategy, start, end, box, stats
+                )
+                box["result"] = VerifyResult(
+                    verdict, time.monotonic() - start, used, cex, message, stats
+                )
+                return
             loaded, onnx_bytes = load_onnx(onnx_path)
             shape = loaded.input_shape
             model = loaded.module
@@ -158,9 +175,62 @@ def _run(onnx_path, vnnlib_path, strategy: str, start: float, end: float, box: d
         result = VerifyResult(verdict, time.monotonic() - start, used, cex, message, stats)
     except deadline.DeadlineExceeded:
         result = VerifyResult("timeout", time.monotonic() - start, used, stats=stats)
+    except Unsupported as e:  # a valid query with a construct that is not relaxed
+        result = VerifyResult("unknown", time.monotonic() - start, used, message=str(e))
     except RobustlabError as e:
         result = VerifyResult("error", time.monotonic() - start, used, message=str(e), stats=stats)
     except BaseException as e:  # an internal error: raised again on the caller's thread
         box["raised"] = e
         return
     box["result"] = result
+
+
+def _run2(onnx_path, vnnlib_path, networks: dict, strategy, start, end, box, stats):
+    """A VNN-LIB 2.0 query: its networks loaded (the positional ONNX file for the first
+    network, ``networks`` by name for the others), verified on their product."""
+    from robustlab.verify.relational import build, counterexample_text
+    from robustlab.verify.vnnlib2 import read_query, to_product
+
+    query = read_query(vnnlib_path)
+    product = to_product(query)
+    paths = {}
+    for net in query.networks:
+        if net.equal_to:
+            continue
+        path = networks.get(net.name, onnx_path if not paths else None)
+        if path is None:
+            raise RobustlabError(
+                f"{query.name}: no ONNX file for network {net.name}: give --network {net.name}=PATH"
+            )
+        paths[net.name] = path
+    extra = set(networks) - {n.name for n in query.networks}
+    if extra:
+        raise RobustlabError(f"{query.name}: declares no network {sorted(extra)[0]}")
+    loaded, raw = {}, {}
+    for name, path in paths.items():
+        loaded[name], raw[name] = load_onnx(path)
+        with torch.no_grad():
+            lm = loaded[name]
+            n_out = lm.module(torch.zeros(1, *lm.input_shape)).numel()
+        net = next(n for n in query.networks if n.name == name)
+        declared = sum(v.numel for v in net.outputs)
+        if n_out != declared:
+            raise RobustlabError(
+                f"{query.name}: network {name} declares {declared} output numbers; its model "
+                f"returns {n_out}"
+            )
+    model, shape, oracle = build(product, loaded, raw)
+    box["oracle"] = oracle
+    stats["load_s"] = round(time.monotonic() - start, 3)
+    stats["networks"] = len(query.networks)
+    verdict, cex, used, message = verify_spec(
+        model, shape, product.spec, oracle, deadline=end, strategy=strategy, stats=stats
+    )
+    if cex is not None:
+        values, _ = oracle.assignment(torch.tensor(cex["x"], dtype=torch.float64))
+        cex = dict(
+            cex,
+            variables={k: np.asarray(v).reshape(-1).tolist() for k, v in values.items()},
+            vnnlib2=counterexample_text(query, values),
+        )
+    return verdict, cex, used, message

@@ -1,0 +1,388 @@
+"""VNN-LIB 2.0 (the property format of VNN-COMP 2026) read with the VNNLIB-Python package
+(``vnnlib`` on PyPI, the parser and type checker the competition's scoring uses), turned into
+the verifier's :class:`Spec` over one network or over the product of several.
+
+A query declares networks by name with shaped inputs and outputs, indexes them as ``X[i, j]``
+(row-major, as VNN-LIB 1.0's flat ``X_k``), and may relate networks (``equal-to``: the same
+ONNX model applied twice; ``isomorphic-to``: another model of the same shape). The inputs of all
+networks, in declared order, form one flat vector ``x``; equalities between two inputs that
+fix one from the other (``X2[0] == X1[0]``, with float32-exact coefficients) define it, so the
+specification's boxes range over the remaining *free* inputs ``z`` only (``x = M z + m``);
+every other input constraint over several variables becomes a row over the product network's
+outputs followed by ``x`` itself (exact, never dropped). ``<`` is read as ``<=`` and ``!=`` as
+``<`` or ``>`` (both sound for ``holds``); every counterexample is checked against every
+assertion of the query exactly (see :mod:`robustlab.verify.relational`).
+
+Unsupported constructs (hidden nodes, products of variables) raise :class:`Unsupported`, which
+the verifier answers with ``unknown`` and the reason; malformed queries raise a one-line
+RobustlabError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from robustlab.errors import RobustlabError
+from robustlab.verify.spec import Spec
+from robustlab.verify.vnnlib import _product, _to_spec, read_text
+
+_V2 = re.compile(r"^\s*\(\s*(vnnlib-version|declare-network)\b", re.MULTILINE)
+_REAL = re.compile(r"(\(\s*declare-(?:input|output|hidden)\s+([^\s()]+)\s+)Real\b")
+_TYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "Real": "real", "Unknown": "real"}
+_OPS = {
+    "LessEqual": "<=",
+    "LessThan": "<",
+    "GreaterEqual": ">=",
+    "GreaterThan": ">",
+    "Equal": "==",
+    "NotEqual": "!=",
+}
+
+
+class Unsupported(Exception):
+    """A well-formed query with a construct the verifier cannot relax (verdict unknown)."""
+
+
+def is_vnnlib2(text: str) -> bool:
+    """Whether a property's text is VNN-LIB 2.0 (it declares a version or a network)."""
+    return _V2.search(re.sub(r";[^\n]*", "", text)) is not None
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One declared input, hidden node or output of a network."""
+
+    name: str
+    network: str
+    kind: str  # input | hidden | output
+    shape: tuple[int, ...]
+    dtype: str  # real, float32, ...
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A declared network; ``equal_to`` / ``isomorphic_to`` name another one (or are empty)."""
+
+    name: str
+    equal_to: str
+    isomorphic_to: str
+    inputs: tuple[Variable, ...]
+    hidden: tuple[Variable, ...]
+    outputs: tuple[Variable, ...]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed VNN-LIB 2.0 query: its networks and assertions (the package's AST)."""
+
+    name: str
+    networks: tuple[Network, ...]
+    assertions: tuple
+
+    @property
+    def inputs(self) -> tuple[Variable, ...]:
+        return tuple(v for n in self.networks for v in n.inputs)
+
+    @property
+    def outputs(self) -> tuple[Variable, ...]:
+        return tuple(v for n in self.networks for v in n.outputs)
+
+
+def _package_error(name: str, e: Exception, source: str = "") -> RobustlabError:
+    """The package's exception (a parse error line or a JSON list of type errors) in one line,
+    naming the construct found on a syntax error's line."""
+    text = str(e).strip()
+    try:
+        first = json.loads(text)["errors"][0]
+        where = f"{name}:{first.get('line', '?')}"
+        msg = f"{first.get('message', 'invalid query')}"
+        if first.get("hint"):
+            msg += f" ({first['hint']})"
+        return RobustlabError(f"{where}: {msg}")
+    except (ValueError, KeyError, IndexError, TypeError):
+        pass
+    m = re.search(r"line (\d+), column \d+: (.*)", text)
+    if m:
+        lines = source.splitlines()
+        n = int(m.group(1))
+        found = lines[n - 1].strip() if 0 < n <= len(lines) else m.group(2).strip()
+        found = found[:60] + ("..." if len(found) > 60 else "")
+        return RobustlabError(
+            f"{name}:{n}: expected VNN-LIB 2.0 (declare-network, assert); found {found!r}"
+        )
+    return RobustlabError(f"{name}: {text.splitlines()[0] if text else 'invalid VNN-LIB 2.0'}")
+
+
+def parse(text: str, name: str) -> Query:
+    """A query from its text. vnnlib 1.0.2's type checker refuses a constant beside a ``Real``
+    variable inside arithmetic (``(* -1.0 X[0])``, as in the standard's own examples): such a
+    query is checked again with ``Real`` declared as ``float64`` (the same arithmetic) and its
+    variables keep the type ``real``."""
+    import vnnlib
+
+    reals: set[str] = set()
+    try:
+        q = vnnlib.parse_query_string(text)
+    except vnnlib.VNNLibException as e:
+        if "TypeMismatch" not in str(e) or not _REAL.search(text):
+            raise _package_error(name, e, text) from None
+        reals = {m.group(2) for m in _REAL.finditer(text)}
+        try:
+            q = vnnlib.parse_query_string(_REAL.sub(r"\1float64", text))
+        except vnnlib.VNNLibException as e2:
+            raise _package_error(name, e2, text) from None
+
+    def var(d, kind: str, net: str) -> Variable:
+        dtype = "real" if d.name in reals else _TYPES.get(d.dtype.name, d.dtype.name.lower())
+        return Variable(d.name, net, kind, tuple(int(s) for s in d.shape), dtype)
+
+    nets = tuple(
+        Network(
+            n.name,
+            n.equal_to,
+            getattr(n, "isometric_to", "") or getattr(n, "isomorphic_to", ""),
+            tuple(var(d, "input", n.name) for d in n.inputs),
+            tuple(var(d, "hidden", n.name) for d in n.hidden),
+            tuple(var(d, "output", n.name) for d in n.outputs),
+        )
+        for n in q.networks
+    )
+    return Query(name, nets, tuple(q.assertions))
+
+
+def read_query(path: str | Path) -> Query:
+    """A VNN-LIB 2.0 file (plain or gzipped) as a Query."""
+    text, name = read_text(path, "VNN-LIB")
+    return parse(text, name)
+
+
+# --- from assertions to a Spec ---------------------------------------------------------------
+
+Poly = dict  # tuple of variable keys (a monomial) -> coefficient; () -> constant
+
+
+def _poly(e, index: dict) -> Poly:
+    """An arithmetic expression as a polynomial over flat variable keys."""
+    kind = type(e).__name__
+    if kind == "Var":
+        return {(index[e.name] + _flat(e),): 1.0}
+    if kind in ("Float", "Int", "IntExpr"):
+        return {(): float(e.value)}
+    if kind == "Literal":
+        return {(): float(e.lexeme)}
+    if kind == "Negate":
+        return {k: -v for k, v in _poly(e.expr, index).items()}
+    if kind == "Plus":
+        return _sum([_poly(a, index) for a in e.args])
+    if kind == "Minus":
+        rest = [{k: -v for k, v in _poly(a, index).items()} for a in e.rest]
+        return _sum([_poly(e.head, index)] + rest)
+    if kind == "Multiply":
+        out: Poly = {(): 1.0}
+        for a in e.args:
+            p = _poly(a, index)
+            out = _sum([{tuple(sorted(k1 + k2)): v1 * v2} for k1, v1 in out.items() for k2, v2 in p.items()])
+        return out
+    raise Unsupported(f"the arithmetic expression {kind} is not supported")
+
+
+def _flat(v) -> int:
+    """The row-major position of ``X[i, j]`` in its variable."""
+    pos = 0
+    for i, s in zip(v.indices, v.shape):
+        pos = pos * int(s) + int(i)
+    return pos
+
+
+def _sum(ps: list[Poly]) -> Poly:
+    out: Poly = {}
+    for p in ps:
+        for k, v in p.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+@dataclass(frozen=True)
+class Product:
+    """A query turned into a Spec over the free inputs ``z`` of the product of its networks:
+    ``x = M z + m`` gives every network's inputs (flat, in declared order); the product network's
+    outputs are every network's outputs, then ``x`` itself when ``passthrough``."""
+
+    query: Query
+    spec: Spec
+    M: np.ndarray  # (n_x, n_z), float64
+    m: np.ndarray  # (n_x,)
+    passthrough: bool
+
+    @property
+    def identity(self) -> bool:
+        """Whether ``x = z`` (no input defined by another, no input row)."""
+        n_x, n_z = self.M.shape
+        return (
+            n_x == n_z
+            and not self.passthrough
+            and np.array_equal(self.M, np.eye(n_x))
+            and not self.m.any()
+        )
+
+
+def _exact32(v: float) -> bool:
+    return math.isfinite(v) and float(np.float32(v)) == v
+
+
+def to_product(query: Query) -> Product:
+    """The query as a Spec over its product network's free inputs (see the module's text)."""
+    for n in query.networks:
+        if n.hidden:
+            raise Unsupported(
+                f"network {n.name} declares hidden nodes ({n.hidden[0].name}); only inputs "
+                "and outputs are supported"
+            )
+        other = n.equal_to or n.isomorphic_to
+        if other:
+            ref = next(r for r in query.networks if r.name == other)
+            if [v.shape for v in ref.inputs] != [v.shape for v in n.inputs] or [
+                v.shape for v in ref.outputs
+            ] != [v.shape for v in n.outputs]:
+                raise RobustlabError(
+                    f"{query.name}: network {n.name} is related to {other} but its inputs or "
+                    "outputs have other shapes"
+                )
+    index, n_x = {}, 0
+    for v in query.inputs:
+        index[v.name], n_x = n_x, n_x + v.numel
+    n_y = 0
+    for v in query.outputs:
+        index[v.name], n_y = n_x + n_y, n_y + v.numel  # outputs' keys follow the inputs'
+    if n_x == 0:
+        raise RobustlabError(f"{query.name}: the query declares no input")
+    # every assertion in disjunctive normal form of atoms (poly, op, line)
+    clauses = []
+    for a in query.assertions:
+        line = _line(a)
+        conj = []
+        for c in a.expr.to_dnf():
+            alts = [[]]
+            for cmp in c:
+                op = _OPS.get(type(cmp).__name__)
+                if op is None:
+                    raise Unsupported(f"line {line}: {type(cmp).__name__} is not supported")
+                p = _sum([_poly(cmp.lhs, index), {k: -v for k, v in _poly(cmp.rhs, index).items()}])
+                if any(len(k) > 1 and v != 0.0 for k, v in p.items()):
+                    raise Unsupported(
+                        f"{query.name}:{line}: a polynomial assertion (a product of variables) "
+                        "is not relaxed by this verifier"
+                    )
+                if op == "!=":
+                    alts = [x + [(p, "<", line)] for x in alts] + [x + [(p, ">", line)] for x in alts]
+                else:
+                    alts = [x + [(p, op, line)] for x in alts]
+            conj += alts
+        clauses.append(conj)
+    # definitions x_v = s x_u + c from equalities over two inputs that hold everywhere
+    define: dict[int, tuple[int, float, float]] = {}
+    used = set()
+    for ci, conj in enumerate(clauses):
+        if len(conj) != 1:
+            continue
+        for ai, (p, op, _line_) in enumerate(conj[0]):
+            lin = {k[0]: v for k, v in p.items() if k and v != 0.0}
+            if op != "==" or len(lin) != 2 or any(k >= n_x for k in lin):
+                continue
+            (u, a), (v, b) = sorted(lin.items())
+            s, c = -a / b, -p.get((), 0.0) / b
+            if v in define or not (_exact32(s) and _exact32(c) and s * b == -a and c * b == -p.get((), 0.0)):
+                continue
+            while u in define:  # u itself defined: x_v = s (s2 w + c2) + c
+                w, s2, c2 = define[u]
+                s, c, u = s * s2, s * c2 + c, w
+                if not (_exact32(s) and _exact32(c)):
+                    break
+            else:
+                if u != v:
+                    define[v] = (u, s, c)
+                    used.add((ci, ai))
+    free = [i for i in range(n_x) if i not in define]
+    zpos = {i: k for k, i in enumerate(free)}
+    M, m = np.zeros((n_x, len(free))), np.zeros(n_x)
+    for i in range(n_x):
+        if i in define:
+            u, s, c = define[i]
+            M[i, zpos[u]], m[i] = s, c
+        else:
+            M[i, zpos[i]] = 1.0
+    passthrough = False
+
+    def atom(p: Poly, op: str, line: int) -> list:
+        nonlocal passthrough
+        const = p.get((), 0.0)
+        lin = {k[0]: v for k, v in p.items() if k and v != 0.0}
+        if op in (">=", ">"):
+            const, lin = -const, {k: -v for k, v in lin.items()}
+        if not lin:
+            if op == "==":
+                return [("c", const == 0.0, line)]
+            return [("c", const <= 0.0, line)]
+        if op == "==":
+            return atom(p, "<=", line) + atom(p, ">=", line)
+        if any(not math.isfinite(v) for v in lin.values()) or not math.isfinite(const):
+            raise RobustlabError(f"{query.name}:{line}: expected finite coefficients")
+        if len(lin) == 1:
+            ((i, a),) = lin.items()
+            if i < n_x and i not in define:
+                return [("x", zpos[i], a > 0, -const / a, line)]
+        rows = {}
+        for i, a in lin.items():
+            if i >= n_x:
+                rows[i - n_x] = rows.get(i - n_x, 0.0) + a
+            else:
+                passthrough = True
+                rows[n_y + i] = rows.get(n_y + i, 0.0) + a
+        return [("y", rows, -const, line)]
+
+    base, branches = [], []
+    for ci, conj in enumerate(clauses):
+        atoms = [
+            [x for ai, (p, op, line) in enumerate(c) if (ci, ai) not in used for x in atom(p, op, line)]
+            for c in conj
+        ]
+        if len(atoms) == 1:
+            base += atoms[0]
+        else:
+            branches.append(atoms)
+    shim = _Shim(query.name)
+    conjunctions = _product(shim, branches, 1)
+    n_out = n_y + (n_x if passthrough else 0)
+    spec = _to_spec(shim, base, conjunctions, len(free), n_out)
+    return Product(query, spec, M, m, passthrough)
+
+
+def _line(a) -> int:
+    """The line of an assertion (its first variable's), for messages."""
+    stack = [a]
+    while stack:
+        e = stack.pop()
+        if type(e).__name__ == "Var":
+            return int(e.line)
+        stack.extend(reversed(e.children()))
+    return 0
+
+
+class _Shim:
+    """What vnnlib._to_spec needs of its parser: a name and ``fail``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fail(self, msg: str, line: int | None = None):
+        raise RobustlabError(f"{self.name}:{line or 1}: {msg}".replace("X_", "input "))

@@ -1,0 +1,268 @@
+"""VNN-LIB 2.0: the reader against the 1.0 files of the same properties, the standard's syntax
+files, malformed queries, relational queries (equal-to, isomorphic-to) with re-checked
+counterexamples, and VNN-COMP 2026's counterexample format."""
+
+import gzip
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from robustlab._onnx import torch_to_onnx
+from robustlab.errors import RobustlabError
+from robustlab.verify import verify
+from robustlab.verify.relational import holds
+from robustlab.verify.vnnlib import read_vnnlib
+from robustlab.verify.vnnlib2 import Unsupported, is_vnnlib2, parse, read_query, to_product
+
+from ..conftest import SHARED
+
+V2 = SHARED / "benchmarks" / "vnnlib2"
+needs_v2 = pytest.mark.skipif(not V2.is_dir(), reason="shared VNN-LIB 2.0 benchmarks missing")
+_SPEC = ("lower", "upper", "C", "d", "row_disjunct", "disjunct_region")
+
+
+def _pairs(bench: str) -> list[tuple[Path, Path]]:
+    out = []
+    for v2 in sorted((V2 / bench / "vnnlib" / "v2").glob("*.gz")):
+        out.append((V2 / bench / "vnnlib" / "v1" / v2.name.replace(".v2.", "."), v2))
+    return out
+
+
+@needs_v2
+@pytest.mark.parametrize("bench", ["acasxu_2023", "dist_shift_2023"])
+def test_v2_files_give_the_v1_spec(bench):
+    pairs = _pairs(bench)
+    assert pairs
+    for v1, v2 in pairs:
+        s1, p = read_vnnlib(v1), to_product(read_query(v2))
+        assert p.identity and not p.passthrough
+        for a in _SPEC:
+            assert torch.equal(getattr(s1, a), getattr(p.spec, a)), (v2.name, a)
+
+
+@needs_v2
+def test_acc_v2_files_are_refused_in_one_line():
+    # the collection's ACC conversions declare shape [0] and use SMT's declare-fun: not 2.0
+    for _, v2 in _pairs("ACC"):
+        with pytest.raises(RobustlabError) as e:
+            read_query(v2)
+        assert "\n" not in str(e.value) and "declare-fun" in str(e.value)
+
+
+@needs_v2
+def test_syntax_files_parse_or_name_the_construct():
+    seen = {}
+    for f in sorted((V2 / "syntax").glob("*.gz")):
+        try:
+            q = read_query(f)
+        except RobustlabError as e:
+            assert "\n" not in str(e)
+            seen[f.name] = str(e)
+            continue
+        seen[f.name] = q
+        try:
+            to_product(q)
+        except (Unsupported, RobustlabError) as e:
+            assert "\n" not in str(e)
+    assert "initialized" in seen["initialized.vnnlib.gz"]  # VNN-LIB 2.1: vnnlib 1.0.2 refuses
+    multi = seen["multiple_networks.vnnlib.gz"]
+    assert [(n.name, n.equal_to, n.isomorphic_to) for n in multi.networks] == [
+        ("AcasXu", "", ""),
+        ("AcasYu", "AcasXu", ""),
+        ("AcasZu", "", "AcasXu"),
+    ]
+    with pytest.raises(Unsupported, match="hidden"):
+        to_product(seen["intermediate_nodes.vnnlib.gz"])
+
+
+@needs_v2
+@pytest.mark.parametrize(
+    "net,prop,expected", [("1_1", "prop_1", "holds"), ("2_1", "prop_2", "violated")]
+)
+def test_acasxu_verdicts_agree(net, prop, expected):
+    onnx_path = V2 / "acasxu_2023" / "onnx" / f"ACASXU_run2a_{net}_batch_2000.onnx.gz"
+    r1 = verify(onnx_path, V2 / "acasxu_2023/vnnlib/v1" / f"{prop}.vnnlib.gz", timeout=60)
+    r2 = verify(onnx_path, V2 / "acasxu_2023/vnnlib/v2" / f"{prop}.v2.vnnlib.gz", timeout=60)
+    assert r1.verdict == r2.verdict == expected
+    if expected == "violated":
+        values = _check_2026(r2.vnncomp(), V2 / "acasxu_2023/vnnlib/v2" / f"{prop}.v2.vnnlib.gz")
+        assert values["X"].shape == (5,) and values["Y"].shape == (5,)
+
+
+_HEADER = re.compile(r"^(\S+)\s+(\S+)\s+\[([0-9,\s]*)\]$")
+
+
+def _check_2026(text: str, query_path, models=None) -> dict:
+    """Read a result file as VNN-COMP 2026's scoring does (header ``NAME TYPE [dims]`` then
+    one value a line per declared variable) and check it: each network re-run with
+    onnxruntime at the inputs, every assertion evaluated at the replayed outputs."""
+    q = read_query(query_path)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    assert lines.pop(0) == "sat"
+    values, pos = {}, 0
+    for net in q.networks:
+        for v in net.inputs + net.outputs:
+            name, dtype, dims = _HEADER.fullmatch(lines[pos]).groups()
+            shape = [int(s) for s in dims.split(",")] if dims.strip() else []
+            assert (name, dtype, shape) == (v.name, v.dtype, list(v.shape))
+            n = math.prod(shape)
+            values[name] = np.array([float(s) for s in lines[pos + 1 : pos + 1 + n]]).reshape(shape)
+            pos += 1 + n
+    assert pos == len(lines)
+    for net in q.networks:
+        path = (models or {}).get(net.equal_to or net.name)
+        if path is None:
+            continue
+        raw = Path(path).read_bytes()
+        sess = ort.InferenceSession(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+        inp = sess.get_inputs()[0]
+        x = values[net.inputs[0].name].astype(np.float32).reshape(1, -1)
+        out = np.asarray(sess.run(None, {inp.name: x})[0]).reshape(net.outputs[0].shape)
+        values[net.inputs[0].name] = x.reshape(net.inputs[0].shape)
+        values[net.outputs[0].name] = out
+    assert holds(q, values)
+    return values
+
+
+# --- relational queries ----------------------------------------------------------------------
+
+_ACAS_BOX = [(0.6, 0.62), (-0.02, 0.02), (-0.02, 0.02), (0.45, 0.5), (-0.5, -0.45)]
+
+
+@needs_v2
+@pytest.mark.slow
+def test_monotonicity_equal_to_on_acasxu(tmp_path):
+    """Moving the intruder farther (X2[0] >= X[0], all else equal) must not raise the
+    clear-of-conflict score by more than 0.05: verified, or falsified with a checked
+    counterexample."""
+    onnx_path = V2 / "acasxu_2023/onnx/ACASXU_run2a_1_1_batch_2000.onnx.gz"
+    box = "\n".join(
+        f"(assert (>= X[{i}] {lo}))\n(assert (<= X[{i}] {hi}))" for i, (lo, hi) in enumerate(_ACAS_BOX)
+    )
+    same = "\n".join(f"(assert (== X2[{i}] X[{i}]))" for i in range(1, 5))
+    q = f"""(vnnlib-version <2.0>)
+(declare-network f (declare-input X Real [5]) (declare-output Y Real [5]))
+(declare-network g (equal-to f) (declare-input X2 Real [5]) (declare-output Y2 Real [5]))
+{box}
+{same}
+(assert (>= X2[0] X[0]))
+(assert (<= X2[0] {_ACAS_BOX[0][1]}))
+(assert (>= (- Y2[0] Y[0]) 0.05))
+"""
+    (tmp_path / "mono.vnnlib").write_text(q)
+    p = to_product(read_query(tmp_path / "mono.vnnlib"))
+    assert p.M.shape == (10, 6) and p.passthrough  # X2[1:] defined by X[1:]; X2[0] free
+    r = verify(onnx_path, tmp_path / "mono.vnnlib", timeout=60)
+    assert r.verdict in ("holds", "violated"), r
+    if r.verdict == "violated":
+        v = _check_2026(r.vnncomp(), tmp_path / "mono.vnnlib", {"f": onnx_path})
+        assert (v["X2"][1:] == v["X"][1:]).all() and v["X2"][0] >= v["X"][0]
+
+
+def _mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def _isomorphic(tmp_path, noise: float, threshold: float | None = None):
+    """f and a copy g with weights moved by ``noise``; unsafe when their first outputs differ
+    by ``threshold`` (default: half the largest difference seen on 20000 samples)."""
+    f = _mlp(0)
+    g = _mlp(0)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for p in g.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=gen))
+    onnx.save(torch_to_onnx(f, (3,)), tmp_path / "f.onnx")
+    onnx.save(torch_to_onnx(g, (3,)), tmp_path / "g.onnx")
+    box = "\n".join(f"(assert (>= X[{i}] -1.0))\n(assert (<= X[{i}] 1.0))" for i in range(3))
+    same = "\n".join(f"(assert (== Z[{i}] X[{i}]))" for i in range(3))
+    q = f"""(vnnlib-version <2.0>)
+(declare-network f (declare-input X Real [3]) (declare-output Y Real [2]))
+(declare-network g (isomorphic-to f) (declare-input Z Real [3]) (declare-output W Real [2]))
+{box}
+{same}
+(assert (or (>= (- W[0] Y[0]) THRESHOLD) (<= (- W[0] Y[0]) (- THRESHOLD))))
+"""
+    xs = torch.rand(20000, 3, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        gap = (g(xs)[:, 0] - f(xs)[:, 0]).abs().max().item()
+    (tmp_path / "iso.vnnlib").write_text(q.replace("THRESHOLD", repr(threshold or gap / 2)))
+    return tmp_path / "f.onnx", tmp_path / "g.onnx", tmp_path / "iso.vnnlib", gap
+
+
+@pytest.mark.parametrize("noise", [0.05, 0.2])
+def test_isomorphic_copy_with_perturbed_weights_is_falsified(tmp_path, noise):
+    f, g, q, gap = _isomorphic(tmp_path, noise)
+    r = verify(f, q, timeout=30, networks={"g": g})
+    assert r.verdict == "violated", r
+    v = _check_2026(r.vnncomp(), q, {"f": f, "g": g})
+    assert (v["Z"] == v["X"]).all() and abs(v["W"][0] - v["Y"][0]) >= gap / 2
+    assert set(r.counterexample["variables"]) == {"X", "Y", "Z", "W"}
+
+
+def test_isomorphic_copy_below_threshold_holds(tmp_path):
+    f, g, q, gap = _isomorphic(tmp_path, 0.01, threshold=1.0)
+    assert gap < 0.5
+    assert verify(f, q, timeout=30, networks={"g": g}).verdict == "holds"
+
+
+# --- malformed and unsupported queries -------------------------------------------------------
+
+_HEAD = "(vnnlib-version <2.0>)\n(declare-network f (declare-input X Real [2]) (declare-output Y Real [1]))\n"
+_BOX = "(assert (>= X[0] 0.0))\n(assert (<= X[0] 1.0))\n(assert (>= X[1] 0.0))\n(assert (<= X[1] 1.0))\n"
+
+
+@pytest.mark.parametrize(
+    "body,word",
+    [
+        (_BOX + "(assert (<= X[2] 1.0))", "X"),  # index out of range
+        (_BOX + "(assert (<= X Y[0]))", "X"),  # a tensor where a number is expected
+        (_BOX + "(assert (<= Q[0] 1.0))", "Q"),  # undeclared variable
+        (_BOX + "(assert (<= Y[0] 1.0)", "("),  # unbalanced
+    ],
+)
+def test_malformed_queries_are_one_line_errors(tmp_path, monkeypatch, capsys, body, word):
+    from ..conftest import run_cli
+
+    (tmp_path / "bad.vnnlib").write_text(_HEAD + body)
+    with pytest.raises(RobustlabError) as e:
+        read_query(tmp_path / "bad.vnnlib")
+    assert "\n" not in str(e.value) and "bad.vnnlib:" in str(e.value)
+    onnx.save(torch_to_onnx(nn.Sequential(nn.Linear(2, 1)), (2,)), tmp_path / "m.onnx")
+    code, out, err = run_cli(monkeypatch, capsys, "verify", tmp_path / "m.onnx", tmp_path / "bad.vnnlib")
+    assert code == 2 and out.strip() == "error" and len(err.strip().splitlines()) == 1
+
+
+def test_undeclared_network_is_one_line(tmp_path):
+    text = _HEAD + "(declare-network g (equal-to h) (declare-input Z Real [2]) (declare-output W Real [1]))\n" + _BOX
+    with pytest.raises(RobustlabError) as e:
+        parse(text, "q.vnnlib")
+    assert "\n" not in str(e.value) and "q.vnnlib:" in str(e.value)
+
+
+def test_polynomial_assertion_is_unknown_with_the_reason(tmp_path):
+    onnx.save(torch_to_onnx(nn.Sequential(nn.Linear(2, 1)), (2,)), tmp_path / "m.onnx")
+    (tmp_path / "p.vnnlib").write_text(_HEAD + _BOX + "(assert (>= (* Y[0] Y[0]) 100.0))")
+    r = verify(tmp_path / "m.onnx", tmp_path / "p.vnnlib", timeout=10)
+    assert r.verdict == "unknown" and "polynomial" in r.message
+
+
+def test_format_is_detected_from_the_text_gz_or_not(tmp_path):
+    net = nn.Sequential(nn.Linear(2, 1))
+    onnx.save(torch_to_onnx(net, (2,)), tmp_path / "m.onnx")
+    text = _HEAD + _BOX + "(assert (>= Y[0] 100.0))"
+    assert is_vnnlib2(text) and not is_vnnlib2("(declare-const X_0 Real)")
+    (tmp_path / "a.vnnlib").write_text(text)
+    (tmp_path / "b.txt").write_bytes(gzip.compress(text.encode()))
+    bound = net[0].weight.abs().sum().item() + net[0].bias.abs().item()
+    for name in ("a.vnnlib", "b.txt"):
+        r = verify(tmp_path / "m.onnx", tmp_path / name, timeout=20)
+        assert r.verdict == ("holds" if bound < 100 else "violated")
