@@ -44,7 +44,7 @@ class ProductNet(nn.Module):
         z = z.reshape(z.shape[0], -1)
         outs = [
             net(lin(z).reshape(z.shape[0], *s)).reshape(z.shape[0], -1)
-            for net, lin, s in zip(self.nets, self.maps, self.shapes)
+            for net, lin, s in zip(self.nets, self.maps, self.shapes, strict=True)
         ]
         if self.passmap is not None:
             outs.append(self.passmap(z))

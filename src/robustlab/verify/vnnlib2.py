@@ -106,6 +106,8 @@ def _package_error(name: str, e: Exception, source: str = "") -> RobustlabError:
         first = json.loads(text)["errors"][0]
         where = f"{name}:{first.get('line', '?')}"
         msg = f"{first.get('message', 'invalid query')}"
+        if first.get("offendingSymbol"):
+            msg += f" {first['offendingSymbol']}"
         if first.get("hint"):
             msg += f" ({first['hint']})"
         return RobustlabError(f"{where}: {msg}")
@@ -130,6 +132,13 @@ def parse(text: str, name: str) -> Query:
     variables keep the type ``real``."""
     import vnnlib
 
+    declared = set(re.findall(r"\(\s*declare-network\s+([^\s()]+)", text))
+    for m in re.finditer(r"\(\s*(equal-to|isomorphic-to)\s+([^\s()]+)\s*\)", text):
+        if m.group(2) not in declared:
+            line = text.count("\n", 0, m.start()) + 1
+            raise RobustlabError(
+                f"{name}:{line}: {m.group(1)} names network {m.group(2)!r}, which is not declared"
+            )
     reals: set[str] = set()
     try:
         q = vnnlib.parse_query_string(text)
@@ -191,7 +200,13 @@ def _poly(e, index: dict) -> Poly:
         out: Poly = {(): 1.0}
         for a in e.args:
             p = _poly(a, index)
-            out = _sum([{tuple(sorted(k1 + k2)): v1 * v2} for k1, v1 in out.items() for k2, v2 in p.items()])
+            out = _sum(
+                [
+                    {tuple(sorted(k1 + k2)): v1 * v2}
+                    for k1, v1 in out.items()
+                    for k2, v2 in p.items()
+                ]
+            )
         return out
     raise Unsupported(f"the arithmetic expression {kind} is not supported")
 
@@ -199,7 +214,7 @@ def _poly(e, index: dict) -> Poly:
 def _flat(v) -> int:
     """The row-major position of ``X[i, j]`` in its variable."""
     pos = 0
-    for i, s in zip(v.indices, v.shape):
+    for i, s in zip(v.indices, v.shape, strict=True):
         pos = pos * int(s) + int(i)
     return pos
 
@@ -284,7 +299,9 @@ def to_product(query: Query) -> Product:
                         "is not relaxed by this verifier"
                     )
                 if op == "!=":
-                    alts = [x + [(p, "<", line)] for x in alts] + [x + [(p, ">", line)] for x in alts]
+                    alts = [x + [(p, "<", line)] for x in alts] + [
+                        x + [(p, ">", line)] for x in alts
+                    ]
                 else:
                     alts = [x + [(p, op, line)] for x in alts]
             conj += alts
@@ -295,13 +312,15 @@ def to_product(query: Query) -> Product:
     for ci, conj in enumerate(clauses):
         if len(conj) != 1:
             continue
-        for ai, (p, op, _line_) in enumerate(conj[0]):
+        for ai, (p, op, _) in enumerate(conj[0]):
             lin = {k[0]: v for k, v in p.items() if k and v != 0.0}
             if op != "==" or len(lin) != 2 or any(k >= n_x for k in lin):
                 continue
             (u, a), (v, b) = sorted(lin.items())
             s, c = -a / b, -p.get((), 0.0) / b
-            if v in define or not (_exact32(s) and _exact32(c) and s * b == -a and c * b == -p.get((), 0.0)):
+            if v in define or not (
+                _exact32(s) and _exact32(c) and s * b == -a and c * b == -p.get((), 0.0)
+            ):
                 continue
             while u in define:  # u itself defined: x_v = s (s2 w + c2) + c
                 w, s2, c2 = define[u]
@@ -353,18 +372,67 @@ def to_product(query: Query) -> Product:
     base, branches = [], []
     for ci, conj in enumerate(clauses):
         atoms = [
-            [x for ai, (p, op, line) in enumerate(c) if (ci, ai) not in used for x in atom(p, op, line)]
+            [
+                x
+                for ai, (p, op, line) in enumerate(c)
+                if (ci, ai) not in used
+                for x in atom(p, op, line)
+            ]
             for c in conj
         ]
         if len(atoms) == 1:
             base += atoms[0]
         else:
             branches.append(atoms)
+    base += _implied_bounds(base, M, m, n_y)
     shim = _Shim(query.name)
     conjunctions = _product(shim, branches, 1)
     n_out = n_y + (n_x if passthrough else 0)
     spec = _to_spec(shim, base, conjunctions, len(free), n_out)
     return Product(query, spec, M, m, passthrough)
+
+
+def _implied_bounds(base: list, M: np.ndarray, m: np.ndarray, n_y: int) -> list:
+    """Box bounds on free inputs implied by the input rows that hold everywhere (``X2[0] >=
+    X[0]`` with ``X[0] >= 0.6`` gives ``X2[0] >= 0.6``), each widened by a relative 1e-9 (more
+    than float64's rounding of a short sum): the input set is unchanged, only its box is
+    found."""
+    n_z = M.shape[1]
+    lo, hi = np.full(n_z, -np.inf), np.full(n_z, np.inf)
+    for a in base:
+        if a[0] == "x":
+            _, k, upper, v, _ = a
+            if upper:
+                hi[k] = min(hi[k], v)
+            else:
+                lo[k] = max(lo[k], v)
+    rows = []
+    for a in base:
+        if a[0] == "y" and all(c >= n_y for c in a[1]):
+            coef = np.zeros(M.shape[0])
+            for c, v in a[1].items():
+                coef[c - n_y] += v
+            rows.append((coef @ M, a[2] - coef @ m, a[3]))
+    out = []
+    for _ in range(3):  # a few passes reach chains of two or three rows
+        for b, d, line in rows:
+            for k in np.nonzero(b)[0]:
+                others = np.delete(b, k)
+                olo, ohi = np.delete(lo, k), np.delete(hi, k)
+                with np.errstate(invalid="ignore"):
+                    least = np.where(others > 0, others * olo, others * ohi)
+                rest = least[others != 0].sum()
+                if not np.isfinite(rest):
+                    continue
+                v = (d - rest) / b[k]
+                v += (abs(v) * 1e-9 + 1e-300) * (1 if b[k] > 0 else -1)
+                if b[k] > 0 and v < hi[k]:
+                    hi[k] = v
+                    out.append(("x", int(k), True, float(v), line))
+                elif b[k] < 0 and v > lo[k]:
+                    lo[k] = v
+                    out.append(("x", int(k), False, float(v), line))
+    return out
 
 
 def _line(a) -> int:
