@@ -265,13 +265,6 @@ def test_undeclared_network_is_one_line(tmp_path):
     assert "\n" not in str(e.value) and "q.vnnlib:" in str(e.value)
 
 
-def test_polynomial_assertion_is_unknown_with_the_reason(tmp_path):
-    onnx.save(torch_to_onnx(nn.Sequential(nn.Linear(2, 1)), (2,)), tmp_path / "m.onnx")
-    (tmp_path / "p.vnnlib").write_text(_HEAD + _BOX + "(assert (>= (* Y[0] Y[0]) 100.0))")
-    r = verify(tmp_path / "m.onnx", tmp_path / "p.vnnlib", timeout=10)
-    assert r.verdict == "unknown" and "polynomial" in r.message
-
-
 def test_format_is_detected_from_the_text_gz_or_not(tmp_path):
     net = nn.Sequential(nn.Linear(2, 1))
     onnx.save(torch_to_onnx(net, (2,)), tmp_path / "m.onnx")
@@ -283,3 +276,30 @@ def test_format_is_detected_from_the_text_gz_or_not(tmp_path):
     for name in ("a.vnnlib", "b.txt"):
         r = verify(tmp_path / "m.onnx", tmp_path / name, timeout=20)
         assert r.verdict == ("holds" if bound < 100 else "violated")
+
+
+def _poly_instance(tmp_path, assertion: str):
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+    onnx.save(torch_to_onnx(net, (2,)), tmp_path / "m.onnx")
+    (tmp_path / "p.vnnlib").write_text(_HEAD + _BOX + assertion)
+    xs = torch.rand(20000, 2)
+    with torch.no_grad():
+        y = net(xs)[:, 0]
+    return tmp_path / "m.onnx", tmp_path / "p.vnnlib", xs, y
+
+
+def test_polynomial_assertions_bilinear(tmp_path):
+    """Products of variables are extra outputs bounded by the bilinear rule: an unreachable
+    square holds, a reachable product of an input and an output is falsified and checked."""
+    m, q, xs, y = _poly_instance(tmp_path, "(assert (>= (* Y[0] Y[0]) 100.0))")
+    assert (y * y).max() < 100
+    assert to_product(read_query(q)).products == ((0, 0),)
+    assert verify(m, q, timeout=20).verdict == "holds"
+    top = float((xs[:, 0] * y).max())
+    target = float(f"{top - 0.1 * abs(top):.9f}")  # reached (VNN-LIB numbers: no exponent)
+    m, q, xs, y = _poly_instance(tmp_path, f"(assert (>= (* X[0] Y[0]) {target:.9f}))")
+    r = verify(m, q, timeout=20)
+    assert r.verdict == "violated", r
+    v = _check_2026(r.vnncomp(), q, {"f": m})
+    assert v["X"][0] * v["Y"][0] >= target

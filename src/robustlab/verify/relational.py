@@ -26,10 +26,14 @@ from robustlab.verify.vnnlib2 import Product, Query
 
 class ProductNet(nn.Module):
     """Networks side by side: network ``i`` gets ``x_i = M_i z + m_i`` (a Linear layer) reshaped
-    to its input shape; the outputs are flattened and joined, then ``x`` when ``passthrough``."""
+    to its input shape; the outputs are flattened and joined, then ``x`` when ``passthrough``,
+    then the ``products`` (each a tuple of columns of the former, multiplied)."""
 
-    def __init__(self, nets, shapes, M: np.ndarray, m: np.ndarray, passthrough: bool) -> None:
+    def __init__(
+        self, nets, shapes, M: np.ndarray, m: np.ndarray, passthrough: bool, products=()
+    ) -> None:
         super().__init__()
+        self.products = [tuple(int(c) for c in p) for p in products]
         self.nets = nn.ModuleList(nets)
         self.shapes = [tuple(s) for s in shapes]
         self.maps = nn.ModuleList()
@@ -48,7 +52,16 @@ class ProductNet(nn.Module):
         ]
         if self.passmap is not None:
             outs.append(self.passmap(z))
-        return torch.cat(outs, 1)
+        y = torch.cat(outs, 1)
+        if not self.products:
+            return y
+        extra = []
+        for cols in self.products:  # products of two (or more) values: the bilinear rule
+            t = y[:, cols[0] : cols[0] + 1]
+            for c in cols[1:]:
+                t = t * y[:, c : c + 1]
+            extra.append(t)
+        return torch.cat([y, *extra], 1)
 
 
 def _linear(M: np.ndarray, m: np.ndarray) -> nn.Linear:
@@ -105,7 +118,8 @@ class QueryOracle:
                 j += v.numel
             ys.append(flat_out.astype(np.float64))
         y = np.concatenate(ys + (xs if p.passthrough else []))
-        return values, y
+        extra = [math.prod(float(y[c]) for c in cols) for cols in p.products]
+        return values, np.concatenate([y, np.asarray(extra, dtype=np.float64)])
 
     def __call__(self, z: Tensor) -> np.ndarray:
         self.busy = True
@@ -185,7 +199,7 @@ def build(product: Product, loaded: dict, onnx_bytes: dict) -> tuple[nn.Module, 
     oracle = QueryOracle(product, oracles)
     if len(q.networks) == 1 and product.identity:
         return modules[0], shapes[0], oracle
-    net = ProductNet(modules, shapes, product.M, product.m, product.passthrough)
+    net = ProductNet(modules, shapes, product.M, product.m, product.passthrough, product.products)
     return net.eval(), (product.M.shape[1],), oracle
 
 

@@ -13,7 +13,10 @@ outputs followed by ``x`` itself (exact, never dropped). ``<`` is read as ``<=``
 ``<`` or ``>`` (both sound for ``holds``); every counterexample is checked against every
 assertion of the query exactly (see :mod:`robustlab.verify.relational`).
 
-Unsupported constructs (hidden nodes, products of variables) raise :class:`Unsupported`, which
+A polynomial assertion's products of variables become extra outputs of the product network
+(bounded by the bilinear rule, McCormick planes), so it is linear over those.
+
+Unsupported constructs (hidden nodes) raise :class:`Unsupported`, which
 the verifier answers with ``unknown`` and the reason; malformed queries raise a one-line
 RobustlabError.
 """
@@ -231,21 +234,26 @@ def _sum(ps: list[Poly]) -> Poly:
 class Product:
     """A query turned into a Spec over the free inputs ``z`` of the product of its networks:
     ``x = M z + m`` gives every network's inputs (flat, in declared order); the product network's
-    outputs are every network's outputs, then ``x`` itself when ``passthrough``."""
+    outputs are every network's outputs, then ``x`` itself when ``passthrough``, then each
+    product of variables that an assertion uses."""
 
     query: Query
     spec: Spec
     M: np.ndarray  # (n_x, n_z), float64
     m: np.ndarray  # (n_x,)
     passthrough: bool
+    # per product of variables in an assertion (an extra output after ``x``): the columns of
+    # its factors among the outputs and ``x`` (bounded by the bilinear rule)
+    products: tuple[tuple[int, ...], ...] = ()
 
     @property
     def identity(self) -> bool:
-        """Whether ``x = z`` (no input defined by another, no input row)."""
+        """Whether ``x = z`` (no input defined by another, no input row, no product)."""
         n_x, n_z = self.M.shape
         return (
             n_x == n_z
             and not self.passthrough
+            and not self.products
             and np.array_equal(self.M, np.eye(n_x))
             and not self.m.any()
         )
@@ -293,11 +301,6 @@ def to_product(query: Query) -> Product:
                 if op is None:
                     raise Unsupported(f"line {line}: {type(cmp).__name__} is not supported")
                 p = _sum([_poly(cmp.lhs, index), {k: -v for k, v in _poly(cmp.rhs, index).items()}])
-                if any(len(k) > 1 and v != 0.0 for k, v in p.items()):
-                    raise Unsupported(
-                        f"{query.name}:{line}: a polynomial assertion (a product of variables) "
-                        "is not relaxed by this verifier"
-                    )
                 if op == "!=":
                     alts = [x + [(p, "<", line)] for x in alts] + [
                         x + [(p, ">", line)] for x in alts
@@ -313,8 +316,9 @@ def to_product(query: Query) -> Product:
         if len(conj) != 1:
             continue
         for ai, (p, op, _) in enumerate(conj[0]):
-            lin = {k[0]: v for k, v in p.items() if k and v != 0.0}
-            if op != "==" or len(lin) != 2 or any(k >= n_x for k in lin):
+            lin = {k[0]: v for k, v in p.items() if len(k) == 1 and v != 0.0}
+            nonlinear = any(len(k) > 1 and v != 0.0 for k, v in p.items())
+            if op != "==" or nonlinear or len(lin) != 2 or any(k >= n_x for k in lin):
                 continue
             (u, a), (v, b) = sorted(lin.items())
             s, c = -a / b, -p.get((), 0.0) / b
@@ -341,11 +345,12 @@ def to_product(query: Query) -> Product:
         else:
             M[i, zpos[i]] = 1.0
     passthrough = False
+    monomials: dict[tuple, int] = {}  # a product of variables -> its extra output
 
     def atom(p: Poly, op: str, line: int) -> list:
         nonlocal passthrough
         const = p.get((), 0.0)
-        lin = {k[0]: v for k, v in p.items() if k and v != 0.0}
+        lin = {k if len(k) > 1 else k[0]: v for k, v in p.items() if k and v != 0.0}
         if op in (">=", ">"):
             const, lin = -const, {k: -v for k, v in lin.items()}
         if not lin:
@@ -358,11 +363,15 @@ def to_product(query: Query) -> Product:
             raise RobustlabError(f"{query.name}:{line}: expected finite coefficients")
         if len(lin) == 1:
             ((i, a),) = lin.items()
-            if i < n_x and i not in define:
+            if isinstance(i, int) and i < n_x and i not in define:
                 return [("x", zpos[i], a > 0, -const / a, line)]
         rows = {}
         for i, a in lin.items():
-            if i >= n_x:
+            if isinstance(i, tuple):  # a product: an extra output of the product network
+                passthrough |= any(f < n_x for f in i)
+                key = ("m", monomials.setdefault(i, len(monomials)))
+                rows[key] = rows.get(key, 0.0) + a
+            elif i >= n_x:
                 rows[i - n_x] = rows.get(i - n_x, 0.0) + a
             else:
                 passthrough = True
@@ -384,15 +393,23 @@ def to_product(query: Query) -> Product:
             base += atoms[0]
         else:
             branches.append(atoms)
-    base += _implied_bounds(base, M, m, n_y)
+    n_base = n_y + (n_x if passthrough else 0)
+    for a in base + [a for b in branches for c in b for a in c]:
+        if a[0] == "y":  # products' columns follow the outputs and the inputs passed through
+            for key in [k for k in a[1] if isinstance(k, tuple)]:
+                a[1][n_base + key[1]] = a[1].pop(key)
+    base += _implied_bounds(base, M, m, n_y, n_base)
     shim = _Shim(query.name)
     conjunctions = _product(shim, branches, 1)
-    n_out = n_y + (n_x if passthrough else 0)
-    spec = _to_spec(shim, base, conjunctions, len(free), n_out)
-    return Product(query, spec, M, m, passthrough)
+    spec = _to_spec(shim, base, conjunctions, len(free), n_base + len(monomials))
+    factors = tuple(
+        tuple(f - n_x if f >= n_x else n_y + f for f in mono)
+        for mono in sorted(monomials, key=monomials.get)
+    )
+    return Product(query, spec, M, m, passthrough, factors)
 
 
-def _implied_bounds(base: list, M: np.ndarray, m: np.ndarray, n_y: int) -> list:
+def _implied_bounds(base: list, M: np.ndarray, m: np.ndarray, n_y: int, n_base: int) -> list:
     """Box bounds on free inputs implied by the input rows that hold everywhere (``X2[0] >=
     X[0]`` with ``X[0] >= 0.6`` gives ``X2[0] >= 0.6``), each widened by a relative 1e-9 (more
     than float64's rounding of a short sum): the input set is unchanged, only its box is
@@ -408,7 +425,7 @@ def _implied_bounds(base: list, M: np.ndarray, m: np.ndarray, n_y: int) -> list:
                 lo[k] = max(lo[k], v)
     rows = []
     for a in base:
-        if a[0] == "y" and all(c >= n_y for c in a[1]):
+        if a[0] == "y" and all(n_y <= c < n_base for c in a[1]):
             coef = np.zeros(M.shape[0])
             for c, v in a[1].items():
                 coef[c - n_y] += v
