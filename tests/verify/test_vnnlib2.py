@@ -303,3 +303,23 @@ def test_polynomial_assertions_bilinear(tmp_path):
     assert r.verdict == "violated", r
     v = _check_2026(r.vnncomp(), q, {"f": m})
     assert v["X"][0] * v["Y"][0] >= target
+
+
+def test_v1_input_rows_go_through_the_v2_path(tmp_path):
+    """A 1.0 property whose input constraint spans two inputs (as ACC's) is read as the same
+    query in 2.0 and verified; the result file stays in 1.0's format."""
+    net = nn.Sequential(nn.Linear(2, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        net[0].bias.zero_()
+    onnx.save(torch_to_onnx(net, (2,)), tmp_path / "m.onnx")
+    head = "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+    box = "(assert (>= X_0 0.0))\n(assert (<= X_0 1.0))\n(assert (>= X_1 0.0))\n(assert (<= X_1 1.0))\n"
+    row = "(assert (<= (- X_0 X_1) -0.5))\n"  # y = x0 - x1 <= -0.5 on the whole input set
+    (tmp_path / "holds.vnnlib").write_text(head + box + row + "(assert (>= Y_0 -0.4))")
+    (tmp_path / "sat.vnnlib").write_text(head + box + row + "(assert (>= Y_0 -0.6))")
+    assert verify(tmp_path / "m.onnx", tmp_path / "holds.vnnlib", timeout=20).verdict == "holds"
+    r = verify(tmp_path / "m.onnx", tmp_path / "sat.vnnlib", timeout=20)
+    assert r.verdict == "violated" and r.vnncomp().startswith("sat\n((X_0 ")
+    x0, x1 = r.counterexample["x"]
+    assert x0 - x1 <= -0.5 and r.counterexample["y"][0] >= -0.6

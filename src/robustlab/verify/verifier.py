@@ -28,9 +28,11 @@ from robustlab.errors import RobustlabError
 from robustlab.verify.engine import STRATEGIES, verify_spec
 from robustlab.verify.oracle import OnnxOracle
 from robustlab.verify.vnnlib import read_text, read_vnnlib
-from robustlab.verify.vnnlib2 import Unsupported, is_vnnlib2
+from robustlab.verify.vnnlib2 import Unsupported, from_v1, is_vnnlib2, read_query
 
 VERDICTS = ("holds", "violated", "timeout", "unknown", "error")
+# the 1.0 reader's refusals of constraints beyond boxes, which the 2.0 path reads instead
+_V1_BEYOND_BOXES = ("that bound one X_i each", "mixes inputs and outputs")
 RECHECK_S = 1.5  # past the timeout, for the onnxruntime re-check of a counterexample found in time
 
 __all__ = ["STRATEGIES", "VERDICTS", "VerifyResult", "load_onnx", "verify", "verify_spec"]
@@ -151,27 +153,41 @@ def _run(onnx_path, vnnlib_path, strategy, start, end, box: dict, networks: dict
     used = strategy
     try:
         with deadline.within(end):
-            text, _ = read_text(vnnlib_path, "VNN-LIB")
-            if is_vnnlib2(text):
+            text, name = read_text(vnnlib_path, "VNN-LIB")
+            query = read_query(vnnlib_path) if is_vnnlib2(text) else None
+            first = None
+            if query is None:
+                loaded, onnx_bytes = first = load_onnx(onnx_path)
+                shape = loaded.input_shape
+                model = loaded.module
+                n_in = int(np.prod(shape))
+                with torch.no_grad():
+                    n_out = model(torch.zeros(1, *shape)).numel()
+                try:
+                    spec = read_vnnlib(vnnlib_path, n_in, n_out)
+                except RobustlabError as e:
+                    if not any(w in str(e) for w in _V1_BEYOND_BOXES):
+                        raise
+                    query = from_v1(text, name)  # input rows: the 2.0 path reads them
+            if query is not None:
                 verdict, cex, used, message = _run2(
-                    onnx_path, vnnlib_path, networks, strategy, start, end, box, stats
+                    onnx_path,
+                    query,
+                    networks,
+                    strategy,
+                    start,
+                    end,
+                    box,
+                    stats,
+                    first,
+                    first is not None,
                 )
-                box["result"] = VerifyResult(
-                    verdict, time.monotonic() - start, used, cex, message, stats
+            else:
+                oracle = box["oracle"] = OnnxOracle(onnx_bytes, n_in)
+                stats["load_s"] = round(time.monotonic() - start, 3)
+                verdict, cex, used, message = verify_spec(
+                    model, shape, spec, oracle, deadline=end, strategy=strategy, stats=stats
                 )
-                return
-            loaded, onnx_bytes = load_onnx(onnx_path)
-            shape = loaded.input_shape
-            model = loaded.module
-            n_in = int(np.prod(shape))
-            with torch.no_grad():
-                n_out = model(torch.zeros(1, *shape)).numel()
-            spec = read_vnnlib(vnnlib_path, n_in, n_out)
-            oracle = box["oracle"] = OnnxOracle(onnx_bytes, n_in)
-            stats["load_s"] = round(time.monotonic() - start, 3)
-            verdict, cex, used, message = verify_spec(
-                model, shape, spec, oracle, deadline=end, strategy=strategy, stats=stats
-            )
         result = VerifyResult(verdict, time.monotonic() - start, used, cex, message, stats)
     except deadline.DeadlineExceeded:
         result = VerifyResult("timeout", time.monotonic() - start, used, stats=stats)
@@ -185,13 +201,13 @@ def _run(onnx_path, vnnlib_path, strategy, start, end, box: dict, networks: dict
     box["result"] = result
 
 
-def _run2(onnx_path, vnnlib_path, networks: dict, strategy, start, end, box, stats):
+def _run2(onnx_path, query, networks, strategy, start, end, box, stats, first=None, v1=False):
     """A VNN-LIB 2.0 query: its networks loaded (the positional ONNX file for the first
-    network, ``networks`` by name for the others), verified on their product."""
+    network, ``first`` when it was loaded already; ``networks`` by name for the others),
+    verified on their product."""
     from robustlab.verify.relational import build, counterexample_text
-    from robustlab.verify.vnnlib2 import read_query, to_product
+    from robustlab.verify.vnnlib2 import to_product
 
-    query = read_query(vnnlib_path)
     product = to_product(query)
     paths = {}
     for net in query.networks:
@@ -208,7 +224,8 @@ def _run2(onnx_path, vnnlib_path, networks: dict, strategy, start, end, box, sta
         raise RobustlabError(f"{query.name}: declares no network {sorted(extra)[0]}")
     loaded, raw = {}, {}
     for name, path in paths.items():
-        loaded[name], raw[name] = load_onnx(path)
+        same = first is not None and path == onnx_path
+        loaded[name], raw[name] = first if same else load_onnx(path)
         with torch.no_grad():
             lm = loaded[name]
             n_out = lm.module(torch.zeros(1, *lm.input_shape)).numel()
@@ -226,11 +243,14 @@ def _run2(onnx_path, vnnlib_path, networks: dict, strategy, start, end, box, sta
     verdict, cex, used, message = verify_spec(
         model, shape, product.spec, oracle, deadline=end, strategy=strategy, stats=stats
     )
-    if cex is not None:
+    if cex is not None:  # every network's inputs and outputs, flat, in declared order
         values, _ = oracle.assignment(torch.tensor(cex["x"], dtype=torch.float64))
-        cex = dict(
-            cex,
-            variables={k: np.asarray(v).reshape(-1).tolist() for k, v in values.items()},
-            vnnlib2=counterexample_text(query, values),
-        )
+        flat = {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in values.items()}
+        cex = {
+            "x": [a for v in query.inputs for a in flat[v.name]],
+            "y": [a for v in query.outputs for a in flat[v.name]],
+            "variables": flat,
+        }
+        if not v1:  # a 2.0 query's result file: VNN-COMP 2026's format
+            cex["vnnlib2"] = counterexample_text(query, values)
     return verdict, cex, used, message

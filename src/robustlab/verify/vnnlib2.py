@@ -172,6 +172,26 @@ def parse(text: str, name: str) -> Query:
     return Query(name, nets, tuple(q.assertions))
 
 
+_V1_DECL = re.compile(r"\(\s*declare-(?:const\s+([XY])_(\d+)|fun\s+([XY])_(\d+)\s*\(\s*\))\s+Real\s*\)")
+
+
+def from_v1(text: str, name: str) -> Query:
+    """A VNN-LIB 1.0 property (``X_i`` / ``Y_j`` of one network) as the equivalent 2.0 query,
+    for the constraints that the 1.0 reader leaves to this one (input constraints over several
+    inputs, or over inputs and outputs together)."""
+    sizes = {"X": 0, "Y": 0}
+    for m in _V1_DECL.finditer(text):
+        var, i = m.group(1) or m.group(3), int(m.group(2) or m.group(4))
+        sizes[var] = max(sizes[var], i + 1)
+    body = _V1_DECL.sub("", text)
+    body = re.sub(r"\b([XY])_(\d+)\b", r"\1[\2]", body)
+    head = (
+        "(vnnlib-version <2.0>) (declare-network network (declare-input X Real "
+        f"[{sizes['X']}]) (declare-output Y Real [{sizes['Y']}]))"
+    )
+    return parse(head + body, name)  # the same line numbers: the header is one line
+
+
 def read_query(path: str | Path) -> Query:
     """A VNN-LIB 2.0 file (plain or gzipped) as a Query."""
     text, name = read_text(path, "VNN-LIB")
