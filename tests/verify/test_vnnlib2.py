@@ -323,3 +323,49 @@ def test_v1_input_rows_go_through_the_v2_path(tmp_path):
     assert r.verdict == "violated" and r.vnncomp().startswith("sat\n((X_0 ")
     x0, x1 = r.counterexample["x"]
     assert x0 - x1 <= -0.5 and r.counterexample["y"][0] >= -0.6
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_relational_verdicts_agree_with_sampling(tmp_path, seed):
+    """Random pairs of small networks and relational queries: a 'holds' is never contradicted
+    by 4000 samples of the input set, a 'violated' replays."""
+    gen = torch.Generator().manual_seed(seed)
+    f, g = _mlp(seed), _mlp(seed + 100)
+    onnx.save(torch_to_onnx(f, (3,)), tmp_path / "f.onnx")
+    onnx.save(torch_to_onnx(g, (3,)), tmp_path / "g.onnx")
+    lo = (torch.rand(3, generator=gen) - 0.5).tolist()
+    box = "\n".join(
+        f"(assert (>= X[{i}] {v:.4f}))\n(assert (<= X[{i}] {v + 0.5:.4f}))"
+        for i, v in enumerate(lo)
+    )
+    same = "\n".join(f"(assert (== Z[{i}] X[{i}]))" for i in (1, 2))
+    xs = torch.rand(4000, 3, generator=gen) * 0.5 + torch.tensor(lo)
+    zs = xs.clone()
+    zs[:, 0] = xs[:, 0] + 0.2 * torch.rand(4000, generator=gen)  # Z[0] in [X[0], X[0] + 0.2]
+    zs = zs.float().double()
+    with torch.no_grad():
+        gap = (g(zs.float())[:, 1] - f(xs.float())[:, 1]).double()
+    threshold = float(gap.max()) + (0.3 if seed % 2 else -0.05)
+    q = f"""(vnnlib-version <2.0>)
+(declare-network f (declare-input X Real [3]) (declare-output Y Real [2]))
+(declare-network g (isomorphic-to f) (declare-input Z Real [3]) (declare-output W Real [2]))
+{box}
+{same}
+(assert (>= Z[0] X[0]))
+(assert (<= (- Z[0] X[0]) 0.2))
+(assert (>= (- W[1] Y[1]) {threshold:.6f}))
+"""
+    (tmp_path / "q.vnnlib").write_text(q)
+    r = verify(
+        tmp_path / "f.onnx", tmp_path / "q.vnnlib", timeout=20, networks={"g": tmp_path / "g.onnx"}
+    )
+    if r.verdict == "holds":
+        assert gap.max() < threshold
+    elif r.verdict == "violated":
+        _check_2026(
+            r.vnncomp(), tmp_path / "q.vnnlib", {"f": tmp_path / "f.onnx", "g": tmp_path / "g.onnx"}
+        )
+    if gap.max() >= threshold + 1e-6:
+        assert r.verdict != "holds"
+    # the margin 0.05 below the sampled maximum is found; 0.3 above it is proved
+    assert r.verdict == ("holds" if seed % 2 else "violated"), r
