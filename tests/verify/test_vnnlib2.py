@@ -369,3 +369,19 @@ def test_relational_verdicts_agree_with_sampling(tmp_path, seed):
         assert r.verdict != "holds"
     # the margin 0.05 below the sampled maximum is found; 0.3 above it is proved
     assert r.verdict == ("holds" if seed % 2 else "violated"), r
+
+
+def test_cli_network_option_and_2026_result_file(tmp_path, monkeypatch, capsys):
+    from ..conftest import run_cli
+
+    f, g, q, gap = _isomorphic(tmp_path, 0.2)
+    out = tmp_path / "result.txt"
+    code, stdout, _ = run_cli(
+        monkeypatch, capsys, "verify", f, q, "--timeout", "30", "--network", f"g={g}", "--out", out
+    )
+    assert code in (0, None) and stdout.strip() == "violated"
+    _check_2026(out.read_text(), q, {"f": f, "g": g})
+    code, stdout, err = run_cli(monkeypatch, capsys, "verify", f, q, "--network", "g")
+    assert code == 2 and "NAME=PATH" in err and len(err.strip().splitlines()) == 1
+    code, stdout, err = run_cli(monkeypatch, capsys, "verify", f, q)  # g's file missing
+    assert code == 2 and "--network g=PATH" in err
