@@ -167,7 +167,7 @@ def test_monotonicity_equal_to_on_acasxu(tmp_path):
     for threshold in (0.05, 0.0):  # the second is reached at X2 = X
         (tmp_path / "mono.vnnlib").write_text(q.replace("THRESHOLD", str(threshold)))
         p = to_product(read_query(tmp_path / "mono.vnnlib"))
-        assert p.M.shape == (10, 6) and p.passthrough  # X2[1:] defined by X[1:]; X2[0] free
+        assert p.M().shape == (10, 6) and p.passthrough  # X2[1:] defined by X[1:]; X2[0] free
         assert p.spec.lower[0, 5] >= _ACAS_BOX[0][0] - 1e-8  # implied by X2[0] >= X[0]
         r = verify(onnx_path, tmp_path / "mono.vnnlib", timeout=60)
         assert r.verdict in ("holds", "violated"), r

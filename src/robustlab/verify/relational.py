@@ -29,20 +29,19 @@ class ProductNet(nn.Module):
     to its input shape; the outputs are flattened and joined, then ``x`` when ``passthrough``,
     then the ``products`` (each a tuple of columns of the former, multiplied)."""
 
-    def __init__(
-        self, nets, shapes, M: np.ndarray, m: np.ndarray, passthrough: bool, products=()
-    ) -> None:
+    def __init__(self, nets, shapes, product: Product) -> None:
         super().__init__()
-        self.products = [tuple(int(c) for c in p) for p in products]
+        self.products = [tuple(int(c) for c in p) for p in product.products]
+        m = product.m
         self.nets = nn.ModuleList(nets)
         self.shapes = [tuple(s) for s in shapes]
         self.maps = nn.ModuleList()
         k = 0
         for s in self.shapes:
             n = math.prod(s)
-            self.maps.append(_linear(M[k : k + n], m[k : k + n]))
+            self.maps.append(_linear(product.M(slice(k, k + n)), m[k : k + n]))
             k += n
-        self.passmap = _linear(M, m) if passthrough else None
+        self.passmap = _linear(product.M(), m) if product.passthrough else None
 
     def forward(self, z: Tensor) -> Tensor:
         z = z.reshape(z.shape[0], -1)
@@ -92,7 +91,7 @@ class QueryOracle:
         declared shape) and the product's outputs (float64) at ``z``."""
         p = self.product
         zz = np.asarray(torch.as_tensor(z).double().reshape(-1).numpy())
-        x = p.M @ zz + p.m
+        x = p.inputs(zz)
         values, ys, xs, k = {}, [], [], 0
         for net in p.query.networks:
             n_in = sum(v.numel for v in net.inputs)
@@ -199,8 +198,8 @@ def build(product: Product, loaded: dict, onnx_bytes: dict) -> tuple[nn.Module, 
     oracle = QueryOracle(product, oracles)
     if len(q.networks) == 1 and product.identity:
         return modules[0], shapes[0], oracle
-    net = ProductNet(modules, shapes, product.M, product.m, product.passthrough, product.products)
-    return net.eval(), (product.M.shape[1],), oracle
+    net = ProductNet(modules, shapes, product)
+    return net.eval(), (product.n_free,), oracle
 
 
 def counterexample_text(query: Query, values: dict[str, np.ndarray]) -> str:

@@ -172,7 +172,9 @@ def parse(text: str, name: str) -> Query:
     return Query(name, nets, tuple(q.assertions))
 
 
-_V1_DECL = re.compile(r"\(\s*declare-(?:const\s+([XY])_(\d+)|fun\s+([XY])_(\d+)\s*\(\s*\))\s+Real\s*\)")
+_V1_DECL = re.compile(
+    r"\(\s*declare-(?:const\s+([XY])_(\d+)|fun\s+([XY])_(\d+)\s*\(\s*\))\s+Real\s*\)"
+)
 
 
 def from_v1(text: str, name: str) -> Query:
@@ -259,7 +261,8 @@ class Product:
 
     query: Query
     spec: Spec
-    M: np.ndarray  # (n_x, n_z), float64
+    src: np.ndarray  # (n_x,), int64: the free input each input is computed from
+    scale: np.ndarray  # (n_x,), float64: x_i = scale_i z_{src_i} + m_i (float32-exact)
     m: np.ndarray  # (n_x,)
     passthrough: bool
     # per product of variables in an assertion (an extra output after ``x``): the columns of
@@ -267,14 +270,29 @@ class Product:
     products: tuple[tuple[int, ...], ...] = ()
 
     @property
+    def n_free(self) -> int:
+        return self.spec.n_inputs
+
+    def M(self, rows: slice = slice(None)) -> np.ndarray:
+        """The rows ``rows`` of ``M`` (dense: for a product network's input maps)."""
+        src, scale = self.src[rows], self.scale[rows]
+        out = np.zeros((len(src), self.n_free))
+        out[np.arange(len(src)), src] = scale
+        return out
+
+    def inputs(self, z: np.ndarray) -> np.ndarray:
+        """Every network's inputs ``x = M z + m`` (float64) at the free inputs ``z``."""
+        return self.scale * np.asarray(z, dtype=np.float64)[self.src] + self.m
+
+    @property
     def identity(self) -> bool:
         """Whether ``x = z`` (no input defined by another, no input row, no product)."""
-        n_x, n_z = self.M.shape
         return (
-            n_x == n_z
+            len(self.src) == self.n_free
             and not self.passthrough
             and not self.products
-            and np.array_equal(self.M, np.eye(n_x))
+            and np.array_equal(self.src, np.arange(len(self.src)))
+            and (self.scale == 1.0).all()
             and not self.m.any()
         )
 
@@ -342,8 +360,10 @@ def to_product(query: Query) -> Product:
                 continue
             (u, a), (v, b) = sorted(lin.items())
             s, c = -a / b, -p.get((), 0.0) / b
-            if v in define or not (
-                _exact32(s) and _exact32(c) and s * b == -a and c * b == -p.get((), 0.0)
+            if (
+                v in define
+                or any(v == d[0] for d in define.values())
+                or not (_exact32(s) and _exact32(c) and s * b == -a and c * b == -p.get((), 0.0))
             ):
                 continue
             while u in define:  # u itself defined: x_v = s (s2 w + c2) + c
@@ -357,13 +377,10 @@ def to_product(query: Query) -> Product:
                     used.add((ci, ai))
     free = [i for i in range(n_x) if i not in define]
     zpos = {i: k for k, i in enumerate(free)}
-    M, m = np.zeros((n_x, len(free))), np.zeros(n_x)
-    for i in range(n_x):
-        if i in define:
-            u, s, c = define[i]
-            M[i, zpos[u]], m[i] = s, c
-        else:
-            M[i, zpos[i]] = 1.0
+    src, scale, m = np.arange(n_x), np.ones(n_x), np.zeros(n_x)
+    src[free] = np.arange(len(free))
+    for i, (u, s, c) in define.items():
+        src[i], scale[i], m[i] = zpos[u], s, c
     passthrough = False
     monomials: dict[tuple, int] = {}  # a product of variables -> its extra output
 
@@ -418,7 +435,7 @@ def to_product(query: Query) -> Product:
         if a[0] == "y":  # products' columns follow the outputs and the inputs passed through
             for key in [k for k in a[1] if isinstance(k, tuple)]:
                 a[1][n_base + key[1]] = a[1].pop(key)
-    base += _implied_bounds(base, M, m, n_y, n_base)
+    base += _implied_bounds(base, src, scale, m, len(free), n_y, n_base)
     shim = _Shim(query.name)
     conjunctions = _product(shim, branches, 1)
     spec = _to_spec(shim, base, conjunctions, len(free), n_base + len(monomials))
@@ -426,15 +443,14 @@ def to_product(query: Query) -> Product:
         tuple(f - n_x if f >= n_x else n_y + f for f in mono)
         for mono in sorted(monomials, key=monomials.get)
     )
-    return Product(query, spec, M, m, passthrough, factors)
+    return Product(query, spec, src, scale, m, passthrough, factors)
 
 
-def _implied_bounds(base: list, M: np.ndarray, m: np.ndarray, n_y: int, n_base: int) -> list:
+def _implied_bounds(base: list, src, scale, m, n_z: int, n_y: int, n_base: int) -> list:
     """Box bounds on free inputs implied by the input rows that hold everywhere (``X2[0] >=
     X[0]`` with ``X[0] >= 0.6`` gives ``X2[0] >= 0.6``), each widened by a relative 1e-9 (more
     than float64's rounding of a short sum): the input set is unchanged, only its box is
     found."""
-    n_z = M.shape[1]
     lo, hi = np.full(n_z, -np.inf), np.full(n_z, np.inf)
     for a in base:
         if a[0] == "x":
@@ -446,10 +462,11 @@ def _implied_bounds(base: list, M: np.ndarray, m: np.ndarray, n_y: int, n_base: 
     rows = []
     for a in base:
         if a[0] == "y" and all(n_y <= c < n_base for c in a[1]):
-            coef = np.zeros(M.shape[0])
+            b, const = np.zeros(n_z), a[2]
             for c, v in a[1].items():
-                coef[c - n_y] += v
-            rows.append((coef @ M, a[2] - coef @ m, a[3]))
+                b[src[c - n_y]] += v * scale[c - n_y]
+                const -= v * m[c - n_y]
+            rows.append((b, const, a[3]))
     out = []
     for _ in range(3):  # a few passes reach chains of two or three rows
         for b, d, line in rows:
