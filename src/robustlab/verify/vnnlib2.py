@@ -135,10 +135,11 @@ def parse(text: str, name: str) -> Query:
     variables keep the type ``real``."""
     import vnnlib
 
-    declared = set(re.findall(r"\(\s*declare-network\s+([^\s()]+)", text))
-    for m in re.finditer(r"\(\s*(equal-to|isomorphic-to)\s+([^\s()]+)\s*\)", text):
+    bare = re.sub(r";[^\n]*", "", text)  # comments out, lines kept
+    declared = set(re.findall(r"\(\s*declare-network\s+([^\s()]+)", bare))
+    for m in re.finditer(r"\(\s*(equal-to|isomorphic-to)\s+([^\s()]+)\s*\)", bare):
         if m.group(2) not in declared:
-            line = text.count("\n", 0, m.start()) + 1
+            line = bare.count("\n", 0, m.start()) + 1
             raise RobustlabError(
                 f"{name}:{line}: {m.group(1)} names network {m.group(2)!r}, which is not declared"
             )
