@@ -385,3 +385,25 @@ def test_cli_network_option_and_2026_result_file(tmp_path, monkeypatch, capsys):
     assert code == 2 and "NAME=PATH" in err and len(err.strip().splitlines()) == 1
     code, stdout, err = run_cli(monkeypatch, capsys, "verify", f, q)  # g's file missing
     assert code == 2 and "--network g=PATH" in err
+
+
+def test_benchmark_runner_reads_2026_network_lists(tmp_path):
+    """instances.csv rows as VNN-COMP 2026 writes them: a quoted list of (network, path) pairs,
+    paths without .gz where only the gzipped file exists."""
+    from robustlab.verify.runner import read_instances, run_benchmark
+
+    f, g, q, gap = _isomorphic(tmp_path, 0.2)
+    (tmp_path / "g.onnx.gz").write_bytes(gzip.compress(g.read_bytes()))
+    g.unlink()
+    pairs = "[('f', 'f.onnx'), ('g', 'g.onnx')]"
+    (tmp_path / "instances.csv").write_text(f'"{pairs}",{q.name},30\n')
+    (inst,) = read_instances(tmp_path / "instances.csv")
+    onnx_path, networks = inst.models()
+    assert onnx_path == str(f) and networks == {"f": str(f), "g": str(tmp_path / "g.onnx.gz")}
+    rows = run_benchmark(
+        tmp_path / "instances.csv", db=tmp_path / "r.sqlite", out_csv=tmp_path / "r.csv"
+    )
+    assert [r["result"] for r in rows] == ["violated"]
+    (tmp_path / "bad.csv").write_text(f"\"[('f', \",{q.name},30\n")
+    with pytest.raises(RobustlabError, match="network, path"):
+        read_instances(tmp_path / "bad.csv")

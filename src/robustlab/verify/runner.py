@@ -4,6 +4,7 @@ so an interrupted run resumes without redoing or repeating anything."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import os
 import sqlite3
@@ -32,9 +33,39 @@ CREATE TABLE IF NOT EXISTS verify_results (
 
 @dataclass(frozen=True)
 class Instance:
-    onnx: str  # absolute paths
+    onnx: str  # absolute paths; several networks (VNN-COMP 2026): "[('f', PATH), ...]"
     vnnlib: str
     timeout: float
+
+    def models(self) -> tuple[str, dict[str, str]]:
+        """The first network's file and every named network's (empty for one network)."""
+        if not self.onnx.startswith("["):
+            return self.onnx, {}
+        pairs = ast.literal_eval(self.onnx)
+        return pairs[0][1], dict(pairs)
+
+
+def _resolve(folder: Path, p: str) -> str:
+    """A path relative to the CSV's folder; ``X.gz`` when only the gzipped file exists."""
+    path = (folder / p.strip()).resolve()
+    gz = path.with_name(path.name + ".gz")
+    return str(gz if not path.exists() and gz.exists() else path)
+
+
+def _models_field(folder: Path, field: str, where: str) -> str:
+    """The onnx field: one path, or a list of (network name, path) pairs (VNN-COMP 2026)."""
+    if not field.strip().startswith("["):
+        return _resolve(folder, field)
+    try:
+        pairs = ast.literal_eval(field.strip())
+        pairs = [(str(n), _resolve(folder, str(p))) for n, p in pairs]
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise RobustlabError(
+            f"{where}: expected a list of (network, path) pairs; found {field[:60]!r} ({e})"
+        ) from None
+    if not pairs:
+        raise RobustlabError(f"{where}: expected a list of (network, path) pairs; found []")
+    return repr(pairs)
 
 
 def read_instances(
@@ -64,8 +95,8 @@ def read_instances(
                 ) from None
             if timeout_cap is not None:
                 t = min(t, timeout_cap)
-            onnx, vnnlib = (str((path.parent / p.strip()).resolve()) for p in row[:2])
-            out.append(Instance(onnx, vnnlib, t))
+            onnx = _models_field(path.parent, row[0], f"{path}:{lineno}")
+            out.append(Instance(onnx, _resolve(path.parent, row[1]), t))
     if not out:
         raise RobustlabError(f"{path}: no instances")
     return out
@@ -85,7 +116,8 @@ def _run_one(inst: Instance) -> tuple[Instance, str, float]:
     from robustlab.verify.verifier import verify
 
     start = time.monotonic()
-    r = verify(inst.onnx, inst.vnnlib, timeout=inst.timeout)
+    onnx, networks = inst.models()
+    r = verify(onnx, inst.vnnlib, timeout=inst.timeout, networks=networks)
     return inst, r.verdict, time.monotonic() - start
 
 
@@ -93,7 +125,8 @@ def verify_instance(inst: Instance) -> str:
     """The verdict for one instance (the default work of a worker process)."""
     from robustlab.verify.verifier import verify
 
-    return verify(inst.onnx, inst.vnnlib, timeout=inst.timeout).verdict
+    onnx, networks = inst.models()
+    return verify(onnx, inst.vnnlib, timeout=inst.timeout, networks=networks).verdict
 
 
 def _worker(conn, run: Callable[[Instance], str]) -> None:
