@@ -407,3 +407,14 @@ def test_benchmark_runner_reads_2026_network_lists(tmp_path):
     (tmp_path / "bad.csv").write_text(f"\"[('f', \",{q.name},30\n")
     with pytest.raises(RobustlabError, match="network, path"):
         read_instances(tmp_path / "bad.csv")
+
+
+def test_an_empty_band_holds_without_search(tmp_path):
+    """isomorphic_acasxu_2026 writes its band as Y_g > Y_f + e AND Y_g < Y_f - e: an empty
+    conjunction, which holds whatever the networks (found from the two rows, not by search)."""
+    f, g, q, gap = _isomorphic(tmp_path, 0.5)
+    text = q.read_text().rsplit("(assert (or", 1)[0]
+    q.write_text(text + "(assert (and (> W[0] (+ Y[0] 0.05)) (< W[0] (- Y[0] 0.05))))\n")
+    p = to_product(read_query(q))
+    assert len(p.spec.disjunct_region) == 0
+    assert verify(f, q, timeout=20, networks={"g": g}).verdict == "holds"

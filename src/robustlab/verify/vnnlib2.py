@@ -427,6 +427,7 @@ def to_product(query: Query) -> Product:
             ]
             for c in conj
         ]
+        atoms = [c + _contradiction(c) for c in atoms]
         if len(atoms) == 1:
             base += atoms[0]
         else:
@@ -445,6 +446,23 @@ def to_product(query: Query) -> Product:
         for mono in sorted(monomials, key=monomials.get)
     )
     return Product(query, spec, src, scale, m, passthrough, factors)
+
+
+def _contradiction(conj: list) -> list:
+    """``[("c", False, line)]`` when two rows of a conjunction are opposite and exclude each
+    other (``a.y <= d1`` and ``-a.y <= d2`` with ``d1 < -d2``: as in an equivalence band
+    written ``Y_g > Y_f + e and Y_g < Y_f - e``), so that the conjunction is known empty."""
+    rows: dict[frozenset, float] = {}
+    for a in conj:
+        if a[0] == "y":
+            key = frozenset(a[1].items())
+            rows[key] = min(rows.get(key, math.inf), a[2])
+    for a in conj:
+        if a[0] == "y":
+            neg = frozenset((c, -v) for c, v in a[1].items())
+            if neg in rows and a[2] < -rows[neg]:
+                return [("c", False, a[3])]
+    return []
 
 
 def _implied_bounds(base: list, src, scale, m, n_z: int, n_y: int, n_base: int) -> list:
