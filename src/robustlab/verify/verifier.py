@@ -170,17 +170,9 @@ def _run(onnx_path, vnnlib_path, strategy, start, end, box: dict, networks: dict
                         raise
                     query = from_v1(text, name)  # input rows: the 2.0 path reads them
             if query is not None:
+                run = (strategy, start, end, box, stats)
                 verdict, cex, used, message = _run2(
-                    onnx_path,
-                    query,
-                    networks,
-                    strategy,
-                    start,
-                    end,
-                    box,
-                    stats,
-                    first,
-                    first is not None,
+                    onnx_path, query, networks, run, first=first, v1=first is not None
                 )
             else:
                 oracle = box["oracle"] = OnnxOracle(onnx_bytes, n_in)
@@ -201,10 +193,12 @@ def _run(onnx_path, vnnlib_path, strategy, start, end, box: dict, networks: dict
     box["result"] = result
 
 
-def _run2(onnx_path, query, networks, strategy, start, end, box, stats, first=None, v1=False):
+def _run2(onnx_path, query, networks, run, *, first=None, v1=False):
     """A VNN-LIB 2.0 query: its networks loaded (the positional ONNX file for the first
     network, ``first`` when it was loaded already; ``networks`` by name for the others),
-    verified on their product."""
+    verified on their product; ``run``: (strategy, start, deadline, box, stats); ``v1``: the
+    query came from a 1.0 file (its result file stays in 1.0's format)."""
+    strategy, start, end, box, stats = run
     from robustlab.verify.relational import build, counterexample_text
     from robustlab.verify.vnnlib2 import to_product
 
