@@ -17,9 +17,10 @@ from torch import nn
 from robustlab._onnx import torch_to_onnx
 from robustlab.errors import RobustlabError
 from robustlab.verify import verify
+from robustlab.verify.product import to_product
 from robustlab.verify.relational import holds
 from robustlab.verify.vnnlib import read_vnnlib
-from robustlab.verify.vnnlib2 import Unsupported, is_vnnlib2, parse, read_query, to_product
+from robustlab.verify.vnnlib2 import Unsupported, is_vnnlib2, parse, read_query
 
 from ..conftest import SHARED
 

@@ -4,7 +4,8 @@ result, a one-line RobustlabError, or Unsupported (verdict unknown); never anoth
 import pytest
 
 from robustlab.errors import RobustlabError
-from robustlab.verify.vnnlib2 import Unsupported, parse, to_product
+from robustlab.verify.product import to_product
+from robustlab.verify.vnnlib2 import Unsupported, parse
 
 hypothesis = pytest.importorskip("hypothesis")
 st = pytest.importorskip("hypothesis.strategies")

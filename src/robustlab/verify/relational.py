@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
 from robustlab.verify.oracle import OnnxOracle
-from robustlab.verify.vnnlib2 import Product, Query
+from robustlab.verify.product import Product
+from robustlab.verify.vnnlib2 import Query
 
 
 class ProductNet(nn.Module):

@@ -199,8 +199,8 @@ def _run2(onnx_path, query, networks, run, *, first=None, v1=False):
     verified on their product; ``run``: (strategy, start, deadline, box, stats); ``v1``: the
     query came from a 1.0 file (its result file stays in 1.0's format)."""
     strategy, start, end, box, stats = run
+    from robustlab.verify.product import to_product
     from robustlab.verify.relational import build, counterexample_text
-    from robustlab.verify.vnnlib2 import to_product
 
     product = to_product(query)
     paths = {}
