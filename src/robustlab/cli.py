@@ -464,17 +464,24 @@ def verify(
         "--strategy",
         help="auto, input-split, relu-split, nonlinear-split or bounds (no branching).",
     ),
+    network: list[str] = typer.Option(
+        [], "--network", help="NAME=PATH: the ONNX file of a VNN-LIB 2.0 query's network NAME."
+    ),
     db: Path | None = DB,
 ) -> None:
-    """Verify one instance; a one-line summary, then holds, violated, timeout, unknown or error
-    (the last line)."""
+    """Verify one instance (VNN-LIB 1.0 or 2.0); a one-line summary, then holds, violated,
+    timeout, unknown or error (the last line)."""
     from robustlab.verify import verify as run_verify
 
     if out_file is not None:
         output_file(out_file, create=False)
     if db is not None:
         output_file(db, "--db", create=False)
-    result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy)
+    bad = next((n for n in network if "=" not in n or not n.split("=", 1)[0]), None)
+    if bad is not None:
+        raise RobustlabError(f"--network: expected NAME=PATH; found {bad!r}")
+    nets = dict(n.split("=", 1) for n in network)
+    result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy, networks=nets)
     if out_file is not None:
         try:
             output_file(out_file).write_text(result.vnncomp())

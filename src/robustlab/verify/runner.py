@@ -4,6 +4,7 @@ so an interrupted run resumes without redoing or repeating anything."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import os
 import sqlite3
@@ -33,9 +34,39 @@ CREATE TABLE IF NOT EXISTS verify_results (
 
 @dataclass(frozen=True)
 class Instance:
-    onnx: str  # absolute paths
+    onnx: str  # absolute paths; several networks (VNN-COMP 2026): "[('f', PATH), ...]"
     vnnlib: str
     timeout: float
+
+    def models(self) -> tuple[str, dict[str, str]]:
+        """The first network's file and every named network's (empty for one network)."""
+        if not self.onnx.startswith("["):
+            return self.onnx, {}
+        pairs = ast.literal_eval(self.onnx)
+        return pairs[0][1], dict(pairs)
+
+
+def _resolve(folder: Path, p: str) -> str:
+    """A path relative to the CSV's folder; ``X.gz`` when only the gzipped file exists."""
+    path = (folder / p.strip()).resolve()
+    gz = path.with_name(path.name + ".gz")
+    return str(gz if not path.exists() and gz.exists() else path)
+
+
+def _models_field(folder: Path, field: str, where: str) -> str:
+    """The onnx field: one path, or a list of (network name, path) pairs (VNN-COMP 2026)."""
+    if not field.strip().startswith("["):
+        return _resolve(folder, field)
+    try:
+        pairs = ast.literal_eval(field.strip())
+        pairs = [(str(n), _resolve(folder, str(p))) for n, p in pairs]
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise RobustlabError(
+            f"{where}: expected a list of (network, path) pairs; found {field[:60]!r} ({e})"
+        ) from None
+    if not pairs:
+        raise RobustlabError(f"{where}: expected a list of (network, path) pairs; found []")
+    return repr(pairs)
 
 
 def read_instances(
@@ -65,8 +96,8 @@ def read_instances(
                 ) from None
             if timeout_cap is not None:
                 t = min(t, timeout_cap)
-            onnx, vnnlib = (str((path.parent / p.strip()).resolve()) for p in row[:2])
-            out.append(Instance(onnx, vnnlib, t))
+            onnx = _models_field(path.parent, row[0], f"{path}:{lineno}")
+            out.append(Instance(onnx, _resolve(path.parent, row[1]), t))
     if not out:
         raise RobustlabError(f"{path}: no instances")
     return out
@@ -92,8 +123,9 @@ def verify_instance(inst: Instance) -> str:
     verdict ``error`` here (``verify`` raises for it)."""
     from robustlab.verify.verifier import verify
 
+    onnx, networks = inst.models()
     try:
-        r = verify(inst.onnx, inst.vnnlib, timeout=inst.timeout)
+        r = verify(onnx, inst.vnnlib, timeout=inst.timeout, networks=networks)
     except RobustlabError as e:
         print(f"{inst.vnnlib}: error: {e}", file=sys.stderr, flush=True)
         return "error"

@@ -27,9 +27,12 @@ from robustlab import deadline
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.verify.engine import STRATEGIES, verify_spec
 from robustlab.verify.oracle import OnnxOracle
-from robustlab.verify.vnnlib import read_vnnlib
+from robustlab.verify.vnnlib import read_text, read_vnnlib
+from robustlab.verify.vnnlib2 import Unsupported, from_v1, is_vnnlib2, read_query
 
 VERDICTS = ("holds", "violated", "timeout", "unknown", "error")
+# the 1.0 reader's refusals of constraints beyond boxes, which the 2.0 path reads instead
+_V1_BEYOND_BOXES = ("that bound one X_i each", "mixes inputs and outputs")
 RECHECK_S = 1.5  # past the timeout, for the onnxruntime re-check of a counterexample found in time
 
 __all__ = ["STRATEGIES", "VERDICTS", "VerifyResult", "load_onnx", "verify", "verify_spec"]
@@ -69,6 +72,8 @@ class VerifyResult:
         word = {"holds": "unsat", "violated": "sat"}.get(self.verdict, self.verdict)
         if self.verdict != "violated":
             return word + "\n"
+        if "vnnlib2" in self.counterexample:  # a VNN-LIB 2.0 query: VNN-COMP 2026's format
+            return self.counterexample["vnnlib2"]
         lines = [f"(X_{i} {float(v)!r})" for i, v in enumerate(self.counterexample["x"])]
         lines += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(self.counterexample["y"])]
         return "sat\n(" + "\n ".join(lines) + ")\n"
@@ -113,13 +118,16 @@ def verify(
     *,
     timeout: float = 300.0,
     strategy: str = "auto",
+    networks: dict | None = None,
 ) -> VerifyResult:
     """Verify one VNN-COMP instance (ONNX and VNN-LIB files, plain or gzipped) within
     ``timeout`` seconds, loading included. Raises ``RobustlabError`` for bad settings and missing
     files, like the rest of the API; a file that cannot be read as a network or a property is
     verdict ``error`` (its reason in ``message``). ``strategy``: ``auto`` (input splitting when at most 16 inputs vary, else ReLU
     splitting for ReLU networks and branching on general nonlinearities otherwise),
-    ``input-split``, ``relu-split``, ``nonlinear-split``, or ``bounds`` (no branching)."""
+    ``input-split``, ``relu-split``, ``nonlinear-split``, or ``bounds`` (no branching).
+    The property may be VNN-LIB 1.0 or 2.0 (detected from its text); ``networks`` maps the
+    names of a 2.0 query's further networks (``isomorphic-to``) to their ONNX files."""
     strategy = canonical(strategy, STRATEGIES)  # relu_split: relu-split
     if strategy not in STRATEGIES:
         raise unknown("strategy", strategy, STRATEGIES)
@@ -135,7 +143,9 @@ def verify(
     # operation (a huge matrix product, a conversion) is still running: that thread stops at
     # its next deadline check
     worker = threading.Thread(
-        target=_run, args=(onnx_path, vnnlib_path, strategy, start, end, box), daemon=True
+        target=_run,
+        args=(onnx_path, vnnlib_path, strategy, start, end, box, networks or {}),
+        daemon=True,
     )
     worker.start()
     worker.join(max(0.0, end - time.monotonic()))
@@ -162,30 +172,104 @@ def _join_abandoned() -> None:
         t.join(60)
 
 
-def _run(onnx_path, vnnlib_path, strategy: str, start: float, end: float, box: dict) -> None:
+def _run(onnx_path, vnnlib_path, strategy, start, end, box: dict, networks: dict) -> None:
     stats: dict = {}
     box["stats"] = stats
     used = strategy
     try:
         with deadline.within(end):
-            loaded, onnx_bytes = load_onnx(onnx_path)
-            shape = loaded.input_shape
-            model = loaded.module
-            n_in = int(np.prod(shape))
-            with torch.no_grad():
-                n_out = model(torch.zeros(1, *shape)).numel()
-            spec = read_vnnlib(vnnlib_path, n_in, n_out)
-            oracle = box["oracle"] = OnnxOracle(onnx_bytes, n_in)
-            stats["load_s"] = round(time.monotonic() - start, 3)
-            verdict, cex, used, message = verify_spec(
-                model, shape, spec, oracle, deadline=end, strategy=strategy, stats=stats
-            )
+            text, name = read_text(vnnlib_path, "VNN-LIB")
+            query = read_query(vnnlib_path) if is_vnnlib2(text) else None
+            first = None
+            if query is None:
+                loaded, onnx_bytes = first = load_onnx(onnx_path)
+                shape = loaded.input_shape
+                model = loaded.module
+                n_in = int(np.prod(shape))
+                with torch.no_grad():
+                    n_out = model(torch.zeros(1, *shape)).numel()
+                try:
+                    spec = read_vnnlib(vnnlib_path, n_in, n_out)
+                except RobustlabError as e:
+                    if not any(w in str(e) for w in _V1_BEYOND_BOXES):
+                        raise
+                    query = from_v1(text, name)  # input rows: the 2.0 path reads them
+            if query is not None:
+                run = (strategy, start, end, box, stats)
+                verdict, cex, used, message = _run2(
+                    onnx_path, query, networks, run, first=first, v1=first is not None
+                )
+            else:
+                oracle = box["oracle"] = OnnxOracle(onnx_bytes, n_in)
+                stats["load_s"] = round(time.monotonic() - start, 3)
+                verdict, cex, used, message = verify_spec(
+                    model, shape, spec, oracle, deadline=end, strategy=strategy, stats=stats
+                )
         result = VerifyResult(verdict, time.monotonic() - start, used, cex, message, stats)
     except deadline.DeadlineExceeded:
         result = VerifyResult("timeout", time.monotonic() - start, used, stats=stats)
+    except Unsupported as e:  # a valid query with a construct that is not relaxed
+        result = VerifyResult("unknown", time.monotonic() - start, used, message=str(e))
     except RobustlabError as e:
         result = VerifyResult("error", time.monotonic() - start, used, message=str(e), stats=stats)
     except BaseException as e:  # an internal error: raised again on the caller's thread
         box["raised"] = e
         return
     box["result"] = result
+
+
+def _run2(onnx_path, query, networks, run, *, first=None, v1=False):
+    """A VNN-LIB 2.0 query: its networks loaded (the positional ONNX file for the first
+    network, ``first`` when it was loaded already; ``networks`` by name for the others),
+    verified on their product; ``run``: (strategy, start, deadline, box, stats); ``v1``: the
+    query came from a 1.0 file (its result file stays in 1.0's format)."""
+    strategy, start, end, box, stats = run
+    from robustlab.verify.product import to_product
+    from robustlab.verify.relational import build, counterexample_text
+
+    product = to_product(query)
+    paths = {}
+    for net in query.networks:
+        if net.equal_to:
+            continue
+        path = networks.get(net.name, onnx_path if not paths else None)
+        if path is None:
+            raise RobustlabError(
+                f"{query.name}: no ONNX file for network {net.name}: give --network {net.name}=PATH"
+            )
+        paths[net.name] = path
+    extra = set(networks) - {n.name for n in query.networks}
+    if extra:
+        raise RobustlabError(f"{query.name}: declares no network {sorted(extra)[0]}")
+    loaded, raw = {}, {}
+    for name, path in paths.items():
+        same = first is not None and path == onnx_path
+        loaded[name], raw[name] = first if same else load_onnx(path)
+        with torch.no_grad():
+            lm = loaded[name]
+            n_out = lm.module(torch.zeros(1, *lm.input_shape)).numel()
+        net = next(n for n in query.networks if n.name == name)
+        declared = sum(v.numel for v in net.outputs)
+        if n_out != declared:
+            raise RobustlabError(
+                f"{query.name}: network {name} declares {declared} output numbers; its model "
+                f"returns {n_out}"
+            )
+    model, shape, oracle = build(product, loaded, raw)
+    box["oracle"] = oracle
+    stats["load_s"] = round(time.monotonic() - start, 3)
+    stats["networks"] = len(query.networks)
+    verdict, cex, used, message = verify_spec(
+        model, shape, product.spec, oracle, deadline=end, strategy=strategy, stats=stats
+    )
+    if cex is not None:  # every network's inputs and outputs, flat, in declared order
+        values, _ = oracle.assignment(torch.tensor(cex["x"], dtype=torch.float64))
+        flat = {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in values.items()}
+        cex = {
+            "x": [a for v in query.inputs for a in flat[v.name]],
+            "y": [a for v in query.outputs for a in flat[v.name]],
+            "variables": flat,
+        }
+        if not v1:  # a 2.0 query's result file: VNN-COMP 2026's format
+            cex["vnnlib2"] = counterexample_text(query, values)
+    return verdict, cex, used, message
