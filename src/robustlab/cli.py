@@ -885,6 +885,57 @@ def patch(
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
+@app.command()
+def mix(
+    accurate: str = typer.Option(
+        ..., "--accurate", help="The accurate model (ONNX / TorchScript)."
+    ),
+    robust: str = typer.Option(..., "--robust", help="The robust model (ONNX / TorchScript)."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    eps: float = typer.Option(..., "--eps", help="Radius of the end-to-end attack."),
+    norm: str = typer.Option("inf", "--norm", help="inf or 2."),
+    strengths: str = typer.Option(
+        "1,0.99,0.98,0.95,0.9,0.8",
+        "--strengths",
+        help="Shares of the robust model's robust points each mixture keeps (fitted).",
+    ),  # fmt: skip
+    fit_share: float = typer.Option(0.5, "--fit-share", help="Share of the data to fit on."),
+    suite: str = typer.Option("fast", "--suite", help="fast or standard (AutoAttack's)."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("mix.onnx"), "--out", help="The chosen mixture (ONNX)."),
+    report_file: Path | None = typer.Option(
+        None, "--report", help="Result JSON (default: beside --out)."
+    ),
+    db: Path | None = DB,
+) -> None:
+    """Mix an accurate and a robust model (MixedNUTS); clean / robust frontier over strengths."""
+    from robustlab.mix.job import mix_job
+
+    _outputs(out_file, db)
+    if report_file is not None:
+        output_file(report_file, "--report", create=False)
+    with _status() as say:
+        report = mix_job(accurate, robust, data, eps, norm, strengths=strengths,
+                         fit_share=fit_share, suite=suite, n=n, seed=seed,
+                         batch_size=batch_size, out=out_file, progress=say)  # fmt: skip
+    report_file = report_file or out_file.with_suffix(".json")
+    run_id = _save(report, report_file, db)
+    table = Table("mixture", "alpha", "scale", "power", "bias", "clean", "robust",
+                  title=f"{norm} eps {report['eps']:g}, {report['n_eval']} held-out examples")  # fmt: skip
+    for i, r in enumerate(report["frontier"]):
+        t = r["transform"] or {}
+        mark = " *" if i == report["chosen"] else ""
+        table.add_row(r["name"] + mark, f"{r['alpha']:.3f}",
+                      *(f"{t[k]:g}" if k in t else "-" for k in ("scale", "power", "bias")),
+                      f"{r['clean_accuracy']:.3f}", f"{r['robust_accuracy']:.3f}")  # fmt: skip
+    out.print(table)
+    if report.get("note"):
+        err.print(f"note: {report['note']}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"model: {report['onnx']} (*)\nresult: {report_file}\nrun id: {run_id}")
+
+
 @runs_app.command("list")
 def runs_list(limit: int = typer.Option(50, "--limit", min=1), db: Path | None = DB) -> None:
     """The most recent runs."""

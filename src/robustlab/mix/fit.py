@@ -96,7 +96,10 @@ class MixFit:
 
 
 def _candidates(grid: dict) -> list[NutsMap | None]:
-    maps = [NutsMap(s, p, c) for s, p, c in itertools.product(grid["scale"], grid["power"], grid["bias"])]
+    maps = [
+        NutsMap(s, p, c)
+        for s, p, c in itertools.product(grid["scale"], grid["power"], grid["bias"])
+    ]
     return [None, *maps]  # None: plain probability mixing (Bai et al. 2023)
 
 

@@ -155,7 +155,9 @@ def mix(
         if r["clean_accuracy"] >= target["clean_at_least"]
         and r["robust_accuracy"] >= target["robust_at_least"]
     ]
-    close = [i for i in range(2, len(rows)) if rows[i]["robust_accuracy"] >= target["robust_at_least"]]
+    close = [
+        i for i in range(2, len(rows)) if rows[i]["robust_accuracy"] >= target["robust_at_least"]
+    ]
     pool = meets or close or list(range(2, len(rows)))
     chosen = max(pool, key=lambda i: (rows[i]["clean_accuracy"], rows[i]["robust_accuracy"]))
     target["met"] = bool(meets)

@@ -16,9 +16,11 @@ Progress = Callable[[str], None]
 def parse_strengths(text: str | Sequence[float]) -> list[float]:
     """Strengths from ``"1,0.98,0.9"`` or a list: each in (0, 1], at least one."""
     try:
-        values = [float(v) for v in text.split(",") if v.strip()] if isinstance(text, str) else [
-            float(v) for v in text
-        ]
+        values = (
+            [float(v) for v in text.split(",") if v.strip()]
+            if isinstance(text, str)
+            else [float(v) for v in text]
+        )
     except ValueError:
         raise RobustlabError(f"strengths must be numbers in (0, 1]; found {text!r}") from None
     if not values or any(not 0 < v <= 1 for v in values):
@@ -92,6 +94,5 @@ def mix_job(
         members={"accurate": acc_m.to_dict(), "robust": rob_m.to_dict()},
         onnx=str(out),
         metrics=result.metrics(),
-        section="mix.html.j2",
     )
     return report

@@ -70,7 +70,9 @@ class MixedClassifier(nn.Module):
         if not (math.isfinite(alpha) and 0 <= alpha <= 1):
             raise RobustlabError(f"alpha must lie in [0, 1]; found {alpha}")
         if gradient not in GRADIENTS:
-            raise RobustlabError(f"gradient must be one of {', '.join(GRADIENTS)}; found {gradient!r}")
+            raise RobustlabError(
+                f"gradient must be one of {', '.join(GRADIENTS)}; found {gradient!r}"
+            )
         self.accurate, self.robust = accurate, robust
         self.alpha, self.transform, self.gradient = float(alpha), transform, gradient
 
