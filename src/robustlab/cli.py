@@ -936,6 +936,46 @@ def mix(
     out.print(f"model: {report['onnx']} (*)\nresult: {report_file}\nrun id: {run_id}")
 
 
+@app.command()
+def conformal(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    alpha: float = typer.Option(0.1, "--alpha", help="Miscoverage level (target 1 - alpha)."),
+    eps: float = typer.Option(..., "--eps", help="Radius of the threat model."),
+    norm: str = typer.Option("inf", "--norm", help="inf or 2."),
+    sigma: float = typer.Option(0.25, "--sigma", help="RSCP+ noise sigma."),
+    samples: int = typer.Option(512, "--samples", help="RSCP+ noise draws per input."),
+    beta: float = typer.Option(0.001, "--beta", help="RSCP+ Monte Carlo failure probability."),
+    bounds: str = typer.Option("crown", "--bounds", help="VRCP bound method (crown, ibp, ...)."),
+    cal_share: float = typer.Option(0.5, "--cal-share", help="Share of the data to calibrate on."),
+    steps: int = typer.Option(40, "--steps", help="Attack steps."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("conformal.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
+    db: Path | None = DB,
+) -> None:
+    """Conformal sets (split, RSCP+, VRCP): coverage and size, clean and under attack."""
+    from robustlab.conformal.job import conformal_job
+
+    _outputs(out_file, db)
+    with _status() as say:
+        report = conformal_job(_model(model, mean, std), data, alpha, eps, norm, sigma=sigma,
+                               n_samples=samples, beta=beta, bound_method=bounds,
+                               cal_share=cal_share, steps=steps, n=n, seed=seed,
+                               batch_size=batch_size, progress=say)  # fmt: skip
+    run_id = _save(report, out_file, db)
+    table = Table("method", "condition", "coverage", "mean size",
+                  title=f"alpha {alpha:g}, {report['norm']} eps {report['eps']:g}, "
+                  f"{report['n_test']} test examples")  # fmt: skip
+    for r in report["rows"]:
+        table.add_row(r["method"], r["condition"], f"{r['coverage']:.3f}", f"{r['mean_size']:.2f}")
+    out.print(table)
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
 @runs_app.command("list")
 def runs_list(limit: int = typer.Option(50, "--limit", min=1), db: Path | None = DB) -> None:
     """The most recent runs."""

@@ -39,6 +39,7 @@ class ConformalResult:
     bound_method: str
     n_cal: int
     n_test: int
+    clean_accuracy: float  # the model's, on the test split
     thresholds: dict  # method -> tau
     rows: list[dict]  # {method, condition, coverage, mean_size}
     seconds: float
@@ -50,7 +51,7 @@ class ConformalResult:
         return {
             "alpha": self.alpha, "eps": self.eps, "norm": self.norm, "sigma": self.sigma,
             "n_samples": self.n_samples, "beta": self.beta, "bound_method": self.bound_method,
-            "n_cal": self.n_cal, "n_test": self.n_test,
+            "n_cal": self.n_cal, "n_test": self.n_test, "clean_accuracy": self.clean_accuracy,
             "thresholds": {k: (None if math.isinf(v) else v) for k, v in self.thresholds.items()},
             "rows": self.rows, "target_coverage": 1 - self.alpha,
             "robust_covered": self.robust_covered(), "seconds": self.seconds,
@@ -62,7 +63,7 @@ class ConformalResult:
                    for c in ("clean", "attacked"))  # fmt: skip
 
     def metrics(self) -> list[Metric]:
-        out = []
+        out = [Metric("clean_accuracy", self.clean_accuracy, True)]
         for r in self.rows:
             if r["condition"] in ("clean", "attacked"):
                 key = f"{r['method']} {r['condition']}"
@@ -111,10 +112,12 @@ def conformal(
     if not (sigma > 0 and n_samples >= 1 and steps >= 1):
         raise RobustlabError(f"sigma, n_samples and steps must be positive; found {sigma}, "
                              f"{n_samples}, {steps}")  # fmt: skip
+    if not 0 < alpha < 1:
+        raise RobustlabError(f"alpha must lie in (0, 1); found {alpha}")
     start = time.perf_counter()
     model.eval()
     threat = LpBall(norm, eps, data.lower, data.upper)
-    cal, test = split(data, cal_share, seed)
+    cal, test = split(data, cal_share, seed, "cal_share")
     dim = math.prod(data.x.shape[1:])
     eps2 = eps if norm == "2" else eps * math.sqrt(dim)
     rscp = RSCPPlus(sigma, n_samples, beta)
@@ -127,6 +130,8 @@ def conformal(
     tau = {"split": conformal_quantile(lac_scores(model, cal.x).gather(1, cal.y[:, None])[:, 0],
                                        alpha)}  # fmt: skip
     tau["vrcp"] = tau["split"]
+    with torch.no_grad():
+        acc = float((model(test.x).argmax(1) == test.y).double().mean())
     tau["rscp+"] = rscp.calibrate(smoothed(cal.x).gather(1, cal.y[:, None])[:, 0], alpha)
     say(f"attacking the sets of {len(test)} test examples")
     points = {
@@ -145,4 +150,4 @@ def conformal(
                                            tau["vrcp"])  # fmt: skip
     rows = [r for m in METHODS for r in _rows(m, sets[m], test.y)]
     return ConformalResult(alpha, eps, norm, sigma, n_samples, beta, bound_method, len(cal),
-                           len(test), tau, rows, time.perf_counter() - start)  # fmt: skip
+                           len(test), acc, tau, rows, time.perf_counter() - start)  # fmt: skip

@@ -81,7 +81,8 @@ class Beyond:
                 parts.append(relations(self.classifier, self.encoder, x[i : i + self.batch_size],
                                        self.k, generator=gen))  # fmt: skip
         return Relations(
-            torch.cat([p.label_consistency for p in parts]), torch.cat([p.similarity for p in parts])
+            torch.cat([p.label_consistency for p in parts]),
+            torch.cat([p.similarity for p in parts]),
         )
 
     def calibrated(self, clean: Tensor, fpr: float = 0.05, seed: int = 0) -> Beyond:

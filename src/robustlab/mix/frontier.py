@@ -24,10 +24,13 @@ ROBUST_SLACK = 0.02  # the target: robust accuracy within 2 points of the robust
 Progress = Callable[[str], None]
 
 
-def split(data: Dataset, fit_share: float, seed: int) -> tuple[Dataset, Dataset]:
-    """A seeded random split into the fit part (``fit_share`` of the points) and the rest."""
+def split(
+    data: Dataset, fit_share: float, seed: int, name: str = "fit_share"
+) -> tuple[Dataset, Dataset]:
+    """A seeded random split into the fit part (``fit_share`` of the points) and the rest;
+    ``name``: the caller's parameter, as errors name it."""
     if not 0 < fit_share < 1:
-        raise RobustlabError(f"fit_share must lie in (0, 1); found {fit_share}")
+        raise RobustlabError(f"{name} must lie in (0, 1); found {fit_share}")
     n_fit = round(len(data) * fit_share)
     if n_fit < 2 or len(data) - n_fit < 2:
         raise RobustlabError(f"data '{data.name}' has {len(data)} examples; expected at least 4")

@@ -29,4 +29,5 @@ SECTIONS: dict[str, Section] = {
     "prune": Section("prune.html.j2", {"curve": wp.sparsity_curve}),
     "patch": Section("patch.html.j2", {"curve": wp.patch_curve}),
     "mix": Section("mix.html.j2", {}),
+    "conformal": Section("conformal.html.j2", {}),
 }
