@@ -622,6 +622,10 @@ def smooth(
     n_examples: int | None = typer.Option(None, "--examples", help="Use the first N examples."),
     batch_size: int = typer.Option(1000, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
+    availability: float | None = typer.Option(
+        None, "--availability", help="Attack abstention inside this radius (availability)."
+    ),
+    availability_norm: str = typer.Option("2", "--availability-norm", help="2 or inf."),
     out_file: Path = typer.Option(Path("smooth.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
@@ -642,9 +646,20 @@ def smooth(
             batch_size=batch_size,
             n_examples=n_examples,
             seed=seed,
+            availability_eps=availability,
+            availability_norm=availability_norm,
             progress=say,
         )
     run_id = _save(report, out_file, db)
+    if report.get("availability"):
+        av = report["availability"]
+        t = Table("inputs", "abstain", "no certificate", "accuracy", title=(
+            f"availability attack, {av['norm']} eps {av['eps']:g}"))  # fmt: skip
+        for cond in ("clean", "attacked"):
+            d = av[cond]
+            t.add_row(cond, *(f"{d[k]:.3f}" for k in ("abstain_rate", "uncertified_rate",
+                                                     "accuracy")))  # fmt: skip
+        out.print(t)
     table = Table("L2 radius", "certified accuracy", title=(
         f"smoothed clean accuracy {report['clean_accuracy']:.3f}, "
         f"abstain rate {report['abstain_rate']:.3f}"

@@ -30,4 +30,5 @@ SECTIONS: dict[str, Section] = {
     "patch": Section("patch.html.j2", {"curve": wp.patch_curve}),
     "mix": Section("mix.html.j2", {}),
     "conformal": Section("conformal.html.j2", {}),
+    "smooth": Section("availability.html.j2", {}),
 }
