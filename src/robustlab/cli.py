@@ -991,6 +991,48 @@ def conformal(
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
+@app.command()
+def detect(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    eps: float = typer.Option(0.1, "--eps", help="Radius of the attacks."),
+    norm: str = typer.Option("inf", "--norm", help="inf or 2."),
+    train_data: str | None = typer.Option(
+        None, "--train-data", help="Encoder data (default: digits' training split, else half)."
+    ),
+    attacks: str = typer.Option(
+        "fgsm,pgd,apgd-ce,apgd-t,square", "--attacks", help="Attacks to detect (comma-separated)."
+    ),
+    k: int = typer.Option(16, "--k", help="Augmented neighbours per input."),
+    fpr: float = typer.Option(0.05, "--fpr", help="False-positive rate of the threshold."),
+    epochs: int = typer.Option(40, "--epochs", help="Encoder training epochs."),
+    adaptive_steps: int = typer.Option(50, "--adaptive-steps", help="Adaptive attack steps."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("detect.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
+    db: Path | None = DB,
+) -> None:
+    """Detect adversarial examples (BEYOND): AUROC per attack and an adaptive attack beside."""
+    from robustlab.detect.job import detect_job
+
+    _outputs(out_file, db)
+    with _status() as say:
+        report = detect_job(_model(model, mean, std), data, eps, norm, train_data=train_data,
+                            attacks=attacks, k=k, fpr=fpr, encoder_epochs=epochs,
+                            adaptive_steps=adaptive_steps, n=n, seed=seed, progress=say)  # fmt: skip
+    run_id = _save(report, out_file, db)
+    table = Table("attack", "fools", "AUROC", f"TPR@{report['fpr']:g}", "fools + passes",
+                  title=f"{report['norm']} eps {report['eps']:g}, {report['n_clean']} inputs")  # fmt: skip
+    for r in report["rows"]:
+        table.add_row(r["attack"], f"{r['success_rate']:.3f}", _fmt(r["auroc"]),
+                      _fmt(r["tpr"]), f"{r['undetected_success_rate']:.3f}")  # fmt: skip
+    out.print(table)
+    err.print(f"verdict: {report['note']}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
 @runs_app.command("list")
 def runs_list(limit: int = typer.Option(50, "--limit", min=1), db: Path | None = DB) -> None:
     """The most recent runs."""

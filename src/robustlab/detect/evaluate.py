@@ -115,6 +115,8 @@ def _note(rows: list[dict], fpr: float) -> str:
             f"attack's successful examples at {fpr:.0%} false positives"
             + (f", against {mean:.0%} (mean) for the non-adaptive attacks" if mean is not None
                else ""))  # fmt: skip
+    if mean is not None and mean < 0.5:
+        return head + "; it is weak against the non-adaptive attacks already"
     if ada["tpr"] is None or ada["tpr"] < 0.5 or (mean is not None and ada["tpr"] < mean - 0.2):
         return (
             head + "; it does not hold against an attacker who targets it: count it as "

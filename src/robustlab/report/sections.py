@@ -31,4 +31,5 @@ SECTIONS: dict[str, Section] = {
     "mix": Section("mix.html.j2", {}),
     "conformal": Section("conformal.html.j2", {}),
     "smooth": Section("availability.html.j2", {}),
+    "detect": Section("detect.html.j2", {}),
 }
