@@ -170,6 +170,10 @@ def audit(
     smoothing: float | None = typer.Option(
         None, "--smoothing", help="Randomized smoothing with this noise sigma."
     ),
+    conformal: float | None = typer.Option(
+        None, "--conformal", help="Conformal sets (split, RSCP+, VRCP) at this alpha."
+    ),
+    detect: bool = typer.Option(False, "--detect", help="BEYOND detection, adaptive attack."),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
@@ -188,6 +192,7 @@ def audit(
     def job(say, on_stage):
         return audit_job(_model(model, mean, std), data, eps_values, norm, profile=profile,
                          baseline=baseline, budget=budget, sigma=smoothing, n=n, seed=seed,
+                         conformal=conformal, detect=detect,
                          batch_size=batch_size,
                          out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 
