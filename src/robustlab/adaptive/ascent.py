@@ -38,7 +38,11 @@ class Ascent:
                 f"{self.eot}"
             )
 
-    def __call__(self, objective: Objective, x0: Tensor, threat: ThreatModel) -> Tensor:
+    def __call__(
+        self, objective: Objective, x0: Tensor, threat: ThreatModel, start: Tensor | None = None
+    ) -> Tensor:
+        """``start``: where the first restart begins (projected into the threat model; a warm
+        start from another attack's points), instead of a random point."""
         if isinstance(threat, LpBall) and threat.eps == 0:
             return x0.clone()
         gen = torch.Generator(device=x0.device).manual_seed(self.seed)
@@ -46,9 +50,13 @@ class Ascent:
         step = self.step_size if self.step_size is not None else 2.5 * geo.eps / self.steps
         best = x0.clone()
         best_value = torch.full((len(x0),), -torch.inf, dtype=torch.float64, device=x0.device)
-        for _ in range(self.restarts):
-            start = self.random_start
-            x = threat.project(x0, threat.sample(x0, 1, gen)[0]) if start else x0.clone()
+        for r in range(self.restarts):
+            if r == 0 and start is not None:
+                x = threat.project(x0, start.detach().clone())
+            elif self.random_start:
+                x = threat.project(x0, threat.sample(x0, 1, gen)[0])
+            else:
+                x = x0.clone()
             for t in range(self.steps + 1):
                 x = x.detach().requires_grad_(t < self.steps)
                 with torch.set_grad_enabled(t < self.steps):

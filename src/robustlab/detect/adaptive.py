@@ -28,8 +28,10 @@ def adaptive_attack(
     kappa: float = 2.0,
     eot: int = 2,
     seed: int = 0,
+    start: Tensor | None = None,
 ) -> Tensor:
-    """Adversarial examples meant to fool the classifier and pass the detector."""
+    """Adversarial examples meant to fool the classifier and pass the detector; ``start``: a
+    warm start (e.g. another attack's adversarial examples) instead of a random one."""
     gen = torch.Generator(device=x.device).manual_seed(seed + 11)
 
     def objective(xa: Tensor) -> Tensor:
@@ -40,4 +42,4 @@ def adaptive_attack(
         rel = relations(classifier, encoder, xa, k, generator=gen, labels=wanted, soft=True)
         return margin.clamp(max=kappa) + weight * (rel.label_consistency + rel.similarity) / 2
 
-    return Ascent(steps=steps, eot=eot, seed=seed)(objective, x, threat)
+    return Ascent(steps=steps, eot=eot, seed=seed)(objective, x, threat, start)
