@@ -207,6 +207,10 @@ def audit(
     smoothing: float | None = typer.Option(
         None, "--smoothing", help="Randomized smoothing with this noise sigma."
     ),
+    conformal: float | None = typer.Option(
+        None, "--conformal", help="Conformal sets (split, RSCP+, VRCP) at this alpha."
+    ),
+    detect: bool = typer.Option(False, "--detect", help="BEYOND detection, adaptive attack."),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
@@ -225,6 +229,7 @@ def audit(
     def job(say, on_stage):
         return audit_job(_model(model, mean, std), data, eps_values, norm, profile=profile,
                          baseline=baseline, budget=budget, sigma=smoothing, n=n, seed=seed,
+                         conformal=conformal, detect=detect,
                          batch_size=batch_size,
                          out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 
@@ -730,6 +735,10 @@ def smooth(
     n_examples: int | None = typer.Option(None, "--examples", hidden=True, help="Deprecated: --n."),
     batch_size: int = typer.Option(1000, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
+    availability: float | None = typer.Option(
+        None, "--availability", help="Attack abstention inside this radius (availability)."
+    ),
+    availability_norm: str = typer.Option("2", "--availability-norm", help="2 or inf."),
     out_file: Path = typer.Option(Path("smooth.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
@@ -758,9 +767,20 @@ def smooth(
             batch_size=batch_size,
             n_examples=n,
             seed=seed,
+            availability_eps=availability,
+            availability_norm=availability_norm,
             progress=say,
         )
     run_id = _save(report, out_file, db)
+    if report.get("availability"):
+        av = report["availability"]
+        t = Table("inputs", "abstain", "no certificate", "accuracy", title=(
+            f"availability attack, {av['norm']} eps {av['eps']:g}"))  # fmt: skip
+        for cond in ("clean", "attacked"):
+            d = av[cond]
+            t.add_row(cond, *(f"{d[k]:.3f}" for k in ("abstain_rate", "uncertified_rate",
+                                                     "accuracy")))  # fmt: skip
+        out.print(t)
     table = Table("L2 radius", "certified accuracy", title=(
         f"smoothed clean accuracy {report['clean_accuracy']:.3f}, "
         f"abstain rate {report['abstain_rate']:.3f}"
@@ -1005,6 +1025,139 @@ def patch(
         table.add_row(f"A = {r['scale']:g}", *[f"{r[k]:.3f}" for k in ("clean_accuracy",
                       "robust_accuracy", "certified_accuracy")])  # fmt: skip
     out.print(table)
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
+@app.command()
+def mix(
+    accurate: str = typer.Option(
+        ..., "--accurate", help="The accurate model (ONNX / TorchScript)."
+    ),
+    robust: str = typer.Option(..., "--robust", help="The robust model (ONNX / TorchScript)."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    eps: float = typer.Option(..., "--eps", help="Radius of the end-to-end attack."),
+    norm: str = typer.Option("inf", "--norm", help="inf or 2."),
+    strengths: str = typer.Option(
+        "1,0.99,0.98,0.95,0.9,0.8",
+        "--strengths",
+        help="Shares of the robust model's robust points each mixture keeps (fitted).",
+    ),  # fmt: skip
+    fit_share: float = typer.Option(0.5, "--fit-share", help="Share of the data to fit on."),
+    suite: str = typer.Option("fast", "--suite", help="fast or standard (AutoAttack's)."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("mix.onnx"), "--out", help="The chosen mixture (ONNX)."),
+    report_file: Path | None = typer.Option(
+        None, "--report", help="Result JSON (default: beside --out)."
+    ),
+    db: Path | None = DB,
+) -> None:
+    """Mix an accurate and a robust model (MixedNUTS); clean / robust frontier over strengths."""
+    from robustlab.mix.job import mix_job
+
+    _outputs(out_file, db)
+    if report_file is not None:
+        output_file(report_file, "--report", create=False)
+    with _status() as say:
+        report = mix_job(accurate, robust, data, eps, norm, strengths=strengths,
+                         fit_share=fit_share, suite=suite, n=n, seed=seed,
+                         batch_size=batch_size, out=out_file, progress=say)  # fmt: skip
+    report_file = report_file or out_file.with_suffix(".json")
+    run_id = _save(report, report_file, db)
+    table = Table("mixture", "alpha", "scale", "power", "bias", "clean", "robust",
+                  title=f"{norm} eps {report['eps']:g}, {report['n_eval']} held-out examples")  # fmt: skip
+    for i, r in enumerate(report["frontier"]):
+        t = r["transform"] or {}
+        mark = " *" if i == report["chosen"] else ""
+        table.add_row(r["name"] + mark, f"{r['alpha']:.3f}",
+                      *(f"{t[k]:g}" if k in t else "-" for k in ("scale", "power", "bias")),
+                      f"{r['clean_accuracy']:.3f}", f"{r['robust_accuracy']:.3f}")  # fmt: skip
+    out.print(table)
+    if report.get("note"):
+        err.print(f"note: {report['note']}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"model: {report['onnx']} (*)\nresult: {report_file}\nrun id: {run_id}")
+
+
+@app.command()
+def conformal(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    alpha: float = typer.Option(0.1, "--alpha", help="Miscoverage level (target 1 - alpha)."),
+    eps: float = typer.Option(..., "--eps", help="Radius of the threat model."),
+    norm: str = typer.Option("inf", "--norm", help="inf or 2."),
+    sigma: float = typer.Option(0.25, "--sigma", help="RSCP+ noise sigma."),
+    samples: int = typer.Option(512, "--samples", help="RSCP+ noise draws per input."),
+    beta: float = typer.Option(0.001, "--beta", help="RSCP+ Monte Carlo failure probability."),
+    bounds: str = typer.Option("crown", "--bounds", help="VRCP bound method (crown, ibp, ...)."),
+    cal_share: float = typer.Option(0.5, "--cal-share", help="Share of the data to calibrate on."),
+    steps: int = typer.Option(40, "--steps", help="Attack steps."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("conformal.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
+    db: Path | None = DB,
+) -> None:
+    """Conformal sets (split, RSCP+, VRCP): coverage and size, clean and under attack."""
+    from robustlab.conformal.job import conformal_job
+
+    _outputs(out_file, db)
+    with _status() as say:
+        report = conformal_job(_model(model, mean, std), data, alpha, eps, norm, sigma=sigma,
+                               n_samples=samples, beta=beta, bound_method=bounds,
+                               cal_share=cal_share, steps=steps, n=n, seed=seed,
+                               batch_size=batch_size, progress=say)  # fmt: skip
+    run_id = _save(report, out_file, db)
+    table = Table("method", "condition", "coverage", "mean size",
+                  title=f"alpha {alpha:g}, {report['norm']} eps {report['eps']:g}, "
+                  f"{report['n_test']} test examples")  # fmt: skip
+    for r in report["rows"]:
+        table.add_row(r["method"], r["condition"], f"{r['coverage']:.3f}", f"{r['mean_size']:.2f}")
+    out.print(table)
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
+@app.command()
+def detect(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    eps: float = typer.Option(0.1, "--eps", help="Radius of the attacks."),
+    norm: str = typer.Option("inf", "--norm", help="inf or 2."),
+    train_data: str | None = typer.Option(
+        None, "--train-data", help="Encoder data (default: digits' training split, else half)."
+    ),
+    attacks: str = typer.Option(
+        "fgsm,pgd,apgd-ce,apgd-t,square", "--attacks", help="Attacks to detect (comma-separated)."
+    ),
+    k: int = typer.Option(16, "--k", help="Augmented neighbours per input."),
+    fpr: float = typer.Option(0.05, "--fpr", help="False-positive rate of the threshold."),
+    epochs: int = typer.Option(40, "--epochs", help="Encoder training epochs."),
+    adaptive_steps: int = typer.Option(50, "--adaptive-steps", help="Adaptive attack steps."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("detect.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
+    db: Path | None = DB,
+) -> None:
+    """Detect adversarial examples (BEYOND): AUROC per attack and an adaptive attack beside."""
+    from robustlab.detect.job import detect_job
+
+    _outputs(out_file, db)
+    with _status() as say:
+        report = detect_job(_model(model, mean, std), data, eps, norm, train_data=train_data,
+                            attacks=attacks, k=k, fpr=fpr, encoder_epochs=epochs,
+                            adaptive_steps=adaptive_steps, n=n, seed=seed, progress=say)  # fmt: skip
+    run_id = _save(report, out_file, db)
+    table = Table("attack", "fools", "AUROC", f"TPR@{report['fpr']:g}", "fools + passes",
+                  title=f"{report['norm']} eps {report['eps']:g}, {report['n_clean']} inputs")  # fmt: skip
+    for r in report["rows"]:
+        table.add_row(r["attack"], f"{r['success_rate']:.3f}", _fmt(r["auroc"]),
+                      _fmt(r["tpr"]), f"{r['undetected_success_rate']:.3f}")  # fmt: skip
+    out.print(table)
+    err.print(f"verdict: {report['note']}", markup=False, highlight=False, soft_wrap=True)
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 

@@ -259,6 +259,8 @@ def metrics_of(report: dict) -> dict:
     for key in ("mean_corruption_accuracy", "mce", "relative_mce"):  # corrupt
         if report.get(key) is not None:
             m[key] = report[key]
+    for item in report.get("metrics") or []:  # results that name their own metrics
+        m[item["name"]] = item["value"]
     head = report.get("headline") or {}  # audit: empirical - certified at the headline eps
     if head.get("gap") is not None:
         m[f"gap@{head['eps']:g}"] = head["gap"]

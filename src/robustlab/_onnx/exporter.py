@@ -314,6 +314,21 @@ def _ex_gather(ex: _Exporter, node: fx.Node) -> str:
     return ex.emit("Gather", [ex.tensor(x), index], axis=dim % len(ex.shape(x)))
 
 
+def _ex_mean(ex: _Exporter, node: fx.Node) -> str:
+    """``x.mean(dim, keepdim)`` over non-batch dimensions: ReduceMean (axes an input from opset
+    18, an attribute before)."""
+    x, dim, keep = node.args[0], _arg(node, 1, "dim"), bool(_arg(node, 2, "keepdim", False))
+    rank = len(ex.shape(x))
+    dims = [dim] if isinstance(dim, int) else list(dim or [])
+    axes = sorted(d % rank for d in dims)
+    if not axes or 0 in axes:
+        raise ex.fail("only a mean over explicit non-batch dimensions is supported")
+    if ex.opset >= 18:
+        axes_in = ex.const(axes, f"{node.name}_axes", np.int64)
+        return ex.emit("ReduceMean", [ex.tensor(x), axes_in], keepdims=int(keep))
+    return ex.emit("ReduceMean", [ex.tensor(x)], axes=axes, keepdims=int(keep))
+
+
 _FUNCTION_EXPORTS: dict[Any, _ExportFunction] = {
     **dict.fromkeys((operator.add, torch.add, "add"), _ex_binary("Add", operator.add)),
     **dict.fromkeys((operator.sub, torch.sub, "sub"), _ex_binary("Sub", operator.sub)),
@@ -322,6 +337,11 @@ _FUNCTION_EXPORTS: dict[Any, _ExportFunction] = {
     **dict.fromkeys((F.relu, torch.relu, "relu"), _ex_unary("Relu")),
     **dict.fromkeys((torch.sigmoid, "sigmoid"), _ex_unary("Sigmoid")),
     **dict.fromkeys((torch.tanh, "tanh"), _ex_unary("Tanh")),
+    **dict.fromkeys((torch.sqrt, "sqrt"), _ex_unary("Sqrt")),
+    **dict.fromkeys((torch.log, "log"), _ex_unary("Log")),
+    **dict.fromkeys((torch.exp, "exp"), _ex_unary("Exp")),
+    **dict.fromkeys((operator.pow, torch.pow, "pow"), _ex_binary("Pow", operator.pow)),
+    **dict.fromkeys((torch.mean, "mean"), _ex_mean),
     **dict.fromkeys((torch.flatten, "flatten"), _ex_flatten_fn),
     **dict.fromkeys((torch.reshape, "reshape", "view"), _ex_reshape),
     **dict.fromkeys((torch.softmax, F.softmax, "softmax"), _ex_softmax_fn),

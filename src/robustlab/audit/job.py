@@ -7,6 +7,7 @@ import hashlib
 import platform
 import shlex
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from robustlab.audit.adversarial import adversarial_stage
 from robustlab.audit.attacks import attack_stage, clean_stage
 from robustlab.audit.budget import Clock
 from robustlab.audit.certified import allowed_methods, certify_stage
+from robustlab.audit.decide import conformal_stage, detect_stage
 from robustlab.audit.natural import natural_reason, natural_stage
 from robustlab.audit.profiles import Profile, default_eps, get_profile, headline_eps
 from robustlab.audit.runner import Context, run_stages, write_json
@@ -75,6 +77,8 @@ def audit_job(
     baseline=None,
     budget: float | None = None,
     sigma: float | None = None,
+    conformal: float | None = None,
+    detect: bool = False,
     n: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -85,7 +89,8 @@ def audit_job(
     """Clean accuracy, the attack suite's curves, certified bounds, corruptions, smoothing (with
     ``sigma``), a sensitivity summary and adversarial examples, each stage within its share of
     ``budget`` seconds (default: the profile's); keys ``headline``, ``curve``, ``per_class``,
-    ``flags``, ``stages`` and one per stage (None when it did not finish)."""
+    ``flags``, ``stages`` and one per stage (None when it did not finish). ``conformal``: the
+    miscoverage alpha of a conformal-sets stage; ``detect``: a BEYOND detection stage."""
     from robustlab.jobs import _base, check_eps, check_eps_on, prepare
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
@@ -93,6 +98,8 @@ def audit_job(
         raise RobustlabError(f"--budget must be a positive number of seconds; found {budget}")
     if sigma is not None and not sigma > 0:
         raise RobustlabError(f"--smoothing expects a noise sigma > 0; found {sigma}")
+    if conformal is not None and not 0 < conformal < 1:
+        raise RobustlabError(f"--conformal expects an alpha in (0, 1); found {conformal}")
     if batch_size < 1:
         raise RobustlabError(f"--batch-size must be a positive integer; found {batch_size}")
     clock = Clock(budget or prof.budget)
@@ -122,7 +129,10 @@ def audit_job(
     report["versions"] = _versions()
     report.update(status="running", profile=prof.name, norm=norm, profile_table=prof.to_dict())
     report["reproduce"] = _command(model_src, data_src, eps_list, norm, prof.name, n=n,
-                                   seed=seed, baseline=baseline, budget=budget, smoothing=sigma)  # fmt: skip
+                                   seed=seed, baseline=baseline, budget=budget, smoothing=sigma,
+                                   conformal=conformal)  # fmt: skip
+    if detect:
+        report["reproduce"] += " --detect"
     nat = natural_reason(ctx)
     stages = [
         ("clean", clean_stage, None),
@@ -133,6 +143,11 @@ def audit_job(
         ("sensitivity", sensitivity_stage, None),
         ("examples", adversarial_stage, None),
     ]
+    at = [name for name, _, _ in stages].index("sensitivity")  # asked-for stages, listed only then
+    if conformal:
+        stages.insert(at, ("conformal", partial(conformal_stage, alpha=conformal), None))
+    if detect:
+        stages.insert(at + bool(conformal), ("detect", detect_stage, None))
     out_dir = None if out is None else Path(out)
     try:
         run_stages(ctx, report, stages, clock, out=out_dir, progress=say, on_stage=on_stage)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from robustlab.audit.budget import Deadline
 from robustlab.audit.common import Chunks
 from robustlab.audit.runner import Context, Progress
-from robustlab.smoothing import ABSTAIN, certified_curve, smooth
+from robustlab.smoothing import ABSTAIN, SmoothingResult, certified_curve, smooth
+from robustlab.smoothing.availability import availability
 
 ALPHA = 0.001
 
@@ -41,4 +42,12 @@ def smoothing_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     }
     if len(samples) < n:
         out.update(partial=True, note=f"time budget: {len(samples)} of {n} examples")
+    elif samples and deadline.fits(3 * seconds):  # the availability attack at the headline eps
+        clean = SmoothingResult(ctx.sigma, p.smoothing_n0, p.smoothing_n, ALPHA,
+                                out["clean_accuracy"], out["abstain_rate"], out["curve"], samples,
+                                seconds, 0)  # fmt: skip
+        say("availability attack on the smoothed classifier", False)
+        av = availability(ctx.model.module, ctx.subset(slice(0, len(samples))), ctx.sigma,
+                          ctx.headline, ctx.norm, clean=clean, seed=ctx.seed)  # fmt: skip
+        out["availability"] = av.to_dict()
     return out

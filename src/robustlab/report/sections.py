@@ -28,4 +28,8 @@ SECTIONS: dict[str, Section] = {
     ),
     "prune": Section("prune.html.j2", {"curve": wp.sparsity_curve}),
     "patch": Section("patch.html.j2", {"curve": wp.patch_curve}),
+    "mix": Section("mix.html.j2", {}),
+    "conformal": Section("conformal.html.j2", {}),
+    "smooth": Section("availability.html.j2", {}),
+    "detect": Section("detect.html.j2", {}),
 }

@@ -21,11 +21,16 @@ def smooth_job(
     batch_size: int = 1000,
     n_examples: int | None = None,
     seed: int = 0,
+    availability_eps: float | None = None,
+    availability_norm: str = "2",
+    availability_steps: int = 40,
     progress: Progress | None = None,
 ) -> dict:
     """Keys ``sigma``, ``n``, ``alpha``, ``clean_accuracy`` (of the smoothed classifier,
     abstentions counted as wrong), ``abstain_rate``, ``curve`` ({radius, certified_accuracy}) and
-    ``samples`` ({label, prediction (-1: abstain), count_top, radius}); also ``n0`` and ``cost``."""
+    ``samples`` ({label, prediction (-1: abstain), count_top, radius}); also ``n0`` and ``cost``;
+    with ``availability_eps``, ``availability`` (abstention clean and under the availability
+    attack, ``robustlab.smoothing.availability``) and ``metrics``."""
     model, data = prepare(model_src, data_src, n_examples)
 
     def on_group(done: int, total: int) -> None:
@@ -34,6 +39,15 @@ def smooth_job(
 
     result = smooth(model.module, data, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                     seed=seed, on_group=on_group)  # fmt: skip
+    avail = None
+    if availability_eps is not None:
+        from robustlab.smoothing.availability import availability
+
+        if progress:
+            progress(f"availability attack ({availability_norm} eps {availability_eps:g})")
+        avail = availability(model.module, data, sigma, availability_eps, availability_norm,
+                             steps=availability_steps, clean=result, batch_size=batch_size,
+                             seed=seed)  # fmt: skip
     settings = {
         "sigma": sigma,
         "n0": n0,
@@ -46,4 +60,8 @@ def smooth_job(
     report = _base("smooth", model, data, settings)
     report["norm"] = "2"
     report.update(result.to_dict())
+    if avail is not None:
+        settings["availability_steps"] = availability_steps
+        report["availability"] = avail.to_dict()
+        report["metrics"] = avail.metric_dicts()
     return report

@@ -1,0 +1,98 @@
+"""The ``robustlab mix`` job: load both members, fit and measure the mixtures, export the chosen
+one to ONNX (one graph: both members, the transform and the mixing), and assemble the report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from robustlab.errors import RobustlabError
+from robustlab.mix.frontier import STRENGTHS, mix
+from robustlab.mix.transform import MixedClassifier
+
+Progress = Callable[[str], None]
+
+
+def parse_strengths(text: str | Sequence[float]) -> list[float]:
+    """Strengths from ``"1,0.98,0.9"`` or a list: each in (0, 1], at least one."""
+    try:
+        values = (
+            [float(v) for v in text.split(",") if v.strip()]
+            if isinstance(text, str)
+            else [float(v) for v in text]
+        )
+    except ValueError:
+        raise RobustlabError(f"strengths must be numbers in (0, 1]; found {text!r}") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise RobustlabError(f"strengths must be numbers in (0, 1]; found {text!r}")
+    return values
+
+
+def mix_job(
+    accurate_src,
+    robust_src,
+    data_src,
+    eps: float,
+    norm: str = "inf",
+    *,
+    strengths: str | Sequence[float] = STRENGTHS,
+    fit_share: float = 0.5,
+    suite: str = "fast",
+    n: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    out: Path | str = "mix.onnx",
+    progress: Progress | None = None,
+) -> dict:
+    """Mixtures of the two models at each strength (fitted on ``fit_share`` of the data, measured
+    on the rest); the chosen one exported to ``out``. Keys ``clean_accuracy`` and
+    ``robust_accuracy`` (the chosen mixture), ``frontier`` (one row per member and strength),
+    ``chosen``, ``target``, ``members``, ``onnx``, ``metrics``."""
+    import onnx
+
+    from robustlab._onnx import torch_to_onnx
+    from robustlab.jobs import _base, check_eps, check_fits, prepare
+    from robustlab.model import load_model
+    from robustlab.threat import parse_norm
+
+    (eps,) = check_eps([eps])
+    norm = parse_norm(norm)
+    qs = parse_strengths(strengths)
+    acc_m, data = prepare(accurate_src, data_src, n)
+    rob_m = load_model(robust_src)
+    if rob_m.input_shape is not None and acc_m.input_shape is not None:
+        if tuple(rob_m.input_shape) != tuple(acc_m.input_shape):
+            raise RobustlabError(
+                f"the two models take different inputs: {list(acc_m.input_shape)} and "
+                f"{list(rob_m.input_shape)}"
+            )
+    check_fits(rob_m.module, data, "robust model")
+    k_acc, k_rob = (int(m.module(data.x[:1]).shape[1]) for m in (acc_m, rob_m))
+    if k_acc != k_rob:
+        raise RobustlabError(f"the two models have {k_acc} and {k_rob} outputs; expected the same")
+    result = mix(acc_m.module, rob_m.module, data, eps, norm, strengths=qs, fit_share=fit_share,
+                 suite=suite, seed=seed, batch_size=batch_size, progress=progress)  # fmt: skip
+    chosen = result.fits[result.chosen - 2]
+    mixed = MixedClassifier(acc_m.module, rob_m.module, chosen.alpha, chosen.transform)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shape = tuple(data.x.shape[1:])
+    onnx.save(torch_to_onnx(mixed.eval(), shape), str(out))
+    exported = load_model(out)  # the saved graph, checked against onnxruntime
+    settings = {
+        "eps": eps, "norm": norm, "strengths": qs, "fit_share": fit_share, "suite": suite,
+        "seed": seed, "batch_size": batch_size,
+        "accurate": acc_m.name, "robust": rob_m.name,
+    }  # fmt: skip
+    report = _base("mix", exported, data, settings)
+    row = result.rows[result.chosen]
+    report.update(result.to_dict())
+    report.update(
+        norm=norm,
+        clean_accuracy=row["clean_accuracy"],
+        robust_accuracy=row["robust_accuracy"],
+        members={"accurate": acc_m.to_dict(), "robust": rob_m.to_dict()},
+        onnx=str(out),
+        metrics=result.metrics(),
+    )
+    return report
