@@ -220,7 +220,9 @@ def _cat(call: Call) -> _Var:
 def _alias(call: Call):
     if call.out.dtype not in (torch.float32, torch.float64):  # int / bool / half casts round
         raise call.unsupported(f"{call.node.target} to {call.out.dtype}")
-    return call.vars[0]
+    # the same node, with the cast example: the operations after it see the dtype they expect
+    # (a float64 network behind an input cast: its float64 weights meet a float64 example)
+    return _Var(call.vars[0].index, call.out) if isinstance(call.out, Tensor) else call.vars[0]
 
 
 def _dropout(call: Call):

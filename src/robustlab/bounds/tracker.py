@@ -43,7 +43,7 @@ def covers(graph) -> bool:
     a known rounding bound, elementwise relaxations, max pooling)."""
     for node in graph.nodes[1:]:
         op = node.op
-        if not op.tracked:
+        if not op.tracked or _float64_constants(op):
             return False
         if isinstance(op, LinearOp) and not isinstance(op, (Reshape, Cat, Add)):
             terms = _terms_or_none(op, node.shape)
@@ -51,6 +51,16 @@ def covers(graph) -> bool:
             if terms is None or (len(node.inputs) > 1 and terms != 0):
                 return False
     return True
+
+
+def _float64_constants(op) -> bool:
+    """Whether ``op`` holds a float64 constant that float32 cannot represent exactly (a float64
+    network's weights): a float32 pass would bound the network with rounded weights."""
+    for v in vars(op).values():
+        if isinstance(v, Tensor) and v.dtype == torch.float64 and v.numel():
+            if not bool((v.float().double() == v).all()):
+                return True
+    return False
 
 
 def _terms_or_none(op, shape) -> int | None:

@@ -58,8 +58,8 @@ class VerifyResult:
         st = self.stats
         if st.get("proved_by"):
             parts.append(f"proved by {st['proved_by']}")
-        if st.get("regions") is not None and self.verdict != "holds":
-            parts.append(f"{st.get('open_regions', '?')} of {st['regions']} regions open")
+        if st.get("open_regions") is not None and self.verdict not in ("holds", "violated"):
+            parts.append(f"{st['open_regions']} of {st.get('regions', '?')} regions open")
         if self.counterexample:
             x, y = self.counterexample["x"], self.counterexample["y"]
             parts.append(f"counterexample of {len(x)} inputs, outputs {_short(y)}")
@@ -86,7 +86,8 @@ def _short(values, k: int = 4) -> str:
 
 def load_onnx(path: str | Path):
     """``(LoadedModel, onnx bytes)`` for a plain or gzipped ONNX file (gzip recognised by its
-    magic bytes)."""
+    magic bytes). The bytes are what onnxruntime runs: the loader's (a float64 network whose
+    initializers mix float32 and float64 is widened to one type, which onnxruntime requires)."""
     from robustlab.model import load_model
 
     path = Path(path)
@@ -94,7 +95,8 @@ def load_onnx(path: str | Path):
         raise RobustlabError(f"model file not found: {path}")
     raw = path.read_bytes()
     if raw[:2] != b"\x1f\x8b":
-        return load_model(path), raw
+        m = load_model(path)
+        return m, m.onnx_bytes or raw
     try:
         data = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
@@ -106,7 +108,8 @@ def load_onnx(path: str | Path):
         plain = Path(tmp) / name
         plain.write_bytes(data)
         try:
-            return load_model(plain), data
+            m = load_model(plain)
+            return m, m.onnx_bytes or data
         except RobustlabError as e:
             msg = str(e).replace(str(plain), str(path))
             raise type(e)(msg) from None
