@@ -1,17 +1,22 @@
 """robustlab's attack suites side by side with torchattacks and the original AutoAttack code
 (pyautoattack), on CPU (2 threads; BENCH_THREADS=1 for one).
 
-Models: a standard and a PGD-adversarially-trained CNN on the bundled digits set, and the MNIST
-conv nets of the VeriVital benchmark (ONNX) on 100 MNIST test images. Columns: robustlab
-`standard` against AutoAttack's standard version in pyautoattack (the original code) and in
-torchattacks (which ships it with 10 iterations per gradient attack instead of 100), and
-robustlab `fast` against torchattacks' PGD-20. Every peer's adversarial examples are re-checked
-here (plain forward pass, inside the threat model and the data range). Runs are interleaved
-(a different column order in each repetition) and the table shows medians. Each result is
-appended to ``--out`` as it is produced; a rerun resumes. A peer that cannot be imported is
-skipped.
+Models: a standard and a PGD-adversarially-trained CNN on the bundled digits set, the MNIST conv
+nets of the VeriVital benchmark (ONNX) on 100 MNIST test images, and zoo:vit when the zoo has it.
+Columns: robustlab `standard` and `rapid` (MALT targeting) against AutoAttack's standard version
+in pyautoattack (the original code) and in torchattacks (which ships it with 10 iterations per
+gradient attack instead of 100), and robustlab `fast` against torchattacks' PGD-20. Every peer's
+adversarial examples are re-checked here (plain forward pass, inside the threat model and the
+data range). Runs are interleaved (a different column order in each repetition) and the table
+shows medians; `rapid ok` says whether rapid's robust accuracy is at most pyautoattack's and its
+time at most a third of it. Each result is appended to ``--out`` as it is produced; a rerun
+resumes. A peer that cannot be imported is skipped. The peers live outside the repository, in
+their own environment (torch==2.13.0, then `pip install --no-deps pyautoattack==0.2.0
+torchattacks==3.5.1`): ``--peers`` (or BENCH_PEERS) names its site-packages folder, appended to
+the import path (this environment's torch and robustlab come first).
 
     python benchmarks/attacks_benchmark.py [--shared ../shared] [--reps 3] [--out r.jsonl]
+        [--peers /work/peers/attack-venv/lib/python3.11/site-packages] [--columns A,B]
 """
 
 from __future__ import annotations
@@ -113,6 +118,7 @@ def timed(fn):
 COLUMNS = [
     "robustlab standard",
     "pyautoattack standard",
+    "robustlab rapid",
     "torchattacks AutoAttack",
     "robustlab fast",
     "torchattacks PGD-20",
@@ -176,19 +182,20 @@ def done_keys(path: Path) -> dict:
 
 
 def table(results: list[dict], cases: list[str]) -> str:
-    """Medians over the repetitions: robust accuracy (%) and seconds per column, and the
-    peers' time over robustlab's (standard against the AutoAttack peers, fast against PGD-20)."""
+    """Medians over the repetitions: robust accuracy (%) and seconds per column, the peers' time
+    over robustlab's (standard and rapid against the AutoAttack peers, fast against PGD-20), and
+    whether rapid meets its bar (robust accuracy <= pyautoattack's, time <= a third of it)."""
     head = (
         "| model | threat | "
         + " | ".join(COLUMNS)
-        + " | pyaa / rl std | ta AA / rl std | ta PGD-20 / rl fast |"
+        + " | pyaa / rl std | pyaa / rl rapid | ta AA / rl std | ta PGD-20 / rl fast | rapid ok |"
     )
-    lines = [head, "|" + " --- |" * (len(COLUMNS) + 5)]
+    lines = [head, "|" + " --- |" * (len(COLUMNS) + 7)]
     for case in cases:
         rows = [r for r in results if r["case"] == case]
         if not rows:
             continue
-        med = {}
+        med, accs = {}, {}
         cells = []
         for col in COLUMNS:
             got = [r for r in rows if r["column"] == col]
@@ -197,7 +204,7 @@ def table(results: list[dict], cases: list[str]) -> str:
                 continue
             acc = statistics.median(r["robust_accuracy"] for r in got)
             sec = statistics.median(r["seconds"] for r in got)
-            med[col] = sec
+            med[col], accs[col] = sec, acc
             cells.append(f"{100 * acc:.2f}% / {sec:.1f} s")
 
         def ratio(peer, ours, med=med):
@@ -205,9 +212,15 @@ def table(results: list[dict], cases: list[str]) -> str:
 
         ratios = [
             ratio("pyautoattack standard", "robustlab standard"),
+            ratio("pyautoattack standard", "robustlab rapid"),
             ratio("torchattacks AutoAttack", "robustlab standard"),
             ratio("torchattacks PGD-20", "robustlab fast"),
         ]
+        pa, ra = "pyautoattack standard", "robustlab rapid"
+        ok = "n/a"
+        if pa in med and ra in med:
+            ok = "yes" if accs[ra] <= accs[pa] and 3 * med[ra] <= med[pa] else "NO"
+        ratios.append(ok)
         threat = rows[0]["threat"]
         lines.append(f"| {case} | {threat} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
@@ -231,6 +244,8 @@ def load_cases(shared: Path, cache: Path) -> list[tuple]:
         ("digits CNN PGD-AT", robust, digits, 0.1, "inf"),
         ("digits CNN PGD-AT", robust, digits, 0.5, "2"),
     ]
+    if "vit" in zoo.ARCHITECTURES:
+        cases.append(("digits ViT", zoo.pretrained("vit"), digits, 0.1, "inf"))
     verivital = shared / "benchmarks" / "verivital"
     mnist = shared / "datasets" / "mnist_test_100.csv"
     if verivital.exists() and mnist.exists():
@@ -257,7 +272,21 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("attacks_benchmark.jsonl"), help="results, one per line"
     )
+    parser.add_argument(
+        "--peers",
+        default=os.environ.get("BENCH_PEERS"),
+        help="site-packages folder of the peers' environment (appended to the import path)",
+    )
+    parser.add_argument(
+        "--columns", default=",".join(COLUMNS), help="the columns to run, comma-separated"
+    )
     args = parser.parse_args()
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        parser.error(f"unknown columns {unknown}; known: {', '.join(COLUMNS)}")
+    if args.peers:
+        sys.path.append(args.peers)
     os.environ.setdefault("ROBUSTLAB_HOME", str(Path.home() / ".robustlab"))
     peers = import_peers()
     print(
@@ -272,8 +301,8 @@ def main() -> None:
             if rep == 0 and not any(k[0] == name for k in done):
                 flags = evaluate(model, data, [eps], norm, suite="fast", batch_size=len(data)).flags
                 print(f"{name}: flags {[f['name'] for f in flags]}", flush=True)
-            k = rep % len(COLUMNS)
-            for column in COLUMNS[k:] + COLUMNS[:k]:  # a different order each repetition
+            k = rep % len(columns)
+            for column in columns[k:] + columns[:k]:  # a different order each repetition
                 if (name, column, rep) in done:
                     continue
                 got = runner(column, peers, model, data, eps, norm)

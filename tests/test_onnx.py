@@ -448,7 +448,9 @@ def test_unsupported_onnx_op_names_op_and_node() -> None:
         helper.make_node("Relu", ["x"], ["r"]),
         helper.make_node("Erf", ["r"], ["y"], name="my_erf", domain="com.example"),
     ]
-    with pytest.raises(UnsupportedOperation, match="'Erf' of domain 'com.example' at node 'my_erf'"):
+    with pytest.raises(
+        UnsupportedOperation, match="'Erf' of domain 'com.example' at node 'my_erf'"
+    ):
         onnx_to_torch(_model(nodes, [1, 4], "y"))
 
 

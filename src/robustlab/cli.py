@@ -200,13 +200,18 @@ def attack(
     data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
     eps: str = typer.Option(..., "--eps", help="One eps or a comma-separated list."),
     norm: str = typer.Option("inf", "--norm", help="inf or 2."),
-    suite: str = typer.Option("fast", "--suite", help="fast or standard (AutoAttack's)."),
+    suite: str = typer.Option(
+        "fast", "--suite", help="fast, rapid (MALT targeting) or standard (AutoAttack's)."
+    ),
     attacks: str | None = typer.Option(
         None, "--attacks", help="Named attacks instead of a suite, e.g. pgd,apgd-ce."
     ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
+    eot: int = typer.Option(
+        1, "--eot", min=1, help="Forward passes per gradient (randomized models)."
+    ),
     surrogate: str | None = typer.Option(
         None, "--surrogate", help="Model the transfer attack crafts its examples on."
     ),
@@ -231,6 +236,7 @@ def attack(
             n=n,
             batch_size=batch_size,
             seed=seed,
+            eot=eot,
             surrogate=surrogate,
             progress=say,
         )
@@ -398,7 +404,9 @@ def verify(
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds."),
     out_file: Path | None = typer.Option(None, "--out", help="Result file in VNN-COMP's format."),
     strategy: str = typer.Option(
-        "auto", "--strategy", help="auto, input-split, relu-split or bounds (no branching)."
+        "auto",
+        "--strategy",
+        help="auto, input-split, relu-split, nonlinear-split or bounds (no branching).",
     ),
 ) -> None:
     """Verify one instance; prints holds, violated, timeout, unknown or error."""
@@ -435,6 +443,9 @@ def verify_benchmark(
     backend: str = typer.Option("local", "--backend", help="local (process pool) or dask."),
     workers: int = typer.Option(1, "--workers", min=1),
     timeout_scale: float = typer.Option(1.0, "--timeout-scale", min=0.0),
+    timeout_cap: float | None = typer.Option(
+        None, "--timeout-cap", help="Cap every instance's timeout at this many seconds."
+    ),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address."),
     results_db: Path | None = typer.Option(
         None, "--db", help="Results database (default: beside --out)."
@@ -482,6 +493,7 @@ def verify_benchmark(
                 backend=backend,
                 workers=workers,
                 timeout_scale=timeout_scale,
+                timeout_cap=timeout_cap,
                 scheduler=scheduler,
                 on_result=on_result,
             )
@@ -639,6 +651,236 @@ def smooth(
     ))  # fmt: skip
     for p in report["curve"]:
         table.add_row(f"{p['radius']:g}", f"{p['certified_accuracy']:.3f}")
+    out.print(table)
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
+def _floats(text: str | None, flag: str) -> list[float]:
+    """A comma-separated list of numbers from an option ("" or "none": an empty list)."""
+    if text is None or text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RobustlabError(
+            f"{flag} expects numbers separated by commas; found {text!r}"
+        ) from None
+
+
+def _fmt(v, spec: str = ".3g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+@app.command()
+def sensitivity(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    eps: float | None = typer.Option(
+        None, "--eps", help="Linf radius for robust and certified accuracy (none: clean only)."
+    ),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    samples: int = typer.Option(64, "--samples", help="Hutchinson samples per layer."),
+    iterations: int = typer.Option(50, "--iterations", help="Power-iteration passes at most."),
+    noise: str = typer.Option(
+        "0,0.05,0.1,0.2,0.3,0.5", "--noise", help="Relative weight-noise sizes (none: skip)."
+    ),
+    draws: int = typer.Option(3, "--draws", help="Noise draws per size."),
+    robust_n: int = typer.Option(100, "--robust-n", help="Examples attacked per setting."),
+    suite: str = typer.Option("fast", "--suite", help="Attack suite for robust accuracy."),
+    formats: str = typer.Option(
+        "float16,bfloat16,int8", "--formats", help="Whole-model precisions (none: skip)."
+    ),
+    layer_formats: str = typer.Option(
+        "int8", "--layer-formats", help="Precisions applied one layer at a time (none: skip)."
+    ),
+    certify_n: int = typer.Option(100, "--certify-n", help="Examples certified per setting."),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="Data calibrating int8 activations (default: --data)."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("sensitivity.json"), "--out", help="Result JSON."),
+    mean: str | None = MEAN,
+    std: str | None = STD,
+    db: Path | None = DB,
+) -> None:
+    """Per layer: Hessian trace and top eigenvalue, Fisher, weight noise, emulated precision."""
+    from robustlab.sensitivity.job import sensitivity_job
+
+    _outputs(out_file, db)
+    levels = _floats(noise, "--noise")
+    with _status() as say:
+        report = sensitivity_job(
+            _model(model, mean, std),
+            data,
+            eps=eps,
+            n=n,
+            samples=samples,
+            iterations=iterations,
+            noise_levels=levels,
+            draws=draws,
+            robust_n=robust_n,
+            suite=suite,
+            formats=formats,
+            layer_formats=layer_formats,
+            certify_n=certify_n,
+            calibration=calibration,
+            batch_size=batch_size,
+            seed=seed,
+            progress=say,
+        )
+    run_id = _save(report, out_file, db)
+    table = Table("layer", "params", "Hessian trace (95% CI)", "top eigenvalue", "Fisher trace",
+                  title=f"{report['model']['name']} on {report['data']['name']} "
+                  f"(clean accuracy {report['clean_accuracy']:.3f})")  # fmt: skip
+    for r in report["layers"]:
+        lo, hi = r["hessian_trace_ci"]
+        ci = "" if lo is None else f" ({lo:.3g}..{hi:.3g})"
+        table.add_row(r["name"] or "(model)", str(r["parameters"]), f"{r['hessian_trace']:.3g}{ci}",
+                      _fmt(r["top_eigenvalue"]), _fmt(r["fisher_trace"]))  # fmt: skip
+    out.print(table)
+    for c in report["correlations"]:
+        out.print(
+            f"Spearman rank correlation, Hessian trace vs measured {c['format']} loss increase "
+            f"per layer: {_fmt(c['trace_vs_loss_increase'], '.2f')}"
+        )
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
+@app.command()
+def prune(
+    model: str = typer.Option(
+        ..., "--model", help="The dense model: ONNX / TorchScript or zoo:cnn."
+    ),
+    data: str = typer.Option(..., "--data", help="digits (its training split), .npz or .csv."),
+    sparsity: str = typer.Option(
+        "0.5,0.8,0.9,0.95",
+        "--sparsity",
+        help="Share of weights removed, or a comma-separated list.",
+    ),
+    method: str = typer.Option(
+        "magnitude", "--method", help="magnitude, hydra, pwoa, or a comma-separated list."
+    ),
+    structure: str = typer.Option(
+        "unstructured", "--structure", help="unstructured or channel (output channels)."
+    ),
+    objective: str = typer.Option(
+        "pgd-at", "--objective", help="Fine-tuning loss: pgd-at, trades, crown-ibp, ... (not pwoa)."
+    ),
+    eps: float = typer.Option(..., "--eps", help="Linf radius (training and evaluation)."),
+    epochs: int = typer.Option(10, "--epochs", help="Fine-tuning epochs (every method)."),
+    score_epochs: int = typer.Option(
+        10, "--score-epochs", help="HYDRA's score epochs or PwoA's ADMM epochs."
+    ),
+    out_file: Path = typer.Option(
+        Path("pruned.onnx"), "--out", help="Models as OUT-<method>-<percent>.onnx."
+    ),
+    test_data: str | None = typer.Option(
+        None, "--test-data", help="Evaluation data (default: digits' test split, or 20% held out)."
+    ),
+    n: int | None = typer.Option(None, "--n", help="Evaluate on the first N test examples."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr", help="Fine-tuning learning rate (Adam)."),
+    suite: str = typer.Option("fast", "--suite", help="Attack suite for robust accuracy."),
+    seed: int = typer.Option(0, "--seed"),
+    report_file: Path | None = typer.Option(
+        None, "--report", help="Result JSON (default: beside --out)."
+    ),
+    db: Path | None = DB,
+) -> None:
+    """Prune (magnitude, HYDRA, PwoA), fine-tune, export ONNX, evaluate: robustness against sparsity."""
+    from robustlab.compress.job import prune_job
+
+    _outputs(out_file, db)
+    if report_file is not None:
+        output_file(report_file, "--report", create=False)
+    with _status() as say:
+        report = prune_job(
+            model,
+            data,
+            _floats(sparsity, "--sparsity") or [],
+            method,
+            structure=structure,
+            objective=objective,
+            eps=eps,
+            epochs=epochs,
+            score_epochs=score_epochs,
+            test_data=test_data,
+            n=n,
+            out=out_file,
+            batch_size=batch_size,
+            lr=lr,
+            suite=suite,
+            seed=seed,
+            progress=say,
+        )
+    report_file = report_file or out_file.with_suffix(".json")
+    run_id = _save(report, report_file, db)
+    table = Table("method", "sparsity", "clean", "robust", "certified", "train s",
+                  title=f"{structure} pruning, Linf eps {report['eps']:g}")  # fmt: skip
+    d = report["dense"]
+    table.add_row("dense", "0", f"{d['clean_accuracy']:.3f}", f"{d['robust_accuracy']:.3f}",
+                  f"{d['certified_accuracy']:.3f}", "-")  # fmt: skip
+    for r in report["rows"]:
+        table.add_row(r["method"], f"{r['sparsity']:.3f}", f"{r['clean_accuracy']:.3f}",
+                      f"{r['robust_accuracy']:.3f}", f"{r['certified_accuracy']:.3f}",
+                      f"{r['train_seconds']:.1f}")  # fmt: skip
+    out.print(table)
+    _warn(report)
+    out.print(f"models: {', '.join(report['onnx'])}\nresult: {report_file}\nrun id: {run_id}")
+
+
+@app.command()
+def patch(
+    standard: str = typer.Option(..., "--standard", help="The standard model M0."),
+    robust: str = typer.Option(..., "--robust", help="The robust model M1 (same architecture)."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    eps: float = typer.Option(..., "--eps", help="Linf radius for robust and certified accuracy."),
+    scale: str = typer.Option(
+        "0,0.25,0.5,0.75,1,1.25", "--scale", help="Scales A of the patch (comma-separated)."
+    ),
+    layers: int | None = typer.Option(
+        None, "--layers", help="Patch the first K layers (default: the first half)."
+    ),
+    target: str | None = typer.Option(
+        None, "--target", help="The model to patch (default: the standard model)."
+    ),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    suite: str = typer.Option("fast", "--suite", help="Attack suite for robust accuracy."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("patch.json"), "--out", help="Result JSON."),
+    db: Path | None = DB,
+) -> None:
+    """A robust weight signature (M1 - M0 on the shallow layers) added with scale A, evaluated."""
+    from robustlab.compress.job import patch_job
+
+    _outputs(out_file, db)
+    with _status() as say:
+        report = patch_job(
+            standard,
+            robust,
+            data,
+            _floats(scale, "--scale"),
+            eps=eps,
+            target_src=target,
+            layers=layers,
+            n=n,
+            suite=suite,
+            batch_size=batch_size,
+            seed=seed,
+            progress=say,
+        )
+    run_id = _save(report, out_file, db)
+    table = Table("model / scale", "clean", "robust", "certified",
+                  title=f"patched layers {', '.join(report['layers'])}; Linf eps {report['eps']:g}")  # fmt: skip
+    for name in ("standard", "robust", "target"):
+        r = report[name]
+        table.add_row(name, *[f"{r[k]:.3f}" for k in ("clean_accuracy", "robust_accuracy",
+                                                        "certified_accuracy")])  # fmt: skip
+    for r in report["rows"]:
+        table.add_row(f"A = {r['scale']:g}", *[f"{r[k]:.3f}" for k in ("clean_accuracy",
+                      "robust_accuracy", "certified_accuracy")])  # fmt: skip
     out.print(table)
     out.print(f"result: {out_file}\nrun id: {run_id}")
 

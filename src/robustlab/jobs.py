@@ -104,12 +104,14 @@ def attack_job(
     n: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
+    eot: int = 1,
     surrogate=None,
     progress: Progress | None = None,
 ) -> dict:
     """Robust accuracy under an attack suite (or named attacks) at each eps; keys
-    ``clean_accuracy``, ``robust_accuracy`` (first eps), ``curve``, ``per_attack``, ``flags``.
-    ``surrogate``: the model the transfer attack crafts its examples on."""
+    ``clean_accuracy``, ``robust_accuracy`` (first eps), ``curve``, ``per_attack``, ``flags``,
+    ``certified_skipped``. ``surrogate``: the model the transfer attack crafts its examples on;
+    ``eot``: forward passes per gradient."""
     from robustlab.attacks import evaluate
     from robustlab.attacks.transfer import load_surrogate
 
@@ -127,6 +129,7 @@ def attack_job(
         attacks=attacks,
         batch_size=batch_size,
         seed=seed,
+        eot=eot,
         surrogate=sur.module if sur else None,
         progress=progress,
     )
@@ -136,6 +139,7 @@ def attack_job(
         "norm": norm,
         "eps": eps,
         "seed": seed,
+        "eot": eot,
     }
     if sur:
         settings["surrogate"] = sur.to_dict()
@@ -235,4 +239,6 @@ def metrics_of(report: dict) -> dict:
     head = report.get("headline") or {}  # audit: empirical - certified at the headline eps
     if head.get("gap") is not None:
         m[f"gap@{head['eps']:g}"] = head["gap"]
+    for item in report.get("metrics") or []:  # results that list their own metrics (Metric)
+        m[item["name"]] = item["value"]
     return m

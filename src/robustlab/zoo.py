@@ -42,7 +42,41 @@ def cnn(num_classes: int = 10) -> nn.Sequential:
     )
 
 
-ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"mlp": mlp, "cnn": cnn}
+class ViT(nn.Module):
+    """A small vision transformer (Dosovitskiy et al. 2021, arXiv:2010.11929) for (1, 8, 8)
+    inputs: 4 x 4 patches embedded by a convolution, learned position embeddings, pre-norm
+    encoder layers (multi-head attention, GELU perceptron), a final layer norm, mean pooling."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        *,
+        dim: int = 16,
+        heads: int = 2,
+        depth: int = 1,
+        patch: int = 4,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, dim, patch, stride=patch)
+        self.pos = nn.Parameter(torch.randn(1, (8 // patch) ** 2, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 2 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.encoder(tokens)).mean(1))
+
+
+def vit(num_classes: int = 10) -> ViT:
+    """A one-layer vision transformer on 4 x 4 patches of (1, 8, 8) inputs."""
+    return ViT(num_classes)
+
+
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"mlp": mlp, "cnn": cnn, "vit": vit}
 
 
 def build(arch: str) -> nn.Module:

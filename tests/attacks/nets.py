@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -55,3 +57,20 @@ class Noisy(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x + self.sigma * torch.randn_like(x))
+
+
+class Shaky(nn.Module):
+    """A randomized model whose gradients are mostly noise: a small, high-frequency wobble with a
+    random phase at every call is added to the logits (values move by ~``amplitude``, input
+    gradients by ~``amplitude * frequency``); their expectation is the network's gradient."""
+
+    def __init__(self, net: nn.Module, d: int, k: int, amplitude: float = 0.005,
+                 frequency: float = 1000.0, seed: int = 0) -> None:  # fmt: skip
+        super().__init__()
+        self.net, self.amplitude, self.frequency = net, amplitude, frequency
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("mix", torch.randint(0, 2, (d, k), generator=gen).float() * 2 - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        phase = torch.rand_like(x) * (2 * math.pi)
+        return self.net(x) + (self.amplitude * torch.sin(self.frequency * x + phase)) @ self.mix

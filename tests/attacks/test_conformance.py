@@ -13,6 +13,7 @@ FAST = {
     "apgd-ce": {"n_iter": 10},
     "apgd-dlr": {"n_iter": 10},
     "apgd-t": {"n_iter": 5, "n_target_classes": 2},
+    "malt": {"n_iter": 5, "n_target_classes": 2},
     "fab": {"n_iter": 5},
     "fab-t": {"n_iter": 5, "n_target_classes": 2},
     "square": {"n_queries": 30},

@@ -27,7 +27,10 @@ def test_json_keys_and_curve(mlp, digits):
 
 
 def test_points_broken_at_a_small_eps_are_not_attacked_again(mlp, digits):
-    res = evaluate(mlp, digits.subset(100), [0.05, 0.1], "inf", suite="fast", checks=False)
+    res = evaluate(
+        mlp, digits.subset(100), [0.05, 0.1], "inf", suite="fast", checks=False,
+        skip_certified=False,
+    )  # fmt: skip
     small = [r for r in res.per_attack if r["eps"] == 0.05]
     first_large = next(r for r in res.per_attack if r["eps"] == 0.1)
     assert first_large["n_attacked"] == round(res.curve[0]["robust_accuracy"] * 100)
@@ -60,7 +63,7 @@ def test_candidates_outside_the_threat_model_are_rejected_and_flagged(mlp, digit
     import robustlab.attacks.ensemble as ens
 
     monkeypatch.setattr(ens, "suite_attacks", lambda *a, **k: [("cheat", _Cheat())])
-    res = evaluate(mlp, digits.subset(30), [0.01], "inf", checks=False)
+    res = evaluate(mlp, digits.subset(30), [0.01], "inf", checks=False, skip_certified=False)
     assert res.robust_accuracy == res.clean_accuracy
     assert res.flags[0]["name"] == "left_threat_model"
     with pytest.raises(RuntimeError, match="left the threat model"):

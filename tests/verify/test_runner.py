@@ -97,3 +97,44 @@ def test_dask_backend_on_loopback(tmp_path):
     )
     assert len(results) == n
     assert summarize(results, read_expected(TEST / "expected.csv"))["wrong"] == 0
+
+
+def _fake(names, timeout=1.0):
+    from robustlab.verify.runner import Instance
+
+    return [Instance("/n.onnx", f"/{name}.vnnlib", timeout) for name in names]
+
+
+def test_a_worker_that_overruns_is_ended_and_recorded_timeout():
+    from robustlab.verify.runner import _local
+
+    from ._runs import sleepy
+
+    pending = _fake(["slow-1", "fast-1", "slow-2", "fast-2", "fast-3"])
+    start = time.monotonic()
+    seen = {}
+    for inst, verdict, seconds in _local(pending, 2, grace=0.5, run=sleepy):
+        seen[inst.vnnlib] = (verdict, seconds, time.monotonic() - start)
+    assert len(seen) == 5
+    for name, (verdict, seconds, _) in seen.items():
+        assert verdict == ("holds" if "fast" in name else "timeout"), seen
+        if verdict == "timeout":  # ended at its timeout + grace, not later
+            assert 1.5 <= seconds < 1.5 + 2.0, seen
+    assert time.monotonic() - start < 60  # worker start-up included
+
+
+def test_a_worker_that_dies_is_recorded_and_replaced():
+    from robustlab.verify.runner import _local
+
+    from ._runs import crashing
+
+    out = {i.vnnlib: v for i, v, _ in _local(_fake(["a", "crash", "b"]), 1, run=crashing)}
+    assert out == {"/a.vnnlib": "violated", "/crash.vnnlib": "error", "/b.vnnlib": "violated"}
+
+
+def test_timeout_cap(tmp_path):
+    from robustlab.verify.runner import read_instances
+
+    inst, n = _instances(tmp_path)
+    capped = read_instances(inst, timeout_scale=2.0, timeout_cap=3.0)
+    assert len(capped) == n and max(i.timeout for i in capped) == 3.0

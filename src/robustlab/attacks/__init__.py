@@ -2,7 +2,7 @@
 evaluation with reliability flags."""
 
 from robustlab.attacks.apgd import APGD, APGDDLR
-from robustlab.attacks.apgdt import APGDT
+from robustlab.attacks.apgdt import APGDT, MALT
 from robustlab.attacks.base import REGISTRY, Attack, get_attack, get_loss, predict
 from robustlab.attacks.cw import CarliniWagnerL2
 from robustlab.attacks.deepfool import DeepFool
@@ -23,6 +23,7 @@ __all__ = [
     "FAB",
     "FABT",
     "FGSM",
+    "MALT",
     "PGD",
     "REGISTRY",
     "SUITES",

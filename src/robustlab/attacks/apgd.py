@@ -14,9 +14,9 @@ from robustlab.attacks.base import (
     Targeted,
     ascent_direction,
     check_classes,
+    eot_gradient,
     geometry,
     get_loss,
-    objective_value,
     register,
     view_per_sample,
 )
@@ -29,13 +29,10 @@ def checkpoint_lengths(n_iter: int) -> tuple[int, int, int]:
     return max(int(0.22 * n_iter), 1), max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)
 
 
-def _grad(model, xa, y, target, objective) -> tuple[Tensor, Tensor, Tensor]:
-    xa = xa.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(xa)
-        loss = objective_value(objective, logits, y, target)
-        (grad,) = torch.autograd.grad(loss.sum(), xa)
-    return loss.detach(), grad, logits.detach().argmax(1) != y
+def _grad(model, xa, y, target, objective, eot) -> tuple[Tensor, Tensor, Tensor]:
+    """Loss, gradient, and whether the (mean) logits misclassify."""
+    loss, grad, logits = eot_gradient(model, xa, y, target, objective, eot)
+    return loss, grad, logits.argmax(1) != y
 
 
 def apgd_run(
@@ -51,10 +48,12 @@ def apgd_run(
     gen: torch.Generator,
     group: Tensor | None = None,
     n_points: int | None = None,
+    eot: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """APGD runs from random starts, one per row of ``x0``; ``group`` maps each run to its point
     (default: one run per point). A point is broken as soon as any of its runs misclassifies, and
-    all its runs stop then (the other runs' trajectories do not change).
+    all its runs stop then (the other runs' trajectories do not change). ``eot`` > 1: gradients,
+    losses and logits averaged over that many forward passes (randomized models).
 
     Returns (broken, points) per point: the first misclassified iterate of each broken point, the
     highest-loss iterate of the first run of the others."""
@@ -66,7 +65,7 @@ def apgd_run(
     out = torch.empty((n_points, *x0.shape[1:]), dtype=x0.dtype, device=dev)
     broken = torch.zeros(n_points, dtype=torch.bool, device=dev)
     xa = threat.sample(x0, 1, gen)[0]
-    loss, grad, wrong = _grad(model, xa, y, target, objective)
+    loss, grad, wrong = _grad(model, xa, y, target, objective, eot)
     st = {
         "x0": x0, "y": y, "group": group, "xa": xa, "grad": grad, "loss": loss,
         "x_best": xa, "g_best": grad, "loss_best": loss, "x_prev": xa, "loss_prev": loss,
@@ -119,7 +118,9 @@ def apgd_run(
             z = threat.project(x0, xa + step * ascent_direction(grad, geo.norm))
             x_new = threat.project(x0, xa + a * (z - xa) + (1 - a) * (xa - st["x_prev"]))
             st["x_prev"], st["xa"] = xa, x_new
-        st["loss"], st["grad"], wrong = _grad(model, x_new, st["y"], st.get("target"), objective)
+        st["loss"], st["grad"], wrong = _grad(
+            model, x_new, st["y"], st.get("target"), objective, eot
+        )
     left = ~broken
     if bool(left.any()):
         first = torch.full((n_points,), n_runs, device=dev).scatter_reduce(
@@ -135,7 +136,8 @@ class APGD:
     """Auto-PGD (Croce & Hein 2020, arXiv:2003.01690), untargeted, Linf or L2.
 
     AutoAttack's schedule: step 2 eps, momentum 0.75, checkpoints p_j where the step is halved
-    if the loss oscillated or stalled, restarting from the best point.
+    if the loss oscillated or stalled, restarting from the best point. ``eot`` > 1 averages each
+    gradient over that many forward passes (randomized models).
     """
 
     n_iter: int = 100
@@ -143,6 +145,7 @@ class APGD:
     loss: str | Objective = "ce"  # "ce" | "dlr" | "margin" | callable (logits, y) -> (N,)
     rho: float = 0.75
     seed: int = 0
+    eot: int = 1  # forward passes per gradient (expectation over transformation)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         objective = get_loss(self.loss)
@@ -157,7 +160,7 @@ class APGD:
                 break
             broken, adv = apgd_run(
                 model, x[todo], y[todo], threat, objective,
-                target=None, n_iter=self.n_iter, rho=self.rho, gen=gen,
+                target=None, n_iter=self.n_iter, rho=self.rho, gen=gen, eot=self.eot,
             )  # fmt: skip
             if r == 0:
                 best[todo] = adv

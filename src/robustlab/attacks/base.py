@@ -149,6 +149,42 @@ def input_gradients_only(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def _mode_dependent(m: nn.Module) -> bool:
+    """Dropout (p > 0) and normalisation with running statistics behave differently in training
+    and evaluation; TorchScript copies are recognised by their original class name."""
+    name = type(m).__name__
+    if isinstance(m, torch.jit.ScriptModule):
+        name = getattr(m, "original_name", name)
+    elif not isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)):
+        return False
+    if "Dropout" in name:
+        return float(getattr(m, "p", 1.0)) > 0
+    return "Norm" in name and bool(getattr(m, "track_running_stats", False))
+
+
+def training_mode_layers(model: nn.Module) -> list[str]:
+    """The names of the dropout and batch-norm layers in training mode (layers that behave
+    differently in training and evaluation; an attack on them measures the wrong model)."""
+    return [
+        name or type(m).__name__
+        for name, m in model.named_modules()
+        if m.training and _mode_dependent(m)
+    ]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Evaluate ``model`` in eval mode, and restore every submodule's own mode afterwards (a
+    mixed state too: ``model.train(was_training)`` would not)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 @dataclass(frozen=True)
 class Geometry:
     """How an attack sees a threat model: the norm of its steps, the radius (per coordinate for a
@@ -198,6 +234,35 @@ def objective_value(objective, logits: Tensor, y: Tensor, target: Tensor | None)
     return objective(logits, y) if target is None else objective(logits, y, target)
 
 
+def eot_gradient(model, xa, y, target, objective, eot: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    """The objective, its input gradient and the logits at ``xa``, each averaged over ``eot``
+    forward passes (expectation over transformation, Athalye et al. 2018, arXiv:1802.00420, for
+    models with randomness in their forward pass; one pass when ``eot`` is 1)."""
+    xa = xa.detach().requires_grad_(True)
+    loss_sum = grad_sum = logits_sum = None
+    for _ in range(max(1, eot)):
+        with torch.enable_grad():
+            logits = model(xa)
+            loss = objective_value(objective, logits, y, target)
+            (grad,) = torch.autograd.grad(loss.sum(), xa)
+        if loss_sum is None:
+            loss_sum, grad_sum, logits_sum = loss.detach(), grad, logits.detach()
+        else:
+            loss_sum, grad_sum = loss_sum + loss.detach(), grad_sum + grad
+            logits_sum = logits_sum + logits.detach()
+    k = max(1, eot)
+    return loss_sum / k, grad_sum / k, logits_sum / k
+
+
+def mean_logits(model: nn.Module, x: Tensor, eot: int = 1) -> Tensor:
+    """The logits at ``x`` without gradients, averaged over ``eot`` forward passes."""
+    with torch.no_grad():
+        out = model(x)
+        for _ in range(max(1, eot) - 1):
+            out = out + model(x)
+    return out / max(1, eot)
+
+
 def logits_and_jacobian(model: nn.Module, x: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
     """Logits (N, K) and the gradients of the logits ``classes`` (N, m) w.r.t. ``x``: (N, m, *x).
 
@@ -219,6 +284,19 @@ def target_ranking(logits: Tensor, y: Tensor) -> Tensor:
     pos = torch.arange(k, device=logits.device).expand_as(ranked)
     key = torch.where(ranked == y[:, None], k, pos)
     return ranked.gather(1, key.argsort(dim=1))[:, : k - 1]
+
+
+def passes_per_point(attack: object) -> float:
+    """Roughly the gradient passes an attack spends on a point it cannot break: iterations (or
+    steps) x target classes x restarts x eot; a score-based attack's queries count a third (no
+    backward pass)."""
+    queries = getattr(attack, "n_queries", None)
+    if queries is not None:
+        return queries / 3
+    n = getattr(attack, "n_iter", None) or getattr(attack, "steps", None) or 1
+    for name in ("n_target_classes", "restarts", "eot"):
+        n *= max(1, getattr(attack, name, 1))
+    return float(n)
 
 
 def n_classes_of(model: nn.Module, x: Tensor) -> int:

@@ -7,19 +7,41 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.attacks import flags as fl
-from robustlab.attacks.base import Attack, Counted, n_classes_of, predict
+from robustlab.attacks.base import (
+    Attack,
+    Counted,
+    eval_mode,
+    n_classes_of,
+    passes_per_point,
+    predict,
+    training_mode_layers,
+)
 from robustlab.attacks.evaluate import attack_points
+from robustlab.attacks.skip import SKIP_METHODS, certify_points
 from robustlab.attacks.suites import suite_attacks
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.threat import LpBall, parse_norm
 
-WHITE_BOX = {"apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "pgd", "fgsm", "cw", "deepfool"}
+WHITE_BOX = {
+    "apgd-ce",
+    "apgd-dlr",
+    "apgd-t",
+    "malt",
+    "malt-rest",
+    "fab",
+    "fab-t",
+    "pgd",
+    "fgsm",
+    "cw",
+    "deepfool",
+}
 CHECK_POINTS = 64  # points used by the gradient, randomness, re-attack and large-eps checks
 
 
@@ -43,6 +65,9 @@ class SuiteResult:
     n_forward: int
     n_backward: int
     robust: list[list[bool]] = field(repr=False, default_factory=list)  # per eps, per example
+    certified_skipped: int = 0  # at the first eps: points certified by sound bounds, not attacked
+    certification: list[dict] = field(default_factory=list)  # per eps and bound method
+    eot: int = 1
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +84,9 @@ class SuiteResult:
             "seconds": self.seconds,
             "n_forward": self.n_forward,
             "n_backward": self.n_backward,
+            "certified_skipped": self.certified_skipped,
+            "certification": self.certification,
+            "eot": self.eot,
         }
 
 
@@ -104,35 +132,66 @@ def evaluate(
     seed: int = 0,
     surrogate: nn.Module | None = None,
     checks: bool = True,
+    eot: int = 1,
+    skip_certified: bool | Sequence[str] = True,
     progress: Callable[[str], None] | None = None,
 ) -> SuiteResult:
-    """Robust accuracy at each eps under ``suite`` ("fast" | "standard") or the named ``attacks``.
+    """Robust accuracy at each eps under ``suite`` ("fast" | "rapid" | "standard") or the named
+    ``attacks``.
 
     Per-sample worst case: each attack runs only on the points still robust, and a point counts
     as broken if any attack breaks it (its candidate re-checked by a plain forward pass and a
     threat-model and data-range check). Eps run in ascending order and a point broken at some eps
-    stays broken at every larger one. ``checks`` adds the reliability flags.
+    stays broken at every larger one.
+
+    ``skip_certified``: points certified robust by sound bounds count as robust without being
+    attacked (``certified_skipped``; never on a randomized model): IBP before the attacks, CROWN
+    on what the first attack left, on models small enough and when it saves more attack time than
+    it costs; ``True`` for both, or the methods to use. At each larger eps only points certified
+    at the previous one are bounded. ``eot`` > 1 averages the gradients of the gradient attacks
+    over that many forward passes. The model is evaluated in eval mode (flagged when dropout or
+    batch norm were in training mode) and every submodule's mode restored. ``checks`` adds the
+    other reliability flags.
     """
     eps_list, norm = _check_eps(eps), parse_norm(norm)
     if batch_size <= 0:
         raise RobustlabError(f"batch_size must be a positive integer; found {batch_size}")
+    if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
+        raise RobustlabError(f"eot must be a positive integer; found {eot!r}")
+    methods = _skip_methods(skip_certified)
     say = progress or (lambda _msg: None)
-    was_training = model.training
-    model.eval()
+    flags: list[fl.Flag | None] = [fl.check_mode(training_mode_layers(model))]
     counted = Counted(model)
     start = time.perf_counter()
-    try:
+    with eval_mode(model):
         n_classes = n_classes_of(model, data.x)
-        chosen = suite_attacks(suite, n_classes, names=attacks, seed=seed, surrogate=surrogate)
+        chosen = suite_attacks(
+            suite, n_classes, names=attacks, seed=seed, surrogate=surrogate, eot=eot
+        )
         correct = predict(counted, data.x, batch_size) == data.y
+        randomized = fl.check_randomized(model, data.x[:CHECK_POINTS], eot)
+        flags.append(randomized)
+        if randomized is not None:
+            methods = ()  # bounds of one draw say nothing about the next
         robust = correct.clone()
         per_attack: list[dict] = []
+        certification: list[dict] = []
         broken_by: dict[tuple[str, float], Tensor] = {}
         at: dict[float, Tensor] = {}
+        skipped: dict[float, int] = {}
+        candidates = correct  # points worth bounding: certified at the previous eps
         for e in sorted(set(eps_list)):
             threat = LpBall(norm, e, data.lower, data.upper)
-            for name, attack in chosen if e > 0 else []:
-                idx = robust.nonzero().squeeze(1)
+            cert = torch.zeros_like(robust)
+            bound = partial(_certify, model, data, threat, n_classes, certification, say)
+            if e > 0 and "ibp" in methods:
+                cert |= bound("ibp", robust & candidates, None)
+            for i, (name, attack) in enumerate(chosen if e > 0 else []):
+                if i == 1 and "crown" in methods:  # on what the first attack could not break
+                    per_pass = per_attack[-1]["seconds"] / max(1, per_attack[-1]["n_backward"])
+                    rest = sum(passes_per_point(a) for _, a in chosen[1:])
+                    cert |= bound("crown", robust & candidates & ~cert, per_pass * rest)
+                idx = (robust & ~cert).nonzero().squeeze(1)
                 if len(idx) == 0:
                     break
                 broken, rec = _run(model, counted, name, attack, data, idx, threat, batch_size)
@@ -143,8 +202,10 @@ def evaluate(
                     f"eps={e:g} {name}: broke {rec['n_broken']} of {rec['n_attacked']} "
                     f"in {rec['seconds']:.1f}s; robust accuracy {float(robust.float().mean()):.3f}"
                 )
+            if e > 0:
+                candidates = cert
+            skipped[e] = int(cert.sum())
             at[e] = robust.clone()
-        flags: list[fl.Flag | None] = []
         if checks:
             flags += _checks(
                 model, counted, data, correct, chosen, broken_by, norm, batch_size, say
@@ -155,9 +216,14 @@ def evaluate(
             flags.append(fl.check_square(per_attack, len(data), WHITE_BOX))
             flags.append(fl.check_curve(curve_sorted, float(correct.float().mean())))
         flags.append(fl.check_outside(sum(r["n_outside"] for r in per_attack)))
-    finally:
-        model.train(was_training)
-    curve = [{"eps": e, "robust_accuracy": float(at[e].float().mean())} for e in eps_list]
+    curve = [
+        {
+            "eps": e,
+            "robust_accuracy": float(at[e].float().mean()),
+            "certified_skipped": skipped[e],
+        }
+        for e in eps_list
+    ]
     return SuiteResult(
         suite=suite if attacks is None else "custom",
         attacks=[name for name, _ in chosen],
@@ -173,7 +239,41 @@ def evaluate(
         n_forward=counted.n_forward,
         n_backward=counted.n_backward,
         robust=[at[e].tolist() for e in eps_list],
+        certified_skipped=curve[0]["certified_skipped"],
+        certification=certification,
+        eot=eot,
     )
+
+
+def _certify(model, data, threat, n_classes, records, say, method, pool, attack_seconds) -> Tensor:
+    """The points of ``pool`` that ``method`` certifies (see ``certify_points``)."""
+    out = torch.zeros_like(pool)
+    idx = pool.nonzero().squeeze(1)
+    if len(idx) == 0:
+        return out
+    got, rec = certify_points(
+        model, data.x[idx], data.y[idx], threat, n_classes, method, attack_seconds=attack_seconds
+    )
+    out[idx[got]] = True
+    records.append(rec.to_dict())
+    say(
+        f"eps={threat.eps:g}: {method} certified {rec.n_certified} of {rec.n_bounded} points bounded"
+    )
+    return out
+
+
+def _skip_methods(skip_certified: bool | Sequence[str]) -> tuple[str, ...]:
+    if skip_certified is True:
+        return SKIP_METHODS
+    if skip_certified is False:
+        return ()
+    methods = tuple(skip_certified)
+    if any(m not in SKIP_METHODS for m in methods):
+        raise RobustlabError(
+            f"skip_certified must be a bool or methods among {', '.join(SKIP_METHODS)}; "
+            f"found {skip_certified!r}"
+        )
+    return methods
 
 
 def _dedupe(flags: list[dict]) -> list[dict]:
@@ -186,14 +286,11 @@ def _dedupe(flags: list[dict]) -> list[dict]:
 
 
 def _checks(model, counted, data, correct, chosen, broken_by, norm, batch_size, say) -> list:
-    """Gradients, randomness, re-attack at a larger eps, and a very large eps."""
+    """Gradients, re-attack at a larger eps, and a very large eps."""
     gen = torch.Generator().manual_seed(0)
     ok = correct.nonzero().squeeze(1)
     sample = ok[torch.randperm(len(ok), generator=gen)[:CHECK_POINTS]]
-    out = [
-        fl.check_gradients(model, data.x[sample], data.y[sample]),
-        fl.check_randomized(model, data.x[:CHECK_POINTS]),
-    ]
+    out = [fl.check_gradients(model, data.x[sample], data.y[sample])]
     eps_sorted = sorted({e for _, e in broken_by})
     for (name, e), idx in broken_by.items():
         larger = [v for v in eps_sorted if v > e]

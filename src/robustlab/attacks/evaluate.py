@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import Attack, Counted, input_gradients_only, predict
+from robustlab.attacks.base import Attack, Counted, eval_mode, input_gradients_only, predict
 from robustlab.data import Dataset
 from robustlab.threat import LpBall, ThreatModel
 
@@ -88,11 +88,9 @@ def run_attack(
     Every adversarial example is checked to lie in the threat model and re-evaluated by a plain
     forward pass; only that pass decides whether an example is broken.
     """
-    was_training = model.training
-    model.eval()
     counted = Counted(model)
     start = time.perf_counter()
-    try:
+    with eval_mode(model):
         correct = predict(counted, data.x) == data.y
         robust = correct.clone() if robust_before is None else correct & robust_before
         idx = robust.nonzero().squeeze(1)
@@ -106,8 +104,6 @@ def run_attack(
                     f"{type(attack).__name__} left the threat model on {out.n_outside} points: a bug"
                 )
             robust[idx[out.broken]] = False
-    finally:
-        model.train(was_training)
     n = len(data)
     return AttackResult(
         attack=attack_name(attack),

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import Objective, ascent_direction, geometry, get_loss, register
+from robustlab.attacks.base import (
+    Objective,
+    ascent_direction,
+    eot_gradient,
+    geometry,
+    get_loss,
+    register,
+)
 from robustlab.threat import ThreatModel
 
 
@@ -20,12 +27,11 @@ class FGSM:
 
     loss: str | Objective = "ce"
     seed: int = 0  # deterministic; kept for a uniform interface
+    eot: int = 1  # forward passes the gradient is averaged over (randomized models)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         objective = get_loss(self.loss)
         geo = geometry(threat, x)
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(objective(model(xg), y).sum(), xg)
+        _, grad, _ = eot_gradient(model, x, y, None, objective, self.eot)
         with torch.no_grad():
             return threat.project(x, x + geo.eps * ascent_direction(grad, geo.norm))

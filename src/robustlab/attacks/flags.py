@@ -48,20 +48,41 @@ def check_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Flag | None:
     return None
 
 
-def check_randomized(model: nn.Module, x: Tensor, repeats: int = 3) -> Flag | None:
+def check_randomized(model: nn.Module, x: Tensor, eot: int = 1, repeats: int = 3) -> Flag | None:
     """Outputs that differ across calls on the same inputs (a randomized model or defence)."""
     with torch.no_grad():
         outs = [model(x) for _ in range(repeats)]
     scale = outs[0].abs().amax().clamp_min(1e-12)
     diff = max(float((o - outs[0]).abs().amax() / scale) for o in outs[1:])
     if diff > 1e-5:
+        advice = (
+            f"gradients were averaged over eot={eot} forward passes; the robust accuracy of a "
+            "randomized model is itself random (each point is re-checked by one forward pass)"
+            if eot > 1
+            else "use expectation over transformation (eot > 1); single-sample gradients "
+            "underestimate the attack and the robust accuracy is unreliable"
+        )
         return Flag(
             "randomized_model",
             f"outputs differ across calls on the same inputs (relative difference {diff:.2g}): "
-            "use expectation over transformation; single-sample robust accuracy is unreliable",
+            f"{advice}; no point was skipped by sound bounds",
             diff,
         )
     return None
+
+
+def check_mode(layers: list[str]) -> Flag | None:
+    """Dropout or batch-norm layers left in training mode (fra31/auto-attack issue 74)."""
+    if not layers:
+        return None
+    shown = ", ".join(layers[:3]) + (", ..." if len(layers) > 3 else "")
+    return Flag(
+        "training_mode",
+        f"{len(layers)} dropout / batch-norm layers were in training mode ({shown}): the model "
+        "was evaluated in eval mode (and its mode restored); call model.eval() before any "
+        "manual check, or its accuracy will not match",
+        float(len(layers)),
+    )
 
 
 def check_square(per_attack: list[dict], n: int, white_box: set[str]) -> Flag | None:

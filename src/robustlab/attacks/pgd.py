@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import Objective, ascent_direction, geometry, get_loss, register
+from robustlab.attacks.base import (
+    Objective,
+    ascent_direction,
+    eot_gradient,
+    geometry,
+    get_loss,
+    mean_logits,
+    register,
+)
 from robustlab.threat import ThreatModel
 
 
@@ -18,7 +26,8 @@ class PGD:
     with random start and restarts.
 
     Keeps, per example, the first iterate that is misclassified and stops attacking it; restarts
-    run only on examples not yet broken.
+    run only on examples not yet broken. ``eot`` > 1 averages each gradient (and the logits that
+    decide success) over that many forward passes (randomized models).
     """
 
     steps: int = 50
@@ -27,6 +36,7 @@ class PGD:
     random_start: bool = True
     loss: str | Objective = "ce"
     seed: int = 0
+    eot: int = 1  # forward passes per gradient (expectation over transformation)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         objective = get_loss(self.loss)
@@ -44,14 +54,12 @@ class PGD:
             xa = threat.project(x0, threat.sample(x0, 1, gen)[0]) if self.random_start else x0
             for t in range(self.steps + 1):
                 last = t == self.steps
-                xa = xa.detach().requires_grad_(not last)
-                with torch.set_grad_enabled(not last):
-                    logits = model(xa)
-                wrong = logits.detach().argmax(1) != y0
-                grad = None
-                if not last and not bool(wrong.all()):
-                    (grad,) = torch.autograd.grad(objective(logits, y0).sum(), xa)
                 xa = xa.detach()
+                if last:
+                    grad, logits = None, mean_logits(model, xa, self.eot)
+                else:
+                    _, grad, logits = eot_gradient(model, xa, y0, None, objective, self.eot)
+                wrong = logits.argmax(1) != y0
                 if bool(wrong.any()):
                     best[idx[wrong]] = xa[wrong]
                     keep = ~wrong

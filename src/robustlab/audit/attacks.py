@@ -71,10 +71,11 @@ def _square_check(robust: dict[str, torch.Tensor], eps: list[float], n: int) -> 
     }
 
 
-def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, say) -> float:
-    """Every attack on examples ``a:b``; results into ``robust``, ``costs``, ``flags``. Returns
+def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, skipped, say) -> float:
+    """Every attack on examples ``a:b``; results into ``robust``, ``costs``, ``flags`` and
+    ``skipped`` (per eps, the points IBP certified, counted robust without an attack). Returns
     the seconds spent on the reliability checks (run once, with the first chunk)."""
-    checks = 0.0
+    checks, first = 0.0, []
     sub = ctx.subset(slice(a, b))
     for i, name in enumerate(names):
         r = evaluate(
@@ -90,6 +91,8 @@ def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, say) -> f
             progress=lambda m: say(f"examples {a}-{b}: {m}"),
         )
         robust[name][:, a:b] = torch.tensor(r.robust, dtype=torch.bool)
+        if i == 0:
+            first = [c["certified_skipped"] for c in r.curve]
         if a == 0 and i == 0:
             checks = r.seconds - sum(rec["seconds"] for rec in r.per_attack)
         flags += r.flags
@@ -101,12 +104,15 @@ def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, say) -> f
             )
             for f in ("n_attacked", "n_broken", "n_forward", "n_backward", "seconds"):
                 acc[f] = acc.get(f, 0) + rec[f]
+    for j, v in enumerate(first):  # counted once the whole chunk is done
+        skipped[j] += v
     return checks
 
 
 def attack_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     """Each attack of the suite on every example at every eps (its own curve); a point is robust
-    at eps when no attack broke it there. Examples go in chunks sized to the stage's budget."""
+    at eps when no attack broke it there (or IBP certified it: ``certified_skipped``, those
+    points are not attacked). Examples go in chunks sized to the stage's budget."""
     p = ctx.profile
     k = ctx.arrays.get("num_classes") or int(logits_of(ctx.model.module, ctx.data.x[:2]).shape[1])
     names = [name for name, _ in suite_attacks(p.suite, k, seed=ctx.seed)]
@@ -115,11 +121,12 @@ def attack_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     costs: dict[tuple[str, float], dict] = {}
     flags: list[dict] = []
     totals = {"n_forward": 0, "n_backward": 0}
+    skipped = [0] * len(eps)
     chunks = Chunks(ctx.n, deadline, first=min(ctx.n, max(32, ctx.n // 3)))
     for a, b in chunks:
         try:
             chunks.overhead += _attack_chunk(
-                ctx, names, eps, a, b, robust, costs, flags, totals, say
+                ctx, names, eps, a, b, robust, costs, flags, totals, skipped, say
             )
         except BudgetExceeded:  # past the hard deadline: keep the chunks already done
             break
@@ -155,6 +162,7 @@ def attack_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
                 "eps": e,
                 "robust_accuracy": rate(ensemble[j]),
                 "ci": proportion_ci(int(ensemble[j].sum()), done),
+                "certified_skipped": skipped[j],
             }
             for j, e in enumerate(eps)
         ],

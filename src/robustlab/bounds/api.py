@@ -50,6 +50,18 @@ def input_region(region) -> InputRegion:
     )
 
 
+def _user_dtype(region, given: InputRegion) -> torch.dtype:
+    """The dtype bounds are returned in: the user's (x0's for ``(threat, x0)``, else the box's),
+    not the float64 the region is built in."""
+    if (
+        isinstance(region, tuple)
+        and isinstance(region[1], Tensor)
+        and region[1].is_floating_point()
+    ):
+        return region[1].dtype
+    return given.lower.dtype if given.lower.is_floating_point() else torch.get_default_dtype()
+
+
 def _sub_down(x: Tensor, e: float) -> Tensor:
     """``x - e`` rounded down (x float64): the exact error of the rounded difference by TwoSum
     (Knuth), one step down where the rounding went up."""
@@ -118,7 +130,7 @@ def compute_bounds(
     if method not in METHODS:
         raise RobustlabError(f"unknown bound method '{method}'; known: {', '.join(METHODS)}")
     given = input_region(region)
-    out_dtype = given.lower.dtype if given.lower.is_floating_point() else torch.get_default_dtype()
+    out_dtype = _user_dtype(region, given)
     region = _region_in(given, dtype)
     lower = region.lower
     C_err = None

@@ -13,13 +13,16 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from robustlab import deadline
 from robustlab.bounds import rounding, window
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion, LinearOp
+from robustlab.bounds.ops.bilinear import Bilinear
 from robustlab.bounds.ops.pool import MaxPool
-from robustlab.bounds.tracker import Tracker
+from robustlab.bounds.ops.reduce import MaxReduce
+from robustlab.bounds.tracker import Tracker, covers
 from robustlab.bounds.window import Window
 
 WINDOWS = True  # rows on a feature map's neurons are kept on their receptive field (window.py)
@@ -66,13 +69,20 @@ def backward(
     ``betas`` adds, for split constraints (beta-CROWN, Wang et al. 2021, arXiv:2103.06624), a
     coefficient tensor to the node it names when the pass reaches it (shape (batch, rows,
     *shape)). ``record`` receives each activation's coefficients on its output (for branching).
+
+    float32 coefficients on a graph with operations outside the rounding bookkeeping
+    (``tracker.covers``: products of two tensors, amax, transposed convolutions, ...) are
+    computed in float64 and the bound rounded down to float32: as sound, not faster.
     """
+    if rounding.tracked(C) and not covers(graph):
+        return _in_float64(graph, bounds, target, C, alphas, linear, betas, record)
     A: dict[int, Tensor | Window] = {target: C}
     data = C.data if isinstance(C, Window) else C
     bias = data.new_zeros(C.shape[:2])
     # float32: the pass bounds its own rounding error (tracker.py); its bias is in the tracker
     track = Tracker(graph, bounds, C, target, cache) if rounding.tracked(C) else None
     for i in range(target, 0, -1):
+        deadline.check()  # a pass through a huge network can outlast a verifier's timeout
         a = A.pop(i, None)
         if betas is not None and i in betas:
             if track:
@@ -103,6 +113,14 @@ def backward(
             for j, aj in zip(node.inputs, ins, strict=True):
                 _accumulate(A, j, aj, track)
             continue
+        if isinstance(op, Bilinear):
+            alpha = alphas.get(i) if alphas else None
+            shapes = [graph.nodes[j].shape for j in node.inputs]
+            ins, b = op.backward(_dense(a), *[bounds[j] for j in node.inputs], shapes, alpha)
+            bias = bias + b
+            for j, aj in zip(node.inputs, ins, strict=True):
+                _accumulate(A, j, aj, track)
+            continue
         j = node.inputs[0]
         l, u = bounds[j].lower, bounds[j].upper
         if isinstance(op, Activation):
@@ -130,7 +148,7 @@ def backward(
                 track.activation(i, a, la, lb, ua, ub, j, neg)
             else:
                 bias = bias + b
-        elif isinstance(op, MaxPool):
+        elif isinstance(op, (MaxPool, MaxReduce)):
             a = _dense(a)
             a_in, b = op.backward(a, l, u)
             if track:
@@ -149,6 +167,24 @@ def backward(
     if isinstance(A[0], Window):
         return window.concretize(A[0], bounds[0]) + bias
     return concretize(A[0], bounds[0]) + bias
+
+
+def _in_float64(graph, bounds, target, C, alphas, linear, betas, record) -> Tensor:
+    """``backward`` in float64, the bound rounded down to C's float32 (``linear``: float64)."""
+
+    def up(t):
+        return None if t is None else t.double()
+
+    if isinstance(C, Window):
+        C64 = Window(C.data.double(), C.oy, C.ox, C.frame)
+    else:
+        C64 = C.double()
+    items = bounds.items() if isinstance(bounds, Mapping) else enumerate(bounds)
+    b64 = {k: rounding.upcast(b) for k, b in items}
+    a64 = None if alphas is None else {k: up(v) for k, v in alphas.items()}
+    beta64 = None if betas is None else {k: up(v) for k, v in betas.items()}
+    lb = backward(graph, b64, target, C64, a64, None, linear, beta64, record)
+    return rounding.round_down(lb, torch.float32)
 
 
 def _accumulate(A: dict, j: int, a: Tensor | Window, track) -> None:
@@ -185,9 +221,10 @@ def needs_bounds(graph: BoundGraph) -> dict[int, bool]:
     """Nodes whose bounds a relaxation uses -> whether only unstable neurons matter (ReLU)."""
     need: dict[int, bool] = {}
     for node in graph.nodes[1:]:
-        if isinstance(node.op, (Activation, MaxPool)):
-            j = node.inputs[0]
-            need[j] = need.get(j, True) and isinstance(node.op, ReLU)
+        if not isinstance(node.op, LinearOp):
+            kink = isinstance(node.op, ReLU) or getattr(node.op, "unstable_only", False)
+            for j in node.inputs:
+                need[j] = need.get(j, True) and kink
     return need
 
 
@@ -245,6 +282,7 @@ def refine(
     in_numel = max(math.prod(n.shape) for n in graph.nodes[: i + 1])
     chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
     for s in range(0, len(idx), chunk):
+        deadline.check()
         part = idx[s : s + chunk]
         if WINDOWS and alphas is None and window.usable(shape):
             C = window.identity_windows(shape, part, batch, b.lower)
@@ -294,6 +332,7 @@ def intermediate_bounds(
     nonlinear_before = _after_nonlinear(graph)
     bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
+        deadline.check()
         b = rounding.safe_ibp(node.op, *[bounds[j] for j in node.inputs])
         if prior and i in prior:
             b = b.intersect(prior[i])

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from robustlab import deadline
 from robustlab.bounds.graph import BoundGraph, Bounds
-from robustlab.bounds.ops.activation import ReLU, SShaped
-from robustlab.bounds.ops.base import InputRegion
-from robustlab.bounds.ops.linear import Add, Affine, Linear, Reshape, _cast
+from robustlab.bounds.ops.base import Activation, InputRegion, LinearOp
+from robustlab.bounds.ops.bilinear import Mul
+from robustlab.bounds.ops.linear import Add, Affine, Generic, Linear, Reshape, _cast
 from robustlab.errors import UnsupportedOperation
 
 
@@ -30,10 +31,81 @@ class _Lin:
         return Bounds(lo, hi)
 
 
+def _has_rule(op) -> bool:
+    if isinstance(op, Generic) and not isinstance(op, (Linear, Affine)):
+        return op.nonneg  # |L| known
+    return isinstance(op, (LinearOp, Activation, Mul))
+
+
 def supported(graph: BoundGraph) -> bool:
-    """Whether every operation has a forward rule here."""
-    return all(
-        isinstance(n.op, (Linear, Affine, Reshape, Add, ReLU, SShaped)) for n in graph.nodes[1:]
+    """Whether every operation has a forward rule here (linear operations, elementwise
+    relaxations, elementwise products; not matrix products or max pooling)."""
+    return all(_has_rule(n.op) for n in graph.nodes[1:])
+
+
+def _columns(fn, w: Tensor, n: int, k: int) -> Tensor:
+    """``fn`` applied to each of the k coefficient columns of w (N, *shape, k)."""
+    shape = w.shape[1:-1]
+    out = fn(w.movedim(-1, 1).reshape(n * k, *shape))
+    return out.reshape(n, k, *out.shape[1:]).movedim(1, -1)
+
+
+def _linear(op: LinearOp, ins: list[_Lin], shapes, n: int, k: int, like: Tensor) -> _Lin:
+    """Any linear operation L: per input, ``L+ (lower) + L- (upper)`` with ``L+- = (L +- |L|) / 2``
+    (``|L|`` is ``forward_abs``), and L's bias."""
+    zeros = [like.new_zeros(1, *s) for s in shapes]
+    bias = op.forward(*zeros)
+    wl = wu = 0.0
+    bl = bu = bias
+    for i, h in enumerate(ins):
+
+        def part(v, absolute: bool, i=i):
+            args = [v if j == i else z.expand(len(v), *z.shape[1:]) for j, z in enumerate(zeros)]
+            return op.forward_abs(*args) if absolute else op.forward(*args) - bias
+
+        def pos_neg(v: Tensor, cols: bool) -> tuple[Tensor, Tensor]:
+            lin = _columns(lambda t: part(t, False), v, n, k) if cols else part(v, False)
+            ab = _columns(lambda t: part(t, True), v, n, k) if cols else part(v, True)
+            return (lin + ab) / 2, (lin - ab) / 2
+
+        pl, nl = pos_neg(h.wl, True)
+        pu, nu = pos_neg(h.wu, True)
+        wl, wu = wl + pl + nu, wu + pu + nl
+        pl, nl = pos_neg(h.bl, False)
+        pu, nu = pos_neg(h.bu, False)
+        bl, bu = bl + pl + nu, bu + pu + nl
+    return _Lin(wl, bl, wu, bu)
+
+
+def _scaled(h: _Lin, la, lb, ua, ub) -> _Lin:
+    """``la x + lb <= f(x) <= ua x + ub`` applied to linear bounds of x (slopes of either sign)."""
+    lp, ln, up, un = la.clamp(min=0), la.clamp(max=0), ua.clamp(min=0), ua.clamp(max=0)
+    e = lambda t: t.unsqueeze(-1)  # noqa: E731
+    return _Lin(
+        e(lp) * h.wl + e(ln) * h.wu,
+        lp * h.bl + ln * h.bu + lb,
+        e(up) * h.wu + e(un) * h.wl,
+        up * h.bu + un * h.bl + ub,
+    )
+
+
+def _product(op: Mul, hx: _Lin, hy: _Lin, bx: Bounds, by: Bounds) -> _Lin:
+    """McCormick planes (mul.planes) applied to linear bounds of both factors."""
+    (xl, yl, cl), (xu, yu, cu) = op.planes(bx, by, None)
+    shape = xl.shape
+
+    def grow(h: _Lin) -> _Lin:
+        k = h.wl.shape[-1]
+        return _Lin(
+            h.wl.expand(*shape, k), h.bl.expand(shape), h.wu.expand(*shape, k), h.bu.expand(shape)
+        )
+
+    gx, gy = grow(hx), grow(hy)
+    zero = torch.zeros_like(cl)
+    low_x = _scaled(gx, xl, zero, xu, zero)
+    low_y = _scaled(gy, yl, zero, yu, zero)
+    return _Lin(
+        low_x.wl + low_y.wl, low_x.bl + low_y.bl + cl, low_x.wu + low_y.wu, low_x.bu + low_y.bu + cu
     )
 
 
@@ -50,6 +122,7 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
     lins = {0: _Lin(eye, zero, eye, zero)}
     bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
+        deadline.check()
         op = node.op
         ins = [lins[j] for j in node.inputs]
         if isinstance(op, Linear):
@@ -91,15 +164,15 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
                 lin = _Lin(a.wl + b2.wl, a.bl + b2.bl, a.wu + b2.wu, a.bu + b2.bu)
             else:
                 lin = _Lin(a.wl - b2.wu, a.bl - b2.bu, a.wu - b2.wl, a.bu - b2.bl)
-        elif isinstance(op, (ReLU, SShaped)):
-            h = ins[0]
+        elif isinstance(op, Activation):
             pre = bounds[node.inputs[0]]
-            la, lb, ua, ub = op.relax(pre.lower, pre.upper)
-            if (la < 0).any() or (ua < 0).any():  # pragma: no cover - monotone activations only
-                raise UnsupportedOperation("forward bounds need nondecreasing activations")
-            lin = _Lin(
-                la.unsqueeze(-1) * h.wl, la * h.bl + lb, ua.unsqueeze(-1) * h.wu, ua * h.bu + ub
-            )
+            lin = _scaled(ins[0], *op.relax(pre.lower, pre.upper))
+        elif isinstance(op, Mul):
+            bx, by = (bounds[j] for j in node.inputs)
+            lin = _product(op, *ins, bx, by)
+        elif _has_rule(op):
+            shapes = [graph.nodes[j].shape for j in node.inputs]
+            lin = _linear(op, ins, shapes, n, k, lo0)
         else:
             raise UnsupportedOperation(f"no forward bound rule for {type(op).__name__}")
         lins[i] = lin

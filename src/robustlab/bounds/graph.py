@@ -4,7 +4,6 @@ input-dependent operations with their per-sample shapes; constants are evaluated
 from __future__ import annotations
 
 import math
-import operator
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,10 +11,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
+from robustlab.bounds import rules
+from robustlab.bounds.calls import FUNCTIONS as _FUNCTIONS
+from robustlab.bounds.calls import METHODS as _METHODS
 from robustlab.bounds.ops.activation import ReLU, SShaped
 from robustlab.bounds.ops.base import Bounds, Op
-from robustlab.bounds.ops.linear import Add, Affine, Cat, Conv, Generic, Linear, Reshape
+from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, Linear, Reshape
 from robustlab.bounds.ops.pool import MaxPool
+from robustlab.bounds.rules import Call
+from robustlab.bounds.rules import Var as _Var
 from robustlab.errors import UnsupportedOperation
 
 __all__ = ["Bounds", "BoundGraph", "Node", "build_graph", "trace"]
@@ -56,13 +60,6 @@ def trace(model: nn.Module) -> fx.GraphModule:
             f"cannot build a graph of {type(model).__name__} with torch.fx ({first}); "
             "bound engines need a traceable model without data-dependent control flow"
         ) from None
-
-
-class _Var:
-    """Marks an fx value that depends on the input: the graph node index and a concrete example."""
-
-    def __init__(self, index: int, example: Tensor) -> None:
-        self.index, self.example = index, example
 
 
 def _pair(v) -> tuple[int, int]:
@@ -139,49 +136,6 @@ def _module_op(m: nn.Module, x: _Var) -> Op:
     raise UnsupportedOperation(f"no bound rule for {type(m).__name__}")
 
 
-_LEAF_TYPES = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.Flatten,
-)
-_ALIASES = (nn.Identity, nn.Dropout)
-SUPPORTED = sorted(
-    [t.__name__ for t in _LEAF_TYPES + _ALIASES]
-    + [
-        "add",
-        "sub",
-        "mul",
-        "div",
-        "neg",
-        "relu",
-        "sigmoid",
-        "tanh",
-        "flatten",
-        "reshape",
-        "view",
-        "pad",
-        "getitem",
-        "size",
-        "linear",
-        "cat",
-        "permute",
-        "transpose",
-    ]
-)
-
-
 def _elementwise_const(fn_name: str, a, b) -> Op:
     """``var op const`` or ``const op var`` as an Affine operation."""
     var_first = isinstance(a, _Var)
@@ -198,48 +152,205 @@ def _elementwise_const(fn_name: str, a, b) -> Op:
     raise UnsupportedOperation(f"{fn_name} with the input-dependent tensor as divisor")
 
 
-_FUNCTIONS: dict[Callable, str] = {
-    operator.add: "add",
-    torch.add: "add",
-    operator.sub: "sub",
-    torch.sub: "sub",
-    operator.mul: "mul",
-    torch.mul: "mul",
-    operator.truediv: "div",
-    torch.div: "div",
-    operator.neg: "neg",
-    torch.neg: "neg",
-    torch.relu: "relu",
-    nn.functional.relu: "relu",
-    torch.sigmoid: "sigmoid",
-    torch.tanh: "tanh",
-    torch.flatten: "flatten",
-    torch.reshape: "reshape",
-    nn.functional.pad: "pad",
-    operator.getitem: "getitem",
-    nn.functional.linear: "linear",
-    torch.cat: "cat",
-    torch.permute: "permute",
-    torch.transpose: "transpose",
-    nn.functional.leaky_relu: "leaky_relu",
+def _module_rule(call: Call, m: nn.Module) -> _Var:
+    """The single-input modules of ``_module_op``."""
+    x = call.args[0] if call.args else None
+    if len(call.vars) != 1 or not isinstance(x, _Var):
+        raise UnsupportedOperation(
+            f"module {type(m).__name__} at node '{call.name}' with several inputs"
+        )
+    return call.emit(_module_op(m, x), [x])
+
+
+def _binary(key: str) -> Callable[[Call], object]:
+    """add / sub / mul / div: of two input-dependent tensors, or with a constant (Affine)."""
+
+    def rule(call: Call):
+        if len(call.args) != 2 or call.kwargs:
+            raise call.unsupported(f"{key} with extra arguments {call.kwargs or call.args[2:]}")
+        a, b = call.args
+        if isinstance(a, _Var) and isinstance(b, _Var):
+            if key in ("add", "sub"):
+                return call.emit(Add(1.0 if key == "add" else -1.0), [a, b])
+            return rules.product(call, a, b) if key == "mul" else rules.quotient(call, a, b)
+        if key == "div" and isinstance(b, _Var):
+            return rules.quotient(call, a, b)
+        return call.emit(_elementwise_const(key, a, b), call.vars)
+
+    return rule
+
+
+def _leaky_relu(call: Call) -> _Var:
+    slope = call.arg(1, "negative_slope", 0.01)
+    return call.emit(ReLU(slope=float(slope)), [call.vars[0]])
+
+
+def _reshape(call: Call) -> _Var:
+    return call.emit(Reshape(tuple(call.out.shape[1:])), [call.vars[0]])
+
+
+def _linear(call: Call) -> _Var:
+    x = call.args[0]
+    if len(call.vars) != 1 or x is not call.vars[0]:
+        raise call.unsupported("linear with an input-dependent weight or bias")
+    w = call.arg(1, "weight")
+    b = call.arg(2, "bias")
+    return call.emit(Linear(w, b), [x])
+
+
+def _pad(call: Call) -> _Var:
+    mode = call.arg(2, "mode", "constant")
+    value = call.arg(3, "value", 0.0)
+    if mode != "constant" or (value or 0.0) != 0.0:
+        raise call.unsupported(f"pad with mode={mode!r}, value={value!r}")
+    return rules.shaped(call, "pad")
+
+
+def _getitem(call: Call):
+    seq, index = call.args
+    if isinstance(seq, (tuple, list)):  # an element of a tuple of values (split, attention)
+        return seq[index]
+    return rules.shaped(call, "getitem")
+
+
+def _cat(call: Call) -> _Var:
+    return rules.concatenate(call, list(call.args[0]), call.arg(1, "dim", 0))
+
+
+def _alias(call: Call):
+    if call.out.dtype not in (torch.float32, torch.float64):  # int / bool / half casts round
+        raise call.unsupported(f"{call.node.target} to {call.out.dtype}")
+    return call.vars[0]
+
+
+def _dropout(call: Call):
+    if call.arg(2, "training", True):
+        raise call.unsupported("dropout in training mode")
+    return call.vars[0]
+
+
+def _attribute(call: Call):
+    if call.args[1] != "mT":
+        raise call.unsupported(f"attribute {call.args[1]!r} of an input-dependent tensor")
+    return rules.shaped(call, "mT")
+
+
+def _max_min(upper: bool) -> Callable[[Call], object]:
+    """``torch.max(a, b)`` / ``torch.min(a, b)``: elementwise; the reductions are refused."""
+    pair = rules.extremum(upper)
+
+    def rule(call: Call):
+        if len(call.args) == 2 and isinstance(call.args[1], (_Var, Tensor)):
+            return pair(call)
+        raise call.unsupported("max / min over a dimension (use amax / amin)")
+
+    return rule
+
+
+def _hardtanh(call: Call) -> _Var:
+    lo, hi = call.arg(1, "min_val", -1.0), call.arg(2, "max_val", 1.0)
+    return call.emit(rules.Clamp(float(lo), float(hi)), [call.vars[0]])
+
+
+def _relu6(call: Call) -> _Var:
+    return call.emit(rules.Clamp(0.0, 6.0), [call.vars[0]])
+
+
+# One table per kind of fx target; SUPPORTED and the modules kept as leaves derive from them.
+_MODULES: dict[type, Callable[[Call, nn.Module], object]] = {
+    **dict.fromkeys(
+        (
+            nn.Linear,
+            nn.Conv1d,
+            nn.Conv2d,
+            nn.ReLU,
+            nn.LeakyReLU,
+            nn.Sigmoid,
+            nn.Tanh,
+            nn.BatchNorm1d,
+            nn.BatchNorm2d,
+            nn.MaxPool2d,
+            nn.AvgPool1d,
+            nn.AvgPool2d,
+            nn.AdaptiveAvgPool1d,
+            nn.AdaptiveAvgPool2d,
+            nn.Flatten,
+        ),
+        _module_rule,
+    ),
+    nn.ConvTranspose1d: rules.conv_transpose_module,
+    nn.ConvTranspose2d: rules.conv_transpose_module,
+    nn.Upsample: rules.upsample_module,
+    nn.AdaptiveMaxPool1d: rules.global_max_module,
+    nn.AdaptiveMaxPool2d: rules.global_max_module,
+    nn.MaxPool1d: rules.max_pool1d_module,
+    nn.LayerNorm: rules.layer_norm_module,
+    nn.GELU: rules.gelu_module,
+    nn.Softmax: rules.softmax_module,
+    nn.LogSoftmax: rules.softmax_module,
+    nn.Hardtanh: rules.clamp_module,
+    nn.ReLU6: rules.clamp_module,
+    nn.Unflatten: lambda call, m: rules.reshaped(call),
+    nn.MultiheadAttention: rules.multihead_module,
+    nn.TransformerEncoderLayer: rules.encoder_module,
+    nn.TransformerEncoder: rules.encoder_module,
 }
-_METHODS = {
-    "add": "add",
-    "sub": "sub",
-    "mul": "mul",
-    "div": "div",
-    "neg": "neg",
-    "relu": "relu",
-    "sigmoid": "sigmoid",
-    "tanh": "tanh",
-    "flatten": "flatten",
-    "view": "reshape",
-    "reshape": "reshape",
-    "size": "size",
-    "permute": "permute",
-    "transpose": "transpose",
-    "contiguous": "identity",
+_ALIASES = (nn.Identity, nn.Dropout)
+_LEAF_TYPES = tuple(_MODULES)
+
+_CALLS: dict[str, Callable[[Call], object]] = {
+    "add": _binary("add"),
+    "sub": _binary("sub"),
+    "mul": _binary("mul"),
+    "div": _binary("div"),
+    "neg": lambda call: call.emit(Affine(-1.0, 0.0), [call.vars[0]]),
+    "relu": lambda call: call.emit(ReLU(), [call.vars[0]]),
+    "leaky_relu": _leaky_relu,
+    "sigmoid": lambda call: call.emit(SShaped("sigmoid"), [call.vars[0]]),
+    "tanh": lambda call: call.emit(SShaped("tanh"), [call.vars[0]]),
+    "reshape": _reshape,
+    "pad": _pad,
+    "getitem": _getitem,
+    "linear": _linear,
+    "cat": _cat,
+    "stack": rules.stack,
+    "permute": rules.shaped,
+    "transpose": rules.shaped,
+    "movedim": rules.shaped,
+    "flip": rules.shaped,
+    "expand": rules.shaped,
+    "index_select": rules.shaped,
+    "mT": _attribute,
+    "squeeze": rules.reshaped,
+    "unsqueeze": rules.reshaped,
+    "split": rules.split,
+    "identity": _alias,
+    "dropout": _dropout,
+    "matmul": rules.matmul,
+    "sum": rules.reduction(mean=False),
+    "mean": rules.reduction(mean=True),
+    "amax": rules.extreme_reduction(1.0),
+    "amin": rules.extreme_reduction(-1.0),
+    "max": _max_min(True),
+    "min": _max_min(False),
+    "maximum": rules.extremum(True),
+    "minimum": rules.extremum(False),
+    "clamp": rules.clamp,
+    "hardtanh": _hardtanh,
+    "relu6": _relu6,
+    "softmax": rules.softmax(log=False),
+    "log_softmax": rules.softmax(log=True),
+    "pow": rules.power,
+    **{name: rules.unary(make) for name, make in rules.ELEMENTWISE.items()},
+    "gelu": rules.gelu,
+    "where": rules.where,
+    "layer_norm": rules.layer_norm,
+    "scaled_dot_product_attention": rules.attention,
+    "interpolate": rules.interpolate,
 }
+
+SUPPORTED = sorted({t.__name__ for t in _LEAF_TYPES + _ALIASES} | set(_CALLS))
+assert set(_FUNCTIONS.values()) | set(_METHODS.values()) <= set(_CALLS)
 
 
 def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
@@ -262,9 +373,13 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> BoundGraph:
     env: dict[fx.Node, object] = {}
     params = dict(gm.named_parameters()) | dict(gm.named_buffers())
 
-    def add(name: str, op: Op, inputs: list[_Var], value: Tensor) -> _Var:
+    def add(name: str, op: Op, inputs: list[_Var]) -> _Var:
+        with torch.no_grad():
+            value = op.forward(*[v.example for v in inputs]).detach()
         if value.dim() == 0 or value.shape[0] != example.shape[0]:
             raise UnsupportedOperation(f"operation at node '{name}' mixes the batch dimension")
+        if getattr(op, "node", None) == "":
+            op.node = name  # named in the relaxation's error messages
         nodes.append(Node(name, op, tuple(v.index for v in inputs), tuple(value.shape[1:])))
         return _Var(len(nodes) - 1, value)
 
@@ -285,19 +400,66 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> BoundGraph:
             break
         flat_vars = _variables((args, kwargs))
         value = _run(gm, node, _concrete(args), _concrete(kwargs))
-        if not flat_vars or not isinstance(value, Tensor):
+        if not flat_vars or not _has_tensor(value):
             env[node] = value  # a constant, or a number from the input's shape such as x.size(1)
             continue
-        op, inputs = _make_op(gm, node, args, kwargs, flat_vars)
-        if op is None:  # an alias (identity, dropout, contiguous)
-            env[node] = inputs[0]
-            continue
-        env[node] = add(node.name, op, inputs, value.detach())
+        env[node] = _apply(gm, Call(node, args, kwargs, flat_vars, value, add))
     if not isinstance(result, _Var):
         raise UnsupportedOperation("the model output must be one tensor that depends on the input")
+    if result.example.dim() == 1:  # one number per sample: as a vector of one
+        result = add(f"{nodes[result.index].name}.vector", Reshape((1,)), [result])
     if result.index != len(nodes) - 1:  # the output is not the last node: keep only its ancestors
         nodes = _prune(nodes, result.index)
     return BoundGraph(tuple(nodes))
+
+
+def _has_tensor(value) -> bool:
+    if isinstance(value, (tuple, list)):
+        return any(isinstance(v, Tensor) for v in value)
+    return isinstance(value, Tensor)
+
+
+def _apply(gm: fx.GraphModule, call: Call):
+    """Fold one fx node by its rule: the value it stands for (a Var, or a tuple of them)."""
+    node = call.node
+    desc = _describe(gm, node)
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, _ALIASES):
+            return call.vars[0]
+        rule = next((_MODULES[t] for t in type(m).__mro__ if t in _MODULES), None)
+        if rule is None:
+            raise UnsupportedOperation(
+                f"no bound rule for {desc} at node '{node.name}'; supported: {', '.join(SUPPORTED)}"
+            )
+        try:
+            return rule(call, m)
+        except UnsupportedOperation as e:
+            if f"'{node.name}'" in str(e):
+                raise
+            raise UnsupportedOperation(
+                f"{e} at node '{node.name}'; supported: {', '.join(SUPPORTED)}"
+            ) from None
+    table = _FUNCTIONS if node.op == "call_function" else _METHODS
+    key = table.get(node.target) if isinstance(node.target, str) or _hashable(node.target) else None
+    if key is None:
+        raise UnsupportedOperation(
+            f"operation {desc} at node '{node.name}' has no bound rule; supported: {', '.join(SUPPORTED)}"
+        )
+    try:
+        return _CALLS[key](call)
+    except UnsupportedOperation as e:
+        if "supported: " in str(e):
+            raise
+        raise UnsupportedOperation(f"{e}; supported: {', '.join(SUPPORTED)}") from None
+
+
+def _hashable(v) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True
 
 
 def _variables(tree) -> list[_Var]:
@@ -337,82 +499,6 @@ def _run(gm: fx.GraphModule, node: fx.Node, args, kwargs):
             return node.target(*args, **kwargs)
         self_obj, *rest = args
         return getattr(self_obj, node.target)(*rest, **kwargs)
-
-
-def _make_op(gm, node, args, kwargs, flat_vars) -> tuple[Op | None, list[_Var]]:
-    """The bound operation for an fx node with input-dependent operands ``flat_vars``."""
-    desc = _describe(gm, node)
-    if node.op == "call_module":
-        m = gm.get_submodule(node.target)
-        if isinstance(m, _ALIASES):
-            return None, flat_vars
-        if len(flat_vars) != 1 or not isinstance(args[0], _Var):
-            raise UnsupportedOperation(f"module {desc} at node '{node.name}' with several inputs")
-        try:
-            return _module_op(m, args[0]), flat_vars
-        except UnsupportedOperation as e:
-            raise UnsupportedOperation(
-                f"{e} at node '{node.name}'; supported: {', '.join(SUPPORTED)}"
-            ) from None
-    key = _FUNCTIONS.get(node.target) if node.op == "call_function" else _METHODS.get(node.target)
-    if key is None:
-        raise UnsupportedOperation(
-            f"operation {desc} at node '{node.name}' has no bound rule; supported: {', '.join(SUPPORTED)}"
-        )
-    x = flat_vars[0]
-    example_out = _run(gm, node, _concrete(args), _concrete(kwargs))
-    if key == "identity":
-        return None, flat_vars
-    if key in ("add", "sub") and len(flat_vars) == 2:
-        return Add(1.0 if key == "add" else -1.0), flat_vars
-    if key in ("add", "sub", "mul", "div") and len(flat_vars) == 1 and len(args) == 2:
-        return _elementwise_const(key, args[0], args[1]), flat_vars
-    if key == "neg":
-        return Affine(-1.0, 0.0), flat_vars
-    if key == "relu" and len(flat_vars) == 1:
-        return ReLU(), flat_vars
-    if key == "leaky_relu":
-        slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
-        return ReLU(slope=float(slope)), flat_vars
-    if key in ("sigmoid", "tanh"):
-        return SShaped(key), flat_vars
-    if key in ("flatten", "reshape"):
-        return Reshape(tuple(example_out.shape[1:])), flat_vars
-    if key == "linear" and len(flat_vars) == 1 and args[0] is x:
-        w = args[1] if len(args) > 1 else kwargs["weight"]
-        b = args[2] if len(args) > 2 else kwargs.get("bias")
-        return Linear(w, b), flat_vars
-    if key in ("pad", "getitem", "permute", "transpose") and len(flat_vars) == 1:
-        if key == "pad":
-            mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
-            value = kwargs.get("value", args[3] if len(args) > 3 else 0.0)
-            if mode != "constant" or (value or 0.0) != 0.0:
-                raise UnsupportedOperation(
-                    f"pad with mode={mode!r}, value={value!r} at node '{node.name}'"
-                )
-        const_args = args[1:]
-        fn = _bind(gm, node, const_args, kwargs)
-        return Generic(fn, terms=None if key == "getitem" else 0), flat_vars
-    if key == "cat" and all(isinstance(a, _Var) for a in args[0]):
-        parts = list(args[0])
-        ndim = parts[0].example.dim()
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-        dim = dim + ndim if dim < 0 else dim
-        if dim == 0:
-            raise UnsupportedOperation(f"cat along the batch dimension at node '{node.name}'")
-        sizes = tuple(int(v.example.shape[dim]) for v in parts)
-        return Cat(dim - 1, sizes, len(parts)), parts
-    raise UnsupportedOperation(
-        f"operation {desc} at node '{node.name}' with these operands has no bound rule; "
-        f"supported: {', '.join(SUPPORTED)}"
-    )
-
-
-def _bind(gm, node, const_args, kwargs):
-    """A function of one tensor applying ``node`` with its constant arguments."""
-    if node.op == "call_function":
-        return lambda t: node.target(t, *const_args, **kwargs)
-    return lambda t: getattr(t, node.target)(*const_args, **kwargs)
 
 
 _graph_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -9,7 +9,9 @@ from torch import Tensor, nn
 
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import Activation, LinearOp
+from robustlab.bounds.ops.bilinear import Bilinear
 from robustlab.bounds.ops.pool import MaxPool
+from robustlab.bounds.ops.reduce import MaxReduce
 
 
 def _slope(op: Activation, x: Tensor) -> Tensor:
@@ -37,6 +39,11 @@ def tightness(model: nn.Module, x0: Tensor, eps: float) -> Tensor:
             radius.append(rs[0] * _slope(op, ins[0]).abs())
         elif isinstance(op, MaxPool):
             radius.append(_select_max(op, rs[0], ins[0]))
+        elif isinstance(op, MaxReduce):
+            radius.append(_select_reduce(op, rs[0], ins[0]))
+        elif isinstance(op, Bilinear):  # the product linearised at the clean input
+            x, y = ins
+            radius.append(op.forward(x.abs(), rs[1]) + op.forward(rs[0], y.abs()))
     # exact box of the linearised network: eps * ||row of J||_1, with J by autograd through the
     # same graph with activation slopes frozen at x0
     out_dim = values[-1].flatten(1).shape[1]
@@ -53,6 +60,11 @@ def tightness(model: nn.Module, x0: Tensor, eps: float) -> Tensor:
                     vals.append(ins[0] * s)
                 elif isinstance(op, MaxPool):
                     vals.append(_select_max(op, ins[0], values[node.inputs[0]]))
+                elif isinstance(op, MaxReduce):
+                    vals.append(_select_reduce(op, ins[0], values[node.inputs[0]]))
+                elif isinstance(op, Bilinear):
+                    x0_, y0_ = (values[j] for j in node.inputs)
+                    vals.append(op.forward(ins[0], y0_) + op.forward(x0_, ins[1]))
                 else:
                     vals.append(op.forward(*ins))
             (g,) = torch.autograd.grad(vals[-1].flatten(1)[:, k].sum(), x)
@@ -65,3 +77,12 @@ def tightness(model: nn.Module, x0: Tensor, eps: float) -> Tensor:
 def _select_max(op: MaxPool, x: Tensor, at: Tensor) -> Tensor:
     _, idx = nn.functional.max_pool2d(at, op.kernel, op.stride, op.padding, return_indices=True)
     return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+
+
+def _select_reduce(op: MaxReduce, x: Tensor, at: Tensor) -> Tensor:
+    """``x`` at the entries where ``at`` attains its max (min) over the reduced dims."""
+    best, _, _ = op.relax_indices(at, at)
+    order = op._order(at.dim() - 1)
+    flat = x.permute(order).reshape(x.shape[0], best.shape[1], -1)
+    picked = flat.gather(2, best[..., None])[..., 0]
+    return picked.reshape(op.forward(at).shape)

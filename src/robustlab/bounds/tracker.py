@@ -25,6 +25,8 @@ from robustlab.bounds.window import Window
 def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
     """Most products summed per coefficient by ``op.backward`` (0: exact)."""
     # + 1: weights that are not float32 already are rounded to it
+    if hasattr(op, "rounding_terms"):
+        return op.rounding_terms(out_shape)
     if isinstance(op, Linear):
         return op.weight.shape[0] + 1  # rows @ W sums over the layer's outputs
     if isinstance(op, Conv):
@@ -34,6 +36,28 @@ def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
     if isinstance(op, Generic) and op.nonneg:  # pooling by average, padding, slicing
         return math.prod(out_shape) if op.terms is None else op.terms
     raise TypeError(f"no float32 rounding bound for {type(op).__name__}")
+
+
+def covers(graph) -> bool:
+    """Whether the bookkeeping below covers every operation of ``graph`` (linear operations with
+    a known rounding bound, elementwise relaxations, max pooling)."""
+    for node in graph.nodes[1:]:
+        op = node.op
+        if not op.tracked:
+            return False
+        if isinstance(op, LinearOp) and not isinstance(op, (Reshape, Cat, Add)):
+            terms = _terms_or_none(op, node.shape)
+            # the bookkeeping of a step with several inputs knows only exact ones
+            if terms is None or (len(node.inputs) > 1 and terms != 0):
+                return False
+    return True
+
+
+def _terms_or_none(op, shape) -> int | None:
+    try:
+        return _terms(op, shape)
+    except TypeError:
+        return None
 
 
 def dot64(a, v: Tensor) -> Tensor:

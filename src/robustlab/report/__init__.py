@@ -8,6 +8,7 @@ from pathlib import Path
 import jinja2
 
 from robustlab.report.plots import accuracy_curve, attribution_maps, severity_curves
+from robustlab.report.sections import SECTIONS
 
 SCHEMA_VERSION = 1
 
@@ -67,7 +68,10 @@ def render_html(report: dict) -> str:
         headline.setdefault("robust_accuracy", None)
         headline.setdefault("certified_accuracy", None)
     curve = [{"robust_accuracy": None, "certified_accuracy": None, **p} for p in curve]
+    section = SECTIONS.get(report.get("kind"))  # a kind that renders its own section
     return env.get_template("report.html.j2").render(
+        section=section.template if section else None,
+        figs=section.render_figures(report) if section else {},
         r={**report, "curve": curve},
         pct=_pct,
         figure=figure,

@@ -43,7 +43,8 @@ def bound_boxes(
     graph: BoundGraph, lo: Tensor, hi: Tensor, C: Tensor, shape, intermediate: str = "crown"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CROWN lower bounds of ``C y`` on each box (N, rows), with the linear lower bounds they come
-    from: ``C y >= A x + bias`` on the box (A of shape (N, rows, n_inputs)).
+    from: ``C y >= A x + bias`` on the box (A of shape (N, rows, n_inputs)). ``C``: (rows,
+    n_outputs) for every box, or (N, rows, n_outputs) one per box.
 
     Intermediate bounds: ``"crown"`` (backward passes for every unstable neuron, after forward
     linear bounds) or ``"forward"`` (forward linear bounds only: far cheaper, far looser)."""
@@ -56,8 +57,10 @@ def bound_boxes(
             prior = forward_bounds(graph, region) if forward_ok(graph) else None
             bounds = intermediate_bounds(graph, region, "crown", prior=prior)
         lin: dict = {}
-        lb = backward(graph, bounds, graph.output, C.expand(n, *C.shape), linear=lin)
-    return lb, lin["A"].reshape(n, C.shape[0], -1), lin["bias"]
+        Cn = C.expand(n, *C.shape) if C.dim() == 2 else C
+        Cn = Cn.reshape(n, Cn.shape[1], *graph.nodes[graph.output].shape).to(lo.dtype)
+        lb = backward(graph, bounds, graph.output, Cn, linear=lin)
+    return lb, lin["A"].reshape(n, Cn.shape[1], -1), lin["bias"]
 
 
 def margin_of(d: Tensor, magnitude: Tensor | float = 0.0, unit: float = UNIT) -> Tensor:
@@ -65,22 +68,44 @@ def margin_of(d: Tensor, magnitude: Tensor | float = 0.0, unit: float = UNIT) ->
     return HOLD_ULPS * unit * (d.abs() + magnitude)
 
 
-def hold_margin(graph: BoundGraph, prop: Property, shape, unit: float = UNIT) -> Tensor:
+def hold_margin(
+    graph: BoundGraph, prop: Property, shape, unit: float = UNIT, intermediate: str = "crown"
+) -> Tensor:
     """How far a lower bound of each row ``C_r y`` (the property's stacked rows) must clear
     ``d_r`` before a disjunct counts as unreachable: ``HOLD_ULPS`` units of the input precision
     ``unit`` of the bounded quantity's magnitude, ``|d_r| + |C_r| max|y| + |A_r| max|x|`` over
     the property's box (CROWN bounds of the outputs y; A_r: the coefficients of C_r y's linear
     bound, its sensitivity to the inputs). The two magnitude terms are what rounding the outputs
     and the inputs to float32 can change, so no float32 evaluation contradicts a ``holds``; the
-    margin follows the network's scale (outputs near 1e6 or near 1e-6 alike)."""
+    margin follows the network's scale (outputs near 1e6 or near 1e-6 alike). ``intermediate``:
+    as for :func:`bound_boxes`."""
     C, d, _ = _stack_spec(prop)
-    k, n_out = C.shape
-    eye = torch.eye(n_out, dtype=C.dtype)
     lo, hi = prop.lower[None].double(), prop.upper[None].double()
-    lb, A, _ = bound_boxes(graph, lo, hi, torch.cat([C, eye, -eye]), shape)
-    y_mag = torch.maximum(lb[0, k : k + n_out].abs(), lb[0, k + n_out :].abs())
-    x_mag = torch.maximum(lo.abs(), hi.abs())[0]
-    return margin_of(d, C.abs() @ y_mag + A[0, :k].abs() @ x_mag, unit)
+    lb, margin = bounds_and_margins(graph, lo, hi, C[None], d[None], shape, intermediate, unit)
+    return margin[0]
+
+
+def bounds_and_margins(
+    graph: BoundGraph,
+    lo: Tensor,
+    hi: Tensor,
+    C: Tensor,
+    d: Tensor,
+    shape,
+    intermediate: str = "crown",
+    unit: float = UNIT,
+) -> tuple[Tensor, Tensor]:
+    """For N boxes with their own rows ``C`` (N, rows, n_outputs) and ``d`` (N, rows): the lower
+    bounds of ``C y`` (N, rows) and the margins of :func:`hold_margin` (N, rows), from one bound
+    pass (the rows and the outputs' two signs bounded together)."""
+    n, k, n_out = C.shape
+    eye = torch.eye(n_out, dtype=C.dtype).expand(n, n_out, n_out)
+    lb, A, _ = bound_boxes(graph, lo, hi, torch.cat([C, eye, -eye], 1), shape, intermediate)
+    y_mag = torch.maximum(lb[:, k : k + n_out].abs(), lb[:, k + n_out :].abs())
+    x_mag = torch.maximum(lo.abs(), hi.abs()).reshape(n, -1).to(A.dtype)
+    mag = torch.einsum("nko,no->nk", C.abs().to(y_mag.dtype), y_mag)
+    mag = mag + torch.einsum("nki,ni->nk", A[:, :k].abs(), x_mag)
+    return lb[:, :k], margin_of(d, mag, unit)
 
 
 def _weights(k: int) -> Tensor:
@@ -120,6 +145,16 @@ def infeasible(lb: Tensor, d: Tensor, groups: list[slice], margin: Tensor | None
     margin = margin_of(d) if margin is None else margin
     ok = lb > d + margin
     return torch.stack([ok[:, g].any(1) for g in groups], 1)
+
+
+def refuted_rows(lb: Tensor, d: Tensor, margin: Tensor | None = None) -> Tensor:
+    """Per row of ``lb`` (N, rows): whether its lower bound refutes ``C_r y <= d_r`` by the
+    margin (:func:`hold_margin`, or its batched form :func:`margins`; default: from |d| alone);
+    ``d`` and ``margin`` have shape (rows,) or (N, rows)."""
+    rows = lb.shape[-1]
+    if rows == 0:
+        return torch.zeros(lb.shape, dtype=torch.bool)
+    return infeasible(lb, d, [slice(i, i + 1) for i in range(rows)], margin)
 
 
 def input_split(
@@ -187,6 +222,7 @@ def search_steps(
     intermediate: str = "crown",
     lookahead: int = 2,
     weakest_first: bool = False,
+    split_all: bool = False,
     margin: Tensor | None = None,
 ) -> Generator[None, None, tuple[str, Tensor | None]]:
     """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
@@ -196,11 +232,14 @@ def search_steps(
     ``lookahead`` inputs with the largest |coefficient| x width, and the split whose worse half has
     the best bound is taken; halves already proven are dropped. The coefficients are those of the
     row closest to refuting the weakest open disjunct, or (``weakest_first``) of the weakest open
-    row; with ``lookahead >= 2`` the candidates alternate between the two. ``margin``: that of
-    :func:`hold_margin` (computed when not given)."""
+    row; with ``lookahead >= 2`` the candidates alternate between the two. With ``split_all``
+    (for two or three inputs that vary) every box is split along all of them at once and every
+    child is kept: the bounds of the look-ahead's discarded halves are not wasted. ``margin``:
+    that of :func:`hold_margin` (computed when not given)."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
-    margin = hold_margin(graph, prop, shape) if margin is None else margin
+    if margin is None:
+        margin = hold_margin(graph, prop, shape, intermediate=intermediate)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate)
     stats.domains += 1
@@ -222,6 +261,19 @@ def search_steps(
         v = prop.violation(y)
         if (v <= 0).any():
             return "violated", cand[v.argmin()]
+        if split_all:
+            L, H, child_open, lb_c, A_c = _split_all(
+                graph, lo, hi, op, C, d, groups, shape, intermediate, margin
+            )
+            stats.domains += len(L)
+            stats.bound_calls += 1
+            keep = child_open.any(1)
+            lo_q, hi_q = torch.cat([L[keep], lo_q]), torch.cat([H[keep], hi_q])
+            open_q = torch.cat([child_open[keep], open_q])
+            improve = _rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups)
+            a_q = torch.cat([improve, a_q])
+            stats.max_queue = max(stats.max_queue, len(lo_q))
+            continue
         # look ahead: both halves along the `lookahead` inputs with the largest |coefficient| x
         # width (the "smart" score), bounded in one batch
         m = min(lookahead, k_in)
@@ -261,6 +313,21 @@ def search_steps(
         )
         stats.max_queue = max(stats.max_queue, len(lo_q))
     return "holds", None
+
+
+def _split_all(graph, lo, hi, op, C, d, groups, shape, intermediate, margin):
+    """Every box halved along every input that varies, all children bounded: the children's
+    boxes, open disjuncts, lower bounds and their input coefficients."""
+    L, H = lo, hi
+    for k in ((hi - lo) > 0).any(0).nonzero().squeeze(1).tolist():
+        mid = (L[:, k] + H[:, k]) / 2
+        H1, L2 = H.clone(), L.clone()
+        H1[:, k], L2[:, k] = mid, mid
+        L, H = torch.cat([L, L2]), torch.cat([H1, H])
+    lb, A, bias = bound_boxes(graph, L, H, C, shape, intermediate)
+    parents = op.repeat(len(L) // len(lo), 1)
+    child_open = parents & ~(disjunct_slack(lb, A, bias, L, H, d, groups, margin) > 0)
+    return L, H, child_open, lb, A
 
 
 def _rows_to_improve(lb, A, op, d, groups, weakest_first: bool = False) -> Tensor:

@@ -89,6 +89,7 @@ def _bound(graph, root, doms: Domains, C, iterations: int, record: dict | None =
     Cn = C.expand(n, *C.shape)
     alphas = {r: a.clone().requires_grad_(True) for r, a in doms.alphas.items()}
     betas = {j: b.clone().requires_grad_(True) for j, b in doms.betas.items()}
+    params = list(alphas.values()) + list(betas.values())
     opt = torch.optim.Adam(
         [
             {"params": list(alphas.values()), "lr": LR_ALPHA},
@@ -97,9 +98,9 @@ def _bound(graph, root, doms: Domains, C, iterations: int, record: dict | None =
     )
     best = doms.lb.clone()
     lin: dict = {}
-    params = list(alphas.values()) + list(betas.values())
     lb = best
-    for it in range(max(1, iterations)):  # a gradient step between passes, none after the last
+    # a gradient step between passes, none after the last (one pass when nothing is optimised)
+    for it in range(max(1, iterations) if params else 1):
         if it:
             grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
             for p, g in zip(params, grads, strict=True):

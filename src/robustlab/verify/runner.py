@@ -10,11 +10,12 @@ import sqlite3
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 from robustlab.errors import RobustlabError
+
+GRACE = 2.0  # seconds past an instance's timeout before its worker process is ended
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS verify_results (
@@ -36,11 +37,16 @@ class Instance:
     timeout: float
 
 
-def read_instances(path: str | Path, timeout_scale: float = 1.0) -> list[Instance]:
-    """Rows ``onnx,vnnlib,timeout`` (paths relative to the CSV's folder)."""
+def read_instances(
+    path: str | Path, timeout_scale: float = 1.0, timeout_cap: float | None = None
+) -> list[Instance]:
+    """Rows ``onnx,vnnlib,timeout`` (paths relative to the CSV's folder); each timeout is
+    multiplied by ``timeout_scale`` and capped at ``timeout_cap`` seconds."""
     path = Path(path)
     if not path.is_file():
         raise RobustlabError(f"instances file not found: {path}")
+    if timeout_cap is not None and not timeout_cap > 0:
+        raise RobustlabError(f"timeout_cap must be positive; found {timeout_cap}")
     out = []
     with path.open() as f:
         for lineno, row in enumerate(csv.reader(f), 1):
@@ -56,6 +62,8 @@ def read_instances(path: str | Path, timeout_scale: float = 1.0) -> list[Instanc
                 raise RobustlabError(
                     f"{path}:{lineno}: timeout must be a number; found {row[2]!r}"
                 ) from None
+            if timeout_cap is not None:
+                t = min(t, timeout_cap)
             onnx, vnnlib = (str((path.parent / p.strip()).resolve()) for p in row[:2])
             out.append(Instance(onnx, vnnlib, t))
     if not out:
@@ -81,15 +89,110 @@ def _run_one(inst: Instance) -> tuple[Instance, str, float]:
     return inst, r.verdict, time.monotonic() - start
 
 
-def _local(pending: list[Instance], workers: int) -> Iterator[tuple[Instance, str, float]]:
-    if workers <= 1:
-        for inst in pending:
-            yield _run_one(inst)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_run_one, inst) for inst in pending]
-        for fut in as_completed(futures):
-            yield fut.result()
+def verify_instance(inst: Instance) -> str:
+    """The verdict for one instance (the default work of a worker process)."""
+    from robustlab.verify.verifier import verify
+
+    return verify(inst.onnx, inst.vnnlib, timeout=inst.timeout).verdict
+
+
+def _worker(conn, run: Callable[[Instance], str]) -> None:
+    """A worker process: runs the instances it receives until its pipe closes."""
+    import torch
+
+    torch.set_num_threads(1)
+    conn.send("ready")
+    while True:
+        try:
+            inst = conn.recv()
+        except (EOFError, OSError):
+            return
+        if inst is None:
+            return
+        start = time.monotonic()
+        try:
+            verdict = run(inst)
+        except Exception:  # a bad setting or an internal error: recorded, the run goes on
+            verdict = "error"
+        conn.send((verdict, time.monotonic() - start))
+
+
+class _Process:
+    """One worker process and the instance it is running (ended when it overruns)."""
+
+    def __init__(self, ctx, run: Callable[[Instance], str]) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, run), daemon=True)
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.inst: Instance | None = None
+        self.started = 0.0
+
+    def submit(self, inst: Instance) -> None:
+        self.inst, self.started = inst, time.monotonic()
+        self.conn.send(inst)
+
+    def overdue(self, now: float, grace: float) -> bool:
+        return self.inst is not None and now > self.started + self.inst.timeout + grace
+
+    def end(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+
+def _local(
+    pending: list[Instance],
+    workers: int,
+    grace: float = GRACE,
+    run: Callable[[Instance], str] = verify_instance,
+) -> Iterator[tuple[Instance, str, float]]:
+    """Each instance run by ``run`` in one of ``workers`` processes; a worker still running
+    ``grace`` seconds after its instance's timeout is ended (the instance: ``timeout``) and
+    replaced."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no state inherited from the caller
+    queue = list(reversed(pending))
+    procs = [_Process(ctx, run) for _ in range(min(workers, len(pending)))]
+    try:
+        while queue or any(p.inst is not None for p in procs):
+            for p in procs:
+                if p.ready and p.inst is None and queue:
+                    p.submit(queue.pop())
+            now = time.monotonic()
+            ends = [p.started + p.inst.timeout + grace for p in procs if p.inst is not None]
+            wait_s = max(0.0, min(ends) - now) if ends else None
+            for conn in wait([p.conn for p in procs], timeout=wait_s):
+                k = next(i for i, p in enumerate(procs) if p.conn is conn)
+                p = procs[k]
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):  # the worker died (crash, memory)
+                    inst = p.inst
+                    p.end()
+                    procs[k] = _Process(ctx, run)
+                    if inst is not None:
+                        yield inst, "error", time.monotonic() - p.started
+                    continue
+                if msg == "ready":
+                    p.ready = True
+                    continue
+                inst, p.inst = p.inst, None
+                yield inst, msg[0], msg[1]
+            now = time.monotonic()
+            for k, p in enumerate(procs):
+                if p.overdue(now, grace):
+                    inst = p.inst
+                    p.end()
+                    procs[k] = _Process(ctx, run)
+                    yield inst, "timeout", now - p.started
+    finally:
+        for p in procs:
+            p.end()
 
 
 def _dask(
@@ -130,13 +233,19 @@ def run_benchmark(
     backend: str = "local",
     workers: int = 1,
     timeout_scale: float = 1.0,
+    timeout_cap: float | None = None,
+    grace: float = GRACE,
     scheduler: str | None = None,
     on_result: Callable[[Instance, str, float, int, int], None] | None = None,
 ) -> list[dict]:
-    """Run every instance not yet in ``db``; return all results (old and new) in file order."""
+    """Run every instance not yet in ``db``; return all results (old and new) in file order.
+
+    Timeouts are the file's times ``timeout_scale`` capped at ``timeout_cap``; on the local
+    backend an instance still running ``grace`` seconds after its timeout is ended and recorded
+    as ``timeout``."""
     if backend not in ("local", "dask"):
         raise RobustlabError(f"backend must be local or dask; found {backend!r}")
-    instances = read_instances(instances_csv, timeout_scale)
+    instances = read_instances(instances_csv, timeout_scale, timeout_cap)
     con = sqlite3.connect(db, timeout=60)
     con.execute(SCHEMA)
     done = {(r[0], r[1], r[2]): (r[3], r[4]) for r in con.execute("SELECT * FROM verify_results")}
@@ -149,7 +258,11 @@ def run_benchmark(
             if (i.onnx, i.vnnlib, i.timeout) in done:
                 res, sec = done[(i.onnx, i.vnnlib, i.timeout)]
                 w.writerow([i.onnx, i.vnnlib, res, f"{sec:.3f}"])
-    stream = _local(pending, workers) if backend == "local" else _dask(pending, workers, scheduler)
+    stream = (
+        _local(pending, workers, grace)
+        if backend == "local"
+        else _dask(pending, workers, scheduler)
+    )
     for k, (inst, verdict, seconds) in enumerate(stream, 1):
         with con:
             con.execute(

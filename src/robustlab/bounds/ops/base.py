@@ -42,6 +42,7 @@ class Op:
     """A graph operation with ``n_inputs`` input-dependent operands."""
 
     n_inputs: int = 1
+    tracked: bool = True  # covered by the float32 rounding bookkeeping (tracker.py)
 
     def forward(self, *xs: Tensor) -> Tensor:
         raise NotImplementedError
@@ -90,6 +91,17 @@ class Activation(Op):
     def alpha_init(self, l: Tensor, u: Tensor) -> Tensor:
         """Initial optimisable lower slopes (CROWN's adaptive choice)."""
         raise NotImplementedError
+
+    def alpha_start(self, b: Bounds) -> Tensor | None:
+        """alpha-CROWN's initial parameters for input bounds ``b`` (batch, ...), or None when no
+        neuron has a choice (here: ReLU-like, unstable neurons)."""
+        if not bool(((b.lower < 0) & (b.upper > 0)).any()):
+            return None
+        return self.alpha_init(b.lower, b.upper)
+
+    def clamp_alpha_(self, a: Tensor) -> None:
+        """Project the parameters back to their valid range (in place)."""
+        a.clamp_(getattr(self, "slope", 0.0), 1.0)
 
 
 def vjp_backward(fn, A: Tensor, in_shape: tuple[int, ...]) -> Tensor:

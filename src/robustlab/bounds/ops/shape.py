@@ -1,0 +1,269 @@
+"""Linear operations beyond Linear / Conv: transposed convolution, products with a constant matrix,
+concatenation with constants, selection by a constant mask, centring, pairwise differences (the
+softmax's), and ``per_sample``: a shape function (slicing, resizing, reduction) checked to act on
+each sample alone."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from robustlab.bounds.ops.base import Bounds, LinearOp, vjp_backward
+from robustlab.bounds.ops.linear import Affine, Generic, _cast, _unbroadcast
+from robustlab.errors import UnsupportedOperation
+
+
+def per_sample(fn: Callable[[Tensor], Tensor], example: Tensor, what: str, terms: int | None):
+    """``Generic(fn)`` after checking that ``fn`` maps each sample on its own (no mixing of the
+    batch dimension): the outputs of a batch of 3 are those of each sample alone."""
+    x = torch.randn(3, *example.shape[1:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = fn(x)
+        ok = y.dim() > 0 and y.shape[0] == 3
+        ok = ok and all(
+            torch.allclose(y[i : i + 1], fn(x[i : i + 1]), equal_nan=True) for i in range(3)
+        )
+    if not ok:
+        raise UnsupportedOperation(f"{what} mixes the batch dimension")
+    return Monotone(fn, terms=terms)
+
+
+class Monotone(Generic):
+    """A linear map with nonnegative coefficients: its interval image is ``[fn(l), fn(u)]``
+    (exact, and no cancellation: sums of nonnegative lower bounds stay nonnegative)."""
+
+    def ibp(self, b: Bounds) -> Bounds:
+        return Bounds(self.fn(b.lower), self.fn(b.upper))
+
+
+@dataclass(eq=False)
+class ScaleShift(Affine):
+    """``Affine`` whose interval image is computed entrywise (``l s + t``, ``u s + t``): exact,
+    without the cancellation of midpoint and radius when the bounds differ in magnitude."""
+
+    def ibp(self, b: Bounds) -> Bounds:
+        s, t = self._s(b.lower), self._t(b.lower)
+        lo, hi = b.lower * s, b.upper * s
+        return Bounds(torch.minimum(lo, hi) + t, torch.maximum(lo, hi) + t)
+
+
+@dataclass(eq=False)
+class Within(LinearOp):
+    """The identity on values known to lie in [lo, hi] (a softmax's probabilities): interval
+    bounds are clipped to that range; the linear rules pass through unchanged."""
+
+    lo: float
+    hi: float
+
+    def forward(self, x):
+        return x
+
+    forward_abs = forward
+
+    def ibp(self, b: Bounds) -> Bounds:
+        lo, hi = b.lower.clamp(self.lo, self.hi), b.upper.clamp(self.lo, self.hi)
+        return Bounds(torch.minimum(lo, hi), hi)
+
+    def backward(self, A, in_shapes):
+        return [A], A.new_zeros(A.shape[:2])
+
+    def rounding_terms(self, out_shape) -> int:
+        return 0
+
+
+@dataclass(eq=False)
+class ConvTranspose(LinearOp):
+    """1-D or 2-D transposed convolution (zero padding); its transpose is the convolution with the
+    same weight. Not float32-bookkept (CPU convolutions may use Winograd): float64 there."""
+
+    weight: Tensor
+    bias: Tensor | None
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    tracked = False
+
+    def _run(self, x, w, b):
+        f = nn.functional.conv_transpose2d if w.dim() == 4 else nn.functional.conv_transpose1d
+        return f(
+            x, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
+
+    def forward(self, x):
+        return self._run(x, _cast(self.weight, x), _cast(self.bias, x))
+
+    def forward_abs(self, r):
+        return self._run(r, _cast(self.weight, r).abs(), None)
+
+    def backward(self, A, in_shapes):
+        b, m = A.shape[:2]
+        w = _cast(self.weight, A)
+        f = nn.functional.conv2d if w.dim() == 4 else nn.functional.conv1d
+        flat = A.reshape(b * m, *A.shape[2:])
+        a_in = f(flat, w, None, self.stride, self.padding, self.dilation, self.groups)
+        spatial = in_shapes[0][1:]  # output_padding >= stride leaves extra rows: cropped
+        a_in = a_in[(..., *(slice(0, n) for n in spatial))].reshape(b, m, *in_shapes[0])
+        if self.bias is None:
+            return [a_in], A.new_zeros(b, m)
+        bias = A.flatten(3).sum(-1) @ _cast(self.bias, A)
+        return [a_in], bias
+
+
+@dataclass(eq=False)
+class MatMulConst(LinearOp):
+    """``x @ W`` (``left=False``) or ``W @ x`` with a constant W, broadcasting as torch.matmul."""
+
+    weight: Tensor
+    left: bool = False
+
+    def forward(self, x):
+        w = _cast(self.weight, x)
+        return w @ x if self.left else x @ w
+
+    def forward_abs(self, r):
+        w = _cast(self.weight, r).abs()
+        return w @ r if self.left else r @ w
+
+    def backward(self, A, in_shapes):
+        w = _cast(self.weight, A).transpose(-1, -2)
+        a_in = w @ A if self.left else A @ w
+        return [_unbroadcast(a_in, in_shapes[0])], A.new_zeros(A.shape[:2])
+
+    def rounding_terms(self, out_shape) -> int:
+        contracted = self.weight.shape[-2] if self.left else self.weight.shape[-1]
+        shared = math.prod(self.weight.shape[:-2])  # coefficients summed over W's batch dims
+        return contracted * shared + 1
+
+
+@dataclass(eq=False)
+class CatConst(LinearOp):
+    """Concatenation along per-sample dimension ``dim`` of input-dependent parts (``None`` in
+    ``parts``) and constants (one sample's values, repeated over the batch)."""
+
+    dim: int
+    parts: tuple[Tensor | None, ...]
+    sizes: tuple[int, ...]
+    n_inputs: int = 1
+
+    def _cat(self, xs, zero: bool):
+        it = iter(xs)
+        like = xs[0]
+        out = []
+        for p in self.parts:
+            if p is None:
+                out.append(next(it))
+            else:
+                c = _cast(p, like)
+                c = torch.zeros_like(c) if zero else c
+                out.append(c.expand(like.shape[0], *c.shape))
+        return torch.cat(out, self.dim + 1)
+
+    def forward(self, *xs):
+        return self._cat(xs, False)
+
+    def forward_abs(self, *rs):
+        return self._cat(rs, True)
+
+    def backward(self, A, in_shapes):
+        pieces = torch.split(A, list(self.sizes), dim=self.dim + 2)
+        ins, bias = [], A.new_zeros(A.shape[:2])
+        for p, a in zip(self.parts, pieces, strict=True):
+            if p is None:
+                ins.append(a)
+            else:
+                bias = bias + (a * _cast(p, A)).flatten(2).sum(-1)
+        return ins, bias
+
+    def rounding_terms(self, out_shape) -> int:
+        return 0  # coefficients split; the constants' part is in the tracker's references
+
+
+@dataclass(eq=False)
+class Where(LinearOp):
+    """``torch.where(mask, x, y)`` with a constant mask and two input-dependent operands of the
+    output's shape (exact: coefficients are selected, not summed)."""
+
+    mask: Tensor
+    n_inputs: int = 2
+
+    def forward(self, x, y):
+        return torch.where(self.mask, x, y)
+
+    forward_abs = forward
+
+    def backward(self, A, in_shapes):
+        m = self.mask.to(A.dtype)
+        return [_unbroadcast(A * m, in_shapes[0]), _unbroadcast(A * (1 - m), in_shapes[1])], (
+            A.new_zeros(A.shape[:2])
+        )
+
+    def rounding_terms(self, out_shape) -> int:
+        return 0
+
+
+@dataclass(eq=False)
+class Center(LinearOp):
+    """``x - mean(x)`` over per-sample dimensions ``dims`` (LayerNorm's first step); the centring
+    matrix is symmetric, so its transpose is itself."""
+
+    dims: tuple[int, ...]
+
+    def _n(self, x) -> int:
+        return math.prod(x.shape[d + 1] for d in self.dims)
+
+    def forward(self, x):
+        d = tuple(i + 1 for i in self.dims)
+        return x - x.mean(d, keepdim=True)
+
+    def forward_abs(self, r):
+        d = tuple(i + 1 for i in self.dims)
+        n = self._n(r)
+        return r * (1 - 2 / n) + r.sum(d, keepdim=True) / n if n > 1 else torch.zeros_like(r)
+
+    def backward(self, A, in_shapes):
+        d = tuple(i + 2 for i in self.dims)
+        return [A - A.mean(d, keepdim=True)], A.new_zeros(A.shape[:2])
+
+    def rounding_terms(self, out_shape) -> int:
+        return math.prod(out_shape[d] for d in self.dims) + 2
+
+
+@dataclass(eq=False)
+class PairDiff(LinearOp):
+    """``d[..., i, j] = x_j - x_i`` for every j != i along per-sample dimension ``dim``, moved
+    last: shape (*others, n, n - 1). The softmax as ``1 / (1 + sum_j exp(x_j - x_i))``."""
+
+    dim: int
+    n: int
+
+    def _index(self, device) -> Tensor:
+        j = torch.arange(self.n - 1, device=device)
+        i = torch.arange(self.n, device=device)[:, None]
+        return j + (j >= i).long()  # (n, n - 1): every j except i
+
+    def _pairs(self, x, sign: float):
+        x = x.movedim(self.dim + 1, -1)
+        return x[..., self._index(x.device)] + sign * x[..., :, None]
+
+    def forward(self, x):
+        return self._pairs(x, -1.0)
+
+    def ibp(self, b):
+        lo, hi = b.lower.movedim(self.dim + 1, -1), b.upper.movedim(self.dim + 1, -1)
+        idx = self._index(lo.device)
+        return Bounds(lo[..., idx] - hi[..., :, None], hi[..., idx] - lo[..., :, None])
+
+    def forward_abs(self, r):
+        return self._pairs(r, 1.0)
+
+    def backward(self, A, in_shapes):
+        return [vjp_backward(self.forward, A, in_shapes[0])], A.new_zeros(A.shape[:2])
+
+    def rounding_terms(self, out_shape) -> int:
+        return 2 * self.n

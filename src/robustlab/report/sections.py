@@ -1,0 +1,31 @@
+"""Report sections of the result kinds that render their own part of the page: the template the
+page includes and the figures it shows, computed from the report dict (so a recorded report
+renders again). One table; the page looks a kind up here and never branches on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from robustlab.report import weight_plots as wp
+
+
+@dataclass(frozen=True)
+class Section:
+    """A kind's template (under report/templates) and its figures by name."""
+
+    template: str
+    figures: dict[str, Callable[[dict], str | None]]
+
+    def render_figures(self, report: dict) -> dict[str, str | None]:
+        return {name: fn(report) for name, fn in self.figures.items()}
+
+
+SECTIONS: dict[str, Section] = {
+    "sensitivity": Section(
+        "sensitivity.html.j2",
+        {"layers": wp.layer_bars, "noise": wp.noise_curves, "correlation": wp.trace_vs_drop},
+    ),
+    "prune": Section("prune.html.j2", {"curve": wp.sparsity_curve}),
+    "patch": Section("patch.html.j2", {"curve": wp.patch_curve}),
+}

@@ -1,0 +1,334 @@
+"""The verification procedure for a loaded model and a Spec: falsification on every region at
+once, CROWN / alpha-CROWN bounds on batches of regions, a second attack, then branch and bound
+region by region (input splitting for few inputs, ReLU splitting for ReLU networks, splitting the
+inputs of general nonlinearities otherwise), each region with its share of the time left."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from robustlab.bounds.alpha import alpha_crown
+from robustlab.bounds.graph import BoundGraph, graph_of
+from robustlab.bounds.ops.activation import ReLU
+from robustlab.bounds.ops.base import Activation, InputRegion
+from robustlab.deadline import DeadlineExceeded, within
+from robustlab.errors import UnsupportedOperation
+from robustlab.verify import bab, cost, embed
+from robustlab.verify.falsify import attack, float32_box, search
+from robustlab.verify.nonlinear_split import nonlinear_split
+from robustlab.verify.oracle import confirm
+from robustlab.verify.relu_split import relu_split
+from robustlab.verify.spec import Property, Spec
+
+STRATEGIES = ("auto", "input-split", "relu-split", "nonlinear-split", "bounds")
+INPUT_SPLIT_MAX_DIM = 16
+# attacks: (share of the time left, rounds of fresh starts) before the bounds, before branching
+ATTACKS = ((0.05, 1), (0.15, 3))
+REGION_BATCH = 256  # regions bounded in one pass
+
+
+def free_inputs(spec: Spec) -> int:
+    """How many inputs some region lets vary (zero-width inputs are constants)."""
+    return int((spec.upper > spec.lower).any(0).sum())
+
+
+def choose_strategy(graph: BoundGraph, n_inputs: int) -> str:
+    """Input splitting for few inputs that vary; ReLU splitting when every activation is a
+    ReLU; branching on general nonlinearities otherwise."""
+    if n_inputs <= INPUT_SPLIT_MAX_DIM:
+        return "input-split"
+    acts = [n.op for n in graph.nodes[1:] if isinstance(n.op, Activation)]
+    return "relu-split" if all(type(a) is ReLU for a in acts) else "nonlinear-split"
+
+
+def verify_spec(
+    model,
+    shape: tuple[int, ...],
+    spec: Spec,
+    oracle,
+    *,
+    deadline: float,
+    strategy: str = "auto",
+    stats: dict | None = None,
+) -> tuple[str, dict | None, str, str]:
+    """``(verdict, counterexample, strategy used, message)`` for ``spec`` on ``model`` (inputs of
+    ``shape`` per sample) by ``deadline`` (``time.monotonic()``); ``oracle(x)`` gives the
+    reference outputs (onnxruntime) at a flat input, and decides every counterexample."""
+    stats = {} if stats is None else stats
+    state = {"strategy": strategy}
+    try:
+        with within(deadline):
+            verdict, cex, message = _verify(model, shape, spec, oracle, deadline, state, stats)
+    except DeadlineExceeded:
+        verdict, cex, message = "timeout", None, ""
+    return verdict, cex, state["strategy"], message
+
+
+def _share(deadline: float, fraction: float) -> float:
+    return max(0.0, (deadline - time.monotonic()) * fraction)
+
+
+def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
+    stats["regions"] = len(spec)
+    open_ = torch.arange(len(spec))
+    try:
+        graph, unsupported = graph_of(model, tuple(shape)), None
+    except UnsupportedOperation as e:  # no bounds: attacks are all there is
+        graph, unsupported = None, e
+    strategy = state["strategy"]
+    if strategy == "auto" and graph is not None:
+        strategy = state["strategy"] = choose_strategy(graph, free_inputs(spec))
+    stats["strategy"] = strategy
+    t0 = time.monotonic()
+    share, rounds = (1.0, 1_000_000) if graph is None else ATTACKS[0]
+    cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 0, stats)
+    stats["attack_s"] = round(time.monotonic() - t0, 3)
+    if cex is not None:
+        return "violated", cex, ""
+    if graph is None:
+        return "unknown", None, str(unsupported)
+    intermediate = "crown"
+    if strategy == "input-split":
+        red = embed.reduce(graph, model, spec.property(0), shape)
+        ratio = cost.crown_over_forward(graph if red is None else red.graph)
+        # few inputs and a large network: forward bounds go further, alone or beside CROWN's
+        if ratio > cost.FORWARD_ONLY_RATIO:
+            intermediate = "forward"
+        elif ratio > cost.FORWARD_RATIO:
+            intermediate = "both"
+    stats["intermediate"] = intermediate
+    left = deadline - time.monotonic()
+    if intermediate == "crown" and cost.crown_cost(graph) > cost.CROWN_RATE * left:
+        # one bound pass would outlast the time left: attacks are all there is
+        cex = _falsify(model, shape, spec, open_, oracle, left, 1_000_000, 2, stats)
+        if cex is not None:
+            return "violated", cex, ""
+        return "timeout", None, "a bound pass on this network would outlast the timeout"
+    open_ = _bound_regions(graph, model, spec, open_, shape, strategy, intermediate, stats)
+    if not len(open_):
+        return "holds", None, ""
+    if strategy == "bounds":
+        return "unknown", None, ""
+    share, rounds = ATTACKS[1]
+    cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 1, stats)
+    if cex is not None:
+        return "violated", cex, ""
+    how = (strategy, intermediate)
+    return _branch_regions(graph, spec, open_, shape, model, oracle, deadline, how, stats)
+
+
+def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, how, stats):
+    """Branch and bound on each region in turn, each with its share of the time left."""
+    st = bab.BabStats()
+    verdicts = []
+    try:
+        for i, r in enumerate(regions.tolist()):
+            end = time.monotonic() + (deadline - time.monotonic()) / (len(regions) - i)
+            prop = spec.property(r)
+            verdict, x = _branch(graph, prop, shape, model, min(end, deadline), how, st)
+            if verdict == "violated":
+                cex = _confirm_near(model, shape, prop, oracle, x)
+                if cex is not None:
+                    return "violated", cex, ""
+                verdict = "unknown"
+            if verdict != "holds":
+                verdicts.append(verdict)
+    finally:
+        stats.update(domains=st.domains, max_queue=st.max_queue)
+    if not verdicts:
+        stats["proved_by"] = how[0]
+        return "holds", None, ""
+    return ("timeout" if "timeout" in verdicts else "unknown"), None, ""
+
+
+def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermediate, stats):
+    """The regions that incomplete bounds leave open (the cheaper method first)."""
+    methods = ("crown", "alpha-crown")
+    if strategy == "relu-split":
+        methods = ("crown",)  # relu-split starts with its own alpha-CROWN pass
+    if intermediate == "forward":
+        methods = ("forward",)
+    elif intermediate == "both":
+        methods = ("forward", "crown", "alpha-crown")
+    t0 = time.monotonic()
+    margins: dict[int, Tensor] = {}  # per region, from the first method's pass
+    for method in methods:
+        regions = regions[~_bounds_refute(graph, model, spec, regions, shape, method, margins)]
+        if not len(regions):
+            stats["proved_by"] = method
+            break
+    stats["bounds_s"] = round(time.monotonic() - t0, 3)
+    stats["open_regions"] = len(regions)
+    return regions
+
+
+def _falsify(model, shape, spec: Spec, regions, oracle, seconds, rounds: int, seed: int, stats):
+    """A confirmed counterexample from ``rounds`` rounds of attacks on ``regions`` within
+    ``seconds``, or None."""
+    stop = time.monotonic() + seconds
+    k = 0
+    while True:
+        found = attack(
+            model,
+            spec,
+            regions,
+            shape,
+            seconds=max(0.0, stop - time.monotonic()),
+            rounds=rounds,
+            seed=seed + k,
+        )
+        if found is None:
+            return None
+        r, x = found
+        cex = confirm(oracle, spec.lower[r], spec.upper[r], _region_violation(spec, r), x)
+        if cex is not None:
+            return cex
+        stats["rejected_candidates"] = stats.get("rejected_candidates", 0) + 1
+        k += 1000
+        if time.monotonic() > stop:
+            return None
+
+
+def _region_violation(spec: Spec, r: int):
+    region = torch.tensor([r])
+    return lambda y: spec.violation(y, region)
+
+
+def _bounds_refute(
+    graph, model, spec: Spec, regions: Tensor, shape, method: str, margins: dict
+) -> Tensor:
+    """Per region: whether ``method``'s bounds refute every disjunct (some row of each) by the
+    margin of :func:`bab.hold_margin` (computed with the first method's bounds, kept in
+    ``margins`` by region); ``forward``: forward linear intermediate bounds over the region's
+    free inputs."""
+    proven = torch.zeros(len(regions), dtype=torch.bool)
+    for s in range(0, len(regions), REGION_BATCH):
+        part = regions[s : s + REGION_BATCH]
+        C, d, group, n_dis = spec.padded(part)
+        roff, _ = spec.offsets
+        count = roff[part + 1] - roff[part]
+        if C.shape[1] == 0:
+            proven[s : s + len(part)] = count == 0
+            continue
+        idx = part.tolist()
+        with torch.no_grad():
+            if method == "forward":  # forward linear intermediate bounds, CROWN's last pass
+                pairs = [
+                    _forward_bound(graph, model, spec.property(r), shape, C[i], d[i])
+                    for i, r in enumerate(idx)
+                ]
+                lb = torch.cat([p[0] for p in pairs])
+                margin = torch.cat([p[1] for p in pairs])
+            elif method == "crown" or not all(r in margins for r in idx):
+                lo, hi = spec.lower[part], spec.upper[part]
+                lb, margin = bab.bounds_and_margins(graph, lo, hi, C, d, shape)
+                if method != "crown":
+                    region = InputRegion(lo.reshape(-1, *shape), hi.reshape(-1, *shape))
+                    Cs = C.reshape(len(part), C.shape[1], *graph.nodes[graph.output].shape)
+                    lb = alpha_crown(graph, region, Cs, bound_upper=False)[0].lower
+            else:
+                margin = torch.stack([margins[r] for r in idx])
+                region = InputRegion(
+                    spec.lower[part].reshape(-1, *shape), spec.upper[part].reshape(-1, *shape)
+                )
+                Cs = C.reshape(len(part), C.shape[1], *graph.nodes[graph.output].shape)
+                lb = alpha_crown(graph, region, Cs, bound_upper=False)[0].lower
+        for i, r in enumerate(idx):
+            margins.setdefault(r, margin[i])
+        rows = bab.refuted_rows(lb.double(), d, margin).long()
+        per = torch.zeros(len(part), n_dis + 1, dtype=torch.long)
+        per = per.scatter_reduce(1, group, rows, "amax", include_self=True)
+        have = torch.arange(n_dis + 1)[None] < count[:, None]
+        proven[s : s + len(part)] = ((per > 0) | ~have).all(1)
+    return proven
+
+
+def _forward_bound(graph, model, prop: Property, shape, C: Tensor, d: Tensor):
+    """Lower bounds (1, rows) of ``C y`` on one region, with forward intermediate bounds, and
+    their margins (1, rows)."""
+    red = embed.reduce(graph, model, prop, shape)
+    if red is not None:
+        graph, prop, shape = red.graph, red.prop, (len(red.prop.lower),)
+    lo, hi = prop.lower[None].double(), prop.upper[None].double()
+    return bab.bounds_and_margins(graph, lo, hi, C[None], d[None], shape, "forward")
+
+
+def _branch(graph, prop: Property, shape, model, end: float, how, st: bab.BabStats):
+    """Branch and bound on one region until ``end`` with ``how = (strategy, intermediate
+    bounds for input splitting)``: ``(verdict, x or None)``."""
+    strategy, intermediate = how
+    if strategy == "relu-split" and not any(isinstance(n.op, ReLU) for n in graph.nodes):
+        strategy = "nonlinear-split"
+    if strategy == "relu-split":
+        return relu_split(graph, prop, shape, model, deadline=end, stats=st)
+    if strategy == "nonlinear-split":
+        return nonlinear_split(graph, prop, shape, model, deadline=end, stats=st)
+    red = embed.reduce(graph, model, prop, shape)
+    if red is None:
+        return _input_split(graph, prop, shape, model, end, intermediate, st)
+    verdict, z = _input_split(
+        red.graph, red.prop, (len(red.prop.lower),), red.model, end, intermediate, st
+    )
+    return verdict, (None if z is None else red.expand(z))
+
+
+def _input_split(graph, prop: Property, shape, model, end: float, intermediate, st):
+    """Input splitting on the region's (free) inputs until ``end``."""
+    # a portfolio of branching rules, with shares of time: look-ahead over every input
+    # (decisive on some properties), and the "smart" rule on the row closest to refuting the
+    # weakest disjunct, or on the weakest row
+    free = int((prop.upper > prop.lower).sum())
+    how = "forward" if intermediate in ("forward", "both") else "crown"
+    margin = bab.hold_margin(graph, prop, shape, intermediate=how)
+    kw = {"stats": st, "intermediate": intermediate, "margin": margin}
+    if intermediate in ("forward", "both"):  # cheap bounds on many boxes: no look-ahead wasted
+        fwd = bab.search_steps(
+            graph,
+            prop,
+            shape,
+            model,
+            lookahead=min(max(free, 1), 2),
+            split_all=free <= 3,
+            stats=st,
+            intermediate="forward",
+            margin=margin,
+        )
+        if intermediate == "forward":
+            return bab.portfolio([fwd], end)
+        kw["intermediate"] = "crown"
+        crown_full = bab.search_steps(graph, prop, shape, model, lookahead=max(free, 1), **kw)
+        crown_one = bab.search_steps(graph, prop, shape, model, lookahead=1, **kw)
+        return bab.portfolio([fwd, crown_full, crown_one], end, [2.0, 1.0, 2.0])
+    searches = [
+        bab.search_steps(graph, prop, shape, model, lookahead=max(free, 1), **kw),
+        bab.search_steps(graph, prop, shape, model, lookahead=1, **kw),
+    ]
+    if any(len(dj.d) > 1 for dj in prop.disjuncts):  # else the two rows are the same
+        searches.append(
+            bab.search_steps(graph, prop, shape, model, lookahead=1, weakest_first=True, **kw)
+        )
+    shares = [1.0] + [2.0] * (len(searches) - 1)  # the look-ahead costs k_in times more
+    return bab.portfolio(searches, end, shares)
+
+
+def _confirm_near(model, shape, prop: Property, oracle, x: Tensor) -> dict | None:
+    """A confirmed counterexample at the branch and bound's candidate ``x`` rounded into the
+    box's float32 points, or from a focused search around it."""
+    lo32, hi32 = float32_box(prop.lower, prop.upper)
+    x32 = torch.minimum(torch.maximum(x.float(), lo32), hi32)
+    cex = confirm(oracle, prop.lower, prop.upper, prop.violation, x32)
+    if cex is not None:
+        return cex
+    width = prop.upper - prop.lower
+    near = Property(
+        torch.maximum(x - 1e-3 * width, prop.lower),
+        torch.minimum(x + 1e-3 * width, prop.upper),
+        prop.disjuncts,
+    )
+    x2 = search(model, near, shape, samples=512, seconds=1.0)
+    if x2 is None:
+        return None
+    return confirm(oracle, prop.lower, prop.upper, prop.violation, x2)

@@ -1,0 +1,192 @@
+"""Hand-computed bounds for the linear rules (transposed convolution, resizing, slicing,
+reductions, concatenation with constants, selection by a mask, products with constants) and for
+the products of two input-dependent tensors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.bounds import compute_bounds
+from robustlab.bounds.graph import graph_of
+from robustlab.bounds.ops.base import Bounds
+from robustlab.bounds.ops.bilinear import MatMul, Mul
+from robustlab.bounds.ops.reduce import MaxReduce
+from robustlab.threat import Box
+
+F64 = torch.float64
+
+
+def box(lo, hi):
+    return Box(torch.tensor([lo], dtype=F64), torch.tensor([hi], dtype=F64))
+
+
+class Fn(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def bounds(fn, lo, hi, method="crown"):
+    b = compute_bounds(Fn(fn), box(lo, hi), method)
+    return b.lower.flatten(1)[0].tolist(), b.upper.flatten(1)[0].tolist()
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown"])
+def test_conv_transpose_by_hand(method):
+    """A 1 -> 1 channel transposed convolution with kernel [[1, 2], [3, 4]], stride 1, on a
+    2 x 2 input in [0, 1] (one entry in [-1, 1]): output (0, 0) is 1 x00 exactly, the centre
+    4 x00 + 3 x01 + 2 x10 + 1 x11."""
+    m = nn.ConvTranspose2d(1, 1, 2, bias=True)
+    m.weight.data = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    m.bias.data = torch.tensor([0.5])
+    lo = [[[-1.0, 0.0], [0.0, 0.0]]]
+    hi = [[[1.0, 1.0], [1.0, 1.0]]]
+    b = compute_bounds(m, box(lo, hi), method)
+    low, up = b.lower.flatten(1)[0], b.upper.flatten(1)[0]  # 3 x 3 outputs
+    assert low[0].item() == -0.5 and up[0].item() == 1.5
+    assert low[4].item() == pytest.approx(-4 + 0.5)
+    assert up[4].item() == pytest.approx(4 + 3 + 2 + 1 + 0.5)
+
+
+def test_conv_transpose_strided_matches_its_samples_exactly():
+    """Linear: CROWN's bounds are attained (corners of the box), so they are exact."""
+    torch.manual_seed(0)
+    m = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, groups=1).eval()
+    lo = torch.zeros(1, 2, 3, 3, dtype=F64)
+    b = compute_bounds(m, Box(lo, lo + 1), "crown")
+    w = m.weight.detach().double()
+    # every output's bound is bias +- the sum of its weights' positive / negative parts
+    ones = torch.ones(1, 2, 3, 3, dtype=F64)
+    pos = nn.functional.conv_transpose2d(ones, w.clamp(min=0), None, 2, 1, 1)
+    neg = nn.functional.conv_transpose2d(ones, w.clamp(max=0), None, 2, 1, 1)
+    bias = m.bias.detach().double().view(1, -1, 1, 1)
+    up, low = (pos + bias).flatten(1), (neg + bias).flatten(1)
+    assert torch.allclose(b.upper.double(), up) and torch.allclose(b.lower.double(), low)
+
+
+def test_upsample_nearest_and_bilinear_by_hand():
+    up = nn.Upsample(scale_factor=2)
+    b = compute_bounds(up, box([[0.0, 1.0]], [[2.0, 3.0]]), "crown")
+    assert b.lower[0].tolist() == [0.0, 0.0, 1.0, 1.0]
+    lin = nn.Upsample(size=3, mode="linear", align_corners=True)
+    b = compute_bounds(lin, box([[0.0, 2.0]], [[1.0, 4.0]]), "crown")
+    assert b.lower[0].tolist() == pytest.approx([0.0, 1.0, 2.0])
+    assert b.upper[0].tolist() == pytest.approx([1.0, 2.5, 4.0])
+
+
+def test_slicing_and_selection_are_exact():
+    lo, hi = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
+    assert bounds(lambda x: x[:, 1:5:2], lo, hi) == ([1.0, 3.0], [1.5, 3.5])
+    idx = torch.tensor([5, 0, 5])
+    assert bounds(lambda x: torch.index_select(x, 1, idx), lo, hi) == (
+        [5.0, 0.0, 5.0],
+        [5.5, 0.5, 5.5],
+    )
+    assert bounds(lambda x: torch.flip(x, [1])[:, :2], lo, hi) == ([5.0, 4.0], [5.5, 4.5])
+    assert bounds(lambda x: torch.split(x, [2, 4], 1)[1][:, 0], lo, hi) == ([2.0], [2.5])
+    assert bounds(lambda x: x.view(-1, 2, 3)[:, 1, -1], lo, hi) == ([5.0], [5.5])
+
+
+def test_reductions_by_hand():
+    lo, hi = [0.0, -1.0, 2.0, 1.0], [1.0, 1.0, 3.0, 2.0]
+    for method in ("ibp", "crown"):
+        assert bounds(lambda x: x.sum(1, keepdim=True), lo, hi, method) == ([2.0], [7.0])
+        assert bounds(lambda x: torch.mean(x, dim=1), lo, hi, method) == ([0.5], [1.75])  # ()
+        # the max: entry 2 dominates every other upper bound but entry 3 (u = 2 < l = 2? no):
+        # l_best = 2 >= max other upper (2): exact
+        assert bounds(lambda x: x.amax(1), lo, hi, method) == ([2.0], [3.0])
+        assert bounds(lambda x: torch.amin(x, 1), lo, hi, method) == ([-1.0], [1.0])
+
+
+def test_amax_relaxation_is_exact_or_the_largest_upper_bound():
+    op = MaxReduce((0,))
+    l = torch.tensor([[0.0, 2.0, 1.0]], dtype=F64)
+    u = torch.tensor([[1.0, 3.0, 2.5]], dtype=F64)
+    best, exact, u_max = op.relax_indices(l, u)
+    assert best.item() == 1 and not exact.item() and u_max.item() == 3.0
+    A = torch.tensor([[[-1.0]]], dtype=F64)  # lower bound of -max: -max >= -3
+    a_in, bias = op.backward(A, l, u)
+    assert a_in.abs().sum() == 0 and bias.item() == -3.0
+
+
+def test_concatenation_with_a_constant_and_where():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Parameter(torch.tensor([[7.0, 8.0]]))
+
+        def forward(self, x):
+            h = torch.cat([self.c.expand(x.shape[0], -1), x], 1)
+            return torch.where(torch.tensor([True, False, True, True]), h, 2 * h)
+
+    b = compute_bounds(Net(), box([0.0, 1.0], [1.0, 2.0]), "crown")
+    assert b.lower[0].tolist() == [7.0, 16.0, 0.0, 1.0]
+    assert b.upper[0].tolist() == [7.0, 16.0, 1.0, 2.0]
+
+
+def test_matmul_with_constants():
+    w = torch.tensor([[1.0, -1.0], [2.0, 0.5]])
+    assert bounds(lambda x: x.view(-1, 1, 2) @ w, [0.0, 0.0], [1.0, 1.0]) == (
+        [0.0, -1.0],
+        [3.0, 0.5],
+    )
+    assert bounds(lambda x: (w @ x.view(-1, 2, 1))[:, :, 0], [0.0, 0.0], [1.0, 1.0]) == (
+        [-1.0, 0.0],
+        [1.0, 2.5],
+    )
+
+
+def test_mccormick_planes_and_products_by_hand():
+    """x in [1, 2], y in [3, 4]: xy >= 3x + y - 3 and xy <= 4x + y - 4 (auto_LiRPA's planes);
+    CROWN's bounds of xy are [3, 8], attained at corners; x (1 x 2) @ y (2 x 1) likewise."""
+    bx = Bounds(torch.tensor([[1.0]], dtype=F64), torch.tensor([[2.0]], dtype=F64))
+    by = Bounds(torch.tensor([[3.0]], dtype=F64), torch.tensor([[4.0]], dtype=F64))
+    (xl, yl, cl), (xu, yu, cu) = Mul().planes(bx, by, None)
+    assert (xl.item(), yl.item(), cl.item()) == (3.0, 1.0, -3.0)
+    assert (xu.item(), yu.item(), cu.item()) == (4.0, 1.0, -4.0)
+    for method in ("ibp", "crown", "alpha-crown"):
+        assert bounds(lambda v: v[:, :1] * v[:, 1:], [1.0, 3.0], [2.0, 4.0], method) == (
+            [3.0],
+            [8.0],
+        )
+    mm = MatMul().ibp(
+        Bounds(torch.tensor([[[1.0, -1.0]]]), torch.tensor([[[2.0, 1.0]]])),
+        Bounds(torch.tensor([[[3.0], [0.0]]]), torch.tensor([[[4.0], [2.0]]])),
+    )
+    assert (mm.lower.item(), mm.upper.item()) == (3.0 - 2.0, 8.0 + 2.0)
+
+
+def test_softmax_of_two_entries_is_a_sigmoid_of_their_difference():
+    lo, hi = [-1.0, 0.0], [1.0, 0.5]
+    s = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    for method in ("ibp", "crown"):
+        low, up = bounds(lambda x: torch.softmax(x, 1), lo, hi, method)
+        assert low[0] == pytest.approx(s(-1.0 - 0.5)) and up[0] == pytest.approx(s(1.0 - 0.0))
+        assert low[1] == pytest.approx(s(0.0 - 1.0)) and up[1] == pytest.approx(s(0.5 + 1.0))
+
+
+def test_layer_norm_of_two_features_by_hand():
+    """x1 in [1, 2], x2 in [-1, 0]: centred c1 = (x1 - x2) / 2 in [0.5, 1.5], variance c1^2 in
+    [0.25, 2.25], so IBP gives c1 / sqrt(var + eps) in [0.5 / sqrt(2.25 + eps), 1.5 / sqrt(0.25 + eps)]."""
+    eps = 1e-5
+    low, up = bounds(
+        lambda x: nn.functional.layer_norm(x, (2,), eps=eps), [1.0, -1.0], [2.0, 0.0], "ibp"
+    )
+    assert low[0] == pytest.approx(0.5 / math.sqrt(2.25 + eps))
+    assert up[0] == pytest.approx(1.5 / math.sqrt(0.25 + eps))
+    low_c, up_c = bounds(
+        lambda x: nn.functional.layer_norm(x, (2,), eps=eps), [1.0, -1.0], [2.0, 0.0]
+    )
+    assert low[0] <= low_c[0] <= 1 / math.sqrt(1 + 4 * eps) <= up_c[0] <= up[0]
+
+
+def test_graph_sizes_of_expansions():
+    """softmax over n entries: pairwise differences, exp, sum, +1, reciprocal (and a move of the
+    axis back unless it is the last)."""
+    ops = [type(n.op).__name__ for n in graph_of(Fn(lambda x: torch.softmax(x, 1)), (3,)).nodes[1:]]
+    assert ops == ["PairDiff", "Exp", "Monotone", "ScaleShift", "Pow", "Within"]

@@ -1,0 +1,120 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.bounds.alpha import alpha_crown
+from robustlab.bounds.graph import Bounds, graph_of
+from robustlab.bounds.ops.base import InputRegion
+from robustlab.verify import verify
+from robustlab.verify.nonlinear_split import Domains, _bound, activations
+
+from .test_relu_split import _instance, _sampled_min
+from .test_verifier import _bump_net
+
+
+def _net(n_in: int, seed: int, act=nn.Tanh) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(n_in, 16), act(), nn.Linear(16, 16), act(), nn.Linear(16, 3)
+    ).eval()
+
+
+@pytest.mark.parametrize("act", [nn.Tanh, nn.Sigmoid, nn.ReLU])
+@pytest.mark.parametrize("seed", range(3))
+def test_bounds_contain_every_point_of_the_domain(seed, act):
+    """Random sub-intervals and random multipliers: each domain's bound holds for every sampled
+    input whose neurons lie in the domain's intervals."""
+    net = _net(6, seed, act)
+    graph = graph_of(net, (6,))
+    net = copy.deepcopy(net).double()
+    x0 = torch.rand(1, 6, dtype=torch.float64)
+    region = InputRegion(x0 - 0.4, x0 + 0.4)
+    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    _, root = alpha_crown(graph, region, C[None], bound_upper=False, iterations=5)
+    root = {k: Bounds(b.lower.detach(), b.upper.detach()) for k, b in root.items()}
+    acts = activations(graph)
+    g = torch.Generator().manual_seed(seed)
+    n = 8
+    x = x0 + 0.4 * (2 * torch.rand(50000, 6, generator=g, dtype=torch.float64) - 1)
+    pre, h = [], x  # the inputs of each activation, in order
+    for layer in net:
+        if isinstance(layer, act):
+            pre.append(h.detach())
+        h = layer(h)
+    v = (h[:, 0] - h[:, 1]).detach()
+    # each domain: a random sample's neuron values, with intervals cut around them on a random
+    # half of the neurons (so that the domain is not empty)
+    seeds = torch.randint(0, len(x), (n,), generator=g)
+    lo, hi, beta_lo, beta_hi, alphas = {}, {}, {}, {}, {}
+    for (r, j), z in zip(acts.items(), pre, strict=True):
+        rl, ru = root[j].lower.reshape(1, -1), root[j].upper.reshape(1, -1)
+        cut = torch.rand(n, rl.shape[1], generator=g) < 0.5
+        zs = z[seeds]
+        new_lo = zs - torch.rand(n, rl.shape[1], generator=g, dtype=torch.float64) * (zs - rl)
+        new_hi = zs + torch.rand(n, rl.shape[1], generator=g, dtype=torch.float64) * (ru - zs)
+        lo[j] = torch.where(cut, new_lo, rl.expand(n, -1))
+        hi[j] = torch.where(cut, new_hi, ru.expand(n, -1))
+        beta_lo[j] = 3 * torch.rand(n, 1, rl.shape[1], generator=g, dtype=torch.float64)
+        beta_hi[j] = 3 * torch.rand(n, 1, rl.shape[1], generator=g, dtype=torch.float64)
+        if graph.nodes[r].op.has_alpha:
+            alphas[r] = torch.rand(n, 1, rl.shape[1], generator=g, dtype=torch.float64)
+    doms = Domains(
+        {k: t.clone() for k, t in lo.items()},
+        {k: t.clone() for k, t in hi.items()},
+        alphas,
+        beta_lo,
+        beta_hi,
+        torch.full((n, 1), -torch.inf, dtype=torch.float64),
+    )
+    lb, _, _ = _bound(graph, root, doms, C, iterations=3)
+    for i in range(n):
+        ok = torch.ones(len(x), dtype=torch.bool)
+        for z, j in zip(pre, acts.values(), strict=True):
+            ok &= ((z >= lo[j][i]) & (z <= hi[j][i])).all(1)
+        assert ok.any()
+        assert float(v[ok].min()) >= float(lb[i, 0]) - 1e-9
+
+
+def test_a_network_without_relu_gets_a_verdict(tmp_path):
+    """A tanh network with 20 inputs: branching on the tanh inputs proves a threshold that
+    CROWN alone cannot; forcing relu-split (no ReLU to split) does not crash either."""
+    n_in, seed, eps = 20, 2, 0.2
+    net = _net(n_in, seed)
+    g = torch.Generator().manual_seed(seed)
+    center = torch.rand(n_in, generator=g)
+    y = net(center[None])[0].detach()
+    best = _sampled_min(net, center, eps)
+    threshold = best - 0.2 * abs(float(y[0] - y[1])) - 1e-3
+    onnx_path, spec = _instance(tmp_path, net, n_in, center, eps, threshold)
+    r = verify(onnx_path, spec, timeout=60)
+    assert r.strategy == "nonlinear-split" and r.verdict == "holds", r
+    assert r.stats["proved_by"] == "nonlinear-split" and r.stats["domains"] > 1
+    forced = verify(onnx_path, spec, timeout=20, strategy="relu-split")
+    assert forced.verdict in ("holds", "timeout", "unknown"), forced
+    onnx_path, spec = _instance(tmp_path, net, n_in, center, eps, best + 1e-3)
+    r = verify(onnx_path, spec, timeout=30)
+    assert r.verdict == "violated"
+    x = torch.tensor(r.counterexample["x"])
+    assert ((x - center).abs() <= eps + 1e-6).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigmoid_network_with_a_planted_counterexample_is_never_called_holds(tmp_path, seed):
+    import onnx
+
+    from robustlab._onnx import torch_to_onnx
+
+    n = 24
+    g = torch.Generator().manual_seed(seed)
+    center = (torch.rand(n, generator=g) * 0.8 + 0.1).tolist()
+    bump = _bump_net(center, 0.05, 1.0, False)
+    net = nn.Sequential(*bump, nn.Sigmoid())  # above sigmoid(0.5) only near the centre
+    onnx.save(torch_to_onnx(net, (n,)), tmp_path / "s.onnx")
+    lines = [f"(declare-const X_{i} Real)" for i in range(n)] + ["(declare-const Y_0 Real)"]
+    lines += [f"(assert (>= X_{i} 0))\n(assert (<= X_{i} 1))" for i in range(n)]
+    lines += ["(assert (>= Y_0 0.6224593312018546))"]  # sigmoid(0.5)
+    (tmp_path / "s.vnnlib").write_text("\n".join(lines))
+    r = verify(tmp_path / "s.onnx", tmp_path / "s.vnnlib", timeout=6)
+    assert r.strategy == "nonlinear-split" and r.verdict != "holds", r
