@@ -1,5 +1,5 @@
 """Explanations: attributions (saliency, input x gradient, Integrated Gradients, SmoothGrad,
-occlusion, Grad-CAM, Sobol indices), Lipschitz / sensitivity estimates, and faithfulness metrics."""
+occlusion, Grad-CAM, Smooth Grad-CAM++, FullGrad, extremal perturbations, Sobol indices), Lipschitz / sensitivity estimates, and faithfulness metrics."""
 
 from robustlab.explain.base import (
     REGISTRY,
@@ -8,7 +8,10 @@ from robustlab.explain.base import (
     explain,
     get_explainer,
 )
+from robustlab.explain.extremal import ExtremalPerturbation
+from robustlab.explain.fullgrad import FullGrad
 from robustlab.explain.gradcam import GradCAM
+from robustlab.explain.gradcampp import SmoothGradCAMpp
 from robustlab.explain.gradients import InputXGradient, Saliency, SmoothGrad
 from robustlab.explain.integrated import IntegratedGradients
 from robustlab.explain.occlusion import Occlusion
@@ -19,12 +22,15 @@ __all__ = [
     "REGISTRY",
     "ExplainResult",
     "Explainer",
+    "ExtremalPerturbation",
+    "FullGrad",
     "GradCAM",
     "InputXGradient",
     "IntegratedGradients",
     "Occlusion",
     "Saliency",
     "SmoothGrad",
+    "SmoothGradCAMpp",
     "SobolAttribution",
     "SobolIndices",
     "explain",

@@ -1,0 +1,84 @@
+"""Extremal perturbations, FullGrad and Smooth Grad-CAM++ beyond the conformance suite."""
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.errors import RobustlabError
+from robustlab.explain import get_explainer
+from robustlab.explain.faithfulness import deletion_auc
+from robustlab.explain.fullgrad import normalise
+
+
+def _patch_model() -> nn.Module:
+    """A linear score that reads only the 2 x 2 patch at rows 5-6, columns 2-3."""
+    w = torch.zeros(2, 64)
+    patch = torch.zeros(8, 8)
+    patch[5:7, 2:4] = 1
+    w[0] = patch.flatten()
+    lin = nn.Linear(64, 2, bias=False)
+    lin.weight.data = w
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+@pytest.mark.parametrize("variant", ["preserve", "delete", "dual"])
+def test_extremal_finds_the_only_evidence(variant):
+    model, x = _patch_model(), torch.ones(2, 1, 8, 8)
+    e = get_explainer("extremal", areas=(4 / 64,), n_steps=150, sigma=0.0, variant=variant)
+    a = e(model, x, 0).attributions
+    top = a[:, 0].flatten(1).topk(4, dim=1).indices.sort(1).values
+    want = torch.tensor([42, 43, 50, 51])  # rows 5-6, columns 2-3
+    assert torch.equal(top, want.expand(2, -1))
+    assert ((0 <= a) & (a <= 1)).all()
+
+
+def test_extremal_beats_random_order(cnn, digits):
+    x = digits.x[:10]
+    a = get_explainer("extremal", n_steps=100)(cnn, x).attributions
+    rand = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+    assert deletion_auc(cnn, x, a).mean() < deletion_auc(cnn, x, rand).mean()
+
+
+def test_extremal_bad_input(cnn, digits):
+    x = digits.x[:2]
+    with pytest.raises(RobustlabError, match="unknown variant 'x'"):
+        get_explainer("extremal", variant="x")(cnn, x)
+    with pytest.raises(RobustlabError, match="unknown perturbation 'x'"):
+        get_explainer("extremal", perturbation="x")(cnn, x)
+    with pytest.raises(RobustlabError, match="areas must be fractions"):
+        get_explainer("extremal", areas=(1.5,))(cnn, x)
+    with pytest.raises(RobustlabError, match="expects images"):
+        get_explainer("extremal")(nn.Sequential(nn.Linear(64, 10)), x.flatten(1))
+
+
+def test_fullgrad_without_layers_is_input_times_gradient(linear, digits):
+    """An MLP on flat inputs has no convolution: FullGrad is psi(x * grad) alone."""
+    x = digits.x[:4].flatten(1)
+    got = get_explainer("fullgrad")(linear, x, 3).attributions
+    want = normalise(x * get_explainer("saliency", abs=False)(linear, x, 3).attributions)
+    torch.testing.assert_close(got, want)
+
+
+def test_fullgrad_adds_bias_maps(cnn, digits):
+    x = digits.x[:4]
+    full = get_explainer("fullgrad")(cnn, x, 2).attributions
+    inputs = normalise(x * get_explainer("saliency", abs=False)(cnn, x, 2).attributions)
+    assert (full >= 0).all()
+    # two convolutions, their bias maps >= 0: the sum exceeds the input part
+    assert (full - inputs).amax() > 0.5 and (full - inputs).amin() >= -1e-6
+    assert full.amax() <= 1 + 16 + 32 + 1e-4  # psi in [0, 1], summed over each layer's channels
+
+
+def test_smooth_gradcampp_without_noise_needs_one_sample(cnn, digits):
+    x = digits.x[:4]
+    one = get_explainer("smooth-grad-cam++", n_samples=1, sigma=0.0)(cnn, x, 1).attributions
+    many = get_explainer("smooth-grad-cam++", n_samples=5, sigma=0.0)(cnn, x, 1).attributions
+    torch.testing.assert_close(one, many)
+    assert (one >= 0).all() and one.amax() > 0
+
+
+def test_smooth_gradcampp_seeds(cnn, digits):
+    x = digits.x[:3]
+    a = get_explainer("smooth-grad-cam++", n_samples=4, seed=0)(cnn, x, 1).attributions
+    b = get_explainer("smooth-grad-cam++", n_samples=4, seed=1)(cnn, x, 1).attributions
+    assert not torch.equal(a, b)
