@@ -885,6 +885,74 @@ def patch(
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
+@app.command()
+def repair(
+    model: str = typer.Option(
+        ..., "--model", help="The model to repair: ONNX / TorchScript or zoo:mlp."
+    ),
+    spec: list[str] = typer.Option(None, "--spec", help="A VNN-LIB property (repeat the flag)."),
+    data: str | None = typer.Option(
+        None, "--data", help="Data: the anchor, and with --eps the local robustness properties."
+    ),
+    eps: float | None = typer.Option(None, "--eps", help="Linf radius of local robustness."),
+    n: int = typer.Option(100, "--n", min=1, help="Properties around the first N examples."),
+    test_data: str | None = typer.Option(
+        None, "--test-data", help="Accuracy before and after on these (default: --data)."
+    ),
+    rounds: int = typer.Option(10, "--rounds", min=1, help="Verify / fine-tune rounds at most."),
+    epochs: int = typer.Option(2, "--epochs", min=1, help="Fine-tuning epochs per round."),
+    lr: float = typer.Option(1e-4, "--lr", help="Fine-tuning learning rate (Adam)."),
+    penalty: float = typer.Option(3.0, "--penalty", help="Weight of the violated margins."),
+    margin: float = typer.Option(0.1, "--margin", help="Margin each property must keep."),
+    anchor_weight: float = typer.Option(
+        1.0, "--anchor-weight", help="Weight of the original outputs' squared error."
+    ),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds per property and round."),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("repaired.onnx"), "--out", help="The repaired ONNX."),
+    report_file: Path | None = typer.Option(
+        None, "--report", help="Result JSON (default: beside --out)."
+    ),
+    db: Path | None = DB,
+) -> None:
+    """Counterexample-guided repair: verify, fine-tune on counterexamples, until all properties hold."""
+    from robustlab.repair.job import repair_job
+
+    _outputs(out_file, db)
+    if report_file is not None:
+        output_file(report_file, "--report", create=False)
+    with _status() as say:
+        report = repair_job(
+            model,
+            specs=spec or None,
+            data_src=data,
+            eps=eps,
+            n=n,
+            test_data=test_data,
+            out=out_file,
+            rounds=rounds,
+            epochs=epochs,
+            lr=lr,
+            penalty=penalty,
+            margin=margin,
+            anchor_weight=anchor_weight,
+            timeout=timeout,
+            seed=seed,
+            progress=say,
+        )
+    report_file = report_file or out_file.with_suffix(".json")
+    run_id = _save(report, report_file, db)
+    r = report["repair"]
+    acc = ""
+    if r["accuracy_before"] is not None:
+        acc = f"; accuracy {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f}"
+    out.print(
+        f"{r['holds_before']} -> {r['holds_after']} of {r['n_properties']} properties hold "
+        f"(fixed {r['fixed']}, violated after {r['violated_after']}){acc}"
+    )
+    out.print(f"model: {report['onnx']}\nresult: {report_file}\nrun id: {run_id}")
+
+
 @runs_app.command("list")
 def runs_list(limit: int = typer.Option(50, "--limit", min=1), db: Path | None = DB) -> None:
     """The most recent runs."""

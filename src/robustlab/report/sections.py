@@ -28,4 +28,5 @@ SECTIONS: dict[str, Section] = {
     ),
     "prune": Section("prune.html.j2", {"curve": wp.sparsity_curve}),
     "patch": Section("patch.html.j2", {"curve": wp.patch_curve}),
+    "repair": Section("repair.html.j2", {}),
 }
