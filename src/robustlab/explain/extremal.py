@@ -68,8 +68,8 @@ class ExtremalPerturbation:
     ``stride`` pixels (default H / 16, at least 1), smoothed by a Gaussian max-convolution of
     ``sigma`` cells (soft maximum at temperature ``smooth``; 0: the max), upsampled bilinearly;
     Adam for ``n_steps`` from m = 0.5, clamped to [0, 1], in float64 on a copy of the model (Adam
-    divides by the gradient's scale: float32 rounding would move masks between batch shapes). The attribution is the mean of the
-    masks over the areas, repeated over channels; areas x n_steps passes per input (twice for
+    divides by the gradient's scale: float32 rounding would move masks between batch shapes).
+    The attribution is the mean of the masks over the areas, repeated over channels; areas x n_steps passes per input (twice for
     "dual"). Defaults: tuned on the zoo CNN's deletion / insertion AUCs (fade, dual, a weak
     regulariser that grows fast: the paper's 300 fixes the mask's pixels by their first ranks
     before the score can move them); the paper's setting is ``variant="preserve",

@@ -212,8 +212,8 @@ def repair(
     (the verifier's, else the most violating input found by :func:`worst_points`), and
     fine-tunes ``epochs`` epochs over the anchor with ``penalty`` times the mean hinge
     ``max(0, margin - violation)`` over all counterexamples so far, the anchor's loss weighted by
-    ``anchor_weight`` (outputs on a small scale, e.g. ACAS Xu's, need a large one). ``test``: (inputs, labels)
-    for the accuracy before and after."""
+    ``anchor_weight`` (outputs on a small scale, e.g. ACAS Xu's, need a large one). ``test``:
+    (inputs, labels) for the accuracy before and after."""
     for name, v in {"rounds": rounds, "epochs": epochs, "batch_size": batch_size}.items():
         if not (isinstance(v, int) and v >= 1):
             raise RobustlabError(f"{name} must be a positive integer; found {v!r}")
