@@ -953,6 +953,53 @@ def repair(
     out.print(f"model: {report['onnx']}\nresult: {report_file}\nrun id: {run_id}")
 
 
+@app.command()
+def blindspots(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    pairs: int = typer.Option(20, "--pairs", min=1, help="Level-set traversals (source, target)."),
+    steps: int = typer.Option(200, "--steps", min=1, help="Steps per traversal."),
+    tol: float = typer.Option(0.02, "--tol", help="Confidence kept within this of its start."),
+    shape_pairs: int = typer.Option(500, "--shape-pairs", min=1, help="Cue-conflict images."),
+    patch: int = typer.Option(2, "--patch", min=1, help="Texture patch size (pixels)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the shape image."),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("blindspots.json"), "--out", help="Result JSON."),
+    db: Path | None = DB,
+) -> None:
+    """Blind spots: level-set traversal between inputs of different classes, shape bias."""
+    from robustlab.blindspots.job import blindspots_job
+
+    _outputs(out_file, db)
+    with _status() as say:
+        report = blindspots_job(
+            model,
+            data,
+            n=n,
+            n_pairs=pairs,
+            n_steps=steps,
+            tol=tol,
+            shape_pairs=shape_pairs,
+            patch=patch,
+            alpha=alpha,
+            seed=seed,
+            progress=say,
+        )
+    run_id = _save(report, out_file, db)
+    ls = report["levelset"]
+    out.print(
+        f"level-set traversal: {ls['mean_fraction']:.3f} of the way to the target on average "
+        f"(Linf {ls['mean_linf']:.3f}, L2 {ls['mean_l2']:.3f}); prediction unchanged on "
+        f"{sum(ls['unchanged'])} of {len(ls['unchanged'])} paths"
+    )
+    sb = report["shape_bias"]
+    if sb is not None and sb["shape_bias"] is not None:
+        out.print(f"shape bias: {sb['shape_bias']:.3f} ({sb['shape_decisions']} shape, "
+                  f"{sb['texture_decisions']} texture, {sb['other_decisions']} neither)")  # fmt: skip
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
 @runs_app.command("list")
 def runs_list(limit: int = typer.Option(50, "--limit", min=1), db: Path | None = DB) -> None:
     """The most recent runs."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from robustlab.report import blindspot_plots as bp
 from robustlab.report import weight_plots as wp
 
 
@@ -29,4 +30,7 @@ SECTIONS: dict[str, Section] = {
     "prune": Section("prune.html.j2", {"curve": wp.sparsity_curve}),
     "patch": Section("patch.html.j2", {"curve": wp.patch_curve}),
     "repair": Section("repair.html.j2", {}),
+    "blindspots": Section(
+        "blindspots.html.j2", {"paths": bp.levelset_paths, "cues": bp.cue_conflicts}
+    ),
 }
