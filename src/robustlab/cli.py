@@ -315,6 +315,12 @@ def certify(
     precision: str = typer.Option(
         "float64", "--precision", help="float64, or float32 (rigorous, faster on CNNs)."
     ),
+    explain_proofs: int = typer.Option(
+        0,
+        "--explain-proofs",
+        min=0,
+        help="Proof features (ProFIt) of the first K certified inputs at the first eps.",
+    ),  # fmt: skip
     out_file: Path = typer.Option(Path("certify.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
@@ -336,6 +342,14 @@ def certify(
             precision=precision,
             progress=say,
         )
+        if explain_proofs:
+            from robustlab.explain.job import proofs_job
+
+            say("proof features")
+            report["proof_features"] = proofs_job(
+                _model(model, mean, std), data, report["curve"][0]["eps"], n=n,
+                limit=explain_proofs,
+            )  # fmt: skip
     run_id = _save(report, out_file, db)
     out.print(_curve_table(report))
     if len(report["per_method"]) > len(report["curve"]):
@@ -348,6 +362,10 @@ def certify(
                 f"{r['seconds']:.2f}",
             )
         out.print(table)
+    for p in (report.get("proof_features") or {}).get("points", []):
+        found = ", ".join(map(str, p["features"])) or "none (the head's bias terms alone)"
+        out.print(f"input {p['index']}: proof features {found} of {p['n_neurons']} neurons "
+                  f"in {p['layer']}")  # fmt: skip
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 

@@ -52,3 +52,23 @@ def test_bad_input(mlp, digits):
         proof_features(head, digits.x[0], 0, 0.01)
     with pytest.raises(RobustlabError, match="a ReLU layer"):
         proof_features(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), digits.x[0], 0, 0.01)
+
+
+def test_certify_explain_proofs(monkeypatch, capsys, tmp_path):
+    import json
+
+    from ..conftest import run_cli
+
+    out = tmp_path / "c.json"
+    code, stdout, _ = run_cli(monkeypatch, capsys, "certify", "--model", "zoo:mlp", "--data",
+                              "digits", "--eps", "0.01", "--n", "20", "--explain-proofs", "2",
+                              "--out", out)  # fmt: skip
+    assert code == 0, stdout
+    points = json.loads(out.read_text())["proof_features"]["points"]
+    assert len(points) == 2 and all(p["certified"] and p["preserved"] for p in points)
+    assert stdout.count("proof features") == 2
+    assert "Proof features" in (tmp_path / "c.html").read_text()
+    code, stdout, _ = run_cli(monkeypatch, capsys, "certify", "--model", "zoo:mlp", "--data",
+                              "digits", "--eps", "0.01", "--n", "5", "--out", out)  # fmt: skip
+    assert code == 0 and "proof features" not in stdout
+    assert "Proof features" not in (tmp_path / "c.html").read_text()

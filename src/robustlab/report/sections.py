@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from robustlab.report import blindspot_plots as bp
+from robustlab.report import proof_plots as pp
 from robustlab.report import weight_plots as wp
 
 
@@ -30,6 +31,7 @@ SECTIONS: dict[str, Section] = {
     "prune": Section("prune.html.j2", {"curve": wp.sparsity_curve}),
     "patch": Section("patch.html.j2", {"curve": wp.patch_curve}),
     "repair": Section("repair.html.j2", {}),
+    "certify": Section("proofs.html.j2", {"proofs": pp.proof_pictures}),  # --explain-proofs
     "blindspots": Section(
         "blindspots.html.j2", {"paths": bp.levelset_paths, "cues": bp.cue_conflicts}
     ),
