@@ -19,6 +19,7 @@ FAST = {
     "extremal": {"areas": (0.1, 0.3), "n_steps": 5},
     "fullgrad": {},
     "smooth-grad-cam++": {"n_samples": 4},
+    "moreaugrad": {"n_steps": 3, "n_samples": 2},
 }
 EXPECTED_PASSES = {  # (forward, backward) per input, without the prediction pass
     "saliency": (1, 1),
@@ -31,6 +32,7 @@ EXPECTED_PASSES = {  # (forward, backward) per input, without the prediction pas
     "extremal": (2 * 2 * 5, 2 * 2 * 5),  # dual: two games per step
     "fullgrad": (1, 1),
     "smooth-grad-cam++": (1 + 4, 4),
+    "moreaugrad": (3 * 2, 3 * 2),
 }
 # averaging steps an explainer adds to the network's sums (integrated gradients, SmoothGrad, Sobol)
 STEPS = {
@@ -86,7 +88,7 @@ def test_target_kinds_agree(name, cnn, digits):
     n_terms = network_terms(cnn, x) + STEPS[name]
     scale = _per_input(network_magnitude(cnn, x, 3), by_int)
     assert_close_rounding(by_callable, by_int, scale, n_terms)
-    if name in ("smoothgrad", "smooth-grad-cam++"):
+    if name in ("smoothgrad", "smooth-grad-cam++", "moreaugrad"):
         return  # noise depends on the input's place in the batch: one input alone gets other noise
     per_label = e(cnn, x, torch.arange(5)).attributions
     scale = network_magnitude(cnn, x, torch.arange(5))

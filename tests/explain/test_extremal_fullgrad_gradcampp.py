@@ -82,3 +82,26 @@ def test_smooth_gradcampp_seeds(cnn, digits):
     a = get_explainer("smooth-grad-cam++", n_samples=4, seed=0)(cnn, x, 1).attributions
     b = get_explainer("smooth-grad-cam++", n_samples=4, seed=1)(cnn, x, 1).attributions
     assert not torch.equal(a, b)
+
+
+def test_moreaugrad_of_a_linear_score_is_its_weight(linear, digits):
+    """f(z) = w.z + b: the proximal point is x - rho w, so MoreauGrad is w exactly."""
+    x = digits.x[:3]
+    got = get_explainer("moreaugrad", sigma=0.0, n_samples=1, n_steps=60)(linear, x, 4)
+    w = linear[1].weight[4].view(1, 1, 8, 8).expand_as(x)
+    torch.testing.assert_close(got.attributions, w, atol=1e-5, rtol=1e-5)
+
+
+def test_moreaugrad_small_rho_is_the_gradient_and_l1_is_sparse(cnn, digits):
+    x = digits.x[:3]
+    grad = get_explainer("saliency", abs=False)(cnn, x, 1).attributions
+    mg = get_explainer("moreaugrad", sigma=0.0, n_samples=1, rho=1e-3, lr=5e-4, n_steps=40)
+    a = mg(cnn, x, 1).attributions
+    cos = (a.flatten(1) * grad.flatten(1)).sum(1) / (
+        a.flatten(1).norm(dim=1) * grad.flatten(1).norm(dim=1)
+    )
+    assert (cos > 0.99).all()
+    sparse = get_explainer("moreaugrad", sigma=0.0, n_samples=1, l1=2.0)(cnn, x, 1).attributions
+    assert (sparse == 0).float().mean() > 0.3
+    with pytest.raises(RobustlabError, match="rho > 0"):
+        get_explainer("moreaugrad", rho=0.0)(cnn, x)

@@ -1,5 +1,6 @@
 """Explanations: attributions (saliency, input x gradient, Integrated Gradients, SmoothGrad,
-occlusion, Grad-CAM, Smooth Grad-CAM++, FullGrad, extremal perturbations, Sobol indices), Lipschitz / sensitivity estimates, and faithfulness metrics."""
+occlusion, Grad-CAM, Smooth Grad-CAM++, FullGrad, extremal perturbations, MoreauGrad, Sobol
+indices), proof features, Lipschitz / sensitivity estimates, and faithfulness metrics."""
 
 from robustlab.explain.base import (
     REGISTRY,
@@ -14,6 +15,7 @@ from robustlab.explain.gradcam import GradCAM
 from robustlab.explain.gradcampp import SmoothGradCAMpp
 from robustlab.explain.gradients import InputXGradient, Saliency, SmoothGrad
 from robustlab.explain.integrated import IntegratedGradients
+from robustlab.explain.moreau import MoreauGrad
 from robustlab.explain.occlusion import Occlusion
 from robustlab.explain.sobol import SobolIndices, sobol_indices
 from robustlab.explain.sobol_attribution import SobolAttribution
@@ -27,6 +29,7 @@ __all__ = [
     "GradCAM",
     "InputXGradient",
     "IntegratedGradients",
+    "MoreauGrad",
     "Occlusion",
     "Saliency",
     "SmoothGrad",
