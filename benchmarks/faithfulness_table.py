@@ -26,7 +26,21 @@ SETTINGS = {  # the defaults, but the costliest methods at fewer samples
     "sobol": {"grid": 8, "n_designs": 32},
     "smooth-grad-cam++": {"n_samples": 32},
 }
-EXTRA = {"extremal (delete)": ("extremal", {"variant": "delete"})}  # rows beside the defaults
+EXTRA = {  # rows beside the defaults
+    "extremal (dual)": ("extremal", {"variant": "dual"}),
+    "extremal (paper)": (
+        "extremal",
+        {
+            "variant": "preserve",
+            "areas": (0.05, 0.1, 0.2, 0.4),
+            "perturbation": "blur",
+            "regul": 300.0,
+            "regul_growth": 1.0035,
+            "lr": 0.05,
+            "sigma": 1.0,
+        },
+    ),  # fmt: skip
+}
 
 
 def table(n: int) -> list[dict]:

@@ -29,7 +29,7 @@ EXPECTED_PASSES = {  # (forward, backward) per input, without the prediction pas
     "occlusion": (1 + 7 * 7, 0),  # window 2, stride 1 on 8x8
     "grad-cam": (1, 1),
     "sobol": (8 * (16 + 1), 0),
-    "extremal": (2 * 2 * 5, 2 * 2 * 5),  # dual: two games per step
+    "extremal": (2 * 5, 2 * 5),
     "fullgrad": (1, 1),
     "smooth-grad-cam++": (1 + 4, 4),
     "moreaugrad": (3 * 2, 3 * 2),

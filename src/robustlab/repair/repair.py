@@ -91,10 +91,19 @@ def _outputs(model: nn.Module, x: Tensor, shape) -> Tensor:
 
 
 def worst_points(
-    model: nn.Module, spec: Spec, shape, *, steps: int = 50, restarts: int = 4, seed: int = 0
+    model: nn.Module,
+    spec: Spec,
+    shape,
+    *,
+    steps: int = 50,
+    restarts: int = 4,
+    seed: int = 0,
+    k: int = 1,
 ) -> Tensor:
-    """Per region, the input of its box found most violating (smallest violation) by signed
-    gradient steps from the centre and random starts: (regions, n_inputs), float64."""
+    """Per region, the ``k`` inputs of its box found most violating (smallest violation) by
+    signed gradient steps from the centre and ``restarts`` - 1 random starts (at least k):
+    (regions * k, n_inputs) float64, region by region."""
+    restarts = max(restarts, k)
     gen = torch.Generator().manual_seed(seed)
     regions = torch.arange(len(spec)).repeat(restarts)
     lo, hi = spec.lower[regions], spec.upper[regions]
@@ -110,8 +119,8 @@ def worst_points(
         step = step * 0.93
     with torch.no_grad():
         v = spec.violation(_outputs(model, x, shape).double(), regions).view(restarts, -1)
-    best = v.argmin(0)
-    return x.view(restarts, len(spec), -1)[best, torch.arange(len(spec))]
+    best = v.topk(k, dim=0, largest=False).indices.T  # (regions, k)
+    return x.view(restarts, len(spec), -1)[best, torch.arange(len(spec))[:, None]].flatten(0, 1)
 
 
 class _Oracle:
@@ -200,6 +209,7 @@ def repair(
     penalty: float = 3.0,
     margin: float = 0.1,
     anchor_weight: float = 1.0,
+    points: int = 1,
     batch_size: int = 128,
     timeout: float = 10.0,
     seed: int = 0,
@@ -209,12 +219,17 @@ def repair(
     by the project's verifier within ``timeout`` seconds per round. ``anchor``: the original
     data, (inputs, labels) for cross-entropy or (inputs, reference outputs) for a mean squared
     error. Each round verifies the properties not yet proven, adds for each a counterexample
-    (the verifier's, else the most violating input found by :func:`worst_points`), and
+    (the verifier's, and the ``points`` most violating inputs found by :func:`worst_points`), and
     fine-tunes ``epochs`` epochs over the anchor with ``penalty`` times the mean hinge
     ``max(0, margin - violation)`` over all counterexamples so far, the anchor's loss weighted by
     ``anchor_weight`` (outputs on a small scale, e.g. ACAS Xu's, need a large one). ``test``:
     (inputs, labels) for the accuracy before and after."""
-    for name, v in {"rounds": rounds, "epochs": epochs, "batch_size": batch_size}.items():
+    for name, v in {
+        "rounds": rounds,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "points": points,
+    }.items():
         if not (isinstance(v, int) and v >= 1):
             raise RobustlabError(f"{name} must be a positive integer; found {v!r}")
     if not specs:
@@ -235,7 +250,7 @@ def repair(
         t = time.monotonic()
         for i in open_:
             spec = specs[i]
-            pts = [worst_points(model, spec, shape, seed=seed + r)]
+            pts = [worst_points(model, spec, shape, seed=seed + r, k=points, restarts=4 * points)]
             if cexs[i] is not None:
                 pts.append(cexs[i].view(1, -1))
             pts = torch.cat(pts)
