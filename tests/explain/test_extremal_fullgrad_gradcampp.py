@@ -105,3 +105,30 @@ def test_moreaugrad_small_rho_is_the_gradient_and_l1_is_sparse(cnn, digits):
     assert (sparse == 0).float().mean() > 0.3
     with pytest.raises(RobustlabError, match="rho > 0"):
         get_explainer("moreaugrad", rho=0.0)(cnn, x)
+
+
+ONNX_CNNS = ["verivital/Convnet_avgpool.onnx", "oval21/nets/cifar_base_kw.onnx"]
+
+
+@pytest.mark.parametrize("name", ONNX_CNNS)
+def test_layer_explainers_reach_onnx_conv_nets(name):
+    """FullGrad and Smooth Grad-CAM++ on conv nets read from ONNX (the graph view): every
+    convolution's bias map is recorded and the maps are finite and not all zero."""
+    from robustlab.explain.layers import Recorder, bias_of, traced
+    from robustlab.model import load_model
+
+    from ..conftest import SHARED
+
+    path = SHARED / "benchmarks" / name
+    if not path.is_file():
+        pytest.skip("shared benchmarks are missing")
+    model = load_model(path)
+    x = torch.rand(2, *model.input_shape, generator=torch.Generator().manual_seed(0))
+    gm = traced(model.module, "test")
+    rec = Recorder(gm, lambda n, a, k, o: bias_of(gm, n, a, k) if o.dim() == 4 else None)
+    rec.run(x)
+    n_convs = sum("Conv" in str(n.target) for n in gm.graph.nodes)
+    assert len(rec.outputs) == n_convs >= 1
+    for method, kw in (("fullgrad", {}), ("smooth-grad-cam++", {"n_samples": 2})):
+        a = get_explainer(method, **kw)(model.module, x).attributions
+        assert a.shape == x.shape and torch.isfinite(a).all() and a.abs().sum() > 0
