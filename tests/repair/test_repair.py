@@ -111,3 +111,24 @@ def test_repair_command(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "repair", "--model", "zoo:mlp", "--data",
                            "digits", "--out", out)  # fmt: skip
     assert code == 2 and "either specification files or eps" in err
+
+
+def test_repair_command_on_a_vnnlib_property(monkeypatch, capsys, tmp_path):
+    """An ACAS Xu-shaped network violating ACAS Xu property 3 (the shared test_sat.onnx): after
+    repair the exported ONNX is verified again from the files (onnxruntime re-checks)."""
+    from robustlab.verify import verify
+
+    from ..conftest import SHARED, run_cli
+
+    onnx_path = SHARED / "benchmarks" / "test" / "test_sat.onnx"
+    spec = SHARED / "benchmarks" / "test" / "test_prop.vnnlib"
+    if not onnx_path.is_file():
+        pytest.skip("shared benchmarks are missing")
+    assert verify(onnx_path, spec, timeout=60).verdict == "violated"
+    out = tmp_path / "sat.onnx"
+    code, stdout, _ = run_cli(monkeypatch, capsys, "repair", "--model", onnx_path, "--spec", spec,
+                              "--rounds", "4", "--timeout", "30", "--margin", "0.02",
+                              "--out", out)  # fmt: skip
+    assert code == 0, stdout
+    assert "0 -> 1 of 1 properties hold" in stdout
+    assert verify(out, spec, timeout=60).verdict == "holds"

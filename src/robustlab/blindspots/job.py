@@ -63,7 +63,8 @@ def blindspots_job(
         sb = {**res.to_dict(), "examples": res.examples.tolist()}
         metrics += res.metrics()
     settings = {"n_pairs": n_pairs, "n_steps": n_steps, "step": step, "tol": tol,
-                "shape_pairs": shape_pairs, "patch": patch, "alpha": alpha, "seed": seed}  # fmt: skip
+                "shape_pairs": shape_pairs, "patch": patch, "alpha": alpha,
+                "seed": seed}  # fmt: skip
     report = _base("blindspots", loaded, data, settings)
     with torch.no_grad():
         report["clean_accuracy"] = float((predict(model, data.x) == data.y).float().mean())

@@ -70,13 +70,14 @@ class ExtremalPerturbation:
     Adam for ``n_steps`` from m = 0.5, clamped to [0, 1], in float64 on a copy of the model (Adam
     divides by the gradient's scale: float32 rounding would move masks between batch shapes).
     The attribution is the mean of the masks over the areas, repeated over channels; areas x
-    n_steps passes per input (twice for "dual"). Defaults: tuned on the zoo CNN's deletion / insertion AUCs (100 digits: deletion
-    0.058 and insertion 0.937 against occlusion's 0.062 and 0.928; benchmarks/
-    faithfulness_table.py): the deletion game, fade, a geometric area sweep, no smoothing beyond
-    the grid (8 x 8 images: one cell per pixel), a weak regulariser that grows fast (the paper's
-    300 fixes the mask's pixels by their first ranks before the score can move them); the
-    paper's setting is ``variant="preserve", areas=(0.05, 0.1, 0.2, 0.4), perturbation="blur",
-    regul=300, regul_growth=1.0035, lr=0.05, sigma=1``."""
+    n_steps passes per input (twice for "dual"). Defaults: tuned on the zoo CNN's deletion /
+    insertion AUCs (100 digits: deletion 0.058 and insertion 0.937 against occlusion's 0.062 and
+    0.928; benchmarks/faithfulness_table.py): the deletion game, fade, a geometric area sweep,
+    no smoothing beyond the grid (8 x 8 images: one cell per pixel), a weak regulariser that
+    grows fast (the paper's 300 fixes the mask's pixels by their first ranks before the score
+    can move them); the paper's setting is ``variant="preserve", areas=(0.05, 0.1, 0.2, 0.4),
+    perturbation="blur", regul=300, regul_growth=1.0035, lr=0.05, sigma=1``.
+    """
 
     areas: tuple[float, ...] = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
     n_steps: int = 300

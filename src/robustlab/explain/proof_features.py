@@ -109,7 +109,7 @@ def _body(gm: fx.GraphModule, node: fx.Node) -> fx.GraphModule:
 
 
 def _head(gm, node, x: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """At ``x`` (1, ...): the layer's value z, a = d(C y)/dz (rows, *z shape) and beta = C y - a z."""
+    """At ``x`` (1, ...): the layer's value z, a = d(C y)/dz (rows, *z shape), beta = C y - a z."""
     split = _Leaf(gm, node)
     rows = len(C)
     with torch.enable_grad():
@@ -187,9 +187,10 @@ def proof_features(
     upper: float = 1.0,
 ) -> ProofFeatures:
     """The proof features of the Linf robustness certificate of ``model`` at one input ``x``
-    (one input, no batch dimension) with label ``label`` at radius ``eps``: the bounds of ``layer``'s
-    neurons (default the last ReLU) by ``method`` (robustlab.bounds.compute_bounds), the affine
-    head after it (a model whose head is not affine is refused), in float64 on a copy."""
+    (one input, no batch dimension) with label ``label`` at radius ``eps``: the bounds of
+    ``layer``'s neurons (default the last ReLU) by ``method`` (robustlab.bounds.compute_bounds),
+    the affine head after it (a model whose head is not affine is refused), in float64 on a
+    copy."""
     from robustlab.bounds import compute_bounds
     from robustlab.threat import LpBall
 
@@ -206,8 +207,8 @@ def proof_features(
     C[torch.arange(k - 1), others] = -1
     z, a, beta = _head(gm, node, x0, C)
     threat = LpBall("inf", eps, lower, upper)
-    corner = torch.where(torch.rand(x0.shape, generator=torch.Generator().manual_seed(0)) < 0.5,
-                         (x0 - eps).clamp(lower, upper), (x0 + eps).clamp(lower, upper))  # fmt: skip
+    flip = torch.rand(x0.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    corner = torch.where(flip, (x0 - eps).clamp(lower, upper), (x0 + eps).clamp(lower, upper))
     _, a2, beta2 = _head(gm, node, corner, C)
     scale = a.abs().amax() + beta.abs().amax()
     tol = 1e-9 * float(scale)

@@ -50,7 +50,8 @@ def repair_job(
     """Repair ``model_src`` for the VNN-LIB files ``specs``, or for Linf local robustness at
     ``eps`` around the first ``n`` examples of ``data_src`` (their labels); the anchor keeps the
     original model's outputs on ``data_src`` (or on ``n_anchor`` uniform samples in the hull of
-    the specification boxes). Saves the repaired ONNX at ``out``; keys ``repair`` (the
+    the specification boxes, where margins are in units of the outputs' standard deviation; a
+    domain anchor needs ``data_src``). Saves the repaired ONNX at ``out``; keys ``repair`` (the
     RepairResult), ``clean_accuracy`` (after), ``onnx``, ``metrics``."""
     import onnx
 
@@ -87,6 +88,9 @@ def repair_job(
     ax = ax.to(dtype)
     with torch.no_grad():
         ay = module(ax).reshape(len(ax), -1)
+    # without data (specifications alone) outputs can be on any scale (ACAS Xu: ~1e-3 apart):
+    # margins and losses in units of the outputs' standard deviation
+    scale = float(ay.double().std()) if data is None and float(ay.double().std()) > 0 else 1.0
     test = None
     if test_data is not None:
         _, td = prepare(model_src, test_data)
@@ -96,8 +100,8 @@ def repair_job(
     say(f"repairing {len(spec_list)} properties")
     repaired, result = repair(
         module, spec_list, shape, (ax, ay), test=test, rounds=rounds, epochs=epochs, lr=lr,
-        penalty=penalty, margin=margin, anchor_weight=anchor_weight, timeout=timeout, seed=seed,
-        progress=say,
+        penalty=penalty, margin=margin, anchor_weight=anchor_weight, scale=scale, timeout=timeout,
+        seed=seed, progress=say,
     )  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +109,8 @@ def repair_job(
     load_model(out)  # the saved file loads (and matches onnxruntime)
     settings = {"eps": eps, "specs": names if specs else None, "rounds": rounds,
                 "epochs": epochs, "lr": lr, "penalty": penalty, "margin": margin,
-                "anchor_weight": anchor_weight, "timeout": timeout, "seed": seed}  # fmt: skip
+                "anchor_weight": anchor_weight, "scale": scale, "timeout": timeout,
+                "seed": seed}  # fmt: skip
     if data is not None:
         report = _base("repair", loaded, data, settings)
     else:

@@ -167,6 +167,7 @@ def _finetune(
     penalty,
     margin,
     anchor_weight,
+    scale,
     batch_size,
     gen,
 ):
@@ -188,8 +189,10 @@ def _finetune(
             hinge = []
             for spec, xs, regs in zip(cex_spec, cex_x, cex_region, strict=True):
                 v = spec.violation(_outputs(model, xs, shape).double(), regs)
-                hinge.append(F.relu(margin - v))
-            loss = anchor_weight * loss + penalty * torch.cat(hinge).mean().to(loss.dtype)
+                hinge.append(F.relu(margin * scale - v) / scale)
+            loss = anchor_weight * loss / scale**2 + penalty * torch.cat(hinge).mean().to(
+                loss.dtype
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -209,6 +212,7 @@ def repair(
     penalty: float = 3.0,
     margin: float = 0.1,
     anchor_weight: float = 1.0,
+    scale: float = 1.0,
     points: int = 1,
     batch_size: int = 128,
     timeout: float = 10.0,
@@ -222,7 +226,9 @@ def repair(
     (the verifier's, and the ``points`` most violating inputs found by :func:`worst_points`), and
     fine-tunes ``epochs`` epochs over the anchor with ``penalty`` times the mean hinge
     ``max(0, margin - violation)`` over all counterexamples so far, the anchor's loss weighted by
-    ``anchor_weight`` (outputs on a small scale, e.g. ACAS Xu's, need a large one). ``test``:
+    ``anchor_weight``; violations, margins and outputs in units of ``scale`` (outputs on a small
+    scale, e.g. ACAS Xu's, need the reference outputs' standard deviation: the mean squared error
+    is divided by scale^2, the hinge by scale, the margin is ``margin * scale``). ``test``:
     (inputs, labels) for the accuracy before and after."""
     for name, v in {
         "rounds": rounds,
@@ -234,6 +240,11 @@ def repair(
             raise RobustlabError(f"{name} must be a positive integer; found {v!r}")
     if not specs:
         raise RobustlabError("repair needs at least one specification; found none")
+    if not (scale > 0 and margin >= 0 and penalty >= 0 and anchor_weight >= 0 and lr > 0):
+        raise RobustlabError(
+            "repair needs scale > 0, lr > 0 and margin, penalty, anchor_weight >= 0; found "
+            f"{scale}, {lr}, {margin}, {penalty}, {anchor_weight}"
+        )
     start = time.monotonic()
     gen = torch.Generator().manual_seed(seed)
     model = copy.deepcopy(model).eval()
@@ -269,6 +280,7 @@ def repair(
             penalty=penalty,
             margin=margin,
             anchor_weight=anchor_weight,
+            scale=scale,
             batch_size=batch_size,
             gen=gen,
         )
