@@ -369,6 +369,12 @@ def certify(
     precision: str = typer.Option(
         "float64", "--precision", help="float64, or float32 (rigorous, faster on CNNs)."
     ),
+    explain_proofs: int = typer.Option(
+        0,
+        "--explain-proofs",
+        min=0,
+        help="Proof features (ProFIt) of the first K certified inputs at the first eps.",
+    ),  # fmt: skip
     out_file: Path = typer.Option(Path("certify.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
@@ -390,6 +396,14 @@ def certify(
             precision=precision,
             progress=say,
         )
+        if explain_proofs:
+            from robustlab.explain.job import proofs_job
+
+            say("proof features")
+            report["proof_features"] = proofs_job(
+                _model(model, mean, std), data, report["curve"][0]["eps"], n=n,
+                limit=explain_proofs,
+            )  # fmt: skip
     run_id = _save(report, out_file, db)
     out.print(_curve_table(report))
     if len(report["per_method"]) > len(report["curve"]):
@@ -402,6 +416,10 @@ def certify(
                 f"{r['seconds']:.2f}",
             )
         out.print(table)
+    for p in (report.get("proof_features") or {}).get("points", []):
+        found = ", ".join(map(str, p["features"])) or "none (the head's bias terms alone)"
+        out.print(f"input {p['index']}: proof features {found} of {p['n_neurons']} neurons "
+                  f"in {p['layer']}")  # fmt: skip
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -1158,6 +1176,121 @@ def detect(
                       _fmt(r["tpr"]), f"{r['undetected_success_rate']:.3f}")  # fmt: skip
     out.print(table)
     err.print(f"verdict: {report['note']}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"result: {out_file}\nrun id: {run_id}")
+
+
+@app.command()
+def repair(
+    model: str = typer.Option(
+        ..., "--model", help="The model to repair: ONNX / TorchScript or zoo:mlp."
+    ),
+    spec: list[str] = typer.Option(None, "--spec", help="A VNN-LIB property (repeat the flag)."),
+    data: str | None = typer.Option(
+        None, "--data", help="Data: the anchor, and with --eps the local robustness properties."
+    ),
+    eps: float | None = typer.Option(None, "--eps", help="Linf radius of local robustness."),
+    n: int = typer.Option(100, "--n", min=1, help="Properties around the first N examples."),
+    test_data: str | None = typer.Option(
+        None, "--test-data", help="Accuracy before and after on these (default: --data)."
+    ),
+    rounds: int = typer.Option(10, "--rounds", min=1, help="Verify / fine-tune rounds at most."),
+    epochs: int = typer.Option(2, "--epochs", min=1, help="Fine-tuning epochs per round."),
+    lr: float = typer.Option(1e-4, "--lr", help="Fine-tuning learning rate (Adam)."),
+    penalty: float = typer.Option(3.0, "--penalty", help="Weight of the violated margins."),
+    margin: float = typer.Option(0.1, "--margin", help="Margin each property must keep."),
+    anchor_weight: float = typer.Option(
+        1.0, "--anchor-weight", help="Weight of the original outputs' squared error."
+    ),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds per property and round."),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("repaired.onnx"), "--out", help="The repaired ONNX."),
+    report_file: Path | None = typer.Option(
+        None, "--report", help="Result JSON (default: beside --out)."
+    ),
+    db: Path | None = DB,
+) -> None:
+    """Counterexample-guided repair: verify, fine-tune on counterexamples, until all properties hold."""
+    from robustlab.repair.job import repair_job
+
+    _outputs(out_file, db)
+    if report_file is not None:
+        output_file(report_file, "--report", create=False)
+    with _status() as say:
+        report = repair_job(
+            model,
+            specs=spec or None,
+            data_src=data,
+            eps=eps,
+            n=n,
+            test_data=test_data,
+            out=out_file,
+            rounds=rounds,
+            epochs=epochs,
+            lr=lr,
+            penalty=penalty,
+            margin=margin,
+            anchor_weight=anchor_weight,
+            timeout=timeout,
+            seed=seed,
+            progress=say,
+        )
+    report_file = report_file or out_file.with_suffix(".json")
+    run_id = _save(report, report_file, db)
+    r = report["repair"]
+    acc = ""
+    if r["accuracy_before"] is not None:
+        acc = f"; accuracy {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f}"
+    out.print(
+        f"{r['holds_before']} -> {r['holds_after']} of {r['n_properties']} properties hold "
+        f"(fixed {r['fixed']}, violated after {r['violated_after']}){acc}"
+    )
+    out.print(f"model: {report['onnx']}\nresult: {report_file}\nrun id: {run_id}")
+
+
+@app.command()
+def blindspots(
+    model: str = typer.Option(..., "--model", help="ONNX / TorchScript file or zoo:cnn."),
+    data: str = typer.Option(..., "--data", help="digits, or an .npz / .csv file."),
+    n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
+    pairs: int = typer.Option(20, "--pairs", min=1, help="Level-set traversals (source, target)."),
+    steps: int = typer.Option(200, "--steps", min=1, help="Steps per traversal."),
+    tol: float = typer.Option(0.02, "--tol", help="Confidence kept within this of its start."),
+    shape_pairs: int = typer.Option(500, "--shape-pairs", min=1, help="Cue-conflict images."),
+    patch: int = typer.Option(2, "--patch", min=1, help="Texture patch size (pixels)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the shape image."),
+    seed: int = typer.Option(0, "--seed"),
+    out_file: Path = typer.Option(Path("blindspots.json"), "--out", help="Result JSON."),
+    db: Path | None = DB,
+) -> None:
+    """Blind spots: level-set traversal between inputs of different classes, shape bias."""
+    from robustlab.blindspots.job import blindspots_job
+
+    _outputs(out_file, db)
+    with _status() as say:
+        report = blindspots_job(
+            model,
+            data,
+            n=n,
+            n_pairs=pairs,
+            n_steps=steps,
+            tol=tol,
+            shape_pairs=shape_pairs,
+            patch=patch,
+            alpha=alpha,
+            seed=seed,
+            progress=say,
+        )
+    run_id = _save(report, out_file, db)
+    ls = report["levelset"]
+    out.print(
+        f"level-set traversal: {ls['mean_fraction']:.3f} of the way to the target on average "
+        f"(Linf {ls['mean_linf']:.3f}, L2 {ls['mean_l2']:.3f}); prediction unchanged on "
+        f"{sum(ls['unchanged'])} of {len(ls['unchanged'])} paths"
+    )
+    sb = report["shape_bias"]
+    if sb is not None and sb["shape_bias"] is not None:
+        out.print(f"shape bias: {sb['shape_bias']:.3f} ({sb['shape_decisions']} shape, "
+                  f"{sb['texture_decisions']} texture, {sb['other_decisions']} neither)")  # fmt: skip
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 

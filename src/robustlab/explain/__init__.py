@@ -1,5 +1,6 @@
 """Explanations: attributions (saliency, input x gradient, Integrated Gradients, SmoothGrad,
-occlusion, Grad-CAM, Sobol indices), Lipschitz / sensitivity estimates, and faithfulness metrics."""
+occlusion, Grad-CAM, Smooth Grad-CAM++, FullGrad, extremal perturbations, MoreauGrad, Sobol
+indices), proof features, Lipschitz / sensitivity estimates, and faithfulness metrics."""
 
 from robustlab.explain.base import (
     REGISTRY,
@@ -8,9 +9,13 @@ from robustlab.explain.base import (
     explain,
     get_explainer,
 )
+from robustlab.explain.extremal import ExtremalPerturbation
+from robustlab.explain.fullgrad import FullGrad
 from robustlab.explain.gradcam import GradCAM
+from robustlab.explain.gradcampp import SmoothGradCAMpp
 from robustlab.explain.gradients import InputXGradient, Saliency, SmoothGrad
 from robustlab.explain.integrated import IntegratedGradients
+from robustlab.explain.moreau import MoreauGrad
 from robustlab.explain.occlusion import Occlusion
 from robustlab.explain.sobol import SobolIndices, sobol_indices
 from robustlab.explain.sobol_attribution import SobolAttribution
@@ -19,12 +24,16 @@ __all__ = [
     "REGISTRY",
     "ExplainResult",
     "Explainer",
+    "ExtremalPerturbation",
+    "FullGrad",
     "GradCAM",
     "InputXGradient",
     "IntegratedGradients",
+    "MoreauGrad",
     "Occlusion",
     "Saliency",
     "SmoothGrad",
+    "SmoothGradCAMpp",
     "SobolAttribution",
     "SobolIndices",
     "explain",

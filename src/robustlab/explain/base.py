@@ -165,6 +165,17 @@ def blocks(n_rows: int, batch_size: int) -> Iterator[Tensor]:
         yield torch.arange(i, min(i + batch_size, n_rows))
 
 
+def example_noise(seed: int, examples: Tensor, samples: Tensor, shape, like: Tensor) -> Tensor:
+    """Standard normal noise for rows (example, sample) of the shape of one input: each row drawn
+    from its own generator seeded by (seed, example, sample), so the noise does not depend on how
+    rows are grouped into blocks. On the CPU, then moved to ``like``'s device and dtype."""
+    out = torch.empty((len(examples), *shape), dtype=like.dtype)
+    for r, (e, k) in enumerate(zip(examples.tolist(), samples.tolist(), strict=True)):
+        key = ((seed * 0x9E3779B1 + e) * 0x85EBCA77 + k) % (2**63 - 1)
+        out[r] = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(key))
+    return out.to(like.device)
+
+
 def baseline_like(baseline: float | Tensor, x: Tensor) -> Tensor:
     """A baseline per input: a number, one input's shape, or the batch's shape."""
     b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)

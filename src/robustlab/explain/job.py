@@ -93,3 +93,24 @@ def explain_job(
     report["clean_accuracy"] = float((predict(model.module, data.x) == data.y).float().mean())
     report.update(result.to_dict())
     return report
+
+
+def proofs_job(model_src, data_src, eps: float, *, n: int | None = None, limit: int = 4) -> dict:
+    """``certify --explain-proofs``: proof features of the first ``limit`` certified inputs at
+    ``eps``; keys ``eps``, ``points`` (each ProofFeatures.to_dict() with its ``index``)."""
+    from robustlab.explain.proof_features import proof_features
+    from robustlab.jobs import prepare
+
+    model, data = prepare(model_src, data_src, n)
+    points = []
+    with torch.no_grad():
+        right = (model.module(data.x).argmax(1) == data.y).tolist()
+    for i, ok in enumerate(right):
+        if len(points) == limit:
+            break
+        if ok:
+            r = proof_features(model.module, data.x[i], int(data.y[i]), eps,
+                               lower=data.lower, upper=data.upper)  # fmt: skip
+            if r.certified:
+                points.append({"index": i, **r.to_dict()})
+    return {"eps": eps, "points": points}

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from robustlab.report import blindspot_plots as bp
+from robustlab.report import proof_plots as pp
 from robustlab.report import weight_plots as wp
 
 
@@ -32,4 +34,9 @@ SECTIONS: dict[str, Section] = {
     "conformal": Section("conformal.html.j2", {}),
     "smooth": Section("availability.html.j2", {}),
     "detect": Section("detect.html.j2", {}),
+    "repair": Section("repair.html.j2", {}),
+    "certify": Section("proofs.html.j2", {"proofs": pp.proof_pictures}),  # --explain-proofs
+    "blindspots": Section(
+        "blindspots.html.j2", {"paths": bp.levelset_paths, "cues": bp.cue_conflicts}
+    ),
 }

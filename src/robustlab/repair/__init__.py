@@ -1,0 +1,11 @@
+"""Counterexample-guided repair (Boetius et al. 2023): verify, collect counterexamples, fine-tune
+under the violated constraints with the original data as an anchor, verify again."""
+
+from robustlab.repair.repair import (
+    RepairResult,
+    local_robustness_specs,
+    repair,
+    worst_points,
+)
+
+__all__ = ["RepairResult", "local_robustness_specs", "repair", "worst_points"]
