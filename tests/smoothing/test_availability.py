@@ -53,8 +53,8 @@ def test_availability_rejects_bad_arguments(mlp, digits, kw, needle):
 def test_smooth_command_reports_availability(monkeypatch, capsys, tmp_path):
     out, db = tmp_path / "s.json", tmp_path / "runs.sqlite"
     code, stdout, err = run(monkeypatch, capsys, "smooth", "--model", "zoo:mlp", "--data",
-                            "digits", "--sigma", "0.25", "--n", "200", "--n0", "20",
-                            "--examples", "12", "--availability", "0.5", "--out", out,
+                            "digits", "--sigma", "0.25", "--samples", "200", "--n0", "20",
+                            "--n", "12", "--availability", "0.5", "--out", out,
                             "--db", db)  # fmt: skip
     assert code == 0, err
     r = json.loads(out.read_text())
@@ -68,6 +68,6 @@ def test_smooth_command_reports_availability(monkeypatch, capsys, tmp_path):
 
 def test_smooth_availability_bad_input_is_one_line(monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, "smooth", "--model", "zoo:mlp", "--data", "digits",
-                       "--sigma", "0.25", "--n", "20", "--examples", "4", "--availability",
+                       "--sigma", "0.25", "--samples", "20", "--n", "4", "--availability",
                        "-1", "--out", tmp_path / "s.json")  # fmt: skip
     assert code == 2 and len(err.strip().splitlines()) == 1 and "eps" in err
