@@ -118,3 +118,35 @@ def test_sigmoid_network_with_a_planted_counterexample_is_never_called_holds(tmp
     (tmp_path / "s.vnnlib").write_text("\n".join(lines))
     r = verify(tmp_path / "s.onnx", tmp_path / "s.vnnlib", timeout=6)
     assert r.strategy == "nonlinear-split" and r.verdict != "holds", r
+
+
+class _Sin(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)
+
+
+@pytest.mark.parametrize("above", [False, True])
+def test_activations_with_two_slopes_per_neuron_branch(above):
+    """sin keeps its optimisable slopes as (lower, upper) on a last axis: branching sets them up
+    per row without a shape error, and a verdict never contradicts sampling and PGD."""
+    import time
+
+    from robustlab.verify.nonlinear_split import nonlinear_split
+    from robustlab.verify.spec import Disjunct, Property
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 8), _Sin(), nn.Linear(8, 3)).eval()
+    center, eps = torch.zeros(4), 0.3
+    low = _sampled_min(net, center, eps)
+    t = low + 0.5 if above else low - 0.05  # reachable, or (probably) not
+    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    prop = Property(
+        (center - eps).double(), (center + eps).double(), (Disjunct(C, torch.tensor([t]).double()),)
+    )
+    verdict, x = nonlinear_split(
+        graph_of(net, (4,)), prop, (4,), net, deadline=time.monotonic() + 20
+    )
+    if verdict == "violated":
+        y = net(x.float()[None])[0]
+        assert float(y[0] - y[1]) <= t + 1e-5
+    assert verdict != "holds" or not above

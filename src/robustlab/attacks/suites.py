@@ -63,7 +63,9 @@ def rapid_budgets(n_classes: int, seed: int) -> dict[str, Attack]:
 
 FAST_ITERATIONS = 25  # as strong as 50 on every benchmark model, in half the time
 RAPID_ITERATIONS = 100
-RAPID_TARGETS = 4  # 3 missed 2 of 450 points APGD-T finds on zoo:vit (benchmarks/attacks_benchmark.py)
+RAPID_TARGETS = (
+    4  # 3 missed 2 of 450 points APGD-T finds on zoo:vit (benchmarks/attacks_benchmark.py)
+)
 RAPID_REACH = 1.25  # broken targets had scores <= 0.93 eps on the digits CNN
 SUITES: dict[str, Callable[[int, int], dict[str, Attack]]] = {
     "fast": fast_budgets,

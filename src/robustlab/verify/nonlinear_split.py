@@ -282,14 +282,11 @@ def nonlinear_split(
         rows = C.shape[0]
         lo = {j: root[j].lower.reshape(1, -1).clone() for j in split_nodes}
         hi = {j: root[j].upper.reshape(1, -1).clone() for j in split_nodes}
-        alphas = {
-            r: graph.nodes[r]
-            .op.alpha_init(root[j].lower, root[j].upper)[:, None]
-            .expand(1, rows, *root[j].lower.shape[1:])
-            .clone()
-            for r, j in acts.items()
-            if graph.nodes[r].op.has_alpha
-        }
+        alphas = {}
+        for r, j in acts.items():
+            if graph.nodes[r].op.has_alpha:  # per row; some ops keep (lower, upper) on a last axis
+                a = graph.nodes[r].op.alpha_init(root[j].lower, root[j].upper)
+                alphas[r] = a[:, None].expand(1, rows, *a.shape[1:]).clone()
         zeros = {j: torch.zeros(1, rows, lo[j].shape[1], dtype=torch.float64) for j in lo}
         queue = Domains(
             lo, hi, alphas, zeros, {j: z.clone() for j, z in zeros.items()}, final.lower[:, g]
