@@ -124,15 +124,20 @@ CI_EXAMPLES = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fuzz-files")
+def make_files(d):
+    """The odd files the fuzz cases may name: a folder, a file, garbage ONNX / npz, empty CSV."""
     (d / "adir").mkdir()
     (d / "afile").write_text("x")
     (d / "garbage.onnx").write_bytes(b"\x08\x07garbage\xff" * 10)
     (d / "garbage.npz").write_bytes(b"PK\x03\x04garbage")
     (d / "empty.csv").write_text("")
     (d / "data.txt").write_text("1,2,3\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = make_files(tmp_path_factory.mktemp("fuzz-files"))
     if TEST.exists():
         (d / "instances.csv").write_text(
             f"{TEST / 'test_nano.onnx'},{TEST / 'test_nano.vnnlib'},20\n"
@@ -156,16 +161,12 @@ class Hang(BaseException):
     """Raised by the alarm: not an Exception, so the CLI's own handlers do not catch it."""
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_options(command, files, tmp_path_factory, monkeypatch, capsys):
-    if command.startswith("verify") and not TEST.exists():
-        pytest.skip("shared benchmarks not present")
-    base, options = COMMANDS[command]
-    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # a default --out lands in a temporary folder
-
+def fuzz_options(command, base, options, files, ci_examples, monkeypatch, capsys) -> None:
+    """Hypothesis draws 1-3 of ``options`` over the working ``base`` options of ``command``; every
+    case must succeed or end in one line on stderr with exit code 2, within ``HANG_S``."""
     tried = []
 
-    @settings(max_examples=examples(CI_EXAMPLES[command], long=10))
+    @settings(max_examples=examples(ci_examples, long=10))
     @given(data=st.data())
     def case(data):
         tried.append(1)
@@ -191,3 +192,12 @@ def test_options(command, files, tmp_path_factory, monkeypatch, capsys):
 
     case()
     print(f"fuzz {command}: {len(tried)} cases")  # shown with -rP
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_options(command, files, tmp_path_factory, monkeypatch, capsys):
+    if command.startswith("verify") and not TEST.exists():
+        pytest.skip("shared benchmarks not present")
+    base, options = COMMANDS[command]
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))  # a default --out lands in a temporary folder
+    fuzz_options(command, base, options, files, CI_EXAMPLES[command], monkeypatch, capsys)
