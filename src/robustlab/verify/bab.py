@@ -108,6 +108,21 @@ def bounds_and_margins(
     return lb[:, :k], margin_of(d, mag, unit)
 
 
+def pop_domains(stack: list, batch: int):
+    """Up to ``batch`` domains from the top of a stack of domain batches (depth first: few open
+    domains); a batch type has ``len``, ``take(index)`` and ``cat(batches)``."""
+    parts, need = [], batch
+    while stack and need:
+        top = stack[-1]
+        if len(top) <= need:
+            parts.append(stack.pop())
+        else:
+            parts.append(top.take(slice(len(top) - need, None)))
+            stack[-1] = top.take(slice(0, len(top) - need))
+        need -= len(parts[-1])
+    return parts[0] if len(parts) == 1 else type(parts[0]).cat(parts)
+
+
 def _weights(k: int) -> Tensor:
     """Convex combinations of k rows tried for a conjunction: weights in {0, 1, 2}, normalised."""
     grid = torch.cartesian_prod(*[torch.arange(3.0, dtype=torch.float64)] * k).reshape(-1, k)

@@ -27,7 +27,7 @@ from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.crown import backward, refine
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.base import Activation, InputRegion
-from robustlab.verify.bab import BabStats, _stack_spec, hold_margin
+from robustlab.verify.bab import BabStats, _stack_spec, hold_margin, pop_domains
 from robustlab.verify.bab import refuted_rows as _refuted
 from robustlab.verify.spec import Property
 
@@ -299,26 +299,13 @@ def nonlinear_split(
     return "holds", None
 
 
-def _pop(stack: list[Domains], batch: int) -> Domains:
-    parts, need = [], batch
-    while stack and need:
-        top = stack[-1]
-        if len(top) <= need:
-            parts.append(stack.pop())
-        else:
-            parts.append(top.take(slice(len(top) - need, None)))
-            stack[-1] = top.take(slice(0, len(top) - need))
-        need -= len(parts[-1])
-    return parts[0] if len(parts) == 1 else Domains.cat(parts)
-
-
 def _search(graph, root, queue, rows, region, prop, shape, model, deadline, batch, stats):
     C, d, margin = rows
     stack = [queue]
     while stack:
         if time.monotonic() > deadline:
             return "timeout", None
-        parents = _pop(stack, batch)
+        parents = pop_domains(stack, batch)
         record: dict = {}
         lb, A, _ = _bound(graph, root, parents, C, ITERATIONS, record)
         stats.domains += len(parents)

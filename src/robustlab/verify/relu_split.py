@@ -23,7 +23,7 @@ from robustlab.bounds.crown import backward
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.verify.bab import BabStats, _stack_spec, hold_margin
+from robustlab.verify.bab import BabStats, _stack_spec, hold_margin, pop_domains
 from robustlab.verify.spec import Property
 
 ITERATIONS = 3  # bound passes per batch of domains (children start from the parent's alpha, beta)
@@ -202,20 +202,6 @@ def relu_split(
     return "holds", None
 
 
-def _pop(stack: list[Domains], batch: int) -> Domains:
-    """Up to ``batch`` domains from the top of the stack (depth first: few open domains)."""
-    parts, need = [], batch
-    while stack and need:
-        top = stack[-1]
-        if len(top) <= need:
-            parts.append(stack.pop())
-        else:
-            parts.append(top.take(slice(len(top) - need, None)))
-            stack[-1] = top.take(slice(0, len(top) - need))
-        need -= len(parts[-1])
-    return parts[0] if len(parts) == 1 else Domains.cat(parts)
-
-
 def _children(parents: Domains, picks: list[tuple[int, int]]) -> Domains:
     """Both children of every parent: the picked neuron fixed active (first half), inactive."""
     n = len(parents)
@@ -234,7 +220,7 @@ def _search(graph, root, queue, C, d, margin, region, prop, shape, model, deadli
     while stack:
         if time.monotonic() > deadline:
             return "timeout", None
-        parents = _pop(stack, batch)
+        parents = pop_domains(stack, batch)
         record: dict = {}
         lb, A, bounds = _bound(graph, root, parents, C, ITERATIONS, record)
         stats.domains += len(parents)
