@@ -10,6 +10,7 @@ from robustlab.bounds.ops.base import InputRegion
 from robustlab.verify import verify
 from robustlab.verify.nonlinear_split import Domains, _bound, activations
 
+from ..tolerance import rounding_atol
 from .test_relu_split import _instance, _sampled_min
 from .test_verifier import _bump_net
 
@@ -146,7 +147,8 @@ def test_activations_with_two_slopes_per_neuron_branch(above):
     verdict, x = nonlinear_split(
         graph_of(net, (4,)), prop, (4,), net, deadline=time.monotonic() + 20
     )
-    if verdict == "violated":
-        y = net(x.float()[None])[0]
-        assert float(y[0] - y[1]) <= t + 1e-5
+    if verdict == "violated":  # the search's own float32 forward pass, in another batch shape
+        with torch.no_grad():
+            y = net(x.float()[None])[0]
+        assert float(y[0] - y[1]) <= t + rounding_atol(8 * (float(y.abs().max()) + 1), 64)
     assert verdict != "holds" or not above
