@@ -8,28 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from robustlab.errors import RobustlabError, UnsupportedOperation
+from robustlab.errors import RobustlabError
 from robustlab.explain.base import ExplainResult, Target, blocks, register, run
-
-_CONV_FUNCTIONS = (F.conv2d, torch.conv2d)
-
-
-def _graph(model: nn.Module) -> fx.GraphModule:
-    if isinstance(model, fx.GraphModule):
-        return model
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsupportedOperation(
-            f"grad-cam needs a model that torch.fx can trace; {type(model).__name__} fails ({first})"
-        ) from None
-
-
-def _is_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), nn.Conv2d)
-    return node.op == "call_function" and node.target in _CONV_FUNCTIONS
+from robustlab.explain.layers import is_conv, traced
 
 
 def find_layer(gm: fx.GraphModule, layer: str | None) -> fx.Node:
@@ -37,7 +18,7 @@ def find_layer(gm: fx.GraphModule, layer: str | None) -> fx.Node:
     only), or the last 2-d convolution when ``layer`` is None."""
     nodes = list(gm.graph.nodes)
     if layer is None:
-        convs = [n for n in nodes if _is_conv(gm, n)]
+        convs = [n for n in nodes if is_conv(gm, n)]
         if not convs:
             raise RobustlabError("grad-cam needs a Conv2d layer; found none in the model")
         return convs[-1]
@@ -90,7 +71,7 @@ class GradCAM:
     batch_size: int = 512
 
     def __call__(self, model: nn.Module, x: Tensor, target: Target = None) -> ExplainResult:
-        gm = _graph(model)
+        gm = traced(model, "grad-cam")
         node = find_layer(gm, self.layer)
         x0 = x.detach()
 
