@@ -21,8 +21,8 @@ import torch
 
 torch.set_num_threads(1)
 
-from robustlab.compress.job import prune_job  # noqa: E402
-from robustlab.train.job import train_job  # noqa: E402
+from robustlab.jobs.compress import prune_job  # noqa: E402
+from robustlab.jobs.train import train_job  # noqa: E402
 
 
 def main() -> None:

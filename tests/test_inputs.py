@@ -36,7 +36,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 def test_readme_verify_and_audit_example_names_real_functions():
     code = _python_blocks()[1]
     compile(code, "README.md", "exec")  # valid Python
-    from robustlab.audit import audit_job  # noqa: F401 (the names the example imports)
+    from robustlab.jobs import audit_job  # noqa: F401 (the names the example imports)
     from robustlab.report import write_report_dir  # noqa: F401
     from robustlab.verify import verify
     from robustlab.verify.verifier import VerifyResult

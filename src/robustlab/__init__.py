@@ -34,7 +34,7 @@ _EXPORTS = {
     "load_model": "robustlab.model",
     "Box": "robustlab.threat",
     "LpBall": "robustlab.threat",
-    "audit_job": "robustlab.audit",
+    "audit_job": "robustlab.jobs",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

@@ -110,7 +110,7 @@ def _status(quiet: bool = False):
 
 
 def _record(report: dict, report_path: Path, db) -> int:
-    from robustlab.jobs import metrics_of
+    from robustlab.jobs.metrics import metrics_of
 
     return store.record(
         shlex.join(["robustlab", *sys.argv[1:]]),
@@ -173,7 +173,7 @@ def demo(
     db: Path | None = DB,
 ) -> None:
     """Audit the zoo MLP (trained on first use) on digits with the quick profile."""
-    from robustlab.audit import demo_job
+    from robustlab.jobs.audit import demo_job
 
     _outputs(out_dir, db, folder=True)
     _audit_run(lambda say, on_stage: demo_job(out=out_dir, progress=say, on_stage=on_stage),
@@ -221,7 +221,7 @@ def audit(
 ) -> None:
     """Everything at once within a time budget: clean, attacks, bounds, corruptions, smoothing,
     sensitivity; DIR/report.json and DIR/report.html."""
-    from robustlab.audit import audit_job
+    from robustlab.jobs.audit import audit_job
 
     _outputs(out_dir, db, folder=True)
     eps_values = None if eps is None else _eps_list(eps)
@@ -268,14 +268,14 @@ def attack(
     db: Path | None = DB,
 ) -> None:
     """Robust accuracy under an attack suite at one or more eps, with reliability flags."""
-    from robustlab import jobs
+    from robustlab.jobs.attack import attack_job
 
     _outputs(out_file, db)
     if save_examples is not None:
         output_file(save_examples, "--save-examples", create=False)
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
     with _status() as say:
-        report = jobs.attack_job(
+        report = attack_job(
             _model(model, mean, std),
             data,
             _eps_list(eps),
@@ -317,7 +317,7 @@ def corrupt(
     db: Path | None = DB,
 ) -> None:
     """Natural robustness: common corruptions (mCE), small transformations, frequency-band noise."""
-    from robustlab.corruptions.job import corrupt_job
+    from robustlab.jobs.corrupt import corrupt_job
 
     _outputs(out_file, db)
     with _status() as say:
@@ -381,11 +381,11 @@ def certify(
     db: Path | None = DB,
 ) -> None:
     """Certified accuracy from sound bounds at one or more eps."""
-    from robustlab import jobs
+    from robustlab.jobs.certify import certify_job
 
     _outputs(out_file, db)
     with _status() as say:
-        report = jobs.certify_job(
+        report = certify_job(
             _model(model, mean, std),
             data,
             _eps_list(eps),
@@ -397,7 +397,7 @@ def certify(
             progress=say,
         )
         if explain_proofs:
-            from robustlab.explain.job import proofs_job
+            from robustlab.jobs.explain import proofs_job
 
             say("proof features")
             report["proof_features"] = proofs_job(
@@ -449,7 +449,7 @@ def explain(
     db: Path | None = DB,
 ) -> None:
     """Attributions per input (JSON) and heat-maps (HTML)."""
-    from robustlab.explain.job import SAMPLES_FIELD, explain_job
+    from robustlab.jobs.explain import SAMPLES_FIELD, explain_job
 
     _outputs(out_file, db)
     if steps is not None and samples is None and method.replace("_", "-") in SAMPLES_FIELD:
@@ -691,7 +691,7 @@ def train(
     db: Path | None = DB,
 ) -> None:
     """Train (adversarially, certifiably, with noise); save ONNX, evaluate, compare methods."""
-    from robustlab.train.job import train_job
+    from robustlab.jobs.train import train_job
 
     _outputs(out_file, db)
     if report_file is not None:
@@ -763,7 +763,7 @@ def smooth(
     db: Path | None = DB,
 ) -> None:
     """Randomized smoothing: smoothed accuracy and certified L2 radii (Cohen et al.)."""
-    from robustlab.smoothing.job import smooth_job
+    from robustlab.jobs.smooth import smooth_job
 
     _outputs(out_file, db)
     if n_examples is not None:
@@ -862,7 +862,7 @@ def sensitivity(
     db: Path | None = DB,
 ) -> None:
     """Per layer: Hessian trace and top eigenvalue, Fisher, weight noise, emulated precision."""
-    from robustlab.sensitivity.job import sensitivity_job
+    from robustlab.jobs.sensitivity import sensitivity_job
 
     _outputs(out_file, db)
     levels = _floats(noise, "--noise")
@@ -948,7 +948,7 @@ def prune(
     db: Path | None = DB,
 ) -> None:
     """Prune (magnitude, HYDRA, PwoA), fine-tune, export ONNX, evaluate: robustness against sparsity."""
-    from robustlab.compress.job import prune_job
+    from robustlab.jobs.compress import prune_job
 
     _outputs(out_file, db)
     if report_file is not None:
@@ -1014,7 +1014,7 @@ def patch(
     db: Path | None = DB,
 ) -> None:
     """A robust weight signature (M1 - M0 on the shallow layers) added with scale A, evaluated."""
-    from robustlab.compress.job import patch_job
+    from robustlab.jobs.compress import patch_job
 
     _outputs(out_file, db)
     with _status() as say:
@@ -1072,7 +1072,7 @@ def mix(
     db: Path | None = DB,
 ) -> None:
     """Mix an accurate and a robust model (MixedNUTS); clean / robust frontier over strengths."""
-    from robustlab.mix.job import mix_job
+    from robustlab.jobs.mix import mix_job
 
     _outputs(out_file, db)
     if report_file is not None:
@@ -1119,7 +1119,7 @@ def conformal(
     db: Path | None = DB,
 ) -> None:
     """Conformal sets (split, RSCP+, VRCP): coverage and size, clean and under attack."""
-    from robustlab.conformal.job import conformal_job
+    from robustlab.jobs.conformal import conformal_job
 
     _outputs(out_file, db)
     with _status() as say:
@@ -1161,7 +1161,7 @@ def detect(
     db: Path | None = DB,
 ) -> None:
     """Detect adversarial examples (BEYOND): AUROC per attack and an adaptive attack beside."""
-    from robustlab.detect.job import detect_job
+    from robustlab.jobs.detect import detect_job
 
     _outputs(out_file, db)
     with _status() as say:
@@ -1210,7 +1210,7 @@ def repair(
     db: Path | None = DB,
 ) -> None:
     """Counterexample-guided repair: verify, fine-tune on counterexamples, until all properties hold."""
-    from robustlab.repair.job import repair_job
+    from robustlab.jobs.repair import repair_job
 
     _outputs(out_file, db)
     if report_file is not None:
@@ -1263,7 +1263,7 @@ def blindspots(
     db: Path | None = DB,
 ) -> None:
     """Blind spots: level-set traversal between inputs of different classes, shape bias."""
-    from robustlab.blindspots.job import blindspots_job
+    from robustlab.jobs.blindspots import blindspots_job
 
     _outputs(out_file, db)
     with _status() as say:
@@ -1324,7 +1324,7 @@ def runs_compare(
     db: Path | None = DB,
 ) -> None:
     """Runs side by side: settings and metrics (table), and their reports on one page (HTML)."""
-    from robustlab.audit.compare import write_compare
+    from robustlab.report.compare import write_compare
 
     if len(run_ids) < 2:
         raise RobustlabError(f"runs compare expects at least two run ids; found {len(run_ids)}")

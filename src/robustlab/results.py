@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+SCHEMA_VERSION = 1  # of report.json: written into every report
+
 
 @dataclass(frozen=True)
 class Metric:

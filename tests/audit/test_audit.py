@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from robustlab.attacks import PGD, predict
-from robustlab.audit import audit_job, get_profile
+from robustlab.audit import get_profile
 from robustlab.data import load_digits_split
 from robustlab.errors import RobustlabError
+from robustlab.jobs import audit_job
 from robustlab.report import render_html
 from robustlab.threat import LpBall
 from robustlab.zoo import pretrained
@@ -80,7 +81,7 @@ def test_certified_points_survive_a_fresh_attack(report):
 
 
 def test_failed_stage_is_reported_and_the_others_run(monkeypatch, tmp_path):
-    import robustlab.audit.job as job
+    import robustlab.jobs.audit as job
 
     def broken(ctx, deadline, say):
         raise RuntimeError("bounds exploded")
@@ -99,7 +100,7 @@ def test_failed_stage_is_reported_and_the_others_run(monkeypatch, tmp_path):
 
 
 def test_interrupted_audit_keeps_what_it_has(monkeypatch, tmp_path):
-    import robustlab.audit.job as job
+    import robustlab.jobs.audit as job
 
     def stop(ctx, deadline, say):
         raise KeyboardInterrupt

@@ -2,8 +2,8 @@
 
 import pytest
 
-from robustlab.audit import audit_job
 from robustlab.errors import RobustlabError
+from robustlab.jobs import audit_job
 
 
 @pytest.mark.slow

@@ -15,18 +15,19 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.adaptive import Ascent
+from robustlab.bounds import compute_bounds
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.results import Metric, metric_dicts
 from robustlab.smoothing import ABSTAIN
 from robustlab.threat import LpBall, parse_norm
+from robustlab.train.certified import margin_lower_bounds
 
 
 def certified_predictions(model: nn.Module, x: Tensor, radius: float, lower: float,
                           upper: float, method: str = "crown") -> tuple[Tensor, Tensor]:  # fmt: skip
     """The classifier's labels and whether sound bounds prove each constant on the Linf ball of
     ``radius`` around its input (clipped to [lower, upper]): ``(labels, certified)``."""
-    from robustlab.bounds import compute_bounds
 
     with torch.no_grad():
         labels = model(x).argmax(1)
@@ -44,7 +45,6 @@ def looseness_attack(model: nn.Module, x: Tensor, threat: LpBall, radius: float,
     """Points inside ``threat`` around x where the certificate of x's label over the radius ball
     is weakest found: PGD on minus the smallest differentiable margin lower bound (IBP at
     ``beta`` 0, CROWN-IBP at 1) over ``[x' - radius, x' + radius]``."""
-    from robustlab.train.certified import margin_lower_bounds
 
     with torch.no_grad():
         labels = model(x).argmax(1)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from robustlab.bounds import compute_bounds, margin_spec
 from robustlab.threat import ThreatModel
 
 SKIP_METHODS = ("ibp", "crown")  # cheapest first; each bounds only what the previous left
@@ -43,7 +44,6 @@ def crown_fits(model: nn.Module, x: Tensor) -> bool:
 
 
 def _margins_positive(model, x, y, threat, method, n_classes) -> Tensor:
-    from robustlab.bounds import compute_bounds, margin_spec
 
     b = compute_bounds(model, (threat, x), method, C=margin_spec(y, n_classes), bound_upper=False)
     return (b.lower > 0).all(1)

@@ -12,6 +12,7 @@ from robustlab.attacks.apgd import APGD
 from robustlab.attacks.base import Attack, input_gradients_only, register
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
+from robustlab.inputs import check_fits
 from robustlab.model import LoadedModel, load_model
 from robustlab.threat import ThreatModel
 
@@ -54,8 +55,6 @@ def load_surrogate(
         raise RobustlabError(
             f"a surrogate model is used only by the transfer attack; found attacks {names}"
         )
-    from robustlab.jobs import check_fits
-
     loaded = load_model(source)
     check_fits(loaded.module, data, "surrogate model")
     return loaded, names or ["transfer"]

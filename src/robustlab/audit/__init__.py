@@ -1,18 +1,7 @@
-"""``robustlab audit``: clean accuracy, attacks, certified bounds, corruptions, smoothing and a
-sensitivity summary in one run within a time budget, as one report (JSON + offline HTML)."""
+"""The audit's stages (clean accuracy, attacks, certified bounds, corruptions, smoothing,
+sensitivity, adversarial examples) and its profiles; ``robustlab.jobs.audit`` runs them within a
+time budget and ``robustlab.report.audit`` renders the page."""
 
-from robustlab.audit.job import audit_job, demo_job
 from robustlab.audit.profiles import PROFILES, Profile, default_eps, get_profile, headline_eps
-from robustlab.audit.render import render_audit, render_compare
 
-__all__ = [
-    "PROFILES",
-    "Profile",
-    "audit_job",
-    "default_eps",
-    "demo_job",
-    "get_profile",
-    "headline_eps",
-    "render_audit",
-    "render_compare",
-]
+__all__ = ["PROFILES", "Profile", "default_eps", "get_profile", "headline_eps"]

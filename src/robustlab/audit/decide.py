@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from robustlab.audit.budget import Deadline
 from robustlab.audit.runner import Context, Progress
-from robustlab.data import Dataset
+from robustlab.conformal import conformal
+from robustlab.data import Dataset, load_digits_split
+from robustlab.detect import detection
 
 
 def conformal_stage(ctx: Context, deadline: Deadline, say: Progress, *, alpha: float) -> dict:
     """Coverage and set size of the three kinds of sets, clean and under attack."""
-    from robustlab.conformal import conformal
 
     quick = ctx.profile.name == "quick"
     r = conformal(ctx.model.module, ctx.data, alpha, ctx.headline, ctx.norm,
@@ -22,7 +23,6 @@ def conformal_stage(ctx: Context, deadline: Deadline, say: Progress, *, alpha: f
 
 def _encoder_data(data: Dataset) -> tuple[Dataset, Dataset]:
     """Digits' training split for the digits test split, else the first half of the data."""
-    from robustlab.data import load_digits_split
 
     if data.name == "digits":
         return load_digits_split(train=True).matched_to(tuple(data.x.shape[1:])), data
@@ -34,7 +34,6 @@ def _encoder_data(data: Dataset) -> tuple[Dataset, Dataset]:
 
 def detect_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     """BEYOND against the suite's attacks and the adaptive attack."""
-    from robustlab.detect import detection
 
     quick = ctx.profile.name == "quick"
     enc, data = _encoder_data(ctx.data)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from robustlab.report.plots import _png, plt
+from robustlab.plotting import plt
+from robustlab.plotting import png as _png
 
 CLEAN, EMPIRICAL, CERTIFIED, SMOOTHED = "#2ca02c", "#d62728", "#1f77b4", "#9467bd"
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")

@@ -17,6 +17,7 @@ from robustlab.audit.budget import BudgetExceeded, Clock, Deadline
 from robustlab.audit.profiles import Profile
 from robustlab.data import Dataset
 from robustlab.model import LoadedModel
+from robustlab.results import SCHEMA_VERSION
 
 Progress = Callable[[str], None]
 
@@ -55,8 +56,6 @@ def _error(e: BaseException) -> str:
 
 def write_json(report: dict, path: Path) -> None:
     """Write atomically, so an interrupted run leaves the last complete version."""
-    from robustlab.report import SCHEMA_VERSION
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **report}, indent=1))

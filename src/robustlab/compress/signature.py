@@ -17,6 +17,7 @@ from robustlab.compress.result import PatchResult
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.sensitivity.layers import layers
+from robustlab.train.compare import evaluate_trained
 
 Progress = Callable[[str], None]
 
@@ -93,7 +94,6 @@ def evaluate_signature(
 ) -> PatchResult:
     """Clean, robust (attack suite) and certified accuracy at Linf ``eps`` of ``target`` (default
     the standard model) patched with each scale, beside the three models themselves."""
-    from robustlab.train.compare import evaluate_trained
 
     start = time.perf_counter()
     target = standard if target is None else target

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from robustlab.bounds import compute_bounds
 from robustlab.threat import ThreatModel
 
 
@@ -65,7 +66,6 @@ def lac_lower_bounds(
     (N, K) float64. From lower bounds l_yj of ``z_j - z_y`` (``compute_bounds``),
     ``softmax_y <= 1 / (1 + sum_{j != y} exp(l_yj))``, so the score is at least
     ``sigmoid(logsumexp_{j != y} l_yj)``."""
-    from robustlab.bounds import compute_bounds
 
     k = int(model(x[:1]).shape[1])
     C = pair_matrix(k)

@@ -13,7 +13,8 @@ def example_grid(
     image: Tensor, names: Sequence[str], severities: Sequence[int], seed: int = 0
 ) -> str:
     """A base64 PNG: one row per corruption, the clean image and then each severity."""
-    from robustlab.report.plots import _png, plt
+    from robustlab.plotting import plt
+    from robustlab.plotting import png as _png
 
     x = image[None].clamp(0, 1)
     cols = 1 + len(severities)
@@ -44,7 +45,7 @@ def side_by_side(
 ) -> object:
     """A matplotlib figure of two grids (corruptions x severities) next to each other, for a
     visual check of two implementations; ``left`` / ``right`` are (len(names), S, C, H, W)."""
-    from robustlab.report.plots import plt
+    from robustlab.plotting import plt
 
     sev = left.shape[1]
     fig, axes = plt.subplots(

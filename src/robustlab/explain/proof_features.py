@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from robustlab.bounds import compute_bounds
 from robustlab.errors import RobustlabError
 from robustlab.explain.layers import traced
 from robustlab.results import Metric
+from robustlab.threat import LpBall
 
 RELU_FUNCTIONS = (F.relu, torch.relu)
 
@@ -191,8 +193,6 @@ def proof_features(
     ``layer``'s neurons (default the last ReLU) by ``method`` (robustlab.bounds.compute_bounds),
     the affine head after it (a model whose head is not affine is refused), in float64 on a
     copy."""
-    from robustlab.bounds import compute_bounds
-    from robustlab.threat import LpBall
 
     gm = copy.deepcopy(traced(model, "proof features")).double().eval()
     node = _layer(gm, layer)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import jinja2
 
+from robustlab.report.audit import render_audit
 from robustlab.report.plots import accuracy_curve, attribution_maps, severity_curves
 from robustlab.report.sections import SECTIONS
-
-SCHEMA_VERSION = 1
+from robustlab.results import SCHEMA_VERSION
 
 
 def _pct(v) -> str:
@@ -46,8 +46,6 @@ def _severity(report: dict) -> str | None:
 def render_html(report: dict) -> str:
     """The HTML page for a report dict: offline, every figure embedded."""
     if report.get("kind") == "audit":
-        from robustlab.audit.render import render_audit
-
         return render_audit(report)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("robustlab", "report/templates"),

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from robustlab.plotting import plt
+from robustlab.plotting import png as _png
 
 SERIES = (
     ("robust_accuracy", "empirical (attack)", "#d62728", "o"),
     ("certified_accuracy", "certified (bounds)", "#1f77b4", "s"),
 )
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def accuracy_curve(curve: list[dict], clean_accuracy: float, norm: str) -> str:

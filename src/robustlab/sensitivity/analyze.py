@@ -17,7 +17,7 @@ from robustlab.sensitivity.fisher import fisher_diagonal
 from robustlab.sensitivity.hessian import hutchinson, top_eigenvalues
 from robustlab.sensitivity.layers import layers
 from robustlab.sensitivity.noise import LEVELS, noise_curves
-from robustlab.sensitivity.precision_eval import evaluate_precision, rank_correlation
+from robustlab.sensitivity.precision_eval import _clean, evaluate_precision, rank_correlation
 
 Progress = Callable[[str], None]
 
@@ -157,8 +157,6 @@ def analyze(
         correlations = [c for f in layer_formats if (c := _correlation(per_layer, f))]
     clean = precision["baseline"] if precision else None
     if clean is None:
-        from robustlab.sensitivity.precision_eval import _clean
-
         acc, loss = _clean(model, data, batch_size)
     else:
         acc, loss = clean["clean_accuracy"], clean["loss"]

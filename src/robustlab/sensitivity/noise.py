@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from robustlab.attacks import evaluate
 from robustlab.attacks.base import predict
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
@@ -68,7 +69,6 @@ def noise_curves(
 ) -> NoiseCurves:
     """Clean accuracy on ``data`` and, with ``eps``, robust accuracy (Linf, the attack ``suite``,
     on the first ``robust_n`` examples) of noisy copies of ``model``."""
-    from robustlab.attacks import evaluate
 
     levels = check_levels(levels)
     if draws < 1 or robust_n < 1:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from robustlab.attacks import evaluate
+from robustlab.bounds import certify
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.sensitivity.layers import weight_layers
@@ -47,7 +49,6 @@ def _clean(model: nn.Module, data: Dataset, batch_size: int) -> tuple[float, flo
 
 
 def _certified(model, data, eps, methods, batch_size) -> float | None:
-    from robustlab.bounds import certify
 
     if eps is None or not methods:
         return None
@@ -84,7 +85,6 @@ def evaluate_precision(
     gradients). Certified accuracy: ``certify_methods`` (any) on the first ``certify_n``
     examples of the weight-rounded model (activations exact). Integer activations are calibrated
     on the first ``calibration_n`` inputs of ``calibration`` (default: ``data``)."""
-    from robustlab.attacks import evaluate
 
     start = time.perf_counter()
     for f in (*formats, *layer_formats):

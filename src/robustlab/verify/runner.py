@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robustlab.errors import RobustlabError
+from robustlab.verify.verifier import verify
 
 GRACE = 2.0  # seconds past an instance's timeout before its worker process is ended
 
@@ -121,8 +122,6 @@ def _run_one(inst: Instance) -> tuple[Instance, str, float]:
 def verify_instance(inst: Instance) -> str:
     """The verdict for one instance (the default work of a worker process); a missing file is
     verdict ``error`` here (``verify`` raises for it)."""
-    from robustlab.verify.verifier import verify
-
     onnx, networks = inst.models()
     try:
         r = verify(onnx, inst.vnnlib, timeout=inst.timeout, networks=networks)

@@ -25,8 +25,11 @@ import torch
 
 from robustlab import deadline
 from robustlab.errors import RobustlabError, canonical, unknown
+from robustlab.model import load_model
 from robustlab.verify.engine import STRATEGIES, verify_spec
 from robustlab.verify.oracle import OnnxOracle
+from robustlab.verify.product import to_product
+from robustlab.verify.relational import build, counterexample_text
 from robustlab.verify.vnnlib import read_text, read_vnnlib
 from robustlab.verify.vnnlib2 import Unsupported, from_v1, is_vnnlib2, read_query
 
@@ -88,7 +91,6 @@ def load_onnx(path: str | Path):
     """``(LoadedModel, onnx bytes)`` for a plain or gzipped ONNX file (gzip recognised by its
     magic bytes). The bytes are what onnxruntime runs: the loader's (a float64 network whose
     initializers mix float32 and float64 is widened to one type, which onnxruntime requires)."""
-    from robustlab.model import load_model
 
     path = Path(path)
     if not path.is_file():
@@ -227,8 +229,6 @@ def _run2(onnx_path, query, networks, run, *, first=None, v1=False):
     verified on their product; ``run``: (strategy, start, deadline, box, stats); ``v1``: the
     query came from a 1.0 file (its result file stays in 1.0's format)."""
     strategy, start, end, box, stats = run
-    from robustlab.verify.product import to_product
-    from robustlab.verify.relational import build, counterexample_text
 
     product = to_product(query)
     paths = {}

@@ -1,8 +1,5 @@
 """What ``robustlab blindspots`` does: load, traverse level sets between pairs of inputs of
 different classes, probe the shape bias on images, and assemble the report dict.
-
-Application layer (to move to ``robustlab/jobs/`` with the others): the capability modules of
-this package never import it.
 """
 
 from __future__ import annotations
@@ -11,8 +8,10 @@ from collections.abc import Callable
 
 import torch
 
+from robustlab.attacks.base import predict
 from robustlab.blindspots.levelset import level_set_traversal, pairs
 from robustlab.blindspots.shapebias import shape_bias
+from robustlab.jobs.common import _base, prepare
 
 Progress = Callable[[str], None]
 
@@ -37,8 +36,6 @@ def blindspots_job(
     images, the shape bias on ``shape_pairs`` cue-conflict images; keys ``levelset`` (distances,
     fractions, the first ``n_show`` paths and targets), ``shape_bias`` (None for non-images),
     ``clean_accuracy``, ``metrics``."""
-    from robustlab.attacks.base import predict
-    from robustlab.jobs import _base, prepare
 
     say = progress or (lambda _msg: None)
     loaded, data = prepare(model_src, data_src, n)

@@ -1,8 +1,5 @@
 """What ``robustlab detect`` does: load, train the encoder, measure the detector, assemble the
-report.
-
-Application layer (to move to ``robustlab/jobs/`` with the others): the capability modules of
-this package never import it."""
+report."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ from collections.abc import Callable, Sequence
 from robustlab.data import Dataset, load_data, load_digits_split
 from robustlab.detect.evaluate import ATTACKS, detection
 from robustlab.errors import RobustlabError
-from robustlab.jobs import _base, check_eps, prepare
+from robustlab.jobs.common import _base, check_eps, prepare
 from robustlab.threat import parse_norm
 
 Progress = Callable[[str], None]

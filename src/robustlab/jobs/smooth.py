@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from robustlab.jobs import _base, prepare
+from robustlab.jobs.common import _base, prepare
+from robustlab.smoothing.availability import availability
 from robustlab.smoothing.core import smooth
 
 Progress = Callable[[str], None]
@@ -41,8 +42,6 @@ def smooth_job(
                     seed=seed, on_group=on_group)  # fmt: skip
     avail = None
     if availability_eps is not None:
-        from robustlab.smoothing.availability import availability
-
         if progress:
             progress(f"availability attack ({availability_norm} eps {availability_eps:g})")
         avail = availability(model.module, data, sigma, availability_eps, availability_norm,

@@ -6,9 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import onnx
+
+from robustlab._onnx import torch_to_onnx
 from robustlab.errors import RobustlabError
+from robustlab.jobs.common import _base, check_eps, check_fits, prepare
 from robustlab.mix.frontier import STRENGTHS, mix
 from robustlab.mix.transform import MixedClassifier
+from robustlab.model import load_model
+from robustlab.threat import parse_norm
 
 Progress = Callable[[str], None]
 
@@ -48,12 +54,6 @@ def mix_job(
     on the rest); the chosen one exported to ``out``. Keys ``clean_accuracy`` and
     ``robust_accuracy`` (the chosen mixture), ``frontier`` (one row per member and strength),
     ``chosen``, ``target``, ``members``, ``onnx``, ``metrics``."""
-    import onnx
-
-    from robustlab._onnx import torch_to_onnx
-    from robustlab.jobs import _base, check_eps, check_fits, prepare
-    from robustlab.model import load_model
-    from robustlab.threat import parse_norm
 
     (eps,) = check_eps([eps])
     norm = parse_norm(norm)

@@ -17,7 +17,7 @@ from robustlab import zoo
 from robustlab._onnx import torch_to_onnx
 from robustlab.data import Dataset, load_data
 from robustlab.errors import RobustlabError, canonical, unknown
-from robustlab.jobs import _base, check_eps
+from robustlab.jobs.common import _base, check_eps
 from robustlab.model import load_model
 from robustlab.train.compare import Comparison, comparison_row, evaluate_trained
 from robustlab.train.fullcert import TrainingCertificate

@@ -11,13 +11,13 @@ from robustlab.corruptions.figures import example_grid
 from robustlab.corruptions.frequency import evaluate_frequency
 from robustlab.corruptions.tabular import tabular_names
 from robustlab.corruptions.transforms import evaluate_transformations
+from robustlab.jobs.common import _base, check_fits, prepare
+from robustlab.model import load_model
 
 Progress = Callable[[str], None]
 
 
 def _baseline(src, data):
-    from robustlab.jobs import check_fits
-    from robustlab.model import load_model
 
     base = load_model(src)
     check_fits(base.module, data, "baseline model")
@@ -43,7 +43,6 @@ def corrupt_job(
     ``per_corruption``, ``mean_corruption_accuracy``, ``mce`` / ``relative_mce`` (with a
     baseline, else None), ``transformations``, ``frequency_channel``, ``frequency``,
     ``examples``."""
-    from robustlab.jobs import _base, prepare
 
     sevs = parse_severities(severities)
     model, data = prepare(model_src, data_src, n)

@@ -1,8 +1,4 @@
-"""What ``robustlab sensitivity`` does: load, analyse, and assemble the report dict.
-
-Application layer (to move to ``robustlab/jobs/`` with the others): the capability modules of
-this package never import it.
-"""
+"""What ``robustlab sensitivity`` does: load, analyse, and assemble the report dict."""
 
 from __future__ import annotations
 
@@ -10,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from robustlab.data import load_data
 from robustlab.errors import RobustlabError
-from robustlab.jobs import _base, check_eps, prepare
+from robustlab.jobs.common import _base, check_eps, prepare
 from robustlab.sensitivity.analyze import analyze
 from robustlab.sensitivity.noise import LEVELS, check_levels
 from robustlab.sensitivity.precision import parse_formats

@@ -10,6 +10,10 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+import matplotlib
+import onnxruntime
+import scipy
+import sklearn
 import torch
 
 from robustlab.audit.adversarial import adversarial_stage
@@ -24,6 +28,8 @@ from robustlab.audit.sensitivity import sensitivity_stage
 from robustlab.audit.smoothing import smoothing_stage
 from robustlab.audit.summary import summarise
 from robustlab.errors import RobustlabError
+from robustlab.jobs.common import _base, check_eps, check_eps_on, prepare, versions
+from robustlab.report import write_report_dir
 from robustlab.threat import parse_norm
 
 Progress = Callable[[str], None]
@@ -31,12 +37,6 @@ DEMO_EPS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 def _versions() -> dict:
-    import matplotlib
-    import onnxruntime
-    import scipy
-    import sklearn
-
-    from robustlab.jobs import versions
 
     return {
         **versions(),
@@ -91,7 +91,6 @@ def audit_job(
     ``budget`` seconds (default: the profile's); keys ``headline``, ``curve``, ``per_class``,
     ``flags``, ``stages`` and one per stage (None when it did not finish). ``conformal``: the
     miscoverage alpha of a conformal-sets stage; ``detect``: a BEYOND detection stage."""
-    from robustlab.jobs import _base, check_eps, check_eps_on, prepare
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if budget is not None and not budget > 0:
@@ -155,8 +154,6 @@ def audit_job(
         summarise(ctx, report)
         report["status"] = "interrupted"
         if out_dir is not None:
-            from robustlab.report import write_report_dir
-
             write_report_dir(report, out_dir)
         raise
     summarise(ctx, report)

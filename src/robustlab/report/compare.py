@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from robustlab import store
+from robustlab.report.audit import render_compare
 
 
 def load_report(path: str | None) -> dict | None:
@@ -20,7 +21,6 @@ def load_report(path: str | None) -> dict | None:
 
 def write_compare(run_ids: list[int], html: Path | str, db=None) -> Path:
     """Render the runs side by side into ``html`` (one file, figures embedded)."""
-    from robustlab.audit.render import render_compare
 
     runs = [store.get_run(i, db) for i in run_ids]
     reports = [load_report(r.report) for r in runs]

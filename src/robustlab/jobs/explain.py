@@ -9,6 +9,8 @@ import torch
 from robustlab.attacks.base import predict
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.explain.base import REGISTRY, get_explainer
+from robustlab.explain.proof_features import proof_features
+from robustlab.jobs.common import _base, prepare
 
 STEPS_FIELD = {"integrated-gradients": "n_steps"}  # --steps: path steps
 SAMPLES_FIELD = {"smoothgrad": "n_samples", "sobol": "n_designs"}  # --samples: random draws
@@ -72,7 +74,6 @@ def explain_job(
 ) -> dict:
     """Attributions of every input; keys ``method``, ``attributions``, ``n_forward``,
     ``n_backward``, ``seconds``, ``delta`` (integrated gradients), ``classes``."""
-    from robustlab.jobs import _base, prepare
 
     method = canonical(method, REGISTRY, METHOD_ALIASES)
     explainer = make_explainer(
@@ -98,8 +99,6 @@ def explain_job(
 def proofs_job(model_src, data_src, eps: float, *, n: int | None = None, limit: int = 4) -> dict:
     """``certify --explain-proofs``: proof features of the first ``limit`` certified inputs at
     ``eps``; keys ``eps``, ``points`` (each ProofFeatures.to_dict() with its ``index``)."""
-    from robustlab.explain.proof_features import proof_features
-    from robustlab.jobs import prepare
 
     model, data = prepare(model_src, data_src, n)
     points = []

@@ -1,14 +1,11 @@
-"""What ``robustlab conformal`` does: load, calibrate and measure the sets, assemble the report.
-
-Application layer (to move to ``robustlab/jobs/`` with the others): the capability modules of
-this package never import it."""
+"""What ``robustlab conformal`` does: load, calibrate and measure the sets, assemble the report."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from robustlab.conformal.evaluate import conformal
-from robustlab.jobs import _base, check_eps, prepare
+from robustlab.jobs.common import _base, check_eps, prepare
 from robustlab.threat import parse_norm
 
 Progress = Callable[[str], None]

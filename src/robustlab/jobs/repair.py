@@ -1,8 +1,5 @@
 """What ``robustlab repair`` does: load, build the properties (VNN-LIB files, or local robustness
 around data points), repair, export the repaired ONNX, and assemble the report dict.
-
-Application layer (to move to ``robustlab/jobs/`` with the others): robustlab.repair.repair never
-imports it.
 """
 
 from __future__ import annotations
@@ -11,10 +8,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import onnx
 import torch
 
+from robustlab._onnx import torch_to_onnx
 from robustlab.errors import RobustlabError
+from robustlab.jobs.common import _base, prepare, versions
+from robustlab.model import load_model
 from robustlab.repair.repair import local_robustness_specs, repair
+from robustlab.verify.vnnlib import read_vnnlib
 
 Progress = Callable[[str], None]
 
@@ -53,12 +55,6 @@ def repair_job(
     the specification boxes, where margins are in units of the outputs' standard deviation; a
     domain anchor needs ``data_src``). Saves the repaired ONNX at ``out``; keys ``repair`` (the
     RepairResult), ``clean_accuracy`` (after), ``onnx``, ``metrics``."""
-    import onnx
-
-    from robustlab._onnx import torch_to_onnx
-    from robustlab.jobs import _base, prepare, versions
-    from robustlab.model import load_model
-    from robustlab.verify.vnnlib import read_vnnlib
 
     if bool(specs) == (eps is not None):
         raise RobustlabError("repair needs either specification files or eps (with data); found "

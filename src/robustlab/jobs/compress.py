@@ -1,8 +1,5 @@
 """What ``robustlab prune`` and ``robustlab patch`` do: load, prune or patch, export and evaluate,
 and assemble the report dicts.
-
-Application layer (to move to ``robustlab/jobs/`` with the others): the capability modules of
-this package never import it.
 """
 
 from __future__ import annotations
@@ -19,10 +16,10 @@ from robustlab.compress.prune import check_method, check_objective, prune
 from robustlab.compress.result import PruneResult
 from robustlab.compress.signature import check_same_architecture, evaluate_signature
 from robustlab.errors import RobustlabError
-from robustlab.jobs import _base, check_eps, check_fits, prepare
+from robustlab.jobs.common import _base, check_eps, check_fits, prepare
+from robustlab.jobs.train import split_data
 from robustlab.model import load_model
 from robustlab.train.compare import evaluate_trained
-from robustlab.train.job import split_data
 
 Progress = Callable[[str], None]
 

@@ -1,0 +1,73 @@
+"""What every job shares: loading a model and data that fit together, checking eps, and the
+head of every report (kind, model, data, settings, versions)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+
+import numpy
+import torch
+
+from robustlab import __version__
+from robustlab.data import Dataset, load_data
+from robustlab.errors import RobustlabError
+from robustlab.inputs import check_fits as check_fits  # re-exported for the jobs
+from robustlab.inputs import fit
+from robustlab.model import LoadedModel, load_model
+from robustlab.threat import LpBall, on_data, parse_eps
+
+Progress = Callable[[str], None]
+
+
+def versions() -> dict:
+    return {
+        "robustlab": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "onnx": version("onnx"),  # importing onnx costs ~1 s of start-up
+        "python": platform.python_version(),
+    }
+
+
+def check_eps(eps: Sequence[float]) -> list[float]:
+    """Validate a list of eps values (finite, >= 0, at least one)."""
+    if not eps:
+        raise RobustlabError("expected at least one eps value")
+    values = [parse_eps(e) for e in eps]
+    for e in values:
+        LpBall("inf", e)  # raises a RobustlabError naming a bad value
+    return values
+
+
+def check_eps_on(eps: Sequence[float], norm: str, data: Dataset) -> None:
+    """Before any work: every eps fits the data's value range (else: suggest eps/255)."""
+    for e in eps:
+        on_data(LpBall(norm, e), data)
+
+
+def prepare(model_src, data_src, n: int | None = None) -> tuple[LoadedModel, Dataset]:
+    """Load a model and a dataset and check that they fit together (``inputs.fit``: the same
+    reshaping and checks as the Python API)."""
+    model = load_model(model_src)
+    data = load_data(data_src, model.input_shape).subset(n)
+    _, data = fit(model, data)
+    return model, data
+
+
+def _base(kind: str, model: LoadedModel, data: Dataset, settings: dict) -> dict:
+    return {
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "model": model.to_dict(),
+        "data": {
+            "name": data.name,
+            "n": len(data),
+            "shape": list(data.x.shape[1:]),
+            "range": [data.lower, data.upper],
+        },
+        "settings": settings,
+        "versions": versions(),
+    }
