@@ -1295,19 +1295,24 @@ def blindspots(
 
 
 @runs_app.command("list")
-def runs_list(limit: int = typer.Option(50, "--limit", min=1), db: Path | None = DB) -> None:
+def runs_list(
+    limit: int = typer.Option(50, "--limit", min=1),
+    metrics: bool = typer.Option(
+        False, "--metrics", help="Add a column with every metric each run recorded."
+    ),
+    db: Path | None = DB,
+) -> None:
     """The most recent runs."""
     table = Table("id", "created", "command", "model", "data", "clean acc.")
+    if metrics:
+        table.add_column("metrics")
     for r in store.list_runs(db, limit):
         clean = r.metrics.get("clean_accuracy")
-        table.add_row(
-            str(r.id),
-            r.created,
-            r.command,
-            str(r.model),
-            str(r.data),
-            "-" if clean is None else f"{clean:.3f}",
-        )
+        row = [str(r.id), r.created, r.command, str(r.model), str(r.data),
+               "-" if clean is None else f"{clean:.3f}"]  # fmt: skip
+        if metrics:
+            row.append("\n".join(f"{k} {store.format_value(v)}" for k, v in r.metrics.items()))
+        table.add_row(*row)
     out.print(table)
 
 
@@ -1343,7 +1348,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except RobustlabError as e:
-        _fail(f"error: {e}", 2)
+        _fail(f"error: {_flagged(e)}", 2)
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except Exception as e:
@@ -1356,6 +1361,15 @@ def main() -> None:
             f"internal error ({type(e).__name__}: {e}); rerun with ROBUSTLAB_DEBUG=1 for details", 1
         )
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _flagged(e: RobustlabError) -> str:
+    """The message of a library error that names its parameter (``n must be ...``) in the
+    command line's words (``--n must be ...``)."""
+    message, param = str(e), getattr(e, "param", None)
+    if param and message.startswith(param):
+        return f"--{param.replace('_', '-')}{message[len(param):]}"
+    return message
 
 
 def _fail(message: str, code: int) -> None:

@@ -45,7 +45,7 @@ class Dataset:
         if n is None or n >= len(self):
             return self
         if n <= 0:
-            raise RobustlabError(f"--n must be a positive number of examples; found {n}")
+            raise RobustlabError(f"n must be a positive number of examples; found {n}", param="n")
         return Dataset(self.name, self.x[:n], self.y[:n], self.lower, self.upper)
 
     def matched_to(self, input_shape: tuple[int, ...] | None) -> Dataset:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class RobustlabError(ValueError):
-    """Bad input: the message says what was expected and what was found."""
+    """Bad input: the message says what was expected and what was found. ``param``: the
+    argument the message starts with (``n must be ...``); the command line says its flag."""
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class UnsupportedOperation(RobustlabError):

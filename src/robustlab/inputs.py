@@ -43,7 +43,9 @@ def as_module(model: ModelLike) -> nn.Module:
 
 
 @contextmanager
-def _eval(module: nn.Module) -> Iterator[None]:
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Evaluate ``module`` in eval mode, and restore every submodule's own mode afterwards (a
+    mixed state too: ``module.train(was_training)`` would not)."""
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
@@ -51,6 +53,36 @@ def _eval(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+_eval = eval_mode
+
+
+@contextmanager
+def no_parameter_gradients(module: nn.Module) -> Iterator[None]:
+    """Switch off ``requires_grad`` on the parameters (a smaller autograd graph, no gradient can
+    land on a parameter) while attacking or explaining, and restore it afterwards."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients (attacking, explaining, auditing); both restored."""
+    with eval_mode(module), no_parameter_gradients(module):
+        yield
+
+
+def batched_logits(module: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The outputs for ``x``, computed in batches without gradients."""
+    with torch.no_grad():
+        return torch.cat([module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def check_fits(

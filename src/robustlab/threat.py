@@ -6,6 +6,7 @@ Projection and sampling live here and nowhere else.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,6 +212,17 @@ class Box:
 
 
 ThreatModel = LpBall | Box
+
+
+def eps_values(eps: Sequence[float | str], name: str = "--eps") -> list[float]:
+    """A non-empty list of radii (numbers, or fractions such as ``8/255``), each one a valid
+    ``LpBall`` radius (finite, >= 0); ``name`` is what an unparsable value's error calls it."""
+    values = [parse_eps(e, name) for e in eps]
+    if not values:
+        raise RobustlabError("eps must be a non-empty list of numbers >= 0; found []", param="eps")
+    for e in values:
+        LpBall("inf", e)  # raises a RobustlabError naming a bad value
+    return values
 
 
 def on_data(threat: ThreatModel, data) -> ThreatModel:

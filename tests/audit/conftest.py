@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from robustlab.audit.browser import find_chromium
+from tests.browser import find_chromium
 
 
 def cli(*args) -> subprocess.CompletedProcess:

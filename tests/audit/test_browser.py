@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from robustlab.audit.browser import check_page
 from tests.audit.conftest import cli
+from tests.browser import check_page
 
 
 def _png_size(path) -> tuple[int, int]:

@@ -20,7 +20,7 @@ def test_default_eps_follow_the_data_kind():
 
 def _ctx(pred, y):
     data = SimpleNamespace(y=torch.tensor(y))
-    return SimpleNamespace(arrays={"pred": torch.tensor(pred)}, data=data, profile=QUICK)
+    return SimpleNamespace(pred=torch.tensor(pred), data=data, profile=QUICK)
 
 
 def _names(ctx, report):

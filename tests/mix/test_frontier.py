@@ -36,7 +36,7 @@ def test_frontier_rows_and_end_to_end_robustness(mlp, digits):
         )
     assert 2 <= r.chosen < len(r.rows) and r.n_fit == 30 and r.n_eval == 30
     d = r.to_dict()
-    assert d["frontier"] == r.rows and {m["name"] for m in r.metrics()} >= {
+    assert d["frontier"] == r.rows and {m.name for m in r.metrics()} >= {
         "mix q=1 clean_accuracy", "robust robust_accuracy@0.03"}  # fmt: skip
 
 

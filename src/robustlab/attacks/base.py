@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -13,6 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
+from robustlab.inputs import batched_logits
+from robustlab.inputs import eval_mode as eval_mode
+from robustlab.inputs import no_parameter_gradients as input_gradients_only  # noqa: F401
 from robustlab.registry import build, registrar
 from robustlab.threat import Box, LpBall, ThreatModel
 
@@ -129,24 +131,7 @@ class Counted(nn.Module):
 
 def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     """Predicted labels, computed in batches without gradients."""
-    with torch.no_grad():
-        return torch.cat(
-            [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
-        )
-
-
-@contextmanager
-def input_gradients_only(model: nn.Module) -> Iterator[None]:
-    """Switch off ``requires_grad`` on the parameters while attacking (a smaller autograd graph,
-    no gradient can land on a parameter), and restore it afterwards."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+    return batched_logits(model, x, batch_size).argmax(1)
 
 
 def _mode_dependent(m: nn.Module) -> bool:
@@ -170,19 +155,6 @@ def training_mode_layers(model: nn.Module) -> list[str]:
         for name, m in model.named_modules()
         if m.training and _mode_dependent(m)
     ]
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Evaluate ``model`` in eval mode, and restore every submodule's own mode afterwards (a
-    mixed state too: ``model.train(was_training)`` would not)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from robustlab.attacks.suites import suite_attacks
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.inputs import ModelLike, fit
-from robustlab.threat import LpBall, on_data, parse_norm
+from robustlab.results import Metric, curve_metrics
+from robustlab.threat import LpBall, eps_values, on_data, parse_norm
 
 WHITE_BOX = {
     "apgd-ce",
@@ -116,14 +117,9 @@ class SuiteResult:
             "eot": self.eot,
         }
 
-
-def _check_eps(eps: Sequence[float]) -> list[float]:
-    values = [float(e) for e in eps]
-    if not values or any(not math.isfinite(e) or e < 0 for e in values):
-        raise RobustlabError(
-            f"eps must be a non-empty list of finite numbers >= 0; found {list(eps)}"
-        )
-    return values
+    def metrics(self) -> list[Metric]:
+        """Clean accuracy and robust accuracy at each eps."""
+        return [Metric("clean_accuracy", self.clean_accuracy, True), *curve_metrics(self.curve)]
 
 
 def _large_eps(norm: str, data: Dataset) -> float:
@@ -182,7 +178,7 @@ def evaluate(
     batch norm were in training mode) and every submodule's mode restored. ``checks`` adds the
     other reliability flags.
     """
-    eps_list, norm = _check_eps(eps), parse_norm(norm)
+    eps_list, norm = eps_values(eps, "eps"), parse_norm(norm)
     model, data = fit(model, data)
     if surrogate is not None:
         surrogate, _ = fit(surrogate, data, "surrogate model")

@@ -8,17 +8,17 @@ import torch
 from robustlab.attacks import predict, suite_attacks
 from robustlab.audit import figures
 from robustlab.audit.budget import Deadline
-from robustlab.audit.common import frozen_parameters
 from robustlab.audit.runner import Context, Progress
+from robustlab.inputs import frozen
 from robustlab.threat import LpBall
 
 
 def _pick(ctx: Context, m: int) -> torch.Tensor:
     """Points the attack stage broke at the headline eps first, then other correct points."""
-    correct = ctx.arrays.get("correct")
+    correct = ctx.correct
     if correct is None:
         correct = predict(ctx.model.module, ctx.data.x) == ctx.data.y
-    robust = (ctx.arrays.get("robust") or {}).get(ctx.headline)
+    robust = (ctx.robust or {}).get(ctx.headline)
     broken = torch.zeros_like(correct)
     if robust is not None:
         broken[: len(robust)] = correct[: len(robust)] & ~robust
@@ -36,7 +36,7 @@ def adversarial_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     if len(idx) == 0 or e <= 0:
         return {"eps": e, "items": [], "png": None, "note": "no correctly classified example"}
     x0, y0 = d.x[idx], d.y[idx]
-    k = ctx.arrays.get("num_classes") or int(ctx.model.module(x0[:1]).shape[1])
+    k = ctx.num_classes or int(ctx.model.module(x0[:1]).shape[1])
     threat = LpBall(ctx.norm, e, d.lower, d.upper)
     x_adv, by = x0.clone(), [None] * len(idx)
     todo = torch.ones(len(idx), dtype=torch.bool)
@@ -45,7 +45,7 @@ def adversarial_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
             break
         say(f"{name} on {int(todo.sum())} points at eps {e:g}", False)
         sel = todo.nonzero().squeeze(1)
-        with frozen_parameters(ctx.model.module):
+        with frozen(ctx.model.module):
             cand = attack(ctx.model.module, x0[sel], y0[sel], threat).detach()
         ok = threat.contains(x0[sel], cand) & torch.isfinite(cand).flatten(1).all(1)
         wrong = predict(ctx.model.module, cand) != y0[sel]

@@ -6,21 +6,21 @@ from __future__ import annotations
 import torch
 
 from robustlab.attacks import evaluate, suite_attacks
+from robustlab.attacks.ensemble import WHITE_BOX
+from robustlab.attacks.flags import SQUARE_MARGIN
 from robustlab.audit.budget import BudgetExceeded, Deadline
-from robustlab.audit.common import Chunks, logits_of, proportion_ci, rate
+from robustlab.audit.common import Chunks, proportion_ci, rate
 from robustlab.audit.runner import Context, Progress
-
-WHITE_BOX_FREE = ("square", "transfer")  # attacks that do not use the model's gradients
-SQUARE_MARGIN = 0.002  # AutoAttack: Square may beat the white-box attacks by this much
+from robustlab.inputs import batched_logits
 
 
 def clean_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     """Clean accuracy with its confidence interval, per class, and the confusion matrix."""
-    logits = logits_of(ctx.model.module, ctx.data.x, ctx.batch_size)
+    logits = batched_logits(ctx.model.module, ctx.data.x, ctx.batch_size)
     pred = logits.argmax(1)
     y = ctx.data.y
     correct = pred == y
-    ctx.arrays.update(pred=pred, correct=correct, num_classes=int(logits.shape[1]))
+    ctx.pred, ctx.correct, ctx.num_classes = pred, correct, int(logits.shape[1])
     k = int(logits.shape[1])
     per_class = []
     for c in range(k):
@@ -43,15 +43,15 @@ def clean_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
         "baseline_accuracy": None,
     }
     if ctx.baseline is not None:
-        base = logits_of(ctx.baseline.module, ctx.data.x, ctx.batch_size).argmax(1)
+        base = batched_logits(ctx.baseline.module, ctx.data.x, ctx.batch_size).argmax(1)
         out["baseline_accuracy"] = rate(base == y)
     return out
 
 
 def _square_check(robust: dict[str, torch.Tensor], eps: list[float], n: int) -> dict | None:
     """The black-box attacks broke points that every white-box attack missed (masked gradients)."""
-    free = [a for a in robust if a in WHITE_BOX_FREE]
-    white = [a for a in robust if a not in WHITE_BOX_FREE]
+    white = [a for a in robust if a in WHITE_BOX]
+    free = [a for a in robust if a not in WHITE_BOX]  # no gradients: square, transfer
     if not free or not white:
         return None
     worst = None
@@ -114,7 +114,7 @@ def attack_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     at eps when no attack broke it there (or IBP certified it: ``certified_skipped``, those
     points are not attacked). Examples go in chunks sized to the stage's budget."""
     p = ctx.profile
-    k = ctx.arrays.get("num_classes") or int(logits_of(ctx.model.module, ctx.data.x[:2]).shape[1])
+    k = ctx.num_classes or int(batched_logits(ctx.model.module, ctx.data.x[:2]).shape[1])
     names = [name for name, _ in suite_attacks(p.suite, k, seed=ctx.seed)]
     eps = ctx.eps
     robust = {a: torch.zeros(len(eps), ctx.n, dtype=torch.bool) for a in names}
@@ -135,8 +135,8 @@ def attack_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
         raise BudgetExceeded("no chunk of examples finished within the stage's time budget")
     robust = {a: r[:, :done] for a, r in robust.items()}
     ensemble = torch.stack(list(robust.values())).all(0)  # (eps, done)
-    ctx.arrays["robust"] = {e: ensemble[j] for j, e in enumerate(eps)}
-    ctx.arrays["attacked"] = done
+    ctx.robust = {e: ensemble[j] for j, e in enumerate(eps)}
+    ctx.attacked = done
     per_attack_curves = {}
     for a in names:
         others = [robust[o] for o in names if o != a]

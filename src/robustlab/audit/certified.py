@@ -66,12 +66,12 @@ def certify_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     certified curve counts a point certified by any method."""
     methods, notes = allowed_methods(ctx)
     n, eps = ctx.n, ctx.eps
-    correct = ctx.arrays.get("correct")
+    correct = ctx.correct
     if correct is None:
         with torch.no_grad():
             correct = ctx.model.module(ctx.data.x).argmax(1) == ctx.data.y
-    robust = ctx.arrays.get("robust") or {}
-    attacked = ctx.arrays.get("attacked", 0)
+    robust = ctx.robust or {}
+    attacked = 0 if ctx.attacked is None else ctx.attacked
     cert = {m: {e: torch.zeros(n, dtype=torch.bool) for e in eps} for m in methods}
     records, complete = [], True
     for m in methods:
@@ -109,7 +109,7 @@ def certify_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     for m in methods:
         for e in eps:
             union[e] |= cert[m][e]
-    ctx.arrays["certified"] = union
+    ctx.certified = union
     curve = []
     for e in eps:
         curve.append({

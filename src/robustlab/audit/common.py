@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 
-import torch
-from torch import Tensor, nn
+from scipy.stats import binomtest
+from torch import Tensor
 
 from robustlab.audit.budget import Deadline
 
@@ -16,7 +15,6 @@ def proportion_ci(k: int, n: int, level: float = 0.95) -> list[float] | None:
     """Clopper-Pearson interval of a proportion ``k / n`` (scipy.stats.binomtest)."""
     if n <= 0:
         return None
-    from scipy.stats import binomtest
 
     ci = binomtest(int(k), int(n)).proportion_ci(level, method="exact")
     return [float(ci.low), float(ci.high)]
@@ -25,27 +23,6 @@ def proportion_ci(k: int, n: int, level: float = 0.95) -> list[float] | None:
 def rate(mask: Tensor) -> float | None:
     """The fraction of True in a boolean vector (None when empty)."""
     return float(mask.float().mean()) if len(mask) else None
-
-
-def logits_of(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """No gradient on parameters while attacking or explaining; eval mode; both restored."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, f in flags:
-            p.requires_grad_(f)
-        model.train(was_training)
 
 
 class Chunks:

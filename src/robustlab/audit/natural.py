@@ -7,7 +7,6 @@ import torch
 
 from robustlab.audit import figures
 from robustlab.audit.budget import BudgetExceeded, Deadline
-from robustlab.audit.common import logits_of
 from robustlab.audit.runner import Context, Progress
 from robustlab.corruptions import (
     corrupt,
@@ -20,6 +19,7 @@ from robustlab.corruptions import (
 from robustlab.corruptions.base import stable_seed
 from robustlab.corruptions.evaluate import from_unit, to_unit_x
 from robustlab.corruptions.tabular import tabular_names
+from robustlab.inputs import batched_logits
 
 EXAMPLE_ROWS = 3  # images shown under the most harmful corruptions
 EXAMPLE_CORRUPTIONS = 7
@@ -122,7 +122,7 @@ def corrupted_examples(ctx: Context, per: list[dict], sevs: list[int]) -> dict |
     worst = sorted(per, key=lambda q: q["accuracy"])[:EXAMPLE_CORRUPTIONS]
     names = [q["corruption"] for q in worst]
     s = sevs[len(sevs) // 2]
-    correct = ctx.arrays.get("correct")
+    correct = ctx.correct
     pick = correct.nonzero().squeeze(1) if correct is not None else torch.arange(ctx.n)
     pick = pick[:EXAMPLE_ROWS]
     d = ctx.data
@@ -131,7 +131,7 @@ def corrupted_examples(ctx: Context, per: list[dict], sevs: list[int]) -> dict |
         from_unit(corrupt(to_unit_x(x0, d), nm, s, stable_seed(ctx.seed, "audit", nm, s)), d)
         for nm in names
     ]
-    preds = [logits_of(ctx.model.module, v).argmax(1) for v in views]
+    preds = [batched_logits(ctx.model.module, v).argmax(1) for v in views]
     rows, items = [], []
     for i in range(len(pick)):
         row = []

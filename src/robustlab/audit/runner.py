@@ -8,7 +8,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +36,13 @@ class Context:
     batch_size: int = 256
     sigma: float | None = None  # randomized smoothing when set
     baseline: LoadedModel | None = None
-    arrays: dict = field(default_factory=dict)  # correct, pred, robust {eps: bool[n]}, ...
+    # what a stage leaves for the later ones (None until the stage that makes it has run)
+    pred: torch.Tensor | None = None  # clean predictions (clean stage)
+    correct: torch.Tensor | None = None  # bool[n] (clean stage)
+    num_classes: int | None = None  # (clean stage)
+    robust: dict[float, torch.Tensor] | None = None  # eps: bool[attacked], no attack broke it
+    attacked: int | None = None  # the first examples the attack stage finished
+    certified: dict[float, torch.Tensor] | None = None  # eps: bool[n], any method proved it
 
     @property
     def n(self) -> int:

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from robustlab.audit import figures
 from robustlab.audit.budget import Deadline
-from robustlab.audit.common import frozen_parameters
 from robustlab.audit.runner import Context, Progress
 from robustlab.explain import get_explainer
+from robustlab.explain.base import REGISTRY
+from robustlab.inputs import frozen
 
-SIGNED = ("integrated-gradients", "input-x-gradient", "smoothgrad")
 TOP = 0.1  # concentration: share of |attribution| in the top 10% of input features
 
 
@@ -34,7 +35,6 @@ def _concentration(a: torch.Tensor) -> float:
 
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> float | None:
     """Mean Spearman rank correlation of |a| and |b| per example."""
-    from scipy.stats import spearmanr
 
     vals = []
     for u, v in zip(a.abs().flatten(1).numpy(), b.abs().flatten(1).numpy(), strict=True):
@@ -54,7 +54,7 @@ def sensitivity_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
             break
         say(f"{method} on {m} examples", False)
         explainer = get_explainer(method, **_options(method, ctx))
-        with frozen_parameters(ctx.model.module):
+        with frozen(ctx.model.module):
             r = explainer(ctx.model.module, x)
         a = r.attributions.detach().double()
         maps[method] = a
@@ -95,7 +95,7 @@ def sensitivity_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
             a = maps[method][i]
             a = a.sum(0) if a.dim() == 3 else a.reshape(1, -1) if a.dim() == 1 else a
             top = float(a.abs().max()) or 1.0
-            signed = method in SIGNED
+            signed = getattr(REGISTRY.get(method), "signed", False)
             row.append({"img": a.numpy(), "cmap": "RdBu_r" if signed else "inferno",
                         "vmin": -top if signed else 0, "vmax": top})  # fmt: skip
         rows.append(row)

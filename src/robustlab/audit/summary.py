@@ -7,6 +7,7 @@ import torch
 
 from robustlab.audit.common import proportion_ci, rate
 from robustlab.audit.runner import Context
+from robustlab.results import Metric, curve_metrics, metric_dicts
 
 GAP_FLAG = 0.1  # unresolved points (neither broken nor proven) worth a note
 IG_FLAG = 0.05  # Integrated Gradients' relative completeness error worth a note
@@ -17,13 +18,13 @@ SHIFT_FRAGILE = 0.05  # worst-of-k accuracy under translations below this share 
 
 def _common(ctx: Context) -> int:
     """Examples that every per-example result covers (the attack stage may stop early)."""
-    return int(ctx.arrays.get("attacked", ctx.n)) if "robust" in ctx.arrays else ctx.n
+    return ctx.n if ctx.robust is None or ctx.attacked is None else int(ctx.attacked)
 
 
 def combined_curve(ctx: Context) -> list[dict]:
     """Per eps: empirical and certified accuracy on the same examples (the attacked ones)."""
     m = _common(ctx)
-    robust, cert = ctx.arrays.get("robust") or {}, ctx.arrays.get("certified") or {}
+    robust, cert = ctx.robust or {}, ctx.certified or {}
     out = []
     for e in ctx.eps:
         out.append({
@@ -66,12 +67,12 @@ def _verdict(clean, emp, cert, k) -> tuple[str, str]:
 def headline(ctx: Context, curve: list[dict]) -> dict:
     """Clean, empirical and certified accuracy at the headline eps, with 95% intervals."""
     m = _common(ctx)
-    correct = ctx.arrays.get("correct")
+    correct = ctx.correct
     point = next((p for p in curve if p["eps"] == ctx.headline), {})
     clean = rate(correct[:m]) if correct is not None and m else None
     emp, cert = point.get("robust_accuracy"), point.get("certified_accuracy")
     gap = emp - cert if emp is not None and cert is not None else None
-    level, text = _verdict(clean, emp, cert, ctx.arrays.get("num_classes"))
+    level, text = _verdict(clean, emp, cert, ctx.num_classes)
 
     def ci(v):
         return None if v is None else proportion_ci(round(v * m), m)
@@ -93,12 +94,12 @@ def headline(ctx: Context, curve: list[dict]) -> dict:
 def per_class(ctx: Context) -> list[dict]:
     """Clean, empirical and certified accuracy per class at the headline eps."""
     m = _common(ctx)
-    correct = ctx.arrays.get("correct")
+    correct = ctx.correct
     if correct is None or not m:
         return []
     y = ctx.data.y[:m]
-    robust = (ctx.arrays.get("robust") or {}).get(ctx.headline)
-    cert = (ctx.arrays.get("certified") or {}).get(ctx.headline)
+    robust = (ctx.robust or {}).get(ctx.headline)
+    cert = (ctx.certified or {}).get(ctx.headline)
     rows = []
     for c in torch.unique(y).tolist():
         mask = y == c
@@ -118,9 +119,9 @@ def per_example(ctx: Context) -> dict:
     m = _common(ctx)
     out = {"n": m}
     arrays = {
-        "correct": ctx.arrays.get("correct"),
-        "robust": (ctx.arrays.get("robust") or {}).get(ctx.headline),
-        "certified": (ctx.arrays.get("certified") or {}).get(ctx.headline),
+        "correct": ctx.correct,
+        "robust": (ctx.robust or {}).get(ctx.headline),
+        "certified": (ctx.certified or {}).get(ctx.headline),
     }
     for key, v in arrays.items():
         out[key] = None if v is None else "".join("1" if b else "0" for b in v[:m].tolist())
@@ -179,7 +180,7 @@ def flags(ctx: Context, report: dict) -> list[dict]:
 
 def _model_flags(ctx: Context, report: dict, add) -> None:
     """A model that predicts one class; a model that no one-pixel shift leaves correct."""
-    pred = ctx.arrays.get("pred")
+    pred = ctx.pred
     if pred is not None and len(pred) and len(torch.unique(ctx.data.y)) > 1:
         counts = torch.bincount(pred)
         top = int(counts.argmax())
@@ -212,4 +213,23 @@ def summarise(ctx: Context, report: dict) -> dict:
     for key in ("mean_corruption_accuracy", "mce", "relative_mce"):
         report[key] = nat.get(key)
     report["flags"] = flags(ctx, report)
+    report["metrics"] = metric_dicts(audit_metrics(report), keep_missing=True)
     return report
+
+
+def audit_metrics(report: dict) -> list[Metric]:
+    """Clean accuracy, empirical and certified accuracy at each eps, the corruption summary and
+    the gap (empirical - certified) at the headline eps."""
+    out = [Metric("clean_accuracy", report.get("clean_accuracy"), True),
+           *curve_metrics(report.get("curve") or [])]  # fmt: skip
+    for key, higher in (
+        ("mean_corruption_accuracy", True),
+        ("mce", False),
+        ("relative_mce", False),
+    ):
+        if report.get(key) is not None:
+            out.append(Metric(key, report[key], higher))
+    head = report.get("headline") or {}
+    if head.get("gap") is not None:
+        out.append(Metric(f"gap@{head['eps']:g}", head["gap"], False))
+    return out

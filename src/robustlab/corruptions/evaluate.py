@@ -30,6 +30,7 @@ from robustlab.corruptions.tabular import corrupt_tabular, tabular_names
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.inputs import fit
+from robustlab.results import Metric
 
 Progress = Callable[[str], None]
 
@@ -66,6 +67,14 @@ class CorruptionResult:
             "corruption_seconds": self.corruption_seconds,
             "seconds": self.seconds,
         }
+
+    def metrics(self) -> list[Metric]:
+        """Clean and mean corruption accuracy; mCE and relative mCE (lower is better) when a
+        baseline gave them."""
+        out = [Metric("clean_accuracy", self.clean_accuracy, True),
+               Metric("mean_corruption_accuracy", self.mean_corruption_accuracy, True),
+               Metric("mce", self.mce, False), Metric("relative_mce", self.relative_mce, False)]  # fmt: skip
+        return [m for m in out if m.value is not None]
 
 
 def to_unit(data: Dataset) -> Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -14,7 +13,9 @@ from torch import Tensor, nn
 
 from robustlab.errors import RobustlabError
 from robustlab.inputs import as_module
+from robustlab.inputs import frozen as explaining
 from robustlab.registry import build, registrar
+from robustlab.results import Metric
 
 # a class index, a label per input, or a callable from logits (B, K) to scores (B,)
 Target = int | Tensor | Callable[[Tensor], Tensor] | None
@@ -33,9 +34,19 @@ class ExplainResult:
     delta: Tensor | None = None  # integrated gradients: sum(attr) - (f(x) - f(baseline))
     classes: Tensor | None = field(default=None, repr=False)  # the class explained per input
 
+    @property
+    def signed(self) -> bool:
+        """Whether the method's attributions have a sign (its class says ``signed = True``)."""
+        return bool(getattr(REGISTRY.get(self.method), "signed", False))
+
+    def metrics(self) -> list[Metric]:
+        """None: an explanation has no accuracy; its cost is in ``to_dict``."""
+        return []
+
     def to_dict(self) -> dict:
         d = {
             "method": self.method,
+            "signed": self.signed,
             "attributions": self.attributions.detach().cpu().double().tolist(),
             "n_forward": self.n_forward,
             "n_backward": self.n_backward,
@@ -84,10 +95,11 @@ def check_inputs(x: Tensor) -> None:
 
 
 class Passes:
-    """A model called in blocks, counting per-example forward and backward passes."""
+    """A model called in blocks, counting per-example forward and backward passes (the fields of
+    ``attacks.base.Counted``, which counts by hooks where an attack calls the model itself)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model, self.forward, self.backward = model, 0, 0
+        self.model, self.n_forward, self.n_backward = model, 0, 0
 
     def logits(self, x: Tensor) -> Tensor:
         out = self.model(x)
@@ -95,7 +107,7 @@ class Passes:
             raise RobustlabError(
                 f"expected the model to output logits (N, classes); found {tuple(out.shape)}"
             )
-        self.forward += int(x.shape[0])
+        self.n_forward += int(x.shape[0])
         return out
 
     def scores(self, x: Tensor, score: Score, rows: Tensor) -> Tensor:
@@ -109,7 +121,7 @@ class Passes:
             leaf = x.detach().requires_grad_(True)
             s = score(self.logits(leaf.clone()), rows)  # a clone: in-place first layers are fine
             (g,) = torch.autograd.grad(s.sum(), leaf)
-        self.backward += int(x.shape[0])
+        self.n_backward += int(x.shape[0])
         return g
 
 
@@ -189,22 +201,6 @@ def baseline_like(baseline: float | Tensor, x: Tensor) -> Tensor:
     )
 
 
-@contextmanager
-def explaining(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no parameter gradients while explaining; both restored afterwards."""
-    was_training = model.training
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-        model.train(was_training)
-
-
 def run(
     name: str, model: nn.Module, x: Tensor, target: Target, batch_size: int, body
 ) -> ExplainResult:
@@ -220,8 +216,8 @@ def run(
     return ExplainResult(
         name,
         attr.detach(),
-        passes.forward,
-        passes.backward,
+        passes.n_forward,
+        passes.n_backward,
         time.perf_counter() - start,
         delta,
         classes,

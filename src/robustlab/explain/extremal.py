@@ -136,14 +136,14 @@ class ExtremalPerturbation:
                         energy = (-s + weight * area_loss).sum()
                         opt.zero_grad()
                         energy.backward()
-                    passes.backward += len(rows) * (2 if self.variant == "dual" else 1)
+                    passes.n_backward += len(rows) * (2 if self.variant == "dual" else 1)
                     opt.step()
                     with torch.no_grad():
                         params.clamp_(0, 1)
                     weight *= self.regul_growth
                 with torch.no_grad():
                     masks[rows] = smooth_mask(params, self.sigma, self.smooth, size).cpu()
-            passes.forward += work.forward
+            passes.n_forward += work.n_forward
             attr = masks.view(len(x0), n_areas, *size).mean(1, keepdim=True).to(x0)
             return attr.expand(-1, x0.shape[1], -1, -1).contiguous(), None
 

@@ -80,7 +80,7 @@ def _curve(model, x, attributions, target, steps, start, end, batch_size) -> tup
                 p = passes.logits(imgs).softmax(1)
             probs[ex, k] = p.gather(1, classes[ex, None].to(p.device))[:, 0].double().cpu()
     frac = counts.double() / n_pix
-    return torch.trapezoid(probs, frac, dim=1), passes.forward
+    return torch.trapezoid(probs, frac, dim=1), passes.n_forward
 
 
 def deletion_auc(

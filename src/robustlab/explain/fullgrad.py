@@ -46,10 +46,10 @@ class FullGrad:
                 with torch.enable_grad():
                     leaf = x0[rows].requires_grad_(True)
                     s = score(rec.run(leaf.clone()), rows)
-                    passes.forward += len(rows)
+                    passes.n_forward += len(rows)
                     names = list(rec.outputs)
                     grads = torch.autograd.grad(s.sum(), [leaf, *rec.outputs.values()])
-                passes.backward += len(rows)
+                passes.n_backward += len(rows)
                 total = normalise(grads[0] * x0[rows])
                 total = total.sum(1, keepdim=True) if image else total
                 for name, g in zip(names, grads[1:], strict=True):

@@ -81,10 +81,10 @@ class GradCAM:
                 split = _Split(gm, node)
                 with torch.enable_grad():
                     logits = split.run(x0[rows])
-                    passes.forward += len(rows)
+                    passes.n_forward += len(rows)
                     s = score(logits, rows)
                     (g,) = torch.autograd.grad(s.sum(), split.activation)
-                passes.backward += len(rows)
+                passes.n_backward += len(rows)
                 cam = (g.mean((2, 3), keepdim=True) * split.activation.detach()).sum(
                     1, keepdim=True
                 )

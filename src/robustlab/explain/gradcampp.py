@@ -61,7 +61,7 @@ class SmoothGradCAMpp:
                 split = _Split(gm, node)
                 with torch.no_grad():
                     split.run(x0[rows])
-                passes.forward += len(rows)
+                passes.n_forward += len(rows)
                 acts.append(split.activation.detach())
             a = torch.cat(acts).double()
             moments = torch.zeros((3, *a.shape), dtype=torch.float64, device=x0.device)
@@ -71,9 +71,9 @@ class SmoothGradCAMpp:
                 split = _Split(gm, node)
                 with torch.enable_grad():
                     s = score(split.run(x0[ex] + self.sigma * noise), ex)
-                    passes.forward += len(rows)
+                    passes.n_forward += len(rows)
                     (g,) = torch.autograd.grad(s.sum(), split.activation)
-                passes.backward += len(rows)
+                passes.n_backward += len(rows)
                 g = g.double()
                 for p in range(3):
                     moments[p].index_add_(0, ex.to(x0.device), g ** (p + 1))

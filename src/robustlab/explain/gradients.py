@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,8 @@ class Saliency:
 class InputXGradient:
     """Input x gradient (Shrikumar et al. 2016, arXiv:1605.01713)."""
 
+    signed: ClassVar[bool] = True  # attributions have a sign (a diverging colour map)
+
     batch_size: int = 512
 
     def __call__(self, model: nn.Module, x: Tensor, target: Target = None) -> ExplainResult:
@@ -61,6 +64,8 @@ class InputXGradient:
 class SmoothGrad:
     """SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825): the mean gradient over Gaussian noise
     of standard deviation ``sigma`` (in input units); a running sum over blocks of rows."""
+
+    signed: ClassVar[bool] = True  # attributions have a sign (a diverging colour map)
 
     n_samples: int = 50
     sigma: float = 0.15

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ class IntegratedGradients:
     ``delta`` per input is the completeness error sum(attributions) - (f(x) - f(baseline)).
     Rows (input, step) go through the model ``batch_size`` at a time and are summed as they
     come, so memory does not grow with ``n_steps``."""
+
+    signed: ClassVar[bool] = True  # attributions have a sign (a diverging colour map)
 
     n_steps: int = 50
     baseline: float | Tensor = 0.0

@@ -116,7 +116,7 @@ def local_lipschitz(
             best[rows] = size.amax(0).cpu()
             total[rows] = size.mean(0).cpu()
     seconds = time.perf_counter() - start
-    return LocalLipschitz(ball.norm, eps, best, total, passes.forward, passes.backward, seconds)
+    return LocalLipschitz(ball.norm, eps, best, total, passes.n_forward, passes.n_backward, seconds)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +53,8 @@ class Occlusion:
     mean score drop f(x) - f(x occluded) over the windows covering it. Windows span every channel
     of (C, H, W) inputs; ``window=None`` takes a quarter of the height, ``stride=None`` half the
     window."""
+
+    signed: ClassVar[bool] = True  # attributions have a sign (a diverging colour map)
 
     window: int | tuple[int, ...] | None = None
     stride: int | tuple[int, ...] | None = None

@@ -13,6 +13,7 @@ from robustlab.attacks.transfer import load_surrogate
 from robustlab.data import Dataset
 from robustlab.jobs.common import Progress, _base, check_eps, check_eps_on, prepare
 from robustlab.paths import cannot_write, output_file
+from robustlab.results import metric_dicts
 from robustlab.threat import parse_norm
 
 
@@ -68,6 +69,7 @@ def attack_job(
         settings["surrogate"] = sur.to_dict()
     report = _base("attack", model, data, settings)
     report.update(result.to_dict())
+    report["metrics"] = metric_dicts(result.metrics(), keep_missing=True)
     if save_examples is not None:
         report["examples_file"] = str(write_examples(save_examples, model.module, data, result))
     return report

@@ -13,11 +13,10 @@ import torch
 
 from robustlab import __version__
 from robustlab.data import Dataset, load_data
-from robustlab.errors import RobustlabError
 from robustlab.inputs import check_fits as check_fits  # re-exported for the jobs
 from robustlab.inputs import fit
 from robustlab.model import LoadedModel, load_model
-from robustlab.threat import LpBall, on_data, parse_eps
+from robustlab.threat import LpBall, eps_values, on_data
 
 Progress = Callable[[str], None]
 
@@ -32,14 +31,7 @@ def versions() -> dict:
     }
 
 
-def check_eps(eps: Sequence[float]) -> list[float]:
-    """Validate a list of eps values (finite, >= 0, at least one)."""
-    if not eps:
-        raise RobustlabError("expected at least one eps value")
-    values = [parse_eps(e) for e in eps]
-    for e in values:
-        LpBall("inf", e)  # raises a RobustlabError naming a bad value
-    return values
+check_eps = eps_values  # a list of eps values: finite, >= 0, at least one
 
 
 def check_eps_on(eps: Sequence[float], norm: str, data: Dataset) -> None:

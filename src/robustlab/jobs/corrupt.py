@@ -13,6 +13,7 @@ from robustlab.corruptions.tabular import tabular_names
 from robustlab.corruptions.transforms import evaluate_transformations
 from robustlab.jobs.common import _base, check_fits, prepare
 from robustlab.model import load_model
+from robustlab.results import metric_dicts
 
 Progress = Callable[[str], None]
 
@@ -72,6 +73,7 @@ def corrupt_job(
         },
     )
     report.update(result.to_dict())
+    report["metrics"] = metric_dicts(result.metrics())
     if base is not None:
         report["baseline"] = {"model": base.to_dict(), **result.baseline}
     report["transformations"] = None

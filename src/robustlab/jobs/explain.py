@@ -11,6 +11,7 @@ from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.explain.base import REGISTRY, get_explainer
 from robustlab.explain.proof_features import proof_features
 from robustlab.jobs.common import _base, prepare
+from robustlab.results import metric_dicts
 
 STEPS_FIELD = {"integrated-gradients": "n_steps"}  # --steps: path steps
 SAMPLES_FIELD = {"smoothgrad": "n_samples", "sobol": "n_designs"}  # --samples: random draws
@@ -93,6 +94,7 @@ def explain_job(
     report = _base("explain", model, data, settings)
     report["clean_accuracy"] = float((predict(model.module, data.x) == data.y).float().mean())
     report.update(result.to_dict())
+    report["metrics"] = metric_dicts(result.metrics())
     return report
 
 

@@ -14,6 +14,7 @@ from robustlab.jobs.common import _base, check_eps, check_fits, prepare
 from robustlab.mix.frontier import STRENGTHS, mix
 from robustlab.mix.transform import MixedClassifier
 from robustlab.model import load_model
+from robustlab.results import metric_dicts
 from robustlab.threat import parse_norm
 
 Progress = Callable[[str], None]
@@ -93,6 +94,6 @@ def mix_job(
         robust_accuracy=row["robust_accuracy"],
         members={"accurate": acc_m.to_dict(), "robust": rob_m.to_dict()},
         onnx=str(out),
-        metrics=result.metrics(),
+        metrics=metric_dicts(result.metrics(), keep_missing=True),
     )
     return report

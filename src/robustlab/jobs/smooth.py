@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from robustlab.jobs.common import _base, prepare
+from robustlab.results import metric_dicts
 from robustlab.smoothing.availability import availability
 from robustlab.smoothing.core import smooth
 
@@ -59,8 +60,10 @@ def smooth_job(
     report = _base("smooth", model, data, settings)
     report["norm"] = "2"
     report.update(result.to_dict())
+    metrics = metric_dicts(result.metrics(), keep_missing=True)
     if avail is not None:
         settings["availability_steps"] = availability_steps
         report["availability"] = avail.to_dict()
-        report["metrics"] = avail.metric_dicts()
+        metrics += avail.metric_dicts()
+    report["metrics"] = metrics
     return report

@@ -19,6 +19,7 @@ from robustlab.data import Dataset, load_data
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.jobs.common import _base, check_eps
 from robustlab.model import load_model
+from robustlab.results import Metric, curve_metrics, metric_dicts
 from robustlab.train.compare import Comparison, comparison_row, evaluate_trained
 from robustlab.train.fullcert import TrainingCertificate
 from robustlab.train.fullcert import certify_training as certify_training_fn
@@ -178,6 +179,7 @@ def train_job(
     log_path = out.with_suffix(".log.jsonl")
     log_path.write_text("")
     log, rows, per_method, onnx_files, flags, first_model = [], [], [], [], [], None
+    results: list[TrainResult] = []
     certificate = None
     start = time.perf_counter()
     for name in names:
@@ -208,6 +210,7 @@ def train_job(
         row = comparison_row(result, ev)
         rows.append({**row, "onnx": str(path)})
         log += result.log
+        results.append(result)
         flags += result.flags + ev["flags"]
         onnx_files.append(str(path))
         per_method.append({
@@ -239,6 +242,7 @@ def train_job(
     }
     report = _base("train", first_model, test_d, settings)
     head = rows[0]
+    comparison = Comparison(eps, rows)
     report.update(
         norm="inf",
         method=names[0] if len(names) == 1 else names,
@@ -252,7 +256,7 @@ def train_job(
                 "certified_accuracy": head["certified_accuracy"],
             }
         ],  # fmt: skip
-        comparison=Comparison(eps, rows).to_dict()["rows"],
+        comparison=comparison.to_dict()["rows"],
         log=log,
         log_file=str(log_path),
         onnx=onnx_files,
@@ -260,6 +264,11 @@ def train_job(
         flags=flags,
         seconds=time.perf_counter() - start,
     )
+    metrics = [Metric("clean_accuracy", head["clean_accuracy"], True),
+               *curve_metrics(report["curve"]), *comparison.metrics()]  # fmt: skip
+    for result in results:
+        metrics += result.metrics()
+    report["metrics"] = metric_dicts(metrics, keep_missing=True)
     if certificate is not None:
         report["training_certificate"] = certificate.to_dict()
     return report

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from robustlab.adaptive import Ascent
 from robustlab.errors import RobustlabError
+from robustlab.inputs import batched_logits as logits_of
 from robustlab.mix.transform import NutsMap, mixed_log_probs
 from robustlab.threat import ThreatModel
 
@@ -30,11 +31,6 @@ def _margins(logits: Tensor, y: Tensor) -> Tensor:
     true = logits.gather(1, y[:, None])[:, 0]
     other = logits.scatter(1, y[:, None], -torch.inf).amax(1)
     return true - other
-
-
-def logits_of(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.mix.fit import GRID, MixFit, fit_data, fit_mixture
 from robustlab.mix.transform import MixedClassifier
+from robustlab.results import Metric
 from robustlab.threat import LpBall, parse_norm
 
 STRENGTHS = (1.0, 0.99, 0.98, 0.95, 0.9, 0.8)
@@ -73,14 +74,12 @@ class MixResult:
             "seconds": self.seconds,
         }
 
-    def metrics(self) -> list[dict]:
-        """(name, value, higher_is_better) per row: clean and robust accuracy."""
+    def metrics(self) -> list[Metric]:
+        """Clean and robust accuracy of each member and mixture."""
         out = []
         for r in self.rows:
-            out.append({"name": f"{r['name']} clean_accuracy", "value": r["clean_accuracy"],
-                        "higher_is_better": True})  # fmt: skip
-            out.append({"name": f"{r['name']} robust_accuracy@{self.eps:g}",
-                        "value": r["robust_accuracy"], "higher_is_better": True})  # fmt: skip
+            out.append(Metric(f"{r['name']} clean_accuracy", r["clean_accuracy"], True))
+            out.append(Metric(f"{r['name']} robust_accuracy@{self.eps:g}", r["robust_accuracy"], True))
         return out
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import jinja2
 
 from robustlab.report.audit import render_audit
-from robustlab.report.plots import accuracy_curve, attribution_maps, severity_curves
+from robustlab.report.plots import accuracy_curve
 from robustlab.report.sections import SECTIONS
 from robustlab.results import SCHEMA_VERSION
 
@@ -17,36 +17,14 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-HEATMAPS = 16  # attribution maps shown in an explain report
-# methods whose attributions have a sign: a diverging colour map centred at 0
-SIGNED = ("input-x-gradient", "integrated-gradients", "smoothgrad", "occlusion")
-
-
-def _heatmaps(report: dict) -> str | None:
-    """Heat-maps of the first attributions of an explain report (signed methods diverge at 0)."""
-    attributions = report.get("attributions") if report.get("kind") == "explain" else None
-    if not attributions:
-        return None
-    classes = report.get("classes") or [None] * len(attributions)
-    titles = [
-        f"#{i}" + ("" if c is None else f" class {c}") for i, c in enumerate(classes[:HEATMAPS])
-    ]
-    signed = report.get("method") in SIGNED
-    return attribution_maps(attributions[:HEATMAPS], titles, signed)
-
-
-def _severity(report: dict) -> str | None:
-    """Accuracy against severity of a corrupt report, per corruption family."""
-    if report.get("kind") != "corrupt" or not report.get("table"):
-        return None
-    families = {p["corruption"]: p["family"] for p in report.get("per_corruption") or []}
-    return severity_curves(report["table"], report["clean_accuracy"], families)
+PAGES = {"audit": render_audit}  # kinds that render a page of their own (else: the generic page)
 
 
 def render_html(report: dict) -> str:
     """The HTML page for a report dict: offline, every figure embedded."""
-    if report.get("kind") == "audit":
-        return render_audit(report)
+    page = PAGES.get(report.get("kind"))
+    if page is not None:
+        return page(report)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("robustlab", "report/templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -73,8 +51,6 @@ def render_html(report: dict) -> str:
         r={**report, "curve": curve},
         pct=_pct,
         figure=figure,
-        heatmaps=_heatmaps(report),
-        severity=_severity(report),
         headline=headline,
         settings=json.dumps(report.get("settings", {}), indent=2),
         model=json.dumps(report.get("model", {}), indent=2),

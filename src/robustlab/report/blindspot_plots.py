@@ -3,12 +3,13 @@ as base64 PNG strings."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from robustlab.report.plots import _png, plt
 
 
 def _image(a):
     """(C, H, W) or (H, W) as an array imshow takes: grey for one channel, RGB for three."""
-    import numpy as np
 
     a = np.asarray(a, dtype=float)
     if a.ndim == 3 and a.shape[0] == 1:

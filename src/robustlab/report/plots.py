@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from robustlab.plotting import plt
 from robustlab.plotting import png as _png
 
@@ -32,7 +34,6 @@ def accuracy_curve(curve: list[dict], clean_accuracy: float, norm: str) -> str:
 
 def attribution_maps(attributions: list, titles: list[str], signed: bool) -> str:
     """Heat-maps of attributions (channels summed; a grid of regions as it is), one panel each."""
-    import numpy as np
 
     maps = []
     for a in attributions:

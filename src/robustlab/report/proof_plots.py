@@ -3,12 +3,13 @@ certified input."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from robustlab.report.plots import _png, plt
 
 
 def proof_pictures(report: dict) -> str | None:
     """Per certified input: its proof features' input gradients (red +, blue -)."""
-    import numpy as np
 
     points = (report.get("proof_features") or {}).get("points") or []
     points = [p for p in points if p.get("pictures")]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.inputs import fit
+from robustlab.results import Metric, curve_metrics
 from robustlab.smoothing.sampling import sample_counts
 from robustlab.smoothing.stats import certify_decision, predict_decision
 
@@ -122,6 +123,10 @@ class SmoothingResult:
     batch_size: int = 1000
     seed: int = 0
     extra: dict = field(default_factory=dict, repr=False)
+
+    def metrics(self) -> list[Metric]:
+        """Clean accuracy (abstentions wrong) and certified accuracy at each L2 radius."""
+        return [Metric("clean_accuracy", self.clean_accuracy, True), *curve_metrics(self.curve)]
 
     def to_dict(self) -> dict:
         return {

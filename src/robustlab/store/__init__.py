@@ -185,11 +185,12 @@ def compare(run_ids: list[int], db: Path | str | None = None) -> tuple[list[str]
     for r in runs:
         keys += [k for k in r.metrics if k not in keys]
     for k in keys:
-        rows.append([k, *[_fmt(r.metrics.get(k)) for r in runs]])
+        rows.append([k, *[format_value(r.metrics.get(k)) for r in runs]])
     return header, rows
 
 
-def _fmt(v) -> str:
+def format_value(v) -> str:
+    """A metric's value as the tables show it (4 decimals; '-' for none)."""
     if v is None:
         return "-"
     if isinstance(v, float):

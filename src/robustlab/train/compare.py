@@ -14,6 +14,7 @@ from robustlab.attacks import evaluate
 from robustlab.bounds import certify
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
+from robustlab.results import Metric
 from robustlab.threat import LpBall
 from robustlab.train.loop import TrainResult, train
 from robustlab.train.methods import get_method
@@ -91,6 +92,14 @@ class Comparison:
 
     def to_dict(self) -> dict:
         return {"eps": self.eps, "rows": self.rows}
+
+    def metrics(self) -> list[Metric]:
+        """Per method: ``<method> <key>`` for each accuracy and the training time it has."""
+        keys = {"clean_accuracy": True, "robust_accuracy": True, "certified_accuracy": True,
+                "train_seconds": False, "robust_l2_accuracy": True,
+                "certified_l2_accuracy": True}  # fmt: skip
+        return [Metric(f"{r['method']} {key}", r[key], higher)
+                for r in self.rows for key, higher in keys.items() if key in r]  # fmt: skip
 
     def markdown(self) -> str:
         """The table as Markdown (for notes and benchmark output); L2 columns when evaluated."""

@@ -16,6 +16,7 @@ from torch import nn
 from robustlab.attacks.base import Counted
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
+from robustlab.results import Metric
 from robustlab.threat import LpBall
 from robustlab.train.adversary import pgd
 from robustlab.train.certified import check_trainable, margin_lower_bounds
@@ -46,6 +47,14 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def metrics(self) -> list[Metric]:
+        """Per epoch: the loss and clean / robust / certified accuracy (null where not
+        evaluated), named ``<method> <key>@epoch <e>``."""
+        keys = {"loss": False, "clean_accuracy": True, "robust_accuracy": True,
+                "certified_accuracy": True}  # fmt: skip
+        return [Metric(f"{e['method']} {key}@epoch {e['epoch']}", e.get(key), higher)
+                for e in self.log for key, higher in keys.items()]  # fmt: skip
 
 
 def _batched_accuracy(model, x, y, fn, batch_size=256) -> float:
