@@ -15,6 +15,7 @@ from robustlab.jobs.common import check_eps as check_eps
 from robustlab.jobs.common import check_eps_on as check_eps_on
 from robustlab.jobs.common import check_fits as check_fits
 from robustlab.jobs.common import prepare as prepare
+from robustlab.jobs.common import report_head as report_head
 from robustlab.jobs.common import versions as versions
 
 # public name -> the module that defines it (one table; __all__ is derived from it)
@@ -50,6 +51,7 @@ __all__ = sorted(
         "check_eps_on",
         "check_fits",
         "prepare",
+        "report_head",
         "versions",
     ]
 )

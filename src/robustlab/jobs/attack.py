@@ -11,7 +11,7 @@ import torch
 from robustlab.attacks import evaluate, predict
 from robustlab.attacks.transfer import load_surrogate
 from robustlab.data import Dataset
-from robustlab.jobs.common import Progress, _base, check_eps, check_eps_on, prepare
+from robustlab.jobs.common import Progress, check_eps, check_eps_on, prepare, report_head
 from robustlab.paths import cannot_write, output_file
 from robustlab.results import metric_dicts
 from robustlab.threat import parse_norm
@@ -67,7 +67,7 @@ def attack_job(
     }
     if sur:
         settings["surrogate"] = sur.to_dict()
-    report = _base("attack", model, data, settings)
+    report = report_head("attack", model, data, settings)
     report.update(result.to_dict())
     report["metrics"] = metric_dicts(result.metrics(), keep_missing=True)
     if save_examples is not None:

@@ -28,7 +28,7 @@ from robustlab.audit.sensitivity import sensitivity_stage
 from robustlab.audit.smoothing import smoothing_stage
 from robustlab.audit.summary import summarise
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import _base, check_eps, check_eps_on, prepare, versions
+from robustlab.jobs.common import check_eps, check_eps_on, prepare, report_head, versions
 from robustlab.report import write_report_dir
 from robustlab.threat import parse_norm
 
@@ -123,7 +123,7 @@ def audit_job(
         "corruptions": prof.corruptions, "severities": prof.severities,
         "max_shift": prof.max_shift, "explain_methods": list(prof.explain_methods),
     }  # fmt: skip
-    report = _base("audit", model, data, settings)
+    report = report_head("audit", model, data, settings)
     report["data"]["digest"] = _digest(data.x, data.y)
     report["versions"] = _versions()
     report.update(status="running", profile=prof.name, norm=norm, profile_table=prof.to_dict())

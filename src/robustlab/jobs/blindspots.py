@@ -11,7 +11,7 @@ import torch
 from robustlab.attacks.base import predict
 from robustlab.blindspots.levelset import level_set_traversal, pairs
 from robustlab.blindspots.shapebias import shape_bias
-from robustlab.jobs.common import _base, prepare
+from robustlab.jobs.common import prepare, report_head
 
 Progress = Callable[[str], None]
 
@@ -62,7 +62,7 @@ def blindspots_job(
     settings = {"n_pairs": n_pairs, "n_steps": n_steps, "step": step, "tol": tol,
                 "shape_pairs": shape_pairs, "patch": patch, "alpha": alpha,
                 "seed": seed}  # fmt: skip
-    report = _base("blindspots", loaded, data, settings)
+    report = report_head("blindspots", loaded, data, settings)
     with torch.no_grad():
         report["clean_accuracy"] = float((predict(model, data.x) == data.y).float().mean())
     report["levelset"] = levelset

@@ -9,7 +9,7 @@ from robustlab.bounds.certify import PRECISIONS
 from robustlab.bounds.certify_many import certify_many
 from robustlab.bounds.certify_many import parse_methods as parse_methods
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import Progress, _base, check_eps, check_eps_on, prepare
+from robustlab.jobs.common import Progress, check_eps, check_eps_on, prepare, report_head
 from robustlab.results import metric_dicts
 from robustlab.threat import parse_norm
 
@@ -38,7 +38,7 @@ def certify_job(
     result = certify_many(model.module, data, eps, norm, methods, batch_size=batch_size,
                           precision=precision, progress=progress)  # fmt: skip
     settings = {"methods": methods, "norm": norm, "eps": eps, "precision": precision}
-    report = _base("certify", model, data, settings)
+    report = report_head("certify", model, data, settings)
     report.update(result.to_dict())
     report["metrics"] = metric_dicts(result.metrics(), keep_missing=True)
     return report

@@ -16,7 +16,7 @@ from robustlab.compress.prune import check_method, check_objective, prune
 from robustlab.compress.result import PruneResult
 from robustlab.compress.signature import check_same_architecture, evaluate_signature
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import _base, check_eps, check_fits, prepare
+from robustlab.jobs.common import check_eps, check_fits, prepare, report_head
 from robustlab.jobs.train import split_data
 from robustlab.model import load_model
 from robustlab.train.compare import evaluate_trained
@@ -122,7 +122,7 @@ def prune_job(
         "train_data": train_d.name,
         "train_n": len(train_d),
     }
-    report = _base("prune", dense, test_d, settings)
+    report = report_head("prune", dense, test_d, settings)
     report.update(result.to_dict())
     report.update(clean_accuracy=dense_ev["clean_accuracy"], onnx=[r["onnx"] for r in rows],
                   flags=flags)  # fmt: skip
@@ -174,7 +174,7 @@ def patch_job(
         "suite": suite,
         "seed": seed,
     }
-    report = _base("patch", standard, data, settings)
+    report = report_head("patch", standard, data, settings)
     report.update(result.to_dict())
     report["clean_accuracy"] = result.target["clean_accuracy"]
     return report

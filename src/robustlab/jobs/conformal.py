@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from robustlab.conformal.evaluate import conformal
-from robustlab.jobs.common import _base, check_eps, prepare
+from robustlab.jobs.common import check_eps, prepare, report_head
 from robustlab.threat import parse_norm
 
 Progress = Callable[[str], None]
@@ -43,7 +43,7 @@ def conformal_job(
         "beta": beta, "bound_method": bound_method, "cal_share": cal_share, "steps": steps,
         "seed": seed, "batch_size": batch_size,
     }  # fmt: skip
-    report = _base("conformal", model, data, settings)
+    report = report_head("conformal", model, data, settings)
     report.update(result.to_dict())
     report["metrics"] = result.metric_dicts()
     return report

@@ -11,7 +11,7 @@ from robustlab.corruptions.figures import example_grid
 from robustlab.corruptions.frequency import evaluate_frequency
 from robustlab.corruptions.tabular import tabular_names
 from robustlab.corruptions.transforms import evaluate_transformations
-from robustlab.jobs.common import _base, check_fits, prepare
+from robustlab.jobs.common import check_fits, prepare, report_head
 from robustlab.model import load_model
 from robustlab.results import metric_dicts
 
@@ -60,7 +60,7 @@ def corrupt_job(
         seed=seed,
         progress=progress,
     )
-    report = _base(
+    report = report_head(
         "corrupt",
         model,
         data,

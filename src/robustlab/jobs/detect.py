@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from robustlab.data import Dataset, load_data, load_digits_split
 from robustlab.detect.evaluate import ATTACKS, detection
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import _base, check_eps, prepare
+from robustlab.jobs.common import check_eps, prepare, report_head
 from robustlab.threat import parse_norm
 
 Progress = Callable[[str], None]
@@ -68,7 +68,7 @@ def detect_job(
         "encoder_epochs": encoder_epochs, "adaptive_steps": adaptive_steps, "seed": seed,
         "encoder_data": enc_data.name,
     }  # fmt: skip
-    report = _base("detect", model, data, settings)
+    report = report_head("detect", model, data, settings)
     report.update(result.to_dict())
     report["metrics"] = result.metric_dicts()
     return report

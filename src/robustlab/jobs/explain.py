@@ -10,7 +10,7 @@ from robustlab.attacks.base import predict
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.explain.base import REGISTRY, get_explainer
 from robustlab.explain.proof_features import proof_features
-from robustlab.jobs.common import _base, prepare
+from robustlab.jobs.common import prepare, report_head
 from robustlab.results import metric_dicts
 
 STEPS_FIELD = {"integrated-gradients": "n_steps"}  # --steps: path steps
@@ -91,7 +91,7 @@ def explain_job(
         if isinstance(v, (int, float, str, bool, type(None)))
     }
     settings = {"method": method, "target": "predicted" if target is None else target, **params}
-    report = _base("explain", model, data, settings)
+    report = report_head("explain", model, data, settings)
     report["clean_accuracy"] = float((predict(model.module, data.x) == data.y).float().mean())
     report.update(result.to_dict())
     report["metrics"] = metric_dicts(result.metrics())

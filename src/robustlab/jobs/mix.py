@@ -10,7 +10,7 @@ import onnx
 
 from robustlab._onnx import torch_to_onnx
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import _base, check_eps, check_fits, prepare
+from robustlab.jobs.common import check_eps, check_fits, prepare, report_head
 from robustlab.mix.frontier import STRENGTHS, mix
 from robustlab.mix.transform import MixedClassifier
 from robustlab.model import load_model
@@ -85,7 +85,7 @@ def mix_job(
         "seed": seed, "batch_size": batch_size,
         "accurate": acc_m.name, "robust": rob_m.name,
     }  # fmt: skip
-    report = _base("mix", exported, data, settings)
+    report = report_head("mix", exported, data, settings)
     row = result.rows[result.chosen]
     report.update(result.to_dict())
     report.update(

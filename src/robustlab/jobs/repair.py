@@ -13,7 +13,7 @@ import torch
 
 from robustlab._onnx import torch_to_onnx
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import _base, prepare, versions
+from robustlab.jobs.common import prepare, report_head, versions
 from robustlab.model import load_model
 from robustlab.repair.repair import local_robustness_specs, repair
 from robustlab.verify.vnnlib import read_vnnlib
@@ -108,7 +108,7 @@ def repair_job(
                 "anchor_weight": anchor_weight, "scale": scale, "timeout": timeout,
                 "seed": seed}  # fmt: skip
     if data is not None:
-        report = _base("repair", loaded, data, settings)
+        report = report_head("repair", loaded, data, settings)
     else:
         report = {
             "kind": "repair",

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from robustlab.data import load_data
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import _base, check_eps, prepare
+from robustlab.jobs.common import check_eps, prepare, report_head
 from robustlab.sensitivity.analyze import analyze
 from robustlab.sensitivity.noise import LEVELS, check_levels
 from robustlab.sensitivity.precision import parse_formats
@@ -89,6 +89,6 @@ def sensitivity_job(
         "batch_size": batch_size,
         "seed": seed,
     }
-    report = _base("sensitivity", model, data, settings)
+    report = report_head("sensitivity", model, data, settings)
     report.update(result.to_dict())
     return report

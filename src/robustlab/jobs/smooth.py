@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from robustlab.jobs.common import _base, prepare
+from robustlab.jobs.common import prepare, report_head
 from robustlab.results import metric_dicts
 from robustlab.smoothing.availability import availability
 from robustlab.smoothing.core import smooth
@@ -57,7 +57,7 @@ def smooth_job(
         "seed": seed,
         "norm": "2",
     }
-    report = _base("smooth", model, data, settings)
+    report = report_head("smooth", model, data, settings)
     report["norm"] = "2"
     report.update(result.to_dict())
     metrics = metric_dicts(result.metrics(), keep_missing=True)

@@ -17,7 +17,7 @@ from robustlab import zoo
 from robustlab._onnx import torch_to_onnx
 from robustlab.data import Dataset, load_data
 from robustlab.errors import RobustlabError, canonical, unknown
-from robustlab.jobs.common import _base, check_eps
+from robustlab.jobs.common import check_eps, report_head
 from robustlab.model import load_model
 from robustlab.results import Metric, curve_metrics, metric_dicts
 from robustlab.train.compare import Comparison, comparison_row, evaluate_trained
@@ -240,7 +240,7 @@ def train_job(
         "certify_training": certify_training,
         "delta": delta if certify_training else None,
     }
-    report = _base("train", first_model, test_d, settings)
+    report = report_head("train", first_model, test_d, settings)
     head = rows[0]
     comparison = Comparison(eps, rows)
     report.update(
