@@ -302,3 +302,15 @@ def test_unsupported_operation_is_one_line(monkeypatch, capsys, tmp_path, op, me
     )
     assert code == 2 and message in err and "supported" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_library_error_names_its_parameter_and_the_cli_its_flag(monkeypatch, capsys):
+    from robustlab.data import load_data
+    from robustlab.errors import RobustlabError
+
+    with pytest.raises(RobustlabError, match="^n must be a positive number") as e:
+        load_data("digits").subset(0)
+    assert e.value.param == "n"
+    code, _, err = run(monkeypatch, capsys, "attack", "--model", "zoo:mlp", "--data", "digits",
+                       "--eps", "0.1", "--n", "0")  # fmt: skip
+    assert code == 2 and err.strip() == "error: --n must be a positive number of examples; found 0"

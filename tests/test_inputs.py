@@ -172,3 +172,26 @@ def test_cli_eps_on_the_255_scale_is_one_line(monkeypatch, capsys, tmp_path):
 
     curve = json.loads((tmp_path / "c.json").read_text())["curve"]
     assert [p["eps"] for p in curve] == [0.0, 8 / 255]
+
+
+def test_frozen_restores_each_mode_and_flag_and_batched_logits_match():
+    from torch import nn
+
+    from robustlab.inputs import batched_logits, eval_mode, frozen
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    model.train()
+    model[2].weight.requires_grad_(False)  # a mixed state: restored as it was
+    model[1].eval()
+    with frozen(model):
+        assert not any(m.training for m in model.modules())
+        assert not any(p.requires_grad for p in model.parameters())
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    assert [p.requires_grad for p in model.parameters()] == [True, True, False, True]
+    x = torch.randn(10, 4)
+    with eval_mode(model):
+        full = model(x).detach()
+    assert model.training
+    got = batched_logits(model.eval(), x, batch_size=3)
+    assert got.shape == (10, 3) and not got.requires_grad
+    assert torch.allclose(got, full, atol=1e-6)

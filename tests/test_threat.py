@@ -65,3 +65,13 @@ def test_norm_aliases():
     assert LpBall("Linf", 0.1).norm == "inf"
     assert LpBall(float("inf"), 0.1).norm == "inf"
     assert LpBall("l2", 0.1).norm == "2"
+
+
+def test_eps_values_one_validator_for_every_eps_list():
+    from robustlab.threat import eps_values
+
+    assert eps_values(["8/255", 0.1]) == [8 / 255, 0.1]
+    for bad, match in (([], "eps must be a non-empty list"), ([-1.0], "eps must be a finite"),
+                       (["x"], "--eps expects a number")):  # fmt: skip
+        with pytest.raises(RobustlabError, match=match):
+            eps_values(bad)
