@@ -522,8 +522,7 @@ def _record_verify(result, onnx_file: Path, vnnlib_file: Path, out_file, db) -> 
     import hashlib
 
     digest = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
-    metrics = {"seconds": result.seconds, **{v: float(result.verdict == v) for v in
-                                              ("holds", "violated", "timeout")}}  # fmt: skip
+    metrics = {m.name: m.value for m in result.metrics()}
     return store.record(
         shlex.join(["robustlab", *sys.argv[1:]]),
         model=onnx_file.name,
@@ -1368,7 +1367,7 @@ def _flagged(e: RobustlabError) -> str:
     command line's words (``--n must be ...``)."""
     message, param = str(e), getattr(e, "param", None)
     if param and message.startswith(param):
-        return f"--{param.replace('_', '-')}{message[len(param):]}"
+        return f"--{param.replace('_', '-')}{message[len(param) :]}"
     return message
 
 

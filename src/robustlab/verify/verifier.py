@@ -26,6 +26,7 @@ import torch
 from robustlab import deadline
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.model import load_model
+from robustlab.results import Metric
 from robustlab.verify.engine import STRATEGIES, verify_spec
 from robustlab.verify.oracle import OnnxOracle
 from robustlab.verify.product import to_product
@@ -54,6 +55,12 @@ class VerifyResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def metrics(self) -> list[Metric]:
+        """The seconds taken, and 0 / 1 for each of the verdicts holds, violated and timeout."""
+        return [Metric("seconds", self.seconds, False),
+                *(Metric(v, float(self.verdict == v), v == "holds")
+                  for v in ("holds", "violated", "timeout"))]  # fmt: skip
 
     def summary(self) -> str:
         """One line: the verdict, the time, the strategy, what proved it or the counterexample."""
