@@ -79,7 +79,9 @@ class MixResult:
         out = []
         for r in self.rows:
             out.append(Metric(f"{r['name']} clean_accuracy", r["clean_accuracy"], True))
-            out.append(Metric(f"{r['name']} robust_accuracy@{self.eps:g}", r["robust_accuracy"], True))
+            out.append(
+                Metric(f"{r['name']} robust_accuracy@{self.eps:g}", r["robust_accuracy"], True)
+            )
         return out
 
 
