@@ -135,6 +135,16 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
         )
 
 
+def margins(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> Tensor:
+    """The logit margin z_y - max_{j != y} z_j of each example (negative: misclassified, 0 at
+    a tie), computed in batches without gradients."""
+    if len(x) == 0:
+        return x.new_zeros(0)
+    with torch.no_grad():
+        logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    return _true(logits, y) - _other_max(logits, y)
+
+
 @contextmanager
 def input_gradients_only(model: nn.Module) -> Iterator[None]:
     """Switch off ``requires_grad`` on the parameters while attacking (a smaller autograd graph,
