@@ -1,6 +1,6 @@
 """Random restarts of Auto-PGD side by side (Croce & Hein 2020, arXiv:2003.01690), untargeted and
-towards MALT's top target (Melamed et al. 2024, arXiv:2407.02240); and the wrapper that runs an
-attack only on the points that came closest to the decision boundary."""
+towards the targets MALT ranks first (Melamed et al. 2024, arXiv:2407.02240); and the wrapper
+that runs an attack only on the points that came closest to the decision boundary."""
 
 from __future__ import annotations
 
