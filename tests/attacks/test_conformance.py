@@ -15,6 +15,7 @@ FAST = {
     "apgd-t": {"n_iter": 5, "n_target_classes": 2},
     "malt": {"n_iter": 5, "n_target_classes": 2},
     "fab": {"n_iter": 5},
+    "restarts": {"n_iter": 5, "copies": 4, "n_target_classes": 2},
     "fab-t": {"n_iter": 5, "n_target_classes": 2},
     "square": {"n_queries": 30},
     "cw": {"steps": 10, "search_steps": 2},

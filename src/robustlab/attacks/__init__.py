@@ -12,6 +12,7 @@ from robustlab.attacks.fab import FAB, FABT
 from robustlab.attacks.fgsm import FGSM
 from robustlab.attacks.flags import Flag
 from robustlab.attacks.pgd import PGD
+from robustlab.attacks.restarts import Restarts
 from robustlab.attacks.square import Square
 from robustlab.attacks.suites import SUITES, suite_attacks
 from robustlab.attacks.transfer import Transfer
@@ -25,6 +26,7 @@ __all__ = [
     "FGSM",
     "MALT",
     "PGD",
+    "Restarts",
     "REGISTRY",
     "SUITES",
     "Attack",

@@ -30,10 +30,11 @@ def checkpoint_lengths(n_iter: int) -> tuple[int, int, int]:
     return max(int(0.22 * n_iter), 1), max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)
 
 
-def _grad(model, xa, y, target, objective, eot) -> tuple[Tensor, Tensor, Tensor]:
-    """Loss, gradient, and whether the (mean) logits misclassify."""
+def _grad(model, xa, y, target, objective, eot) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Loss, gradient, whether the (mean) logits misclassify, and their margin z_y - max z_j."""
     loss, grad, logits = eot_gradient(model, xa, y, target, objective, eot)
-    return loss, grad, logits.argmax(1) != y
+    other = logits.scatter(1, y[:, None], -torch.inf).amax(1)
+    return loss, grad, logits.argmax(1) != y, logits.gather(1, y[:, None])[:, 0] - other
 
 
 def apgd_run(
@@ -56,8 +57,9 @@ def apgd_run(
     all its runs stop then (the other runs' trajectories do not change). ``eot`` > 1: gradients,
     losses and logits averaged over that many forward passes (randomized models).
 
-    Returns (broken, points) per point: the first misclassified iterate of each broken point, the
-    highest-loss iterate of the first run of the others."""
+    Returns (broken, points) per point: the first misclassified iterate of each broken point; for
+    the others, the iterate of any of its runs with the smallest logit margin (the closest to the
+    decision boundary)."""
     n_runs = len(x0)
     dev = x0.device
     group = torch.arange(n_runs, device=dev) if group is None else group
@@ -66,8 +68,9 @@ def apgd_run(
     out = torch.empty((n_points, *x0.shape[1:]), dtype=x0.dtype, device=dev)
     broken = torch.zeros(n_points, dtype=torch.bool, device=dev)
     xa = threat.sample(x0, 1, gen)[0]
-    loss, grad, wrong = _grad(model, xa, y, target, objective, eot)
+    loss, grad, wrong, margin = _grad(model, xa, y, target, objective, eot)
     st = {
+        "margin": margin, "x_close": xa, "m_close": margin,
         "x0": x0, "y": y, "group": group, "xa": xa, "grad": grad, "loss": loss,
         "x_best": xa, "g_best": grad, "loss_best": loss, "x_prev": xa, "loss_prev": loss,
         "fac": torch.full((n_runs,), 2.0, dtype=x0.dtype, device=dev),  # step = fac * eps
@@ -90,6 +93,9 @@ def apgd_run(
             if len(st["group"]) == 0:
                 break
         xa, grad, loss = st["xa"], st["grad"], st["loss"]
+        nearer = st["margin"] < st["m_close"]  # the iterate closest to the decision boundary
+        st["x_close"] = torch.where(view_per_sample(nearer, xa), xa, st["x_close"])
+        st["m_close"] = torch.where(nearer, st["margin"], st["m_close"])
         if i > 0:  # track the best point and the checkpoint conditions
             st["n_incr"] = st["n_incr"] + (loss > st["loss_prev"])
             st["loss_prev"] = loss
@@ -119,15 +125,20 @@ def apgd_run(
             z = threat.project(x0, xa + step * ascent_direction(grad, geo.norm))
             x_new = threat.project(x0, xa + a * (z - xa) + (1 - a) * (xa - st["x_prev"]))
             st["x_prev"], st["xa"] = xa, x_new
-        st["loss"], st["grad"], wrong = _grad(
+        st["loss"], st["grad"], wrong, st["margin"] = _grad(
             model, x_new, st["y"], st.get("target"), objective, eot
         )
     left = ~broken
     if bool(left.any()):
-        first = torch.full((n_points,), n_runs, device=dev).scatter_reduce(
-            0, st["group"], torch.arange(len(st["group"]), device=dev), "amin"
+        grp, m = st["group"], st["m_close"]
+        m = torch.where(torch.isnan(m), torch.inf, m)
+        low = torch.full((n_points,), torch.inf, dtype=m.dtype, device=dev)
+        low = low.scatter_reduce(0, grp, m, "amin")
+        rows = torch.arange(len(grp), device=dev)
+        pick = torch.full((n_points,), len(grp), device=dev).scatter_reduce(
+            0, grp, torch.where(m == low[grp], rows, len(grp)), "amin"
         )
-        out[left] = st["x_best"][first[left]]
+        out[left] = st["x_close"][pick[left]]
     return broken, out
 
 

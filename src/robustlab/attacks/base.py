@@ -134,6 +134,15 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     return batched_logits(model, x, batch_size).argmax(1)
 
 
+def margins(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> Tensor:
+    """The logit margin z_y - max_{j != y} z_j of each example (negative: misclassified, 0 at
+    a tie), computed in batches without gradients."""
+    if len(x) == 0:
+        return x.new_zeros(0)
+    logits = batched_logits(model, x, batch_size)
+    return _true(logits, y) - _other_max(logits, y)
+
+
 def _mode_dependent(m: nn.Module) -> bool:
     """Dropout (p > 0) and normalisation with running statistics behave differently in training
     and evaluation; TorchScript copies are recognised by their original class name."""

@@ -17,12 +17,14 @@ from robustlab.attacks.base import (
     Attack,
     Counted,
     eval_mode,
+    margins,
     n_classes_of,
     passes_per_point,
     predict,
     training_mode_layers,
 )
 from robustlab.attacks.evaluate import attack_points
+from robustlab.attacks.restarts import Close
 from robustlab.attacks.skip import SKIP_METHODS, certify_points
 from robustlab.attacks.suites import suite_attacks
 from robustlab.data import Dataset
@@ -39,6 +41,8 @@ WHITE_BOX = {
     "malt-rest",
     "fab",
     "fab-t",
+    "fab-malt",
+    "restarts",
     "pgd",
     "fgsm",
     "cw",
@@ -129,7 +133,7 @@ def _large_eps(norm: str, data: Dataset) -> float:
 
 def _run(
     model, counted, name, attack, data, idx, threat, batch_size
-) -> tuple[Tensor, dict, Tensor]:
+) -> tuple[Tensor, dict, Tensor, Tensor]:
     f0, b0, t0 = counted.n_forward, counted.n_backward, time.perf_counter()
     out = attack_points(model, counted, attack, data.x[idx], data.y[idx], threat, batch_size)
     rec = {
@@ -142,7 +146,7 @@ def _run(
         "seconds": time.perf_counter() - t0,
         "n_outside": out.n_outside,
     }
-    return out.broken, rec, out.x_adv[out.broken]
+    return out.broken, rec, out.x_adv[out.broken], out.margin
 
 
 def evaluate(
@@ -173,8 +177,10 @@ def evaluate(
     attacked (``certified_skipped``; never on a randomized model): IBP before the attacks, CROWN
     on what the first attack left, on models small enough and when it saves more attack time than
     it costs; ``True`` for both, or the methods to use. At each larger eps only points certified
-    at the previous one are bounded. ``eot`` > 1 averages the gradients of the gradient attacks
-    over that many forward passes. The model is evaluated in eval mode (flagged when dropout or
+    at the previous one are bounded. An attack wrapped in ``Close`` (the rapid suite's last
+    stages) runs only on the points whose smallest logit margin over the attacks before it, at
+    this eps, stayed below its fraction of their clean margin. ``eot`` > 1 averages the
+    gradients of the gradient attacks over that many forward passes. The model is evaluated in eval mode (flagged when dropout or
     batch norm were in training mode) and every submodule's mode restored. ``checks`` adds the
     other reliability flags.
     """
@@ -199,6 +205,9 @@ def evaluate(
             suite, n_classes, names=attacks, seed=seed, surrogate=surrogate, eot=eot
         )
         correct = predict(counted, data.x, batch_size) == data.y
+        clean_margin = None
+        if any(isinstance(a, Close) for _, a in chosen):
+            clean_margin = margins(counted, data.x, data.y, batch_size)
         randomized = fl.check_randomized(model, data.x[:CHECK_POINTS], eot)
         flags.append(randomized)
         if randomized is not None:
@@ -217,6 +226,7 @@ def evaluate(
         for e in sorted(set(eps_list)):
             threat = LpBall(norm, e, data.lower, data.upper)
             cert = torch.zeros_like(robust)
+            closest = torch.full((len(data),), torch.inf, dtype=data.x.dtype)  # smallest margin
             bound = partial(_certify, model, data, threat, n_classes, certification, say)
             if e > 0 and "ibp" in methods:
                 cert |= bound("ibp", robust & candidates, None)
@@ -228,9 +238,14 @@ def evaluate(
                 idx = (robust & ~cert).nonzero().squeeze(1)
                 if len(idx) == 0:
                     break
-                broken, rec, found = _run(
+                if isinstance(attack, Close) and clean_margin is not None:
+                    idx = idx[closest[idx] < attack.below * clean_margin[idx]]
+                    if len(idx) == 0:
+                        continue
+                broken, rec, found, margin = _run(
                     model, counted, name, attack, data, idx, threat, batch_size
                 )
+                closest[idx] = torch.minimum(closest[idx], margin.to(closest.dtype))
                 robust[idx[broken]] = False
                 broken_by[(name, e)] = idx[broken]
                 x_adv[idx[broken]] = found.to(x_adv.dtype)
@@ -344,14 +359,14 @@ def _checks(model, counted, data, correct, chosen, broken_by, norm, batch_size, 
         idx = idx[:16]
         threat = LpBall(norm, larger[0], data.lower, data.upper)
         attack: Attack = dict(chosen)[name]
-        broken, _, _ = _run(model, counted, name, attack, data, idx, threat, batch_size)
+        broken, _, _, _ = _run(model, counted, name, attack, data, idx, threat, batch_size)
         out.append(fl.check_reattack(int((~broken).sum()), len(idx), name, e, larger[0]))
     white = [(n, a) for n, a in chosen if n in WHITE_BOX]
     if white and len(sample):
         big = _large_eps(norm, data)
         say(f"checking that {white[0][0]} breaks everything at eps={big:g}")
         threat = LpBall(norm, big, data.lower, data.upper)
-        broken, _, _ = _run(
+        broken, _, _, _ = _run(
             model, counted, white[0][0], white[0][1], data, sample, threat, batch_size
         )
         out.append(fl.check_large_eps(1 - float(broken.float().mean()), len(sample), big))

@@ -9,7 +9,14 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
-from robustlab.attacks.base import Attack, Counted, eval_mode, input_gradients_only, predict
+from robustlab.attacks.base import (
+    Attack,
+    Counted,
+    eval_mode,
+    input_gradients_only,
+    margins,
+    predict,
+)
 from robustlab.data import Dataset
 from robustlab.inputs import ModelLike, fit
 from robustlab.threat import LpBall, ThreatModel, on_data
@@ -45,12 +52,14 @@ def attack_name(attack: object) -> str:
 
 @dataclass(frozen=True)
 class Checked:
-    """The outcome of attacking some points: which are broken (re-checked), the candidates, and
-    how many candidates were rejected for leaving the threat model or the data range."""
+    """The outcome of attacking some points: which are broken (re-checked), the candidates, how
+    many candidates were rejected for leaving the threat model or the data range, and the logit
+    margin at each candidate (z_y - max_{j != y} z_j by the plain forward pass; inf outside)."""
 
     broken: Tensor
     x_adv: Tensor
     n_outside: int
+    margin: Tensor
 
 
 def attack_points(
@@ -73,8 +82,10 @@ def attack_points(
             ]
         )
     inside = threat.contains(x0, x_adv) & torch.isfinite(x_adv).flatten(1).all(1)
+    margin = margins(model, torch.where(view(inside, x_adv), x_adv, x0), y0, batch_size)
+    margin = torch.where(inside, margin, torch.inf)
     broken = (predict(model, x_adv, batch_size) != y0) & inside
-    return Checked(broken, x_adv, int((~inside).sum()))
+    return Checked(broken, x_adv, int((~inside).sum()), margin)
 
 
 def run_attack(

@@ -16,9 +16,9 @@ from robustlab.attacks.base import (
     register,
     steps_alias,
     target_blocks,
-    target_ranking,
     view_per_sample,
 )
+from robustlab.attacks.malt import rank_targets
 from robustlab.threat import ThreatModel
 
 
@@ -201,8 +201,9 @@ class FAB:
     Minimises the perturbation norm; a point counts once an adversarial point inside the threat
     model is found (``stop_at_eps`` then stops refining it). Untargeted: the closest linearised
     boundary over all classes; ``targeted``: FAB-T, one run per class among the top
-    ``n_target_classes`` after the label, side by side when ``parallel`` (else one target after
-    the other, on the points not yet broken).
+    ``n_target_classes`` after the label, ranked by confidence (AutoAttack) or by MALT's score
+    (``targeting="malt"``, Melamed et al. 2024), side by side when ``parallel`` (else one target
+    after the other, on the points not yet broken).
     """
 
     n_iter: int = 100
@@ -215,6 +216,7 @@ class FAB:
     stop_at_eps: bool = True
     parallel: bool = True
     seed: int = 0
+    targeting: str = "confidence"  # "confidence" | "malt" (targeted only)
 
     steps: int | None = field(default=None, repr=False, compare=False)  # alias of n_iter
 
@@ -223,15 +225,15 @@ class FAB:
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel) -> Tensor:
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        with torch.no_grad():
-            others = target_ranking(model(x), y)
         geo = geometry(threat, x)
+        if self.targeted:
+            others, _ = rank_targets(model, x, y, geo.norm, self.targeting)
         best = x.clone()
         res = torch.full((len(x),), torch.inf, dtype=x.dtype, device=x.device)
-        ranks: list = list(range(min(self.n_target_classes, others.shape[1])))
         if not self.targeted:
             blocks: list[list] = [[None]]
         else:
+            ranks = list(range(min(self.n_target_classes, others.shape[1])))
             blocks = target_blocks(ranks, len(x), x[0].numel(), self.parallel)
         for block in blocks:
             for r in range(max(1, self.restarts)):

@@ -1,12 +1,13 @@
 """The corruption registry by name, input checks, seeding, and ``corrupt``.
 
 A corruption is a function ``fn(x, severity, gen) -> Tensor`` on float images ``(N, C, H, W)`` in
-[0, 1] with ``C`` 1 or 3, registered with its family and its published severity parameters
+[0, 1] with ``C`` 1 or 3 (``corrupt`` maps the data's value range to [0, 1] and back), registered with its family and its published severity parameters
 (Hendrycks & Dietterich 2019, arXiv:1903.12261, as implemented by the ``imagecorruptions`` package).
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ class Corruption:
     fn: CorruptionFn
     rgb: bool = False  # needs colour: grayscale inputs go through RGB and back (luma)
 
-    def __call__(self, x: Tensor, severity: int = 1, seed: int = 0) -> Tensor:
-        return corrupt(x, self.name, severity, seed)
+    def __call__(
+        self, x: Tensor, severity: int = 1, seed: int = 0, *, lower: float = 0.0, upper: float = 1.0
+    ) -> Tensor:
+        return corrupt(x, self.name, severity, seed, lower=lower, upper=upper)
 
 
 CORRUPTIONS: dict[str, Corruption] = {}
@@ -171,20 +174,34 @@ def get_corruption(name: str) -> Corruption:
     return CORRUPTIONS[name]
 
 
-def corrupt(x: Tensor, name: str, severity: int = 1, seed: int = 0) -> Tensor:
-    """Corrupt float images in [0, 1], shape (N, C, H, W) or (C, H, W) with C 1 or 3, by the named
-    corruption at ``severity`` (1..5). Deterministic for a given ``seed``; the result has the shape,
-    dtype and device of ``x`` and lies in [0, 1]."""
+def corrupt(
+    x: Tensor,
+    name: str,
+    severity: int = 1,
+    seed: int = 0,
+    *,
+    lower: float = 0.0,
+    upper: float = 1.0,
+) -> Tensor:
+    """Corrupt float images with values in [``lower``, ``upper``] (the data's value range;
+    default [0, 1]), shape (N, C, H, W) or (C, H, W) with C 1 or 3, by the named corruption at
+    ``severity`` (1..5): mapped to [0, 1] (the scale of the published parameters), corrupted,
+    mapped back. Deterministic for a given ``seed``; the result has the shape, dtype and device
+    of ``x`` and lies in [``lower``, ``upper``]. Values outside the range are an error (not
+    clipped silently)."""
     single = isinstance(x, Tensor) and x.dim() == 3
     xb = x[None] if single else x
     check_images(xb)
     spec = get_corruption(name)
     if severity not in SEVERITIES:
         raise RobustlabError(f"severity must be an integer in 1..5; found {severity!r}")
+    lo, hi = check_range(xb, lower, upper)
     # one contiguous copy: channels-last batches (torch views of NHWC arrays) made the matrix
     # products of the small-image paths several times slower
-    work = xb.to(torch.float64 if xb.dtype == torch.float64 else torch.float32).clamp(0, 1)
-    work = work.contiguous()
+    work = xb.to(torch.float64 if xb.dtype == torch.float64 else torch.float32)
+    if (lo, hi) != (0.0, 1.0):
+        work = (work - lo) / (hi - lo)
+    work = work.clamp(0, 1).contiguous()
     gen = torch.Generator(device=work.device).manual_seed(int(seed))
     if spec.rgb and work.shape[1] == 1:
         from robustlab.corruptions._ops import gray
@@ -192,5 +209,30 @@ def corrupt(x: Tensor, name: str, severity: int = 1, seed: int = 0) -> Tensor:
         out = gray(spec.fn(work.expand(-1, 3, -1, -1), severity, gen))
     else:
         out = spec.fn(work, severity, gen)
-    out = out.clamp(0, 1).to(x.dtype)
+    out = out.clamp(0, 1)
+    if (lo, hi) != (0.0, 1.0):
+        out = (lo + out * (hi - lo)).clamp(lo, hi)
+    out = out.to(x.dtype)
     return out[0] if single else out
+
+
+RANGE_TOLERANCE = 1e-6  # relative to the range's width: rounding of data scaled into it
+
+
+def check_range(x: Tensor, lower: float, upper: float) -> tuple[float, float]:
+    """``(lower, upper)`` as floats, after checking that the range is finite and non-empty and
+    that ``x`` lies in it (up to ``RANGE_TOLERANCE`` of its width); a one-line error otherwise."""
+    lo, hi = float(lower), float(upper)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise RobustlabError(
+            f"the value range must be finite with lower < upper; found [{lower}, {upper}]"
+        )
+    if x.numel():
+        found_lo, found_hi = float(x.min()), float(x.max())
+        slack = RANGE_TOLERANCE * (hi - lo)
+        if not (found_lo >= lo - slack and found_hi <= hi + slack):
+            raise RobustlabError(
+                f"images must lie in the value range [{lo:g}, {hi:g}]; found values in "
+                f"[{found_lo:.4g}, {found_hi:.4g}] (give lower= and upper=, the data's range)"
+            )
+    return lo, hi

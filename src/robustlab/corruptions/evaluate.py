@@ -155,7 +155,7 @@ def evaluate_corruptions(
         check_images(data.x)
 
         def apply(xb: Tensor, name: str, s: int, sd: int) -> Tensor:
-            return from_unit(corrupt(to_unit_x(xb, data), name, s, sd), data)
+            return corrupt(xb, name, s, sd, lower=data.lower, upper=data.upper)
 
     models = [model] if baseline is None else [model, baseline]
     y, n = data.y, len(data)

@@ -9,8 +9,9 @@ constraint over several variables becomes a row over the product network's outpu
 ``<=`` and ``!=`` as ``<`` or ``>`` (both sound for ``holds``); every counterexample is checked
 against every assertion of the query exactly (:mod:`robustlab.verify.relational`). A
 polynomial assertion's products of variables become extra outputs of the product network
-(bounded by the bilinear rule, McCormick planes), so it is linear over those. Hidden nodes raise
-:class:`Unsupported` (verdict ``unknown`` with the reason).
+(bounded by the bilinear rule, McCormick planes), so it is linear over those. A hidden node (an
+intermediate ONNX tensor) is one more output of its network (:mod:`robustlab.verify.wiring`
+exposes it), after the network's declared outputs.
 """
 
 from __future__ import annotations
@@ -137,11 +138,6 @@ def _exact32(v: float) -> bool:
 def to_product(query: Query) -> Product:
     """The query as a Spec over its product network's free inputs (see the module's text)."""
     for n in query.networks:
-        if n.hidden:
-            raise Unsupported(
-                f"network {n.name} declares hidden nodes ({n.hidden[0].name}); only inputs "
-                "and outputs are supported"
-            )
         other = n.equal_to or n.isomorphic_to
         if other:
             ref = next(r for r in query.networks if r.name == other)
@@ -156,8 +152,8 @@ def to_product(query: Query) -> Product:
     for v in query.inputs:
         index[v.name], n_x = n_x, n_x + v.numel
     n_y = 0
-    for v in query.outputs:
-        index[v.name], n_y = n_x + n_y, n_y + v.numel  # outputs' keys follow the inputs'
+    for v in query.results:  # outputs and hidden nodes: their keys follow the inputs'
+        index[v.name], n_y = n_x + n_y, n_y + v.numel
     if n_x == 0:
         raise RobustlabError(f"{query.name}: the query declares no input")
     # every assertion in disjunctive normal form of atoms (poly, op, line)
@@ -270,8 +266,14 @@ def to_product(query: Query) -> Product:
             for key in [k for k in a[1] if isinstance(k, tuple)]:
                 a[1][n_base + key[1]] = a[1].pop(key)
     base += _implied_bounds(base, src, scale, m, len(free), n_y, n_base)
+    # contradictions across conjunctions: the rows that hold everywhere against each other and
+    # against each alternative, and the alternatives of different disjunctions once joined
+    base += _contradiction(base)
+    branches = [[c + _contradiction(base + c) for c in b] for b in branches]
     shim = _Shim(query.name)
     conjunctions = _product(shim, branches, 1)
+    if len(branches) > 1:
+        conjunctions = [c + _contradiction(c) for c in conjunctions]
     spec = _to_spec(shim, base, conjunctions, len(free), n_base + len(monomials))
     factors = tuple(
         tuple(f - n_x if f >= n_x else n_y + f for f in mono)
@@ -283,7 +285,18 @@ def to_product(query: Query) -> Product:
 def _contradiction(conj: list) -> list:
     """``[("c", False, line)]`` when two rows of a conjunction are opposite and exclude each
     other (``a.y <= d1`` and ``-a.y <= d2`` with ``d1 < -d2``: as in an equivalence band
-    written ``Y_g > Y_f + e and Y_g < Y_f - e``), so that the conjunction is known empty."""
+    written ``Y_g > Y_f + e and Y_g < Y_f - e``), or when its bounds on one input cross, so
+    that the conjunction is known empty."""
+    lo: dict[int, float] = {}
+    hi: dict[int, float] = {}
+    for a in conj:
+        if a[0] == "x":
+            bound = hi if a[2] else lo
+            bound[a[1]] = (
+                min(hi.get(a[1], math.inf), a[3]) if a[2] else max(lo.get(a[1], -math.inf), a[3])
+            )
+            if a[1] in lo and a[1] in hi and lo[a[1]] > hi[a[1]]:
+                return [("c", False, a[4])]
     rows: dict[frozenset, float] = {}
     for a in conj:
         if a[0] == "y":

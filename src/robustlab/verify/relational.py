@@ -5,8 +5,9 @@ branch and bound apply unchanged.
 
 The product's input is the query's free inputs ``z``; ``x = M z + m`` (float32-exact
 coefficients) gives each network's inputs; its outputs are every network's outputs, flat and in
-declared order, then ``x`` itself when the query has input constraints over several variables.
-:class:`QueryOracle` re-checks a candidate with onnxruntime on each network and accepts it only
+declared order (each network's hidden nodes after its outputs), then ``x`` itself when the query
+has input constraints over several variables. Inputs and outputs meet their ONNX tensors by
+declared name, or by position (:mod:`robustlab.verify.wiring`). :class:`QueryOracle` re-checks a candidate with onnxruntime on each network and accepts it only
 when every assertion of the query holds at the values the networks receive and return
 (evaluated as the competition's scoring evaluates them, tolerance 0)."""
 
@@ -23,33 +24,41 @@ from robustlab.errors import RobustlabError
 from robustlab.verify.oracle import OnnxOracle
 from robustlab.verify.product import Product
 from robustlab.verify.vnnlib2 import Query
+from robustlab.verify.wiring import Wiring, load_bytes, wire
 
 
 class ProductNet(nn.Module):
-    """Networks side by side: network ``i`` gets ``x_i = M_i z + m_i`` (a Linear layer) reshaped
-    to its input shape; the outputs are flattened and joined, then ``x`` when ``passthrough``,
-    then the ``products`` (each a tuple of columns of the former, multiplied)."""
+    """Networks side by side: network ``i`` gets ``x_i = M_i z + m_i`` (a Linear layer, its
+    rows in the order of the ONNX inputs) reshaped to its input shape; its outputs are flattened
+    and joined, and, when its wiring is not the identity, put in declared order by a 0/1 Linear
+    layer; then ``x`` when ``passthrough``, then the ``products`` (each a tuple of columns of the
+    former, multiplied)."""
 
-    def __init__(self, nets, shapes, product: Product) -> None:
+    def __init__(self, nets, shapes, product: Product, wirings: list[Wiring] | None = None) -> None:
         super().__init__()
         self.products = [tuple(int(c) for c in p) for p in product.products]
         m = product.m
         self.nets = nn.ModuleList(nets)
         self.shapes = [tuple(s) for s in shapes]
         self.maps = nn.ModuleList()
+        self.picks = nn.ModuleDict()  # by network position, where the wiring is no identity
         k = 0
-        for s in self.shapes:
+        for i, s in enumerate(self.shapes):
             n = math.prod(s)
-            self.maps.append(_linear(product.M(slice(k, k + n)), m[k : k + n]))
+            w = wirings[i] if wirings else None
+            feed = w.feed if w is not None else np.arange(n)
+            self.maps.append(_linear(product.M(slice(k, k + n))[feed], m[k : k + n][feed]))
+            if w is not None and not w.identity:
+                self.picks[str(i)] = _linear(w.pick_matrix(), np.zeros(len(w.pick)))
             k += n
         self.passmap = _linear(product.M(), m) if product.passthrough else None
 
     def forward(self, z: Tensor) -> Tensor:
         z = z.reshape(z.shape[0], -1)
-        outs = [
-            net(lin(z).reshape(z.shape[0], *s)).reshape(z.shape[0], -1)
-            for net, lin, s in zip(self.nets, self.maps, self.shapes, strict=True)
-        ]
+        outs = []
+        for i, (net, lin, s) in enumerate(zip(self.nets, self.maps, self.shapes, strict=True)):
+            out = net(lin(z).reshape(z.shape[0], *s)).reshape(z.shape[0], -1)
+            outs.append(self.picks[str(i)](out) if str(i) in self.picks else out)
         if self.passmap is not None:
             outs.append(self.passmap(z))
         y = torch.cat(outs, 1)
@@ -78,9 +87,15 @@ class QueryOracle:
     outputs (float64), all NaN when some assertion of the query fails there (so that
     :func:`robustlab.verify.oracle.confirm` rejects the candidate)."""
 
-    def __init__(self, product: Product, oracles: dict[str, OnnxOracle]) -> None:
+    def __init__(
+        self,
+        product: Product,
+        oracles: dict[str, OnnxOracle],
+        wirings: dict[str, Wiring] | None = None,
+    ) -> None:
         self.product = product
-        self.oracles = oracles  # by network name (equal-to networks share one)
+        self.oracles = oracles  # by network name
+        self.wirings = wirings or {}  # by network name; identity where missing
         self.busy = False
 
     def fed(self, z: Tensor) -> Tensor:
@@ -96,10 +111,14 @@ class QueryOracle:
         values, ys, xs, k = {}, [], [], 0
         for net in p.query.networks:
             n_in = sum(v.numel for v in net.inputs)
+            n_res = sum(v.numel for v in net.outputs + net.hidden)
+            w = self.wirings.get(net.name) or Wiring(np.arange(n_in), np.arange(n_res), n_res)
             oracle = self.oracles[net.name]
-            feeds = oracle.inputs(torch.from_numpy(x[k : k + n_in]))
+            feeds = oracle.inputs(torch.from_numpy(x[k : k + n_in][w.feed]))
             k += n_in
-            flat_in = np.concatenate([np.asarray(f).reshape(-1) for f in feeds.values()])
+            fed = np.concatenate([np.asarray(f).reshape(-1) for f in feeds.values()])
+            flat_in = np.empty_like(fed)
+            flat_in[w.feed] = fed  # back in declared order
             xs.append(flat_in.astype(np.float64))
             j = 0
             for v in net.inputs:
@@ -107,13 +126,14 @@ class QueryOracle:
                 j += v.numel
             outs = oracle._sess().run(None, feeds)
             flat_out = np.concatenate([np.asarray(o).reshape(-1) for o in outs])
-            n_out = sum(v.numel for v in net.outputs)
-            if flat_out.size != n_out:
+            if flat_out.size != w.n_out:
                 raise RobustlabError(
-                    f"network {net.name} returns {flat_out.size} numbers; the query declares {n_out}"
+                    f"network {net.name} returns {flat_out.size} numbers; the query declares "
+                    f"{w.n_out}"
                 )
+            flat_out = flat_out[w.pick]
             j = 0
-            for v in net.outputs:
+            for v in net.outputs + net.hidden:
                 values[v.name] = flat_out[j : j + v.numel].reshape(v.shape)
                 j += v.numel
             ys.append(flat_out.astype(np.float64))
@@ -182,7 +202,7 @@ def build(product: Product, loaded: dict, onnx_bytes: dict) -> tuple[nn.Module, 
     ``loaded`` / ``onnx_bytes``: by network name (each ``equal-to`` network maps to its
     reference's)."""
     q = product.query
-    oracles, modules, shapes = {}, [], []
+    oracles, modules, shapes, wirings = {}, [], [], {}
     for net in q.networks:
         ref = net.equal_to or net.name
         n_in = sum(v.numel for v in net.inputs)
@@ -193,13 +213,17 @@ def build(product: Product, loaded: dict, onnx_bytes: dict) -> tuple[nn.Module, 
                 f"{q.name}: network {net.name} declares {n_in} input numbers; its model takes "
                 f"{n_model}"
             )
-        oracles[net.name] = OnnxOracle(onnx_bytes[ref], n_in)
+        wirings[net.name], raw = wire(q.name, net, onnx_bytes[ref])
+        if raw is not onnx_bytes[ref]:  # hidden nodes exposed: the copy's converted module
+            lm = load_bytes(raw)
+        oracles[net.name] = OnnxOracle(raw, n_in)
         modules.append(lm.module if not modules else copy.deepcopy(lm.module))
         shapes.append(tuple(lm.input_shape))
-    oracle = QueryOracle(product, oracles)
-    if len(q.networks) == 1 and product.identity:
+    oracle = QueryOracle(product, oracles, wirings)
+    plain = all(w.identity for w in wirings.values())
+    if len(q.networks) == 1 and product.identity and plain:
         return modules[0], shapes[0], oracle
-    net = ProductNet(modules, shapes, product)
+    net = ProductNet(modules, shapes, product, [wirings[n.name] for n in q.networks])
     return net.eval(), (product.n_free,), oracle
 
 

@@ -23,6 +23,11 @@ from robustlab.verify.vnnlib import read_text
 
 _V2 = re.compile(r"^\s*\(\s*(vnnlib-version|declare-network)\b", re.MULTILINE)
 _REAL = re.compile(r"(\(\s*declare-(?:input|output|hidden)\s+([^\s()]+)\s+)Real\b")
+# an input or output declared with its ONNX name (the standard's grammar allows it; vnnlib 1.0.2
+# refuses it): the name is taken out before parsing and kept
+_IO_NAME = re.compile(
+    r'(\(\s*declare-(?:input|output)\s+([^\s()]+)\s+[^\s()]+\s*\[[^\]]*\])\s*"([^"]*)"(\s*\))'
+)
 _TYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "Real": "real", "Unknown": "real"}
 
 
@@ -44,6 +49,7 @@ class Variable:
     kind: str  # input | hidden | output
     shape: tuple[int, ...]
     dtype: str  # real, float32, ...
+    onnx_name: str = ""  # the ONNX tensor it names, when declared (always for hidden nodes)
 
     @property
     def numel(self) -> int:
@@ -78,6 +84,12 @@ class Query:
     def outputs(self) -> tuple[Variable, ...]:
         return tuple(v for n in self.networks for v in n.outputs)
 
+    @property
+    def results(self) -> tuple[Variable, ...]:
+        """Each network's outputs then its hidden nodes, network after network: the outputs of
+        the product network, in order."""
+        return tuple(v for n in self.networks for v in n.outputs + n.hidden)
+
 
 def _package_error(name: str, e: Exception, source: str = "") -> RobustlabError:
     """The package's exception (a parse error line or a JSON list of type errors) in one line,
@@ -110,10 +122,13 @@ def parse(text: str, name: str) -> Query:
     """A query from its text. vnnlib 1.0.2's type checker refuses a constant beside a ``Real``
     variable inside arithmetic (``(* -1.0 X[0])``, as in the standard's own examples): such a
     query is checked again with ``Real`` declared as ``float64`` (the same arithmetic) and its
-    variables keep the type ``real``."""
+    variables keep the type ``real``. ONNX names declared on inputs and outputs (which vnnlib
+    1.0.2 does not parse) are taken out of the text first and kept."""
     import vnnlib
 
     bare = re.sub(r";[^\n]*", "", text)  # comments out, lines kept
+    onnx_names = {m.group(2): m.group(3) for m in _IO_NAME.finditer(bare)}
+    text = _IO_NAME.sub(r"\1\4", bare)
     declared = set(re.findall(r"\(\s*declare-network\s+([^\s()]+)", bare))
     for m in re.finditer(r"\(\s*(equal-to|isomorphic-to)\s+([^\s()]+)\s*\)", bare):
         if m.group(2) not in declared:
@@ -135,7 +150,8 @@ def parse(text: str, name: str) -> Query:
 
     def var(d, kind: str, net: str) -> Variable:
         dtype = "real" if d.name in reals else _TYPES.get(d.dtype.name, d.dtype.name.lower())
-        return Variable(d.name, net, kind, tuple(int(s) for s in d.shape), dtype)
+        onnx = (d.onnx_name or "").strip('"') if kind == "hidden" else onnx_names.get(d.name, "")
+        return Variable(d.name, net, kind, tuple(int(s) for s in d.shape), dtype, onnx)
 
     nets = tuple(
         Network(
