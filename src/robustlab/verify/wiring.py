@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from robustlab.errors import RobustlabError
+from robustlab.model import load_model
 from robustlab.verify.oracle import onnx_inputs
 from robustlab.verify.vnnlib2 import Network, Variable
 
@@ -173,8 +174,6 @@ def wire(query_name: str, net: Network, onnx_bytes: bytes) -> tuple[Wiring, byte
 
 def load_bytes(onnx_bytes: bytes):
     """A LoadedModel of an ONNX model given as bytes (through a temporary file)."""
-    from robustlab.model import load_model
-
     with tempfile.TemporaryDirectory(prefix="robustlab-") as tmp:
         path = Path(tmp) / "exposed.onnx"
         path.write_bytes(onnx_bytes)
