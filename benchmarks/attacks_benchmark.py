@@ -242,10 +242,12 @@ def load_cases(shared: Path, cache: Path) -> list[tuple]:
     cases = [
         ("digits CNN", standard, digits, 0.1, "inf"),
         ("digits CNN PGD-AT", robust, digits, 0.1, "inf"),
+        ("digits CNN", standard, digits, 0.5, "2"),
         ("digits CNN PGD-AT", robust, digits, 0.5, "2"),
     ]
     if "vit" in zoo.ARCHITECTURES:
-        cases.append(("digits ViT", zoo.pretrained("vit"), digits, 0.1, "inf"))
+        vit = zoo.pretrained("vit")
+        cases += [("digits ViT", vit, digits, 0.1, "inf"), ("digits ViT", vit, digits, 0.5, "2")]
     verivital = shared / "benchmarks" / "verivital"
     mnist = shared / "datasets" / "mnist_test_100.csv"
     if verivital.exists() and mnist.exists():
@@ -253,6 +255,7 @@ def load_cases(shared: Path, cache: Path) -> list[tuple]:
         for net in ("avgpool", "maxpool"):
             module = load_model(verivital / f"Convnet_{net}.onnx").module
             cases.append((f"MNIST Convnet_{net}", module, data, 0.04, "inf"))
+            cases.append((f"MNIST Convnet_{net}", module, data, 1.0, "2"))
     else:
         print(f"(no VeriVital models or MNIST data under {shared}: skipped)")
     out = []
@@ -280,6 +283,11 @@ def main() -> None:
     parser.add_argument(
         "--columns", default=",".join(COLUMNS), help="the columns to run, comma-separated"
     )
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="run only the cases whose name contains one of these (comma-separated)",
+    )
     args = parser.parse_args()
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     unknown = [c for c in columns if c not in COLUMNS]
@@ -295,6 +303,9 @@ def main() -> None:
         flush=True,
     )
     cases = load_cases(args.shared, args.out.with_suffix(".pgdat.pt"))
+    wanted = [w.strip() for w in args.cases.split(",") if w.strip()]
+    if wanted:
+        cases = [c for c in cases if any(w in c[0] for w in wanted)]
     done = done_keys(args.out)
     for rep in range(args.reps):
         for name, threat, model, data, eps, norm in cases:
