@@ -19,8 +19,8 @@ from robustlab.errors import RobustlabError
 from robustlab.verify import verify
 from robustlab.verify.product import to_product
 from robustlab.verify.relational import holds
-from robustlab.verify.vnnlib import read_vnnlib
-from robustlab.verify.vnnlib2 import Unsupported, is_vnnlib2, parse, read_query
+from robustlab.verify.vnnlib import read_text, read_vnnlib
+from robustlab.verify.vnnlib2 import Unsupported, from_v1, is_vnnlib2, parse, read_query
 
 from ..conftest import SHARED
 
@@ -51,12 +51,32 @@ def test_v2_files_give_the_v1_spec(bench):
 
 
 @needs_v2
-def test_acc_v2_files_are_refused_in_one_line():
-    # the collection's ACC conversions declare shape [0] and use SMT's declare-fun: not 2.0
-    for _, v2 in _pairs("ACC"):
-        with pytest.raises(RobustlabError) as e:
-            read_query(v2)
-        assert "\n" not in str(e.value) and "declare-fun" in str(e.value)
+def test_acc_v2_files_are_read_as_their_v1_query():
+    # the collection's ACC conversions declare shape [0] and then each element with SMT's
+    # declare-fun: not valid 2.0, read with a warning as the shapes the elements imply
+    pairs = _pairs("ACC")
+    assert pairs
+    for v1, v2 in pairs:
+        with pytest.warns(UserWarning, match="declare-fun"):
+            p2 = to_product(read_query(v2))
+        p1 = to_product(from_v1(*read_text(v1, "VNN-LIB")))
+        assert p1.passthrough == p2.passthrough
+        for a in _SPEC:
+            assert torch.equal(getattr(p1.spec, a), getattr(p2.spec, a)), (v2.name, a)
+        for a in ("src", "scale", "m"):
+            assert np.array_equal(getattr(p1, a), getattr(p2, a)), (v2.name, a)
+
+
+def test_element_declarations_without_a_shape_zero_are_left_to_the_parser(tmp_path):
+    body = (
+        "(vnnlib-version <2.0>)\n(declare-network n (declare-input X Real [2]) "
+        "(declare-output Y Real [1]))\n(declare-fun X[0] () Real)\n(assert (<= Y[0] 0.0))\n"
+    )
+    path = tmp_path / "q.vnnlib"
+    path.write_text(body)
+    with pytest.raises(RobustlabError) as e:
+        read_query(path)
+    assert "\n" not in str(e.value)
 
 
 @needs_v2

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,39 @@ def _package_error(name: str, e: Exception, source: str = "") -> RobustlabError:
     return RobustlabError(f"{name}: {text.splitlines()[0] if text else 'invalid VNN-LIB 2.0'}")
 
 
+_ELEMENT_FUN = re.compile(r"\(\s*declare-fun\s+([A-Za-z_][\w.]*)\[(\d+)\]\s*\(\s*\)\s*Real\s*\)")
+
+
+def _repair_element_funs(text: str, name: str) -> str:
+    """Some published conversions (the VNNLIB Benchmarks collection's ACC files) declare a
+    network's input and output with shape ``[0]`` and then each element SMT-style,
+    ``(declare-fun X[0] () Real)``: not valid VNN-LIB 2.0, but unambiguous. Each such variable
+    gets the shape its elements imply and the element declarations go (lines kept, so errors
+    still point at the right line); a warning says so. Anything else is left to the parser."""
+    sizes: dict[str, int] = {}
+    for m in _ELEMENT_FUN.finditer(text):
+        sizes[m.group(1)] = max(sizes.get(m.group(1), 0), int(m.group(2)) + 1)
+    if not sizes:
+        return text
+    fixed = []
+    for var, size in sizes.items():
+        decl = re.compile(
+            r"(\(\s*declare-(?:input|output)\s+" + re.escape(var) + r"\s+\w+\s*)\[\s*0\s*\]"
+        )
+        if decl.search(text):
+            text = decl.sub(rf"\g<1>[{size}]", text)
+            fixed.append(f"{var}[{size}]")
+    if not fixed:
+        return text
+    text = _ELEMENT_FUN.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+    warnings.warn(
+        f"{name}: not valid VNN-LIB 2.0 (shape [0] with one declare-fun per element); "
+        f"read as {', '.join(fixed)}",
+        stacklevel=3,
+    )
+    return text
+
+
 def parse(text: str, name: str) -> Query:
     """A query from its text. vnnlib 1.0.2's type checker refuses a constant beside a ``Real``
     variable inside arithmetic (``(* -1.0 X[0])``, as in the standard's own examples): such a
@@ -128,7 +162,7 @@ def parse(text: str, name: str) -> Query:
 
     bare = re.sub(r";[^\n]*", "", text)  # comments out, lines kept
     onnx_names = {m.group(2): m.group(3) for m in _IO_NAME.finditer(bare)}
-    text = _IO_NAME.sub(r"\1\4", bare)
+    text = _repair_element_funs(_IO_NAME.sub(r"\1\4", bare), name)
     declared = set(re.findall(r"\(\s*declare-network\s+([^\s()]+)", bare))
     for m in re.finditer(r"\(\s*(equal-to|isomorphic-to)\s+([^\s()]+)\s*\)", bare):
         if m.group(2) not in declared:
