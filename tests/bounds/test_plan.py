@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from robustlab.bounds import compute_bounds
-from robustlab.bounds.crown import backward, intermediate_bounds
+from robustlab.bounds.crown import backward, intermediate_bounds, two_sided
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.plan import ACTIVATION, INPUT, LINEAR, float32_pays
@@ -123,3 +123,19 @@ def test_fused_last_step_equals_the_plain_one_in_float32(batch, d_in, rows):
     assert fused.dtype == torch.float32
     scale = 1e-5 * (1 + float(plain.abs().max()))
     assert torch.allclose(fused, plain, rtol=1e-5, atol=scale)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "conv-residual"])
+def test_rows_shared_by_the_batch_stay_shared_with_the_same_bounds(kind):
+    net, shape = make(kind, 4)
+    graph = graph_of(net, tuple(shape))
+    x = torch.rand(5, *shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    region = InputRegion(x - 0.05, x + 0.05)
+    out = graph.nodes[graph.output].shape
+    rows = torch.eye(out[0], dtype=torch.float64)[None].expand(5, -1, -1)  # stride 0
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, region)
+        shared = two_sided(graph, bounds, graph.output, rows)
+        own = two_sided(graph, bounds, graph.output, rows.contiguous())
+    for a, b in ((shared.lower, own.lower), (shared.upper, own.upper)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * (1 + float(b.abs().max())))

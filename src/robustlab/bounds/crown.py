@@ -270,9 +270,25 @@ def _rowdot(x: Tensor, v: Tensor) -> Tensor:
 def two_sided(graph, bounds, target, C, alphas=None, cache=None) -> Bounds:
     """Lower and upper bounds of ``C . node[target]`` in one backward pass (rows ``[C; -C]``)."""
     m = C.shape[1]
-    both = window.cat(C, -C) if isinstance(C, Window) else torch.cat([C, -C], 1)
+    data = C.data if isinstance(C, Window) else C
+    b = data.shape[0]
+    if b > 1 and data.stride(0) == 0 and (not isinstance(C, Window) or C.oy.shape[0] == 1):
+        # rows shared by the batch stay shared (the first steps are then one product, not b)
+        one = Window(C.data[:1], C.oy, C.ox, C.frame) if isinstance(C, Window) else C[:1]
+        both = two_rows(one)
+        if isinstance(both, Window):
+            both = Window(both.data.expand(b, *both.data.shape[1:]), both.oy, both.ox, C.frame)
+        else:
+            both = both.expand(b, *both.shape[1:])
+    else:
+        both = two_rows(C)
     lb = backward(graph, bounds, target, both, alphas, cache)
     return Bounds(lb[:, :m], -lb[:, m:])
+
+
+def two_rows(C: Tensor | Window) -> Tensor | Window:
+    """Rows ``[C; -C]``."""
+    return window.cat(C, -C) if isinstance(C, Window) else torch.cat([C, -C], 1)
 
 
 def needs_bounds(graph: BoundGraph) -> dict[int, bool]:

@@ -12,6 +12,7 @@ from robustlab.bounds.ops.base import Activation, LinearOp
 from robustlab.bounds.ops.bilinear import Bilinear
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.reduce import MaxReduce
+from robustlab.bounds.tracker import covers
 
 INPUT, LINEAR, BILINEAR, ACTIVATION, POOL, OTHER = range(6)
 
@@ -72,7 +73,9 @@ FLOAT32_MIN_ENTRIES = 2**18  # below this, a float32 pass is slower than a float
 def float32_pays(graph, batch: int, *, min_entries: int = FLOAT32_MIN_ENTRIES) -> bool:
     """Whether a rigorous float32 pass can be faster than a float64 one: only when its largest
     coefficient tensor (batch x rows x the widest node) is large enough for the matrix products'
-    float32 speed to outweigh the rounding bookkeeping's fixed cost per operation."""
+    float32 speed to outweigh the rounding bookkeeping's fixed cost per operation, and only on
+    graphs the bookkeeping covers (``tracker.covers``)."""
     plan = graph.plan
     rows = max([2 * math.prod(graph.nodes[j].shape) for j in plan.needs] + [1])
-    return batch * rows * plan.numel_upto[-1] >= min_entries
+    # a graph outside the float32 bookkeeping is computed in float64 anyway (crown.backward)
+    return batch * rows * plan.numel_upto[-1] >= min_entries and covers(graph)

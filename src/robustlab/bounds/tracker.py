@@ -251,7 +251,6 @@ class Tracker:
             linear["bias"] = box + absdot(dense, r) - dot64(dense, self.c(0))
         return round_down(box, dtype)
 
-
     def finish_last(self, op, a: Tensor, shapes, dtype: torch.dtype, chunk: int) -> Tensor:
         """``finish`` for a box input whose last step (``op``'s transpose applied to ``a``) is
         taken here, ``chunk`` coefficient entries at a time: the coefficients on the input are
