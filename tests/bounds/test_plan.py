@@ -1,15 +1,18 @@
 """The compiled plan and the fast paths of the backward pass (issue 17): the same bounds as the
 plain computation, and a float32 fallback that stays rigorous."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from robustlab.bounds import compute_bounds
-from robustlab.bounds.crown import backward, intermediate_bounds, two_sided
+from robustlab.bounds.crown import backward, identity_rows, intermediate_bounds, two_sided
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.plan import ACTIVATION, INPUT, LINEAR, float32_pays
+from robustlab.bounds.window import identity_windows
 from robustlab.threat import Box, LpBall
 
 from .nets import KINDS, make
@@ -138,4 +141,32 @@ def test_rows_shared_by_the_batch_stay_shared_with_the_same_bounds(kind):
         shared = two_sided(graph, bounds, graph.output, rows)
         own = two_sided(graph, bounds, graph.output, rows.contiguous())
     for a, b in ((shared.lower, own.lower), (shared.upper, own.upper)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * (1 + float(b.abs().max())))
+
+
+class _PoolNet(nn.Module):
+    def __init__(self, kernel: int, stride: int, padding: int):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1)
+        self.pool = nn.MaxPool2d(kernel, stride, padding)
+
+    def forward(self, x):
+        return torch.relu(self.c2(self.pool(torch.relu(self.c1(x)))))
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(2, 2, 0), (3, 1, 1), (3, 2, 1)])
+def test_windows_through_max_pooling_equal_dense_rows(kernel, stride, padding):
+    torch.manual_seed(kernel * 10 + stride)
+    net = _PoolNet(kernel, stride, padding).eval()
+    graph = graph_of(net, (2, 10, 10))
+    x = torch.rand(3, 2, 10, 10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    region = InputRegion(x - 0.1, x + 0.1)
+    target = next(i for i, n in enumerate(graph.nodes) if n.name.startswith("c2"))
+    shape = graph.nodes[target].shape
+    idx = torch.arange(0, math.prod(shape), 7)
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, region)
+        win = two_sided(graph, bounds, target, identity_windows(shape, idx, 3, x))
+        dense = two_sided(graph, bounds, target, identity_rows(shape, idx, 3, x))
+    for a, b in ((win.lower, dense.lower), (win.upper, dense.upper)):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * (1 + float(b.abs().max())))

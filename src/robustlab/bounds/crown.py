@@ -18,6 +18,7 @@ from robustlab.bounds import rounding, window
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.base import InputRegion
+from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.plan import ACTIVATION, BILINEAR, LINEAR, POOL
 from robustlab.bounds.tracker import Tracker, covers
 from robustlab.bounds.window import Window
@@ -154,7 +155,8 @@ def backward(
                 a_in, b = window.activation_backward(a, la, lb, ua, ub, op.zero_lower_intercept)
             else:  # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
                 neg = a.clamp(max=0)
-                a_in = torch.addcmul(a * la, neg, gap)
+                a_in = a * la
+                a_in.addcmul_(neg, gap)  # in place: one (batch, rows, n) allocation fewer
                 b = None if track else _rowdot(neg, ub)
                 if not (track or op.zero_lower_intercept):
                     b = b + _rowdot(a - neg, lb)
@@ -163,8 +165,11 @@ def backward(
             else:
                 bias = bias + b
         elif kind == POOL:
-            a = _dense(a)
-            a_in, b = op.backward(a, l, u)
+            if isinstance(a, Window) and not track and isinstance(op, MaxPool):
+                a_in, b = window.pool_backward(op, a, l, u)
+            else:
+                a = _dense(a)
+                a_in, b = op.backward(a, l, u)
             if track:
                 track.pool(op, a, j, i)
             else:
