@@ -17,6 +17,7 @@ bounds. auto_LiRPA is optional: without it, robustlab's side is printed alone.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -165,7 +166,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, threads {args.threads}, auto_LiRPA "
-        f"{'available' if BoundedModule else 'not importable: robustlab only'}"
+        f"{'available' if BoundedModule else 'not importable: robustlab only'}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     header = f"{'case':40s} {'method':20s} {'robustlab ms':>13s} {'width':>10s}"
     if BoundedModule:
@@ -193,6 +195,8 @@ def main() -> None:
                 except Exception as e:  # noqa: BLE001 - report the peer's failure and go on
                     line += f"  auto_LiRPA failed: {type(e).__name__}: {str(e)[:60]}"
             print(line, flush=True)
+    # timings under load (more runnable threads than cores) say little: report the load
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import Bounds, graph_of
 from robustlab.bounds.ibp import interval_all, spec_bounds
 from robustlab.bounds.ops.base import InputRegion
+from robustlab.bounds.plan import float32_pays
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.inputs import as_module
 from robustlab.threat import Box, LpBall
@@ -118,13 +119,16 @@ def compute_bounds(
     alpha_iterations: int | None = None,
     bound_upper: bool = True,
     stop_when_positive: bool = False,
+    fallback: bool = True,
 ) -> Bounds | BoundResult:
     """Sound bounds on ``model`` (or on ``C @ model``) over a batched region.
 
     ``region`` is a ``Box`` with batched bounds or ``(threat, x0)``, taken exactly as given
     (:func:`input_region`; a float32 computation rounds it outward). ``C`` has shape
     (batch, rows, *output_shape). Bounds are computed in ``dtype`` (float64 by default) and rounded
-    outward to the region's dtype. ``bound_upper=False`` computes lower bounds only (the upper
+    outward to the region's dtype; a rigorous float32 request is computed in float64 where
+    float32 cannot be faster (``plan.float32_pays``: small networks and batches) unless
+    ``fallback=False``. ``bound_upper=False`` computes lower bounds only (the upper
     bounds are then infinite); ``stop_when_positive`` ends alpha-CROWN's optimisation once every
     lower bound is positive.
     """
@@ -134,6 +138,10 @@ def compute_bounds(
     model = as_module(model)  # what load_model returns, a module or a path
     given = input_region(region)
     out_dtype = _user_dtype(region, given)
+    graph = graph_of(model, tuple(given.lower.shape[1:]))
+    if fallback and dtype == torch.float32 and rounding.accounted():
+        if not float32_pays(graph, given.lower.shape[0]):
+            dtype = torch.float64  # as rigorous, faster here (and tighter): rounded outward below
     region = _region_in(given, dtype)
     lower = region.lower
     C_err = None
@@ -143,7 +151,6 @@ def compute_bounds(
         C64, C = C.double(), C.to(dtype)
         if not torch.equal(C.double(), C64):  # C rounded: bound C y by C' y and |C - C'| |y|
             C_err = (C64 - C.double()).abs()
-    graph = graph_of(model, tuple(lower.shape[1:]))
     with torch.no_grad():
         if method == "ibp":
             all_b = interval_all(graph, lower, region.upper)

@@ -17,11 +17,9 @@ from robustlab import deadline
 from robustlab.bounds import rounding, window
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
-from robustlab.bounds.ops.activation import ReLU
-from robustlab.bounds.ops.base import Activation, InputRegion, LinearOp
-from robustlab.bounds.ops.bilinear import Bilinear
+from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.pool import MaxPool
-from robustlab.bounds.ops.reduce import MaxReduce
+from robustlab.bounds.plan import ACTIVATION, BILINEAR, LINEAR, POOL
 from robustlab.bounds.tracker import Tracker, covers
 from robustlab.bounds.window import Window
 
@@ -81,6 +79,8 @@ def backward(
     bias = data.new_zeros(C.shape[:2])
     # float32: the pass bounds its own rounding error (tracker.py); its bias is in the tracker
     track = Tracker(graph, bounds, C, target, cache) if rounding.tracked(C) else None
+    plan = graph.plan
+    kinds, in_shapes, nodes = plan.kinds, plan.in_shapes, graph.nodes
     for i in range(target, 0, -1):
         deadline.check()  # a pass through a huge network can outlast a verifier's timeout
         a = A.pop(i, None)
@@ -92,10 +92,20 @@ def backward(
                 track.added(a, i)
         if a is None:
             continue
-        node = graph.nodes[i]
-        op = node.op
-        if isinstance(op, LinearOp):
-            shapes = [graph.nodes[j].shape for j in node.inputs]
+        node = nodes[i]
+        op, kind = node.op, kinds[i]
+        if kind == LINEAR:
+            shapes = in_shapes[i]
+            if (
+                node.inputs == (0,)
+                and not (A or linear is not None or isinstance(a, Window))
+                and (betas is None or min(betas) >= i)
+            ):  # the last step: fused with the input's bound, a chunk of rows at a time
+                if track is None:
+                    return _last_step(op, a, shapes, bounds[0]) + bias
+                if getattr(bounds[0], "l2_eps", None) is None:
+                    track.linear(op, a, None, node.inputs, node.shape)
+                    return track.finish_last(op, a, shapes, data.dtype, CHUNK)
             res = window.linear_backward(op, a, shapes) if isinstance(a, Window) else None
             if res is not None:
                 ins, b = res
@@ -110,37 +120,43 @@ def backward(
                 track.linear(op, a, ins, node.inputs, node.shape)
             else:
                 bias = bias + b
-            for j, aj in zip(node.inputs, ins, strict=True):
-                _accumulate(A, j, aj, track)
+            if len(ins) == 1 and node.inputs[0] not in A:
+                A[node.inputs[0]] = ins[0]
+            else:
+                for j, aj in zip(node.inputs, ins, strict=True):
+                    _accumulate(A, j, aj, track)
             continue
-        if isinstance(op, Bilinear):
+        if kind == BILINEAR:
             alpha = alphas.get(i) if alphas else None
-            shapes = [graph.nodes[j].shape for j in node.inputs]
-            ins, b = op.backward(_dense(a), *[bounds[j] for j in node.inputs], shapes, alpha)
+            ins, b = op.backward(_dense(a), *[bounds[j] for j in node.inputs], in_shapes[i], alpha)
             bias = bias + b
             for j, aj in zip(node.inputs, ins, strict=True):
                 _accumulate(A, j, aj, track)
             continue
         j = node.inputs[0]
         l, u = bounds[j].lower, bounds[j].upper
-        if isinstance(op, Activation):
+        if kind == ACTIVATION:
             if record is not None:
                 record[i] = a = _dense(a)
             alpha = alphas.get(i) if alphas else None
             if alpha is None and cache is not None:
                 hit = cache.get(i)
                 if hit is None or hit[0] is not bounds[j]:
-                    hit = (bounds[j], rounding.relax(op, l[:, None], u[:, None]))
+                    lines = rounding.relax(op, l[:, None], u[:, None])
+                    hit = (bounds[j], lines, lines[2] - lines[0])
                     cache[i] = hit
                 la, lb, ua, ub = hit[1]
+                gap = hit[2]
             else:
                 la, lb, ua, ub = rounding.relax(op, l[:, None], u[:, None], alpha)
+                gap = ua - la
             neg = None
             if isinstance(a, Window):
                 a_in, b = window.activation_backward(a, la, lb, ua, ub, op.zero_lower_intercept)
             else:  # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
                 neg = a.clamp(max=0)
-                a_in = torch.addcmul(a * la, neg, ua - la)
+                a_in = a * la
+                a_in.addcmul_(neg, gap)  # in place: one (batch, rows, n) allocation fewer
                 b = None if track else _rowdot(neg, ub)
                 if not (track or op.zero_lower_intercept):
                     b = b + _rowdot(a - neg, lb)
@@ -148,15 +164,18 @@ def backward(
                 track.activation(i, a, la, lb, ua, ub, j, neg)
             else:
                 bias = bias + b
-        elif isinstance(op, (MaxPool, MaxReduce)):
-            a = _dense(a)
-            a_in, b = op.backward(a, l, u)
+        elif kind == POOL:
+            if isinstance(a, Window) and not track and isinstance(op, MaxPool):
+                a_in, b = window.pool_backward(op, a, l, u)
+            else:
+                a = _dense(a)
+                a_in, b = op.backward(a, l, u)
             if track:
                 track.pool(op, a, j, i)
             else:
                 bias = bias + b
-        else:  # pragma: no cover - every op is linear, an activation, or max pooling
-            raise TypeError(type(op).__name__)
+        else:
+            raise TypeError(f"no backward step for {type(op).__name__} at node '{node.name}'")
         _accumulate(A, j, a_in, track)
     if 0 not in A:  # the target does not depend on the input
         A[0] = data.new_zeros(*C.shape[:2], *graph.nodes[0].shape)
@@ -167,6 +186,50 @@ def backward(
     if isinstance(A[0], Window):
         return window.concretize(A[0], bounds[0]) + bias
     return concretize(A[0], bounds[0]) + bias
+
+
+CHUNK = 2**18  # coefficient entries on the input computed at a time by ``_last_step``
+
+
+def _last_step(op, a: Tensor, shapes, region: Bounds) -> Tensor:
+    """``concretize`` of ``op``'s transpose applied to ``a`` (the step onto the input) plus its
+    bias, in chunks of rows small enough to stay in cache: the (batch, rows, *input) coefficients
+    are never stored whole. The same numbers as the step followed by ``concretize``."""
+    b, m = a.shape[:2]
+    if b > 1 and a.stride(0) == 0:  # the same rows for every example: one product
+        ins, bias = op.backward(a[:1], shapes)
+        return _concretize_shared(ins[0], region) + bias
+    n = max(math.prod(shapes[0]), 1)
+    per = CHUNK // (m * n)
+    if per >= b:
+        ins, bias = op.backward(a, shapes)
+        return concretize(ins[0], region) + bias
+    out = a.new_empty(b, m)
+    if per >= 1:
+        for s in range(0, b, per):
+            ins, bias = op.backward(a[s : s + per], shapes)
+            out[s : s + per] = concretize(ins[0], _slice_region(region, slice(s, s + per))) + bias
+        return out
+    rows = max(1, CHUNK // n)
+    for e in range(b):
+        one = _slice_region(region, slice(e, e + 1))
+        for r in range(0, m, rows):
+            ins, bias = op.backward(a[e : e + 1, r : r + rows], shapes)
+            out[e : e + 1, r : r + rows] = concretize(ins[0], one) + bias
+    return out
+
+
+def _concretize_shared(A: Tensor, region: Bounds) -> Tensor:
+    """``concretize`` of rows (1, rows, *input) shared by every example of the region."""
+    b = region.lower.shape[0]
+    Af = A.reshape(A.shape[1], -1)
+    c = ((region.upper + region.lower) / 2).reshape(b, -1)
+    r = ((region.upper - region.lower) / 2).reshape(b, -1)
+    value = (c @ Af.T - r @ Af.abs().T).to(A.dtype)
+    if isinstance(region, InputRegion) and region.l2_eps is not None:
+        ball = region.center.reshape(b, -1).to(A.dtype) @ Af.T - region.l2_eps * Af.norm(dim=1)
+        value = torch.maximum(value, ball)
+    return value
 
 
 def _in_float64(graph, bounds, target, C, alphas, linear, betas, record) -> Tensor:
@@ -212,30 +275,35 @@ def _rowdot(x: Tensor, v: Tensor) -> Tensor:
 def two_sided(graph, bounds, target, C, alphas=None, cache=None) -> Bounds:
     """Lower and upper bounds of ``C . node[target]`` in one backward pass (rows ``[C; -C]``)."""
     m = C.shape[1]
-    both = window.cat(C, -C) if isinstance(C, Window) else torch.cat([C, -C], 1)
+    data = C.data if isinstance(C, Window) else C
+    b = data.shape[0]
+    if b > 1 and data.stride(0) == 0 and (not isinstance(C, Window) or C.oy.shape[0] == 1):
+        # rows shared by the batch stay shared (the first steps are then one product, not b)
+        one = Window(C.data[:1], C.oy, C.ox, C.frame) if isinstance(C, Window) else C[:1]
+        both = two_rows(one)
+        if isinstance(both, Window):
+            both = Window(both.data.expand(b, *both.data.shape[1:]), both.oy, both.ox, C.frame)
+        else:
+            both = both.expand(b, *both.shape[1:])
+    else:
+        both = two_rows(C)
     lb = backward(graph, bounds, target, both, alphas, cache)
     return Bounds(lb[:, :m], -lb[:, m:])
 
 
+def two_rows(C: Tensor | Window) -> Tensor | Window:
+    """Rows ``[C; -C]``."""
+    return window.cat(C, -C) if isinstance(C, Window) else torch.cat([C, -C], 1)
+
+
 def needs_bounds(graph: BoundGraph) -> dict[int, bool]:
     """Nodes whose bounds a relaxation uses -> whether only unstable neurons matter (ReLU)."""
-    need: dict[int, bool] = {}
-    for node in graph.nodes[1:]:
-        if not isinstance(node.op, LinearOp):
-            kink = isinstance(node.op, ReLU) or getattr(node.op, "unstable_only", False)
-            for j in node.inputs:
-                need[j] = need.get(j, True) and kink
-    return need
+    return dict(graph.plan.needs)
 
 
 def _after_nonlinear(graph: BoundGraph) -> list[bool]:
     """Per node: whether some nonlinear operation lies between the input and it."""
-    flag = [False] * len(graph.nodes)
-    for i, node in enumerate(graph.nodes[1:], 1):
-        flag[i] = any(
-            flag[j] or not isinstance(graph.nodes[j].op, LinearOp | type(None)) for j in node.inputs
-        )
-    return flag
+    return list(graph.plan.after_nonlinear)
 
 
 def identity_rows(shape: tuple[int, ...], idx: Tensor, batch: int, like: Tensor) -> Tensor:
@@ -279,7 +347,7 @@ def refine(
             group = sel[width[sel] == w]
             _refine_rows(graph, bounds, i, mask[group], group, min(int(w), k), shape, lo, hi)
         return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
-    in_numel = max(math.prod(n.shape) for n in graph.nodes[: i + 1])
+    in_numel = graph.plan.numel_upto[i]
     chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
     for s in range(0, len(idx), chunk):
         deadline.check()
@@ -328,8 +396,8 @@ def intermediate_bounds(
     intersect: bool = True,
 ) -> dict[int, Bounds]:
     """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them."""
-    need = needs_bounds(graph) if method == "crown" else {}
-    nonlinear_before = _after_nonlinear(graph)
+    need = graph.plan.needs if method == "crown" else {}
+    nonlinear_before = graph.plan.after_nonlinear
     bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
         deadline.check()

@@ -7,6 +7,7 @@ import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, fx, nn
@@ -44,6 +45,13 @@ class BoundGraph:
     @property
     def output(self) -> int:
         return len(self.nodes) - 1
+
+    @cached_property
+    def plan(self):
+        """The compiled plan (plan.py): node kinds, input shapes, needed bounds; built once."""
+        from robustlab.bounds.plan import compile_plan
+
+        return compile_plan(self)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:

@@ -48,6 +48,11 @@ def ignored() -> Iterator[None]:
         _STATE.off = before
 
 
+def accounted() -> bool:
+    """Whether float32 passes bound their rounding here (not inside ``ignored()``)."""
+    return not getattr(_STATE, "off", False)
+
+
 def tracked(t: Tensor | Window) -> bool:
     """Whether rounding is accounted for in this tensor's precision (float32)."""
     t = t.data if isinstance(t, Window) else t

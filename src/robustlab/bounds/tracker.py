@@ -109,7 +109,8 @@ class Tracker:
         b = self.bounds[self.graph.nodes[i].inputs[0]]
         hit = self.cache.get(i)
         if hit is None or hit[0] is not b:
-            hit = (b, relax(self.graph.nodes[i].op, b.lower[:, None], b.upper[:, None]))
+            lines = relax(self.graph.nodes[i].op, b.lower[:, None], b.upper[:, None])
+            hit = (b, lines, lines[2] - lines[0])  # the entry crown.backward keeps
             self.cache[i] = hit
         return hit[1]
 
@@ -249,6 +250,26 @@ class Tracker:
             linear["A"] = dense
             linear["bias"] = box + absdot(dense, r) - dot64(dense, self.c(0))
         return round_down(box, dtype)
+
+    def finish_last(self, op, a: Tensor, shapes, dtype: torch.dtype, chunk: int) -> Tensor:
+        """``finish`` for a box input whose last step (``op``'s transpose applied to ``a``) is
+        taken here, ``chunk`` coefficient entries at a time: the coefficients on the input are
+        never stored whole (call ``linear`` for the step's rounding first)."""
+        region = self.bounds[0]
+        r = (region.upper.double() - region.lower.double()) / 2
+        b, m = a.shape[:2]
+        if b > 1 and a.stride(0) == 0:  # the same rows for every example
+            A0 = op.backward(a[:1], shapes)[0][0]
+            term = absdot(A0.expand(b, *A0.shape[1:]), r)
+        else:
+            per = max(1, chunk // max(m * math.prod(shapes[0]), 1))
+            parts = [
+                absdot(op.backward(a[s : s + per], shapes)[0][0], r[s : s + per])
+                for s in range(0, b, per)
+            ]
+            term = torch.cat(parts) if len(parts) > 1 else parts[0]
+        value = self.value + _signed_dot(self.C, self.c(self.target)[:, None], None)
+        return round_down(value - term, dtype)
 
 
 def _same(x, y) -> bool:

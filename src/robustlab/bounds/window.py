@@ -255,6 +255,34 @@ def activation_backward(
     return Window(a_in, win.oy, win.ox, win.frame), bias
 
 
+def pool_backward(op, win: Window, l: Tensor, u: Tensor) -> tuple[Tensor | Window, Tensor]:
+    """Max pooling's relaxation (``MaxPool.backward``) on a window: each output's coefficient
+    moves to the input its relaxation picks, which lies in the pooling window of that output, so
+    the rows keep a window on the input ((h - 1) stride + kernel high)."""
+    b, m, c, h, w = win.data.shape
+    index, exact, u_max = op.relax_indices(l, u)  # (B, C, Ho * Wo): flat input index
+    H, W = l.shape[2:]
+    frame = win.frame
+    as_map = (index.shape[0], c, *frame)
+    idx = win.gather(index.reshape(as_map))  # (B', m, c, h, w)
+    ex = win.gather(exact.reshape(as_map).to(win.data.dtype))
+    top = win.data.clamp(min=0) + win.data.clamp(max=0) * ex
+    bias = (win.data.clamp(max=0) * (1 - ex) * win.gather(u_max.reshape(as_map))).flatten(2)
+    iy = win.oy * op.stride[0] - op.padding[0]
+    ix = win.ox * op.stride[1] - op.padding[1]
+    hh = (h - 1) * op.stride[0] + op.kernel[0]
+    ww = (w - 1) * op.stride[1] + op.kernel[1]
+    # local position in the input window (outside the frame: zero coefficients, any position)
+    ry = (idx // W - iy[..., None, None, None]).clamp(0, hh - 1)
+    rx = (idx % W - ix[..., None, None, None]).clamp(0, ww - 1)
+    local = (ry * ww + rx).reshape(*idx.shape[:3], -1)
+    B = max(b, local.shape[0])
+    data = win.data.new_zeros(B, m, c, hh * ww)
+    data.scatter_add_(3, local.expand(B, -1, -1, -1), top.expand(B, -1, -1, -1, -1).flatten(3))
+    new = Window(data.reshape(B, m, c, hh, ww), iy, ix, (H, W))
+    return (new.dense() if hh * ww >= H * W else new), bias.sum(-1)
+
+
 def concretize(win: Window, region) -> Tensor:
     """Lower bound of the rows over the input region (box; an L2 ball as in ``crown.concretize``)."""
     c = win.gather((region.upper + region.lower) / 2)

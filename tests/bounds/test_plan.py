@@ -1,0 +1,172 @@
+"""The compiled plan and the fast paths of the backward pass (issue 17): the same bounds as the
+plain computation, and a float32 fallback that stays rigorous."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.bounds import compute_bounds
+from robustlab.bounds.crown import backward, identity_rows, intermediate_bounds, two_sided
+from robustlab.bounds.graph import graph_of
+from robustlab.bounds.ops.base import InputRegion
+from robustlab.bounds.plan import ACTIVATION, INPUT, LINEAR, float32_pays
+from robustlab.bounds.window import identity_windows
+from robustlab.threat import Box, LpBall
+
+from .nets import KINDS, make
+
+
+def _mlp(d_in: int, width: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 5)
+    ).eval()
+
+
+def test_plan_describes_the_graph():
+    graph = graph_of(_mlp(6, 8), (6,))
+    plan = graph.plan
+    assert plan is graph.plan  # built once
+    assert plan.kinds == (INPUT, LINEAR, ACTIVATION, LINEAR, ACTIVATION, LINEAR)
+    assert plan.in_shapes[3] == ((8,),)
+    assert plan.after_nonlinear == (False, False, False, True, True, True)
+    assert plan.needs == {1: True, 3: True}
+    assert plan.numel_upto == (6, 8, 8, 8, 8, 8)
+
+
+def _both_ways(graph, region, C):
+    """The fused last step and the plain one (asking for the linear function turns it off)."""
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, region)
+        fused = backward(graph, bounds, graph.output, C)
+        plain = backward(graph, bounds, graph.output, C, linear={})
+    return fused, plain
+
+
+@pytest.mark.parametrize(
+    ("batch", "d_in", "rows"),
+    [(1, 784, 400), (6, 300, 300), (3, 20, 7)],  # chunks of rows, of examples, one product
+)
+@pytest.mark.parametrize("l2", [False, True])
+def test_fused_last_step_equals_the_plain_one(batch, d_in, rows, l2):
+    net = _mlp(d_in, rows)
+    graph = graph_of(net, (d_in,))
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(batch, d_in, generator=g, dtype=torch.float64)
+    region = InputRegion(x - 0.01, x + 0.01, x if l2 else None, 0.05 if l2 else None)
+    # rows on the last hidden layer: backward through a ReLU and onto the input
+    C = torch.randn(batch, rows, rows, generator=g, dtype=torch.float64)
+    fused, plain = _both_ways(graph, region, C.reshape(batch, rows, rows)[..., :5])
+    assert torch.allclose(fused, plain, rtol=1e-12, atol=1e-12 * float(plain.abs().max()))
+
+
+def test_fused_last_step_with_rows_shared_by_the_batch():
+    net = nn.Sequential(nn.Linear(30, 40), nn.Linear(40, 5)).eval()  # no relaxation in between
+    graph = graph_of(net, (30,))
+    x = torch.rand(4, 30, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    region = InputRegion(x - 0.1, x + 0.1)
+    C = torch.eye(5, dtype=torch.float64).expand(4, 5, 5)  # stride 0 over the batch
+    fused, plain = _both_ways(graph, region, C)
+    assert torch.allclose(fused, plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_fallback_is_float64_rounded_outward(kind):
+    net, shape = make(kind, 3)
+    x0 = torch.rand(2, *shape, generator=torch.Generator().manual_seed(3))
+    region = (LpBall("inf", 0.1), x0)
+    graph = graph_of(net, tuple(shape))
+    assert not float32_pays(graph, 2)  # small: float32 cannot be faster here
+    b32 = compute_bounds(net, region, "crown", dtype=torch.float32)
+    b64 = compute_bounds(net, region, "crown")
+    assert b32.lower.dtype == torch.float32  # x0's dtype, as before
+    assert torch.equal(b32.lower, b64.lower) and torch.equal(b32.upper, b64.upper)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_bookkeeping_without_fallback_is_sound(kind):
+    """The rigorous float32 pass itself (``fallback=False``), which small networks no longer
+    take by default: it contains sampled outputs and stays within 1% of float64."""
+    net, shape = make(kind, 3)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(1, *shape, generator=g)
+    threat = LpBall("inf", 0.1)
+    b = compute_bounds(net, (threat, x0), "crown", dtype=torch.float32, fallback=False)
+    b64 = compute_bounds(net, (threat, x0), "crown")
+    pts = threat.sample(x0.double(), 3000, g).reshape(-1, *shape)
+    exact = make(kind, 3)[0].double()
+    with torch.no_grad():
+        out = exact(pts)
+    assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all()
+    w32, w64 = (b.upper - b.lower).double(), (b64.upper - b64.lower).double()
+    assert (w32 <= w64 * 1.01 + 1e-6).all()
+
+
+def test_float32_pays_on_large_batches():
+    net = _mlp(784, 256)
+    graph = graph_of(net, (784,))
+    assert float32_pays(graph, 64)
+    assert not float32_pays(graph, 64, min_entries=2**40)
+    lo = torch.rand(64, 784, generator=torch.Generator().manual_seed(4))
+    b = compute_bounds(net, Box(lo, lo + 0.001), "ibp", dtype=torch.float32)
+    assert b.lower.dtype == torch.float32
+
+
+@pytest.mark.parametrize(("batch", "d_in", "rows"), [(1, 784, 400), (6, 300, 300), (3, 20, 7)])
+def test_fused_last_step_equals_the_plain_one_in_float32(batch, d_in, rows):
+    """The rigorous float32 pass: the same bound up to the order of its float32 sums."""
+    graph = graph_of(_mlp(d_in, rows), (d_in,))
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(batch, d_in, generator=g)
+    region = InputRegion(x - 0.01, x + 0.01)
+    C = torch.randn(batch, 5, 5, generator=g)
+    fused, plain = _both_ways(graph, region, C)
+    assert fused.dtype == torch.float32
+    scale = 1e-5 * (1 + float(plain.abs().max()))
+    assert torch.allclose(fused, plain, rtol=1e-5, atol=scale)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "conv-residual"])
+def test_rows_shared_by_the_batch_stay_shared_with_the_same_bounds(kind):
+    net, shape = make(kind, 4)
+    graph = graph_of(net, tuple(shape))
+    x = torch.rand(5, *shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    region = InputRegion(x - 0.05, x + 0.05)
+    out = graph.nodes[graph.output].shape
+    rows = torch.eye(out[0], dtype=torch.float64)[None].expand(5, -1, -1)  # stride 0
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, region)
+        shared = two_sided(graph, bounds, graph.output, rows)
+        own = two_sided(graph, bounds, graph.output, rows.contiguous())
+    for a, b in ((shared.lower, own.lower), (shared.upper, own.upper)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * (1 + float(b.abs().max())))
+
+
+class _PoolNet(nn.Module):
+    def __init__(self, kernel: int, stride: int, padding: int):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1)
+        self.pool = nn.MaxPool2d(kernel, stride, padding)
+
+    def forward(self, x):
+        return torch.relu(self.c2(self.pool(torch.relu(self.c1(x)))))
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(2, 2, 0), (3, 1, 1), (3, 2, 1)])
+def test_windows_through_max_pooling_equal_dense_rows(kernel, stride, padding):
+    torch.manual_seed(kernel * 10 + stride)
+    net = _PoolNet(kernel, stride, padding).eval()
+    graph = graph_of(net, (2, 10, 10))
+    x = torch.rand(3, 2, 10, 10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    region = InputRegion(x - 0.1, x + 0.1)
+    target = next(i for i, n in enumerate(graph.nodes) if n.name.startswith("c2"))
+    shape = graph.nodes[target].shape
+    idx = torch.arange(0, math.prod(shape), 7)
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, region)
+        win = two_sided(graph, bounds, target, identity_windows(shape, idx, 3, x))
+        dense = two_sided(graph, bounds, target, identity_rows(shape, idx, 3, x))
+    for a, b in ((win.lower, dense.lower), (win.upper, dense.upper)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * (1 + float(b.abs().max())))
