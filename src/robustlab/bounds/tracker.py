@@ -43,7 +43,12 @@ def covers(graph) -> bool:
     a known rounding bound, elementwise relaxations, max pooling)."""
     for node in graph.nodes[1:]:
         op = node.op
-        if not op.tracked or _float64_constants(op):
+        if not op.tracked:
+            return False
+        # Linear / Conv / Affine budget one rounding of their weights to float32 (``_terms``'s
+        # + 1), so float64 weights (a float32 model's folded batch norm, a float64 network) are
+        # covered there; any other operation's float64 constant is not
+        if not isinstance(op, (Linear, Conv, Affine)) and _float64_constants(op):
             return False
         if isinstance(op, LinearOp) and not isinstance(op, (Reshape, Cat, Add)):
             terms = _terms_or_none(op, node.shape)
