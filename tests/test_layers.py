@@ -17,7 +17,7 @@ CORE = {"errors", "paths", "registry", "deadline", "results", "threat", "_onnx",
 CAPABILITIES = {"attacks", "bounds", "verify", "corruptions", "smoothing", "explain", "train",
                 "audit", "abstain", "adaptive", "blindspots", "compress", "conformal", "detect",
                 "mix", "repair", "sensitivity"}  # fmt: skip
-APPLICATION = {"jobs", "report", "store", "cli"}
+APPLICATION = {"jobs", "report", "store", "cli", "console"}
 LAYERS = {**dict.fromkeys(CORE, 0), **dict.fromkeys(CAPABILITIES, 1),
           **dict.fromkeys(APPLICATION, 2)}  # fmt: skip
 NAMES = ("core", "capability", "application")

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 # imports stay light here (``--help`` must not load torch or matplotlib): each command imports what
 # it needs; robustlab.store and robustlab.paths use only the standard library
-from robustlab import store
+from robustlab import console, store
 from robustlab.errors import RobustlabError
 from robustlab.paths import cannot_write, output_file, output_folder
 
@@ -69,7 +68,7 @@ def _eps(text: str) -> float:
     try:
         return parse_eps(text)
     except RobustlabError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise typer.BadParameter(_flagged(e)) from None
 
 
 def _deprecated(old: str, new: str, meaning: str) -> None:
@@ -146,25 +145,14 @@ def _save(report: dict, path: Path, db) -> int:
     return _record(report, path, db)
 
 
-def _warn(report: dict) -> None:
-    for flag in report.get("flags", []):
-        err.print(
-            f"warning: {flag.get('message', flag)}", markup=False, highlight=False, soft_wrap=True
-        )
-
-
-def _curve_table(report: dict) -> Table:
-    table = Table(
-        title=f"{report['model']['name']} on {report['data']['name']} "
-        f"(clean accuracy {report['clean_accuracy']:.3f})"
-    )
-    keys = [k for k in ("robust_accuracy", "certified_accuracy") if k in report["curve"][0]]
-    table.add_column("eps", justify="right")
-    for k in keys:
-        table.add_column(k.replace("_", " "), justify="right")
-    for p in report["curve"]:
-        table.add_row(f"{p['eps']:g}", *[f"{p[k]:.3f}" for k in keys])
-    return table
+def _show(items: list) -> None:
+    """Print a presenter's items (``robustlab.console``): tables and lines on stdout, notes on
+    stderr."""
+    for item in items:
+        if isinstance(item, console.Note):
+            err.print(item.text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            out.print(item)
 
 
 @app.command()
@@ -291,8 +279,7 @@ def attack(
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    out.print(_curve_table(report))
-    _warn(report)
+    _show(console.attack(report))
     if save_examples is not None:
         out.print(f"examples: {save_examples}")
     out.print(f"result: {out_file}\nrun id: {run_id}")
@@ -334,19 +321,7 @@ def corrupt(
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    title = f"{report['model']['name']} on {report['data']['name']}"
-    table = Table(
-        "corruption",
-        "accuracy",
-        "CE",
-        title=f"{title} (clean accuracy {report['clean_accuracy']:.3f})",
-    )
-    for p in report["per_corruption"]:
-        ce = "-" if p["ce"] is None else f"{p['ce']:.3f}"
-        table.add_row(p["corruption"], f"{p['accuracy']:.3f}", ce)
-    out.print(table)
-    mce = "" if report["mce"] is None else f", mCE {report['mce']:.3f}"
-    out.print(f"mean corruption accuracy {report['mean_corruption_accuracy']:.3f}{mce}")
+    _show(console.corrupt(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -405,21 +380,7 @@ def certify(
                 limit=explain_proofs,
             )  # fmt: skip
     run_id = _save(report, out_file, db)
-    out.print(_curve_table(report))
-    if len(report["per_method"]) > len(report["curve"]):
-        table = Table("method", "eps", "certified accuracy", "seconds", title="per method")
-        for r in report["per_method"]:
-            table.add_row(
-                r["method"],
-                f"{r['eps']:g}",
-                f"{r['certified_accuracy']:.3f}",
-                f"{r['seconds']:.2f}",
-            )
-        out.print(table)
-    for p in (report.get("proof_features") or {}).get("points", []):
-        found = ", ".join(map(str, p["features"])) or "none (the head's bias terms alone)"
-        out.print(f"input {p['index']}: proof features {found} of {p['n_neurons']} neurons "
-                  f"in {p['layer']}")  # fmt: skip
+    _show(console.certify(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -469,10 +430,7 @@ def explain(
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    out.print(
-        f"{method} on {len(report['attributions'])} inputs: {report['n_forward']} forward, "
-        f"{report['n_backward']} backward passes, {report['seconds']:.2f} s"
-    )
+    _show(console.explain(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -626,18 +584,7 @@ def verify_benchmark(
             raise RobustlabError(
                 f"--results-db {db}: not a usable results database ({e})"
             ) from None
-    summary = summarize(results, known)
-    table = Table("answer", "count", title=f"{instances} ({summary['instances']} instances)")
-    for k, v in sorted(summary["counts"].items()):
-        table.add_row(k, str(v))
-    out.print(table)
-    out.print(
-        f"total {summary['total_seconds']:.1f} s, median {summary['median_seconds']:.2f} s per instance"
-    )
-    if "wrong" in summary:
-        out.print(f"wrong answers: {summary['wrong']}")
-        for w in summary["wrong_instances"]:
-            out.print(f"  WRONG: {w}")
+    _show(console.verify_benchmark(summarize(results, known), instances))
     out.print(f"results: {out_file}")
 
 
@@ -720,23 +667,7 @@ def train(
         )
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
-    l2 = report["settings"].get("l2_eps")
-    columns = ["method", "clean", "robust", "certified", "train s"]
-    columns[4:4] = ["robust L2", "certified L2"] if l2 is not None else []
-    title = f"Linf eps {report['settings']['eps']:g}" + (f", L2 {l2:g}" if l2 is not None else "")
-    table = Table(*columns, title=title)
-    for r in report["comparison"]:
-        keys = ["clean_accuracy", "robust_accuracy", "certified_accuracy"]
-        keys += ["robust_l2_accuracy", "certified_l2_accuracy"] if l2 is not None else []
-        table.add_row(r["method"], *(f"{r[k]:.3f}" for k in keys), f"{r['train_seconds']:.1f}")
-    out.print(table)
-    if report.get("training_certificate"):
-        c = report["training_certificate"]
-        out.print(
-            f"FullCert: {c['certified_share']:.3f} of {c['n']} test predictions certified "
-            f"against training data moved by {c['delta']:g} per feature"
-        )
-    _warn(report)
+    _show(console.train(report))
     out.print(f"model: {', '.join(report['onnx'])}\nresult: {report_file}\nrun id: {run_id}")
 
 
@@ -789,22 +720,7 @@ def smooth(
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    if report.get("availability"):
-        av = report["availability"]
-        t = Table("inputs", "abstain", "no certificate", "accuracy", title=(
-            f"availability attack, {av['norm']} eps {av['eps']:g}"))  # fmt: skip
-        for cond in ("clean", "attacked"):
-            d = av[cond]
-            t.add_row(cond, *(f"{d[k]:.3f}" for k in ("abstain_rate", "uncertified_rate",
-                                                     "accuracy")))  # fmt: skip
-        out.print(t)
-    table = Table("L2 radius", "certified accuracy", title=(
-        f"smoothed clean accuracy {report['clean_accuracy']:.3f}, "
-        f"abstain rate {report['abstain_rate']:.3f}"
-    ))  # fmt: skip
-    for p in report["curve"]:
-        table.add_row(f"{p['radius']:g}", f"{p['certified_accuracy']:.3f}")
-    out.print(table)
+    _show(console.smooth(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -818,10 +734,6 @@ def _floats(text: str | None, flag: str) -> list[float]:
         raise RobustlabError(
             f"{flag} expects numbers separated by commas; found {text!r}"
         ) from None
-
-
-def _fmt(v, spec: str = ".3g") -> str:
-    return "-" if v is None else format(v, spec)
 
 
 @app.command()
@@ -886,20 +798,7 @@ def sensitivity(
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    table = Table("layer", "params", "Hessian trace (95% CI)", "top eigenvalue", "Fisher trace",
-                  title=f"{report['model']['name']} on {report['data']['name']} "
-                  f"(clean accuracy {report['clean_accuracy']:.3f})")  # fmt: skip
-    for r in report["layers"]:
-        lo, hi = r["hessian_trace_ci"]
-        ci = "" if lo is None else f" ({lo:.3g}..{hi:.3g})"
-        table.add_row(r["name"] or "(model)", str(r["parameters"]), f"{r['hessian_trace']:.3g}{ci}",
-                      _fmt(r["top_eigenvalue"]), _fmt(r["fisher_trace"]))  # fmt: skip
-    out.print(table)
-    for c in report["correlations"]:
-        out.print(
-            f"Spearman rank correlation, Hessian trace vs measured {c['format']} loss increase "
-            f"per layer: {_fmt(c['trace_vs_loss_increase'], '.2f')}"
-        )
+    _show(console.sensitivity(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -974,17 +873,7 @@ def prune(
         )
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
-    table = Table("method", "sparsity", "clean", "robust", "certified", "train s",
-                  title=f"{structure} pruning, Linf eps {report['eps']:g}")  # fmt: skip
-    d = report["dense"]
-    table.add_row("dense", "0", f"{d['clean_accuracy']:.3f}", f"{d['robust_accuracy']:.3f}",
-                  f"{d['certified_accuracy']:.3f}", "-")  # fmt: skip
-    for r in report["rows"]:
-        table.add_row(r["method"], f"{r['sparsity']:.3f}", f"{r['clean_accuracy']:.3f}",
-                      f"{r['robust_accuracy']:.3f}", f"{r['certified_accuracy']:.3f}",
-                      f"{r['train_seconds']:.1f}")  # fmt: skip
-    out.print(table)
-    _warn(report)
+    _show(console.prune(report))
     out.print(f"models: {', '.join(report['onnx'])}\nresult: {report_file}\nrun id: {run_id}")
 
 
@@ -1032,16 +921,7 @@ def patch(
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    table = Table("model / scale", "clean", "robust", "certified",
-                  title=f"patched layers {', '.join(report['layers'])}; Linf eps {report['eps']:g}")  # fmt: skip
-    for name in ("standard", "robust", "target"):
-        r = report[name]
-        table.add_row(name, *[f"{r[k]:.3f}" for k in ("clean_accuracy", "robust_accuracy",
-                                                        "certified_accuracy")])  # fmt: skip
-    for r in report["rows"]:
-        table.add_row(f"A = {r['scale']:g}", *[f"{r[k]:.3f}" for k in ("clean_accuracy",
-                      "robust_accuracy", "certified_accuracy")])  # fmt: skip
-    out.print(table)
+    _show(console.patch(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -1082,17 +962,7 @@ def mix(
                          batch_size=batch_size, out=out_file, progress=say)  # fmt: skip
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
-    table = Table("mixture", "alpha", "scale", "power", "bias", "clean", "robust",
-                  title=f"{norm} eps {report['eps']:g}, {report['n_eval']} held-out examples")  # fmt: skip
-    for i, r in enumerate(report["frontier"]):
-        t = r["transform"] or {}
-        mark = " *" if i == report["chosen"] else ""
-        table.add_row(r["name"] + mark, f"{r['alpha']:.3f}",
-                      *(f"{t[k]:g}" if k in t else "-" for k in ("scale", "power", "bias")),
-                      f"{r['clean_accuracy']:.3f}", f"{r['robust_accuracy']:.3f}")  # fmt: skip
-    out.print(table)
-    if report.get("note"):
-        err.print(f"note: {report['note']}", markup=False, highlight=False, soft_wrap=True)
+    _show(console.mix(report))
     out.print(f"model: {report['onnx']} (*)\nresult: {report_file}\nrun id: {run_id}")
 
 
@@ -1127,12 +997,7 @@ def conformal(
                                cal_share=cal_share, steps=steps, n=n, seed=seed,
                                batch_size=batch_size, progress=say)  # fmt: skip
     run_id = _save(report, out_file, db)
-    table = Table("method", "condition", "coverage", "mean size",
-                  title=f"alpha {alpha:g}, {report['norm']} eps {report['eps']:g}, "
-                  f"{report['n_test']} test examples")  # fmt: skip
-    for r in report["rows"]:
-        table.add_row(r["method"], r["condition"], f"{r['coverage']:.3f}", f"{r['mean_size']:.2f}")
-    out.print(table)
+    _show(console.conformal(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -1168,13 +1033,7 @@ def detect(
                             attacks=attacks, k=k, fpr=fpr, encoder_epochs=epochs,
                             adaptive_steps=adaptive_steps, n=n, seed=seed, progress=say)  # fmt: skip
     run_id = _save(report, out_file, db)
-    table = Table("attack", "fools", "AUROC", f"TPR@{report['fpr']:g}", "fools + passes",
-                  title=f"{report['norm']} eps {report['eps']:g}, {report['n_clean']} inputs")  # fmt: skip
-    for r in report["rows"]:
-        table.add_row(r["attack"], f"{r['success_rate']:.3f}", _fmt(r["auroc"]),
-                      _fmt(r["tpr"]), f"{r['undetected_success_rate']:.3f}")  # fmt: skip
-    out.print(table)
-    err.print(f"verdict: {report['note']}", markup=False, highlight=False, soft_wrap=True)
+    _show(console.detect(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -1235,14 +1094,7 @@ def repair(
         )
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
-    r = report["repair"]
-    acc = ""
-    if r["accuracy_before"] is not None:
-        acc = f"; accuracy {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f}"
-    out.print(
-        f"{r['holds_before']} -> {r['holds_after']} of {r['n_properties']} properties hold "
-        f"(fixed {r['fixed']}, violated after {r['violated_after']}){acc}"
-    )
+    _show(console.repair(report))
     out.print(f"model: {report['onnx']}\nresult: {report_file}\nrun id: {run_id}")
 
 
@@ -1280,16 +1132,7 @@ def blindspots(
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    ls = report["levelset"]
-    out.print(
-        f"level-set traversal: {ls['mean_fraction']:.3f} of the way to the target on average "
-        f"(Linf {ls['mean_linf']:.3f}, L2 {ls['mean_l2']:.3f}); prediction unchanged on "
-        f"{sum(ls['unchanged'])} of {len(ls['unchanged'])} paths"
-    )
-    sb = report["shape_bias"]
-    if sb is not None and sb["shape_bias"] is not None:
-        out.print(f"shape bias: {sb['shape_bias']:.3f} ({sb['shape_decisions']} shape, "
-                  f"{sb['texture_decisions']} texture, {sb['other_decisions']} neither)")  # fmt: skip
+    _show(console.blindspots(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -1302,17 +1145,7 @@ def runs_list(
     db: Path | None = DB,
 ) -> None:
     """The most recent runs."""
-    table = Table("id", "created", "command", "model", "data", "clean acc.")
-    if metrics:
-        table.add_column("metrics")
-    for r in store.list_runs(db, limit):
-        clean = r.metrics.get("clean_accuracy")
-        row = [str(r.id), r.created, r.command, str(r.model), str(r.data),
-               "-" if clean is None else f"{clean:.3f}"]  # fmt: skip
-        if metrics:
-            row.append("\n".join(f"{k} {store.format_value(v)}" for k, v in r.metrics.items()))
-        table.add_row(*row)
-    out.print(table)
+    _show(console.runs_list(store.list_runs(db, limit), metrics, store.format_value))
 
 
 @runs_app.command("show")
@@ -1333,11 +1166,7 @@ def runs_compare(
     if len(run_ids) < 2:
         raise RobustlabError(f"runs compare expects at least two run ids; found {len(run_ids)}")
     output_file(html, create=False)
-    header, rows = store.compare(run_ids, db)
-    table = Table(*header)
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+    _show(console.rows(*store.compare(run_ids, db)))
     write_compare(run_ids, html, db)
     out.print(f"page: {html}")
 
@@ -1347,7 +1176,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except RobustlabError as e:
-        _fail(f"error: {_flagged(e)}", 2)
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        _fail(f"error: {_flagged(e, command)}", 2)
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except Exception as e:
@@ -1362,12 +1192,17 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _flagged(e: RobustlabError) -> str:
+# library parameters whose flag is not ``--<param>``: (command, parameter) -> flag
+_RENAMED = {("audit", "sigma"): "--smoothing"}
+
+
+def _flagged(e: RobustlabError, command: str | None = None) -> str:
     """The message of a library error that names its parameter (``n must be ...``) in the
     command line's words (``--n must be ...``)."""
     message, param = str(e), getattr(e, "param", None)
     if param and message.startswith(param):
-        return f"--{param.replace('_', '-')}{message[len(param) :]}"
+        flag = _RENAMED.get((command, param), f"--{param.replace('_', '-')}")
+        return f"{flag}{message[len(param) :]}"
     return message
 
 
