@@ -147,8 +147,8 @@ def test_colour_images(tmp_path):
     "kwargs, message",
     [
         ({"profile": "fast"}, "unknown profile 'fast'"),
-        ({"budget": 0}, "--budget must be a positive number of seconds; found 0"),
-        ({"sigma": -1.0}, "--smoothing expects a noise sigma > 0; found -1.0"),
+        ({"budget": 0}, "budget must be a positive number of seconds; found 0"),
+        ({"sigma": -1.0}, "sigma expects a noise sigma > 0; found -1.0"),
         ({"eps": [-0.1]}, "eps must be a finite number >= 0; found -0.1"),
     ],
 )

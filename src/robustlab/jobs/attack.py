@@ -92,8 +92,8 @@ def write_examples(path, module: torch.nn.Module, data: Dataset, result) -> Path
     }
     path = Path(path)
     try:
-        with open(output_file(path, "--save-examples"), "wb") as f:
+        with open(output_file(path, "save_examples"), "wb") as f:
             np.savez_compressed(f, **arrays)
     except OSError as e:
-        raise cannot_write(path, e) from None
+        raise cannot_write(path, e, "save_examples") from None
     return path

@@ -27,7 +27,7 @@ def parse_target(text: str | int | None, labels: torch.Tensor):
         return int(text)
     except (TypeError, ValueError):
         raise RobustlabError(
-            f"--target expects 'predicted', 'label' or a class index; found {text!r}"
+            f"target expects 'predicted', 'label' or a class index; found {text!r}", param="target"
         ) from None
 
 
@@ -47,15 +47,17 @@ def make_explainer(
     if "seed" in fields:
         kwargs["seed"] = seed
     for flag, value, table in (
-        ("--steps", steps, STEPS_FIELD),
-        ("--samples", samples, SAMPLES_FIELD),
+        ("steps", steps, STEPS_FIELD),
+        ("samples", samples, SAMPLES_FIELD),
     ):
         if value is None:
             continue
         if method not in table:
-            raise RobustlabError(f"{flag} applies to {', '.join(table)}; found method '{method}'")
+            raise RobustlabError(
+                f"{flag} applies to {', '.join(table)}; found method '{method}'", param=flag
+            )
         if value < 1:
-            raise RobustlabError(f"{flag} must be a positive integer; found {value}")
+            raise RobustlabError(f"{flag} must be a positive integer; found {value}", param=flag)
         kwargs[table[method]] = value
     return get_explainer(method, **kwargs)
 

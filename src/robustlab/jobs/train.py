@@ -58,7 +58,8 @@ def architecture(arch: str, *, seed: int = 0, finetune: bool = False):
     path = Path(arch)
     if path.suffix.lower() != ".onnx":
         raise RobustlabError(
-            f"--arch expects {', '.join(zoo.ARCHITECTURES)} or an .onnx file; found {arch!r}"
+            f"arch expects {', '.join(zoo.ARCHITECTURES)} or an .onnx file; found {arch!r}",
+            param="arch",
         )
     loaded = load_model(path)
     template = loaded.module
