@@ -4,7 +4,6 @@ record the run, print."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shlex
@@ -108,11 +107,16 @@ def _status(quiet: bool = False):
         yield lambda msg: status.update(msg)
 
 
+def _command() -> str:
+    """The command line as the run history records it."""
+    return shlex.join(["robustlab", *sys.argv[1:]])
+
+
 def _record(report: dict, report_path: Path, db) -> int:
     from robustlab.jobs.metrics import metrics_of
 
     return store.record(
-        shlex.join(["robustlab", *sys.argv[1:]]),
+        _command(),
         model=report["model"]["name"],
         model_hash=report["model"]["digest"],
         data=report["data"]["name"],
@@ -452,62 +456,19 @@ def verify(
 ) -> None:
     """Verify one instance (VNN-LIB 1.0 or 2.0); a one-line summary, then holds, violated,
     timeout, unknown or error (the last line)."""
-    from robustlab.verify import verify as run_verify
+    from robustlab.jobs.verify import history_entry, parse_networks, verify_job
 
     if out_file is not None:
         output_file(out_file, create=False)
     if db is not None:
         output_file(db, "--db", create=False)
-    bad = next((n for n in network if "=" not in n or not n.split("=", 1)[0]), None)
-    if bad is not None:
-        raise RobustlabError(f"--network: expected NAME=PATH; found {bad!r}")
-    nets = dict(n.split("=", 1) for n in network)
-    result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy, networks=nets)
-    if out_file is not None:
-        try:
-            output_file(out_file).write_text(result.vnncomp())
-        except OSError as e:
-            raise cannot_write(out_file, e) from None
-    _record_verify(result, onnx_file, vnnlib_file, out_file, db)
+    result = verify_job(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy,
+                        networks=parse_networks(network), out=out_file)  # fmt: skip
+    store.record(_command(), **history_entry(result, onnx_file, vnnlib_file, out_file), db=db)
     out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
     out.print(result.verdict, markup=False, highlight=False)
     if result.verdict == "error":  # bad input: the word on stdout, the reason on stderr, exit 2
         raise RobustlabError(result.message)
-
-
-def _record_verify(result, onnx_file: Path, vnnlib_file: Path, out_file, db) -> int:
-    """A verify run in the run history: the verdict (settings), seconds and 0/1 per verdict."""
-    import hashlib
-
-    digest = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
-    metrics = {m.name: m.value for m in result.metrics()}
-    return store.record(
-        shlex.join(["robustlab", *sys.argv[1:]]),
-        model=onnx_file.name,
-        model_hash=digest,
-        data=vnnlib_file.name,
-        settings={
-            "verdict": result.verdict,
-            "strategy": result.strategy,
-            "vnnlib": str(vnnlib_file),
-            "summary": result.summary(),
-        },  # fmt: skip
-        metrics=metrics,
-        report=None if out_file is None else str(Path(out_file).resolve()),
-        db=db,
-    )
-
-
-def _expected(read, path: Path) -> dict:
-    """``--expected``: a readable CSV with the expected columns, or one line."""
-    if not path.is_file():
-        raise RobustlabError(f"--expected file not found: {path}")
-    try:
-        return read(path)
-    except (OSError, ValueError, KeyError) as e:  # also undecodable bytes, missing columns
-        raise RobustlabError(
-            f"--expected {path}: expected a CSV with columns onnx,vnnlib,timeout_s,expected ({e!r})"
-        ) from None
 
 
 @app.command("verify-benchmark")
@@ -532,17 +493,10 @@ def verify_benchmark(
     """Run a benchmark; resumes where an interrupted run stopped."""
     from rich.progress import Progress
 
-    from robustlab.verify.runner import read_expected, read_instances, run_benchmark, summarize
+    from robustlab.jobs.verify import check_instances, expected_answers
+    from robustlab.verify.runner import run_benchmark, summarize
 
-    try:  # before any work: the instances file is text and its rows are instances
-        read_instances(instances, timeout_scale)
-    except RobustlabError:
-        raise
-    except (ValueError, csv.Error) as e:  # undecodable bytes, NUL bytes
-        raise RobustlabError(
-            f"{instances}: expected a text CSV of rows onnx,vnnlib,timeout ({e})"
-        ) from None
-
+    check_instances(instances, timeout_scale)  # before any work
     if old_db is not None:
         _deprecated(
             "--db", "--results-db", "the results database (--db is the run history elsewhere)"
@@ -554,7 +508,7 @@ def verify_benchmark(
         if results_db
         else out_file.with_suffix(".sqlite")
     )
-    known = _expected(read_expected, expected) if expected else None  # before any work
+    known = expected_answers(expected) if expected else None  # before any work
     output_file(out_file)  # the folders, now that the work starts
     output_file(db, "--results-db")
     with Progress(console=err, disable=not err.is_terminal) as bar:
