@@ -11,6 +11,7 @@ import os
 import warnings
 import zipfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,6 @@ def split_digits() -> dict[str, np.ndarray]:
 
 def digits_cache() -> Path:
     """The split's cache file, keyed by scikit-learn's version (which fixes the split)."""
-    from importlib.metadata import version
-
     return home() / "data" / f"digits-sklearn-{version('scikit-learn')}.npz"
 
 
