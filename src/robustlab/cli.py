@@ -42,6 +42,7 @@ MEAN = typer.Option(
     "(x - mean) / std is prepended, inputs and eps stay in pixel space."
 )  # fmt: skip
 STD = typer.Option(None, "--std", help="Per-channel std the model expects (see --mean).")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, or auto (cuda when available, else cpu).")
 
 
 def _model(model: str, mean: str | None, std: str | None):
@@ -162,13 +163,15 @@ def _show(items: list) -> None:
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("robustlab-demo"), "--out", help="Output folder."),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Audit the zoo MLP (trained on first use) on digits with the quick profile."""
     from robustlab.jobs.audit import demo_job
 
     _outputs(out_dir, db, folder=True)
-    _audit_run(lambda say, on_stage: demo_job(out=out_dir, progress=say, on_stage=on_stage),
+    _audit_run(lambda say, on_stage: demo_job(out=out_dir, device=device, progress=say,
+                                            on_stage=on_stage),
                out_dir, db)  # fmt: skip
 
 
@@ -209,6 +212,7 @@ def audit(
     out_dir: Path = typer.Option(Path("robustlab-audit"), "--out", help="Output folder."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Everything at once within a time budget: clean, attacks, bounds, corruptions, smoothing,
@@ -222,7 +226,7 @@ def audit(
         return audit_job(_model(model, mean, std), data, eps_values, norm, profile=profile,
                          baseline=baseline, budget=budget, sigma=smoothing, n=n, seed=seed,
                          conformal=conformal, detect=detect,
-                         batch_size=batch_size,
+                         batch_size=batch_size, device=device,
                          out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 
     _audit_run(job, out_dir, db)
@@ -257,6 +261,7 @@ def attack(
     ),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Robust accuracy under an attack suite at one or more eps, with reliability flags."""
@@ -280,6 +285,7 @@ def attack(
             eot=eot,
             surrogate=surrogate,
             save_examples=save_examples,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
@@ -305,6 +311,7 @@ def corrupt(
     out_file: Path = typer.Option(Path("corrupt.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Natural robustness: common corruptions (mCE), small transformations, frequency-band noise."""
@@ -322,6 +329,7 @@ def corrupt(
             batch_size=batch_size,
             seed=seed,
             max_shift=max_shift,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
@@ -357,6 +365,7 @@ def certify(
     out_file: Path = typer.Option(Path("certify.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Certified accuracy from sound bounds at one or more eps."""
@@ -373,6 +382,7 @@ def certify(
             n=n,
             batch_size=batch_size,
             precision=precision,
+            device=device,
             progress=say,
         )
         if explain_proofs:
@@ -381,7 +391,7 @@ def certify(
             say("proof features")
             report["proof_features"] = proofs_job(
                 _model(model, mean, std), data, report["curve"][0]["eps"], n=n,
-                limit=explain_proofs,
+                limit=explain_proofs, device=device,
             )  # fmt: skip
     run_id = _save(report, out_file, db)
     _show(console.certify(report))
@@ -411,6 +421,7 @@ def explain(
     out_file: Path = typer.Option(Path("explain.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Attributions per input (JSON) and heat-maps (HTML)."""
@@ -431,6 +442,7 @@ def explain(
             target=target,
             batch_size=batch_size,
             seed=seed,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
@@ -588,6 +600,7 @@ def train(
     report_file: Path | None = typer.Option(
         None, "--report", help="Result JSON (default: beside --out)."
     ),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Train (adversarially, certifiably, with noise); save ONNX, evaluate, compare methods."""
@@ -617,6 +630,7 @@ def train(
             hr_r=hr_r,
             certify_training=certify_training,
             delta=delta,
+            device=device,
             progress=say,
         )
     report_file = report_file or out_file.with_suffix(".json")
@@ -644,6 +658,7 @@ def smooth(
     out_file: Path = typer.Option(Path("smooth.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Randomized smoothing: smoothed accuracy and certified L2 radii (Cohen et al.)."""
@@ -664,13 +679,14 @@ def smooth(
             data,
             sigma,
             n0=n0,
-            n=samples,
+            samples=samples,
             alpha=alpha,
             batch_size=batch_size,
-            n_examples=n,
+            n=n,
             seed=seed,
             availability_eps=availability,
             availability_norm=availability_norm,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
@@ -724,6 +740,7 @@ def sensitivity(
     out_file: Path = typer.Option(Path("sensitivity.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Per layer: Hessian trace and top eigenvalue, Fisher, weight noise, emulated precision."""
@@ -749,6 +766,7 @@ def sensitivity(
             calibration=calibration,
             batch_size=batch_size,
             seed=seed,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
@@ -797,6 +815,7 @@ def prune(
     report_file: Path | None = typer.Option(
         None, "--report", help="Result JSON (default: beside --out)."
     ),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Prune (magnitude, HYDRA, PwoA), fine-tune, export ONNX, evaluate: robustness against sparsity."""
@@ -823,6 +842,7 @@ def prune(
             lr=lr,
             suite=suite,
             seed=seed,
+            device=device,
             progress=say,
         )
     report_file = report_file or out_file.with_suffix(".json")
@@ -853,6 +873,7 @@ def patch(
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("patch.json"), "--out", help="Result JSON."),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """A robust weight signature (M1 - M0 on the shallow layers) added with scale A, evaluated."""
@@ -872,6 +893,7 @@ def patch(
             suite=suite,
             batch_size=batch_size,
             seed=seed,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
@@ -902,6 +924,7 @@ def mix(
     report_file: Path | None = typer.Option(
         None, "--report", help="Result JSON (default: beside --out)."
     ),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Mix an accurate and a robust model (MixedNUTS); clean / robust frontier over strengths."""
@@ -913,7 +936,8 @@ def mix(
     with _status() as say:
         report = mix_job(accurate, robust, data, eps, norm, strengths=strengths,
                          fit_share=fit_share, suite=suite, n=n, seed=seed,
-                         batch_size=batch_size, out=out_file, progress=say)  # fmt: skip
+                         batch_size=batch_size, out=out_file, device=device,
+                         progress=say)  # fmt: skip
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
     _show(console.mix(report))
@@ -939,6 +963,7 @@ def conformal(
     out_file: Path = typer.Option(Path("conformal.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Conformal sets (split, RSCP+, VRCP): coverage and size, clean and under attack."""
@@ -949,7 +974,7 @@ def conformal(
         report = conformal_job(_model(model, mean, std), data, alpha, eps, norm, sigma=sigma,
                                n_samples=samples, beta=beta, bound_method=bounds,
                                cal_share=cal_share, steps=steps, n=n, seed=seed,
-                               batch_size=batch_size, progress=say)  # fmt: skip
+                               batch_size=batch_size, device=device, progress=say)  # fmt: skip
     run_id = _save(report, out_file, db)
     _show(console.conformal(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
@@ -976,6 +1001,7 @@ def detect(
     out_file: Path = typer.Option(Path("detect.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Detect adversarial examples (BEYOND): AUROC per attack and an adaptive attack beside."""
@@ -985,7 +1011,8 @@ def detect(
     with _status() as say:
         report = detect_job(_model(model, mean, std), data, eps, norm, train_data=train_data,
                             attacks=attacks, k=k, fpr=fpr, encoder_epochs=epochs,
-                            adaptive_steps=adaptive_steps, n=n, seed=seed, progress=say)  # fmt: skip
+                            adaptive_steps=adaptive_steps, n=n, seed=seed, device=device,
+                            progress=say)  # fmt: skip
     run_id = _save(report, out_file, db)
     _show(console.detect(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
@@ -1065,6 +1092,7 @@ def blindspots(
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the shape image."),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("blindspots.json"), "--out", help="Result JSON."),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Blind spots: level-set traversal between inputs of different classes, shape bias."""
@@ -1083,6 +1111,7 @@ def blindspots(
             patch=patch,
             alpha=alpha,
             seed=seed,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)

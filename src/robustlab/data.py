@@ -49,6 +49,12 @@ class Dataset:
             raise RobustlabError(f"n must be a positive number of examples; found {n}", param="n")
         return Dataset(self.name, self.x[:n], self.y[:n], self.lower, self.upper)
 
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same data on ``device`` (itself when it is there already)."""
+        if self.x.device == torch.device(device) and self.y.device == torch.device(device):
+            return self
+        return Dataset(self.name, self.x.to(device), self.y.to(device), self.lower, self.upper)
+
     def matched_to(self, input_shape: tuple[int, ...] | None) -> Dataset:
         """The same data reshaped to a model's input shape, or an error naming both shapes.
 

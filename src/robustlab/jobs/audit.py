@@ -83,6 +83,7 @@ def audit_job(
     seed: int = 0,
     batch_size: int = 256,
     out: Path | str | None = None,
+    device="cpu",
     progress: Progress | None = None,
     on_stage: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -112,8 +113,8 @@ def audit_job(
     eps_list = None if eps is None else check_eps(eps)
     say = progress or (lambda _m: None)
     say("loading the model and the data")
-    model, data = prepare(model_src, data_src, n or prof.n)
-    base = prepare(baseline, data_src, n or prof.n)[0] if baseline is not None else None
+    model, data = prepare(model_src, data_src, n or prof.n, device)
+    base = prepare(baseline, data_src, n or prof.n, device)[0] if baseline is not None else None
     if eps_list is None:
         eps_list = default_eps(norm, data.upper - data.lower, tuple(data.x.shape[1:]))
     eps_list = sorted(set(eps_list))

@@ -180,6 +180,7 @@ def smooth(
     group: int = 16,
     on_group: Callable[[int, int], None] | None = None,
     samples: int | None = None,
+    device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
 ) -> SmoothingResult:
     """PREDICT and CERTIFY every input of ``data`` with shared noise samples.
 
@@ -194,7 +195,7 @@ def smooth(
     _check(sigma, n, alpha, n0, batch_size)
     if len(data) == 0:
         raise RobustlabError(f"data '{data.name}' is empty")
-    model, data = fit(model, data)  # what load_model returns, a module or a path
+    model, data = fit(model, data, device=device)  # load_model's, a module or a path
     start = time.perf_counter()
     was_training = model.training
     model.eval()
