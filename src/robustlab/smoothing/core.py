@@ -131,12 +131,13 @@ class SmoothingResult:
     def to_dict(self) -> dict:
         return {
             "sigma": self.sigma,
-            "n": self.n,
+            "n": len(self.samples),  # examples, as everywhere (report schema 2)
+            "samples": self.n,  # Monte-Carlo estimation draws per input
             "alpha": self.alpha,
             "clean_accuracy": self.clean_accuracy,
             "abstain_rate": self.abstain_rate,
             "curve": self.curve,
-            "samples": self.samples,
+            "per_input": self.samples,
             "n0": self.n0,
             "cost": {
                 "seconds": self.seconds,
