@@ -314,3 +314,12 @@ def test_a_library_error_names_its_parameter_and_the_cli_its_flag(monkeypatch, c
     code, _, err = run(monkeypatch, capsys, "attack", "--model", "zoo:mlp", "--data", "digits",
                        "--eps", "0.1", "--n", "0")  # fmt: skip
     assert code == 2 and err.strip() == "error: --n must be a positive number of examples; found 0"
+
+
+def test_library_parameter_shown_as_the_command_flag(monkeypatch, capsys, tmp_path):
+    """audit_job's ``sigma`` is the audit command's ``--smoothing``; ``budget`` is ``--budget``."""
+    base = ["audit", "--model", "zoo:mlp", "--data", "digits", "--out", tmp_path / "a"]
+    code, _, err = run(monkeypatch, capsys, *base, "--smoothing", "-1")
+    assert code == 2 and "error: --smoothing expects a noise sigma > 0" in err, err
+    code, _, err = run(monkeypatch, capsys, *base, "--budget", "0")
+    assert code == 2 and "error: --budget must be a positive number" in err, err

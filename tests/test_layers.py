@@ -17,7 +17,7 @@ CORE = {"errors", "paths", "registry", "deadline", "results", "threat", "_onnx",
 CAPABILITIES = {"attacks", "bounds", "verify", "corruptions", "smoothing", "explain", "train",
                 "audit", "abstain", "adaptive", "blindspots", "compress", "conformal", "detect",
                 "mix", "repair", "sensitivity"}  # fmt: skip
-APPLICATION = {"jobs", "report", "store", "cli"}
+APPLICATION = {"jobs", "report", "store", "cli", "console"}
 LAYERS = {**dict.fromkeys(CORE, 0), **dict.fromkeys(CAPABILITIES, 1),
           **dict.fromkeys(APPLICATION, 2)}  # fmt: skip
 NAMES = ("core", "capability", "application")
@@ -30,12 +30,7 @@ UPWARD_ALLOWED: dict[tuple[str, str], str] = {}
 LAZY_ALLOWED = {
     "robustlab.cli": "the CLI imports a command's code when the command runs "
     "(`robustlab --help` stays under 0.5 s)",
-    "robustlab": "the lazy facade: `import robustlab` loads nothing until a name is used",
     "robustlab.model": "onnx (about 1 s to import) is loaded only for an ONNX model",
-    "robustlab.corruptions.figures": "matplotlib is loaded only when a grid is drawn",
-    "robustlab.corruptions.base": "the corruption families register themselves on first use",
-    "robustlab.bounds.ops.linear": "the Bounds type of bounds.ops.base, which imports this "
-    "module (a cycle inside bounds.ops, helper graphs' area in session 3)",
 }
 
 

@@ -49,3 +49,30 @@ def test_curve_metrics_name_each_point():
 def test_flat_metrics_put_clean_accuracy_first():
     report = {"metrics": [{"name": "a", "value": 1.0, "higher_is_better": True}]}
     assert list(flat_metrics(report).items()) == [("clean_accuracy", None), ("a", 1.0)]
+
+
+def test_schema_1_smoothing_reports_read_in_todays_words(tmp_path):
+    """Report schema 2: smoothing's ``n`` counts examples, ``samples`` the Monte-Carlo draws
+    (schema 1: ``n`` the draws, ``samples`` the records); older reports and runs still read."""
+    from robustlab import store
+    from robustlab.report.compare import load_report
+    from robustlab.results import SCHEMA_VERSION, upgrade
+
+    recs = [{"label": 1, "prediction": 1, "count_top": 90, "radius": 0.3}] * 3
+    old = {"kind": "smooth", "sigma": 0.25, "n": 1000, "n0": 10, "samples": recs}
+    new = upgrade(old)
+    assert (new["n"], new["samples"], new["per_input"]) == (3, 1000, recs)
+    assert new["schema_version"] == SCHEMA_VERSION == 2 and old["n"] == 1000  # not modified
+    audit = {"kind": "audit", "smoothing": {"n": 500, "examples": 40, "samples": recs}}
+    assert upgrade(audit)["smoothing"] == {"n": 40, "samples": 500, "per_input": recs}
+    assert upgrade(new) is new
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    assert load_report(str(path))["samples"] == 1000
+    db = tmp_path / "db.sqlite"
+    for settings in ({"sigma": 0.25, "n0": 10, "n": 1000}, {"n0": 10, "samples": 99, "n": 5}):
+        store.record("robustlab smooth", model="m", model_hash="h", data="d",
+                     settings=settings, metrics={}, report=None, db=db)  # fmt: skip
+    new_run, old_run = store.list_runs(db)
+    assert old_run.settings == {"sigma": 0.25, "n0": 10, "samples": 1000}
+    assert new_run.settings == {"n0": 10, "samples": 99, "n": 5}

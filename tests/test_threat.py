@@ -72,6 +72,6 @@ def test_eps_values_one_validator_for_every_eps_list():
 
     assert eps_values(["8/255", 0.1]) == [8 / 255, 0.1]
     for bad, match in (([], "eps must be a non-empty list"), ([-1.0], "eps must be a finite"),
-                       (["x"], "--eps expects a number")):  # fmt: skip
+                       (["x"], "eps expects a number")):  # fmt: skip
         with pytest.raises(RobustlabError, match=match):
             eps_values(bad)

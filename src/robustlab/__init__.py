@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from robustlab.errors import did_you_mean
+
 __version__ = "0.1.0"
 
 # public name -> the module that defines it (one table; __all__ is derived from it)
@@ -45,8 +47,6 @@ def __getattr__(name: str):
     if module is None:  # a subpackage used as an attribute: rl.attacks.evaluate(...)
         if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
             return importlib.import_module(f"{__name__}.{name}")
-        from robustlab.errors import did_you_mean
-
         hint = did_you_mean(name, __dir__())
         raise AttributeError(f"module 'robustlab' has no attribute '{name}'{hint}")
     value = getattr(importlib.import_module(module), name)

@@ -4,7 +4,6 @@ record the run, print."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shlex
@@ -15,11 +14,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 # imports stay light here (``--help`` must not load torch or matplotlib): each command imports what
 # it needs; robustlab.store and robustlab.paths use only the standard library
-from robustlab import store
+from robustlab import console, store
 from robustlab.errors import RobustlabError
 from robustlab.paths import cannot_write, output_file, output_folder
 
@@ -44,6 +42,7 @@ MEAN = typer.Option(
     "(x - mean) / std is prepended, inputs and eps stay in pixel space."
 )  # fmt: skip
 STD = typer.Option(None, "--std", help="Per-channel std the model expects (see --mean).")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, or auto (cuda when available, else cpu).")
 
 
 def _model(model: str, mean: str | None, std: str | None):
@@ -69,7 +68,7 @@ def _eps(text: str) -> float:
     try:
         return parse_eps(text)
     except RobustlabError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise typer.BadParameter(_flagged(e)) from None
 
 
 def _deprecated(old: str, new: str, meaning: str) -> None:
@@ -109,11 +108,16 @@ def _status(quiet: bool = False):
         yield lambda msg: status.update(msg)
 
 
+def _command() -> str:
+    """The command line as the run history records it."""
+    return shlex.join(["robustlab", *sys.argv[1:]])
+
+
 def _record(report: dict, report_path: Path, db) -> int:
     from robustlab.jobs.metrics import metrics_of
 
     return store.record(
-        shlex.join(["robustlab", *sys.argv[1:]]),
+        _command(),
         model=report["model"]["name"],
         model_hash=report["model"]["digest"],
         data=report["data"]["name"],
@@ -146,37 +150,28 @@ def _save(report: dict, path: Path, db) -> int:
     return _record(report, path, db)
 
 
-def _warn(report: dict) -> None:
-    for flag in report.get("flags", []):
-        err.print(
-            f"warning: {flag.get('message', flag)}", markup=False, highlight=False, soft_wrap=True
-        )
-
-
-def _curve_table(report: dict) -> Table:
-    table = Table(
-        title=f"{report['model']['name']} on {report['data']['name']} "
-        f"(clean accuracy {report['clean_accuracy']:.3f})"
-    )
-    keys = [k for k in ("robust_accuracy", "certified_accuracy") if k in report["curve"][0]]
-    table.add_column("eps", justify="right")
-    for k in keys:
-        table.add_column(k.replace("_", " "), justify="right")
-    for p in report["curve"]:
-        table.add_row(f"{p['eps']:g}", *[f"{p[k]:.3f}" for k in keys])
-    return table
+def _show(items: list) -> None:
+    """Print a presenter's items (``robustlab.console``): tables and lines on stdout, notes on
+    stderr."""
+    for item in items:
+        if isinstance(item, console.Note):
+            err.print(item.text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            out.print(item)
 
 
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("robustlab-demo"), "--out", help="Output folder."),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Audit the zoo MLP (trained on first use) on digits with the quick profile."""
     from robustlab.jobs.audit import demo_job
 
     _outputs(out_dir, db, folder=True)
-    _audit_run(lambda say, on_stage: demo_job(out=out_dir, progress=say, on_stage=on_stage),
+    _audit_run(lambda say, on_stage: demo_job(out=out_dir, device=device, progress=say,
+                                            on_stage=on_stage),
                out_dir, db)  # fmt: skip
 
 
@@ -217,6 +212,7 @@ def audit(
     out_dir: Path = typer.Option(Path("robustlab-audit"), "--out", help="Output folder."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Everything at once within a time budget: clean, attacks, bounds, corruptions, smoothing,
@@ -230,7 +226,7 @@ def audit(
         return audit_job(_model(model, mean, std), data, eps_values, norm, profile=profile,
                          baseline=baseline, budget=budget, sigma=smoothing, n=n, seed=seed,
                          conformal=conformal, detect=detect,
-                         batch_size=batch_size,
+                         batch_size=batch_size, device=device,
                          out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 
     _audit_run(job, out_dir, db)
@@ -265,6 +261,7 @@ def attack(
     ),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Robust accuracy under an attack suite at one or more eps, with reliability flags."""
@@ -288,11 +285,11 @@ def attack(
             eot=eot,
             surrogate=surrogate,
             save_examples=save_examples,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    out.print(_curve_table(report))
-    _warn(report)
+    _show(console.attack(report))
     if save_examples is not None:
         out.print(f"examples: {save_examples}")
     out.print(f"result: {out_file}\nrun id: {run_id}")
@@ -314,6 +311,7 @@ def corrupt(
     out_file: Path = typer.Option(Path("corrupt.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Natural robustness: common corruptions (mCE), small transformations, frequency-band noise."""
@@ -331,22 +329,11 @@ def corrupt(
             batch_size=batch_size,
             seed=seed,
             max_shift=max_shift,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    title = f"{report['model']['name']} on {report['data']['name']}"
-    table = Table(
-        "corruption",
-        "accuracy",
-        "CE",
-        title=f"{title} (clean accuracy {report['clean_accuracy']:.3f})",
-    )
-    for p in report["per_corruption"]:
-        ce = "-" if p["ce"] is None else f"{p['ce']:.3f}"
-        table.add_row(p["corruption"], f"{p['accuracy']:.3f}", ce)
-    out.print(table)
-    mce = "" if report["mce"] is None else f", mCE {report['mce']:.3f}"
-    out.print(f"mean corruption accuracy {report['mean_corruption_accuracy']:.3f}{mce}")
+    _show(console.corrupt(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -378,6 +365,7 @@ def certify(
     out_file: Path = typer.Option(Path("certify.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Certified accuracy from sound bounds at one or more eps."""
@@ -394,6 +382,7 @@ def certify(
             n=n,
             batch_size=batch_size,
             precision=precision,
+            device=device,
             progress=say,
         )
         if explain_proofs:
@@ -402,24 +391,10 @@ def certify(
             say("proof features")
             report["proof_features"] = proofs_job(
                 _model(model, mean, std), data, report["curve"][0]["eps"], n=n,
-                limit=explain_proofs,
+                limit=explain_proofs, device=device,
             )  # fmt: skip
     run_id = _save(report, out_file, db)
-    out.print(_curve_table(report))
-    if len(report["per_method"]) > len(report["curve"]):
-        table = Table("method", "eps", "certified accuracy", "seconds", title="per method")
-        for r in report["per_method"]:
-            table.add_row(
-                r["method"],
-                f"{r['eps']:g}",
-                f"{r['certified_accuracy']:.3f}",
-                f"{r['seconds']:.2f}",
-            )
-        out.print(table)
-    for p in (report.get("proof_features") or {}).get("points", []):
-        found = ", ".join(map(str, p["features"])) or "none (the head's bias terms alone)"
-        out.print(f"input {p['index']}: proof features {found} of {p['n_neurons']} neurons "
-                  f"in {p['layer']}")  # fmt: skip
+    _show(console.certify(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -446,6 +421,7 @@ def explain(
     out_file: Path = typer.Option(Path("explain.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Attributions per input (JSON) and heat-maps (HTML)."""
@@ -466,13 +442,11 @@ def explain(
             target=target,
             batch_size=batch_size,
             seed=seed,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    out.print(
-        f"{method} on {len(report['attributions'])} inputs: {report['n_forward']} forward, "
-        f"{report['n_backward']} backward passes, {report['seconds']:.2f} s"
-    )
+    _show(console.explain(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -494,62 +468,19 @@ def verify(
 ) -> None:
     """Verify one instance (VNN-LIB 1.0 or 2.0); a one-line summary, then holds, violated,
     timeout, unknown or error (the last line)."""
-    from robustlab.verify import verify as run_verify
+    from robustlab.jobs.verify import history_entry, parse_networks, verify_job
 
     if out_file is not None:
         output_file(out_file, create=False)
     if db is not None:
         output_file(db, "--db", create=False)
-    bad = next((n for n in network if "=" not in n or not n.split("=", 1)[0]), None)
-    if bad is not None:
-        raise RobustlabError(f"--network: expected NAME=PATH; found {bad!r}")
-    nets = dict(n.split("=", 1) for n in network)
-    result = run_verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy, networks=nets)
-    if out_file is not None:
-        try:
-            output_file(out_file).write_text(result.vnncomp())
-        except OSError as e:
-            raise cannot_write(out_file, e) from None
-    _record_verify(result, onnx_file, vnnlib_file, out_file, db)
+    result = verify_job(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy,
+                        networks=parse_networks(network), out=out_file)  # fmt: skip
+    store.record(_command(), **history_entry(result, onnx_file, vnnlib_file, out_file), db=db)
     out.print(result.summary(), markup=False, highlight=False, soft_wrap=True)
     out.print(result.verdict, markup=False, highlight=False)
     if result.verdict == "error":  # bad input: the word on stdout, the reason on stderr, exit 2
         raise RobustlabError(result.message)
-
-
-def _record_verify(result, onnx_file: Path, vnnlib_file: Path, out_file, db) -> int:
-    """A verify run in the run history: the verdict (settings), seconds and 0/1 per verdict."""
-    import hashlib
-
-    digest = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
-    metrics = {m.name: m.value for m in result.metrics()}
-    return store.record(
-        shlex.join(["robustlab", *sys.argv[1:]]),
-        model=onnx_file.name,
-        model_hash=digest,
-        data=vnnlib_file.name,
-        settings={
-            "verdict": result.verdict,
-            "strategy": result.strategy,
-            "vnnlib": str(vnnlib_file),
-            "summary": result.summary(),
-        },  # fmt: skip
-        metrics=metrics,
-        report=None if out_file is None else str(Path(out_file).resolve()),
-        db=db,
-    )
-
-
-def _expected(read, path: Path) -> dict:
-    """``--expected``: a readable CSV with the expected columns, or one line."""
-    if not path.is_file():
-        raise RobustlabError(f"--expected file not found: {path}")
-    try:
-        return read(path)
-    except (OSError, ValueError, KeyError) as e:  # also undecodable bytes, missing columns
-        raise RobustlabError(
-            f"--expected {path}: expected a CSV with columns onnx,vnnlib,timeout_s,expected ({e!r})"
-        ) from None
 
 
 @app.command("verify-benchmark")
@@ -574,17 +505,10 @@ def verify_benchmark(
     """Run a benchmark; resumes where an interrupted run stopped."""
     from rich.progress import Progress
 
-    from robustlab.verify.runner import read_expected, read_instances, run_benchmark, summarize
+    from robustlab.jobs.verify import check_instances, expected_answers
+    from robustlab.verify.runner import run_benchmark, summarize
 
-    try:  # before any work: the instances file is text and its rows are instances
-        read_instances(instances, timeout_scale)
-    except RobustlabError:
-        raise
-    except (ValueError, csv.Error) as e:  # undecodable bytes, NUL bytes
-        raise RobustlabError(
-            f"{instances}: expected a text CSV of rows onnx,vnnlib,timeout ({e})"
-        ) from None
-
+    check_instances(instances, timeout_scale)  # before any work
     if old_db is not None:
         _deprecated(
             "--db", "--results-db", "the results database (--db is the run history elsewhere)"
@@ -596,7 +520,7 @@ def verify_benchmark(
         if results_db
         else out_file.with_suffix(".sqlite")
     )
-    known = _expected(read_expected, expected) if expected else None  # before any work
+    known = expected_answers(expected) if expected else None  # before any work
     output_file(out_file)  # the folders, now that the work starts
     output_file(db, "--results-db")
     with Progress(console=err, disable=not err.is_terminal) as bar:
@@ -626,18 +550,7 @@ def verify_benchmark(
             raise RobustlabError(
                 f"--results-db {db}: not a usable results database ({e})"
             ) from None
-    summary = summarize(results, known)
-    table = Table("answer", "count", title=f"{instances} ({summary['instances']} instances)")
-    for k, v in sorted(summary["counts"].items()):
-        table.add_row(k, str(v))
-    out.print(table)
-    out.print(
-        f"total {summary['total_seconds']:.1f} s, median {summary['median_seconds']:.2f} s per instance"
-    )
-    if "wrong" in summary:
-        out.print(f"wrong answers: {summary['wrong']}")
-        for w in summary["wrong_instances"]:
-            out.print(f"  WRONG: {w}")
+    _show(console.verify_benchmark(summarize(results, known), instances))
     out.print(f"results: {out_file}")
 
 
@@ -687,6 +600,7 @@ def train(
     report_file: Path | None = typer.Option(
         None, "--report", help="Result JSON (default: beside --out)."
     ),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Train (adversarially, certifiably, with noise); save ONNX, evaluate, compare methods."""
@@ -716,27 +630,12 @@ def train(
             hr_r=hr_r,
             certify_training=certify_training,
             delta=delta,
+            device=device,
             progress=say,
         )
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
-    l2 = report["settings"].get("l2_eps")
-    columns = ["method", "clean", "robust", "certified", "train s"]
-    columns[4:4] = ["robust L2", "certified L2"] if l2 is not None else []
-    title = f"Linf eps {report['settings']['eps']:g}" + (f", L2 {l2:g}" if l2 is not None else "")
-    table = Table(*columns, title=title)
-    for r in report["comparison"]:
-        keys = ["clean_accuracy", "robust_accuracy", "certified_accuracy"]
-        keys += ["robust_l2_accuracy", "certified_l2_accuracy"] if l2 is not None else []
-        table.add_row(r["method"], *(f"{r[k]:.3f}" for k in keys), f"{r['train_seconds']:.1f}")
-    out.print(table)
-    if report.get("training_certificate"):
-        c = report["training_certificate"]
-        out.print(
-            f"FullCert: {c['certified_share']:.3f} of {c['n']} test predictions certified "
-            f"against training data moved by {c['delta']:g} per feature"
-        )
-    _warn(report)
+    _show(console.train(report))
     out.print(f"model: {', '.join(report['onnx'])}\nresult: {report_file}\nrun id: {run_id}")
 
 
@@ -759,6 +658,7 @@ def smooth(
     out_file: Path = typer.Option(Path("smooth.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Randomized smoothing: smoothed accuracy and certified L2 radii (Cohen et al.)."""
@@ -779,32 +679,18 @@ def smooth(
             data,
             sigma,
             n0=n0,
-            n=samples,
+            samples=samples,
             alpha=alpha,
             batch_size=batch_size,
-            n_examples=n,
+            n=n,
             seed=seed,
             availability_eps=availability,
             availability_norm=availability_norm,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    if report.get("availability"):
-        av = report["availability"]
-        t = Table("inputs", "abstain", "no certificate", "accuracy", title=(
-            f"availability attack, {av['norm']} eps {av['eps']:g}"))  # fmt: skip
-        for cond in ("clean", "attacked"):
-            d = av[cond]
-            t.add_row(cond, *(f"{d[k]:.3f}" for k in ("abstain_rate", "uncertified_rate",
-                                                     "accuracy")))  # fmt: skip
-        out.print(t)
-    table = Table("L2 radius", "certified accuracy", title=(
-        f"smoothed clean accuracy {report['clean_accuracy']:.3f}, "
-        f"abstain rate {report['abstain_rate']:.3f}"
-    ))  # fmt: skip
-    for p in report["curve"]:
-        table.add_row(f"{p['radius']:g}", f"{p['certified_accuracy']:.3f}")
-    out.print(table)
+    _show(console.smooth(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -818,10 +704,6 @@ def _floats(text: str | None, flag: str) -> list[float]:
         raise RobustlabError(
             f"{flag} expects numbers separated by commas; found {text!r}"
         ) from None
-
-
-def _fmt(v, spec: str = ".3g") -> str:
-    return "-" if v is None else format(v, spec)
 
 
 @app.command()
@@ -858,6 +740,7 @@ def sensitivity(
     out_file: Path = typer.Option(Path("sensitivity.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Per layer: Hessian trace and top eigenvalue, Fisher, weight noise, emulated precision."""
@@ -883,23 +766,11 @@ def sensitivity(
             calibration=calibration,
             batch_size=batch_size,
             seed=seed,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    table = Table("layer", "params", "Hessian trace (95% CI)", "top eigenvalue", "Fisher trace",
-                  title=f"{report['model']['name']} on {report['data']['name']} "
-                  f"(clean accuracy {report['clean_accuracy']:.3f})")  # fmt: skip
-    for r in report["layers"]:
-        lo, hi = r["hessian_trace_ci"]
-        ci = "" if lo is None else f" ({lo:.3g}..{hi:.3g})"
-        table.add_row(r["name"] or "(model)", str(r["parameters"]), f"{r['hessian_trace']:.3g}{ci}",
-                      _fmt(r["top_eigenvalue"]), _fmt(r["fisher_trace"]))  # fmt: skip
-    out.print(table)
-    for c in report["correlations"]:
-        out.print(
-            f"Spearman rank correlation, Hessian trace vs measured {c['format']} loss increase "
-            f"per layer: {_fmt(c['trace_vs_loss_increase'], '.2f')}"
-        )
+    _show(console.sensitivity(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -944,6 +815,7 @@ def prune(
     report_file: Path | None = typer.Option(
         None, "--report", help="Result JSON (default: beside --out)."
     ),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Prune (magnitude, HYDRA, PwoA), fine-tune, export ONNX, evaluate: robustness against sparsity."""
@@ -970,21 +842,12 @@ def prune(
             lr=lr,
             suite=suite,
             seed=seed,
+            device=device,
             progress=say,
         )
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
-    table = Table("method", "sparsity", "clean", "robust", "certified", "train s",
-                  title=f"{structure} pruning, Linf eps {report['eps']:g}")  # fmt: skip
-    d = report["dense"]
-    table.add_row("dense", "0", f"{d['clean_accuracy']:.3f}", f"{d['robust_accuracy']:.3f}",
-                  f"{d['certified_accuracy']:.3f}", "-")  # fmt: skip
-    for r in report["rows"]:
-        table.add_row(r["method"], f"{r['sparsity']:.3f}", f"{r['clean_accuracy']:.3f}",
-                      f"{r['robust_accuracy']:.3f}", f"{r['certified_accuracy']:.3f}",
-                      f"{r['train_seconds']:.1f}")  # fmt: skip
-    out.print(table)
-    _warn(report)
+    _show(console.prune(report))
     out.print(f"models: {', '.join(report['onnx'])}\nresult: {report_file}\nrun id: {run_id}")
 
 
@@ -1010,6 +873,7 @@ def patch(
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("patch.json"), "--out", help="Result JSON."),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """A robust weight signature (M1 - M0 on the shallow layers) added with scale A, evaluated."""
@@ -1029,19 +893,11 @@ def patch(
             suite=suite,
             batch_size=batch_size,
             seed=seed,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    table = Table("model / scale", "clean", "robust", "certified",
-                  title=f"patched layers {', '.join(report['layers'])}; Linf eps {report['eps']:g}")  # fmt: skip
-    for name in ("standard", "robust", "target"):
-        r = report[name]
-        table.add_row(name, *[f"{r[k]:.3f}" for k in ("clean_accuracy", "robust_accuracy",
-                                                        "certified_accuracy")])  # fmt: skip
-    for r in report["rows"]:
-        table.add_row(f"A = {r['scale']:g}", *[f"{r[k]:.3f}" for k in ("clean_accuracy",
-                      "robust_accuracy", "certified_accuracy")])  # fmt: skip
-    out.print(table)
+    _show(console.patch(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -1068,6 +924,7 @@ def mix(
     report_file: Path | None = typer.Option(
         None, "--report", help="Result JSON (default: beside --out)."
     ),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Mix an accurate and a robust model (MixedNUTS); clean / robust frontier over strengths."""
@@ -1079,20 +936,11 @@ def mix(
     with _status() as say:
         report = mix_job(accurate, robust, data, eps, norm, strengths=strengths,
                          fit_share=fit_share, suite=suite, n=n, seed=seed,
-                         batch_size=batch_size, out=out_file, progress=say)  # fmt: skip
+                         batch_size=batch_size, out=out_file, device=device,
+                         progress=say)  # fmt: skip
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
-    table = Table("mixture", "alpha", "scale", "power", "bias", "clean", "robust",
-                  title=f"{norm} eps {report['eps']:g}, {report['n_eval']} held-out examples")  # fmt: skip
-    for i, r in enumerate(report["frontier"]):
-        t = r["transform"] or {}
-        mark = " *" if i == report["chosen"] else ""
-        table.add_row(r["name"] + mark, f"{r['alpha']:.3f}",
-                      *(f"{t[k]:g}" if k in t else "-" for k in ("scale", "power", "bias")),
-                      f"{r['clean_accuracy']:.3f}", f"{r['robust_accuracy']:.3f}")  # fmt: skip
-    out.print(table)
-    if report.get("note"):
-        err.print(f"note: {report['note']}", markup=False, highlight=False, soft_wrap=True)
+    _show(console.mix(report))
     out.print(f"model: {report['onnx']} (*)\nresult: {report_file}\nrun id: {run_id}")
 
 
@@ -1115,6 +963,7 @@ def conformal(
     out_file: Path = typer.Option(Path("conformal.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Conformal sets (split, RSCP+, VRCP): coverage and size, clean and under attack."""
@@ -1125,14 +974,9 @@ def conformal(
         report = conformal_job(_model(model, mean, std), data, alpha, eps, norm, sigma=sigma,
                                n_samples=samples, beta=beta, bound_method=bounds,
                                cal_share=cal_share, steps=steps, n=n, seed=seed,
-                               batch_size=batch_size, progress=say)  # fmt: skip
+                               batch_size=batch_size, device=device, progress=say)  # fmt: skip
     run_id = _save(report, out_file, db)
-    table = Table("method", "condition", "coverage", "mean size",
-                  title=f"alpha {alpha:g}, {report['norm']} eps {report['eps']:g}, "
-                  f"{report['n_test']} test examples")  # fmt: skip
-    for r in report["rows"]:
-        table.add_row(r["method"], r["condition"], f"{r['coverage']:.3f}", f"{r['mean_size']:.2f}")
-    out.print(table)
+    _show(console.conformal(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -1157,6 +1001,7 @@ def detect(
     out_file: Path = typer.Option(Path("detect.json"), "--out", help="Result JSON."),
     mean: str | None = MEAN,
     std: str | None = STD,
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Detect adversarial examples (BEYOND): AUROC per attack and an adaptive attack beside."""
@@ -1166,15 +1011,10 @@ def detect(
     with _status() as say:
         report = detect_job(_model(model, mean, std), data, eps, norm, train_data=train_data,
                             attacks=attacks, k=k, fpr=fpr, encoder_epochs=epochs,
-                            adaptive_steps=adaptive_steps, n=n, seed=seed, progress=say)  # fmt: skip
+                            adaptive_steps=adaptive_steps, n=n, seed=seed, device=device,
+                            progress=say)  # fmt: skip
     run_id = _save(report, out_file, db)
-    table = Table("attack", "fools", "AUROC", f"TPR@{report['fpr']:g}", "fools + passes",
-                  title=f"{report['norm']} eps {report['eps']:g}, {report['n_clean']} inputs")  # fmt: skip
-    for r in report["rows"]:
-        table.add_row(r["attack"], f"{r['success_rate']:.3f}", _fmt(r["auroc"]),
-                      _fmt(r["tpr"]), f"{r['undetected_success_rate']:.3f}")  # fmt: skip
-    out.print(table)
-    err.print(f"verdict: {report['note']}", markup=False, highlight=False, soft_wrap=True)
+    _show(console.detect(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -1235,14 +1075,7 @@ def repair(
         )
     report_file = report_file or out_file.with_suffix(".json")
     run_id = _save(report, report_file, db)
-    r = report["repair"]
-    acc = ""
-    if r["accuracy_before"] is not None:
-        acc = f"; accuracy {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f}"
-    out.print(
-        f"{r['holds_before']} -> {r['holds_after']} of {r['n_properties']} properties hold "
-        f"(fixed {r['fixed']}, violated after {r['violated_after']}){acc}"
-    )
+    _show(console.repair(report))
     out.print(f"model: {report['onnx']}\nresult: {report_file}\nrun id: {run_id}")
 
 
@@ -1259,6 +1092,7 @@ def blindspots(
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the shape image."),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("blindspots.json"), "--out", help="Result JSON."),
+    device: str = DEVICE,
     db: Path | None = DB,
 ) -> None:
     """Blind spots: level-set traversal between inputs of different classes, shape bias."""
@@ -1277,19 +1111,11 @@ def blindspots(
             patch=patch,
             alpha=alpha,
             seed=seed,
+            device=device,
             progress=say,
         )
     run_id = _save(report, out_file, db)
-    ls = report["levelset"]
-    out.print(
-        f"level-set traversal: {ls['mean_fraction']:.3f} of the way to the target on average "
-        f"(Linf {ls['mean_linf']:.3f}, L2 {ls['mean_l2']:.3f}); prediction unchanged on "
-        f"{sum(ls['unchanged'])} of {len(ls['unchanged'])} paths"
-    )
-    sb = report["shape_bias"]
-    if sb is not None and sb["shape_bias"] is not None:
-        out.print(f"shape bias: {sb['shape_bias']:.3f} ({sb['shape_decisions']} shape, "
-                  f"{sb['texture_decisions']} texture, {sb['other_decisions']} neither)")  # fmt: skip
+    _show(console.blindspots(report))
     out.print(f"result: {out_file}\nrun id: {run_id}")
 
 
@@ -1302,17 +1128,7 @@ def runs_list(
     db: Path | None = DB,
 ) -> None:
     """The most recent runs."""
-    table = Table("id", "created", "command", "model", "data", "clean acc.")
-    if metrics:
-        table.add_column("metrics")
-    for r in store.list_runs(db, limit):
-        clean = r.metrics.get("clean_accuracy")
-        row = [str(r.id), r.created, r.command, str(r.model), str(r.data),
-               "-" if clean is None else f"{clean:.3f}"]  # fmt: skip
-        if metrics:
-            row.append("\n".join(f"{k} {store.format_value(v)}" for k, v in r.metrics.items()))
-        table.add_row(*row)
-    out.print(table)
+    _show(console.runs_list(store.list_runs(db, limit), metrics, store.format_value))
 
 
 @runs_app.command("show")
@@ -1333,11 +1149,7 @@ def runs_compare(
     if len(run_ids) < 2:
         raise RobustlabError(f"runs compare expects at least two run ids; found {len(run_ids)}")
     output_file(html, create=False)
-    header, rows = store.compare(run_ids, db)
-    table = Table(*header)
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+    _show(console.rows(*store.compare(run_ids, db)))
     write_compare(run_ids, html, db)
     out.print(f"page: {html}")
 
@@ -1347,7 +1159,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except RobustlabError as e:
-        _fail(f"error: {_flagged(e)}", 2)
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        _fail(f"error: {_flagged(e, command)}", 2)
     except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except Exception as e:
@@ -1362,12 +1175,17 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _flagged(e: RobustlabError) -> str:
+# library parameters whose flag is not ``--<param>``: (command, parameter) -> flag
+_RENAMED = {("audit", "sigma"): "--smoothing"}
+
+
+def _flagged(e: RobustlabError, command: str | None = None) -> str:
     """The message of a library error that names its parameter (``n must be ...``) in the
     command line's words (``--n must be ...``)."""
     message, param = str(e), getattr(e, "param", None)
     if param and message.startswith(param):
-        return f"--{param.replace('_', '-')}{message[len(param) :]}"
+        flag = _RENAMED.get((command, param), f"--{param.replace('_', '-')}")
+        return f"{flag}{message[len(param) :]}"
     return message
 
 

@@ -11,6 +11,7 @@ import os
 import warnings
 import zipfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,12 @@ class Dataset:
         if n <= 0:
             raise RobustlabError(f"n must be a positive number of examples; found {n}", param="n")
         return Dataset(self.name, self.x[:n], self.y[:n], self.lower, self.upper)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """The same data on ``device`` (itself when it is there already)."""
+        if self.x.device == torch.device(device) and self.y.device == torch.device(device):
+            return self
+        return Dataset(self.name, self.x.to(device), self.y.to(device), self.lower, self.upper)
 
     def matched_to(self, input_shape: tuple[int, ...] | None) -> Dataset:
         """The same data reshaped to a model's input shape, or an error naming both shapes.
@@ -90,8 +97,6 @@ def split_digits() -> dict[str, np.ndarray]:
 
 def digits_cache() -> Path:
     """The split's cache file, keyed by scikit-learn's version (which fixes the split)."""
-    from importlib.metadata import version
-
     return home() / "data" / f"digits-sklearn-{version('scikit-learn')}.npz"
 
 

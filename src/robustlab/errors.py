@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 
 class RobustlabError(ValueError):
     """Bad input: the message says what was expected and what was found. ``param``: the
@@ -23,8 +25,6 @@ def _key(name: str) -> str:
 def did_you_mean(name: str, known) -> str:
     """``"; did you mean 'x'?"``: the known names that start with ``name`` (at most three), else
     the closest one (difflib), else ``""``."""
-    import difflib
-
     names = {_key(k): str(k) for k in known}
     key = _key(name)
     close = [k for k in names if k.startswith(key) and k != key][:3] if key else []

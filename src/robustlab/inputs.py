@@ -15,10 +15,42 @@ import torch
 from torch import nn
 
 from robustlab.data import Dataset
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, unknown
 from robustlab.model import LoadedModel, ModelSource, _guess_input_shape, load_model
 
 ModelLike = LoadedModel | nn.Module | str | Path | ModelSource
+
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``cpu``, ``cuda`` (or ``cuda:K``) or ``auto`` (cuda when available, else cpu) as a torch
+    device; cuda on a machine without CUDA is an error naming the parameter."""
+    if isinstance(device, torch.device):
+        name = device.type
+    else:
+        name = str(device).strip().lower()
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name.split(":")[0] not in ("cpu", "cuda"):
+            raise unknown("device", str(device), DEVICES)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RobustlabError(
+            f"device {str(device)!r} is not available: this torch finds no CUDA device "
+            "(use cpu or auto)",
+            param="device",
+        )
+    return device if isinstance(device, torch.device) else torch.device(name)
+
+
+def to_device(module: nn.Module, data: Dataset, device) -> tuple[nn.Module, Dataset]:
+    """The module (moved in place) and the data on ``resolve_device(device)``; ``None``: both
+    as they are."""
+    if device is None:
+        return module, data
+    dev = resolve_device(device)
+    return module.to(dev), data.to(dev)
 
 
 def as_loaded(model: ModelLike) -> LoadedModel:
@@ -114,14 +146,18 @@ def check_fits(
         )
 
 
-def fit(model: ModelLike, data: Dataset, role: str = "model") -> tuple[nn.Module, Dataset]:
+def fit(
+    model: ModelLike, data: Dataset, role: str = "model", device=None
+) -> tuple[nn.Module, Dataset]:
     """The module and the data reshaped to its input shape (known from the file, or inferred:
-    the data's own shape for a module), checked to fit; a mismatch names both shapes."""
+    the data's own shape for a module), checked to fit; a mismatch names both shapes.
+    ``device`` (``cpu``, ``cuda``, ``auto``; see ``resolve_device``): both moved there (None:
+    where they are)."""
     if not isinstance(data, Dataset):
         raise RobustlabError(
             f"expected data as a robustlab Dataset (rl.load_data(...)); found {type(data).__name__}"
         )
     loaded = as_loaded(model)
-    data = data.matched_to(loaded.input_shape)
-    check_fits(loaded.module, data, role, loaded.input_shape)
-    return loaded.module, data
+    module, data = to_device(loaded.module, data.matched_to(loaded.input_shape), device)
+    check_fits(module, data, role, loaded.input_shape)
+    return module, data

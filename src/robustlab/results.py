@@ -12,7 +12,32 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-SCHEMA_VERSION = 1  # of report.json: written into every report
+SCHEMA_VERSION = 2  # of report.json: written into every report (2: smoothing's n, samples)
+
+
+def upgrade(report: dict) -> dict:
+    """A report.json of an older schema in today's words. Schema 1: smoothing's ``n`` was the
+    Monte-Carlo draws and ``samples`` the per-input records (now ``samples`` and ``per_input``,
+    ``n`` the examples, as everywhere); the audit's smoothing section counted its examples in
+    ``examples``."""
+    if report.get("schema_version", 1) >= 2:
+        return report
+    report = dict(report)
+    if report.get("kind") == "smooth":
+        report.update(_smoothing_v2(report))
+    if isinstance(report.get("smoothing"), dict):  # the audit's section
+        report["smoothing"] = _smoothing_v2(report["smoothing"])
+    report["schema_version"] = SCHEMA_VERSION
+    return report
+
+
+def _smoothing_v2(part: dict) -> dict:
+    part = dict(part)
+    if isinstance(part.get("samples"), list):
+        part["per_input"] = part.pop("samples")
+        part["samples"] = part.pop("n", None)
+        part["n"] = part.pop("examples", len(part["per_input"]))
+    return part
 
 
 @dataclass(frozen=True)

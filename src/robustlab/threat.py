@@ -30,7 +30,7 @@ class FromData(float):
         return f"{float(self)!r}"
 
 
-def parse_eps(text: str | float, name: str = "--eps") -> float:
+def parse_eps(text: str | float, name: str = "eps") -> float:
     """One eps: a number (``0.03``) or a fraction (``8/255``)."""
     if isinstance(text, (int, float)):
         return float(text)
@@ -44,11 +44,11 @@ def parse_eps(text: str | float, name: str = "--eps") -> float:
         return float(value)
     except ValueError:
         raise RobustlabError(
-            f"{name} expects a number or a fraction such as 8/255; found {text!r}"
+            f"{name} expects a number or a fraction such as 8/255; found {text!r}", param=name
         ) from None
 
 
-def parse_eps_list(text: str, name: str = "--eps") -> list[float]:
+def parse_eps_list(text: str, name: str = "eps") -> list[float]:
     """``"0.01,2/255,8/255"`` -> floats (numbers or fractions, comma-separated)."""
     return [parse_eps(v, name) for v in str(text).split(",") if v.strip()]
 
@@ -214,7 +214,7 @@ class Box:
 ThreatModel = LpBall | Box
 
 
-def eps_values(eps: Sequence[float | str], name: str = "--eps") -> list[float]:
+def eps_values(eps: Sequence[float | str], name: str = "eps") -> list[float]:
     """A non-empty list of radii (numbers, or fractions such as ``8/255``), each one a valid
     ``LpBall`` radius (finite, >= 0); ``name`` is what an unparsable value's error calls it."""
     values = [parse_eps(e, name) for e in eps]

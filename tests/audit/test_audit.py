@@ -29,7 +29,7 @@ def report(audited):
 
 
 def test_report_sections(report):
-    assert report["schema_version"] == 1 and report["kind"] == "audit"
+    assert report["schema_version"] == 2 and report["kind"] == "audit"
     assert report["status"] == "complete" and report["profile"] == "quick"
     status = {s["name"]: s["status"] for s in report["stages"]}
     assert status == dict.fromkeys(
@@ -45,7 +45,7 @@ def test_report_sections(report):
     assert report["certified"]["cross_check"]["certified_but_broken"] == 0
     assert sum(c["n"] for c in report["per_class"]) == 40
     assert report["corruptions"]["table"] and report["corruptions"]["transformations"]
-    assert report["smoothing"]["examples"] == 40 and report["smoothing"]["curve"]
+    assert report["smoothing"]["n"] == 40 and report["smoothing"]["curve"]
     assert report["sensitivity"]["png"] and report["examples"]["png"]
     assert {f["name"] for f in report["flags"]} >= {"quick_profile", "small_sample"}
     assert report["reproduce"].startswith("robustlab audit --model zoo:mlp --data digits")
@@ -147,8 +147,8 @@ def test_colour_images(tmp_path):
     "kwargs, message",
     [
         ({"profile": "fast"}, "unknown profile 'fast'"),
-        ({"budget": 0}, "--budget must be a positive number of seconds; found 0"),
-        ({"sigma": -1.0}, "--smoothing expects a noise sigma > 0; found -1.0"),
+        ({"budget": 0}, "budget must be a positive number of seconds; found 0"),
+        ({"sigma": -1.0}, "sigma expects a noise sigma > 0; found -1.0"),
         ({"eps": [-0.1]}, "eps must be a finite number >= 0; found -0.1"),
     ],
 )

@@ -23,5 +23,5 @@ def test_conformal_and_detect_stages_when_asked_for(tmp_path):
 
 
 def test_stages_absent_unless_asked_and_alpha_checked():
-    with pytest.raises(RobustlabError, match="--conformal expects an alpha"):
+    with pytest.raises(RobustlabError, match="conformal expects an alpha"):
         audit_job("zoo:mlp", "digits", [0.02], conformal=1.5)

@@ -74,7 +74,7 @@ def test_failed_stage_is_recorded_and_the_others_run(tmp_path):
     assert st["c"]["status"] == "skipped" and st["c"]["note"] == "why"
     assert seen == ["a"]  # the report on disk already held stage a when b ran
     on_disk = json.loads((tmp_path / "report.json").read_text())
-    assert on_disk["schema_version"] == 1 and len(on_disk["stages"]) == 3
+    assert on_disk["schema_version"] == 2 and len(on_disk["stages"]) == 3
 
 
 def test_slow_stage_is_stopped_within_the_budget(tmp_path):

@@ -19,7 +19,7 @@ REPORT = {
 def test_write_report_dir(tmp_path):
     j, h = write_report_dir(REPORT, tmp_path / "out")
     data = json.loads(j.read_text())
-    assert data["schema_version"] == 1 and data["curve"][1]["robust_accuracy"] == 0.5
+    assert data["schema_version"] == 2 and data["curve"][1]["robust_accuracy"] == 0.5
     html = h.read_text()
     assert html.count("data:image/png;base64,") == 1
     assert "<script" not in html and "http" not in html.replace("http-equiv", "")

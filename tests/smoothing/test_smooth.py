@@ -109,11 +109,12 @@ def test_cli_smooth(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "deprecated" not in err
     r = json.loads((tmp_path / "r.json").read_text())
-    assert {"sigma", "n", "alpha", "clean_accuracy", "abstain_rate", "curve", "samples"} <= r.keys()
-    assert (r["sigma"], r["n"], r["alpha"]) == (0.25, 200, 0.001)
+    keys = {"sigma", "n", "samples", "alpha", "clean_accuracy", "abstain_rate", "curve"}
+    assert keys | {"per_input"} <= r.keys() and r["schema_version"] == 2
+    assert (r["sigma"], r["n"], r["samples"], r["alpha"]) == (0.25, 10, 200, 0.001)
     assert all(p.keys() == {"radius", "certified_accuracy"} for p in r["curve"])
-    assert len(r["samples"]) == 10
-    assert all(s.keys() == {"label", "prediction", "count_top", "radius"} for s in r["samples"])
+    assert len(r["per_input"]) == 10
+    assert all(s.keys() == {"label", "prediction", "count_top", "radius"} for s in r["per_input"])
     assert "data:image/png;base64," in (tmp_path / "r.html").read_text()
     assert not math.isnan(r["clean_accuracy"])
 
@@ -142,9 +143,9 @@ def test_cli_smooth_n_counts_examples_and_examples_is_a_deprecated_alias(
               "--samples", "16", "--db", tmp_path / "db.sqlite"]  # fmt: skip
     code, _, err = run(monkeypatch, capsys, *common, "--n", "5", "--out", tmp_path / "a.json")
     r = json.loads((tmp_path / "a.json").read_text())
-    assert code == 0 and len(r["samples"]) == 5 and r["n"] == 16, err
+    assert code == 0 and len(r["per_input"]) == 5 and r["n"] == 5 and r["samples"] == 16, err
     code, _, err = run(
         monkeypatch, capsys, *common, "--examples", "3", "--out", tmp_path / "b.json"
     )
-    assert code == 0 and len(json.loads((tmp_path / "b.json").read_text())["samples"]) == 3
+    assert code == 0 and json.loads((tmp_path / "b.json").read_text())["n"] == 3
     assert "note: --examples is deprecated; use --n" in err

@@ -164,6 +164,7 @@ def evaluate(
     eot: int = 1,
     skip_certified: bool | Sequence[str] = True,
     progress: Callable[[str], None] | None = None,
+    device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
 ) -> SuiteResult:
     """Robust accuracy at each eps under ``suite`` ("fast" | "rapid" | "standard") or the named
     ``attacks``.
@@ -185,9 +186,9 @@ def evaluate(
     other reliability flags.
     """
     eps_list, norm = eps_values(eps, "eps"), parse_norm(norm)
-    model, data = fit(model, data)
+    model, data = fit(model, data, device=device)
     if surrogate is not None:
-        surrogate, _ = fit(surrogate, data, "surrogate model")
+        surrogate, _ = fit(surrogate, data, "surrogate model", device)
     for e in eps_list:
         on_data(LpBall(norm, e), data)  # eps on the 0-255 scale: an error suggesting eps/255
     if batch_size <= 0:

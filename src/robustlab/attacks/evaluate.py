@@ -96,6 +96,7 @@ def run_attack(
     *,
     batch_size: int = 256,
     robust_before: Tensor | None = None,
+    device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
 ) -> AttackResult:
     """Attack the examples still robust (clean-correct, and in ``robust_before`` when given).
 
@@ -104,7 +105,7 @@ def run_attack(
     ``load_model`` returns, an ``nn.Module`` or a path; the threat model takes the data's value
     range unless it gives its own (which must be the data's).
     """
-    model, data = fit(model, data)
+    model, data = fit(model, data, device=device)
     threat = on_data(threat, data)
     counted = Counted(model)
     start = time.perf_counter()
@@ -155,10 +156,11 @@ def robustness_curve(
     attack: Attack,
     *,
     batch_size: int = 256,
+    device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
 ) -> list[AttackResult]:
     """Robust accuracy at each eps (in ascending order), reusing work: an example broken at some eps
     counts as broken at every larger eps and is not attacked again."""
-    model, data = fit(model, data)
+    model, data = fit(model, data, device=device)
     results: dict[float, AttackResult] = {}
     robust = x_adv = None
     for e in sorted(set(float(v) for v in eps)):

@@ -56,5 +56,6 @@ def load_surrogate(
             f"a surrogate model is used only by the transfer attack; found attacks {names}"
         )
     loaded = load_model(source)
+    loaded.module.to(data.x.device)
     check_fits(loaded.module, data, "surrogate model")
     return loaded, names or ["transfer"]

@@ -31,13 +31,13 @@ def smoothing_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     out = {
         "sigma": ctx.sigma,
         "n0": p.smoothing_n0,
-        "n": p.smoothing_n,
+        "samples": p.smoothing_n,  # Monte-Carlo draws per input
         "alpha": ALPHA,
-        "examples": len(samples),
+        "n": len(samples),  # examples
         "clean_accuracy": sum(s["prediction"] == s["label"] for s in samples) / total,
         "abstain_rate": sum(s["prediction"] == ABSTAIN for s in samples) / total,
         "curve": certified_curve(samples, sigma=ctx.sigma),
-        "samples": samples,
+        "per_input": samples,
         "seconds": round(seconds, 3),
     }
     if len(samples) < n:

@@ -98,6 +98,7 @@ def certify(
     batch_size: int = 256,
     alpha_batch_size: int = 32,
     precision: str = "float64",
+    device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
 ) -> CertifyResult:
     """Certified accuracy of ``model`` on ``data`` under ``threat`` with a bound ``method`` (CROWN
     by default, as on the command line), or with ``"lipschitz"``: the margin / Lipschitz radius (``bounds.lipschitz``, any network).
@@ -113,7 +114,7 @@ def certify(
     if precision not in PRECISIONS:
         raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
     dtype = PRECISIONS[precision]
-    model, data = fit(model, data)
+    model, data = fit(model, data, device=device)
     threat = on_data(threat, data)
     start = time.perf_counter()
     was_training = model.training

@@ -77,6 +77,7 @@ def certify_many(
     batch_size: int = 256,
     precision: str = "float64",
     progress: Callable[[str], None] | None = None,
+    device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
 ) -> CertifiedCurve:
     """``certify`` with each method at each eps (an Lp ball in the data's value range); a point is
     certified at an eps when any method proves it. Tightness (Linf only) is eps-independent and
@@ -85,7 +86,7 @@ def certify_many(
     if precision not in PRECISIONS:
         raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
     eps = eps_values(eps, "eps")
-    module, data = fit(model, data)
+    module, data = fit(model, data, device=device)
     curve, per_method, certified = [], [], []
     for e in eps:
         threat = LpBall(norm, e, data.lower, data.upper)

@@ -1,6 +1,8 @@
 """Natural robustness: ImageNet-C corruptions batched in torch, corruption metrics (mCE), small
 transformations, frequency-band noise and tabular noise."""
 
+# the families register themselves in base's table on import
+from robustlab.corruptions import blur, digital, jpeg, noise, spatter, weather  # noqa: F401
 from robustlab.corruptions.base import (
     COMMON,
     CORRUPTIONS,
@@ -14,14 +16,10 @@ from robustlab.corruptions.base import (
     get_corruption,
     parse_severities,
 )
-from robustlab.corruptions.base import _load as _load_families
-
-_load_families()
-
-from robustlab.corruptions.evaluate import CorruptionResult, evaluate_corruptions  # noqa: E402
-from robustlab.corruptions.frequency import FrequencyResult, evaluate_frequency  # noqa: E402
-from robustlab.corruptions.tabular import TABULAR, corrupt_tabular  # noqa: E402
-from robustlab.corruptions.transforms import (  # noqa: E402
+from robustlab.corruptions.evaluate import CorruptionResult, evaluate_corruptions
+from robustlab.corruptions.frequency import FrequencyResult, evaluate_frequency
+from robustlab.corruptions.tabular import TABULAR, corrupt_tabular
+from robustlab.corruptions.transforms import (
     TransformResult,
     evaluate_transformations,
     warp,

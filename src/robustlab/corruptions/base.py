@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from robustlab.corruptions._ops import gray
 from robustlab.errors import RobustlabError, canonical, unknown
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -96,7 +97,6 @@ DETERMINISTIC = frozenset(
 def corruption_names(spec: str | Sequence[str] = "all") -> list[str]:
     """Names from ``all``, ``common``, ``extra``, a family (``noise``, ``blur``, ``weather``,
     ``digital``), or a comma-separated list / sequence of names and groups."""
-    _load()
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     names: list[str] = []
     for item in (i for i in items if i):
@@ -160,14 +160,9 @@ def stable_seed(seed: int, *parts) -> int:
     return zlib.crc32(text.encode()) & 0x7FFFFFFF
 
 
-def _load() -> None:
-    # the families register themselves on import
-    from robustlab.corruptions import blur, digital, jpeg, noise, spatter, weather  # noqa: F401
-
-
 def get_corruption(name: str) -> Corruption:
-    """A registered corruption by name."""
-    _load()
+    """A registered corruption by name (the families register themselves when the package
+    ``robustlab.corruptions`` is imported, which importing this module always does first)."""
     name = canonical(name, CORRUPTIONS)  # gaussian-noise: gaussian_noise
     if name not in CORRUPTIONS:
         raise unknown("corruption", name, ORDER)
@@ -204,8 +199,6 @@ def corrupt(
     work = work.clamp(0, 1).contiguous()
     gen = torch.Generator(device=work.device).manual_seed(int(seed))
     if spec.rgb and work.shape[1] == 1:
-        from robustlab.corruptions._ops import gray
-
         out = gray(spec.fn(work.expand(-1, 3, -1, -1), severity, gen))
     else:
         out = spec.fn(work, severity, gen)

@@ -130,15 +130,16 @@ def evaluate_corruptions(
     batch_size: int = 256,
     seed: int = 0,
     progress: Progress | None = None,
+    device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
 ) -> CorruptionResult:
     """Accuracy of ``model`` (and of ``baseline`` on the same corrupted inputs) under each
     corruption at each severity; the corruption of every batch is seeded by ``seed``, the
     corruption name, the severity and the batch index, so results do not depend on the order.
     Images (N, C, H, W) take the image corruptions, rows (N, F) the tabular ones."""
     start = time.perf_counter()
-    model, data = fit(model, data)  # what load_model returns, a module or a path
+    model, data = fit(model, data, device=device)  # load_model's, a module or a path
     if baseline is not None:
-        baseline, _ = fit(baseline, data, "baseline model")
+        baseline, _ = fit(baseline, data, "baseline model", device)
     sevs = parse_severities(severities)
     if batch_size < 1:
         raise RobustlabError(f"batch size must be positive; found {batch_size}")

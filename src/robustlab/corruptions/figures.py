@@ -7,16 +7,15 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from robustlab.corruptions.base import corrupt, stable_seed
+from robustlab.plotting import plt
+from robustlab.plotting import png as _png
 
 
 def example_grid(
     image: Tensor, names: Sequence[str], severities: Sequence[int], seed: int = 0
 ) -> str:
     """A base64 PNG: one row per corruption, the clean image and then each severity."""
-    from robustlab.plotting import plt
-    from robustlab.plotting import png as _png
-
-    x = image[None].clamp(0, 1)
+    x = image[None].clamp(0, 1).cpu()
     cols = 1 + len(severities)
     fig, axes = plt.subplots(
         len(names), cols, figsize=(1.1 * cols + 1.4, 1.1 * len(names)), squeeze=False
@@ -45,8 +44,6 @@ def side_by_side(
 ) -> object:
     """A matplotlib figure of two grids (corruptions x severities) next to each other, for a
     visual check of two implementations; ``left`` / ``right`` are (len(names), S, C, H, W)."""
-    from robustlab.plotting import plt
-
     sev = left.shape[1]
     fig, axes = plt.subplots(
         len(names), 2 * sev, figsize=(0.9 * 2 * sev + 1.4, 0.9 * len(names)), squeeze=False

@@ -40,6 +40,7 @@ _EXPORTS = {
     "sensitivity_job": "robustlab.jobs.sensitivity",
     "smooth_job": "robustlab.jobs.smooth",
     "train_job": "robustlab.jobs.train",
+    "verify_job": "robustlab.jobs.verify",
 }
 
 __all__ = sorted(

@@ -31,15 +31,16 @@ def attack_job(
     eot: int = 1,
     surrogate=None,
     save_examples=None,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """Robust accuracy under an attack suite (or named attacks) at each eps; keys
     ``clean_accuracy``, ``robust_accuracy`` (first eps), ``curve``, ``per_attack``, ``flags``,
     ``certified_skipped``. ``surrogate``: the model the transfer attack crafts its examples on;
     ``eot``: forward passes per gradient; ``save_examples``: an ``.npz`` file for the adversarial
-    examples (``save_examples``)."""
+    examples (``save_examples``); ``device``: cpu, cuda or auto (``inputs.resolve_device``)."""
     eps, norm = check_eps(eps), parse_norm(norm)
-    model, data = prepare(model_src, data_src, n)
+    model, data = prepare(model_src, data_src, n, device)
     check_eps_on(eps, norm, data)
     sur, attacks = load_surrogate(surrogate, data, attacks)
     if progress:
@@ -82,18 +83,18 @@ def write_examples(path, module: torch.nn.Module, data: Dataset, result) -> Path
     ``x_adv``; folders created."""
     x_adv = torch.stack(result.x_adv)
     arrays = {
-        "x": data.x.numpy(),
-        "y": data.y.numpy(),
+        "x": data.x.cpu().numpy(),
+        "y": data.y.cpu().numpy(),
         "eps": np.asarray(result.eps, dtype=np.float64),
-        "x_adv": x_adv.numpy(),
+        "x_adv": x_adv.cpu().numpy(),
         "broken": np.asarray([[a != "" for a in row] for row in result.broken_by], dtype=bool),
         "attack": np.asarray(result.broken_by, dtype=str).reshape(len(result.eps), len(data)),
-        "prediction": np.stack([predict(module, xa).numpy() for xa in result.x_adv]),
+        "prediction": np.stack([predict(module, xa).cpu().numpy() for xa in result.x_adv]),
     }
     path = Path(path)
     try:
-        with open(output_file(path, "--save-examples"), "wb") as f:
+        with open(output_file(path, "save_examples"), "wb") as f:
             np.savez_compressed(f, **arrays)
     except OSError as e:
-        raise cannot_write(path, e) from None
+        raise cannot_write(path, e, "save_examples") from None
     return path

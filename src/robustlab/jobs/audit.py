@@ -83,6 +83,7 @@ def audit_job(
     seed: int = 0,
     batch_size: int = 256,
     out: Path | str | None = None,
+    device="cpu",
     progress: Progress | None = None,
     on_stage: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -94,20 +95,26 @@ def audit_job(
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if budget is not None and not budget > 0:
-        raise RobustlabError(f"--budget must be a positive number of seconds; found {budget}")
+        raise RobustlabError(
+            f"budget must be a positive number of seconds; found {budget}", param="budget"
+        )
     if sigma is not None and not sigma > 0:
-        raise RobustlabError(f"--smoothing expects a noise sigma > 0; found {sigma}")
+        raise RobustlabError(f"sigma expects a noise sigma > 0; found {sigma}", param="sigma")
     if conformal is not None and not 0 < conformal < 1:
-        raise RobustlabError(f"--conformal expects an alpha in (0, 1); found {conformal}")
+        raise RobustlabError(
+            f"conformal expects an alpha in (0, 1); found {conformal}", param="conformal"
+        )
     if batch_size < 1:
-        raise RobustlabError(f"--batch-size must be a positive integer; found {batch_size}")
+        raise RobustlabError(
+            f"batch_size must be a positive integer; found {batch_size}", param="batch_size"
+        )
     clock = Clock(budget or prof.budget)
     norm = parse_norm(norm)
     eps_list = None if eps is None else check_eps(eps)
     say = progress or (lambda _m: None)
     say("loading the model and the data")
-    model, data = prepare(model_src, data_src, n or prof.n)
-    base = prepare(baseline, data_src, n or prof.n)[0] if baseline is not None else None
+    model, data = prepare(model_src, data_src, n or prof.n, device)
+    base = prepare(baseline, data_src, n or prof.n, device)[0] if baseline is not None else None
     if eps_list is None:
         eps_list = default_eps(norm, data.upper - data.lower, tuple(data.x.shape[1:]))
     eps_list = sorted(set(eps_list))

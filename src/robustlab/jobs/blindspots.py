@@ -30,6 +30,7 @@ def blindspots_job(
     alpha: float = 0.5,
     n_show: int = 4,
     seed: int = 0,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """Level-set traversal on ``n_pairs`` pairs of the data (first ``n`` examples) and, for
@@ -38,7 +39,7 @@ def blindspots_job(
     ``clean_accuracy``, ``metrics``."""
 
     say = progress or (lambda _msg: None)
-    loaded, data = prepare(model_src, data_src, n)
+    loaded, data = prepare(model_src, data_src, n, device)
     model = loaded.module
     s, t = pairs(data.y, n_pairs, seed)
     say(f"level-set traversal on {n_pairs} pairs")

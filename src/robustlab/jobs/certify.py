@@ -24,6 +24,7 @@ def certify_job(
     n: int | None = None,
     batch_size: int = 256,
     precision: str = "float64",
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """Certified accuracy at each eps for one or more bound methods; keys ``clean_accuracy``,
@@ -33,7 +34,7 @@ def certify_job(
     methods = parse_methods(method)
     if precision not in PRECISIONS:
         raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
-    model, data = prepare(model_src, data_src, n)
+    model, data = prepare(model_src, data_src, n, device)
     check_eps_on(eps, norm, data)
     result = certify_many(model.module, data, eps, norm, methods, batch_size=batch_size,
                           precision=precision, progress=progress)  # fmt: skip

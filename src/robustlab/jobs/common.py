@@ -40,13 +40,20 @@ def check_eps_on(eps: Sequence[float], norm: str, data: Dataset) -> None:
         on_data(LpBall(norm, e), data)
 
 
-def prepare(model_src, data_src, n: int | None = None) -> tuple[LoadedModel, Dataset]:
+def prepare(model_src, data_src, n: int | None = None, device="cpu") -> tuple[LoadedModel, Dataset]:
     """Load a model and a dataset and check that they fit together (``inputs.fit``: the same
-    reshaping and checks as the Python API)."""
+    reshaping and checks as the Python API), both on ``device`` (cpu, cuda or auto)."""
     model = load_model(model_src)
     data = load_data(data_src, model.input_shape).subset(n)
-    _, data = fit(model, data)
+    _, data = fit(model, data, device=device)
     return model, data
+
+
+def load_beside(model_src, data: Dataset) -> LoadedModel:
+    """A second model (a baseline, a surrogate, the robust one) loaded on the data's device."""
+    model = load_model(model_src)
+    model.module.to(data.x.device)
+    return model
 
 
 def report_head(kind: str, model: LoadedModel, data: Dataset, settings: dict) -> dict:

@@ -16,7 +16,8 @@ from robustlab.compress.prune import check_method, check_objective, prune
 from robustlab.compress.result import PruneResult
 from robustlab.compress.signature import check_same_architecture, evaluate_signature
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import check_eps, check_fits, prepare, report_head
+from robustlab.inputs import resolve_device
+from robustlab.jobs.common import check_eps, check_fits, load_beside, prepare, report_head
 from robustlab.jobs.train import split_data
 from robustlab.model import load_model
 from robustlab.train.compare import evaluate_trained
@@ -61,6 +62,7 @@ def prune_job(
     lr: float = 1e-3,
     suite: str = "fast",
     seed: int = 0,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """Prune with each method at each sparsity (from the same dense model), fine-tune, save
@@ -79,10 +81,12 @@ def prune_job(
             "expected epochs >= 0, score_epochs >= 1, batch_size >= 1 and lr > 0; found "
             f"{epochs}, {score_epochs}, {batch_size}, {lr}"
         )
+    dev = resolve_device(device)
     dense = load_model(model_src)
+    dense.module.to(dev)
     shape = dense.input_shape
     train_d, test_d = split_data(data_src, test_data, shape, seed)
-    test_d = test_d.subset(n)
+    train_d, test_d = train_d.to(dev), test_d.subset(n).to(dev)
     check_fits(dense.module, test_d)
     out = Path(out)
     start = time.perf_counter()
@@ -98,8 +102,9 @@ def prune_job(
                                  seed=seed, eval_data=test_d, progress=say)  # fmt: skip
             path = onnx_path(out, m, s)
             path.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(torch_to_onnx(pruned, shape), str(path))
+            onnx.save(torch_to_onnx(pruned.cpu(), shape), str(path))
             loaded = load_model(path)  # the saved file, checked against onnxruntime
+            loaded.module.to(dev)
             say(f"{m} at sparsity {s:g}: evaluating {path.name}")
             ev = evaluate_trained(loaded.module, test_d, eps, suite=suite, seed=seed)
             flags += ev["flags"]
@@ -142,6 +147,7 @@ def patch_job(
     suite: str = "fast",
     batch_size: int = 256,
     seed: int = 0,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """A robust weight signature (robust - standard on the first ``layers`` layers) added to
@@ -152,13 +158,13 @@ def patch_job(
     values = [float(a) for a in scales]
     if not values or any(not abs(a) < float("inf") for a in values):
         raise RobustlabError(f"scale must be finite numbers, at least one; found {list(scales)}")
-    standard, data = prepare(standard_src, data_src, n)
-    robust = load_model(robust_src)
+    standard, data = prepare(standard_src, data_src, n, device)
+    robust = load_beside(robust_src, data)
     check_fits(robust.module, data, "robust model")
     check_same_architecture(standard.module, robust.module, ("standard", "robust"))
     target = None
     if target_src is not None:
-        target = load_model(target_src)
+        target = load_beside(target_src, data)
         check_fits(target.module, data, "target model")
     result = evaluate_signature(standard.module, robust.module, data, eps, values,
                                 target=None if target is None else target.module, shallow=layers,

@@ -27,6 +27,7 @@ def conformal_job(
     n: int | None = None,
     seed: int = 0,
     batch_size: int = 1000,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """Split-conformal, RSCP+ and VRCP sets of a model (``robustlab.conformal.conformal``); keys
@@ -34,7 +35,7 @@ def conformal_job(
     ``metrics``."""
     (eps,) = check_eps([eps])
     norm = parse_norm(norm)
-    model, data = prepare(model_src, data_src, n)
+    model, data = prepare(model_src, data_src, n, device)
     result = conformal(model.module, data, alpha, eps, norm, sigma=sigma, n_samples=n_samples,
                        beta=beta, bound_method=bound_method, cal_share=cal_share, steps=steps,
                        seed=seed, batch_size=batch_size, progress=progress)  # fmt: skip

@@ -11,8 +11,7 @@ from robustlab.corruptions.figures import example_grid
 from robustlab.corruptions.frequency import evaluate_frequency
 from robustlab.corruptions.tabular import tabular_names
 from robustlab.corruptions.transforms import evaluate_transformations
-from robustlab.jobs.common import check_fits, prepare, report_head
-from robustlab.model import load_model
+from robustlab.jobs.common import check_fits, load_beside, prepare, report_head
 from robustlab.results import metric_dicts
 
 Progress = Callable[[str], None]
@@ -20,7 +19,7 @@ Progress = Callable[[str], None]
 
 def _baseline(src, data):
 
-    base = load_model(src)
+    base = load_beside(src, data)
     check_fits(base.module, data, "baseline model")
     return base
 
@@ -38,6 +37,7 @@ def corrupt_job(
     max_shift: int = 1,
     transformations: bool = True,
     frequency: bool = True,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """Natural robustness of a model on a dataset; keys ``clean_accuracy``, ``table``,
@@ -46,7 +46,7 @@ def corrupt_job(
     ``examples``."""
 
     sevs = parse_severities(severities)
-    model, data = prepare(model_src, data_src, n)
+    model, data = prepare(model_src, data_src, n, device)
     tabular = data.x.dim() == 2
     names = tabular_names(corruptions) if tabular else corruption_names(corruptions)
     base = _baseline(baseline, data) if baseline is not None else None

@@ -35,6 +35,7 @@ def detect_job(
     adaptive_steps: int = 50,
     n: int | None = None,
     seed: int = 0,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """BEYOND on a model (``robustlab.detect.detection``). The encoder is trained on
@@ -51,7 +52,7 @@ def detect_job(
     if encoder_epochs < 1 or adaptive_steps < 1:
         raise RobustlabError(f"encoder_epochs and adaptive_steps must be >= 1; found "
                              f"{encoder_epochs}, {adaptive_steps}")  # fmt: skip
-    model, data = prepare(model_src, data_src, n)
+    model, data = prepare(model_src, data_src, n, device)
     if train_data is not None:
         enc_data = load_data(train_data, model.input_shape)
     elif str(data_src) == "digits":
@@ -60,6 +61,7 @@ def detect_job(
         enc_data, data = _halves(data)
     if model.input_shape is not None:
         enc_data = enc_data.matched_to(model.input_shape)
+    enc_data = enc_data.to(data.x.device)
     result = detection(model.module, data, enc_data, eps, norm, attacks=names, k=k, fpr=fpr,
                        encoder_epochs=encoder_epochs, adaptive_steps=adaptive_steps, seed=seed,
                        progress=progress)  # fmt: skip

@@ -27,7 +27,7 @@ def parse_target(text: str | int | None, labels: torch.Tensor):
         return int(text)
     except (TypeError, ValueError):
         raise RobustlabError(
-            f"--target expects 'predicted', 'label' or a class index; found {text!r}"
+            f"target expects 'predicted', 'label' or a class index; found {text!r}", param="target"
         ) from None
 
 
@@ -47,15 +47,17 @@ def make_explainer(
     if "seed" in fields:
         kwargs["seed"] = seed
     for flag, value, table in (
-        ("--steps", steps, STEPS_FIELD),
-        ("--samples", samples, SAMPLES_FIELD),
+        ("steps", steps, STEPS_FIELD),
+        ("samples", samples, SAMPLES_FIELD),
     ):
         if value is None:
             continue
         if method not in table:
-            raise RobustlabError(f"{flag} applies to {', '.join(table)}; found method '{method}'")
+            raise RobustlabError(
+                f"{flag} applies to {', '.join(table)}; found method '{method}'", param=flag
+            )
         if value < 1:
-            raise RobustlabError(f"{flag} must be a positive integer; found {value}")
+            raise RobustlabError(f"{flag} must be a positive integer; found {value}", param=flag)
         kwargs[table[method]] = value
     return get_explainer(method, **kwargs)
 
@@ -71,6 +73,7 @@ def explain_job(
     target: str | int | None = "predicted",
     batch_size: int = 512,
     seed: int = 0,
+    device="cpu",
     progress=None,
 ) -> dict:
     """Attributions of every input; keys ``method``, ``attributions``, ``n_forward``,
@@ -80,7 +83,7 @@ def explain_job(
     explainer = make_explainer(
         method, steps=steps, samples=samples, batch_size=batch_size, seed=seed
     )
-    model, data = prepare(model_src, data_src, n)
+    model, data = prepare(model_src, data_src, n, device)
     tgt = parse_target(target, data.y)
     if progress:
         progress(f"{method} on {len(data)} examples")
@@ -98,11 +101,13 @@ def explain_job(
     return report
 
 
-def proofs_job(model_src, data_src, eps: float, *, n: int | None = None, limit: int = 4) -> dict:
+def proofs_job(
+    model_src, data_src, eps: float, *, n: int | None = None, limit: int = 4, device="cpu"
+) -> dict:
     """``certify --explain-proofs``: proof features of the first ``limit`` certified inputs at
     ``eps``; keys ``eps``, ``points`` (each ProofFeatures.to_dict() with its ``index``)."""
 
-    model, data = prepare(model_src, data_src, n)
+    model, data = prepare(model_src, data_src, n, device)
     points = []
     with torch.no_grad():
         right = (model.module(data.x).argmax(1) == data.y).tolist()

@@ -10,7 +10,7 @@ import onnx
 
 from robustlab._onnx import torch_to_onnx
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import check_eps, check_fits, prepare, report_head
+from robustlab.jobs.common import check_eps, check_fits, load_beside, prepare, report_head
 from robustlab.mix.frontier import STRENGTHS, mix
 from robustlab.mix.transform import MixedClassifier
 from robustlab.model import load_model
@@ -49,6 +49,7 @@ def mix_job(
     seed: int = 0,
     batch_size: int = 256,
     out: Path | str = "mix.onnx",
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """Mixtures of the two models at each strength (fitted on ``fit_share`` of the data, measured
@@ -59,8 +60,8 @@ def mix_job(
     (eps,) = check_eps([eps])
     norm = parse_norm(norm)
     qs = parse_strengths(strengths)
-    acc_m, data = prepare(accurate_src, data_src, n)
-    rob_m = load_model(robust_src)
+    acc_m, data = prepare(accurate_src, data_src, n, device)
+    rob_m = load_beside(robust_src, data)
     if rob_m.input_shape is not None and acc_m.input_shape is not None:
         if tuple(rob_m.input_shape) != tuple(acc_m.input_shape):
             raise RobustlabError(
@@ -78,7 +79,7 @@ def mix_job(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shape = tuple(data.x.shape[1:])
-    onnx.save(torch_to_onnx(mixed.eval(), shape), str(out))
+    onnx.save(torch_to_onnx(mixed.eval().cpu(), shape), str(out))
     exported = load_model(out)  # the saved graph, checked against onnxruntime
     settings = {
         "eps": eps, "norm": norm, "strengths": qs, "fit_share": fit_share, "suite": suite,

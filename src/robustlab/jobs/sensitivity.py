@@ -38,6 +38,7 @@ def sensitivity_job(
     calibration=None,
     batch_size: int = 256,
     seed: int = 0,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """Per-layer sensitivity of a model (``robustlab.sensitivity.analyze``); keys
@@ -49,12 +50,13 @@ def sensitivity_job(
               certify_n=certify_n, batch_size=batch_size)  # fmt: skip
     levels = check_levels(noise_levels, "noise_levels")
     formats, layer_formats = parse_formats(formats), parse_formats(layer_formats, "layer_formats")
-    model, data = prepare(model_src, data_src, n)
+    model, data = prepare(model_src, data_src, n, device)
     calib = None
     if calibration is not None:
         calib = load_data(calibration, model.input_shape)
         if model.input_shape is not None:
             calib = calib.matched_to(model.input_shape)
+        calib = calib.to(data.x.device)
     result = analyze(
         model.module,
         data,

@@ -18,28 +18,31 @@ def smooth_job(
     sigma: float,
     *,
     n0: int = 100,
-    n: int = 100_000,
+    samples: int = 100_000,
     alpha: float = 0.001,
     batch_size: int = 1000,
-    n_examples: int | None = None,
+    n: int | None = None,
     seed: int = 0,
     availability_eps: float | None = None,
     availability_norm: str = "2",
     availability_steps: int = 40,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
-    """Keys ``sigma``, ``n``, ``alpha``, ``clean_accuracy`` (of the smoothed classifier,
-    abstentions counted as wrong), ``abstain_rate``, ``curve`` ({radius, certified_accuracy}) and
-    ``samples`` ({label, prediction (-1: abstain), count_top, radius}); also ``n0`` and ``cost``;
+    """Randomized smoothing of the first ``n`` examples with ``samples`` Monte-Carlo draws per
+    input. Keys ``sigma``, ``n`` (examples), ``samples`` (draws), ``alpha``, ``clean_accuracy``
+    (of the smoothed classifier, abstentions counted as wrong), ``abstain_rate``, ``curve``
+    ({radius, certified_accuracy}) and ``per_input`` ({label, prediction (-1: abstain),
+    count_top, radius}); also ``n0`` and ``cost``;
     with ``availability_eps``, ``availability`` (abstention clean and under the availability
     attack, ``robustlab.smoothing.availability``) and ``metrics``."""
-    model, data = prepare(model_src, data_src, n_examples)
+    model, data = prepare(model_src, data_src, n, device)
 
     def on_group(done: int, total: int) -> None:
         if progress:
-            progress(f"smoothing: {done}/{total} inputs, {n0 + n} noise samples each")
+            progress(f"smoothing: {done}/{total} inputs, {n0 + samples} noise samples each")
 
-    result = smooth(model.module, data, sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+    result = smooth(model.module, data, sigma, n0=n0, n=samples, alpha=alpha, batch_size=batch_size,
                     seed=seed, on_group=on_group)  # fmt: skip
     avail = None
     if availability_eps is not None:
@@ -51,6 +54,7 @@ def smooth_job(
     settings = {
         "sigma": sigma,
         "n0": n0,
+        "samples": samples,
         "n": n,
         "alpha": alpha,
         "batch_size": batch_size,

@@ -17,6 +17,7 @@ from robustlab import zoo
 from robustlab._onnx import torch_to_onnx
 from robustlab.data import Dataset, load_data
 from robustlab.errors import RobustlabError, canonical, unknown
+from robustlab.inputs import resolve_device
 from robustlab.jobs.common import check_eps, report_head
 from robustlab.model import load_model
 from robustlab.results import Metric, curve_metrics, metric_dicts
@@ -58,7 +59,8 @@ def architecture(arch: str, *, seed: int = 0, finetune: bool = False):
     path = Path(arch)
     if path.suffix.lower() != ".onnx":
         raise RobustlabError(
-            f"--arch expects {', '.join(zoo.ARCHITECTURES)} or an .onnx file; found {arch!r}"
+            f"arch expects {', '.join(zoo.ARCHITECTURES)} or an .onnx file; found {arch!r}",
+            param="arch",
         )
     loaded = load_model(path)
     template = loaded.module
@@ -145,6 +147,7 @@ def train_job(
     hr_r: float | None = None,
     certify_training: bool = False,
     delta: float = 1e-3,
+    device="cpu",
     progress: Progress | None = None,
 ) -> dict:
     """Train with each method, save ``out`` (or ``out-<method>.onnx`` for several), evaluate the
@@ -154,10 +157,12 @@ def train_job(
 
     ``certify_training``: train ``standard`` by FullCert's certified procedure (plain SGD at
     ``lr``, float64) with interval bounds for training data moved by at most ``delta`` per
-    feature; key ``training_certificate`` (certified share of the test predictions)."""
+    feature; key ``training_certificate`` (certified share of the test predictions).
+    ``device``: where the models train and are evaluated (cpu, cuda or auto)."""
     say = progress or (lambda _msg: None)
     names = parse_methods(method)
     (eps,) = check_eps([eps])
+    dev = resolve_device(device)
     if sigma is not None and not sigma > 0:
         raise RobustlabError(f"sigma must be positive; found {sigma}")
     if l2_eps is not None:
@@ -173,7 +178,7 @@ def train_job(
     methods = {n: get_method(n, **kwargs_of[n]) for n in names}  # bad values fail before training
     build, input_shape, arch_name = architecture(arch, seed=seed, finetune=finetune)
     train_d, test_d = split_data(data_src, test_data, input_shape, seed)
-    test_d = test_d.subset(n)
+    train_d, test_d = train_d.to(dev), test_d.subset(n).to(dev)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path = out.with_suffix(".log.jsonl")
@@ -183,7 +188,7 @@ def train_job(
     certificate = None
     start = time.perf_counter()
     for name in names:
-        model = build()
+        model = build().to(dev)
 
         def on_epoch(entry: dict, name=name) -> None:
             with log_path.open("a") as f:  # written as produced: an interrupted run keeps it
@@ -201,8 +206,9 @@ def train_job(
                            batch_size=batch_size, lr=lr, seed=seed, eval_data=test_d,
                            init="keep" if finetune else "auto", on_epoch=on_epoch)  # fmt: skip
         path = onnx_path(out, name, len(names) > 1)
-        onnx.save(torch_to_onnx(model.eval(), input_shape), str(path))
+        onnx.save(torch_to_onnx(model.eval().cpu(), input_shape), str(path))
         loaded = load_model(path)  # the saved file, checked against onnxruntime
+        loaded.module.to(dev)
         first_model = first_model or loaded
         say(f"{name}: evaluating {path.name} on {len(test_d)} examples")
         ev = evaluate_trained(loaded.module, test_d, eps, suite=suite, attacks=attacks, seed=seed,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from robustlab import store
 from robustlab.report.audit import render_compare
+from robustlab.results import upgrade
 
 
 def load_report(path: str | None) -> dict | None:
@@ -14,8 +15,8 @@ def load_report(path: str | None) -> dict | None:
     if not path:
         return None
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        return upgrade(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, AttributeError):
         return None
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from scipy import stats
 from torch import Tensor, nn
 
 from robustlab.data import Dataset
@@ -81,14 +82,12 @@ class TraceEstimate:
 
 
 def _estimate(name: str, z: Tensor) -> TraceEstimate:
-    from scipy.stats import t
-
     n = int(z.numel())
     mean = float(z.mean())
     if n < 2:
         return TraceEstimate(name, mean, None, None, None, n)
     se = float(z.std(unbiased=True)) / math.sqrt(n)
-    half = float(t.ppf(0.975, n - 1)) * se
+    half = float(stats.t.ppf(0.975, n - 1)) * se
     return TraceEstimate(name, mean, se, mean - half, mean + half, n)
 
 

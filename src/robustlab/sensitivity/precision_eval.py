@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 
 from robustlab.attacks import evaluate
@@ -146,8 +147,6 @@ def evaluate_precision(
 def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Spearman's rank correlation, or None when it is undefined (fewer than 3 pairs, or a
     constant sequence)."""
-    from scipy.stats import spearmanr
-
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return None
     return float(spearmanr(x, y).statistic)

@@ -131,12 +131,13 @@ class SmoothingResult:
     def to_dict(self) -> dict:
         return {
             "sigma": self.sigma,
-            "n": self.n,
+            "n": len(self.samples),  # examples, as everywhere (report schema 2)
+            "samples": self.n,  # Monte-Carlo estimation draws per input
             "alpha": self.alpha,
             "clean_accuracy": self.clean_accuracy,
             "abstain_rate": self.abstain_rate,
             "curve": self.curve,
-            "samples": self.samples,
+            "per_input": self.samples,
             "n0": self.n0,
             "cost": {
                 "seconds": self.seconds,
@@ -180,6 +181,7 @@ def smooth(
     group: int = 16,
     on_group: Callable[[int, int], None] | None = None,
     samples: int | None = None,
+    device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
 ) -> SmoothingResult:
     """PREDICT and CERTIFY every input of ``data`` with shared noise samples.
 
@@ -194,7 +196,7 @@ def smooth(
     _check(sigma, n, alpha, n0, batch_size)
     if len(data) == 0:
         raise RobustlabError(f"data '{data.name}' is empty")
-    model, data = fit(model, data)  # what load_model returns, a module or a path
+    model, data = fit(model, data, device=device)  # load_model's, a module or a path
     start = time.perf_counter()
     was_training = model.training
     model.eval()

@@ -149,7 +149,16 @@ def record(
 
 
 def _row(r: tuple) -> Run:
-    return Run(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), json.loads(r[7]), r[8])
+    return Run(r[0], r[1], r[2], r[3], r[4], r[5], _settings(json.loads(r[6])),
+               json.loads(r[7]), r[8])  # fmt: skip
+
+
+def _settings(s: dict) -> dict:
+    """Settings of an older run in today's words: a smooth run (``n0``) recorded before report
+    schema 2 called its Monte-Carlo draws ``n`` (now ``samples``; ``n`` counts examples)."""
+    if "n0" in s and "samples" not in s and "n" in s:
+        s = {("samples" if k == "n" else k): v for k, v in s.items()}
+    return s
 
 
 def list_runs(db: Path | str | None = None, limit: int = 50) -> list[Run]:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import Tensor
 
@@ -35,8 +37,6 @@ class Port:
 
 def onnx_inputs(onnx_bytes: bytes) -> list[Port]:
     """The model's inputs that are not initializers, in declared order."""
-    import onnx
-
     proto = onnx.load_model_from_string(onnx_bytes)
     inits = {i.name for i in proto.graph.initializer}
     ports = []
@@ -77,8 +77,6 @@ class OnnxOracle:
 
     def _sess(self):
         if self._session is None:
-            import onnxruntime as ort
-
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             opts.intra_op_num_threads = 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import multiprocessing as mp
 import os
 import sqlite3
 import statistics
@@ -13,7 +14,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
+
+import torch
 
 from robustlab.errors import RobustlabError
 from robustlab.verify.verifier import verify
@@ -112,8 +116,6 @@ def read_expected(path: str | Path) -> dict[tuple[str, str], str]:
 
 
 def _run_one(inst: Instance) -> tuple[Instance, str, float]:
-    import torch
-
     torch.set_num_threads(1)
     start = time.monotonic()
     return inst, verify_instance(inst), time.monotonic() - start
@@ -135,8 +137,6 @@ def verify_instance(inst: Instance) -> str:
 
 def _worker(conn, run: Callable[[Instance], str]) -> None:
     """A worker process: runs the instances it receives until its pipe closes."""
-    import torch
-
     torch.set_num_threads(1)
     conn.send("ready")
     while True:
@@ -190,9 +190,6 @@ def _local(
     """Each instance run by ``run`` in one of ``workers`` processes; a worker still running
     ``grace`` seconds after its instance's timeout is ended (the instance: ``timeout``) and
     replaced."""
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
     ctx = mp.get_context("spawn")  # a fresh interpreter: no state inherited from the caller
     queue = list(reversed(pending))
     procs = [_Process(ctx, run) for _ in range(min(workers, len(pending)))]

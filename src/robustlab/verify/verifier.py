@@ -245,7 +245,8 @@ def _run2(onnx_path, query, networks, run, *, first=None, v1=False):
         path = networks.get(net.name, onnx_path if not paths else None)
         if path is None:
             raise RobustlabError(
-                f"{query.name}: no ONNX file for network {net.name}: give --network {net.name}=PATH"
+                f"{query.name}: no ONNX file for network {net.name}: give networks="
+                f"{{{net.name!r}: PATH}} (command line: --network {net.name}=PATH)"
             )
         paths[net.name] = path
     extra = set(networks) - {n.name for n in query.networks}

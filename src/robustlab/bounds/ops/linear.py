@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from robustlab.bounds.ops.base import LinearOp, vjp_backward
+from robustlab.bounds.ops.base import Bounds, LinearOp, vjp_backward
 
 _CASTS: dict[int, tuple] = {}
 
@@ -162,8 +162,6 @@ class Add(LinearOp):
         return rx + ry
 
     def ibp(self, bx, by):
-        from robustlab.bounds.ops.base import Bounds
-
         if self.sign > 0:
             return Bounds(bx.lower + by.lower, bx.upper + by.upper)
         return Bounds(bx.lower - by.upper, bx.upper - by.lower)
@@ -190,8 +188,6 @@ class Cat(LinearOp):
     forward_abs = forward
 
     def ibp(self, *bs):
-        from robustlab.bounds.ops.base import Bounds
-
         return Bounds(self.forward(*[b.lower for b in bs]), self.forward(*[b.upper for b in bs]))
 
     def backward(self, A, in_shapes):
@@ -219,8 +215,6 @@ class Reshape(LinearOp):
     forward_abs = forward
 
     def ibp(self, b):
-        from robustlab.bounds.ops.base import Bounds
-
         return Bounds(self.forward(b.lower), self.forward(b.upper))
 
     def backward(self, A, in_shapes):
