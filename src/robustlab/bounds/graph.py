@@ -19,6 +19,7 @@ from robustlab.bounds.ops.activation import ReLU, SShaped
 from robustlab.bounds.ops.base import Bounds, Op
 from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, Linear, Reshape
 from robustlab.bounds.ops.pool import MaxPool
+from robustlab.bounds.plan import compile_plan
 from robustlab.bounds.rules import Call
 from robustlab.bounds.rules import Var as _Var
 from robustlab.errors import UnsupportedOperation
@@ -49,8 +50,6 @@ class BoundGraph:
     @cached_property
     def plan(self):
         """The compiled plan (plan.py): node kinds, input shapes, needed bounds; built once."""
-        from robustlab.bounds.plan import compile_plan
-
         return compile_plan(self)
 
 
