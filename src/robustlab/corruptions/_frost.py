@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 
 # per photograph: RGB mean, RGB standard deviation, high-frequency energy, dendrite density,
 # background cloudiness
@@ -117,8 +118,6 @@ def _colour(chans: np.ndarray, mean, std) -> np.ndarray:
 def _match_detail(chans: np.ndarray, mean, std, target: float) -> np.ndarray:
     """Add ``k`` times the detail (image minus its blur) with ``k`` such that the coloured texture
     has high-frequency energy ``target`` (both energy and variance are quadratic in ``k``)."""
-    from scipy.ndimage import gaussian_filter
-
     detail = chans - gaussian_filter(chans, (0, 1.0, 1.0))
     lc, ld = _laplacian(chans), _laplacian(detail)
     lap = [(p * q).mean((1, 2)) for p, q in ((lc, lc), (lc, ld), (ld, ld))]
@@ -143,8 +142,6 @@ def _match_detail(chans: np.ndarray, mean, std, target: float) -> np.ndarray:
 @lru_cache(maxsize=1)
 def frost_textures() -> torch.Tensor:
     """The five procedural frost textures, float32 (5, 3, H, W) in [0, 1]."""
-    from scipy.ndimage import gaussian_filter
-
     h, w = SIZE
     out = []
     for k, (mean, std, energy, density, cloud) in enumerate(PHOTOS):

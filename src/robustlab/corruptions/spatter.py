@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import distance_transform_edt, label
 from torch import Tensor
 
 from robustlab.corruptions import _ops
@@ -70,8 +71,6 @@ def hysteresis(weak: Tensor, strong: Tensor) -> Tensor:
     """The weak edges (N, 1, H, W) 8-connected to a strong one in the same image: the connected
     components of the weak edges that hold a strong one (``scipy.ndimage.label``, all images at
     once with no connection across them)."""
-    from scipy.ndimage import label
-
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = True  # 8-connected within an image
     labels, count = label(weak[:, 0].cpu().numpy(), structure)
@@ -84,8 +83,6 @@ def hysteresis(weak: Tensor, strong: Tensor) -> Tensor:
 def edge_distance(edges: Tensor, cap: float) -> Tensor:
     """Euclidean distance to the nearest edge pixel of the same image, capped at ``cap``
     (``scipy.ndimage.distance_transform_edt``; OpenCV's 5 x 5 mask approximates it within 2%)."""
-    from scipy.ndimage import distance_transform_edt
-
     e = edges[:, 0].cpu().numpy()
     d = np.full(e.shape, cap)  # no edge at all: beyond the cap, as OpenCV's
     for i in np.flatnonzero(e.any((1, 2))):  # one image at a time: faster than one 3-D transform

@@ -19,6 +19,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import vnnlib
+
 from robustlab.errors import RobustlabError
 from robustlab.verify.vnnlib import read_text
 
@@ -158,8 +160,6 @@ def parse(text: str, name: str) -> Query:
     query is checked again with ``Real`` declared as ``float64`` (the same arithmetic) and its
     variables keep the type ``real``. ONNX names declared on inputs and outputs (which vnnlib
     1.0.2 does not parse) are taken out of the text first and kept."""
-    import vnnlib
-
     bare = re.sub(r";[^\n]*", "", text)  # comments out, lines kept
     onnx_names = {m.group(2): m.group(3) for m in _IO_NAME.finditer(bare)}
     text = _repair_element_funs(_IO_NAME.sub(r"\1\4", bare), name)

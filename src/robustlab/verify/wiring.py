@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
 from robustlab.errors import RobustlabError
 from robustlab.model import load_model
@@ -46,8 +48,6 @@ class Wiring:
 def expose(onnx_bytes: bytes, names: list[str], where: str) -> bytes:
     """A copy of the model with the tensors ``names`` added as graph outputs (after the existing
     ones; a name that is an output already is not added again)."""
-    import onnx
-
     proto = onnx.load_model_from_string(onnx_bytes)
     g = proto.graph
     known = {o for n in g.node for o in n.output} | {i.name for i in g.input}
@@ -76,8 +76,6 @@ def expose(onnx_bytes: bytes, names: list[str], where: str) -> bytes:
 def output_sizes(onnx_bytes: bytes) -> list[tuple[str, int]]:
     """Every graph output's name and number of elements, from one onnxruntime run at zero
     inputs (sizes that the declared shapes may leave symbolic)."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
@@ -129,8 +127,6 @@ def wire(query_name: str, net: Network, onnx_bytes: bytes) -> tuple[Wiring, byte
     """The wiring of ``net`` to its model, and the bytes to run (a copy with the hidden tensors
     as extra outputs when ``net`` declares hidden nodes). Declared ONNX names that the model
     does not have, or whose size differs from the declaration, raise a one-line error."""
-    import onnx
-
     where = f"{query_name}: network {net.name}"
     original = [o.name for o in onnx.load_model_from_string(onnx_bytes).graph.output]
     if net.hidden:
