@@ -22,6 +22,7 @@ from robustlab.verify.nonlinear_split import nonlinear_split
 from robustlab.verify.oracle import confirm
 from robustlab.verify.relu_split import relu_split
 from robustlab.verify.spec import Property, Spec
+from robustlab.verify.surrogate import with_surrogate_gradients
 
 STRATEGIES = ("auto", "input-split", "relu-split", "nonlinear-split", "bounds")
 INPUT_SPLIT_MAX_DIM = 16
@@ -170,6 +171,7 @@ def _falsify(model, shape, spec: Spec, regions, oracle, seconds, rounds: int, se
     ``seconds``, or None."""
     stop = time.monotonic() + seconds
     k = 0
+    model = with_surrogate_gradients(model)  # same outputs; gradients through sign / softmax
     while True:
         found = attack(
             model,
