@@ -1,4 +1,5 @@
 import copy
+import time
 
 import pytest
 import torch
@@ -271,3 +272,28 @@ def test_step_network_verdicts_agree_with_enumeration(tmp_path, threshold):
         assert r.verdict == "violated", r.summary()
     else:
         assert r.verdict == "holds", r.summary()
+
+
+def test_a_relaxation_that_cannot_be_proven_is_unknown_not_an_error(monkeypatch):
+    """A rule that refuses its interval (a softmax's reciprocal overflowing on a domain, as on
+    two vit instances) makes the search `unknown`, never an error verdict."""
+    import robustlab.verify.nonlinear_split as ns
+    from robustlab.errors import RobustlabError
+    from robustlab.verify.spec import Disjunct, Property
+
+    net = _net(4, 0)
+    graph = graph_of(net, (4,))
+    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    prop = Property(
+        torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64),
+        (Disjunct(C, torch.tensor([100.0], dtype=torch.float64)),),
+    )  # fmt: skip
+
+    def refuse(*args, **kwargs):
+        raise RobustlabError("reciprocal at node 'r' overflows float64 on these bounds")
+
+    for name in ("_search", "alpha_crown"):
+        with monkeypatch.context() as m:
+            m.setattr(ns, name, refuse)
+            verdict, _ = ns.nonlinear_split(graph, prop, (4,), net, deadline=time.monotonic() + 5)
+        assert verdict == "unknown"

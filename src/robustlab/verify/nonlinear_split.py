@@ -34,6 +34,7 @@ from robustlab.bounds.crown import backward, refine
 from robustlab.bounds.graph import BoundGraph, Bounds, Node
 from robustlab.bounds.ops.base import Activation, InputRegion
 from robustlab.bounds.ops.nonlinear import Sign
+from robustlab.errors import RobustlabError
 from robustlab.verify.bab import BabStats, _stack_spec, hold_margin, pop_domains
 from robustlab.verify.bab import refuted_rows as _refuted
 from robustlab.verify.spec import Property
@@ -387,8 +388,13 @@ def nonlinear_split(
     region = InputRegion(
         prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
     )
-    with torch.no_grad():
-        final, root = alpha_crown(graph, region, C_all[None], bound_upper=False, deadline=deadline)
+    try:
+        with torch.no_grad():
+            final, root = alpha_crown(
+                graph, region, C_all[None], bound_upper=False, deadline=deadline
+            )
+    except RobustlabError:  # a relaxation that cannot be proven on this region
+        return "unknown", None
     root = {k: Bounds(b.lower.detach(), b.upper.detach()) for k, b in root.items()}
     acts = activations(graph)
     split_nodes = sorted(set(acts.values()))
@@ -410,9 +416,12 @@ def nonlinear_split(
             lo, hi, alphas, zeros, {j: z.clone() for j, z in zeros.items()}, final.lower[:, g],
             shut, {j: m.clone() for j, m in shut.items()},
         )  # fmt: skip
-        verdict, x = _search(
-            graph, root, queue, (C, d, m), region, prop, shape, model, deadline, batch, stats
-        )
+        try:
+            verdict, x = _search(
+                graph, root, queue, (C, d, m), region, prop, shape, model, deadline, batch, stats
+            )
+        except RobustlabError:  # a relaxation that cannot be proven on some domain (a
+            return "unknown", None  # reciprocal of a softmax's sum near 0 overflowing, say)
         if verdict != "holds":
             return verdict, x
     return "holds", None
