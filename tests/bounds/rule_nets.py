@@ -125,6 +125,8 @@ RULE_NETS = {
     "abs": lambda: (Wrap(torch.abs), (4,)),
     "erf": lambda: (Wrap(torch.erf, gain=2.0), (4,)),
     "gelu": lambda: (Wrap(F.gelu, gain=3.0), (4,)),
+    "gelu-tanh": lambda: (Wrap(lambda h: F.gelu(h, approximate="tanh"), gain=3.0), (4,)),
+    "gelu-tanh-module": lambda: (Wrap(nn.GELU(approximate="tanh"), gain=3.0), (4,)),
     "clamp": lambda: (Wrap(lambda h: torch.clamp(h, -0.3, 0.4) + F.relu6(3 * h)), (4,)),
     "min-max": lambda: (
         Pair(lambda a, b: torch.maximum(a, b) + torch.minimum(a, LIMITS) + torch.clamp(b, max=0.1)),

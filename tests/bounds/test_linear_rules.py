@@ -190,3 +190,44 @@ def test_graph_sizes_of_expansions():
     axis back unless it is the last)."""
     ops = [type(n.op).__name__ for n in graph_of(Fn(lambda x: torch.softmax(x, 1)), (3,)).nodes[1:]]
     assert ops == ["PairDiff", "Exp", "Monotone", "ScaleShift", "Pow", "Within"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    ("kernel", "size"), [((4, 4), (8, 12)), ((2, 3), (6, 9)), ((1, 1), (3, 3))]
+)
+def test_patch_embedding_backward_is_the_transposed_convolution(kernel, size, dtype):
+    """A convolution with stride = kernel (a vision transformer's patches) goes backward by one
+    matrix product: the same coefficients as conv_transpose2d and as autograd's vector-Jacobian
+    product; CROWN bounds on it are exact (a linear layer on a box)."""
+    from robustlab.bounds.ops.linear import Conv
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 3, *kernel, generator=g, dtype=torch.float64)
+    bias = torch.randn(5, generator=g, dtype=torch.float64)
+    op = Conv(w, bias, kernel, (0, 0), (1, 1), 1)
+    out = (5, size[0] // kernel[0], size[1] // kernel[1])
+    assert op._patches(w, (0, 0))
+    A = torch.randn(2, 7, *out, generator=g, dtype=dtype)
+    (a_in,), _ = op.backward(A, [(3, *size)])
+    ref = nn.functional.conv_transpose2d(A.reshape(14, *out), w.to(dtype), None, kernel)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    assert torch.allclose(a_in.reshape(14, 3, *size), ref, atol=tol, rtol=tol)
+    x = torch.randn(1, 3, *size, dtype=torch.float64, requires_grad=True)
+    y = nn.functional.conv2d(x, w, bias, kernel)
+    (vjp,) = torch.autograd.grad(y, x, A[0, 0].double()[None])
+    assert torch.allclose(a_in[0, 0].double(), vjp[0], atol=tol, rtol=tol)
+    conv = nn.Conv2d(3, 5, kernel, stride=kernel)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        conv.bias.copy_(bias)
+    w32, b32 = conv.weight.detach().double(), conv.bias.detach().double()
+    lo, hi = x.detach() - 0.1, x.detach() + 0.1
+    b = compute_bounds(conv, Box(lo, hi), "crown")
+    mid = nn.functional.conv2d(x.detach(), w32, b32, kernel).reshape(b.lower.shape)
+    rad = nn.functional.conv2d(torch.full_like(lo, 0.1), w32.abs(), None, kernel)
+    rad = rad.reshape(b.lower.shape)
+    assert torch.allclose(b.lower, mid - rad, atol=1e-6) and torch.allclose(
+        b.upper, mid + rad, atol=1e-6
+    )
+    assert (b.lower <= mid - rad + 1e-12).all() and (b.upper >= mid + rad - 1e-12).all()

@@ -9,7 +9,18 @@ from torch import nn
 
 from robustlab.bounds import compute_bounds
 from robustlab.bounds.ops.base import Bounds
-from robustlab.bounds.ops.nonlinear import GELU, Abs, Clamp, Erf, Exp, Log, Pow, Sign, Sin
+from robustlab.bounds.ops.nonlinear import (
+    GELU,
+    Abs,
+    Clamp,
+    Erf,
+    Exp,
+    GELUTanh,
+    Log,
+    Pow,
+    Sign,
+    Sin,
+)
 from robustlab.errors import RobustlabError
 from robustlab.threat import Box
 
@@ -32,6 +43,7 @@ OPS = {
     "cos": (Sin(phase=math.pi / 2), None),
     "erf": (Erf(), None),
     "gelu": (GELU(), None),
+    "gelu-tanh": (GELUTanh(), None),
     "abs": (Abs(), None),
     "clamp": (Clamp(-0.5, 1.0), None),
     "max0.2": (Clamp(0.2, None), None),
@@ -200,3 +212,21 @@ def test_degenerate_intervals_are_bounded_by_function_values():
         assert (la == 0).all() and (ua == 0).all()
         assert (lb <= f).all() and (ub >= f).all()
         assert ((ub - lb) <= 1e-13 * (1 + f.abs())).all()
+
+
+def test_tanh_gelu_by_hand():
+    """tanh-GELU on [-3, 1]: its minimum near x = -0.75 (about -0.170) and f(1) =
+    (1 + tanh(c (1 + a))) / 2 with c = sqrt(2 / pi), a = 0.044715; the inflection points where
+    its second derivative changes sign (checked by autograd on a fine grid)."""
+    op = GELUTanh()
+    b = op.ibp(Bounds(torch.tensor([-3.0], dtype=F64), torch.tensor([1.0], dtype=F64)))
+    x = torch.linspace(-3.0, 1.0, 400001, dtype=F64)
+    y = torch.nn.functional.gelu(x, approximate="tanh")
+    f1 = 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (1 + 0.044715)))
+    assert float(b.upper) >= f1 and float(b.upper) - f1 < 1e-12
+    assert float(b.lower) <= float(y.min()) and float(y.min()) - float(b.lower) < 1e-9
+    assert -0.1701 < float(y.min()) < -0.1699
+    z = torch.linspace(-4, 4, 80001, dtype=F64, requires_grad=True)
+    (d,) = torch.autograd.grad(op.f(z).sum(), z, create_graph=True)
+    (d2,) = torch.autograd.grad(d.sum(), z)
+    assert ((d2 > 0) == (z.detach().abs() < op.R)).float().mean() > 1 - 1e-4

@@ -23,6 +23,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import fx, nn
 
+from robustlab._onnx.cases import Case, CaseProgram, CaseValue
 from robustlab.errors import RobustlabError, UnsupportedOperation
 
 EXAMPLE_BATCH = 2  # samples in the examples that conversion runs (a batch mix-up shows)
@@ -84,11 +85,16 @@ class Ctx:
         self._consts: dict[int, tuple[Any, fx.Node]] = {}
         self.node = onnx.NodeProto()
         self.label = self.name = ""
+        self.program = CaseProgram(opset)  # nodes computed from case variables (cases.py)
+        self.case_sources: list[Dyn] = []  # the float source of each case variable
+        self._lifted: dict[str, Dyn] = {}
+        self.lift = False  # the current node computes on data: case values become Dyn
 
     # ------------------------------------------------------------------ the current node
 
     def begin(self, node: onnx.NodeProto, label: str) -> None:
         self.node, self.label, self.name = node, label, ident(label, node.op_type.lower())
+        self.lift = False
 
     def fail(self, why: str) -> UnsupportedOperation:
         return UnsupportedOperation(
@@ -107,7 +113,8 @@ class Ctx:
             return None
         if node.input[i] not in self.values:
             raise self.error(f"input '{node.input[i]}' is undefined")
-        return self.values[node.input[i]]
+        value = self.values[node.input[i]]
+        return self.lifted(value) if self.lift and isinstance(value, Case) else value
 
     def inputs(self) -> list[Value | None]:
         return [self.get(i) for i in range(len(self.node.input))]
@@ -117,8 +124,13 @@ class Ctx:
         if value is None:
             raise self.error(f"input {i} is missing")
         if not isinstance(value, np.ndarray):
-            raise self.fail(f"input {i} is computed from the model input; it must be a constant")
+            what = "selects data by input values" if self._is_case(i) else "is computed from"
+            raise self.fail(f"input {i} {what} the model input; it must be a constant")
         return value
+
+    def _is_case(self, i: int) -> bool:
+        name = self.node.input[i]
+        return name in self._lifted or isinstance(self.values.get(name), Case)
 
     def ints(self, i: int) -> list[int] | None:
         """A constant integer input as a list (None when absent)."""
@@ -275,6 +287,50 @@ class Ctx:
         if all(x.batched for x in out):
             return out
         return [self.unbatch(x) for x in out]
+
+    # ------------------------------------------------------------------ case variables
+
+    def case_variable(self, source: Dyn, dtype: np.dtype) -> None:
+        """The current node (a Cast to an integer type) starts a case variable."""
+        out = self.node.output[0]
+        shape = tuple(source.shape)
+        rep = np.asarray(np.trunc(source.example[0].double().numpy())).astype(dtype)
+        self.program.variables.append((out, np.dtype(dtype), shape))
+        self.case_sources.append(source)
+        self.set(Case(out, np.asarray(rep).reshape(shape)))
+
+    def case_node(self, node: onnx.NodeProto, values: list) -> None:
+        """A node computed from case values and constants: folded for the representative case
+        and recorded in the case program."""
+        for name, v in zip(node.input, values, strict=True):
+            if isinstance(v, np.ndarray):
+                self.program.constants[name] = v
+        self.fold(node, [v.value if isinstance(v, Case) else v for v in values])
+        for name in node.output:
+            if name:
+                self.values[name] = Case(name, np.asarray(self.values[name]))
+        self.program.nodes.append(node)
+
+    def lifted(self, case: Case) -> Dyn:
+        """A case value as input-dependent data: a ``CaseValue`` node on the case variables'
+        sources (cached per value)."""
+        if case.name not in self._lifted:
+            value = case.value
+            shape = list(value.shape)
+            batched = len(shape) > 1 and shape[0] == 1
+            torch_shape = tuple(shape[1:] if batched else shape)
+            kind = value.dtype.kind
+            dtype = self.dtype if kind == "f" else torch.bool if kind == "b" else torch.int64
+            self.program.outputs.append(case.name)
+            self.program.dtypes[case.name] = value.dtype
+            fn = CaseValue(self.program, case.name, torch_shape, dtype)
+            name = self.name
+            self.name = ident(f"case_{case.name}", "case")
+            try:
+                self._lifted[case.name] = self.call(fn, *self.case_sources, batched=batched)
+            finally:
+                self.name = name
+        return self._lifted[case.name]
 
     # ------------------------------------------------------------------ folding
 

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from torch import fx
 
 from robustlab._onnx import ops_layers, ops_math, ops_shape
+from robustlab._onnx.cases import Case
 from robustlab._onnx.context import EXAMPLE_BATCH, Ctx, Dyn, ident
 from robustlab._onnx.patterns import gelu_patterns
 from robustlab.errors import RobustlabError, UnsupportedOperation
@@ -115,6 +116,8 @@ def _output(ctx: Ctx, graph: onnx.GraphProto) -> fx.Node:
     results = []
     for out in graph.output:
         value = ctx.values.get(out.name)
+        if isinstance(value, Case):
+            value = ctx.lifted(value)
         if not isinstance(value, Dyn):
             raise RobustlabError(f"ONNX output '{out.name}' does not depend on the input")
         results.append(value)
@@ -173,8 +176,15 @@ def onnx_to_torch(proto: onnx.ModelProto) -> tuple[fx.GraphModule, tuple[int, ..
             )
         values = ctx.inputs()
         if not any(isinstance(v, Dyn) for v in values):
-            ctx.fold(node, values)
+            if any(isinstance(v, Case) for v in values):
+                ctx.case_node(node, values)
+            else:
+                ctx.fold(node, values)
             continue
+        if _starts_case(node, values):
+            ctx.case_variable(values[0], _cast_type(node))
+            continue
+        ctx.lift = True
         if node.op_type not in _HANDLERS:
             raise UnsupportedOperation(
                 f"ONNX operation '{node.op_type}' at node '{label}' is not supported; "
@@ -187,6 +197,20 @@ def onnx_to_torch(proto: onnx.ModelProto) -> tuple[fx.GraphModule, tuple[int, ..
     ctx.graph.output(_output(ctx, graph))
     module = fx.GraphModule(ctx.root, ctx.graph, class_name="OnnxModel")
     return module.eval(), shape
+
+
+def _cast_type(node: onnx.NodeProto) -> np.dtype:
+    to = next(a.i for a in node.attribute if a.name == "to")
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+
+
+def _starts_case(node: onnx.NodeProto, values: list) -> bool:
+    """A Cast of an input-dependent float to an integer type: a case variable (cases.py)."""
+    if node.op_type != "Cast" or not isinstance(values[0], Dyn):
+        return False
+    if not values[0].example.is_floating_point():
+        return False
+    return _cast_type(node).kind in "iu"
 
 
 def _array(t: onnx.TensorProto) -> np.ndarray:

@@ -13,7 +13,6 @@ import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import skip_init
 
 from robustlab._onnx.context import Ctx, Dyn, Value
 from robustlab._onnx.ops_math import binary
@@ -22,14 +21,21 @@ from robustlab._onnx.ops_shape import transpose
 Handler = Callable[[Ctx, onnx.NodeProto], None]
 
 
-def _linear(ctx: Ctx, weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
-    layer = skip_init(
-        nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, dtype=ctx.dtype
-    )
-    layer.weight = nn.Parameter(ctx.tensor(weight).contiguous())  # one (transposing) copy at most
+def _layer(cls: type[nn.Module], weight: torch.Tensor, bias: torch.Tensor | None, *args, **kw):
+    """``cls(*args, **kw)`` holding ``weight`` and ``bias``: built on the meta device (no
+    initialisation, and none of torch.nn.utils.skip_init's import of sympy, 2 s), then given
+    the tensors."""
+    with torch.device("meta"):
+        layer = cls(*args, bias=bias is not None, **kw)
+    layer.weight = nn.Parameter(weight.contiguous())  # one (transposing) copy at most
     if bias is not None:
-        layer.bias = nn.Parameter(ctx.tensor(bias).contiguous())
+        layer.bias = nn.Parameter(bias.contiguous())
     return layer
+
+
+def _linear(ctx: Ctx, weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
+    b = None if bias is None else ctx.tensor(bias)
+    return _layer(nn.Linear, ctx.tensor(weight), b, weight.shape[1], weight.shape[0])
 
 
 def _spatial(ctx: Ctx, x: Dyn, nd: int, what: str) -> Dyn:
@@ -137,16 +143,12 @@ def _op_conv(ctx: Ctx, node: onnx.NodeProto) -> None:
     if x.shape[1] != weight.shape[1] * group:
         raise ctx.error(f"{x.shape[1]} input channels for weights {list(weight.shape)}")
     x, padding = _pad_input(ctx, x, _pads(ctx, attrs, nd), 0.0, True)
-    conv = skip_init(
-        _CONV[nd], weight.shape[1] * group, weight.shape[0], tuple(weight.shape[2:]),
-        stride=tuple(attrs.get("strides", [1] * nd)), padding=padding,
-        dilation=tuple(attrs.get("dilations", [1] * nd)), groups=group,
-        bias=bias is not None, dtype=ctx.dtype,
+    b = None if bias is None else ctx.tensor(ctx.const(2))
+    conv = _layer(
+        _CONV[nd], ctx.tensor(weight), b, weight.shape[1] * group, weight.shape[0],
+        tuple(weight.shape[2:]), stride=tuple(attrs.get("strides", [1] * nd)), padding=padding,
+        dilation=tuple(attrs.get("dilations", [1] * nd)), groups=group, dtype=ctx.dtype,
     )  # fmt: skip
-    with torch.no_grad():
-        conv.weight.copy_(ctx.tensor(weight))
-        if bias is not None:
-            conv.bias.copy_(ctx.tensor(ctx.const(2)))
     ctx.set(ctx.call_module(conv, x))
 
 
@@ -184,15 +186,12 @@ def _op_conv_transpose(ctx: Ctx, node: onnx.NodeProto) -> None:
     sym = [min(pads[i], pads[nd + i]) for i in range(nd)]
     if any(o >= max(s, d) for o, s, d in zip(out_pad, stride, dilation, strict=True)):
         raise ctx.fail(f"output_padding {out_pad} must be smaller than the stride or dilation")
-    conv = skip_init(
-        _CONVT[nd], weight.shape[0], weight.shape[1] * group, tuple(kernel), stride=tuple(stride),
-        padding=tuple(sym), output_padding=tuple(out_pad), groups=group,
-        bias=bias is not None, dilation=tuple(dilation), dtype=ctx.dtype,
+    b = None if bias is None else ctx.tensor(ctx.const(2))
+    conv = _layer(
+        _CONVT[nd], ctx.tensor(weight), b, weight.shape[0], weight.shape[1] * group,
+        tuple(kernel), stride=tuple(stride), padding=tuple(sym), output_padding=tuple(out_pad),
+        groups=group, dilation=tuple(dilation), dtype=ctx.dtype,
     )  # fmt: skip
-    with torch.no_grad():
-        conv.weight.copy_(ctx.tensor(weight))
-        if bias is not None:
-            conv.bias.copy_(ctx.tensor(ctx.const(2)))
     y = ctx.call_module(conv, x)
     extra = [(pads[i] - sym[i], pads[nd + i] - sym[i]) for i in range(nd)]
     if any(a or b for a, b in extra):

@@ -16,7 +16,18 @@ from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Op
 from robustlab.bounds.ops.bilinear import Mul
 from robustlab.bounds.ops.linear import Add, Cat, Reshape
-from robustlab.bounds.ops.nonlinear import GELU, Abs, Clamp, Erf, Exp, Log, Pow, Sign, Sin
+from robustlab.bounds.ops.nonlinear import (
+    GELU,
+    Abs,
+    Clamp,
+    Erf,
+    Exp,
+    GELUTanh,
+    Log,
+    Pow,
+    Sign,
+    Sin,
+)
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.reduce import MaxReduce
 from robustlab.bounds.ops.shape import CatConst, ConvTranspose, ScaleShift, Where, per_sample
@@ -119,9 +130,8 @@ def unary(op_factory: Callable[[], Op]) -> Callable[[Call], Var]:
 
 
 def gelu(call: Call) -> Var:
-    if call.arg(1, "approximate", "none") != "none":
-        raise call.unsupported("gelu with approximate='tanh'")
-    return call.emit(GELU(), [call.vars[0]])
+    tanh = call.arg(1, "approximate", "none") == "tanh"
+    return call.emit(GELUTanh() if tanh else GELU(), [call.vars[0]])
 
 
 def power(call: Call) -> Var:
@@ -426,9 +436,7 @@ def max_pool1d_module(call: Call, m: nn.MaxPool1d) -> Var:
 
 
 def gelu_module(call: Call, m: nn.GELU) -> Var:
-    if m.approximate != "none":
-        raise call.unsupported("GELU with approximate='tanh'")
-    return call.emit(GELU(), [call.vars[0]])
+    return call.emit(GELUTanh() if m.approximate == "tanh" else GELU(), [call.vars[0]])
 
 
 def conv_transpose_module(call: Call, m: nn.Module) -> Var:

@@ -15,13 +15,14 @@ from robustlab.bounds.graph import BoundGraph, graph_of
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion
 from robustlab.deadline import DeadlineExceeded, within
-from robustlab.errors import UnsupportedOperation
+from robustlab.errors import RobustlabError, UnsupportedOperation
 from robustlab.verify import bab, cost, embed
 from robustlab.verify.falsify import attack, float32_box, search
 from robustlab.verify.nonlinear_split import nonlinear_split
 from robustlab.verify.oracle import confirm
 from robustlab.verify.relu_split import relu_split
 from robustlab.verify.spec import Property, Spec
+from robustlab.verify.surrogate import with_surrogate_gradients
 
 STRATEGIES = ("auto", "input-split", "relu-split", "nonlinear-split", "bounds")
 INPUT_SPLIT_MAX_DIM = 16
@@ -156,7 +157,11 @@ def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermedi
     t0 = time.monotonic()
     margins: dict[int, Tensor] = {}  # per region, from the first method's pass
     for method in methods:
-        regions = regions[~_bounds_refute(graph, model, spec, regions, shape, method, margins)]
+        try:
+            refuted = _bounds_refute(graph, model, spec, regions, shape, method, margins)
+        except RobustlabError:  # a relaxation that cannot be proven here (a softmax's
+            break  # reciprocal overflowing float64): the regions stay open
+        regions = regions[~refuted]
         if not len(regions):
             stats["proved_by"] = method
             break
@@ -170,6 +175,7 @@ def _falsify(model, shape, spec: Spec, regions, oracle, seconds, rounds: int, se
     ``seconds``, or None."""
     stop = time.monotonic() + seconds
     k = 0
+    model = with_surrogate_gradients(model)  # same outputs; gradients through sign / softmax
     while True:
         found = attack(
             model,

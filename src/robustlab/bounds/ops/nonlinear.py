@@ -4,7 +4,7 @@ x^p (sqrt, reciprocal, rsqrt, square), sin, cos, erf, GELU, abs, clamp; and sign
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -210,6 +210,57 @@ class GELU(Elementwise):
 
     def breaks(self, l, u):
         r = math.sqrt(2.0)
+        return [torch.minimum(torch.maximum(torch.full_like(l, v), l), u) for v in (-r, r)]
+
+
+_TANH_C, _TANH_A = math.sqrt(2.0 / math.pi), 0.044715  # GELU's tanh approximation
+
+
+def _tanh_gelu_curvature(x: float) -> float:
+    """A positive multiple of the second derivative of the tanh approximation of GELU:
+    u' + 3 a c x^2 - x tanh(u) u'^2 with u = c (x + a x^3) (f'' = (1 - tanh(u)^2) times it)."""
+    u = _TANH_C * (x + _TANH_A * x**3)
+    du = _TANH_C * (1 + 3 * _TANH_A * x * x)
+    return du + 3 * _TANH_A * _TANH_C * x * x - x * math.tanh(u) * du * du
+
+
+def _inflection() -> float:
+    """The positive inflection point of tanh-GELU (f'' > 0 on [0, r), < 0 beyond): bisection
+    to float64 resolution."""
+    lo, hi = 1.0, 2.0
+    assert _tanh_gelu_curvature(lo) > 0 > _tanh_gelu_curvature(hi)
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _tanh_gelu_curvature(mid) > 0 else (lo, mid)
+    return hi
+
+
+@dataclass(eq=False)
+class GELUTanh(GELU):
+    """GELU's tanh approximation ``x (1 + tanh(c (x + a x^3))) / 2`` (Hendrycks and Gimpel 2016,
+    arXiv:1606.08415): concave, convex on [-r, r], concave, r = 1.41850... (its second derivative
+    is even; the inflection is found by bisection to float64 resolution, the rounding margin
+    covers the rest)."""
+
+    R: float = field(default_factory=_inflection, kw_only=True)
+
+    def forward(self, x):
+        return nn.functional.gelu(x, approximate="tanh")
+
+    def f(self, x):
+        return 0.5 * x * (1.0 + torch.tanh(_TANH_C * (x + _TANH_A * x * x * x)))
+
+    def df(self, x):
+        t = torch.tanh(_TANH_C * (x + _TANH_A * x * x * x))
+        du = _TANH_C * (1.0 + 3.0 * _TANH_A * x * x)
+        inner = torch.where((1.0 - t * t) == 0, torch.zeros_like(x), x * (1.0 - t * t) * du)
+        return 0.5 * (1.0 + t) + 0.5 * inner
+
+    def curvature(self, m):
+        return torch.sign(self.R * self.R - m * m)
+
+    def breaks(self, l, u):
+        r = self.R
         return [torch.minimum(torch.maximum(torch.full_like(l, v), l), u) for v in (-r, r)]
 
 
