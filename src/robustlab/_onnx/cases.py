@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 
@@ -92,8 +93,6 @@ class CaseProgram:
     def _sess(self):
         version = len(self.nodes) * 1000 + len(self.outputs)
         if self._session is None or self._built != version:
-            import onnxruntime as ort
-
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             opts.intra_op_num_threads = 1

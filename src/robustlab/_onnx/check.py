@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
-from onnx import helper
+from onnx import helper, numpy_helper
 from torch import nn
 
 from robustlab._onnx.importer import graph_inputs, input_dims
@@ -52,8 +53,6 @@ def widen_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
     fix = [t for t in proto.graph.initializer if (t.data_type, declared.get(t.name)) in _WIDER]
     if not fix:
         return proto
-    from onnx import numpy_helper
-
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     for t in out.graph.initializer:
@@ -65,8 +64,6 @@ def widen_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _session(proto: onnx.ModelProto, data: bytes | None = None):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 from torch import fx, nn
 
 from robustlab._onnx.cases import Case, CaseProgram, CaseValue
@@ -336,8 +337,6 @@ class Ctx:
 
     def fold(self, node: onnx.NodeProto, consts: list[np.ndarray | None]) -> None:
         """Evaluate a node whose inputs are all constants (onnx's reference implementation)."""
-        from onnx.reference import ReferenceEvaluator
-
         _check_fold_size(self, node, consts)
         feeds = {n: v for n, v in zip(node.input, consts, strict=True) if n}
         outs = [o for o in node.output if o]

@@ -22,7 +22,10 @@ from torch import Tensor, fx, nn
 
 from robustlab import deadline as deadlines
 from robustlab._onnx.cases import CaseValue
+from robustlab.bounds.api import compute_bounds
+from robustlab.threat import Box
 from robustlab.verify.bab import HOLD_ULPS, UNIT
+from robustlab.verify.engine import verify_spec
 from robustlab.verify.oracle import confirm
 from robustlab.verify.spec import Property, Spec
 
@@ -157,8 +160,6 @@ class _AugmentedOracle:
 def _sources(gm, nodes, values, spec: Spec, r: int):
     """Per element of the case variables' sources (flattened, in order): (input index or -1,
     range of integers). A source that is not a plain selection of inputs is bounded by IBP."""
-    from robustlab.bounds.api import compute_bounds
-    from robustlab.threat import Box
 
     coords, ranges = [], []
     lo, hi = spec.lower[r], spec.upper[r]
@@ -242,7 +243,6 @@ def verify_cases(model, shape, spec: Spec, oracle, *, deadline: float, strategy:
     """``(verdict, counterexample, strategy, message)`` for a network with case variables: one
     region of the augmented network per (region, cell); a cell whose augmented box is a point
     is decided by evaluating it, the others by :func:`verify_spec` on the augmented network."""
-    from robustlab.verify.engine import verify_spec
 
     nodes = case_nodes(model)
     n = math.prod(shape)
