@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.bounds.ops.linear import Add, Affine, Conv, _cast
+from robustlab.bounds.ops.shape import ConvTranspose, Resize
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,10 @@ def linear_backward(
     """``op``'s transpose applied to a window, or None when it does not keep windows."""
     if isinstance(op, Conv) and op.weight.dim() == 4 and len(in_shapes[0]) == 3:
         return _conv(op, win, in_shapes[0])
+    if isinstance(op, ConvTranspose) and op.weight.dim() == 4 and len(in_shapes[0]) == 3:
+        return _conv_transpose(op, win, in_shapes[0])
+    if isinstance(op, Resize) and op.rows is not None and len(in_shapes[0]) == 3:
+        return _resize(op, win, in_shapes[0])
     if isinstance(op, Affine):
         return _affine(op, win)
     if isinstance(op, Add) and all(tuple(s) == (win.shape[2], *win.frame) for s in in_shapes):
@@ -200,6 +205,85 @@ def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tenso
         bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
     new = Window(out, oy, ox, (H, W))
     return [new.dense() if hh * ww >= H * W else new], bias
+
+
+def _conv_transpose(op: ConvTranspose, win: Window, in_shape: tuple[int, ...]):
+    """The transposed convolution's transpose (a convolution) on a window. Input ``i`` reaches the
+    outputs ``i s - p + k d``, so an output window [oy, oy + h) depends on the inputs from
+    ceil((oy + p - d (K - 1)) / s) on, at most (h - 1 + d (K - 1)) // s + 1 of them. The window is
+    placed in an output patch aligned with those inputs' first reached output (its offset there
+    depends on oy modulo the stride) and convolved."""
+    b, m, c, h, w = win.data.shape
+    weight = _cast(op.weight, win.data)
+    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
+    data = win.data[:1] if shared else win.data
+    s, p, d, dev = op.stride, op.padding, op.dilation, win.oy.device
+    reach = [d[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+    size = [(n - 1 + reach[i]) // s[i] + 1 for i, n in enumerate((h, w))]  # input window
+    patch = [(size[i] - 1) * s[i] + reach[i] + 1 for i in range(2)]
+    iy = -((reach[0] - p[0] - win.oy) // s[0])  # ceil((oy + p - reach) / s)
+    ix = -((reach[1] - p[1] - win.ox) // s[1])
+    # window row y sits at patch row y + (oy - (iy s - p)); entries outside the patch reach no input
+    sy = (
+        torch.arange(patch[0], device=dev) - (win.oy - iy * s[0] + p[0])[..., None]
+    )  # (k, m, patch_h)
+    sx = torch.arange(patch[1], device=dev) - (win.ox - ix * s[1] + p[1])[..., None]
+    ok = ((sy >= 0) & (sy < h))[..., :, None] & ((sx >= 0) & (sx < w))[..., None, :]
+    src = torch.where(
+        ok, sy.clamp(0, h - 1)[..., :, None] * w + sx.clamp(0, w - 1)[..., None, :], h * w
+    )
+    flat = torch.cat([data.reshape(*data.shape[:3], h * w), data.new_zeros(*data.shape[:3], 1)], 3)
+    n = max(flat.shape[0], src.shape[0])
+    idx = src.reshape(src.shape[0], m, 1, -1).expand(n, m, c, -1)
+    local = torch.gather(flat.expand(n, -1, -1, -1), 3, idx).reshape(-1, c, *patch)
+    out = nn.functional.conv2d(local, weight, None, s, 0, d, op.groups)
+    H, W = in_shape[1:]
+    ys = iy[..., None] + torch.arange(size[0], device=dev)
+    xs = ix[..., None] + torch.arange(size[1], device=dev)
+    valid = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    out = out.reshape(n, m, -1, *size) * valid
+    if shared:
+        out = out.expand(b, -1, -1, -1, -1)
+    bias = win.data.new_zeros(b, m)
+    if op.bias is not None:
+        bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
+    new = Window(out, iy, ix, (H, W))
+    return [new.dense() if size[0] * size[1] >= H * W else new], bias
+
+
+def _resize(op: Resize, win: Window, in_shape: tuple[int, ...]):
+    """Resizing's transpose ``R^T A S`` on a window: the rows of R (and S) that the window covers
+    touch a run of inputs (R is monotone in position), taken as the input window."""
+    b, m, c, h, w = win.data.shape
+    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
+    data = win.data[:1] if shared else win.data
+    ry, iy, hh = _local(op.rows.to(data.dtype), win.oy, h)  # (k, m, h, hh)
+    rx, ix, ww = _local(op.cols.to(data.dtype), win.ox, w)
+    out = (ry.transpose(-1, -2)[:, :, None] @ data) @ rx[:, :, None]  # (k or b, m, c, hh, ww)
+    if shared:
+        out = out.expand(b, -1, -1, -1, -1)
+    H, W = in_shape[1:]
+    new = Window(out, iy, ix, (H, W))
+    return [new.dense() if hh * ww >= H * W else new], win.data.new_zeros(b, m)
+
+
+def _local(r: Tensor, o: Tensor, h: int) -> tuple[Tensor, Tensor, int]:
+    """For windows of ``h`` rows at ``o`` on the output of ``r`` (n_out, n_in): each window's
+    block of ``r`` (k, m, h, size), the first input it touches, and the block's width ``size``
+    (the most inputs any window position touches)."""
+    n_out, n_in = r.shape
+    r, dev = r.to(o.device), o.device
+    pos = torch.arange(n_in, device=dev).expand(n_out, n_in)
+    first = torch.where(r != 0, pos, n_in).amin(1)
+    last = torch.where(r != 0, pos, -1).amax(1)
+    starts = torch.arange(-h + 1, n_out, device=dev)  # every window start that overlaps the frame
+    span = last[(starts + h - 1).clamp(max=n_out - 1)] - first[starts.clamp(min=0)] + 1
+    size = int(span.max())
+    start = first[o.clamp(0, n_out - 1)]
+    padded = nn.functional.pad(r, (0, size, h, h))  # rows -h.., columns ..n_in + size: zero
+    rows = (o + h)[..., None] + torch.arange(h, device=dev)  # (k, m, h)
+    cols = start[..., None] + torch.arange(size, device=dev)  # (k, m, size)
+    return padded[rows[..., :, None], cols[..., None, :]], start, size
 
 
 MATRIX_ENTRIES = 2**22  # largest matrix kept per (convolution, window size)
