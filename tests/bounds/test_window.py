@@ -277,3 +277,19 @@ def test_float32_windows_through_nearest_upsampling(monkeypatch):
     with torch.no_grad():
         out = copy.deepcopy(net).double()(pts.reshape(-1, 2, 4, 4)).reshape(pts.shape[0], 2, -1)
     assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conv_window_without_matrix_equals_dense(monkeypatch, seed):
+    """Convolutions on windows too large for a cached matrix: a product and a fold."""
+    monkeypatch.setattr(window, "MATRIX_ENTRIES", 0)
+    g = torch.Generator().manual_seed(seed)
+    groups = [1, 2][seed % 2]
+    s, d, k = (1 + seed % 3, 1 + seed % 2), (1 + seed // 3, 1), (3, 2)
+    weight = torch.randn(4 * groups, 2, *k, generator=g, dtype=torch.float64)
+    bias = torch.randn(4 * groups, generator=g, dtype=torch.float64)
+    op = Conv(weight, bias, s, (1, 0), d, groups)
+    x = torch.zeros(1, 2 * groups, 9, 8, dtype=torch.float64)
+    frame = tuple(op.forward(x).shape[2:])
+    win = _random_window(g, 2, 4, 4 * groups, 2, 3, frame, shared=seed % 3 == 0)
+    _check_against_dense(op, win, (2 * groups, 9, 8))
