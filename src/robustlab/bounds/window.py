@@ -4,10 +4,11 @@ layer by layer back to the input, on a small spatial window only. Backward passe
 such neurons carry a ``Window`` (the coefficients on the window, and its position per row) instead
 of dense coefficients over the whole feature map, which for a 32 x 32 map is up to 100x less work.
 
-Convolutions, per-channel affine maps (BatchNorm, normalisation), residual additions and
-elementwise relaxations keep a window; anything else (reshape, linear layers, pooling) and any
-window grown to the size of its map turn it back into dense coefficients, so every result equals
-the dense computation's.
+Convolutions, transposed convolutions, nearest and (bi)linear resizing, max pooling, per-channel
+affine maps (BatchNorm, normalisation), residual additions and elementwise relaxations keep a
+window; anything else (reshape, linear layers, average pooling, padding) and any window grown to
+the size of its map turn it back into dense coefficients, so every result equals the dense
+computation's.
 """
 
 from __future__ import annotations
