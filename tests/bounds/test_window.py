@@ -8,6 +8,7 @@ from torch import nn
 
 from robustlab.bounds import compute_bounds, crown, window
 from robustlab.bounds.ops.linear import Conv
+from robustlab.bounds.ops.shape import ConvTranspose, Resize, per_sample, resize
 from robustlab.threat import Box, LpBall
 
 from .nets import make
@@ -128,3 +129,167 @@ def test_float32_windowed_bounds_contain_exact_outputs(norm):
         assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all(), method
         b64 = compute_bounds(net, (threat, x0), method)
         assert ((b.upper - b.lower) <= (b64.upper - b64.lower) * 1.01 + 1e-6).all()
+
+
+def _random_window(g, batch, rows, c, h, w, frame, shared):
+    """Random rows on (h, w) windows at random positions (partly outside the frame: zero there)."""
+    H, W = frame
+    k = 1 if shared else batch
+    oy = torch.randint(-h + 1, H, (k, rows), generator=g)
+    ox = torch.randint(-w + 1, W, (k, rows), generator=g)
+    data = torch.randn(batch, rows, c, h, w, generator=g, dtype=torch.float64)
+    ys = oy[..., None] + torch.arange(h)
+    xs = ox[..., None] + torch.arange(w)
+    inside = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    if shared:
+        data = data[:1].expand(batch, -1, -1, -1, -1)
+    return window.Window(data * inside, oy, ox, frame)
+
+
+def _check_against_dense(op, win, in_shape):
+    res = window.linear_backward(op, win, [in_shape])
+    assert res is not None
+    (a_win,), bias = res
+    (a_dense,), bias_dense = op.backward(win.dense(), [in_shape])
+    got = a_win.dense() if isinstance(a_win, window.Window) else a_win
+    scale = a_dense.abs().max()
+    assert got.shape == a_dense.shape
+    assert (got - a_dense).abs().max() <= 1e-12 * scale
+    assert (bias - bias_dense).abs().max() <= 1e-12 * max(1.0, bias_dense.abs().max().item())
+    return a_win
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_conv_transpose_window_equals_dense(monkeypatch, seed):
+    """The transposed convolution restricted to a window: random kernels, strides, padding,
+    output padding, dilation and groups; per-phase matrices and (every third case) patches."""
+    g = torch.Generator().manual_seed(seed)
+    if seed % 3 == 0:
+        monkeypatch.setattr(window, "MATRIX_ENTRIES", 0)
+
+    def pick(*v):
+        return v[int(torch.randint(len(v), (1,), generator=g))]
+
+    groups = pick(1, 1, 2)
+    k = (pick(1, 2, 3, 4), pick(1, 2, 3))
+    s = (pick(1, 2, 3), pick(1, 2))
+    d = (pick(1, 1, 2), 1)
+    p = (pick(0, 1, 2), pick(0, 1))
+    op_pad = (pick(0, s[0] - 1), 0)
+    hw = (6, 5) if seed % 4 else (2, 3)  # a small map: the rows reach every input (dense step)
+    p = p if seed % 4 else (0, 0)
+    c_in, c_out = 2 * groups, 3 * groups
+    m = (
+        nn.ConvTranspose2d(c_in, c_out, k, s, p, op_pad, groups, True, d)
+        .double()
+        .requires_grad_(False)
+    )
+    x = torch.zeros(1, c_in, *hw, dtype=torch.float64)
+    out_shape = tuple(m(x).shape[1:])
+    op = ConvTranspose(m.weight, m.bias, s, p, op_pad, d, groups)
+    h, w = pick(1, 2, 3), pick(1, 3)
+    win = _random_window(g, 3, 5, c_out, h, w, out_shape[1:], shared=bool(seed % 2))
+    a_win = _check_against_dense(op, win, (c_in, *hw))
+    if isinstance(a_win, window.Window):
+        assert a_win.data.shape[3] <= (h - 1 + d[0] * (k[0] - 1)) // s[0] + 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_resize_window_equals_dense(seed):
+    """Nearest and bilinear resizing (up and down, align_corners both ways) on windows."""
+    g = torch.Generator().manual_seed(seed)
+    mode = ["nearest", "nearest-exact", "bilinear", "bilinear"][seed % 4]
+    align = None if mode.startswith("nearest") else bool(seed % 8 >= 4)
+    size = [(13, 7), (4, 9), (20, 20)][seed % 3]
+    layer = nn.Upsample(size=size, mode=mode, align_corners=align)
+    example = torch.zeros(1, 2, 8, 6, dtype=torch.float64)
+    op = resize(per_sample(layer, example, "resize", None), example)
+    assert isinstance(op, Resize) and op.rows is not None
+    win = _random_window(g, 2, 7, 2, 3, 2, size, shared=seed % 3 == 0)
+    _check_against_dense(op, win, (2, 8, 6))
+
+
+class Generator(nn.Module):
+    """A generator-like net: Linear -> reshape -> ConvTranspose -> ReLU -> Upsample -> Conv."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.fc = nn.Linear(4, 3 * 4 * 4)
+        self.up1 = nn.ConvTranspose2d(3, 4, 4, stride=2, padding=1, output_padding=1)
+        self.up2 = nn.Upsample(scale_factor=2, mode=mode)
+        self.conv = nn.Conv2d(4, 3, 3, padding=1)
+        self.conv2 = nn.ConvTranspose2d(3, 2, 3, stride=2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x)).reshape(-1, 3, 4, 4)
+        h = torch.relu(self.up1(h))
+        h = torch.relu(self.conv(self.up2(h)))
+        return self.conv2(h).flatten(1)[:, ::37]
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_generator_windows_equal_dense_and_contain_outputs(monkeypatch, mode):
+    torch.manual_seed(5)
+    net = Generator(mode).eval()
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.rand(2, 4, generator=g)
+    threat = LpBall("inf", 0.5)
+    calls = []
+    real = window.linear_backward
+    monkeypatch.setattr(window, "linear_backward", lambda *a: calls.append(a[0]) or real(*a))
+    res = {}
+    for flag in (True, False):
+        monkeypatch.setattr(crown, "WINDOWS", flag)
+        res[flag] = compute_bounds(net, (threat, x0), "crown")
+    assert {type(op) for op in calls} >= {ConvTranspose, Resize}
+    scale = res[False].upper.abs().max()
+    assert (res[True].lower - res[False].lower).abs().max() <= 1e-10 * scale
+    assert (res[True].upper - res[False].upper).abs().max() <= 1e-10 * scale
+    pts = threat.sample(x0, 2000, g).double()
+    with torch.no_grad():
+        out = copy.deepcopy(net).double()(pts.reshape(-1, 4)).reshape(pts.shape[0], 2, -1)
+    assert (out >= res[True].lower).all() and (out <= res[True].upper).all()
+
+
+def test_float32_windows_through_nearest_upsampling(monkeypatch):
+    """Nearest resizing is in the float32 bookkeeping: its windowed rows stay rigorous."""
+    torch.manual_seed(7)
+    net = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Upsample(scale_factor=2),
+        nn.Conv2d(3, 3, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 3 * 3, 2),
+    ).eval()
+    g = torch.Generator().manual_seed(8)
+    x0 = torch.rand(2, 2, 4, 4, generator=g)
+    threat = LpBall("inf", 0.1)
+    calls = []
+    real = window.linear_backward
+    monkeypatch.setattr(
+        window, "linear_backward", lambda *a: calls.append((a[0], a[1].data.dtype)) or real(*a)
+    )
+    b = compute_bounds(net, (threat, x0), "crown", dtype=torch.float32, fallback=False)
+    assert (Resize, torch.float32) in {(type(op), t) for op, t in calls}
+    pts = threat.sample(x0, 1500, g).double()
+    with torch.no_grad():
+        out = copy.deepcopy(net).double()(pts.reshape(-1, 2, 4, 4)).reshape(pts.shape[0], 2, -1)
+    assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conv_window_without_matrix_equals_dense(monkeypatch, seed):
+    """Convolutions on windows too large for a cached matrix: a product and a fold."""
+    monkeypatch.setattr(window, "MATRIX_ENTRIES", 0)
+    g = torch.Generator().manual_seed(seed)
+    groups = [1, 2][seed % 2]
+    s, d, k = (1 + seed % 3, 1 + seed % 2), (1 + seed // 3, 1), (3, 2)
+    weight = torch.randn(4 * groups, 2, *k, generator=g, dtype=torch.float64)
+    bias = torch.randn(4 * groups, generator=g, dtype=torch.float64)
+    op = Conv(weight, bias, s, (1, 0), d, groups)
+    x = torch.zeros(1, 2 * groups, 9, 8, dtype=torch.float64)
+    frame = tuple(op.forward(x).shape[2:])
+    win = _random_window(g, 2, 4, 4 * groups, 2, 3, frame, shared=seed % 3 == 0)
+    _check_against_dense(op, win, (2 * groups, 9, 8))

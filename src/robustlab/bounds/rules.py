@@ -30,7 +30,14 @@ from robustlab.bounds.ops.nonlinear import (
 )
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.reduce import MaxReduce
-from robustlab.bounds.ops.shape import CatConst, ConvTranspose, ScaleShift, Where, per_sample
+from robustlab.bounds.ops.shape import (
+    CatConst,
+    ConvTranspose,
+    ScaleShift,
+    Where,
+    per_sample,
+    resize,
+)
 from robustlab.errors import UnsupportedOperation
 
 
@@ -481,10 +488,11 @@ def _resize(call: Call, fn, mode: str) -> Var:
     float32 bookkeeping), linear interpolation weights are computed in float64 there."""
     x = call.vars[0]
     if mode.startswith("nearest"):
-        return call.emit(selection(call, fn, x, "resize"), [x])
-    op = per_sample(fn, x.example, f"resize at node '{call.name}'", terms=None)
-    op.tracked = False
-    return call.emit(op, [x])
+        op = selection(call, fn, x, "resize")
+    else:
+        op = per_sample(fn, x.example, f"resize at node '{call.name}'", terms=None)
+        op.tracked = False
+    return call.emit(resize(op, x.example), [x])  # its matrices: windows pass through
 
 
 ELEMENTWISE: dict[str, Callable[[], Op]] = {

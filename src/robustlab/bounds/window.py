@@ -4,10 +4,11 @@ layer by layer back to the input, on a small spatial window only. Backward passe
 such neurons carry a ``Window`` (the coefficients on the window, and its position per row) instead
 of dense coefficients over the whole feature map, which for a 32 x 32 map is up to 100x less work.
 
-Convolutions, per-channel affine maps (BatchNorm, normalisation), residual additions and
-elementwise relaxations keep a window; anything else (reshape, linear layers, pooling) and any
-window grown to the size of its map turn it back into dense coefficients, so every result equals
-the dense computation's.
+Convolutions, transposed convolutions, nearest and (bi)linear resizing, max pooling, per-channel
+affine maps (BatchNorm, normalisation), residual additions and elementwise relaxations keep a
+window; anything else (reshape, linear layers, average pooling, padding) and any window grown to
+the size of its map turn it back into dense coefficients, so every result equals the dense
+computation's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.bounds.ops.linear import Add, Affine, Conv, _cast
+from robustlab.bounds.ops.shape import ConvTranspose, Resize
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,10 @@ def linear_backward(
     """``op``'s transpose applied to a window, or None when it does not keep windows."""
     if isinstance(op, Conv) and op.weight.dim() == 4 and len(in_shapes[0]) == 3:
         return _conv(op, win, in_shapes[0])
+    if isinstance(op, ConvTranspose) and op.weight.dim() == 4 and len(in_shapes[0]) == 3:
+        return _conv_transpose(op, win, in_shapes[0])
+    if isinstance(op, Resize) and op.rows is not None and len(in_shapes[0]) == 3:
+        return _resize(op, win, in_shapes[0])
     if isinstance(op, Affine):
         return _affine(op, win)
     if isinstance(op, Add) and all(tuple(s) == (win.shape[2], *win.frame) for s in in_shapes):
@@ -200,6 +206,165 @@ def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tenso
         bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
     new = Window(out, oy, ox, (H, W))
     return [new.dense() if hh * ww >= H * W else new], bias
+
+
+def _conv_transpose(op: ConvTranspose, win: Window, in_shape: tuple[int, ...]):
+    """The transposed convolution's transpose (a convolution) on a window. Input ``i`` reaches the
+    outputs ``i s - p + k d``, so an output window [oy, oy + h) depends on the inputs from
+    ceil((oy + p - d (K - 1)) / s) on, at most (h - 1 + d (K - 1)) // s + 1 of them. The window is
+    placed in an output patch aligned with those inputs' first reached output (its offset there
+    depends on oy modulo the stride) and convolved."""
+    b, m, c, h, w = win.data.shape
+    weight = _cast(op.weight, win.data)
+    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
+    data = win.data[:1] if shared else win.data
+    s, p, d, dev = op.stride, op.padding, op.dilation, win.oy.device
+    reach = [d[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+    size = [(n - 1 + reach[i]) // s[i] + 1 for i, n in enumerate((h, w))]  # input window
+    H, W = in_shape[1:]
+    if size[0] * size[1] >= H * W:  # the rows reach every input: the dense step, as one product
+        a = Window(data, win.oy, win.ox, win.frame).dense().flatten(0, 1)
+        a = nn.functional.pad(a, (p[1], p[1], p[0], p[0]))
+        hc, wc = [(a.shape[2 + i] - reach[i] - 1) // s[i] + 1 for i in range(2)]
+        out = _conv_as_product(a, weight, s, d, op.groups).reshape(-1, m, weight.shape[0], hc, wc)
+        out = out[..., :H, :W]  # output padding >= stride leaves extra rows: cropped
+        out = out.expand(b, -1, -1, -1, -1) if shared else out
+        bias = win.data.new_zeros(b, m)
+        if op.bias is not None:
+            bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
+        return [out], bias
+    iy = -((reach[0] - p[0] - win.oy) // s[0])  # ceil((oy + p - reach) / s)
+    ix = -((reach[1] - p[1] - win.ox) // s[1])
+    mats = _phase_matrices(op, weight, c, h, w, size)
+    if mats is not None:  # one matrix product per phase of the window (oy mod the stride)
+        n = data.shape[0]
+        flat = data.reshape(n, m, c * h * w)
+        phase_y = (win.oy + p[0] - reach[0]) % s[0]
+        phase_x = (win.ox + p[1] - reach[1]) % s[1]
+        out = flat.new_zeros(n, m, weight.shape[0] * size[0] * size[1])
+        for (a, e), mat in mats.items():
+            sel = ((phase_y == a) & (phase_x == e)).expand(n, m)
+            if bool(sel.any()):
+                out[sel] = flat[sel] @ mat
+    else:
+        out = _patch_conv(data, win, weight, op, iy, ix, size, reach)
+        n = out.shape[0] // m
+    ys = iy[..., None] + torch.arange(size[0], device=dev)
+    xs = ix[..., None] + torch.arange(size[1], device=dev)
+    valid = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    out = out.reshape(n, m, -1, *size) * valid
+    if shared:
+        out = out.expand(b, -1, -1, -1, -1)
+    bias = win.data.new_zeros(b, m)
+    if op.bias is not None:
+        bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
+    new = Window(out, iy, ix, (H, W))
+    return [new.dense() if size[0] * size[1] >= H * W else new], bias
+
+
+def _phase_matrices(op: ConvTranspose, weight: Tensor, c: int, h: int, w: int, size):
+    """Per phase (oy + p - d (K - 1)) mod s of each axis, the transpose on an (c, h, w) window as
+    a (c h w, C_in * size) matrix read off the kernel (cached); None when large. Window row y
+    sits r = d (K - 1) + phase (- s if phase > 0) rows past the first input's first output, and
+    meets input row i through the kernel tap (y + r - i s) / d."""
+    key = ("t", c, h, w, weight.dtype, weight.device, weight.data_ptr(), op.weight._version)
+    per_op = _MATRICES.setdefault(op, {})
+    if key in per_op:
+        return per_op[key]
+    s, d, k, g = op.stride, op.dilation, weight.shape[2:], op.groups
+    n_in = weight.shape[0]
+    if c * h * w * n_in * size[0] * size[1] * s[0] * s[1] > MATRIX_ENTRIES:
+        per_op[key] = None
+        return None
+    cg, og = c // g, n_in // g
+    full = weight.new_zeros(c, n_in, k[0] + 1, k[1] + 1)  # tap k: zero (no tap)
+    for j in range(g):
+        full[j * cg : (j + 1) * cg, j * og : (j + 1) * og, : k[0], : k[1]] = weight[
+            j * og : (j + 1) * og
+        ].transpose(0, 1)
+
+    def taps(axis: int, n: int, phase: int) -> Tensor:
+        r = d[axis] * (k[axis] - 1) + phase - (s[axis] if phase else 0)
+        t = torch.arange(n, device=weight.device)[:, None] + r
+        t = t - s[axis] * torch.arange(size[axis], device=weight.device)
+        ok = (t >= 0) & (t % d[axis] == 0) & (t // d[axis] < k[axis])
+        return torch.where(ok, t // d[axis], k[axis])  # (n, size)
+
+    mats = {}
+    for a in range(s[0]):
+        for e in range(s[1]):
+            ty, tx = taps(0, h, a), taps(1, w, e)
+            mat = full[:, :, ty[:, :, None, None], tx[None, None]]  # (c, C_in, h, hh, w, ww)
+            mats[(a, e)] = mat.permute(0, 2, 4, 1, 3, 5).reshape(c * h * w, -1)
+    if len(per_op) >= 4:
+        per_op.pop(next(iter(per_op)))
+    per_op[key] = mats
+    return mats
+
+
+def _patch_conv(data, win: Window, weight, op, iy, ix, size, reach) -> Tensor:
+    """The transpose on large windows: each window placed in an output patch aligned with its
+    first input's first output, then convolved (as one product: float64 convolutions of many
+    small maps are slow). (rows, C_in, *size)."""
+    m, c, h, w = data.shape[1:]
+    s, p, dev = op.stride, op.padding, win.oy.device
+    patch = [(size[i] - 1) * s[i] + reach[i] + 1 for i in range(2)]
+    # window row y sits at patch row y + (oy - (iy s - p)); entries outside the patch reach no input
+    sy = torch.arange(patch[0], device=dev) - (win.oy - iy * s[0] + p[0])[..., None]
+    sx = torch.arange(patch[1], device=dev) - (win.ox - ix * s[1] + p[1])[..., None]
+    ok = ((sy >= 0) & (sy < h))[..., :, None] & ((sx >= 0) & (sx < w))[..., None, :]
+    src = torch.where(
+        ok, sy.clamp(0, h - 1)[..., :, None] * w + sx.clamp(0, w - 1)[..., None, :], h * w
+    )
+    flat = torch.cat([data.reshape(*data.shape[:3], h * w), data.new_zeros(*data.shape[:3], 1)], 3)
+    n = max(flat.shape[0], src.shape[0])
+    idx = src.reshape(src.shape[0], m, 1, -1).expand(n, m, c, -1)
+    local = torch.gather(flat.expand(n, -1, -1, -1), 3, idx).reshape(-1, c, *patch)
+    return _conv_as_product(local, weight, s, op.dilation, op.groups)
+
+
+def _conv_as_product(x: Tensor, weight: Tensor, s, d, groups: int) -> Tensor:
+    """``conv2d(x, weight, stride=s, dilation=d, groups=groups)`` (no padding) as one matrix
+    product over every sample and position: float64 convolutions of many small maps are slow."""
+    n, g = x.shape[0], groups
+    cols = nn.functional.unfold(x, weight.shape[2:], d, 0, s)  # (n, c k k, positions)
+    cols = cols.reshape(n, g, -1, cols.shape[-1])
+    return torch.einsum("ngkl,gok->ngol", cols, weight.reshape(g, weight.shape[0] // g, -1))
+
+
+def _resize(op: Resize, win: Window, in_shape: tuple[int, ...]):
+    """Resizing's transpose ``R^T A S`` on a window: the rows of R (and S) that the window covers
+    touch a run of inputs (R is monotone in position), taken as the input window."""
+    b, m, c, h, w = win.data.shape
+    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
+    data = win.data[:1] if shared else win.data
+    ry, iy, hh = _local(op.rows.to(data.dtype), win.oy, h)  # (k, m, h, hh)
+    rx, ix, ww = _local(op.cols.to(data.dtype), win.ox, w)
+    out = (ry.transpose(-1, -2)[:, :, None] @ data) @ rx[:, :, None]  # (k or b, m, c, hh, ww)
+    if shared:
+        out = out.expand(b, -1, -1, -1, -1)
+    H, W = in_shape[1:]
+    new = Window(out, iy, ix, (H, W))
+    return [new.dense() if hh * ww >= H * W else new], win.data.new_zeros(b, m)
+
+
+def _local(r: Tensor, o: Tensor, h: int) -> tuple[Tensor, Tensor, int]:
+    """For windows of ``h`` rows at ``o`` on the output of ``r`` (n_out, n_in): each window's
+    block of ``r`` (k, m, h, size), the first input it touches, and the block's width ``size``
+    (the most inputs any window position touches)."""
+    n_out, n_in = r.shape
+    r, dev = r.to(o.device), o.device
+    pos = torch.arange(n_in, device=dev).expand(n_out, n_in)
+    first = torch.where(r != 0, pos, n_in).amin(1)
+    last = torch.where(r != 0, pos, -1).amax(1)
+    starts = torch.arange(-h + 1, n_out, device=dev)  # every window start that overlaps the frame
+    span = last[(starts + h - 1).clamp(max=n_out - 1)] - first[starts.clamp(min=0)] + 1
+    size = int(span.max())
+    start = first[o.clamp(0, n_out - 1)]
+    padded = nn.functional.pad(r, (0, size, h, h))  # rows -h.., columns ..n_in + size: zero
+    rows = (o + h)[..., None] + torch.arange(h, device=dev)  # (k, m, h)
+    cols = start[..., None] + torch.arange(size, device=dev)  # (k, m, size)
+    return padded[rows[..., :, None], cols[..., None, :]], start, size
 
 
 MATRIX_ENTRIES = 2**22  # largest matrix kept per (convolution, window size)

@@ -116,6 +116,62 @@ class ConvTranspose(LinearOp):
 
 
 @dataclass(eq=False)
+class Resize(Monotone):
+    """Nearest or (bi)linear resizing of (C, H, W) maps (``nn.Upsample``, ``interpolate``): separable,
+    ``y = R x S^T`` per channel. ``rows`` (H_out, H_in) and ``cols`` (W_out, W_in), float64, read off
+    ``fn`` by ``resize``, let windows (window.py) pass through it; None where ``fn`` is not such a
+    map (then rows through it turn dense)."""
+
+    rows: Tensor | None = None
+    cols: Tensor | None = None
+
+
+def resize(op: Generic, example: Tensor) -> Generic:
+    """``op`` (a per-sample resizing function) as a ``Resize`` with its two matrices when
+    ``fn`` is separable, nonnegative and monotone in position (checked on a random map)."""
+    if example.dim() != 4:
+        return op
+    out = Resize(op.fn, op.nonneg, op.terms)
+    out.tracked = op.tracked
+    c, h, w = example.shape[1:]
+    with torch.no_grad():
+        rows, cols = _axis(op.fn, c, h, w, 2), _axis(op.fn, c, h, w, 3)
+        x = torch.rand(2, c, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        y = op.fn(x)
+    if rows is None or cols is None or y.shape[2:] != (rows.shape[0], cols.shape[0]):
+        return op
+    if not torch.allclose(rows @ x @ cols.T, y, rtol=1e-12, atol=1e-12):
+        return op
+    out.rows, out.cols = rows, cols
+    return out
+
+
+def _axis(fn, c: int, h: int, w: int, dim: int) -> Tensor | None:
+    """The matrix of ``fn`` along axis ``dim`` (2: rows, 3: columns): input slice ``i`` set to one,
+    read at the first entry of the other axis (there one source with weight one when
+    upsampling; otherwise a weight sum of one, which the caller's check confirms)."""
+    n = (h, w)[dim - 2]
+    probe = torch.zeros(n, c, h, w, dtype=torch.float64)
+    idx = torch.arange(n)
+    if dim == 2:
+        probe[idx, :, idx, :] = 1
+        m = fn(probe)[:, 0, :, 0]  # (n_in, n_out)
+    else:
+        probe[idx, :, :, idx] = 1
+        m = fn(probe)[:, 0, 0, :]
+    m = m.T.contiguous()  # (n_out, n_in)
+    nz = m != 0
+    if bool((m < 0).any()) or not bool(nz.any(1).all()):
+        return None
+    pos = torch.arange(n).expand_as(m)
+    first = torch.where(nz, pos, n).amin(1)
+    last = torch.where(nz, pos, -1).amax(1)
+    if bool((first.diff() < 0).any()) or bool((last.diff() < 0).any()):
+        return None  # not monotone in position: windows would not stay windows
+    return m
+
+
+@dataclass(eq=False)
 class MatMulConst(LinearOp):
     """``x @ W`` (``left=False``) or ``W @ x`` with a constant W, broadcasting as torch.matmul."""
 
