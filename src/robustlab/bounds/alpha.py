@@ -12,6 +12,7 @@ from torch import Tensor
 
 import robustlab.bounds.crown as crown_module
 from robustlab.bounds import rounding, window
+from robustlab.bounds.adam import Adam
 from robustlab.bounds.crown import (
     _after_nonlinear,
     backward,
@@ -112,8 +113,7 @@ def alpha_crown(
             params.append(a)
     if not params:
         return best_final, bounds
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, DECAY)
+    opt = Adam([(params, lr)], decay=DECAY)
     best_loss, snapshot = math.inf, None
     with torch.enable_grad(), rounding.ignored():
         for _ in range(iterations):
@@ -132,10 +132,7 @@ def alpha_crown(
                 best_loss = float(loss.detach())
                 snapshot = _copy(alphas)
             grads = torch.autograd.grad(loss, params)  # never touches the model's own gradients
-            for p, g in zip(params, grads, strict=True):
-                p.grad = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-            opt.step()
-            sched.step()
+            opt.step([torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads])
             with torch.no_grad():
                 for s in alphas:
                     for r, a in alphas[s].items():

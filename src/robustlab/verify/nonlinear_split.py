@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from robustlab.bounds.adam import Adam
 from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.crown import backward, refine
 from robustlab.bounds.graph import BoundGraph, Bounds, Node
@@ -215,25 +216,18 @@ def _bound(graph, root, doms: Domains, C, iterations: int, record: dict | None =
     beta_lo = {j: b.clone().requires_grad_(True) for j, b in doms.beta_lo.items()}
     beta_hi = {j: b.clone().requires_grad_(True) for j, b in doms.beta_hi.items()}
     params = list(alphas.values()) + list(beta_lo.values()) + list(beta_hi.values())
-    opt = (
-        torch.optim.Adam(
-            [
-                {"params": list(alphas.values()), "lr": LR_ALPHA},
-                {"params": list(beta_lo.values()) + list(beta_hi.values()), "lr": LR_BETA},
-            ]
-        )
-        if params
-        else None
+    opt = Adam(
+        [
+            (list(alphas.values()), LR_ALPHA),
+            (list(beta_lo.values()) + list(beta_hi.values()), LR_BETA),
+        ]
     )
     best = doms.lb.clone()
     lin: dict = {}
     lb = best
     for it in range(max(1, iterations) if params else 1):
         if it:
-            grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-            opt.step()
+            opt.step(torch.autograd.grad(-lb.sum(), params, allow_unused=True))
             with torch.no_grad():
                 for r, a in alphas.items():
                     slope = getattr(graph.nodes[r].op, "slope", None)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from robustlab.bounds.adam import Adam
 from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.crown import backward
 from robustlab.bounds.graph import BoundGraph, Bounds
@@ -90,22 +91,14 @@ def _bound(graph, root, doms: Domains, C, iterations: int, record: dict | None =
     alphas = {r: a.clone().requires_grad_(True) for r, a in doms.alphas.items()}
     betas = {j: b.clone().requires_grad_(True) for j, b in doms.betas.items()}
     params = list(alphas.values()) + list(betas.values())
-    opt = torch.optim.Adam(
-        [
-            {"params": list(alphas.values()), "lr": LR_ALPHA},
-            {"params": list(betas.values()), "lr": LR_BETA},
-        ]
-    )
+    opt = Adam([(list(alphas.values()), LR_ALPHA), (list(betas.values()), LR_BETA)])
     best = doms.lb.clone()
     lin: dict = {}
     lb = best
     # a gradient step between passes, none after the last (one pass when nothing is optimised)
     for it in range(max(1, iterations) if params else 1):
         if it:
-            grads = torch.autograd.grad(-lb.sum(), params, allow_unused=True)
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-            opt.step()
+            opt.step(torch.autograd.grad(-lb.sum(), params, allow_unused=True))
             with torch.no_grad():
                 for r, a in alphas.items():
                     a.clamp_(graph.nodes[r].op.slope, 1.0)
