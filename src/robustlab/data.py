@@ -19,7 +19,12 @@ import torch
 from torch import Tensor
 
 from robustlab.errors import RobustlabError
+from robustlab.lazy import lazy_module
 from robustlab.paths import home
+
+# scikit-learn takes about 0.8 s to import: executed only when the digits are not cached yet
+sk_datasets = lazy_module("sklearn.datasets")
+sk_model_selection = lazy_module("sklearn.model_selection")
 
 BUILTIN = ("digits", "digits-train")
 
@@ -85,13 +90,12 @@ DIGITS_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 def split_digits() -> dict[str, np.ndarray]:
     """scikit-learn's digits scaled to [0, 1], (N, 1, 8, 8), split 75/25 (stratified, seed 0)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
+    bunch = sk_datasets.load_digits()
     x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    x_tr, x_te, y_tr, y_te = sk_model_selection.train_test_split(
+        x, y, test_size=0.25, random_state=0, stratify=y
+    )
     return dict(zip(DIGITS_KEYS, (x_tr, y_tr, x_te, y_te), strict=True))
 
 

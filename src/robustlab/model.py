@@ -22,6 +22,10 @@ from torch import nn
 
 from robustlab import zoo
 from robustlab.errors import RobustlabError
+from robustlab.lazy import lazy_module
+
+onnx = lazy_module("onnx")  # about 0.7 s to import: executed only when an ONNX model is loaded
+_onnx = lazy_module("robustlab._onnx")
 
 ONNX_TOLERANCE = 1e-4  # relative to the output scale: max |torch - onnxruntime| / (1 + max |out|)
 MAX_MODEL_BYTES = 4 << 30  # a gzipped model may not expand beyond this
@@ -198,22 +202,17 @@ def _checkable(proto):
 
 
 def _load_onnx(path: Path, data: bytes, digest: str) -> LoadedModel:
-    import onnx
-
-    from robustlab._onnx import check_against_onnxruntime, onnx_to_torch
-    from robustlab._onnx.check import widen_initializers
-
     try:
         proto = onnx.load_model_from_string(data)
         onnx.checker.check_model(_checkable(proto) or data)  # bytes: no second serialization
     except Exception as e:  # onnx raises several types for corrupt files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RobustlabError(f"{path}: not a valid ONNX model ({first[:300]})") from None
-    module, input_shape = onnx_to_torch(proto)
-    runtime = widen_initializers(proto)
+    module, input_shape = _onnx.onnx_to_torch(proto)
+    runtime = _onnx.check.widen_initializers(proto)
     if runtime is not proto:
         data = runtime.SerializeToString()
-    check = check_against_onnxruntime(runtime, module, input_shape, data=data)
+    check = _onnx.check_against_onnxruntime(runtime, module, input_shape, data=data)
     if not check.agrees(ONNX_TOLERANCE):
         raise RobustlabError(
             f"{path}: converted model disagrees with onnxruntime (max abs error "
