@@ -171,6 +171,14 @@ def test_attack_and_certify_on_onnx_and_npz(files, monkeypatch, capsys, tmp_path
             ["--model", "{d}/mlp.onnx", "--data", "digits", "--eps", "abc"],
             "--eps expects a number or a fraction",
         ),
+        (
+            ["--model", "{d}/mlp.onnx", "--data", "digits", "--eps", "0.1", "--backend", "spark"],
+            "unknown backend 'spark'; known: local, dask",
+        ),
+        (
+            ["--model", "{d}/mlp.onnx", "--data", "digits", "--eps", "0.1", "--shard-size", "0"],
+            "--shard-size",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["attack", "certify"])

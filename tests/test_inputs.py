@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import robustlab as rl
+from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.threat import on_data, parse_eps, parse_eps_list
 
@@ -195,3 +196,74 @@ def test_frozen_restores_each_mode_and_flag_and_batched_logits_match():
     got = batched_logits(model.eval(), x, batch_size=3)
     assert got.shape == (10, 3) and not got.requires_grad
     assert torch.allclose(got, full, atol=1e-6)
+
+
+class _Limited(torch.nn.Module):
+    """A model whose "device" runs out of memory above ``limit`` inputs per call."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit, self.calls = inner, limit, []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        if len(x) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_batches_that_run_out_of_memory_are_halved_and_the_size_remembered(mlp, digits):
+    from robustlab.inputs import _FITTING, batched_logits
+
+    model = _Limited(mlp, 20)
+    x = digits.x[:100]
+    out = batched_logits(model, x, batch_size=64)
+    torch.testing.assert_close(out, batched_logits(mlp, x, batch_size=64))
+    assert model.calls[:3] == [64, 32, 16] and _FITTING[model]["logits"] == 16
+    model.calls.clear()
+    batched_logits(model, x, batch_size=64)  # starts from the size that worked
+    assert set(model.calls) <= {16, 4} and model.calls[0] == 16
+
+
+def test_out_of_memory_in_certify_and_attacks_falls_back_to_smaller_batches(
+    mlp, digits, monkeypatch
+):
+    import copy
+    import importlib
+
+    from robustlab.attacks import evaluate
+    from robustlab.threat import LpBall
+
+    certify_module = importlib.import_module("robustlab.bounds.certify")  # the module
+
+    data = Dataset(digits.name, digits.x[:60], digits.y[:60], digits.lower, digits.upper)
+    threat = LpBall("inf", 0.03, data.lower, data.upper)
+    want = certify_module.certify(mlp, data, threat, "crown", batch_size=64)
+    real, sizes = certify_module.compute_bounds, []
+
+    def limited(model, region, *args, **kwargs):  # the bound computation's memory limit
+        sizes.append(len(region[1]))
+        if len(region[1]) > 9:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, region, *args, **kwargs)
+
+    monkeypatch.setattr(certify_module, "compute_bounds", limited)
+    own = copy.deepcopy(mlp)  # the fitting batch size is remembered per model
+    got = certify_module.certify(own, data, threat, "crown", batch_size=64)
+    assert got.certified == want.certified and max(sizes) > 9 and sizes[-1] <= 9
+    kw = dict(attacks=["fgsm"], batch_size=64, checks=False)  # the checks take 64 points at once
+    limited_model = _Limited(mlp, 40)
+    a = evaluate(limited_model, data, [0.05], "inf", **kw)
+    assert max(limited_model.calls) > 40  # ran out of memory once, then went on with halves
+    assert a.robust == evaluate(mlp, data, [0.05], "inf", **kw).robust
+
+
+def test_other_errors_are_not_mistaken_for_memory():
+    from robustlab.inputs import batched_logits
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        batched_logits(Broken(), torch.zeros(4, 3), batch_size=4)

@@ -13,7 +13,7 @@ ROOT = "robustlab"
 
 # layer of each top-level module or package of robustlab (0 core, 1 capability, 2 application)
 CORE = {"errors", "paths", "registry", "deadline", "results", "threat", "_onnx", "zoo",
-        "model", "data", "inputs", "plotting", "lazy"}  # fmt: skip
+        "model", "data", "inputs", "plotting", "lazy", "shards"}  # fmt: skip
 CAPABILITIES = {"attacks", "bounds", "verify", "corruptions", "smoothing", "explain", "train",
                 "audit", "abstain", "adaptive", "blindspots", "compress", "conformal", "detect",
                 "mix", "repair", "sensitivity"}  # fmt: skip

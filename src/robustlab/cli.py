@@ -43,6 +43,19 @@ MEAN = typer.Option(
 )  # fmt: skip
 STD = typer.Option(None, "--std", help="Per-channel std the model expects (see --mean).")
 DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, or auto (cuda when available, else cpu).")
+BACKEND = typer.Option("local", "--backend", help="local (this process) or dask (shards as tasks).")
+WORKERS = typer.Option(2, "--workers", min=1, help="Dask workers of the local cluster.")
+SCHEDULER = typer.Option(None, "--scheduler", help="Dask scheduler address (else a local cluster).")
+SHARD_SIZE = typer.Option(
+    None, "--shard-size", min=1, help="Points per shard (default: 64 on dask, all on local)."
+)
+
+
+def _backend(name: str, workers: int, scheduler: str | None, shard_size: int | None):
+    """The --backend, --workers, --scheduler and --shard-size options as one ``shards.Backend``."""
+    from robustlab.shards import Backend, default_shard_size
+
+    return Backend(name, workers, scheduler, shard_size or default_shard_size(name))
 
 
 def _model(model: str, mean: str | None, std: str | None):
@@ -262,6 +275,10 @@ def attack(
     mean: str | None = MEAN,
     std: str | None = STD,
     device: str = DEVICE,
+    backend: str = BACKEND,
+    workers: int = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    shard_size: int | None = SHARD_SIZE,
     db: Path | None = DB,
 ) -> None:
     """Robust accuracy under an attack suite at one or more eps, with reliability flags."""
@@ -286,6 +303,7 @@ def attack(
             surrogate=surrogate,
             save_examples=save_examples,
             device=device,
+            backend=_backend(backend, workers, scheduler, shard_size),
             progress=say,
         )
     run_id = _save(report, out_file, db)
@@ -366,6 +384,10 @@ def certify(
     mean: str | None = MEAN,
     std: str | None = STD,
     device: str = DEVICE,
+    backend: str = BACKEND,
+    workers: int = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    shard_size: int | None = SHARD_SIZE,
     db: Path | None = DB,
 ) -> None:
     """Certified accuracy from sound bounds at one or more eps."""
@@ -383,6 +405,7 @@ def certify(
             batch_size=batch_size,
             precision=precision,
             device=device,
+            backend=_backend(backend, workers, scheduler, shard_size),
             progress=say,
         )
         if explain_proofs:

@@ -7,9 +7,11 @@ One place for these rules, so that ``rl.run_attack(rl.load_model(p), ...)``, the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -111,10 +113,54 @@ def frozen(module: nn.Module) -> Iterator[None]:
         yield
 
 
+T = TypeVar("T")
+
+# per model, per kind of work: the largest batch known to fit (after an out-of-memory error)
+_FITTING: weakref.WeakKeyDictionary[nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says an allocation failed (CUDA, or the CPU allocator)."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and (
+        "out of memory" in str(e) or "can't allocate memory" in str(e)
+    )
+
+
+def in_batches(
+    work: Callable[[int, int], T], n: int, batch_size: int, module: nn.Module, kind: str
+) -> list[T]:
+    """``work(start, stop)`` over consecutive batches of ``range(n)``. A batch that runs out of
+    memory is halved and retried; the size that worked is remembered for ``module`` and ``kind``
+    (the next call starts from it). ``batch_size`` is the upper limit."""
+    try:
+        sizes = _FITTING.setdefault(module, {})
+    except TypeError:  # a module that cannot be weakly referenced: nothing is remembered
+        sizes = {}
+    size = max(1, min(batch_size, sizes.get(kind, batch_size)))
+    out, start = [], 0
+    while start < n:
+        try:
+            out.append(work(start, min(start + size, n)))
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if not out_of_memory(e) or size == 1:
+                raise
+            size //= 2
+            sizes[kind] = size
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start += size
+    return out
+
+
 def batched_logits(module: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The outputs for ``x``, computed in batches without gradients."""
+    """The outputs for ``x``, computed in batches without gradients (halved when out of memory,
+    ``in_batches``)."""
     with torch.no_grad():
-        return torch.cat([module(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        parts = in_batches(lambda a, b: module(x[a:b]), len(x), batch_size, module, "logits")
+    return torch.cat(parts) if parts else module(x)
 
 
 def check_fits(

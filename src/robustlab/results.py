@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 SCHEMA_VERSION = 2  # of report.json: written into every report (2: smoothing's n, samples)
 
 
@@ -50,6 +52,12 @@ class Metric:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "value": self.value, "higher_is_better": self.higher_is_better}
+
+
+def float32_rate(count: int, n: int) -> float:
+    """``count / n`` as the mean of ``n`` float32 zeros and ones gives it (the accuracies every
+    capability computes with ``tensor.float().mean()``), so merged shards report the same number."""
+    return float(np.float32(count) / np.float32(n)) if n else float("nan")
 
 
 def metric_dicts(metrics: Iterable[Metric], *, keep_missing: bool = False) -> list[dict]:

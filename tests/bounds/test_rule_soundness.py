@@ -1,8 +1,12 @@
 """Every rule of today's operator set is sound: bounds (IBP, CROWN, alpha-CROWN; float64 and
 float32) contain 10^4 sampled outputs and a PGD attack per output (Linf and L2 regions),
-evaluated in float64 on small random networks containing the rule (``rule_nets.py``)."""
+evaluated in float64 on small random networks containing the rule (``rule_nets.py``).
+
+``ROBUSTLAB_TEST_DEVICE=cuda`` computes the bounds on that device (``benchmarks/gpu_check.sh``);
+the samples and the attack stay on the CPU in float64."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -17,6 +21,14 @@ from robustlab.threat import Box, LpBall
 from .rule_nets import RULE_NETS, make
 
 SLOW = {"encoder", "conv-transpose"}
+DEVICE = torch.device(os.environ.get("ROBUSTLAB_TEST_DEVICE", "cpu"))
+
+
+def _on_device(net, threat, x0):
+    """The network, region and centre where the bounds are computed."""
+    if DEVICE.type == "cpu":
+        return net, threat, x0
+    return copy.deepcopy(net).to(DEVICE), threat, x0.to(DEVICE)
 
 
 def _points(net, threat, x0, g):
@@ -49,10 +61,13 @@ def test_rule_bounds_contain_sampled_and_attacked_outputs(name, norm):
     threat = LpBall(norm, 0.3 if norm == "inf" else 0.6)
     out = _points(net, threat, x0, g)
     scale = 1e-9 * (1 + out.abs().amax())
+    dev_net, dev_threat, dev_x0 = _on_device(net, threat, x0)
     for dtype in (torch.float64, torch.float32):
         for method in ("ibp", "crown", "alpha-crown"):
-            b = compute_bounds(net, (threat, x0), method, dtype=dtype, alpha_iterations=5)
-            lo, hi = b.lower.double(), b.upper.double()
+            b = compute_bounds(
+                dev_net, (dev_threat, dev_x0), method, dtype=dtype, alpha_iterations=5
+            )
+            lo, hi = b.lower.double().cpu(), b.upper.double().cpu()
             assert (lo <= hi).all()
             tol = scale if dtype == torch.float64 else 0.0  # float32: rigorous, no tolerance
             assert (out >= lo - tol).all(), (method, dtype, float((lo - out).max()))

@@ -18,7 +18,7 @@ from robustlab.attacks.base import (
     predict,
 )
 from robustlab.data import Dataset
-from robustlab.inputs import ModelLike, fit
+from robustlab.inputs import ModelLike, fit, in_batches
 from robustlab.threat import LpBall, ThreatModel, on_data
 
 
@@ -75,12 +75,14 @@ def attack_points(
     in the threat model and the data range, is finite, and a plain forward pass of ``model``
     misclassifies it."""
     with input_gradients_only(model):
-        x_adv = torch.cat(
-            [
-                attack(counted, x0[i : i + batch_size], y0[i : i + batch_size], threat).detach()
-                for i in range(0, len(x0), batch_size)
-            ]
+        parts = in_batches(
+            lambda a, b: attack(counted, x0[a:b], y0[a:b], threat).detach(),
+            len(x0),
+            batch_size,
+            model,
+            "attack",
         )
+        x_adv = torch.cat(parts) if parts else x0.detach().clone()
     inside = threat.contains(x0, x_adv) & torch.isfinite(x_adv).flatten(1).all(1)
     margin = margins(model, torch.where(view(inside, x_adv), x_adv, x0), y0, batch_size)
     margin = torch.where(inside, margin, torch.inf)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.attacks.base import margin_loss
+from robustlab.inputs import batched_logits
 
 SQUARE_MARGIN = 0.002  # AutoAttack's threshold: Square may beat the white-box attacks by this much
 
@@ -50,8 +51,7 @@ def check_gradients(model: nn.Module, x: Tensor, y: Tensor) -> Flag | None:
 
 def check_randomized(model: nn.Module, x: Tensor, eot: int = 1, repeats: int = 3) -> Flag | None:
     """Outputs that differ across calls on the same inputs (a randomized model or defence)."""
-    with torch.no_grad():
-        outs = [model(x) for _ in range(repeats)]
+    outs = [batched_logits(model, x, max(1, len(x))) for _ in range(repeats)]
     scale = outs[0].abs().amax().clamp_min(1e-12)
     diff = max(float((o - outs[0]).abs().amax() / scale) for o in outs[1:])
     if diff > 1e-5:

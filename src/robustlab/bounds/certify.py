@@ -13,7 +13,7 @@ from robustlab.bounds.api import METHODS, compute_bounds
 from robustlab.bounds.lipschitz import global_lipschitz, l2_radius
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError, canonical, unknown
-from robustlab.inputs import ModelLike, fit
+from robustlab.inputs import ModelLike, batched_logits, fit, in_batches
 from robustlab.threat import LpBall, ThreatModel, on_data
 
 # certify's methods: the bound methods, and the margin / Lipschitz radius (no bound propagation)
@@ -53,10 +53,11 @@ PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
 def _certified(model, data, threat, method, idx, k, batch_size, dtype) -> Tensor:
-    """Whether each point ``idx`` is certified (lower bounds of every margin positive)."""
-    out = []
-    for i in range(0, len(idx), batch_size):
-        part = idx[i : i + batch_size]
+    """Whether each point ``idx`` is certified (lower bounds of every margin positive); batches
+    are halved when out of memory (``inputs.in_batches``)."""
+
+    def batch(start: int, stop: int) -> Tensor:
+        part = idx[start:stop]
         x0, y0 = data.x[part], data.y[part]
         b = compute_bounds(
             model,
@@ -67,7 +68,9 @@ def _certified(model, data, threat, method, idx, k, batch_size, dtype) -> Tensor
             stop_when_positive=True,
             dtype=dtype,
         )
-        out.append((b.lower > 0).all(1))
+        return (b.lower > 0).all(1)
+
+    out = in_batches(batch, len(idx), batch_size, model, f"bounds:{method}:{dtype}")
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
@@ -121,9 +124,7 @@ def certify(
     model.eval()
     try:
         with torch.no_grad():
-            logits = torch.cat(
-                [model(data.x[i : i + batch_size]) for i in range(0, len(data), batch_size)]
-            )
+            logits = batched_logits(model, data.x, batch_size)
             k = logits.shape[1]
             correct = logits.argmax(1) == data.y
             certified = torch.zeros(len(data), dtype=torch.bool)

@@ -15,7 +15,8 @@ from robustlab.bounds.tightness import tightness
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.inputs import ModelLike, fit
-from robustlab.results import Metric, curve_metrics
+from robustlab.results import Metric, curve_metrics, float32_rate
+from robustlab.shards import Backend, run_shards, shard_bounds
 from robustlab.threat import LpBall, eps_values, parse_norm
 
 TIGHTNESS_SAMPLE = 64  # inputs whose tightness ratio is averaged
@@ -78,16 +79,49 @@ def certify_many(
     precision: str = "float64",
     progress: Callable[[str], None] | None = None,
     device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
+    backend: Backend = Backend(),
 ) -> CertifiedCurve:
     """``certify`` with each method at each eps (an Lp ball in the data's value range); a point is
     certified at an eps when any method proves it. Tightness (Linf only) is eps-independent and
-    computed once, at the first eps > 0, on the first ``TIGHTNESS_SAMPLE`` inputs."""
+    computed once, at the first eps > 0, on the first ``TIGHTNESS_SAMPLE`` inputs. ``backend``:
+    the data in shards, in this process or on Dask (``robustlab.shards``); bounds are
+    deterministic, so every backend and shard size gives the same certified points."""
     norm, methods = parse_norm(norm), parse_methods(methods)
     if precision not in PRECISIONS:
         raise RobustlabError(f"precision must be float64 or float32; found '{precision}'")
     eps = eps_values(eps, "eps")
     module, data = fit(model, data, device=device)
-    curve, per_method, certified = [], [], []
+    bounds = shard_bounds(len(data), backend.shard_size)
+    settings = (eps, norm, methods, batch_size, precision)
+    if len(bounds) == 1 and backend.name == "local":
+        per_method, certified = _certify_all(module, data, *settings, progress)
+    else:
+        shards = [(Dataset(data.name, data.x[a:b], data.y[a:b], data.lower, data.upper), settings)
+                  for a, b in bounds]  # fmt: skip
+
+        def done(k: int, total: int) -> None:
+            if progress:
+                progress(f"shard {k} of {total} done")
+
+        parts = run_shards(_certify_shard, shards, backend, shared=(module,), done=done)
+        per_method = _merged_records(parts)
+        certified = [sum((p[1][k] for p in parts), []) for k in range(len(eps))]
+    curve = [
+        {"eps": e, "certified_accuracy": float(torch.tensor(c, dtype=torch.float32).mean())}
+        for e, c in zip(eps, certified, strict=True)
+    ]
+    tight = None
+    if norm == "inf":  # Mao et al.'s tightness is defined for Linf boxes
+        sample = data.x[: min(len(data), TIGHTNESS_SAMPLE)]
+        e0 = next((e for e in eps if e > 0), None)
+        tight = None if e0 is None else float(tightness(module, sample, e0).mean())
+    clean = per_method[0]["clean_accuracy"]
+    return CertifiedCurve(norm, methods, eps, clean, curve, per_method, tight, certified)
+
+
+def _certify_all(module, data, eps, norm, methods, batch_size, precision, progress=None):
+    """Per eps and method, ``certify``'s record (without the points); per eps, the union."""
+    per_method, certified = [], []
     for e in eps:
         threat = LpBall(norm, e, data.lower, data.upper)
         union = None
@@ -98,12 +132,23 @@ def certify_many(
             cert = torch.tensor(r.certified)
             union = cert if union is None else union | cert
             per_method.append({k: v for k, v in r.to_dict().items() if k != "certified"})
-        curve.append({"eps": e, "certified_accuracy": float(union.float().mean())})
         certified.append(union.tolist())
-    tight = None
-    if norm == "inf":  # Mao et al.'s tightness is defined for Linf boxes
-        sample = data.x[: min(len(data), TIGHTNESS_SAMPLE)]
-        e0 = next((e for e in eps if e > 0), None)
-        tight = None if e0 is None else float(tightness(module, sample, e0).mean())
-    clean = per_method[0]["clean_accuracy"]
-    return CertifiedCurve(norm, methods, eps, clean, curve, per_method, tight, certified)
+    return per_method, certified
+
+
+def _certify_shard(module, shard):
+    """One shard's records and certified points (a Dask task)."""
+    data, settings = shard
+    return _certify_all(module, data, *settings)
+
+
+def _merged_records(parts) -> list[dict]:
+    """The shards' per-method records as one: counts from the rates, seconds summed."""
+    out = []
+    for records in zip(*(p[0] for p in parts), strict=True):
+        n = sum(r["n"] for r in records)
+        merged = dict(records[0], n=n, seconds=sum(r["seconds"] for r in records))
+        for rate in ("clean_accuracy", "certified_accuracy"):
+            merged[rate] = float32_rate(sum(round(r[rate] * r["n"]) for r in records), n)
+        out.append(merged)
+    return out

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustlab.attacks import evaluate, predict
+from robustlab.attacks import predict
+from robustlab.attacks.sharded import evaluate_sharded
 from robustlab.attacks.transfer import load_surrogate
 from robustlab.data import Dataset
 from robustlab.jobs.common import Progress, check_eps, check_eps_on, prepare, report_head
 from robustlab.paths import cannot_write, output_file
 from robustlab.results import metric_dicts
+from robustlab.shards import Backend
 from robustlab.threat import parse_norm
 
 
@@ -32,20 +34,22 @@ def attack_job(
     surrogate=None,
     save_examples=None,
     device="cpu",
+    backend: Backend = Backend(),
     progress: Progress | None = None,
 ) -> dict:
     """Robust accuracy under an attack suite (or named attacks) at each eps; keys
     ``clean_accuracy``, ``robust_accuracy`` (first eps), ``curve``, ``per_attack``, ``flags``,
     ``certified_skipped``. ``surrogate``: the model the transfer attack crafts its examples on;
     ``eot``: forward passes per gradient; ``save_examples``: an ``.npz`` file for the adversarial
-    examples (``save_examples``); ``device``: cpu, cuda or auto (``inputs.resolve_device``)."""
+    examples (``save_examples``); ``device``: cpu, cuda or auto (``inputs.resolve_device``);
+    ``backend``: the data in shards, in this process or on Dask (``shards.Backend``)."""
     eps, norm = check_eps(eps), parse_norm(norm)
     model, data = prepare(model_src, data_src, n, device)
     check_eps_on(eps, norm, data)
     sur, attacks = load_surrogate(surrogate, data, attacks)
     if progress:
         progress(f"{suite if attacks is None else ','.join(attacks)} on {len(data)} examples")
-    result = evaluate(
+    result = evaluate_sharded(
         model.module,
         data,
         eps,
@@ -56,6 +60,7 @@ def attack_job(
         seed=seed,
         eot=eot,
         surrogate=sur.module if sur else None,
+        backend=backend,
         progress=progress,
     )
     settings = {
@@ -66,6 +71,8 @@ def attack_job(
         "seed": seed,
         "eot": eot,
     }
+    if backend.name != "local" or backend.shard_size:
+        settings["shards"] = {"backend": backend.name, "shard_size": backend.shard_size}
     if sur:
         settings["surrogate"] = sur.to_dict()
     report = report_head("attack", model, data, settings)

@@ -11,6 +11,7 @@ from robustlab.bounds.certify_many import parse_methods as parse_methods
 from robustlab.errors import RobustlabError
 from robustlab.jobs.common import Progress, check_eps, check_eps_on, prepare, report_head
 from robustlab.results import metric_dicts
+from robustlab.shards import Backend
 from robustlab.threat import parse_norm
 
 
@@ -25,6 +26,7 @@ def certify_job(
     batch_size: int = 256,
     precision: str = "float64",
     device="cpu",
+    backend: Backend = Backend(),
     progress: Progress | None = None,
 ) -> dict:
     """Certified accuracy at each eps for one or more bound methods; keys ``clean_accuracy``,
@@ -37,8 +39,10 @@ def certify_job(
     model, data = prepare(model_src, data_src, n, device)
     check_eps_on(eps, norm, data)
     result = certify_many(model.module, data, eps, norm, methods, batch_size=batch_size,
-                          precision=precision, progress=progress)  # fmt: skip
+                          precision=precision, progress=progress, backend=backend)  # fmt: skip
     settings = {"methods": methods, "norm": norm, "eps": eps, "precision": precision}
+    if backend.name != "local" or backend.shard_size:
+        settings["shards"] = {"backend": backend.name, "shard_size": backend.shard_size}
     report = report_head("certify", model, data, settings)
     report.update(result.to_dict())
     report["metrics"] = metric_dicts(result.metrics(), keep_missing=True)

@@ -1,0 +1,115 @@
+"""robustlab.shards: shards, seeds, backends; attack and certify on a 2-worker Dask LocalCluster
+give the local run's results, also when a worker is killed mid-run (issue 23)."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from robustlab.attacks.sharded import evaluate_sharded
+from robustlab.bounds.certify_many import certify_many
+from robustlab.data import Dataset
+from robustlab.errors import RobustlabError
+from robustlab.shards import Backend, run_shards, shard_bounds, shard_seeds
+
+
+def test_shards_cover_the_data_once():
+    assert shard_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert shard_bounds(10, None) == [(0, 10)]
+    assert shard_bounds(3, 8) == [(0, 3)]
+
+
+def test_one_shard_keeps_the_seed_and_many_get_distinct_repeatable_ones():
+    assert shard_seeds(7, 1) == [7]
+    seeds = shard_seeds(7, 5)
+    assert len(set(seeds)) == 5 and seeds == shard_seeds(7, 5) and seeds != shard_seeds(8, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"name": "spark"}, "unknown backend 'spark'"),
+        ({"workers": 0}, "workers must be a positive integer"),
+        ({"shard_size": 0}, "shard_size must be a positive integer"),
+    ],
+)
+def test_bad_backends_are_refused_in_one_line(kwargs, match):
+    with pytest.raises(RobustlabError, match=match):
+        Backend(**kwargs)
+
+
+def test_local_shards_run_in_order():
+    seen = []
+    out = run_shards(lambda c, s: c * s, [1, 2, 3], Backend(), shared=(10,),
+                     done=lambda k, n: seen.append((k, n)))  # fmt: skip
+    assert out == [10, 20, 30] and seen == [(1, 3), (2, 3), (3, 3)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as c:  # fmt: skip
+        yield c
+
+
+def _on(cluster, shard_size):
+    return Backend("dask", scheduler=cluster.scheduler_address, shard_size=shard_size)
+
+
+def _without_seconds(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+@pytest.mark.slow
+def test_certify_on_dask_is_the_local_result(cluster, mlp, digits):
+    data = Dataset(digits.name, digits.x[:120], digits.y[:120], digits.lower, digits.upper)
+    local = certify_many(mlp, data, [0.01, 0.03], "inf", "ibp,crown")
+    dask = certify_many(mlp, data, [0.01, 0.03], "inf", "ibp,crown", backend=_on(cluster, 32))
+    assert dask.certified == local.certified
+    assert dask.curve == local.curve and dask.tightness == local.tightness
+    assert _without_seconds(dask.per_method) == _without_seconds(local.per_method)
+
+
+@pytest.mark.slow
+def test_attack_on_dask_is_the_local_sharded_result(cluster, mlp, digits):
+    data = Dataset(digits.name, digits.x[:96], digits.y[:96], digits.lower, digits.upper)
+    kw = dict(attacks=["pgd"], seed=3)  # one attack: no time-based choice of what to bound
+    local = evaluate_sharded(mlp, data, [0.05, 0.1], "inf", backend=Backend(shard_size=32), **kw)
+    dask = evaluate_sharded(mlp, data, [0.05, 0.1], "inf", backend=_on(cluster, 32), **kw)
+    assert dask.n == local.n == 96
+    assert dask.robust == local.robust and dask.broken_by == local.broken_by
+    assert dask.curve == local.curve and dask.clean_accuracy == local.clean_accuracy
+    keep = ("attack", "eps", "n_attacked", "n_broken", "n_outside")
+    assert [{k: r[k] for k in keep} for r in dask.per_attack] == [
+        {k: r[k] for k in keep} for r in local.per_attack
+    ]
+    for a, b in zip(dask.x_adv, local.x_adv, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=4 * torch.finfo(a.dtype).eps)
+    one = evaluate_sharded(mlp, data, [0.05, 0.1], "inf", **kw)  # one shard: evaluate's own run
+    assert one.n == 96 and len(one.robust[0]) == 96
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_loses_nothing(cluster, mlp, digits):
+    distributed = pytest.importorskip("distributed")
+    data = Dataset(digits.name, digits.x[:240], digits.y[:240], digits.lower, digits.upper)
+    killed = []
+
+    def kill_one(message: str) -> None:
+        if message.startswith("shard ") and not killed:
+            with distributed.Client(cluster.scheduler_address) as client:
+                victim = sorted(client.scheduler_info()["workers"])[0]
+                pid = client.run(os.getpid, workers=[victim])[victim]
+            os.kill(pid, signal.SIGKILL)  # the nanny starts a new worker; its tasks run again
+            killed.append(victim)
+
+    local = certify_many(mlp, data, [0.02], "inf", "crown")
+    dask = certify_many(mlp, data, [0.02], "inf", "crown", backend=_on(cluster, 8),
+                        progress=kill_one)  # fmt: skip
+    assert killed
+    assert [r["n"] for r in dask.per_method] == [240]  # nothing lost, nothing counted twice
+    assert dask.certified == local.certified and dask.curve == local.curve
