@@ -113,3 +113,20 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster, mlp, digits):
     assert killed
     assert [r["n"] for r in dask.per_method] == [240]  # nothing lost, nothing counted twice
     assert dask.certified == local.certified and dask.curve == local.curve
+
+
+@pytest.mark.slow
+def test_corruptions_on_dask_are_the_local_result(cluster, mlp, digits):
+    from robustlab import zoo
+    from robustlab.corruptions.evaluate import evaluate_corruptions
+
+    data = Dataset(digits.name, digits.x[:64], digits.y[:64], digits.lower, digits.upper)
+    names, kw = ["gaussian_noise", "shot_noise", "contrast"], dict(seed=5, batch_size=16)
+    base = zoo.pretrained("cnn")
+    local = evaluate_corruptions(mlp, data, names, "1,3", baseline=base, **kw)
+    dask = evaluate_corruptions(mlp, data, names, "1,3", baseline=base, backend=_on(cluster, None),
+                                **kw)  # fmt: skip
+    skip = ("seconds", "corruption_seconds")
+    assert {k: v for k, v in dask.to_dict().items() if k not in skip} == {
+        k: v for k, v in local.to_dict().items() if k not in skip
+    }

@@ -330,6 +330,9 @@ def corrupt(
     mean: str | None = MEAN,
     std: str | None = STD,
     device: str = DEVICE,
+    backend: str = BACKEND,
+    workers: int = WORKERS,
+    scheduler: str | None = SCHEDULER,
     db: Path | None = DB,
 ) -> None:
     """Natural robustness: common corruptions (mCE), small transformations, frequency-band noise."""
@@ -348,6 +351,7 @@ def corrupt(
             seed=seed,
             max_shift=max_shift,
             device=device,
+            backend=_backend(backend, workers, scheduler, None),
             progress=say,
         )
     run_id = _save(report, out_file, db)

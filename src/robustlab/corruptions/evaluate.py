@@ -31,6 +31,7 @@ from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.inputs import fit
 from robustlab.results import Metric
+from robustlab.shards import Backend, run_shards
 
 Progress = Callable[[str], None]
 
@@ -131,11 +132,13 @@ def evaluate_corruptions(
     seed: int = 0,
     progress: Progress | None = None,
     device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
+    backend: Backend = Backend(),
 ) -> CorruptionResult:
     """Accuracy of ``model`` (and of ``baseline`` on the same corrupted inputs) under each
     corruption at each severity; the corruption of every batch is seeded by ``seed``, the
     corruption name, the severity and the batch index, so results do not depend on the order.
-    Images (N, C, H, W) take the image corruptions, rows (N, F) the tabular ones."""
+    Images (N, C, H, W) take the image corruptions, rows (N, F) the tabular ones. ``backend``
+    dask: each corruption one Dask task (``robustlab.shards``), the same numbers as here."""
     start = time.perf_counter()
     model, data = fit(model, data, device=device)  # load_model's, a module or a path
     if baseline is not None:
@@ -159,35 +162,25 @@ def evaluate_corruptions(
             return corrupt(xb, name, s, sd, lower=data.lower, upper=data.upper)
 
     models = [model] if baseline is None else [model, baseline]
-    y, n = data.y, len(data)
-    clean = [0] * len(models)
-    for i in range(0, n, batch_size):
-        for k, c in enumerate(_correct(models, data.x[i : i + batch_size], y[i : i + batch_size])):
-            clean[k] += c
-    passes = len(models) * n
-    rows, base_rows = [], []
-    corrupt_seconds = 0.0
-    for name in names:
-        if progress:
-            progress(f"{name} at severities {','.join(map(str, sevs))} on {n} examples")
-        for s in sevs:
-            correct = [0] * len(models)
-            for b, i in enumerate(range(0, n, batch_size)):
-                t0 = time.perf_counter()
-                xc = apply(data.x[i : i + batch_size], name, s, stable_seed(seed, name, s, b))
-                corrupt_seconds += time.perf_counter() - t0
-                got = _correct(models, xc, y[i : i + batch_size])
-                correct = [a + g for a, g in zip(correct, got, strict=True)]
-            passes += len(models) * n
-            rows.append({"corruption": name, "severity": s, "accuracy": correct[0] / n})
-            if baseline is not None:
-                base_rows.append({"corruption": name, "severity": s, "accuracy": correct[1] / n})
-    clean_acc = clean[0] / n
+    n = len(data)
+    if backend.name == "dask" and len(names) > 1:  # one task per corruption (seeds per batch)
+        tasks = [(data, nm, sevs, batch_size, seed) for nm in names]
+        parts = run_shards(_one_corruption, tasks, backend, shared=(model, baseline))
+        rows = [r for p in parts for r in p.table]
+        base_rows = [r for p in parts for r in p.baseline["table"]] if baseline is not None else []
+        clean_acc = parts[0].clean_accuracy
+        base_clean = parts[0].baseline["clean_accuracy"] if baseline is not None else None
+        passes = sum(p.forward_passes for p in parts) - (len(parts) - 1) * len(models) * n
+        corrupt_seconds = sum(p.corruption_seconds for p in parts)
+    else:
+        clean, rows, base_rows, passes, corrupt_seconds = _count(
+            models, data, names, sevs, apply, batch_size, seed, progress
+        )
+        clean_acc = clean[0] / n
+        base_clean = clean[1] / n if baseline is not None else None
     errors = {nm: [1 - r["accuracy"] for r in rows if r["corruption"] == nm] for nm in names}
     base_errors = None
-    base_clean = None
     if baseline is not None:
-        base_clean = clean[1] / n
         base_errors = {
             nm: [1 - r["accuracy"] for r in base_rows if r["corruption"] == nm] for nm in names
         }
@@ -222,4 +215,40 @@ def evaluate_corruptions(
         forward_passes=passes,
         corruption_seconds=corrupt_seconds,
         seconds=time.perf_counter() - start,
+    )
+
+
+def _count(models, data, names, sevs, apply, batch_size, seed, progress):
+    """Correct predictions clean and per corruption and severity, for each model."""
+    y, n = data.y, len(data)
+    clean = [0] * len(models)
+    for i in range(0, n, batch_size):
+        for k, c in enumerate(_correct(models, data.x[i : i + batch_size], y[i : i + batch_size])):
+            clean[k] += c
+    passes = len(models) * n
+    rows, base_rows = [], []
+    corrupt_seconds = 0.0
+    for name in names:
+        if progress:
+            progress(f"{name} at severities {','.join(map(str, sevs))} on {n} examples")
+        for s in sevs:
+            correct = [0] * len(models)
+            for b, i in enumerate(range(0, n, batch_size)):
+                t0 = time.perf_counter()
+                xc = apply(data.x[i : i + batch_size], name, s, stable_seed(seed, name, s, b))
+                corrupt_seconds += time.perf_counter() - t0
+                got = _correct(models, xc, y[i : i + batch_size])
+                correct = [a + g for a, g in zip(correct, got, strict=True)]
+            passes += len(models) * n
+            rows.append({"corruption": name, "severity": s, "accuracy": correct[0] / n})
+            if len(models) > 1:
+                base_rows.append({"corruption": name, "severity": s, "accuracy": correct[1] / n})
+    return clean, rows, base_rows, passes, corrupt_seconds
+
+
+def _one_corruption(model, baseline, task) -> CorruptionResult:
+    """One corruption at every severity (a Dask task of ``evaluate_corruptions``)."""
+    data, name, sevs, batch_size, seed = task
+    return evaluate_corruptions(
+        model, data, [name], sevs, baseline=baseline, batch_size=batch_size, seed=seed
     )

@@ -13,6 +13,7 @@ from robustlab.corruptions.tabular import tabular_names
 from robustlab.corruptions.transforms import evaluate_transformations
 from robustlab.jobs.common import check_fits, load_beside, prepare, report_head
 from robustlab.results import metric_dicts
+from robustlab.shards import Backend
 
 Progress = Callable[[str], None]
 
@@ -38,9 +39,11 @@ def corrupt_job(
     transformations: bool = True,
     frequency: bool = True,
     device="cpu",
+    backend: Backend = Backend(),
     progress: Progress | None = None,
 ) -> dict:
-    """Natural robustness of a model on a dataset; keys ``clean_accuracy``, ``table``,
+    """Natural robustness of a model on a dataset (``backend`` dask: each corruption a Dask
+    task, the same numbers); keys ``clean_accuracy``, ``table``,
     ``per_corruption``, ``mean_corruption_accuracy``, ``mce`` / ``relative_mce`` (with a
     baseline, else None), ``transformations``, ``frequency_channel``, ``frequency``,
     ``examples``."""
@@ -59,6 +62,7 @@ def corrupt_job(
         batch_size=batch_size,
         seed=seed,
         progress=progress,
+        backend=backend,
     )
     report = report_head(
         "corrupt",
