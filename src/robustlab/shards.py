@@ -11,7 +11,8 @@ counted twice. Without an address a ``LocalCluster`` of ``workers`` processes is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -90,24 +91,35 @@ def run_shards(
     return _dask(task, shards, backend, shared, done)
 
 
-def _dask(task, shards, backend: Backend, shared, done) -> list:
+@contextmanager
+def dask_client(workers: int, scheduler: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client`` of the cluster at ``scheduler``, or of a ``LocalCluster`` of
+    ``workers`` one-thread processes bound to 127.0.0.1 only (closed on exit)."""
     try:
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import Client, LocalCluster
     except ImportError:
         raise RobustlabError("the dask backend needs: pip install 'robustlab[dask]'") from None
-    cluster = None
-    if backend.scheduler:
-        client = Client(backend.scheduler)
-    else:
-        cluster = LocalCluster(
-            n_workers=backend.workers,
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers,
             threads_per_worker=1,
             host="127.0.0.1",
             dashboard_address=None,
             processes=True,
-        )
-        client = Client(cluster)
-    try:
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def _dask(task, shards, backend: Backend, shared, done) -> list:
+    with dask_client(backend.workers, backend.scheduler) as client:
+        from distributed import as_completed  # dask_client has checked that it is installed
+
         args = [client.scatter(s, broadcast=True) for s in shared]
         futures = [
             client.submit(
@@ -122,7 +134,3 @@ def _dask(task, shards, backend: Backend, shared, done) -> list:
             if done:
                 done(len(out), len(shards))
         return [out[k] for k in range(len(shards))]
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from robustlab.errors import RobustlabError
+from robustlab.shards import dask_client
 from robustlab.verify.verifier import verify
 
 GRACE = 2.0  # seconds past an instance's timeout before its worker process is ended
@@ -236,31 +237,12 @@ def _local(
 def _dask(
     pending: list[Instance], workers: int, scheduler: str | None
 ) -> Iterator[tuple[Instance, str, float]]:
-    try:
-        from distributed import Client, LocalCluster
-        from distributed import as_completed as dask_completed
-    except ImportError:
-        raise RobustlabError("the dask backend needs: pip install 'robustlab[dask]'") from None
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-    else:  # a local cluster bound to loopback only
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=None,
-            processes=True,
-        )
-        client = Client(cluster)
-    try:
+    with dask_client(workers, scheduler) as client:
+        from distributed import as_completed  # dask_client has checked that it is installed
+
         futures = client.map(_run_one, pending, pure=False)
-        for fut in dask_completed(futures):
+        for fut in as_completed(futures):
             yield fut.result()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def run_benchmark(
