@@ -43,3 +43,19 @@ def test_frontier_rows_and_end_to_end_robustness(mlp, digits):
 def test_mix_rejects_no_strengths(mlp, digits):
     with pytest.raises(RobustlabError, match="strength"):
         mix(mlp, mlp, digits.subset(20), 0.03, strengths=[])
+
+
+def test_strengths_left_out_when_time_runs_short(mlp, digits):
+    asked: list[float] = []
+
+    def fits_in(seconds: float) -> bool:
+        asked.append(seconds)
+        return False
+
+    heard: list[str] = []
+    r = mix(mlp, mlp, digits.subset(40), 0.03, strengths=[1.0, 0.9, 0.8], grid=SMALL,
+            fits_in=fits_in, progress=heard.append)  # fmt: skip
+    assert [row["name"] for row in r.rows] == ["accurate", "robust", "mix q=1"]  # first always
+    assert r.skipped == [0.9, 0.8] and r.to_dict()["skipped"] == [0.9, 0.8]
+    assert len(asked) == 1 and asked[0] > 0 and len(r.fits) == 1 and r.chosen == 2
+    assert any("broke" in m for m in heard)  # the attack engine reports through progress

@@ -58,6 +58,7 @@ class MixResult:
     target: dict  # {clean_at_least, robust_at_least, met}
     seconds: float
     note: str | None = None  # when the data shows no trade-off to alleviate
+    skipped: list[float] = field(default_factory=list)  # strengths left out for lack of time
     fits: list[MixFit] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -71,6 +72,7 @@ class MixResult:
             "chosen": self.chosen,
             "target": self.target,
             "note": self.note,
+            "skipped": self.skipped,
             "seconds": self.seconds,
         }
 
@@ -86,9 +88,9 @@ class MixResult:
 
 
 def _robust(model: nn.Module, data: Dataset, eps: float, norm: str, suite: str, seed: int,
-            batch_size: int) -> torch.Tensor:  # fmt: skip
+            batch_size: int, say: Progress) -> torch.Tensor:  # fmt: skip
     r = evaluate(model, data, [eps], norm, suite=suite, seed=seed, batch_size=batch_size,
-                 checks=False)  # fmt: skip
+                 checks=False, progress=say)  # fmt: skip
     return torch.tensor(r.robust[0])
 
 
@@ -111,9 +113,14 @@ def mix(
     seed: int = 0,
     batch_size: int = 256,
     progress: Progress | None = None,
+    fits_in: Callable[[float], bool] | None = None,
 ) -> MixResult:
     """MixedNUTS mixtures of ``accurate`` and ``robust`` at each strength, fitted on a share
-    ``fit_share`` of ``data`` and measured on the rest, with both members beside them."""
+    ``fit_share`` of ``data`` and measured on the rest, with both members beside them.
+
+    ``progress`` hears of every attack; ``fits_in(seconds)`` (e.g. a deadline's ``fits``) is
+    asked before each mixture after the first with the time the last one took: when it says
+    no, the remaining strengths are left out (listed in ``skipped``)."""
     say = progress or (lambda _m: None)
     norm = parse_norm(norm)
     threat = LpBall(norm, eps, data.lower, data.upper)
@@ -128,9 +135,10 @@ def mix(
     fd = fit_data(accurate, robust, fit_d.x, fit_d.y, threat, seed=seed, batch_size=batch_size)
     fits = [fit_mixture(fd, q, grid or GRID) for q in strengths]
     rows = []
+    t_members = time.perf_counter()
     for name, model in (("accurate", accurate), ("robust", robust)):
         say(f"attacking the {name} model ({len(eval_d)} examples)")
-        rob = _robust(model, eval_d, eps, norm, suite, seed, batch_size)
+        rob = _robust(model, eval_d, eps, norm, suite, seed, batch_size, say)
         alpha = 0.0 if name == "accurate" else 1.0
         rows.append({"name": name, "strength": None, "alpha": alpha, "transform": None,
                      "clean_accuracy": _clean(model, eval_d),
@@ -138,11 +146,19 @@ def mix(
                      "robust_exact_gradient": float(rob.double().mean()),
                      "robust_surrogate_gradient": None, "fit_clean_accuracy": None,
                      "fit_kept": None})  # fmt: skip
+    last = 2 * (time.perf_counter() - t_members)  # two attacks, each on both members at once
+    skipped: list[float] = []
     for f in fits:
+        if skipped or (fits_in is not None and len(rows) > 2 and not fits_in(last)):
+            skipped.append(f.strength)
+            continue
         say(f"attacking the mixture of strength {f.strength:g} end to end")
+        t0 = time.perf_counter()
         mixed = MixedClassifier(accurate, robust, f.alpha, f.transform)
-        exact = _robust(mixed, eval_d, eps, norm, suite, seed, batch_size)
-        surr = _robust(mixed.with_gradient("surrogate"), eval_d, eps, norm, suite, seed, batch_size)
+        exact = _robust(mixed, eval_d, eps, norm, suite, seed, batch_size, say)
+        surr = _robust(mixed.with_gradient("surrogate"), eval_d, eps, norm, suite, seed,
+                       batch_size, say)  # fmt: skip
+        last = time.perf_counter() - t0
         rows.append({"name": f"mix q={f.strength:g}", **f.to_dict(),
                      "clean_accuracy": _clean(mixed, eval_d),
                      "robust_accuracy": float((exact & surr).double().mean()),
@@ -173,4 +189,5 @@ def mix(
             f"({acc['clean_accuracy']:.4f}), so the target is met without mixing helping"
         )
     return MixResult(eps, norm, suite, len(fit_d), len(eval_d), rows, chosen, target,
-                     time.perf_counter() - start, note=note, fits=fits)  # fmt: skip
+                     time.perf_counter() - start, note=note, skipped=skipped,
+                     fits=fits[: len(rows) - 2])  # fmt: skip
