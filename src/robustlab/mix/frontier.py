@@ -15,7 +15,7 @@ from torch import nn
 from robustlab.attacks import evaluate
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
-from robustlab.mix.fit import GRID, MixFit, fit_data, fit_mixture
+from robustlab.mix.fit import GRID, MixFit, fit_data, fit_mixture, target_strength
 from robustlab.mix.transform import MixedClassifier
 from robustlab.results import Metric
 from robustlab.threat import LpBall, parse_norm
@@ -112,11 +112,15 @@ def mix(
     grid: dict | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    fit_target: bool = True,
     progress: Progress | None = None,
     fits_in: Callable[[float], bool] | None = None,
 ) -> MixResult:
     """MixedNUTS mixtures of ``accurate`` and ``robust`` at each strength, fitted on a share
     ``fit_share`` of ``data`` and measured on the rest, with both members beside them.
+    ``fit_target``: also the strength MixedNUTS's constraint gives on the fit split (robust
+    accuracy within 2 points of the robust member's: :func:`target_strength`), in its place
+    among the others (its row says ``fit_target``).
 
     ``progress`` hears of every attack; ``fits_in(seconds)`` (e.g. a deadline's ``fits``) is
     asked before each mixture after the first with the time the last one took: when it says
@@ -133,6 +137,10 @@ def mix(
     fit_d, eval_d = split(data, fit_share, seed)
     say(f"minimum-margin attack on the robust model ({len(fit_d)} fit examples)")
     fd = fit_data(accurate, robust, fit_d.x, fit_d.y, threat, seed=seed, batch_size=batch_size)
+    q_fit = target_strength(fd, ROBUST_SLACK) if fit_target else None
+    if q_fit is not None and all(abs(q - q_fit) > 1e-9 for q in strengths):
+        at = next((i for i, q in enumerate(strengths) if q < q_fit), len(strengths))
+        strengths.insert(at, q_fit)
     fits = [fit_mixture(fd, q, grid or GRID) for q in strengths]
     rows = []
     t_members = time.perf_counter()
@@ -145,7 +153,7 @@ def mix(
                      "robust_accuracy": float(rob.double().mean()),
                      "robust_exact_gradient": float(rob.double().mean()),
                      "robust_surrogate_gradient": None, "fit_clean_accuracy": None,
-                     "fit_kept": None})  # fmt: skip
+                     "fit_kept": None, "fit_target": False})  # fmt: skip
     last = 2 * (time.perf_counter() - t_members)  # two attacks, each on both members at once
     skipped: list[float] = []
     for f in fits:
@@ -159,7 +167,10 @@ def mix(
         surr = _robust(mixed.with_gradient("surrogate"), eval_d, eps, norm, suite, seed,
                        batch_size, say)  # fmt: skip
         last = time.perf_counter() - t0
-        rows.append({"name": f"mix q={f.strength:g}", **f.to_dict(),
+        aimed = q_fit is not None and abs(f.strength - q_fit) <= 1e-9
+        rows.append({"name": f"mix q={f.strength:.3g} (fit target)" if aimed
+                     else f"mix q={f.strength:g}",
+                     **f.to_dict(), "fit_target": aimed,
                      "clean_accuracy": _clean(mixed, eval_d),
                      "robust_accuracy": float((exact & surr).double().mean()),
                      "robust_exact_gradient": float(exact.double().mean()),
