@@ -12,6 +12,7 @@ see which differences are larger than the seed's. No peer: the issue asks for th
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -40,6 +41,10 @@ def mean_table(tables: list[Comparison]) -> Comparison:
     return Comparison(tables[0].eps, rows)
 
 
+def _load(avg: tuple[float, float, float]) -> str:
+    return " / ".join(f"{v:.1f}" for v in avg)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eps", type=float, default=0.1)
@@ -55,6 +60,7 @@ def main() -> None:
     for arch in args.arch.split(","):
         tables = []
         for seed in seeds:
+            load0 = os.getloadavg()
 
             def build(arch=arch, seed=seed):
                 with torch.random.fork_rng():
@@ -69,7 +75,8 @@ def main() -> None:
             print(f"\nzoo {arch} on digits ({len(train_d)} train / {len(test_d)} test), Linf eps "
                   f"{args.eps}, L2 {args.l2_eps}, {args.epochs} epochs, batch 32, Adam lr 1e-2, "
                   f"seed {seed}; robust: suite '{args.suite}'; certified: IBP, CROWN or "
-                  f"Lipschitz; {THREADS} threads, shared machine\n")  # fmt: skip
+                  f"Lipschitz; {THREADS} threads, shared machine; load average (1, 5, 15 min) "
+                  f"{_load(load0)} before, {_load(os.getloadavg())} after\n")  # fmt: skip
             print(table.markdown(), flush=True)
         if len(tables) > 1:
             print(f"\nzoo {arch}: mean over seeds {seeds}\n")
