@@ -66,6 +66,8 @@ def test_decide_stages_answer_within_the_audit_deadline(tmp_path):
         # stopped at the first progress report past the hard deadline (soft * 1.25 + 1 s): one
         # step late at most (an attack run, an encoder epoch: 0.5-2.2 s at load 10)
         assert s["seconds"] <= s["budget_s"] * 1.25 + 1 + 5, s
+    if stages["mix"]["status"] == "partial":  # the result's own note kept, the stage's added
+        assert "no trade-off" in stages["mix"]["note"] and "left out" in stages["mix"]["note"]
 
 
 def test_stages_absent_unless_asked_and_checked(monkeypatch, capsys):

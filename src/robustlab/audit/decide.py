@@ -22,6 +22,11 @@ ENCODER_SHARE = 0.35  # of the detect stage's time for training the self-supervi
 QUICK_STRENGTHS = (1.0, 0.98, 0.95, 0.9, 0.8)
 
 
+def _joined(note: str | None, more: str) -> str:
+    """A result's own note (a verdict) kept, the stage's added after it."""
+    return more if not note else f"{note}; {more}"
+
+
 def conformal_stage(ctx: Context, deadline: Deadline, say: Progress, *, alpha: float) -> dict:
     """Coverage and set size of the three kinds of sets, clean and under attack."""
 
@@ -56,7 +61,8 @@ def detect_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
                   adaptive_steps=15 if quick else 50, seed=ctx.seed, progress=say)  # fmt: skip
     out = {**r.to_dict(), "metrics": r.metric_dicts()}
     if r.encoder["epochs"] < epochs:
-        out["note"] = f"time budget: the encoder trained {r.encoder['epochs']} of {epochs} epochs"
+        out["note"] = _joined(out.get("note"), f"time budget: the encoder trained "
+                              f"{r.encoder['epochs']} of {epochs} epochs")  # fmt: skip
     return out
 
 
@@ -73,8 +79,9 @@ def mix_stage(ctx: Context, deadline: Deadline, say: Progress, *, accurate: Load
     out = {**r.to_dict(), "accurate": accurate.name,
            "metrics": metric_dicts(r.metrics(), keep_missing=True)}  # fmt: skip
     if r.skipped:
-        out.update(partial=True, note="time budget: strengths "
-                   + ", ".join(f"{q:g}" for q in r.skipped) + " left out")  # fmt: skip
+        left = ", ".join(f"{q:.3g}" for q in r.skipped)
+        out.update(partial=True, note=_joined(out.get("note"), f"time budget: strengths {left} "
+                                              "left out"))  # fmt: skip
     return out
 
 
