@@ -6,12 +6,14 @@ columns), with training time per method. ``--seeds 0,1,2`` repeats the run and a
 see which differences are larger than the seed's. No peer: the issue asks for the table itself.
 
     python benchmarks/train_benchmark.py [--eps 0.1] [--l2-eps 0.5] [--epochs 20] [--arch mlp,cnn]
-        [--methods standard,pgd-at,...] [--suite fast] [--seeds 0]
+        [--methods standard,pgd-at,...] [--suite fast] [--seeds 0] [--optimizer adam|sgd]
+        [--lr 1e-2] [--iat-adversary clean|interpolated]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -40,6 +42,10 @@ def mean_table(tables: list[Comparison]) -> Comparison:
     return Comparison(tables[0].eps, rows)
 
 
+def _load(avg: tuple[float, float, float]) -> str:
+    return " / ".join(f"{v:.1f}" for v in avg)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eps", type=float, default=0.1)
@@ -49,12 +55,18 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--suite", default="fast")
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--optimizer", default="adam", help="adam (cosine) or sgd (step decay)")
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument(
+        "--iat-adversary", default="clean", help="interpolated-at: clean or interpolated"
+    )
     args = ap.parse_args()
     train_d, test_d = load_digits_split(train=True), load_digits_split(train=False)
     seeds = [int(s) for s in args.seeds.split(",")]
     for arch in args.arch.split(","):
         tables = []
         for seed in seeds:
+            load0 = os.getloadavg()
 
             def build(arch=arch, seed=seed):
                 with torch.random.fork_rng():
@@ -63,13 +75,16 @@ def main() -> None:
 
             table = compare(build, train_d, test_d, args.methods.split(","), args.eps,
                             epochs=args.epochs, suite=args.suite, l2_eps=args.l2_eps,
-                            method_kwargs={"lipschitz": {"eps": args.l2_eps}},
-                            seed=seed)  # fmt: skip
+                            method_kwargs={"lipschitz": {"eps": args.l2_eps},
+                                           "interpolated-at": {"adversary": args.iat_adversary}},
+                            seed=seed, optimizer=args.optimizer, lr=args.lr)  # fmt: skip
             tables.append(table)
             print(f"\nzoo {arch} on digits ({len(train_d)} train / {len(test_d)} test), Linf eps "
-                  f"{args.eps}, L2 {args.l2_eps}, {args.epochs} epochs, batch 32, Adam lr 1e-2, "
+                  f"{args.eps}, L2 {args.l2_eps}, {args.epochs} epochs, batch 32, {args.optimizer} lr "
+                  f"{args.lr:g}, interpolated-at adversary {args.iat_adversary}, "
                   f"seed {seed}; robust: suite '{args.suite}'; certified: IBP, CROWN or "
-                  f"Lipschitz; {THREADS} threads, shared machine\n")  # fmt: skip
+                  f"Lipschitz; {THREADS} threads, shared machine; load average (1, 5, 15 min) "
+                  f"{_load(load0)} before, {_load(os.getloadavg())} after\n")  # fmt: skip
             print(table.markdown(), flush=True)
         if len(tables) > 1:
             print(f"\nzoo {arch}: mean over seeds {seeds}\n")

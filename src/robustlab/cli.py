@@ -219,6 +219,12 @@ def audit(
         None, "--conformal", help="Conformal sets (split, RSCP+, VRCP) at this alpha."
     ),
     detect: bool = typer.Option(False, "--detect", help="BEYOND detection, adaptive attack."),
+    mix_accurate: str | None = typer.Option(
+        None, "--mix-accurate", help="Mix this accurate model with the audited (robust) one."
+    ),
+    abstain: float | None = typer.Option(
+        None, "--abstain", help="Certify-or-abstain at this radius, with the availability attack."
+    ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
@@ -234,11 +240,13 @@ def audit(
 
     _outputs(out_dir, db, folder=True)
     eps_values = None if eps is None else _eps_list(eps)
+    accurate = None if mix_accurate is None else _model(mix_accurate, mean, std)
 
     def job(say, on_stage):
         return audit_job(_model(model, mean, std), data, eps_values, norm, profile=profile,
                          baseline=baseline, budget=budget, sigma=smoothing, n=n, seed=seed,
-                         conformal=conformal, detect=detect,
+                         conformal=conformal, detect=detect, abstain=abstain,
+                         mix_accurate=accurate,
                          batch_size=batch_size, device=device,
                          out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 

@@ -50,3 +50,19 @@ def test_bad_arguments(mlp, digits):
         certify_or_abstain(mlp, digits.subset(4), -0.1, 0.03)
     with pytest.raises(RobustlabError, match="norm"):
         certify_or_abstain(mlp, digits.subset(4), 0.01, 0.03, "1")
+
+
+def test_results_on_chunks_merge_into_the_whole(mlp, digits):
+    from robustlab.abstain import AbstainResult
+
+    d = digits.subset(24)
+    halves = [d.subset(12), type(d)(d.name, d.x[12:], d.y[12:], d.lower, d.upper)]
+    parts = [certify_or_abstain(mlp, h, 0.015, 0.03, steps=5, seed=i) for i, h in enumerate(halves)]
+    m = AbstainResult.merged(parts)
+    assert m.examples == 24 and m.seconds == pytest.approx(sum(p.seconds for p in parts))
+    for cond in ("clean", "attacked"):
+        for key in ("abstain_rate", "accuracy", "wrong_rate"):
+            want = (getattr(parts[0], cond)[key] + getattr(parts[1], cond)[key]) / 2
+            assert getattr(m, cond)[key] == pytest.approx(want)
+    with pytest.raises(RobustlabError, match="at least one"):
+        AbstainResult.merged([])

@@ -49,3 +49,10 @@ def test_detection_reports_each_attack_and_the_adaptive_one(mlp, digits, encoder
         assert row["auroc"] is None or 0 <= row["auroc"] <= 1
     assert "adaptive attack" in r.note and r.to_dict()["encoder"]["train_n"] == 256
     assert {"pgd auroc", "pgd tpr@0.05fpr"} <= {m.name for m in r.metrics()}
+
+
+def test_encoder_training_stops_at_its_time_limit(digits):
+    from robustlab.data import load_digits_split
+
+    enc = train_encoder(load_digits_split(train=True).subset(64), epochs=50, max_seconds=0.0)
+    assert enc.epochs == 1  # one epoch always runs; the limit stops it after

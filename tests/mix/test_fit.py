@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from robustlab.errors import RobustlabError
-from robustlab.mix import FitData, fit_mixture, mixed_log_probs
+from robustlab.mix import FitData, fit_mixture, mixed_log_probs, target_strength
 
 SMALL = {"scale": (0.5, 2.0, 8.0), "power": (1.0, 3.0), "bias": (-1.0, 0.0, 1.0)}
 
@@ -50,3 +50,16 @@ def test_fit_rejects_bad_strength_and_empty_kept():
     none = FitData(fd.y, fd.accurate, fd.robust, fd.robust_adv, torch.zeros_like(fd.kept))
     with pytest.raises(RobustlabError, match="keeps no fit point"):
         fit_mixture(none, 0.9, SMALL)
+
+
+def test_target_strength_is_the_constraint_of_mixednuts():
+    fd = _fit_data()
+    r = float(fd.kept.double().mean())  # the robust member's robust share of the fit points
+    q = target_strength(fd, 0.02)
+    assert q == pytest.approx(1 - 0.02 / r) and q * r == pytest.approx(r - 0.02)
+    assert target_strength(fd, 0.0) == 1.0 and target_strength(fd, 5.0) == 1 / int(fd.kept.sum())
+    with pytest.raises(RobustlabError, match="slack"):
+        target_strength(fd, -0.1)
+    none = FitData(fd.y, fd.accurate, fd.robust, fd.robust_adv, torch.zeros_like(fd.kept))
+    with pytest.raises(RobustlabError, match="keeps no fit point"):
+        target_strength(none, 0.02)

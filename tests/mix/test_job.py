@@ -32,7 +32,8 @@ def test_mix_command_exports_reports_and_records(monkeypatch, capsys, tmp_path, 
                             "1,0.9", "--n", "24", "--out", out, "--db", db)  # fmt: skip
     assert code == 0, err
     r = json.loads(out.with_suffix(".json").read_text())
-    assert r["kind"] == "mix" and len(r["frontier"]) == 4 and r["onnx"] == str(out)
+    assert r["kind"] == "mix" and len(r["frontier"]) == 5 and r["onnx"] == str(out)
+    assert sum(row["fit_target"] for row in r["frontier"]) == 1  # MixedNUTS's own strength
     x = torch.rand(3, 1, 8, 8)
     assert load_model(out).module(x).shape == (3, 10)  # the exported mixture is one graph
     assert "Mixed classifiers: clean / robust frontier" in out.with_suffix(".html").read_text()

@@ -87,9 +87,19 @@ def test_catastrophic_overfitting_stops_and_restores(small, monkeypatch):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"method": "nope"}, {"eps": -0.1}, {"epochs": 0}, {"init": "zeros"}],
+    [{"method": "nope"}, {"eps": -0.1}, {"epochs": 0}, {"init": "zeros"}, {"optimizer": "lbfgs"}],
 )
 def test_bad_arguments(kwargs, small):
     args = {"method": "standard", "eps": 0.1, **kwargs}
     with pytest.raises(RobustlabError):
         train(zoo.build("mlp"), small, args.pop("method"), args.pop("eps"), **args)
+
+
+def test_sgd_step_schedule(small):
+    torch.manual_seed(0)
+    result = train(zoo.build("mlp"), small, "standard", 0.0, epochs=8, lr=0.1, optimizer="sgd")
+    lrs = [e["lr"] for e in result.log]  # the rate after each epoch's step: / 10 at 4 and 6
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.001])
+    assert result.hyperparameters["optimizer"] == "sgd" and result.log[-1]["loss"] < 2.3
+    with pytest.raises(RobustlabError, match="optimizer must be one of adam, sgd"):
+        loop_module.make_optimizer("nope", zoo.build("mlp").parameters(), 0.1, 4)

@@ -66,3 +66,29 @@ def test_interpolated_at_is_the_mean_of_clean_and_adversarial_mixup(batch):
     assert torch.allclose(out.loss, expected)
     with torch.no_grad():
         assert torch.equal(out.robust_correct, model(xa).argmax(1) == y)
+
+
+def test_interpolated_at_attacking_the_interpolated_inputs(batch):
+    x, y = batch
+    torch.manual_seed(0)
+    model = zoo.build("mlp")
+    ctx = StepContext(0.1, 1.0, 0.0, 1.0, 10, torch.Generator().manual_seed(7), model)
+    gen = clone(ctx.generator)
+    clean = manual_mixup(model, x, y, 1.0, gen)
+    lam = mixing_coefficient(1.0, gen)
+    perm = torch.randperm(len(x), generator=gen)
+    ce = nn.functional.cross_entropy
+
+    def mixed(logits, _y):
+        return lam * ce(logits, y, reduction="sum") + (1 - lam) * ce(
+            logits, y[perm], reduction="sum"
+        )
+
+    xm = lam * x + (1 - lam) * x[perm]
+    xa = pgd(model, xm, y, LpBall("inf", 0.1, 0.0, 1.0), steps=10, loss=mixed, generator=gen)
+    assert float((xa - xm).abs().max()) <= 0.1 + 1e-6
+    expected = (clean + mixed(model(xa), y) / len(x)) / 2
+    out = get_method("interpolated-at", adversary="interpolated").step(model, x, y, ctx)
+    assert torch.allclose(out.loss, expected)
+    with pytest.raises(RobustlabError, match="adversary must be one of clean, interpolated"):
+        get_method("interpolated-at", adversary="mixed")

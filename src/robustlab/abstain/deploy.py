@@ -94,6 +94,19 @@ class AbstainResult:
     def metric_dicts(self) -> list[dict]:
         return metric_dicts(self.metrics())
 
+    @staticmethod
+    def merged(parts: list[AbstainResult]) -> AbstainResult:
+        """One result from results on disjoint chunks of the data (same settings): the rates
+        weighted by each chunk's examples, the seconds added."""
+        if not parts:
+            raise RobustlabError("expected at least one result to merge; found none")
+        n = sum(p.examples for p in parts)
+        rates = {c: {k: sum(getattr(p, c)[k] * p.examples for p in parts) / n
+                     for k in getattr(parts[0], c)} for c in ("clean", "attacked")}  # fmt: skip
+        head = parts[0]
+        return AbstainResult(head.radius, head.eps, head.norm, head.method, rates["clean"],
+                             rates["attacked"], n, sum(p.seconds for p in parts))  # fmt: skip
+
 
 def certify_or_abstain(
     model: nn.Module,

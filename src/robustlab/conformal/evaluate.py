@@ -133,14 +133,12 @@ def conformal(
     with torch.no_grad():
         acc = float((model(test.x).argmax(1) == test.y).double().mean())
     tau["rscp+"] = rscp.calibrate(smoothed(cal.x).gather(1, cal.y[:, None])[:, 0], alpha)
-    say(f"attacking the sets of {len(test)} test examples")
-    points = {
-        "clean": test.x,
-        "score-pgd": score_attack(model, test.x, test.y, threat, steps=steps, seed=seed),
-        "smoothed-score-pgd-eot": smoothed_score_attack(
-            model, test.x, test.y, threat, sigma, steps=steps, seed=seed
-        ),  # fmt: skip
-    }
+    say(f"attacking the sets of {len(test)} test examples (PGD on the score)")
+    points = {"clean": test.x}
+    points["score-pgd"] = score_attack(model, test.x, test.y, threat, steps=steps, seed=seed)
+    say("attacking the smoothed sets (PGD with EOT on the smoothed score)")
+    points["smoothed-score-pgd-eot"] = smoothed_score_attack(model, test.x, test.y, threat,
+                                                             sigma, steps=steps, seed=seed)  # fmt: skip
     sets: dict[str, dict[str, Tensor]] = {m: {} for m in METHODS}
     for cond, x in points.items():
         say(f"sets at the {cond} points (bounds: {bound_method})")

@@ -80,9 +80,11 @@ def train_encoder(
     temperature: float = 0.5,
     augment: Augment | None = None,
     seed: int = 0,
+    max_seconds: float | None = None,
 ) -> Encoder:
     """SimCLR on ``data``'s images (labels unused), then a linear head on the frozen
-    representation (logistic regression by Adam on the clean images)."""
+    representation (logistic regression by Adam on the clean images). ``max_seconds``: stop
+    after the first epoch that ends past this time (the encoder records the epochs run)."""
     if data.x.dim() != 4:
         raise RobustlabError(
             f"the detector needs images (N, C, H, W); found data of shape {tuple(data.x.shape[1:])}"
@@ -101,7 +103,10 @@ def train_encoder(
     opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-6)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     net.train()
+    done = 0
     for _ in range(epochs):
+        if max_seconds is not None and done and time.perf_counter() - start > max_seconds:
+            break
         order = torch.randperm(len(data), generator=gen)
         for i in range(0, len(data) - 1, batch_size):
             x = data.x[order[i : i + batch_size]]
@@ -112,6 +117,7 @@ def train_encoder(
             loss.backward()
             opt.step()
         sched.step()
+        done += 1
     net.eval().requires_grad_(False)
     with torch.no_grad():
         feats = torch.cat([net(data.x[i : i + 512]) for i in range(0, len(data), 512)])
@@ -124,4 +130,4 @@ def train_encoder(
     head.eval().requires_grad_(False)
     with torch.no_grad():
         acc = float((head(feats).argmax(1) == data.y).double().mean())
-    return Encoder(net, head, aug, epochs, time.perf_counter() - start, len(data), acc)
+    return Encoder(net, head, aug, done, time.perf_counter() - start, len(data), acc)

@@ -84,12 +84,14 @@ def _row(name: str, adaptive: bool, model: nn.Module, det: Beyond, x_adv: Tensor
 
 
 def _adaptive(model, det: Beyond, x, y, threat, steps: int, weights: Sequence[float],
-              seed: int, warm: Tensor) -> Tensor:  # fmt: skip
+              seed: int, warm: Tensor, say: Progress) -> Tensor:  # fmt: skip
     """The adaptive attack at each detector weight, from a random start and warm-started at
     ``warm`` (the suite's strongest adversarial examples); per input the first result that fools
     the classifier and passes the detector, else one that fools it, else the input."""
     best, done = x.clone(), torch.zeros(len(x), dtype=torch.bool)
     for w, start in [(w, s) for s in (None, warm) for w in weights]:
+        say(f"adaptive attack, detector weight {w:g}, {'warm' if start is not None else 'random'}"
+            " start")  # fmt: skip
         adv = torch.cat([
             adaptive_attack(model, det.encoder, x[i : i + 128], y[i : i + 128], threat,
                             k=min(det.k, 8), steps=steps, weight=w, seed=seed + i,
@@ -141,12 +143,15 @@ def detection(
     adaptive_steps: int = 50,
     adaptive_weights: Sequence[float] = (1.0, 4.0, 16.0),
     encoder: Encoder | None = None,
+    encoder_seconds: float | None = None,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> DetectResult:
     """Train BEYOND's encoder on ``encoder_data`` (or use ``encoder``), calibrate its threshold
     at ``fpr`` on the correctly classified inputs of ``data``, and measure it against each of
-    ``attacks`` and the adaptive attack (at each of ``adaptive_weights``) inside the ``norm`` ball of radius ``eps``."""
+    ``attacks`` and the adaptive attack (at each of ``adaptive_weights``) inside the ``norm``
+    ball of radius ``eps``. ``encoder_seconds``: the encoder's training stops at the first epoch
+    past it; ``progress`` hears of each attack (a deadline can stop the run there)."""
     say = progress or (lambda _m: None)
     norm = parse_norm(norm)
     if not 0 < fpr < 1 or k < 1:
@@ -158,7 +163,9 @@ def detection(
         say(
             f"training the self-supervised encoder ({encoder_epochs} epochs, {len(encoder_data)} images)"
         )
-        encoder = train_encoder(encoder_data, epochs=encoder_epochs, seed=seed)
+        encoder = train_encoder(
+            encoder_data, epochs=encoder_epochs, seed=seed, max_seconds=encoder_seconds
+        )
     with torch.no_grad():
         correct = model(data.x).argmax(1) == data.y
     x, y = data.x[correct], data.y[correct]
@@ -176,7 +183,7 @@ def detection(
         if rows[-1]["n_success"] >= max(r["n_success"] for r in rows):
             warm = x_adv
     say("adaptive attack on classifier and detector")
-    adv = _adaptive(model, det, x, y, threat, adaptive_steps, adaptive_weights, seed, warm)
+    adv = _adaptive(model, det, x, y, threat, adaptive_steps, adaptive_weights, seed, warm, say)
     rows.append(_row("adaptive (classifier + detector, EOT)", True, model, det, adv, y,
                      clean_scores, seed))  # fmt: skip
     return DetectResult(eps, norm, k, fpr, det.threshold, float(correct.double().mean()), len(x),

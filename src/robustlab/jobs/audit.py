@@ -20,7 +20,7 @@ from robustlab.audit.adversarial import adversarial_stage
 from robustlab.audit.attacks import attack_stage, clean_stage
 from robustlab.audit.budget import Clock
 from robustlab.audit.certified import allowed_methods, certify_stage
-from robustlab.audit.decide import conformal_stage, detect_stage
+from robustlab.audit.decide import abstain_stage, conformal_stage, detect_stage, mix_stage
 from robustlab.audit.natural import natural_reason, natural_stage
 from robustlab.audit.profiles import Profile, default_eps, get_profile, headline_eps
 from robustlab.audit.runner import Context, run_stages, write_json
@@ -28,7 +28,15 @@ from robustlab.audit.sensitivity import sensitivity_stage
 from robustlab.audit.smoothing import smoothing_stage
 from robustlab.audit.summary import summarise
 from robustlab.errors import RobustlabError
-from robustlab.jobs.common import check_eps, check_eps_on, prepare, report_head, versions
+from robustlab.jobs.common import (
+    check_eps,
+    check_eps_on,
+    load_beside,
+    prepare,
+    report_head,
+    versions,
+)
+from robustlab.jobs.mix import check_pair
 from robustlab.report import write_report_dir
 from robustlab.threat import parse_norm
 
@@ -79,6 +87,8 @@ def audit_job(
     sigma: float | None = None,
     conformal: float | None = None,
     detect: bool = False,
+    mix_accurate=None,
+    abstain: float | None = None,
     n: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -91,7 +101,9 @@ def audit_job(
     ``sigma``), a sensitivity summary and adversarial examples, each stage within its share of
     ``budget`` seconds (default: the profile's); keys ``headline``, ``curve``, ``per_class``,
     ``flags``, ``stages`` and one per stage (None when it did not finish). ``conformal``: the
-    miscoverage alpha of a conformal-sets stage; ``detect``: a BEYOND detection stage."""
+    miscoverage alpha of a conformal-sets stage; ``detect``: a BEYOND detection stage;
+    ``mix_accurate``: a second (accurate) model mixed with the audited one as the robust member;
+    ``abstain``: the certificate radius of a certify-or-abstain stage (availability attack)."""
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if budget is not None and not budget > 0:
@@ -104,6 +116,10 @@ def audit_job(
         raise RobustlabError(
             f"conformal expects an alpha in (0, 1); found {conformal}", param="conformal"
         )
+    if abstain is not None and not abstain > 0:
+        raise RobustlabError(
+            f"abstain expects a certificate radius > 0; found {abstain}", param="abstain"
+        )
     if batch_size < 1:
         raise RobustlabError(
             f"batch_size must be a positive integer; found {batch_size}", param="batch_size"
@@ -115,6 +131,10 @@ def audit_job(
     say("loading the model and the data")
     model, data = prepare(model_src, data_src, n or prof.n, device)
     base = prepare(baseline, data_src, n or prof.n, device)[0] if baseline is not None else None
+    accurate = None
+    if mix_accurate is not None:
+        accurate = load_beside(mix_accurate, data)
+        check_pair(model, accurate, data, "mix-accurate model")
     if eps_list is None:
         eps_list = default_eps(norm, data.upper - data.lower, tuple(data.x.shape[1:]))
     eps_list = sorted(set(eps_list))
@@ -129,6 +149,7 @@ def audit_job(
         "suite": prof.suite, "methods": methods, "alpha_scope": prof.alpha_scope,
         "corruptions": prof.corruptions, "severities": prof.severities,
         "max_shift": prof.max_shift, "explain_methods": list(prof.explain_methods),
+        "mix_accurate": None if accurate is None else accurate.name, "abstain_radius": abstain,
     }  # fmt: skip
     report = report_head("audit", model, data, settings)
     report["data"]["digest"] = _digest(data.x, data.y)
@@ -136,8 +157,11 @@ def audit_job(
     report.update(status="running", profile=prof.name, norm=norm, profile_table=prof.to_dict())
     report["reproduce"] = _command(model_src, data_src, eps_list, norm, prof.name, n=n,
                                    seed=seed, baseline=baseline, budget=budget, smoothing=sigma,
-                                   conformal=conformal)  # fmt: skip
-    if detect:
+                                   conformal=conformal, mix_accurate=mix_accurate,
+                                   abstain=abstain)  # fmt: skip
+    if mix_accurate is not None and not isinstance(mix_accurate, (str, Path)):
+        report["reproduce"] = None  # an in-memory second model: no command line reproduces it
+    if detect and report["reproduce"] is not None:
         report["reproduce"] += " --detect"
     nat = natural_reason(ctx)
     stages = [
@@ -150,10 +174,13 @@ def audit_job(
         ("examples", adversarial_stage, None),
     ]
     at = [name for name, _, _ in stages].index("sensitivity")  # asked-for stages, listed only then
-    if conformal:
-        stages.insert(at, ("conformal", partial(conformal_stage, alpha=conformal), None))
-    if detect:
-        stages.insert(at + bool(conformal), ("detect", detect_stage, None))
+    asked = [
+        ("conformal", partial(conformal_stage, alpha=conformal) if conformal else None),
+        ("detect", detect_stage if detect else None),
+        ("mix", partial(mix_stage, accurate=accurate) if accurate is not None else None),
+        ("abstain", partial(abstain_stage, radius=abstain) if abstain else None),
+    ]
+    stages[at:at] = [(name, fn, None) for name, fn in asked if fn is not None]
     out_dir = None if out is None else Path(out)
     try:
         run_stages(ctx, report, stages, clock, out=out_dir, progress=say, on_stage=on_stage)

@@ -9,11 +9,12 @@ from pathlib import Path
 import onnx
 
 from robustlab._onnx import torch_to_onnx
+from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.jobs.common import check_eps, check_fits, load_beside, prepare, report_head
 from robustlab.mix.frontier import STRENGTHS, mix
 from robustlab.mix.transform import MixedClassifier
-from robustlab.model import load_model
+from robustlab.model import LoadedModel, load_model
 from robustlab.results import metric_dicts
 from robustlab.threat import parse_norm
 
@@ -33,6 +34,21 @@ def parse_strengths(text: str | Sequence[float]) -> list[float]:
     if not values or any(not 0 < v <= 1 for v in values):
         raise RobustlabError(f"strengths must be numbers in (0, 1]; found {text!r}")
     return values
+
+
+def check_pair(first: LoadedModel, second: LoadedModel, data: Dataset, name: str) -> None:
+    """Two members of a mixture take the same inputs (``data``'s) and give as many outputs;
+    ``name``: the second one, as errors name it."""
+    if first.input_shape is not None and second.input_shape is not None:
+        if tuple(first.input_shape) != tuple(second.input_shape):
+            raise RobustlabError(
+                f"the two models take different inputs: {list(first.input_shape)} and "
+                f"{list(second.input_shape)}"
+            )
+    check_fits(second.module, data, name)
+    k1, k2 = (int(m.module(data.x[:1]).shape[1]) for m in (first, second))
+    if k1 != k2:
+        raise RobustlabError(f"the two models have {k1} and {k2} outputs; expected the same")
 
 
 def mix_job(
@@ -62,16 +78,7 @@ def mix_job(
     qs = parse_strengths(strengths)
     acc_m, data = prepare(accurate_src, data_src, n, device)
     rob_m = load_beside(robust_src, data)
-    if rob_m.input_shape is not None and acc_m.input_shape is not None:
-        if tuple(rob_m.input_shape) != tuple(acc_m.input_shape):
-            raise RobustlabError(
-                f"the two models take different inputs: {list(acc_m.input_shape)} and "
-                f"{list(rob_m.input_shape)}"
-            )
-    check_fits(rob_m.module, data, "robust model")
-    k_acc, k_rob = (int(m.module(data.x[:1]).shape[1]) for m in (acc_m, rob_m))
-    if k_acc != k_rob:
-        raise RobustlabError(f"the two models have {k_acc} and {k_rob} outputs; expected the same")
+    check_pair(acc_m, rob_m, data, "robust model")
     result = mix(acc_m.module, rob_m.module, data, eps, norm, strengths=qs, fit_share=fit_share,
                  suite=suite, seed=seed, batch_size=batch_size, progress=progress)  # fmt: skip
     chosen = result.fits[result.chosen - 2]

@@ -2,7 +2,7 @@
 MixedNUTS's nonlinear transform of the robust model's logits, fitted on a held-back split, and
 their clean / robust frontier measured by attacking each mixture end to end."""
 
-from robustlab.mix.fit import GRID, FitData, MixFit, fit_data, fit_mixture
+from robustlab.mix.fit import GRID, FitData, MixFit, fit_data, fit_mixture, target_strength
 from robustlab.mix.frontier import STRENGTHS, MixResult, mix, split
 from robustlab.mix.transform import MixedClassifier, NutsMap, mixed_log_probs
 
@@ -19,4 +19,5 @@ __all__ = [
     "mix",
     "mixed_log_probs",
     "split",
+    "target_strength",
 ]

@@ -121,3 +121,17 @@ def fit_mixture(fd: FitData, strength: float, grid: dict | None = None) -> MixFi
             best = cand
     assert best is not None
     return best
+
+
+def target_strength(fd: FitData, slack: float) -> float:
+    """MixedNUTS's constraint as a strength: the share of the robust member's robust fit points
+    to keep so that the mixture's estimated robust accuracy on the fit split stays within
+    ``slack`` of the robust member's, ``1 - slack / r`` (r: the robust member's robust share of
+    the fit points), at least one point's share."""
+    if not slack >= 0:
+        raise RobustlabError(f"slack must be >= 0; found {slack}")
+    n_kept = int(fd.kept.sum())
+    if n_kept == 0:
+        raise RobustlabError("the robust model keeps no fit point under attack: nothing to mix")
+    r = n_kept / len(fd.y)
+    return min(1.0, max(1.0 / n_kept, 1.0 - slack / r))

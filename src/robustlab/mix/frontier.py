@@ -15,7 +15,7 @@ from torch import nn
 from robustlab.attacks import evaluate
 from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
-from robustlab.mix.fit import GRID, MixFit, fit_data, fit_mixture
+from robustlab.mix.fit import GRID, MixFit, fit_data, fit_mixture, target_strength
 from robustlab.mix.transform import MixedClassifier
 from robustlab.results import Metric
 from robustlab.threat import LpBall, parse_norm
@@ -58,6 +58,7 @@ class MixResult:
     target: dict  # {clean_at_least, robust_at_least, met}
     seconds: float
     note: str | None = None  # when the data shows no trade-off to alleviate
+    skipped: list[float] = field(default_factory=list)  # strengths left out for lack of time
     fits: list[MixFit] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -71,6 +72,7 @@ class MixResult:
             "chosen": self.chosen,
             "target": self.target,
             "note": self.note,
+            "skipped": self.skipped,
             "seconds": self.seconds,
         }
 
@@ -86,9 +88,9 @@ class MixResult:
 
 
 def _robust(model: nn.Module, data: Dataset, eps: float, norm: str, suite: str, seed: int,
-            batch_size: int) -> torch.Tensor:  # fmt: skip
+            batch_size: int, say: Progress) -> torch.Tensor:  # fmt: skip
     r = evaluate(model, data, [eps], norm, suite=suite, seed=seed, batch_size=batch_size,
-                 checks=False)  # fmt: skip
+                 checks=False, progress=say)  # fmt: skip
     return torch.tensor(r.robust[0])
 
 
@@ -110,10 +112,19 @@ def mix(
     grid: dict | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    fit_target: bool = True,
     progress: Progress | None = None,
+    fits_in: Callable[[float], bool] | None = None,
 ) -> MixResult:
     """MixedNUTS mixtures of ``accurate`` and ``robust`` at each strength, fitted on a share
-    ``fit_share`` of ``data`` and measured on the rest, with both members beside them."""
+    ``fit_share`` of ``data`` and measured on the rest, with both members beside them.
+    ``fit_target``: also the strength MixedNUTS's constraint gives on the fit split (robust
+    accuracy within 2 points of the robust member's: :func:`target_strength`), in its place
+    among the others (its row says ``fit_target``).
+
+    ``progress`` hears of every attack; ``fits_in(seconds)`` (e.g. a deadline's ``fits``) is
+    asked before each mixture after the first with the time the last one took: when it says
+    no, the remaining strengths are left out (listed in ``skipped``)."""
     say = progress or (lambda _m: None)
     norm = parse_norm(norm)
     threat = LpBall(norm, eps, data.lower, data.upper)
@@ -126,24 +137,40 @@ def mix(
     fit_d, eval_d = split(data, fit_share, seed)
     say(f"minimum-margin attack on the robust model ({len(fit_d)} fit examples)")
     fd = fit_data(accurate, robust, fit_d.x, fit_d.y, threat, seed=seed, batch_size=batch_size)
+    q_fit = target_strength(fd, ROBUST_SLACK) if fit_target else None
+    if q_fit is not None and all(abs(q - q_fit) > 1e-9 for q in strengths):
+        at = next((i for i, q in enumerate(strengths) if q < q_fit), len(strengths))
+        strengths.insert(at, q_fit)
     fits = [fit_mixture(fd, q, grid or GRID) for q in strengths]
     rows = []
+    t_members = time.perf_counter()
     for name, model in (("accurate", accurate), ("robust", robust)):
         say(f"attacking the {name} model ({len(eval_d)} examples)")
-        rob = _robust(model, eval_d, eps, norm, suite, seed, batch_size)
+        rob = _robust(model, eval_d, eps, norm, suite, seed, batch_size, say)
         alpha = 0.0 if name == "accurate" else 1.0
         rows.append({"name": name, "strength": None, "alpha": alpha, "transform": None,
                      "clean_accuracy": _clean(model, eval_d),
                      "robust_accuracy": float(rob.double().mean()),
                      "robust_exact_gradient": float(rob.double().mean()),
                      "robust_surrogate_gradient": None, "fit_clean_accuracy": None,
-                     "fit_kept": None})  # fmt: skip
+                     "fit_kept": None, "fit_target": False})  # fmt: skip
+    last = 2 * (time.perf_counter() - t_members)  # two attacks, each on both members at once
+    skipped: list[float] = []
     for f in fits:
+        if skipped or (fits_in is not None and len(rows) > 2 and not fits_in(last)):
+            skipped.append(f.strength)
+            continue
         say(f"attacking the mixture of strength {f.strength:g} end to end")
+        t0 = time.perf_counter()
         mixed = MixedClassifier(accurate, robust, f.alpha, f.transform)
-        exact = _robust(mixed, eval_d, eps, norm, suite, seed, batch_size)
-        surr = _robust(mixed.with_gradient("surrogate"), eval_d, eps, norm, suite, seed, batch_size)
-        rows.append({"name": f"mix q={f.strength:g}", **f.to_dict(),
+        exact = _robust(mixed, eval_d, eps, norm, suite, seed, batch_size, say)
+        surr = _robust(mixed.with_gradient("surrogate"), eval_d, eps, norm, suite, seed,
+                       batch_size, say)  # fmt: skip
+        last = time.perf_counter() - t0
+        aimed = q_fit is not None and abs(f.strength - q_fit) <= 1e-9
+        rows.append({"name": f"mix q={f.strength:.3g} (fit target)" if aimed
+                     else f"mix q={f.strength:g}",
+                     **f.to_dict(), "fit_target": aimed,
                      "clean_accuracy": _clean(mixed, eval_d),
                      "robust_accuracy": float((exact & surr).double().mean()),
                      "robust_exact_gradient": float(exact.double().mean()),
@@ -173,4 +200,5 @@ def mix(
             f"({acc['clean_accuracy']:.4f}), so the target is met without mixing helping"
         )
     return MixResult(eps, norm, suite, len(fit_d), len(eval_d), rows, chosen, target,
-                     time.perf_counter() - start, note=note, fits=fits)  # fmt: skip
+                     time.perf_counter() - start, note=note, skipped=skipped,
+                     fits=fits[: len(rows) - 2])  # fmt: skip

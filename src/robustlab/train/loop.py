@@ -1,6 +1,6 @@
-"""The training loop shared by every method: eps schedule, Adam with cosine decay, a log entry per
-epoch (loss, clean / robust / certified accuracy), and for fast adversarial training the
-catastrophic-overfitting check of Wong et al. 2020 (arXiv:2001.03994)."""
+"""The training loop shared by every method: eps schedule, Adam with cosine decay (or SGD with step
+decay), a log entry per epoch (loss, clean / robust / certified accuracy), and for fast
+adversarial training the catastrophic-overfitting check of Wong et al. 2020 (arXiv:2001.03994)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,23 @@ from robustlab.train.schedule import EpsSchedule, default_schedule
 
 OVERFIT_DROP = 0.2  # Wong et al.: stop when PGD accuracy on a training batch falls this far
 CHECK_N = 256  # examples for the per-epoch evaluation and the overfitting check
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM, SGD_DECAY = 0.9, 1e-4  # the step schedule of Madry et al. and Lamb et al.
+
+
+def make_optimizer(name: str, params, lr: float, epochs: int):
+    """``"adam"``: Adam with cosine decay over the epochs; ``"sgd"``: SGD with momentum 0.9 and
+    weight decay 1e-4, the rate divided by 10 at half and at three quarters of the epochs (the
+    schedule of Madry et al. 2018 and Lamb et al. 2019: 100 and 150 of 200). (optimizer, the
+    scheduler stepped once per epoch)."""
+    if name == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    if name == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, weight_decay=SGD_DECAY)
+        steps = sorted({max(1, epochs // 2), max(1, 3 * epochs // 4)})
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, steps, 0.1)
+    raise RobustlabError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; found {name!r}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,7 @@ def train(
     init: str = "auto",
     eval_data: Dataset | None = None,
     grad_clip: float | None = 10.0,
+    optimizer: str = "adam",
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with a registered ``method`` at Linf radius ``eps``.
@@ -130,7 +148,8 @@ def train(
     a smooth ramp for certified methods and the target eps from the start for the others. After
     each epoch the model is evaluated on up to 256 examples of ``eval_data`` (default: the
     training data), the entry appended to the log and passed to ``on_epoch`` (to save it as it
-    is produced).
+    is produced). ``optimizer``: ``"adam"`` (cosine decay) or ``"sgd"`` (momentum, step decay;
+    see :func:`make_optimizer`).
     """
     if isinstance(method, str):
         method = get_method(method)
@@ -146,6 +165,10 @@ def train(
     certified = is_certified(method)
     if certified:
         check_trainable(model)
+    if optimizer not in OPTIMIZERS:
+        raise RobustlabError(
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}; found {optimizer!r}"
+        )
     if init not in ("auto", "ibp", "keep"):
         raise RobustlabError(f"init must be auto, ibp or keep; found {init!r}")
     gen = torch.Generator().manual_seed(seed)
@@ -156,8 +179,7 @@ def train(
     num_classes = _num_classes(model, data)
     check = (eval_data or data).subset(CHECK_N)
     train_check = Dataset(data.name, data.x[:CHECK_N], data.y[:CHECK_N], data.lower, data.upper)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    opt, sched = make_optimizer(optimizer, model.parameters(), lr, epochs)
     counted = Counted(model)
     steps_per_epoch = math.ceil(len(data) / batch_size)
     log: list[dict] = []
@@ -243,6 +265,7 @@ def train(
             "epochs": epochs,
             "batch_size": batch_size,
             "lr": lr,
+            "optimizer": optimizer,
             "seed": seed,
             "init": init,
             "grad_clip": grad_clip,

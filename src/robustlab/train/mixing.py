@@ -55,18 +55,33 @@ class Mixup:
         return StepOutput(loss, _correct(model, x, y))
 
 
+ADVERSARIES = ("clean", "interpolated")
+
+
 @register("interpolated-at")
 @dataclass(frozen=True)
 class InterpolatedAT:
     """Interpolated adversarial training (Lamb et al. 2019, arXiv:1906.06784, Algorithm 1): PGD
     examples of the batch (as PGD-AT), then the mean of the mixup loss on the clean batch and the
-    mixup loss on the adversarial batch, each with its own lambda and permutation."""
+    mixup loss on the adversarial batch, each with its own lambda and permutation.
+
+    ``adversary="interpolated"``: PGD on the interpolated inputs instead (ascending their mixup
+    loss), the adversarial loss taken there with the same lambda and pairs."""
 
     alpha: float = 1.0
     steps: int = 10
     step_size: float | None = None
+    adversary: str = "clean"
+
+    def __post_init__(self) -> None:
+        if self.adversary not in ADVERSARIES:
+            raise RobustlabError(
+                f"adversary must be one of {', '.join(ADVERSARIES)}; found {self.adversary!r}"
+            )
 
     def step(self, model, x, y, ctx):
+        if self.adversary == "interpolated":
+            return self._interpolated_step(model, x, y, ctx)
         xa = pgd(model, x, y, ctx.threat(), steps=self.steps, step_size=self.step_size,
                  generator=ctx.generator)  # fmt: skip
         clean = mixup_loss(model, x, y, self.alpha, ctx.generator)
@@ -76,3 +91,18 @@ class InterpolatedAT:
             _correct(model, x, y),
             robust_correct=_correct(model, xa, y),
         )
+
+    def _interpolated_step(self, model, x, y, ctx):
+        clean = mixup_loss(model, x, y, self.alpha, ctx.generator)
+        lam = mixing_coefficient(self.alpha, ctx.generator)
+        perm = torch.randperm(len(x), generator=ctx.generator)
+        ce = nn.functional.cross_entropy
+
+        def mixed_ce(logits: Tensor, _y: Tensor, reduction: str = "sum") -> Tensor:
+            return lam * ce(logits, y, reduction=reduction) + (1 - lam) * ce(
+                logits, y[perm], reduction=reduction
+            )
+
+        xa = pgd(model, lam * x + (1 - lam) * x[perm], y, ctx.threat(), steps=self.steps,
+                 step_size=self.step_size, loss=mixed_ce, generator=ctx.generator)  # fmt: skip
+        return StepOutput((clean + mixed_ce(model(xa), y, "mean")) / 2, _correct(model, x, y))
