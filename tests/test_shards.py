@@ -130,3 +130,17 @@ def test_corruptions_on_dask_are_the_local_result(cluster, mlp, digits):
     assert {k: v for k, v in dask.to_dict().items() if k not in skip} == {
         k: v for k, v in local.to_dict().items() if k not in skip
     }
+
+
+@pytest.mark.slow
+def test_smoothing_on_dask_is_the_local_sharded_result(cluster, mlp, digits):
+    from robustlab.smoothing.core import smooth
+
+    data = Dataset(digits.name, digits.x[:24], digits.y[:24], digits.lower, digits.upper)
+    kw = dict(n0=20, n=200, batch_size=100, seed=2)
+    local = smooth(mlp, data, 0.25, backend=Backend(shard_size=10), **kw)
+    dask = smooth(mlp, data, 0.25, backend=_on(cluster, 10), **kw)
+    assert dask.samples == local.samples and len(dask.samples) == 24
+    assert dask.curve == local.curve and dask.clean_accuracy == local.clean_accuracy
+    one = smooth(mlp, data, 0.25, **kw)  # one shard: the job's own seed, as before
+    assert len(one.samples) == 24

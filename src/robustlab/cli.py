@@ -694,6 +694,10 @@ def smooth(
     mean: str | None = MEAN,
     std: str | None = STD,
     device: str = DEVICE,
+    backend: str = BACKEND,
+    workers: int = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    shard_size: int | None = SHARD_SIZE,
     db: Path | None = DB,
 ) -> None:
     """Randomized smoothing: smoothed accuracy and certified L2 radii (Cohen et al.)."""
@@ -722,6 +726,7 @@ def smooth(
             availability_eps=availability,
             availability_norm=availability_norm,
             device=device,
+            backend=_backend(backend, workers, scheduler, shard_size),
             progress=say,
         )
     run_id = _save(report, out_file, db)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from robustlab.jobs.common import prepare, report_head
 from robustlab.results import metric_dicts
+from robustlab.shards import Backend
 from robustlab.smoothing.availability import availability
 from robustlab.smoothing.core import smooth
 
@@ -27,6 +28,7 @@ def smooth_job(
     availability_norm: str = "2",
     availability_steps: int = 40,
     device="cpu",
+    backend: Backend = Backend(),
     progress: Progress | None = None,
 ) -> dict:
     """Randomized smoothing of the first ``n`` examples with ``samples`` Monte-Carlo draws per
@@ -43,7 +45,7 @@ def smooth_job(
             progress(f"smoothing: {done}/{total} inputs, {n0 + samples} noise samples each")
 
     result = smooth(model.module, data, sigma, n0=n0, n=samples, alpha=alpha, batch_size=batch_size,
-                    seed=seed, on_group=on_group)  # fmt: skip
+                    seed=seed, on_group=on_group, backend=backend)  # fmt: skip
     avail = None
     if availability_eps is not None:
         if progress:
@@ -61,6 +63,8 @@ def smooth_job(
         "seed": seed,
         "norm": "2",
     }
+    if backend.name != "local" or backend.shard_size:
+        settings["shards"] = {"backend": backend.name, "shard_size": backend.shard_size}
     report = report_head("smooth", model, data, settings)
     report["norm"] = "2"
     report.update(result.to_dict())

@@ -15,6 +15,7 @@ from robustlab.data import Dataset
 from robustlab.errors import RobustlabError
 from robustlab.inputs import fit
 from robustlab.results import Metric, curve_metrics
+from robustlab.shards import Backend, run_shards, shard_bounds, shard_seeds
 from robustlab.smoothing.sampling import sample_counts
 from robustlab.smoothing.stats import certify_decision, predict_decision
 
@@ -182,6 +183,7 @@ def smooth(
     on_group: Callable[[int, int], None] | None = None,
     samples: int | None = None,
     device=None,  # cpu, cuda or auto (inputs.resolve_device); None: where model and data are
+    backend: Backend = Backend(),
 ) -> SmoothingResult:
     """PREDICT and CERTIFY every input of ``data`` with shared noise samples.
 
@@ -191,6 +193,10 @@ def smooth(
     its ``radius`` CERTIFY's, kept only when CERTIFY selected the same class (else ``None``): so
     a point is certified at radius r only if the smoothed classifier predicts it correctly, and
     certified accuracy at radius 0 never exceeds the clean accuracy.
+
+    ``backend``: the inputs in shards (``robustlab.shards``), each with its own seed, in this
+    process or on Dask; the records are merged in order (the same numbers for every backend with
+    the same shard size).
     """
     n = n if samples is None else samples
     _check(sigma, n, alpha, n0, batch_size)
@@ -198,6 +204,23 @@ def smooth(
         raise RobustlabError(f"data '{data.name}' is empty")
     model, data = fit(model, data, device=device)  # load_model's, a module or a path
     start = time.perf_counter()
+    bounds = shard_bounds(len(data), backend.shard_size)
+    if len(bounds) > 1 or backend.name != "local":
+        settings = dict(n0=n0, n=n, alpha=alpha, batch_size=batch_size, group=group)
+        shards = [
+            (Dataset(data.name, data.x[a:b], data.y[a:b], data.lower, data.upper), sigma, s,
+             settings)
+            for (a, b), s in zip(bounds, shard_seeds(seed, len(bounds)), strict=True)
+        ]  # fmt: skip
+
+        def done(k: int, total: int) -> None:  # shards finish in any order: k of them are done
+            if on_group:
+                on_group(sum(b - a for a, b in bounds[:k]), len(data))
+
+        parts = run_shards(_smooth_shard, shards, backend, shared=(model,), done=done)
+        return _result(
+            [r for p in parts for r in p.samples], sigma, n0, n, alpha, batch_size, seed, start
+        )
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -222,6 +245,10 @@ def smooth(
                 on_group(len(samples), len(data))
     finally:
         model.train(was_training)
+    return _result(samples, sigma, n0, n, alpha, batch_size, seed, start)
+
+
+def _result(samples, sigma, n0, n, alpha, batch_size, seed, start) -> SmoothingResult:
     total = len(samples)
     return SmoothingResult(
         sigma=sigma,
@@ -237,3 +264,9 @@ def smooth(
         batch_size=batch_size,
         seed=seed,
     )
+
+
+def _smooth_shard(model, shard) -> SmoothingResult:
+    """One shard of ``smooth`` (a Dask task)."""
+    data, sigma, seed, settings = shard
+    return smooth(model, data, sigma, seed=seed, **settings)
