@@ -23,6 +23,7 @@ from robustlab.audit.certified import allowed_methods, certify_stage
 from robustlab.audit.decide import conformal_stage, detect_stage
 from robustlab.audit.natural import natural_reason, natural_stage
 from robustlab.audit.profiles import Profile, default_eps, get_profile, headline_eps
+from robustlab.audit.proofs import with_proof_features
 from robustlab.audit.runner import Context, run_stages, write_json
 from robustlab.audit.sensitivity import sensitivity_stage
 from robustlab.audit.smoothing import smoothing_stage
@@ -143,7 +144,7 @@ def audit_job(
     stages = [
         ("clean", clean_stage, None),
         ("attacks", attack_stage, None),
-        ("certified", certify_stage, None),
+        ("certified", with_proof_features(certify_stage), None),
         ("corruptions", None if nat else natural_stage, nat),
         ("smoothing", smoothing_stage if sigma else None, "not asked for (--smoothing SIGMA)"),
         ("sensitivity", sensitivity_stage, None),
