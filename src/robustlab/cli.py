@@ -206,6 +206,9 @@ def audit(
         None, "--conformal", help="Conformal sets (split, RSCP+, VRCP) at this alpha."
     ),
     detect: bool = typer.Option(False, "--detect", help="BEYOND detection, adaptive attack."),
+    weight_sensitivity: bool = typer.Option(
+        False, "--weight-sensitivity", help="Hessian, Fisher, weight noise, precision per layer."
+    ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
@@ -226,6 +229,7 @@ def audit(
         return audit_job(_model(model, mean, std), data, eps_values, norm, profile=profile,
                          baseline=baseline, budget=budget, sigma=smoothing, n=n, seed=seed,
                          conformal=conformal, detect=detect,
+                         weight_sensitivity=weight_sensitivity,
                          batch_size=batch_size, device=device,
                          out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 

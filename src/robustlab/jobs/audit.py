@@ -28,6 +28,7 @@ from robustlab.audit.runner import Context, run_stages, write_json
 from robustlab.audit.sensitivity import sensitivity_stage
 from robustlab.audit.smoothing import smoothing_stage
 from robustlab.audit.summary import summarise
+from robustlab.audit.weights import weights_stage
 from robustlab.errors import RobustlabError
 from robustlab.jobs.common import check_eps, check_eps_on, prepare, report_head, versions
 from robustlab.report import write_report_dir
@@ -80,6 +81,7 @@ def audit_job(
     sigma: float | None = None,
     conformal: float | None = None,
     detect: bool = False,
+    weight_sensitivity: bool = False,
     n: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -92,7 +94,9 @@ def audit_job(
     ``sigma``), a sensitivity summary and adversarial examples, each stage within its share of
     ``budget`` seconds (default: the profile's); keys ``headline``, ``curve``, ``per_class``,
     ``flags``, ``stages`` and one per stage (None when it did not finish). ``conformal``: the
-    miscoverage alpha of a conformal-sets stage; ``detect``: a BEYOND detection stage."""
+    miscoverage alpha of a conformal-sets stage; ``detect``: a BEYOND detection stage;
+    ``weight_sensitivity``: a network-sensitivity stage (Hessian, Fisher, weight noise,
+    precision) as section ``weights``."""
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if budget is not None and not budget > 0:
@@ -140,6 +144,8 @@ def audit_job(
                                    conformal=conformal)  # fmt: skip
     if detect:
         report["reproduce"] += " --detect"
+    if weight_sensitivity:
+        report["reproduce"] += " --weight-sensitivity"
     nat = natural_reason(ctx)
     stages = [
         ("clean", clean_stage, None),
@@ -155,6 +161,9 @@ def audit_job(
         stages.insert(at, ("conformal", partial(conformal_stage, alpha=conformal), None))
     if detect:
         stages.insert(at + bool(conformal), ("detect", detect_stage, None))
+    if weight_sensitivity:
+        after = [name for name, _, _ in stages].index("sensitivity") + 1
+        stages.insert(after, ("weights", weights_stage, None))
     out_dir = None if out is None else Path(out)
     try:
         run_stages(ctx, report, stages, clock, out=out_dir, progress=say, on_stage=on_stage)
