@@ -1045,6 +1045,14 @@ def repair(
         1.0, "--anchor-weight", help="Weight of the original outputs' squared error."
     ),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per property and round."),
+    domain: str | None = typer.Option(
+        None, "--domain", help="A VNN-LIB file whose input box the anchor samples (no --data)."
+    ),
+    region_samples: int = typer.Option(
+        0, "--region-samples", help="Uniform samples of each property's box in the hinge."
+    ),
+    boxes: int = typer.Option(0, "--boxes", help="Sub-boxes per property whose bounds train."),
+    box_weight: float = typer.Option(0.01, "--box-weight", help="Weight of the bound hinge."),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("repaired.onnx"), "--out", help="The repaired ONNX."),
     report_file: Path | None = typer.Option(
@@ -1074,6 +1082,10 @@ def repair(
             margin=margin,
             anchor_weight=anchor_weight,
             timeout=timeout,
+            domain=domain,
+            region_samples=region_samples,
+            boxes=boxes,
+            box_weight=box_weight,
             seed=seed,
             progress=say,
         )

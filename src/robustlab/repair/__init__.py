@@ -3,9 +3,18 @@ under the violated constraints with the original data as an anchor, verify again
 
 from robustlab.repair.repair import (
     RepairResult,
+    bound_violation,
     local_robustness_specs,
     repair,
+    sub_boxes,
     worst_points,
 )
 
-__all__ = ["RepairResult", "local_robustness_specs", "repair", "worst_points"]
+__all__ = [
+    "RepairResult",
+    "bound_violation",
+    "local_robustness_specs",
+    "repair",
+    "sub_boxes",
+    "worst_points",
+]
