@@ -2,6 +2,7 @@
 
 import json
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -47,6 +48,14 @@ def test_nothing_certified_or_l2_gives_none(mlp, digits):
     ctx = _context(mlp, data, {0.01: ~none})
     ctx.norm = "2"
     assert proof_section(ctx, _deadline(), print) is None
+
+
+def test_without_crown_a_note(mlp, digits):
+    data = Dataset("digits", digits.x[:2], digits.y[:2], 0.0, 1.0)
+    ctx = _context(mlp, data, {0.01: torch.ones(2, dtype=torch.bool)})
+    ctx.profile = replace(ctx.profile, methods=("ibp",))
+    out = proof_section(ctx, _deadline(), lambda *a: None)
+    assert out["points"] == [] and "need CROWN" in out["note"]
 
 
 def test_a_nonlinear_head_is_a_note(digits):

@@ -5,6 +5,7 @@ terms carry the certificate, with their input-gradient pictures (robustlab.expla
 from __future__ import annotations
 
 from robustlab.audit.budget import Deadline
+from robustlab.audit.certified import allowed_methods
 from robustlab.audit.runner import Context, Progress, Stage
 from robustlab.errors import RobustlabError
 from robustlab.explain.proof_features import proof_features
@@ -21,6 +22,9 @@ def proof_section(ctx: Context, deadline: Deadline, say: Progress, *, limit: int
     if ctx.norm != "inf" or e <= 0 or cert is None or not bool(cert.any()):
         return None
     out: dict = {"eps": e, "points": []}
+    if "crown" not in allowed_methods(ctx)[0]:  # the profile or the model's size rules it out
+        out["note"] = "proof features need CROWN bounds, left out for this model or profile"
+        return out
     d = ctx.data
     for i in cert.nonzero().squeeze(1)[:limit].tolist():
         if out["points"] and not deadline.fits(0):
