@@ -93,7 +93,8 @@ class OSADAS:
     each position's attribution the mean over the windows covering it. Class-agnostic: the
     target only names the class reported. Windows as in occlusion (``None``: a quarter of the
     height, stride half the window); views: shifts up to ``shift`` pixels, contrast and offset
-    within ``contrast``, noise of standard deviation ``noise``."""
+    within ``contrast``, noise of standard deviation ``noise``; subspaces of ``dim`` dimensions
+    (None: 3, at most ``n_augment``)."""
 
     signed: ClassVar[bool] = False
 
@@ -101,7 +102,7 @@ class OSADAS:
     stride: int | tuple[int, ...] | None = None
     baseline: float | Tensor = 0.0
     n_augment: int = 8
-    dim: int = 3
+    dim: int | None = None  # None: 3, or n_augment when fewer
     shift: int = 1
     contrast: float = 0.1
     noise: float = 0.02
@@ -114,11 +115,11 @@ class OSADAS:
             raise RobustlabError(
                 f"osa-das expects inputs (N, D) or (N, C, H, W); found {tuple(x0.shape)}"
             )
-        check_positive(n_augment=self.n_augment, dim=self.dim)
-        if self.dim > self.n_augment:
-            raise RobustlabError(
-                f"dim must be at most n_augment ({self.n_augment}); found {self.dim}"
-            )
+        check_positive(n_augment=self.n_augment)
+        dim = min(3, self.n_augment) if self.dim is None else self.dim
+        check_positive(dim=dim)
+        if dim > self.n_augment:
+            raise RobustlabError(f"dim must be at most n_augment ({self.n_augment}); found {dim}")
         if not (self.shift >= 0 and self.contrast >= 0 and self.noise >= 0):
             raise RobustlabError(
                 "shift, contrast and noise must be >= 0; found "
@@ -144,15 +145,15 @@ class OSADAS:
             ref = torch.cat([features(passes, x0[r // n_aug], r % n_aug)
                              for r in blocks(n * n_aug, self.batch_size)])  # fmt: skip
             k = ref.shape[1]
-            if self.dim > k:
-                raise RobustlabError(f"dim must be at most the outputs ({k}); found {self.dim}")
+            if dim > k:
+                raise RobustlabError(f"dim must be at most the outputs ({k}); found {dim}")
             occ = torch.empty(n * n_pos * n_aug, k, dtype=torch.float64, device=x0.device)
             for rows in blocks(n * n_pos * n_aug, self.batch_size):
                 ex, pos, view = rows // (n_pos * n_aug), (rows // n_aug) % n_pos, rows % n_aug
                 occluded = torch.where(masks[pos], base[ex], x0[ex])
                 occ[rows] = features(passes, occluded, view)
-            a = subspace(ref.view(n, 1, n_aug, k), self.dim)
-            b = subspace(occ.view(n, n_pos, n_aug, k), self.dim)
+            a = subspace(ref.view(n, 1, n_aug, k), dim)
+            b = subspace(occ.view(n, n_pos, n_aug, k), dim)
             degree = orthogonal_degree(a, b).clamp_min(0)  # (n, positions)
             shape = (n, n_pos) + (1,) * (x0.dim() - 1)
             total = (masks[None].double() * degree.view(shape)).sum(1)
