@@ -225,6 +225,9 @@ def audit(
     abstain: float | None = typer.Option(
         None, "--abstain", help="Certify-or-abstain at this radius, with the availability attack."
     ),
+    weight_sensitivity: bool = typer.Option(
+        False, "--weight-sensitivity", help="Hessian, Fisher, weight noise, precision per layer."
+    ),
     n: int | None = typer.Option(None, "--n", help="Use the first N examples."),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
@@ -247,6 +250,7 @@ def audit(
                          baseline=baseline, budget=budget, sigma=smoothing, n=n, seed=seed,
                          conformal=conformal, detect=detect, abstain=abstain,
                          mix_accurate=accurate,
+                         weight_sensitivity=weight_sensitivity,
                          batch_size=batch_size, device=device,
                          out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 
@@ -1081,6 +1085,14 @@ def repair(
         1.0, "--anchor-weight", help="Weight of the original outputs' squared error."
     ),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per property and round."),
+    domain: str | None = typer.Option(
+        None, "--domain", help="A VNN-LIB file whose input box the anchor samples (no --data)."
+    ),
+    region_samples: int = typer.Option(
+        0, "--region-samples", help="Uniform samples of each property's box in the hinge."
+    ),
+    boxes: int = typer.Option(0, "--boxes", help="Sub-boxes per property whose bounds train."),
+    box_weight: float = typer.Option(0.01, "--box-weight", help="Weight of the bound hinge."),
     seed: int = typer.Option(0, "--seed"),
     out_file: Path = typer.Option(Path("repaired.onnx"), "--out", help="The repaired ONNX."),
     report_file: Path | None = typer.Option(
@@ -1110,6 +1122,10 @@ def repair(
             margin=margin,
             anchor_weight=anchor_weight,
             timeout=timeout,
+            domain=domain,
+            region_samples=region_samples,
+            boxes=boxes,
+            box_weight=box_weight,
             seed=seed,
             progress=say,
         )

@@ -225,6 +225,10 @@ def repair(report: dict) -> list[Item]:
     acc = ""
     if r["accuracy_before"] is not None:
         acc = f"; accuracy {r['accuracy_before']:.4f} -> {r['accuracy_after']:.4f}"
+    kept = report.get("decisions_kept")
+    if kept and kept["n"]:
+        acc += (f"; decisions kept outside the properties (of {kept['n']} samples): largest "
+                f"output {kept['argmax']:.4f}, smallest {kept['argmin']:.4f}")  # fmt: skip
     return [
         f"{r['holds_before']} -> {r['holds_after']} of {r['n_properties']} properties hold "
         f"(fixed {r['fixed']}, violated after {r['violated_after']}){acc}"

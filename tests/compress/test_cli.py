@@ -59,6 +59,8 @@ def test_patch_command_table_of_scales(monkeypatch, capsys, tmp_path):
     assert len(r["layers"]) == 1 and len(r["difference"]) == 3
     assert "A robust weight signature" in out.with_suffix(".html").read_text()
     assert "A = 1" in stdout
+    (rec,) = store.list_runs(tmp_path / "runs.sqlite", 5)  # the run history has it
+    assert rec.command.startswith("robustlab patch") and rec.metrics
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ FAST = {
     "fullgrad": {},
     "smooth-grad-cam++": {"n_samples": 4},
     "moreaugrad": {"n_steps": 3, "n_samples": 2},
+    "osa-das": {"n_augment": 4, "dim": 2},
 }
 EXPECTED_PASSES = {  # (forward, backward) per input, without the prediction pass
     "saliency": (1, 1),
@@ -33,6 +34,7 @@ EXPECTED_PASSES = {  # (forward, backward) per input, without the prediction pas
     "fullgrad": (1, 1),
     "smooth-grad-cam++": (1 + 4, 4),
     "moreaugrad": (3 * 2, 3 * 2),
+    "osa-das": (4 * (1 + 7 * 7), 0),  # 4 views of the input and of 49 occluded copies
 }
 # averaging steps an explainer adds to the network's sums (integrated gradients, SmoothGrad, Sobol)
 STEPS = {

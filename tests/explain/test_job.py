@@ -61,6 +61,7 @@ def test_explain_command(method, steps, monkeypatch, capsys, tmp_path, cnn_onnx)
         (["--method", "saliency", "--steps", "3"], "--steps applies to"),
         (["--method", "saliency", "--target", "dog"], "--target expects"),
         (["--method", "sobol", "--samples", "0"], "--samples must be a positive"),
+        (["--method", "osa-das", "--samples", "0"], "--samples must be a positive"),
         (["--method", "integrated-gradients", "--samples", "3"], "--samples applies to"),
         (["--method", "ig", "--steps", "0"], "--steps must be a positive"),  # ig: an alias
         (["--method", "gradcam"], "did you mean 'grad-cam'"),

@@ -18,7 +18,8 @@ COMMANDS = {
         {"--model": FILE, "--data": FILE, "--eps": st.one_of(SIZE, NUMBER), "--spec": FILE,
          "--n": SIZE, "--rounds": COUNT, "--epochs": COUNT, "--lr": NUMBER, "--penalty": NUMBER,
          "--margin": NUMBER, "--anchor-weight": NUMBER, "--timeout": SIZE, "--test-data": FILE,
-         "--out": OUT, "--report": OUT},
+         "--out": OUT, "--report": OUT, "--domain": FILE, "--region-samples": COUNT,
+         "--boxes": COUNT, "--box-weight": NUMBER},
     ),
 }  # fmt: skip
 CI_EXAMPLES = {"repair": 10}

@@ -6,7 +6,14 @@ from torch import nn
 
 from robustlab.data import load_digits_split
 from robustlab.errors import RobustlabError
-from robustlab.repair import RepairResult, local_robustness_specs, repair, worst_points
+from robustlab.repair import (
+    RepairResult,
+    bound_violation,
+    local_robustness_specs,
+    repair,
+    sub_boxes,
+    worst_points,
+)
 from robustlab.verify.spec import robustness_spec
 
 SHAPE = (1, 8, 8)
@@ -111,6 +118,16 @@ def test_repair_command(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(monkeypatch, capsys, "repair", "--model", "zoo:mlp", "--data",
                            "digits", "--out", out)  # fmt: skip
     assert code == 2 and "either specification files or eps" in err
+    for flags, message in (
+        (("--boxes", "-1"), "boxes must be an integer >= 0"),
+        (("--region-samples", "-2"), "region_samples must be an integer >= 0"),
+        (("--box-weight", "-1"), "box_weight must be a finite number >= 0"),
+        (("--domain", "d.vnnlib"), "domain samples the anchor without data"),
+    ):
+        code, _, err = run_cli(monkeypatch, capsys, "repair", "--model", "zoo:mlp", "--data",
+                               "digits", "--eps", "0.01", "--n", "1", "--rounds", "1",
+                               "--out", out, *flags)  # fmt: skip
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_repair_command_on_a_vnnlib_property(monkeypatch, capsys, tmp_path):
@@ -132,3 +149,61 @@ def test_repair_command_on_a_vnnlib_property(monkeypatch, capsys, tmp_path):
     assert code == 0, stdout
     assert "0 -> 1 of 1 properties hold" in stdout
     assert verify(out, spec, timeout=60).verdict == "holds"
+
+
+def test_sub_boxes_tile_the_box():
+    lo, hi = torch.tensor([0.0, -1.0, 2.0]), torch.tensor([4.0, 1.0, 2.5])
+    blo, bhi = sub_boxes(lo, hi, 6)
+    assert len(blo) == 8 and (blo >= lo).all() and (bhi <= hi).all() and (blo <= bhi).all()
+    vol = (bhi - blo).prod(1)
+    torch.testing.assert_close(vol.sum(), (hi - lo).prod())  # disjoint pieces, same volume
+    torch.testing.assert_close(vol, vol[:1].expand(8))
+
+
+def test_bound_violation_is_below_every_sampled_violation(mlp, digits):
+    """The CROWN bound of a property's violation over each sub-box lies below the violation at
+    every sampled point of the box (a lower bound), for a robustness spec of the zoo MLP."""
+    spec = local_robustness_specs(digits.x[:1], digits.y[:1], 0.05, 10)[0]
+    lo, hi = sub_boxes(spec.lower[0], spec.upper[0], 4)
+    regs = torch.zeros(len(lo), dtype=torch.long)
+    with torch.no_grad():
+        bound = bound_violation(mlp, SHAPE, spec, regs, lo, hi)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(len(lo)):
+        pts = lo[i] + (hi[i] - lo[i]) * torch.rand(200, lo.shape[1], generator=gen, dtype=lo.dtype)
+        with torch.no_grad():
+            v = spec.violation(mlp(pts.float().view(-1, *SHAPE)).double(), torch.zeros(200).long())
+        assert bound[i] <= v.min() + 1e-5
+
+
+@pytest.mark.slow
+def test_acasxu_property_8_on_2_9_repaired_and_verified_from_the_file(tmp_path):
+    """Issue 21: a violated ACAS Xu property (8 on network 2_9) holds after repair, verified again
+    from the exported ONNX; the anchor on the whole input domain keeps the advisories (the
+    smallest output) outside the property's box; no sampled input of the box violates it."""
+    import onnxruntime
+
+    from robustlab.jobs.repair import repair_job
+    from robustlab.verify import verify
+    from robustlab.verify.vnnlib import read_vnnlib
+
+    from ..conftest import SHARED
+
+    acas = SHARED / "benchmarks" / "acasxu"
+    net, prop = acas / "ACASXU_run2a_2_9_batch_2000.onnx", acas / "prop_8.vnnlib"
+    if not net.is_file():
+        pytest.skip("shared benchmarks are missing")
+    out = tmp_path / "repaired.onnx"
+    r = repair_job(net, specs=[prop], domain=acas / "prop_7.vnnlib", out=out, rounds=4, epochs=4,
+                   lr=3e-4, margin=0.3, penalty=10.0, region_samples=4096, boxes=256,
+                   timeout=30, n_anchor=8192)  # fmt: skip
+    assert r["repair"]["verdicts_before"] == ["violated"]
+    assert r["repair"]["verdicts_after"] == ["holds"]
+    assert r["decisions_kept"]["argmin"] >= 0.98
+    assert verify(out, prop, timeout=120).verdict == "holds"
+    spec = read_vnnlib(prop, 5, 5)
+    x = spec.lower + (spec.upper - spec.lower) * torch.rand(20000, 5, dtype=torch.float64)
+    sess = onnxruntime.InferenceSession(str(out))
+    name = sess.get_inputs()[0].name
+    y = sess.run(None, {name: x.float().numpy().reshape(-1, 1, 1, 5)})[0].reshape(len(x), -1)
+    assert spec.violation(torch.from_numpy(y).double(), torch.zeros(len(x)).long()).min() > 0

@@ -114,3 +114,19 @@ def test_rank_correlation_is_none_when_undefined():
     assert rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert rank_correlation([1, 2], [1, 2]) is None
     assert rank_correlation([1, 2, 3], [0, 0, 0]) is None
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_zoo_cnn_in_half_precision_keeps_its_accuracy(name):
+    """Issue 20: the zoo CNN with weights and activations in float16 / bfloat16 keeps its digits
+    test accuracy within 0.5 points of float32."""
+    from robustlab import zoo
+    from robustlab.data import load_digits_split
+    from robustlab.sensitivity.precision import get_format
+
+    model, test = zoo.pretrained("cnn").eval(), load_digits_split(train=False)
+    half = emulate(model, get_format(name), activations=True)
+    with torch.no_grad():
+        full = (model(test.x).argmax(1) == test.y).double().mean()
+        low = (half(test.x).argmax(1) == test.y).double().mean()
+    assert abs(float(full - low)) <= 0.005, (float(full), float(low))

@@ -1,5 +1,5 @@
 """Explanations: attributions (saliency, input x gradient, Integrated Gradients, SmoothGrad,
-occlusion, Grad-CAM, Smooth Grad-CAM++, FullGrad, extremal perturbations, MoreauGrad, Sobol
+occlusion, OSA-DAS, Grad-CAM, Smooth Grad-CAM++, FullGrad, extremal perturbations, MoreauGrad, Sobol
 indices), proof features, Lipschitz / sensitivity estimates, and faithfulness metrics."""
 
 from robustlab.explain.base import (
@@ -17,6 +17,7 @@ from robustlab.explain.gradients import InputXGradient, Saliency, SmoothGrad
 from robustlab.explain.integrated import IntegratedGradients
 from robustlab.explain.moreau import MoreauGrad
 from robustlab.explain.occlusion import Occlusion
+from robustlab.explain.osa_das import OSADAS
 from robustlab.explain.sobol import SobolIndices, sobol_indices
 from robustlab.explain.sobol_attribution import SobolAttribution
 
@@ -30,6 +31,7 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "MoreauGrad",
+    "OSADAS",
     "Occlusion",
     "Saliency",
     "SmoothGrad",

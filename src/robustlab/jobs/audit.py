@@ -23,10 +23,12 @@ from robustlab.audit.certified import allowed_methods, certify_stage
 from robustlab.audit.decide import abstain_stage, conformal_stage, detect_stage, mix_stage
 from robustlab.audit.natural import natural_reason, natural_stage
 from robustlab.audit.profiles import Profile, default_eps, get_profile, headline_eps
+from robustlab.audit.proofs import with_proof_features
 from robustlab.audit.runner import Context, run_stages, write_json
 from robustlab.audit.sensitivity import sensitivity_stage
 from robustlab.audit.smoothing import smoothing_stage
 from robustlab.audit.summary import summarise
+from robustlab.audit.weights import weights_stage
 from robustlab.errors import RobustlabError
 from robustlab.jobs.common import (
     check_eps,
@@ -89,6 +91,7 @@ def audit_job(
     detect: bool = False,
     mix_accurate=None,
     abstain: float | None = None,
+    weight_sensitivity: bool = False,
     n: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -103,7 +106,9 @@ def audit_job(
     ``flags``, ``stages`` and one per stage (None when it did not finish). ``conformal``: the
     miscoverage alpha of a conformal-sets stage; ``detect``: a BEYOND detection stage;
     ``mix_accurate``: a second (accurate) model mixed with the audited one as the robust member;
-    ``abstain``: the certificate radius of a certify-or-abstain stage (availability attack)."""
+    ``abstain``: the certificate radius of a certify-or-abstain stage (availability attack);
+    ``weight_sensitivity``: a network-sensitivity stage (Hessian, Fisher, weight noise,
+    precision) as section ``weights``."""
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if budget is not None and not budget > 0:
@@ -163,11 +168,13 @@ def audit_job(
         report["reproduce"] = None  # an in-memory second model: no command line reproduces it
     if detect and report["reproduce"] is not None:
         report["reproduce"] += " --detect"
+    if weight_sensitivity:
+        report["reproduce"] += " --weight-sensitivity"
     nat = natural_reason(ctx)
     stages = [
         ("clean", clean_stage, None),
         ("attacks", attack_stage, None),
-        ("certified", certify_stage, None),
+        ("certified", with_proof_features(certify_stage), None),
         ("corruptions", None if nat else natural_stage, nat),
         ("smoothing", smoothing_stage if sigma else None, "not asked for (--smoothing SIGMA)"),
         ("sensitivity", sensitivity_stage, None),
@@ -181,6 +188,9 @@ def audit_job(
         ("abstain", partial(abstain_stage, radius=abstain) if abstain else None),
     ]
     stages[at:at] = [(name, fn, None) for name, fn in asked if fn is not None]
+    if weight_sensitivity:
+        after = [name for name, _, _ in stages].index("sensitivity") + 1
+        stages.insert(after, ("weights", weights_stage, None))
     out_dir = None if out is None else Path(out)
     try:
         run_stages(ctx, report, stages, clock, out=out_dir, progress=say, on_stage=on_stage)

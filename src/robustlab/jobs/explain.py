@@ -14,7 +14,11 @@ from robustlab.jobs.common import prepare, report_head
 from robustlab.results import metric_dicts
 
 STEPS_FIELD = {"integrated-gradients": "n_steps"}  # --steps: path steps
-SAMPLES_FIELD = {"smoothgrad": "n_samples", "sobol": "n_designs"}  # --samples: random draws
+SAMPLES_FIELD = {
+    "smoothgrad": "n_samples",
+    "sobol": "n_designs",
+    "osa-das": "n_augment",
+}  # --samples: draws
 
 
 def parse_target(text: str | int | None, labels: torch.Tensor):

@@ -9,6 +9,8 @@ import jinja2
 
 from robustlab.audit import figures
 from robustlab.report.plots import severity_curves
+from robustlab.report.proof_plots import proof_pictures
+from robustlab.report.sections import SECTIONS
 
 LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -43,6 +45,10 @@ def audit_figures(report: dict) -> dict:
         else None,
         "per_class": figures.per_class(report.get("per_class") or []),
         "radius": figures.radius_curve(sm.get("curve") or [], sm.get("clean_accuracy")),
+        "proofs": proof_pictures(report.get("certified") or {}),
+        "weights": SECTIONS["sensitivity"].render_figures(report["weights"])
+        if report.get("weights")
+        else {},
     }
 
 
