@@ -166,10 +166,8 @@ def audit_job(
                                    abstain=abstain)  # fmt: skip
     if mix_accurate is not None and not isinstance(mix_accurate, (str, Path)):
         report["reproduce"] = None  # an in-memory second model: no command line reproduces it
-    if detect and report["reproduce"] is not None:
-        report["reproduce"] += " --detect"
-    if weight_sensitivity:
-        report["reproduce"] += " --weight-sensitivity"
+    if report["reproduce"] is not None:
+        report["reproduce"] += " --detect" * detect + " --weight-sensitivity" * weight_sensitivity
     nat = natural_reason(ctx)
     stages = [
         ("clean", clean_stage, None),
