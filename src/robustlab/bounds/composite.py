@@ -17,6 +17,7 @@ from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.bilinear import MatMul, Mul
 from robustlab.bounds.ops.linear import Add, Linear, Reshape
 from robustlab.bounds.ops.nonlinear import GELU, Exp, Log, Pow
+from robustlab.bounds.ops.select import select
 from robustlab.bounds.ops.shape import (
     Center,
     MatMulConst,
@@ -39,7 +40,7 @@ def _is_var(v) -> bool:
 
 def shape_fn(emit, x, fn, name: str):
     """A per-sample shape function of x (transpose, movedim, sum, ...) as a graph node."""
-    return emit(per_sample(fn, x.example, name, terms=0), [x], name)
+    return emit(select(fn, x.example, name), [x], name)
 
 
 def reduce(emit, x, dims: tuple[int, ...], mean: bool, name: str, keepdim: bool = True):
