@@ -80,3 +80,18 @@ def test_unbounded_rows_get_constant_lines():
     assert a[0].abs().max().item() == 0.0
     assert bias[0].tolist() == [0.0, 0.0, -1.0, -1.0]  # s >= 0 and -s >= -1
     assert torch.isfinite(a[1]).all() and a[1].abs().max() > 0
+
+
+def test_lines_are_reused_only_for_the_same_unchanged_bounds():
+    op = Softmax(0)
+    lo = torch.tensor([[0.0, -1.0, 0.5]], dtype=torch.float64)
+    b = Bounds(lo, lo + 1.0)
+    first = op._cached_lines(b)
+    assert op._cached_lines(b) is first
+    b.lower[0, 1] = -2.0  # changed in place: computed again, as fresh
+    again = op._cached_lines(b)
+    assert again is not first
+    fresh = Softmax(0).lines(b)
+    for x, y in zip(again, fresh, strict=True):
+        for s, t in zip(x, y, strict=True):
+            assert torch.equal(s, t)

@@ -21,7 +21,7 @@ bounds are not finite, or whose arithmetic is not, get the constant lines 0 and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -57,6 +57,9 @@ class Softmax(Bilinear):
     dim: int
     n_inputs: int = 1
     tracked: bool = False  # float32: computed in float64 (crown.backward)
+    # the lines of the last bounds seen (branch and bound reuses the root's bounds on every
+    # domain): those tensors, their in-place version counters, the lines
+    _last: tuple | None = field(default=None, repr=False)
 
     def forward(self, x):
         return torch.softmax(x, self.dim + 1)
@@ -125,7 +128,7 @@ class Softmax(Bilinear):
 
     def backward(self, A, b: Bounds, in_shapes, alpha=None):
         """Coefficients on the input and the bias of a lower bound of ``A . softmax(x)``."""
-        (L0, q, bl), (cu, sm0, bu) = self.lines(b)
+        (L0, q, bl), (cu, sm0, bu) = self._cached_lines(b)
         d = self.dim + 2  # A: (batch, rows, *shape)
         a = _last(A.double(), d)
         pos, neg = a.clamp(min=0), a.clamp(max=0)
@@ -134,6 +137,17 @@ class Softmax(Bilinear):
         a_in = pl - pl.sum(-1, keepdim=True) * q + nu - nu.sum(-1, keepdim=True) * sm0
         bias = (pos * bl + neg * bu).flatten(2).sum(-1)
         return [a_in.movedim(-1, d).to(A.dtype)], bias.to(A.dtype)
+
+    def _cached_lines(self, b: Bounds):
+        lo, hi = b.lower, b.upper
+        key = (lo, hi, lo._version, hi._version)
+        hit = self._last
+        if hit is not None and hit[0] is lo and hit[1] is hi and hit[2:4] == key[2:]:
+            return hit[4]
+        lines = self.lines(b)
+        if not (lo.requires_grad or hi.requires_grad):  # (alpha-CROWN's graphs are not kept)
+            self._last = (*key, lines)
+        return lines
 
     def radius(self, x0: Tensor, r: Tensor) -> Tensor:
         """``|J(x0)| r``: the linearised softmax's output radius for input radius ``r``."""
