@@ -186,10 +186,19 @@ def test_layer_norm_of_two_features_by_hand():
 
 
 def test_graph_sizes_of_expansions():
-    """softmax over n entries: pairwise differences, exp, sum, +1, reciprocal (and a move of the
-    axis back unless it is the last)."""
+    """softmax: one operation relaxed jointly (ops/softmax.py); log-softmax over n entries:
+    pairwise differences, exp, sum, +1, log, negation."""
     ops = [type(n.op).__name__ for n in graph_of(Fn(lambda x: torch.softmax(x, 1)), (3,)).nodes[1:]]
-    assert ops == ["PairDiff", "Exp", "Monotone", "ScaleShift", "Pow", "Within"]
+    assert ops == ["Softmax"]
+    log = graph_of(Fn(lambda x: torch.log_softmax(x, 1)), (3,)).nodes[1:]
+    assert [type(n.op).__name__ for n in log] == [
+        "PairDiff",
+        "Exp",
+        "Monotone",
+        "ScaleShift",
+        "Log",
+        "ScaleShift",
+    ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -34,6 +34,40 @@ def test_plan_describes_the_graph():
     assert plan.after_nonlinear == (False, False, False, True, True, True)
     assert plan.needs == {1: True, 3: True}
     assert plan.numel_upto == (6, 8, 8, 8, 8, 8)
+    assert plan.ibp_exact == (True, True, False, False, False, False)
+
+
+def _two_maps() -> nn.Module:
+    """x -> [x1 + x2, x1 - x2] -> their sum - 1 = 2 x1 - 1 -> relu: two mixing linear maps
+    before the first nonlinearity."""
+    first, second = nn.Linear(2, 2, bias=False), nn.Linear(2, 1)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+        second.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        second.bias.fill_(-1.0)
+    return nn.Sequential(first, nn.Flatten(), second, nn.ReLU()).eval()
+
+
+def test_ibp_exact_stops_at_a_second_mixing_map():
+    plan = graph_of(_two_maps(), (2,)).plan
+    # input, first map (exact: one map of a box), flatten (entrywise), second map, relu
+    assert plan.ibp_exact == (True, True, True, False, False)
+    assert plan.after_nonlinear == (False, False, False, False, False)
+
+
+def test_a_second_mixing_map_gets_a_backward_pass():
+    """By hand: on x in [-1, 1]^2 the relu's input 2 x1 - 1 ranges over [-3, 1]; interval bounds
+    give [-5, 3] (x1 + x2 and x1 - x2 each in [-2, 2]). CROWN's bounds are the exact ones, and
+    the relu's upper line (z + 3) / 4 gives the output's exact maximum 1 (2.25 from [-5, 3])."""
+    graph = graph_of(_two_maps(), (2,))
+    lo = -torch.ones(1, 2, dtype=torch.float64)
+    region = InputRegion(lo, -lo)
+    b = intermediate_bounds(graph, region)
+    assert b[3].lower.item() == pytest.approx(-3.0, abs=1e-12)
+    assert b[3].upper.item() == pytest.approx(1.0, abs=1e-12)
+    out = compute_bounds(_two_maps(), (Box(-1.0, 1.0), torch.zeros(1, 2)), "crown")
+    assert out.upper.item() == pytest.approx(1.0, abs=1e-6)
+    assert out.lower.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def _both_ways(graph, region, C):

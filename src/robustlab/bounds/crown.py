@@ -397,7 +397,7 @@ def intermediate_bounds(
 ) -> dict[int, Bounds]:
     """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them."""
     need = graph.plan.needs if method == "crown" else {}
-    nonlinear_before = graph.plan.after_nonlinear
+    exact = graph.plan.ibp_exact
     bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
         deadline.check()
@@ -405,7 +405,7 @@ def intermediate_bounds(
         if prior and i in prior:
             b = b.intersect(prior[i])
         bounds[i] = b
-        if i in need and nonlinear_before[i] and i != graph.output:
+        if i in need and not exact[i] and i != graph.output:
             unstable_only = need[i]
             bounds[i] = refine(graph, bounds, i, unstable_only, cache=cache, intersect=intersect)
     return bounds

@@ -30,6 +30,7 @@ from robustlab.bounds.ops.nonlinear import (
 )
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.reduce import MaxReduce
+from robustlab.bounds.ops.select import select
 from robustlab.bounds.ops.shape import (
     CatConst,
     ConvTranspose,
@@ -123,7 +124,9 @@ def selection(call: Call, fn, x: Var, what: str) -> Op:
         with torch.enable_grad():
             (g,) = torch.autograd.grad(fn(probe).sum(), probe, allow_unused=True)
     copies = 0 if g is None else int(g.max())
-    return per_sample(fn, x.example, f"{what} at node '{call.name}'", 0 if copies <= 1 else copies)
+    if copies <= 1:  # transposed by a gather (ops/select.py) when it is one
+        return select(fn, x.example, f"{what} at node '{call.name}'")
+    return per_sample(fn, x.example, f"{what} at node '{call.name}'", copies)
 
 
 # --- elementwise functions --------------------------------------------------------------------

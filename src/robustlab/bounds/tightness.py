@@ -41,6 +41,8 @@ def tightness(model: nn.Module, x0: Tensor, eps: float) -> Tensor:
             radius.append(_select_max(op, rs[0], ins[0]))
         elif isinstance(op, MaxReduce):
             radius.append(_select_reduce(op, rs[0], ins[0]))
+        elif isinstance(op, Bilinear) and op.n_inputs == 1:  # a joint relaxation (softmax)
+            radius.append(op.radius(ins[0], rs[0]))
         elif isinstance(op, Bilinear):  # the product linearised at the clean input
             x, y = ins
             radius.append(op.forward(x.abs(), rs[1]) + op.forward(rs[0], y.abs()))
@@ -62,6 +64,8 @@ def tightness(model: nn.Module, x0: Tensor, eps: float) -> Tensor:
                     vals.append(_select_max(op, ins[0], values[node.inputs[0]]))
                 elif isinstance(op, MaxReduce):
                     vals.append(_select_reduce(op, ins[0], values[node.inputs[0]]))
+                elif isinstance(op, Bilinear) and op.n_inputs == 1:
+                    vals.append(op.linearised(values[node.inputs[0]], ins[0]))
                 elif isinstance(op, Bilinear):
                     x0_, y0_ = (values[j] for j in node.inputs)
                     vals.append(op.forward(ins[0], y0_) + op.forward(x0_, ins[1]))
