@@ -629,6 +629,14 @@ def train(
     hr_r: float | None = typer.Option(
         None, "--hr-r", help="hr: KL radius r >= 0 (default 0.1); the evasion radius is --eps."
     ),
+    optimizer: str = typer.Option(
+        "adam", "--optimizer", help="adam (cosine decay) or sgd (momentum 0.9, step decay)."
+    ),
+    iat_adversary: str | None = typer.Option(
+        None,
+        "--iat-adversary",
+        help="interpolated-at's attack: clean (Algorithm 1) or interpolated (on the mixed inputs).",
+    ),  # fmt: skip
     certify_training: bool = typer.Option(
         False,
         "--certify-training",
@@ -669,6 +677,8 @@ def train(
             hr_r=hr_r,
             certify_training=certify_training,
             delta=delta,
+            optimizer=optimizer,
+            iat_adversary=iat_adversary,
             device=device,
             progress=say,
         )

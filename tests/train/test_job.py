@@ -147,6 +147,8 @@ def test_certify_training(tmp_path, monkeypatch, capsys):
         (["--l2-eps", "-0.5"], "eps must be"),
         (["--method", "pgd-at", "--certify-training"], "certify_training bounds plain SGD"),
         (["--arch", "cnn", "--certify-training"], "MLP of Linear and ReLU"),
+        (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'; known: adam, sgd"),
+        (["--method", "interpolated-at", "--iat-adversary", "mixed"], "adversary must be one of"),
     ],
 )
 def test_bad_new_options(args, message, tmp_path, monkeypatch, capsys):
@@ -154,3 +156,21 @@ def test_bad_new_options(args, message, tmp_path, monkeypatch, capsys):
     code, _, err = run(monkeypatch, capsys, "train", *base, *args, "--epochs", "1", "--n", "10",
                        "--out", tmp_path / "x.onnx")  # fmt: skip
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_optimizer_and_iat_adversary_reach_the_training(tmp_path, monkeypatch, capsys):
+    code, _, err = run(
+        monkeypatch, capsys, "train", "--arch", "mlp", "--data", "digits",
+        "--method", "interpolated-at", "--eps", "0.1", "--optimizer", "sgd",
+        "--iat-adversary", "interpolated", "--epochs", "1", "--n", "20",
+        "--out", tmp_path / "m.onnx", "--db", tmp_path / "r.sqlite",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["settings"]["optimizer"] == "sgd"
+    assert report["settings"]["hyperparameters"] == {
+        "interpolated-at": {"adversary": "interpolated"}
+    }
+    (training,) = [p["training"] for p in report["per_method"]]
+    assert training["hyperparameters"]["optimizer"] == "sgd"
+    assert training["hyperparameters"]["adversary"] == "interpolated"

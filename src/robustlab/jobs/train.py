@@ -25,7 +25,7 @@ from robustlab.train.compare import Comparison, comparison_row, evaluate_trained
 from robustlab.train.fullcert import TrainingCertificate
 from robustlab.train.fullcert import certify_training as certify_training_fn
 from robustlab.train.init import reset_parameters
-from robustlab.train.loop import TrainResult, train
+from robustlab.train.loop import OPTIMIZERS, TrainResult, train
 from robustlab.train.methods import METHODS, get_method
 
 Progress = Callable[[str], None]
@@ -101,12 +101,14 @@ def method_kwargs(
     l2_eps: float | None = None,
     hr_alpha: float | None = None,
     hr_r: float | None = None,
+    iat_adversary: str | None = None,
 ) -> dict:
     """The hyperparameters the job's options set for a method (the others keep defaults)."""
     given = {
         "gaussian": {"sigma": sigma},
         "lipschitz": {"eps": l2_eps},
         "hr": {"alpha": hr_alpha, "r": hr_r},
+        "interpolated-at": {"adversary": iat_adversary},
     }.get(name, {})
     return {k: v for k, v in given.items() if v is not None}
 
@@ -147,6 +149,8 @@ def train_job(
     hr_r: float | None = None,
     certify_training: bool = False,
     delta: float = 1e-3,
+    optimizer: str = "adam",
+    iat_adversary: str | None = None,
     device="cpu",
     progress: Progress | None = None,
 ) -> dict:
@@ -158,7 +162,10 @@ def train_job(
     ``certify_training``: train ``standard`` by FullCert's certified procedure (plain SGD at
     ``lr``, float64) with interval bounds for training data moved by at most ``delta`` per
     feature; key ``training_certificate`` (certified share of the test predictions).
-    ``device``: where the models train and are evaluated (cpu, cuda or auto)."""
+    ``optimizer``: adam (cosine decay) or sgd (momentum, step decay; ``train.make_optimizer``);
+    ``iat_adversary``: interpolated-at's attack, on the clean batch (Algorithm 1) or on the
+    interpolated inputs. ``device``: where the models train and are evaluated (cpu, cuda or
+    auto)."""
     say = progress or (lambda _msg: None)
     names = parse_methods(method)
     (eps,) = check_eps([eps])
@@ -167,14 +174,18 @@ def train_job(
         raise RobustlabError(f"sigma must be positive; found {sigma}")
     if l2_eps is not None:
         (l2_eps,) = check_eps([l2_eps])
+    if optimizer not in OPTIMIZERS:
+        raise unknown("optimizer", optimizer, OPTIMIZERS)
     if certify_training and names != ["standard"]:
         raise RobustlabError(
             f"certify_training bounds plain SGD: it expects method 'standard' alone; found "
             f"{', '.join(names)}"
         )
     kwargs_of = {
-        n: method_kwargs(n, sigma=sigma, l2_eps=l2_eps, hr_alpha=hr_alpha, hr_r=hr_r) for n in names
-    }
+        n: method_kwargs(n, sigma=sigma, l2_eps=l2_eps, hr_alpha=hr_alpha, hr_r=hr_r,
+                         iat_adversary=iat_adversary)
+        for n in names
+    }  # fmt: skip
     methods = {n: get_method(n, **kwargs_of[n]) for n in names}  # bad values fail before training
     build, input_shape, arch_name = architecture(arch, seed=seed, finetune=finetune)
     train_d, test_d = split_data(data_src, test_data, input_shape, seed)
@@ -204,7 +215,8 @@ def train_job(
         else:
             result = train(model, train_d, methods[name], eps, epochs=epochs,
                            batch_size=batch_size, lr=lr, seed=seed, eval_data=test_d,
-                           init="keep" if finetune else "auto", on_epoch=on_epoch)  # fmt: skip
+                           init="keep" if finetune else "auto", on_epoch=on_epoch,
+                           optimizer=optimizer)  # fmt: skip
         path = onnx_path(out, name, len(names) > 1)
         onnx.save(torch_to_onnx(model.eval().cpu(), input_shape), str(path))
         loaded = load_model(path)  # the saved file, checked against onnxruntime
@@ -234,6 +246,7 @@ def train_job(
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
+        "optimizer": optimizer,
         "seed": seed,
         "sigma": sigma,
         "finetune": finetune,
