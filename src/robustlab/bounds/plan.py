@@ -130,3 +130,27 @@ def _reach_back(op, kind: int, probe: Tensor, shapes) -> list[Tensor | None]:
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
         pass
     return [None for _ in shapes]
+
+
+def row_cost(graph, j: int) -> float:
+    """Estimated multiply-adds of one backward row from the central neuron of node ``j`` to the
+    input: per node on the way, the neurons of its cone (the row's window) times the inputs each
+    one reads (a convolution's or linear layer's fan-in, else one)."""
+    shape = graph.nodes[j].shape
+    C = torch.zeros(1, 1, math.prod(shape), dtype=torch.float64)
+    C[0, 0, _center(shape)] = 1
+    reach = cone(graph, j, C.reshape(1, 1, *shape))
+    total = 0.0
+    for k, m in reach.items():
+        w = getattr(graph.nodes[k].op, "weight", None)
+        fan_in = w[0].numel() if isinstance(w, Tensor) and w.dim() > 1 else 1
+        total += int(m.sum()) * fan_in
+    return total
+
+
+def _center(shape: tuple[int, ...]) -> int:
+    """Flat index of the neuron at the middle of every spatial axis (channel 0)."""
+    idx = 0
+    for d, n in enumerate(shape):
+        idx = idx * n + (n // 2 if d else 0)
+    return idx
