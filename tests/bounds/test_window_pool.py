@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import compute_bounds, crown, window
+from robustlab.bounds import compute_bounds, crown, window, window_pool
 from robustlab.bounds.ops.linear import Generic
 from robustlab.bounds.ops.shape import Monotone, per_sample
 from robustlab.threat import LpBall
@@ -52,9 +52,9 @@ def test_avg_pool_divisor_by_hand():
     """3x3 kernel, stride 2, padding 1, ceil mode on a 4x4 map: outputs at rows -1, 1, 3; the
     last window covers rows 3..5 of which only row 3 is in the map (and row 4 is padding)."""
     for include, want in ((False, [2.0, 3.0, 1.0]), (True, [3.0, 3.0, 2.0])):
-        assert window._divisor(3, 4, 3, 2, 1, include).tolist() == want
+        assert window_pool.divisor(3, 4, 3, 2, 1, include).tolist() == want
     layer = nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)
-    conv, inv, exact = window._pool_conv(Generic(layer), (1, 4, 4))
+    conv, inv, exact = window_pool.pool_conv(Generic(layer), (1, 4, 4))
     assert inv[2, 2].item() == 1.0 and inv[0, 0].item() == 0.25 and not exact
 
 
@@ -78,7 +78,7 @@ def test_pad_window_equals_dense(seed):
     example = torch.zeros(1, *in_shape, dtype=torch.float64)
     op = per_sample(lambda t: nn.functional.pad(t, pads), example, "pad", 0)
     out = op.fn(example)
-    assert window._translation(op, in_shape, tuple(out.shape[1:])) == (pads[2], pads[0])
+    assert window_pool.translation(op, in_shape, tuple(out.shape[1:])) == (pads[2], pads[0])
     win = _random_window(g, 3, 4, 2, 2, 3, tuple(out.shape[2:]), shared=bool(seed % 2))
     assert window.linear_backward(op, win, [in_shape]) is not None
     _check_against_dense(op, win, in_shape)
@@ -98,7 +98,7 @@ def test_non_translations_are_refused(fn):
     example = torch.zeros(1, *in_shape, dtype=torch.float64)
     op = Generic(fn)
     out = tuple(fn(example).shape[1:])
-    assert window._translation(op, in_shape, out) is None
+    assert window_pool.translation(op, in_shape, out) is None
 
 
 class PoolNet(nn.Module):

@@ -98,8 +98,13 @@ def cone(graph, target: int, C: Tensor) -> dict[int, Tensor]:
         m = reach.get(i)
         if m is None or nodes[i].op is None:
             continue
-        probe = m.to(torch.float64) * (1 + torch.rand(m.shape, generator=g, dtype=torch.float64))
-        ins = _reach_back(nodes[i].op, plan.kinds[i], probe[None, None], plan.in_shapes[i])
+        if bool(m.all()):  # every neuron: every input (the cone of a dense head, at once)
+            ins = [None for _ in nodes[i].inputs]
+        else:
+            probe = m.to(torch.float64) * (
+                1 + torch.rand(m.shape, generator=g, dtype=torch.float64)
+            )
+            ins = _reach_back(nodes[i].op, plan.kinds[i], probe[None, None], plan.in_shapes[i])
         for j, r in zip(nodes[i].inputs, ins, strict=True):
             r = torch.ones(nodes[j].shape, dtype=torch.bool) if r is None else r
             reach[j] = r if j not in reach else reach[j] | r
