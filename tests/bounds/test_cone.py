@@ -7,9 +7,10 @@ from torch import nn
 
 from robustlab.bounds import crown as crown_mod
 from robustlab.bounds.crown import crown
+from robustlab.bounds.forward import affordable
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.bounds.plan import cone
+from robustlab.bounds.plan import cone, row_cost
 
 from .nets import KINDS, make
 from .test_window_pool import PoolNet
@@ -90,3 +91,25 @@ def test_cone_by_hand():
     C[0, 0, 0, 1, 0] = 1
     reach = cone(graph, graph.output, C)
     assert reach[2].reshape(4, 4)[2:, :2].all() and int(reach[2].sum()) == 4
+
+
+def test_row_cost_counts_windows():
+    """A row from the centre of the second 3x3 convolution's output (9x9 maps): per node on the
+    way back, its window's neurons times the inputs each reads (a convolution's fan-in)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 1, 3, padding=1))
+    graph = graph_of(net, (2, 9, 9))
+    # node 3 (the last convolution): itself 1 x 18, ReLU 18 x 1, first convolution 18 x 18,
+    # input 2 x 5 x 5 = 50
+    assert row_cost(graph, 3) == 18 + 18 + 18 * 18 + 50
+    dense = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    graph = graph_of(dense, (4,))
+    assert row_cost(graph, 3) == 3 + 3 + 3 * 4 + 4
+
+
+def test_forward_bounds_affordable_by_size():
+    small = graph_of(nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2)), (5,))
+    assert affordable(small)
+    conv = graph_of(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()), (3, 52, 52))
+    assert not affordable(conv)  # 43264 neurons x 8113 columns
+    assert affordable(conv, max_entries=2**29)
