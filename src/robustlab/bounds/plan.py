@@ -101,8 +101,8 @@ def cone(graph, target: int, C: Tensor) -> dict[int, Tensor]:
         if bool(m.all()):  # every neuron: every input (the cone of a dense head, at once)
             ins = [None for _ in nodes[i].inputs]
         else:
-            probe = m.to(torch.float64) * (
-                1 + torch.rand(m.shape, generator=g, dtype=torch.float64)
+            probe = m.to(torch.float32) * (  # only zero or not matters: float32 is enough
+                1 + torch.rand(m.shape, generator=g, dtype=torch.float32)
             )
             ins = _reach_back(nodes[i].op, plan.kinds[i], probe[None, None], plan.in_shapes[i])
         for j, r in zip(nodes[i].inputs, ins, strict=True):

@@ -15,6 +15,7 @@ from robustlab.bounds.plan import row_cost
 FORWARD_RATIO = 100.0  # CROWN intermediate bounds this many times dearer: forward bounds too
 FORWARD_ONLY_RATIO = 1000.0  # this many times dearer: forward bounds alone
 CROWN_RATE = 2e10  # multiply-adds per second assumed when judging whether a bound pass fits
+WINDOWED_FROM = 5 * CROWN_RATE  # dense estimates above this are refined with rows' windows
 
 
 def _prefix_costs(graph: BoundGraph) -> list[int]:
@@ -39,8 +40,12 @@ def crown_cost(graph: BoundGraph) -> float:
     get rows), each row as costly as its window on the way back (``plan.row_cost``) when that
     is less than the dense step's cost."""
     cost = _prefix_costs(graph)
+    need = needs_bounds(graph)
+    total = float(sum(2 * math.prod(graph.nodes[j].shape) * cost[j] for j in need))
+    if total <= WINDOWED_FROM:  # cheap enough: windows are not worth estimating (0.1-1 s)
+        return total
     total = 0.0
-    for j in needs_bounds(graph):
+    for j in need:
         per_row = cost[j]
         if len(graph.nodes[j].shape) == 3:  # rows on feature maps keep their windows
             per_row = min(per_row, row_cost(graph, j))
