@@ -19,7 +19,7 @@ from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.pool import MaxPool
-from robustlab.bounds.plan import ACTIVATION, BILINEAR, LINEAR, POOL
+from robustlab.bounds.plan import ACTIVATION, BILINEAR, LINEAR, POOL, cone
 from robustlab.bounds.tracker import Tracker, covers
 from robustlab.bounds.window import Window
 
@@ -315,12 +315,20 @@ def identity_rows(shape: tuple[int, ...], idx: Tensor, batch: int, like: Tensor)
 
 
 def refine(
-    graph, bounds, i: int, unstable_only: bool, alphas=None, cache=None, intersect: bool = True
+    graph,
+    bounds,
+    i: int,
+    unstable_only: bool,
+    alphas=None,
+    cache=None,
+    intersect: bool = True,
+    within: Tensor | None = None,
 ) -> Bounds:
     """Tighten the bounds of node ``i`` with backward passes (in chunks of rows).
 
     Rows are the neurons unstable in any example of the batch, or, when each example has far
-    fewer than that, each example's own unstable neurons (gathered and padded per example).
+    fewer than that, each example's own unstable neurons (gathered and padded per example);
+    only those in ``within`` (a flat bool mask: ``plan.cone``) when given.
     ``intersect=False`` replaces the interval bounds instead of intersecting with them (as
     auto_LiRPA does; for comparisons only: never tighter).
     """
@@ -329,6 +337,8 @@ def refine(
     mask = (((b.lower < 0) & (b.upper > 0)) if unstable_only else (b.lower < b.upper)).reshape(
         batch, -1
     )
+    if within is not None:
+        mask = mask & within.to(mask.device)
     idx = mask.any(0).nonzero().squeeze(1)
     if len(idx) == 0:
         return b
@@ -394,10 +404,14 @@ def intermediate_bounds(
     prior: Mapping[int, Bounds] | None = None,
     cache: dict | None = None,
     intersect: bool = True,
+    C: Tensor | None = None,
 ) -> dict[int, Bounds]:
-    """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them."""
+    """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them;
+    with ``C`` (the rows the bounds are for, (batch, rows, *output shape)) only the neurons in
+    their cone (``plan.cone``): the others keep interval bounds, which these rows never read."""
     need = graph.plan.needs if method == "crown" else {}
     exact = graph.plan.ibp_exact
+    within = cone(graph, graph.output, C) if C is not None and need else {}
     bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
         deadline.check()
@@ -406,8 +420,12 @@ def intermediate_bounds(
             b = b.intersect(prior[i])
         bounds[i] = b
         if i in need and not exact[i] and i != graph.output:
-            unstable_only = need[i]
-            bounds[i] = refine(graph, bounds, i, unstable_only, cache=cache, intersect=intersect)
+            unstable_only, only = need[i], within.get(i, None if C is None else False)
+            if only is False or (only is not None and not bool(only.any())):
+                continue  # no neuron of this node reaches the rows
+            bounds[i] = refine(
+                graph, bounds, i, unstable_only, cache=cache, intersect=intersect, within=only
+            )
     return bounds
 
 
@@ -419,11 +437,18 @@ def crown(
     intermediate: str = "crown",
     bound_upper: bool = True,
     intersect: bool = True,
+    in_cone: bool = False,
 ) -> tuple[Bounds, dict[int, Bounds]]:
     """CROWN (``intermediate="crown"``) or CROWN-IBP (``"ibp"``) bounds of ``C @ output``.
-    ``intersect=False``: no intersection with interval bounds anywhere (auto_LiRPA's CROWN)."""
+    ``intersect=False``: no intersection with interval bounds anywhere (auto_LiRPA's CROWN).
+    ``in_cone``: intermediate bounds only for the neurons that reach C's rows (the same bounds
+    of ``C @ output``; the others keep interval bounds: off where a caller reads them, as
+    alpha-CROWN does for its intermediate slopes)."""
     cache: dict = {}
-    bounds = intermediate_bounds(graph, region, intermediate, cache=cache, intersect=intersect)
+    rows = C if in_cone else None
+    bounds = intermediate_bounds(
+        graph, region, intermediate, cache=cache, intersect=intersect, C=rows
+    )
     lower = region.lower
     out = graph.output
     if C is None:

@@ -6,6 +6,8 @@ of neurons to bound), so it serves as intermediate bounds for input-splitting br
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -180,3 +182,13 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
         ib = op.ibp(*[bounds[j] for j in node.inputs])
         bounds[i] = fb.intersect(ib)
     return bounds
+
+
+FORWARD_MAX_ENTRIES = 2**26  # coefficients of one node's linear bounds per box (float64: 512 MB)
+
+
+def affordable(graph: BoundGraph, max_entries: int = FORWARD_MAX_ENTRIES) -> bool:
+    """Whether forward bounds fit in memory and time: one column per input on every neuron of
+    the widest node (a 3 x 52 x 52 image into 16 x 52 x 52 maps: 3.5e8 entries, no)."""
+    n_in = math.prod(graph.nodes[0].shape) + 1
+    return graph.plan.numel_upto[-1] * n_in <= max_entries

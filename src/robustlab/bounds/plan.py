@@ -4,8 +4,12 @@ nodes' bounds a relaxation needs, and the sizes that decide how rows are chunked
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
 
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, LinearOp
@@ -112,3 +116,79 @@ def float32_pays(graph, batch: int, *, min_entries: int = FLOAT32_MIN_ENTRIES) -
     rows = max([2 * math.prod(graph.nodes[j].shape) for j in plan.needs] + [1])
     # a graph outside the float32 bookkeeping is computed in float64 anyway (crown.backward)
     return batch * rows * plan.numel_upto[-1] >= min_entries and covers(graph)
+
+
+def cone(graph, target: int, C: Tensor) -> dict[int, Tensor]:
+    """Per node up to ``target``, the neurons that reach a nonzero column of ``C`` (batch, rows,
+    *shape of target), as a flat bool mask over the batch: the only ones whose bounds a backward
+    pass of these rows reads. Computed by moving the mask back through each operation with
+    absolute weights; an operation without such a step marks all its inputs (only the bound of
+    a neuron left out could change, and it keeps its interval bound: sound either way)."""
+    nodes, plan = graph.nodes, graph.plan
+    reach = {target: (C != 0).reshape(-1, *nodes[target].shape).any(0)}
+    g = torch.Generator().manual_seed(0)
+    for i in range(target, 0, -1):
+        m = reach.get(i)
+        if m is None or nodes[i].op is None:
+            continue
+        if bool(m.all()):  # every neuron: every input (the cone of a dense head, at once)
+            ins = [None for _ in nodes[i].inputs]
+        else:
+            probe = m.to(torch.float32) * (  # only zero or not matters: float32 is enough
+                1 + torch.rand(m.shape, generator=g, dtype=torch.float32)
+            )
+            ins = _reach_back(nodes[i].op, plan.kinds[i], probe[None, None], plan.in_shapes[i])
+        for j, r in zip(nodes[i].inputs, ins, strict=True):
+            r = torch.ones(nodes[j].shape, dtype=torch.bool) if r is None else r
+            reach[j] = r if j not in reach else reach[j] | r
+    return {i: m.reshape(-1) for i, m in reach.items()}
+
+
+def _reach_back(op, kind: int, probe: Tensor, shapes) -> list[Tensor | None]:
+    """The inputs that ``probe`` (1, 1, *shape; positive where reached) depends on, per input
+    (None: every neuron)."""
+    try:
+        if kind == LINEAR:
+            w = getattr(op, "weight", None)
+            if isinstance(w, Tensor) and dataclasses.is_dataclass(op):
+                op = dataclasses.replace(op, weight=w.abs())  # no cancellation in the sums
+            ins, _ = op.backward(probe, list(shapes))
+            return [t[0, 0].reshape(s) != 0 for t, s in zip(ins, shapes, strict=True)]
+        if kind == ACTIVATION and all(tuple(s) == tuple(probe.shape[2:]) for s in shapes):
+            return [probe[0, 0] != 0 for _ in shapes]
+        if isinstance(op, MaxPool):
+            c = probe.shape[2]
+            ones = torch.ones(c, 1, *op.kernel, dtype=probe.dtype)
+            t = nn.functional.conv_transpose2d(
+                probe[0], ones, None, op.stride, op.padding, groups=c
+            )
+            H, W = shapes[0][1:]
+            t = nn.functional.pad(t, (0, max(0, W - t.shape[3]), 0, max(0, H - t.shape[2])))
+            return [t[0, :, :H, :W] != 0]
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        pass
+    return [None for _ in shapes]
+
+
+def row_cost(graph, j: int) -> float:
+    """Estimated multiply-adds of one backward row from the central neuron of node ``j`` to the
+    input: per node on the way, the neurons of its cone (the row's window) times the inputs each
+    one reads (a convolution's or linear layer's fan-in, else one)."""
+    shape = graph.nodes[j].shape
+    C = torch.zeros(1, 1, math.prod(shape), dtype=torch.float64)
+    C[0, 0, _center(shape)] = 1
+    reach = cone(graph, j, C.reshape(1, 1, *shape))
+    total = 0.0
+    for k, m in reach.items():
+        w = getattr(graph.nodes[k].op, "weight", None)
+        fan_in = w[0].numel() if isinstance(w, Tensor) and w.dim() > 1 else 1
+        total += int(m.sum()) * fan_in
+    return total
+
+
+def _center(shape: tuple[int, ...]) -> int:
+    """Flat index of the neuron at the middle of every spatial axis (channel 0)."""
+    idx = 0
+    for d, n in enumerate(shape):
+        idx = idx * n + (n // 2 if d else 0)
+    return idx

@@ -4,11 +4,11 @@ layer by layer back to the input, on a small spatial window only. Backward passe
 such neurons carry a ``Window`` (the coefficients on the window, and its position per row) instead
 of dense coefficients over the whole feature map, which for a 32 x 32 map is up to 100x less work.
 
-Convolutions, transposed convolutions, nearest and (bi)linear resizing, max pooling, per-channel
-affine maps (BatchNorm, normalisation), residual additions and elementwise relaxations keep a
-window; anything else (reshape, linear layers, average pooling, padding) and any window grown to
-the size of its map turn it back into dense coefficients, so every result equals the dense
-computation's.
+Convolutions, transposed convolutions, nearest and (bi)linear resizing, max and average pooling,
+spatial padding and cropping (any selection that translates the map), per-channel affine maps
+(BatchNorm, normalisation), residual additions and elementwise relaxations keep a window; anything
+else (reshape, linear layers) and any window grown to the size of its map turn it back into dense
+coefficients, so every result equals the dense computation's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from robustlab.bounds.ops.linear import Add, Affine, Conv, _cast
+from robustlab.bounds import window_pool
+from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, _cast
 from robustlab.bounds.ops.shape import ConvTranspose, Resize
 
 
@@ -176,7 +177,69 @@ def linear_backward(
         return _affine(op, win)
     if isinstance(op, Add) and all(tuple(s) == (win.shape[2], *win.frame) for s in in_shapes):
         return [win, win.scaled(op.sign)], win.data.new_zeros(win.shape[:2])
+    if isinstance(op, Generic) and len(in_shapes[0]) == 3:
+        pool = _avg_pool(op, in_shapes[0], win)
+        if pool is not None:
+            return pool
+        shift = window_pool.translation(op, in_shapes[0], (win.shape[2], *win.frame))
+        if shift is not None:
+            return _shifted(win, shift, in_shapes[0])
     return None
+
+
+def _avg_pool(op: Generic, in_shape: tuple[int, ...], win: Window):
+    """Average pooling's transpose on a window: each row's coefficient divided by its output's
+    divisor, then the transpose of a depthwise convolution with a kernel of ones (padding and
+    ceil mode: inputs outside the map are dropped by ``_conv``). Float32 rows only when every
+    divisor is a power of two (scaling exact, as the float32 bookkeeping budgets)."""
+    pool = window_pool.pool_conv(op, in_shape)
+    if pool is None:
+        return None
+    conv, inv, exact = pool
+    if win.data.dtype != torch.float64 and not exact:
+        return None
+    b, m, c = win.data.shape[:3]
+    if tuple(inv.shape) != tuple(win.frame):
+        return None
+    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
+    one = Window(win.data[:1], win.oy, win.ox, win.frame) if shared else win
+    data = one.data * one.gather(inv.to(win.data.dtype).expand(1, c, *inv.shape))
+    if shared:
+        data = data.expand(b, *data.shape[1:])
+    if tuple(conv.stride) != tuple(conv.weight.shape[2:]):
+        return _conv(conv, Window(data, win.oy, win.ox, win.frame), in_shape)
+    # kernel = stride: each coefficient copied onto its own block (3x faster than a convolution)
+    (ky, kx), (py, px) = conv.stride, conv.padding
+    out = data.repeat_interleave(ky, 3).repeat_interleave(kx, 4)
+    H, W = in_shape[1:]
+    oy, ox = win.oy * ky - py, win.ox * kx - px
+    hh, ww = out.shape[3:]
+    ys = oy[..., None] + torch.arange(hh, device=oy.device)
+    xs = ox[..., None] + torch.arange(ww, device=ox.device)
+    valid = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    if not bool(valid.all()):
+        out = out * valid
+    new = Window(out, oy, ox, (H, W))
+    return [new.dense() if hh * ww >= H * W else new], win.data.new_zeros(b, m)
+
+
+def _shifted(win: Window, shift: tuple[int, int], in_shape: tuple[int, ...]):
+    """A translation's transpose on a window: the window moves back by the shift; its entries
+    on cells the translation fills with zero (outside the input map) are dropped."""
+    b, m, c, h, w = win.data.shape
+    H, W = in_shape[1:]
+    oy, ox = win.oy - shift[0], win.ox - shift[1]
+    ys = oy[..., None] + torch.arange(h, device=oy.device)
+    xs = ox[..., None] + torch.arange(w, device=ox.device)
+    valid = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    data = win.data
+    if not bool(valid.all()):
+        if b > 1 and data.stride(0) == 0 and valid.shape[0] == 1:
+            data = (data[:1] * valid).expand(b, -1, -1, -1, -1)
+        else:
+            data = data * valid
+    new = Window(data, oy, ox, (H, W))
+    return [new.dense() if h * w >= H * W else new], win.data.new_zeros(b, m)
 
 
 def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tensor]:
@@ -368,6 +431,7 @@ def _local(r: Tensor, o: Tensor, h: int) -> tuple[Tensor, Tensor, int]:
 
 
 MATRIX_ENTRIES = 2**22  # largest matrix kept per (convolution, window size)
+MATRIX_WORK = 8  # most multiply-adds of the matrix over the convolution's (measured crossover)
 _MATRICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -381,7 +445,10 @@ def _transpose_matrix(op: Conv, weight: Tensor, c: int, h: int, w: int):
     s, d, k = op.stride, op.dilation, weight.shape[2:]
     hh, ww = (h - 1) * s[0] + d[0] * (k[0] - 1) + 1, (w - 1) * s[1] + d[1] * (k[1] - 1) + 1
     n_in = weight.shape[1] * op.groups
-    if c * h * w * n_in * hh * ww > MATRIX_ENTRIES:
+    # the matrix multiplies every window entry with every output (hh ww per input channel, all
+    # groups), the convolution with its k k taps: past MATRIX_WORK times more, the convolution
+    # is faster (float64, one thread: 2.3x at a 10 x 10 window of a 3 x 3 kernel)
+    if c * h * w * n_in * hh * ww > MATRIX_ENTRIES or hh * ww * op.groups > MATRIX_WORK * k.numel():
         per_op[key] = None
         return None
     eye = torch.eye(c * h * w, dtype=weight.dtype, device=weight.device).reshape(-1, c, h, w)

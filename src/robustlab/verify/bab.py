@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.crown import backward, intermediate_bounds
+from robustlab.bounds.forward import affordable as forward_affordable
 from robustlab.bounds.forward import forward_bounds
 from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
@@ -51,14 +52,16 @@ def bound_boxes(
     n = len(lo)
     region = InputRegion(lo.reshape(n, *shape), hi.reshape(n, *shape))
     with torch.no_grad():
+        Cn = C.expand(n, *C.shape) if C.dim() == 2 else C
+        Cn = Cn.reshape(n, Cn.shape[1], *graph.nodes[graph.output].shape).to(lo.dtype)
         if intermediate == "forward" and forward_ok(graph):
             bounds = forward_bounds(graph, region)
         else:
-            prior = forward_bounds(graph, region) if forward_ok(graph) else None
-            bounds = intermediate_bounds(graph, region, "crown", prior=prior)
+            cheap = forward_ok(graph) and forward_affordable(graph)
+            prior = forward_bounds(graph, region) if cheap else None
+            # only the neurons that reach the rows (the same bounds of C y, fewer passes)
+            bounds = intermediate_bounds(graph, region, "crown", prior=prior, C=Cn)
         lin: dict = {}
-        Cn = C.expand(n, *C.shape) if C.dim() == 2 else C
-        Cn = Cn.reshape(n, Cn.shape[1], *graph.nodes[graph.output].shape).to(lo.dtype)
         lb = backward(graph, bounds, graph.output, Cn, linear=lin)
     return lb, lin["A"].reshape(n, Cn.shape[1], -1), lin["bias"]
 
@@ -99,11 +102,13 @@ def bounds_and_margins(
     bounds of ``C y`` (N, rows) and the margins of :func:`hold_margin` (N, rows), from one bound
     pass (the rows and the outputs' two signs bounded together)."""
     n, k, n_out = C.shape
-    eye = torch.eye(n_out, dtype=C.dtype).expand(n, n_out, n_out)
+    used = (C != 0).any(1).any(0).nonzero().squeeze(1)  # the outputs some row reads
+    u = len(used)
+    eye = torch.eye(n_out, dtype=C.dtype)[used].expand(n, u, n_out)
     lb, A, _ = bound_boxes(graph, lo, hi, torch.cat([C, eye, -eye], 1), shape, intermediate)
-    y_mag = torch.maximum(lb[:, k : k + n_out].abs(), lb[:, k + n_out :].abs())
+    y_mag = torch.maximum(lb[:, k : k + u].abs(), lb[:, k + u :].abs())
     x_mag = torch.maximum(lo.abs(), hi.abs()).reshape(n, -1).to(A.dtype)
-    mag = torch.einsum("nko,no->nk", C.abs().to(y_mag.dtype), y_mag)
+    mag = torch.einsum("nko,no->nk", C[:, :, used].abs().to(y_mag.dtype), y_mag)
     mag = mag + torch.einsum("nki,ni->nk", A[:, :k].abs(), x_mag)
     return lb[:, :k], margin_of(d, mag, unit)
 

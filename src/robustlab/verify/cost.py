@@ -10,10 +10,12 @@ from robustlab.bounds.crown import needs_bounds
 from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.linear import Conv, Linear
+from robustlab.bounds.plan import row_cost
 
 FORWARD_RATIO = 100.0  # CROWN intermediate bounds this many times dearer: forward bounds too
 FORWARD_ONLY_RATIO = 1000.0  # this many times dearer: forward bounds alone
 CROWN_RATE = 2e10  # multiply-adds per second assumed when judging whether a bound pass fits
+WINDOWED_FROM = 5 * CROWN_RATE  # dense estimates above this are refined with rows' windows
 
 
 def _prefix_costs(graph: BoundGraph) -> list[int]:
@@ -35,9 +37,20 @@ def _prefix_costs(graph: BoundGraph) -> list[int]:
 def crown_cost(graph: BoundGraph) -> float:
     """Estimated multiply-adds of CROWN's intermediate bounds on one box: two rows per neuron of
     every node whose bounds a relaxation uses (an upper estimate: only unstable ReLU neurons
-    get rows, and rows of convolutional layers stay on their windows)."""
+    get rows), each row as costly as its window on the way back (``plan.row_cost``) when that
+    is less than the dense step's cost."""
     cost = _prefix_costs(graph)
-    return float(sum(2 * math.prod(graph.nodes[j].shape) * cost[j] for j in needs_bounds(graph)))
+    need = needs_bounds(graph)
+    total = float(sum(2 * math.prod(graph.nodes[j].shape) * cost[j] for j in need))
+    if total <= WINDOWED_FROM:  # cheap enough: windows are not worth estimating (0.1-1 s)
+        return total
+    total = 0.0
+    for j in need:
+        per_row = cost[j]
+        if len(graph.nodes[j].shape) == 3:  # rows on feature maps keep their windows
+            per_row = min(per_row, row_cost(graph, j))
+        total += 2 * math.prod(graph.nodes[j].shape) * per_row
+    return total
 
 
 def crown_over_forward(graph: BoundGraph) -> float:
