@@ -22,7 +22,7 @@ from robustlab.verify.nonlinear_split import nonlinear_split
 from robustlab.verify.oracle import confirm
 from robustlab.verify.relu_split import relu_split
 from robustlab.verify.spec import Property, Spec
-from robustlab.verify.surrogate import with_surrogate_gradients
+from robustlab.verify.surrogate import logit_view, with_surrogate_gradients
 
 STRATEGIES = ("auto", "input-split", "relu-split", "nonlinear-split", "bounds")
 INPUT_SPLIT_MAX_DIM = 16
@@ -173,9 +173,17 @@ def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermedi
 def _falsify(model, shape, spec: Spec, regions, oracle, seconds, rounds: int, seed: int, stats):
     """A confirmed counterexample from ``rounds`` rounds of attacks on ``regions`` within
     ``seconds``, or None."""
+    if not len(regions):
+        return None
     stop = time.monotonic() + seconds
     k = 0
-    model = with_surrogate_gradients(model)  # same outputs; gradients through sign / softmax
+    centre = ((spec.lower[regions[:1]] + spec.upper[regions[:1]]) / 2).float()
+    # the logits where the property compares outputs of a final softmax (saturated
+    # probabilities stall the attack), else the same outputs with gradients through sign /
+    # softmax; candidates are confirmed on the network either way
+    model = logit_view(model, spec.C, spec.d, centre.reshape(-1, *shape)) or (
+        with_surrogate_gradients(model)
+    )
     while True:
         found = attack(
             model,
