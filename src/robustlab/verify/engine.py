@@ -29,6 +29,7 @@ INPUT_SPLIT_MAX_DIM = 16
 # attacks: (share of the time left, rounds of fresh starts) before the bounds, before branching
 ATTACKS = ((0.05, 1), (0.15, 3))
 REGION_BATCH = 256  # regions bounded in one pass
+BOUNDS_SHARE = 0.5  # of the time left: incomplete bounds slower than this give way to attacks
 
 
 def free_inputs(spec: Spec) -> int:
@@ -108,7 +109,19 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
         if cex is not None:
             return "violated", cex, ""
         return "timeout", None, "a bound pass on this network would outlast the timeout"
-    open_ = _bound_regions(graph, model, spec, open_, shape, strategy, intermediate, stats)
+    try:  # a bound pass slower than its share leaves the rest of the time to attacks
+        with within(time.monotonic() + BOUNDS_SHARE * left):
+            open_ = _bound_regions(graph, model, spec, open_, shape, strategy, intermediate, stats)
+    except DeadlineExceeded:
+        if time.monotonic() >= deadline:
+            raise
+        stats["bounds_s"] = "over share"
+        cex = _falsify(
+            model, shape, spec, open_, oracle, _share(deadline, 1.0), 1_000_000, 2, stats
+        )
+        if cex is not None:
+            return "violated", cex, ""
+        return "timeout", None, "the bound passes on this network outlast their share of the time"
     if not len(open_):
         return "holds", None, ""
     if strategy == "bounds":
