@@ -50,6 +50,7 @@ def bound_boxes(
     intermediate: str = "crown",
     parent: Tensor | None = None,
     keep: list | None = None,
+    forward_prior: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CROWN lower bounds of ``C y`` on each box (N, rows), with the linear lower bounds they come
     from: ``C y >= A x + bias`` on the box (A of shape (N, rows, n_inputs)). ``C``: (rows,
@@ -69,9 +70,12 @@ def bound_boxes(
             if parent is not None:
                 bounds = {**bounds, **_intersect(graph, bounds, parent)}
         else:
-            prior = forward_bounds(graph, region) if forward_ok(graph) else None
-            if parent is not None:
-                prior = {**(prior or {}), **_intersect(graph, prior or {}, parent)}
+            if parent is not None:  # the parent's CROWN bounds: forward bounds rarely add
+                prior = _intersect(graph, {}, parent) if not forward_prior else None
+            if parent is None or forward_prior:
+                prior = forward_bounds(graph, region) if forward_ok(graph) else None
+                if parent is not None:
+                    prior = {**(prior or {}), **_intersect(graph, prior or {}, parent)}
             bounds = intermediate_bounds(graph, region, "crown", prior=prior)
         if keep is not None:
             keep.append(pack_bounds(graph, bounds))
