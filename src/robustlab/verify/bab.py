@@ -60,8 +60,10 @@ def bound_boxes(
     linear bounds) or ``"forward"`` (forward linear bounds only: far cheaper, far looser).
     ``parent``: bounds (N, 2, S) of the nodes a relaxation uses (:func:`pack_bounds`) valid on
     a box containing each box (its parent in a split), intersected with the box's own before
-    the unstable neurons are chosen: fewer rows, tighter relaxations. ``keep``: a list that
-    receives the box's own packed bounds (for its children)."""
+    the unstable neurons are chosen: fewer rows, tighter relaxations; forward linear bounds
+    are then skipped unless ``forward_prior`` (on ACAS Xu they prune nothing the parent's CROWN
+    bounds do not). ``keep``: a list that receives the box's own packed bounds (for its
+    children)."""
     n = len(lo)
     region = InputRegion(lo.reshape(n, *shape), hi.reshape(n, *shape))
     with torch.no_grad():
@@ -70,12 +72,11 @@ def bound_boxes(
             if parent is not None:
                 bounds = {**bounds, **_intersect(graph, bounds, parent)}
         else:
-            if parent is not None:  # the parent's CROWN bounds: forward bounds rarely add
-                prior = _intersect(graph, {}, parent) if not forward_prior else None
-            if parent is None or forward_prior:
-                prior = forward_bounds(graph, region) if forward_ok(graph) else None
-                if parent is not None:
-                    prior = {**(prior or {}), **_intersect(graph, prior or {}, parent)}
+            prior = None
+            if (parent is None or forward_prior) and forward_ok(graph):
+                prior = forward_bounds(graph, region)
+            if parent is not None:
+                prior = {**(prior or {}), **_intersect(graph, prior or {}, parent)}
             bounds = intermediate_bounds(graph, region, "crown", prior=prior)
         if keep is not None:
             keep.append(pack_bounds(graph, bounds))
