@@ -105,3 +105,23 @@ def test_combined_rows_are_a_lower_bound_of_the_linear_program(seed):
     assert (got <= exact + 1e-7).all()
     positive = exact > 0.05
     assert int((got[positive] > 0).sum()) >= 0.9 * int(positive.sum())
+
+
+def test_large_networks_keep_no_parent_bounds(monkeypatch):
+    """Past PARENT_BOUNDS_MAX neurons a box keeps nothing for its children (memory), and the
+    search still answers."""
+    monkeypatch.setattr(bab, "PARENT_BOUNDS_MAX", 10)
+    net = _net(0, 2)
+    g = graph_of(net, (2,))
+    lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    kept: list = []
+    C = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    bab.bound_boxes(g, lo[None], hi[None], C, (2,), keep=kept)
+    assert kept[0].shape == (1, 2, 0)
+    with torch.no_grad():
+        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000)).amax(0)[0])
+    t = top + 0.03 * abs(top)
+    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    st = bab.BabStats()
+    assert bab.input_split(g, prop, (2,), net, deadline=torch.inf, stats=st)[0] == "holds"
+    assert st.domains > 1  # it branched

@@ -21,6 +21,7 @@ from robustlab.verify.spec import Property
 
 HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
 UNIT = 2.0**-24  # the precision networks are evaluated in (float32, as onnxruntime checks them)
+PARENT_BOUNDS_MAX = 4096  # neurons whose bounds a queued box keeps for its children (memory)
 
 
 @dataclass
@@ -66,6 +67,8 @@ def bound_boxes(
     children)."""
     n = len(lo)
     region = InputRegion(lo.reshape(n, *shape), hi.reshape(n, *shape))
+    if parent is not None and parent.shape[2] == 0:
+        parent = None  # not kept (pack_bounds)
     with torch.no_grad():
         if intermediate == "forward" and forward_ok(graph):
             bounds = forward_bounds(graph, region)
@@ -88,7 +91,11 @@ def bound_boxes(
 
 
 def pack_bounds(graph: BoundGraph, bounds) -> Tensor:
-    """The bounds of the nodes a relaxation uses, as one tensor (N, 2, S)."""
+    """The bounds of the nodes a relaxation uses, as one tensor (N, 2, S); S = 0 (nothing
+    kept) when they have more than ``PARENT_BOUNDS_MAX`` neurons."""
+    n = len(bounds[0].lower)
+    if sum(math.prod(graph.nodes[j].shape) for j in graph.plan.needs) > PARENT_BOUNDS_MAX:
+        return bounds[0].lower.new_zeros(n, 2, 0)
     parts = [
         torch.stack([bounds[j].lower, bounds[j].upper], 1).flatten(2)
         for j in sorted(graph.plan.needs)
