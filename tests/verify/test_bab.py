@@ -125,3 +125,18 @@ def test_large_networks_keep_no_parent_bounds(monkeypatch):
     st = bab.BabStats()
     assert bab.input_split(g, prop, (2,), net, deadline=torch.inf, stats=st)[0] == "holds"
     assert st.domains > 1  # it branched
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_searches_with_and_without_parent_bounds_agree(seed):
+    n_in = 3
+    net = _net(seed + 10, n_in)
+    g = graph_of(net, (n_in,))
+    lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
+    with torch.no_grad():
+        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000)).amax(0)[0])
+    t = top + 0.02 * abs(top)
+    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    for reuse in (True, False):
+        gen = bab.search_steps(g, prop, (n_in,), net, lookahead=1, reuse_parent=reuse)
+        assert bab.portfolio([gen], torch.inf)[0] == "holds"

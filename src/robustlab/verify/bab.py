@@ -67,8 +67,9 @@ def bound_boxes(
     children)."""
     n = len(lo)
     region = InputRegion(lo.reshape(n, *shape), hi.reshape(n, *shape))
-    if parent is not None and parent.shape[2] == 0:
-        parent = None  # not kept (pack_bounds)
+    unkept = parent is not None and parent.shape[2] == 0
+    if unkept:
+        parent = None  # not kept (pack_bounds, or search_steps' reuse_parent): nor for children
     with torch.no_grad():
         if intermediate == "forward" and forward_ok(graph):
             bounds = forward_bounds(graph, region)
@@ -82,7 +83,7 @@ def bound_boxes(
                 prior = {**(prior or {}), **_intersect(graph, prior or {}, parent)}
             bounds = intermediate_bounds(graph, region, "crown", prior=prior)
         if keep is not None:
-            keep.append(pack_bounds(graph, bounds))
+            keep.append(region.lower.new_zeros(n, 2, 0) if unkept else pack_bounds(graph, bounds))
         lin: dict = {}
         Cn = C.expand(n, *C.shape) if C.dim() == 2 else C
         Cn = Cn.reshape(n, Cn.shape[1], *graph.nodes[graph.output].shape).to(lo.dtype)
@@ -323,6 +324,7 @@ def search_steps(
     weakest_first: bool = False,
     split_all: bool = False,
     margin: Tensor | None = None,
+    reuse_parent: bool = True,
 ) -> Generator[None, None, tuple[str, Tensor | None]]:
     """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
     ``("holds", None)`` or ``("violated", x)``).
@@ -334,7 +336,10 @@ def search_steps(
     row; with ``lookahead >= 2`` the candidates alternate between the two. With ``split_all``
     (for two or three inputs that vary) every box is split along all of them at once and every
     child is kept: the bounds of the look-ahead's discarded halves are not wasted. ``margin``:
-    that of :func:`hold_margin` (computed when not given)."""
+    that of :func:`hold_margin` (computed when not given). ``reuse_parent``: children start
+    from their parent's intermediate bounds (:func:`bound_boxes`' ``parent``); CROWN is not
+    monotone in its intermediate bounds (the adaptive ReLU lower slopes), so this proves some
+    properties far sooner (ACAS Xu 4_9 / prop_1) and others later (1_1 / prop_5)."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
     if margin is None:
@@ -343,6 +348,8 @@ def search_steps(
     kept: list = []
     lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate, keep=kept)
     pb_q = kept[0]  # per box: its parent's intermediate bounds (packed)
+    if not reuse_parent:
+        pb_q = pb_q[..., :0]  # nothing kept
     stats.domains += 1
     # per box: its open disjuncts
     open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups, margin) > 0)

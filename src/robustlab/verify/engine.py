@@ -330,14 +330,15 @@ def _input_split(graph, prop: Property, shape, model, end: float, intermediate, 
         crown_full = bab.search_steps(graph, prop, shape, model, lookahead=max(free, 1), **kw)
         crown_one = bab.search_steps(graph, prop, shape, model, lookahead=1, **kw)
         return bab.portfolio([fwd, crown_full, crown_one], end, [2.0, 1.0, 2.0])
+    # children reuse their parent's bounds in the look-ahead only: decisive on some properties,
+    # slower on others (CROWN is not monotone in its intermediate bounds)
+    one = {**kw, "lookahead": 1, "reuse_parent": False}
     searches = [
         bab.search_steps(graph, prop, shape, model, lookahead=max(free, 1), **kw),
-        bab.search_steps(graph, prop, shape, model, lookahead=1, **kw),
+        bab.search_steps(graph, prop, shape, model, **one),
     ]
     if any(len(dj.d) > 1 for dj in prop.disjuncts):  # else the two rows are the same
-        searches.append(
-            bab.search_steps(graph, prop, shape, model, lookahead=1, weakest_first=True, **kw)
-        )
+        searches.append(bab.search_steps(graph, prop, shape, model, weakest_first=True, **one))
     # the look-ahead costs k_in times more per split but decides the hard properties: alone it
     # proves ACAS Xu 4_9 / prop_1 in 16 s and 1_8 / prop_2 in 8 s, where the one-input searches
     # had not finished at 150 s
