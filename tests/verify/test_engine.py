@@ -163,6 +163,7 @@ def test_a_short_timeout_on_a_large_network_is_kept(tmp_path):
         assert r.verdict in ("timeout", "holds"), r
 
 
+@pytest.mark.slow
 def test_bounds_over_their_share_leave_the_time_to_attacks(tmp_path, monkeypatch):
     """A bound pass that outlasts BOUNDS_SHARE of the time is cut off; the rest goes to attacks,
     which find a counterexample that the first short attack was not given the time for."""
