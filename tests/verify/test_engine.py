@@ -8,8 +8,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from robustlab import deadline as dl
 from robustlab._onnx import torch_to_onnx
-from robustlab.verify import read_vnnlib, verify, verify_spec
+from robustlab.verify import engine, read_vnnlib, verify, verify_spec
 from robustlab.verify.oracle import OnnxOracle
 
 W = np.array([[1.0, -2.0], [0.5, 1.0], [-1.0, 0.25]], dtype=np.float32)  # (3, 2)
@@ -160,3 +161,40 @@ def test_a_short_timeout_on_a_large_network_is_kept(tmp_path):
         r = verify(tmp_path / "wide.onnx", tmp_path / "wide.vnnlib", timeout=timeout)
         assert time.monotonic() - start < timeout + 2.0, r
         assert r.verdict in ("timeout", "holds"), r
+
+
+@pytest.mark.slow
+def test_bounds_over_their_share_leave_the_time_to_attacks(tmp_path, monkeypatch):
+    """A bound pass that outlasts BOUNDS_SHARE of the time is cut off; the rest goes to attacks,
+    which find a counterexample that the first short attack was not given the time for."""
+
+    def slow(*args, **kwargs):
+        while True:
+            dl.check()
+            time.sleep(0.01)
+
+    calls = []
+    real = engine._falsify
+
+    def falsify(model, shape, spec, regions, oracle, seconds, rounds, seed, stats):
+        calls.append(seconds)
+        if len(calls) == 1:
+            return None  # the first attack misses
+        return real(model, shape, spec, regions, oracle, seconds, rounds, seed, stats)
+
+    monkeypatch.setattr(engine, "_bound_regions", slow)
+    monkeypatch.setattr(engine, "_falsify", falsify)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 1)).eval()
+    onnx.save(torch_to_onnx(net, (20,)), tmp_path / "n.onnx")
+    lines = [f"(declare-const X_{i} Real)" for i in range(20)] + ["(declare-const Y_0 Real)"]
+    lines += [f"(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))" for i in range(20)]
+    (tmp_path / "p.vnnlib").write_text("\n".join(lines) + "\n(assert (>= Y_0 -1000))")
+    start = time.monotonic()
+    r = verify(tmp_path / "n.onnx", tmp_path / "p.vnnlib", timeout=6.0)
+    assert r.verdict == "violated" and r.stats["bounds_s"] == "over share", r
+    assert len(calls) == 2 and calls[1] > 1.0  # about half the time was left to attack
+    assert time.monotonic() - start < 6.0
+    (tmp_path / "p.vnnlib").write_text("\n".join(lines) + "\n(assert (>= Y_0 1000))")
+    r = verify(tmp_path / "n.onnx", tmp_path / "p.vnnlib", timeout=4.0)
+    assert r.verdict == "timeout" and r.stats["bounds_s"] == "over share", r

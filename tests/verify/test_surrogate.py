@@ -14,7 +14,12 @@ from torch import nn
 
 from robustlab._onnx import onnx_to_torch
 from robustlab.verify import verify
-from robustlab.verify.surrogate import with_surrogate_gradients
+from robustlab.verify.surrogate import (
+    compares_outputs,
+    logit_view,
+    sign_ste,
+    with_surrogate_gradients,
+)
 
 N_IN, HIDDEN, N_OUT = 6, 12, 3
 
@@ -125,3 +130,94 @@ def test_verdicts_on_a_sign_network_agree_with_sampling(tmp_path, seed):
             assert np.all(np.abs(x - x0) <= eps + 1e-6)
         if violated:  # a planted counterexample that sampling reaches: the attack must too
             assert r.verdict == "violated", (eps, r.summary())
+
+
+def test_compares_outputs():
+    C = torch.tensor([[1.0, -1.0, 0.0], [0.0, 2.0, -2.0]], dtype=torch.float64)
+    assert compares_outputs(C, torch.zeros(2, dtype=torch.float64))
+    assert not compares_outputs(C, torch.tensor([0.0, 0.5], dtype=torch.float64))  # a threshold
+    assert not compares_outputs(torch.tensor([[1.0, -2.0, 0.0]]), torch.zeros(1))  # a ratio
+    assert not compares_outputs(torch.tensor([[1.0, -1.0, 1.0]]), torch.zeros(1))
+    assert not compares_outputs(torch.zeros(0, 3), torch.zeros(0))
+
+
+def test_logit_view_drops_the_final_softmax_only_for_comparisons():
+    gm = _module(_sign_net(0))
+    x = torch.randn(16, N_IN)
+    C = torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64)
+    view = logit_view(gm, C, torch.zeros(2, dtype=torch.float64), x[:1])
+    assert view is not None
+    assert torch.allclose(torch.softmax(view(x).double(), 1), gm(x).double(), atol=1e-6)
+    (g,) = torch.autograd.grad(view(x.requires_grad_())[:, 0].sum(), x)
+    assert g.abs().max() > 0  # straight-through signs below the logits
+    assert logit_view(gm, C, torch.tensor([0.0, 0.3], dtype=torch.float64), x[:1]) is None
+    assert logit_view(nn.Sequential(nn.Linear(N_IN, 3)), C, torch.zeros(2), x[:1]) is None
+
+
+def test_a_softmax_over_part_of_the_outputs_gets_no_logit_view():
+    class Two(nn.Module):
+        def forward(self, x):
+            return torch.softmax(x.reshape(-1, 2, 2), 2).reshape(-1, 4)
+
+    gm = torch.fx.symbolic_trace(Two())
+    C = torch.tensor([[1.0, 0.0, -1.0, 0.0]], dtype=torch.float64)
+    assert logit_view(gm, C, torch.zeros(1, dtype=torch.float64), torch.randn(1, 4)) is None
+
+
+def test_sign_window_is_the_batch_spread():
+    x = torch.tensor([[-1.0, 3.0, 0.5], [1.0, 4.0, 0.25]], requires_grad=True)
+    (g,) = torch.autograd.grad(sign_ste(x).sum(), x)
+    # spreads (2, 1, 0.25): entry 1 (3..4) cannot reach zero by its spread, only the leak
+    w_mean = (2.0 + 1.0 + 0.25) / 3
+    assert torch.allclose(g[:, 1], torch.full((2,), 0.01 / w_mean))
+    assert torch.allclose(g[:, 0], torch.full((2,), 1.01 / w_mean))
+    one = torch.tensor([[-1.0, 3.0]], requires_grad=True)
+    (g1,) = torch.autograd.grad(sign_ste(one).sum(), one)
+    assert torch.allclose(g1, torch.tensor([[1.01, 0.01]]) / 2.0)  # mean |x| for one sample
+
+
+def _saturated_net(scale: float, c: float, delta: float) -> bytes:
+    """z_0 = scale |x_0 - c| (two ReLUs), z_1 = scale delta, Softmax: y_1 >= y_0 only on the
+    band |x_0 - c| <= delta, and float32 probabilities are 0 or 1 everywhere else."""
+    W1 = np.array([[1.0, -1.0], [0.0, 0.0]], np.float32)  # (2 inputs, 2 hidden)
+    b1 = np.array([-c, c], np.float32)
+    W2 = np.array([[scale, 0.0], [scale, 0.0]], np.float32)
+    b2 = np.array([0.0, scale * delta], np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["x", "W1", "b1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "W2", "b2"], ["z"]),
+        helper.make_node("Softmax", ["z"], ["y"], axis=1),
+    ]
+    consts = {"W1": W1, "b1": b1, "W2": W2, "b2": b2}
+    graph = helper.make_graph(
+        nodes, "sat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    return proto.SerializeToString()
+
+
+def test_a_saturated_softmax_counterexample_is_found_on_the_logits(tmp_path):
+    """The unsafe band holds no corner and 0.6% of the box; on the probabilities every
+    margin outside it is the same 1, so an attack on them never sees progress."""
+    c, delta = 0.37, 3e-3
+    raw = _saturated_net(1000.0, c, delta)
+    gm = _module(raw)
+    C = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    assert logit_view(gm, C, torch.zeros(1, dtype=torch.float64), torch.rand(1, 2)) is not None
+    (tmp_path / "n.onnx").write_bytes(raw)
+    lines = ["(declare-const X_0 Real)", "(declare-const X_1 Real)"]
+    lines += ["(declare-const Y_0 Real)", "(declare-const Y_1 Real)"]
+    lines += ["(assert (>= X_0 0.0))", "(assert (<= X_0 1.0))"]
+    lines += ["(assert (>= X_1 0.0))", "(assert (<= X_1 1.0))", "(assert (>= Y_1 Y_0))"]
+    (tmp_path / "p.vnnlib").write_text("\n".join(lines))
+    r = verify(tmp_path / "n.onnx", tmp_path / "p.vnnlib", timeout=20, strategy="bounds")
+    assert r.verdict == "violated", r.summary()
+    x = np.asarray(r.counterexample["x"], np.float32)
+    sess = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x[None]})[0][0]
+    assert y[1] >= y[0] and abs(float(x[0]) - c) <= 2 * delta

@@ -4,6 +4,7 @@ contribution to the bound is largest (|coefficient| x width, as in "smart" input
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -16,11 +17,12 @@ from robustlab.bounds.forward import affordable as forward_affordable
 from robustlab.bounds.forward import forward_bounds
 from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
-from robustlab.bounds.ops.base import InputRegion
+from robustlab.bounds.ops.base import Bounds, InputRegion
 from robustlab.verify.spec import Property
 
 HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
 UNIT = 2.0**-24  # the precision networks are evaluated in (float32, as onnxruntime checks them)
+PARENT_BOUNDS_MAX = 4096  # neurons whose bounds a queued box keeps for its children (memory)
 
 
 @dataclass
@@ -28,6 +30,7 @@ class BabStats:
     domains: int = 0
     max_queue: int = 0
     bound_calls: int = 0
+    open_fraction: float = 1.0  # of the root box's volume (over its free inputs), still open
 
 
 def _stack_spec(prop: Property) -> tuple[Tensor, Tensor, list[slice]]:
@@ -41,29 +44,83 @@ def _stack_spec(prop: Property) -> tuple[Tensor, Tensor, list[slice]]:
 
 
 def bound_boxes(
-    graph: BoundGraph, lo: Tensor, hi: Tensor, C: Tensor, shape, intermediate: str = "crown"
+    graph: BoundGraph,
+    lo: Tensor,
+    hi: Tensor,
+    C: Tensor,
+    shape,
+    intermediate: str = "crown",
+    parent: Tensor | None = None,
+    keep: list | None = None,
+    forward_prior: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CROWN lower bounds of ``C y`` on each box (N, rows), with the linear lower bounds they come
     from: ``C y >= A x + bias`` on the box (A of shape (N, rows, n_inputs)). ``C``: (rows,
     n_outputs) for every box, or (N, rows, n_outputs) one per box.
 
     Intermediate bounds: ``"crown"`` (backward passes for every unstable neuron, after forward
-    linear bounds) or ``"forward"`` (forward linear bounds only: far cheaper, far looser)."""
+    linear bounds) or ``"forward"`` (forward linear bounds only: far cheaper, far looser).
+    ``parent``: bounds (N, 2, S) of the nodes a relaxation uses (:func:`pack_bounds`) valid on
+    a box containing each box (its parent in a split), intersected with the box's own before
+    the unstable neurons are chosen: fewer rows, tighter relaxations; forward linear bounds
+    are then skipped unless ``forward_prior`` (on ACAS Xu they prune nothing the parent's CROWN
+    bounds do not). ``keep``: a list that receives the box's own packed bounds (for its
+    children)."""
     n = len(lo)
     region = InputRegion(lo.reshape(n, *shape), hi.reshape(n, *shape))
+    unkept = parent is not None and parent.shape[2] == 0
+    if unkept:
+        parent = None  # not kept (pack_bounds, or search_steps' reuse_parent): nor for children
     with torch.no_grad():
         Cn = C.expand(n, *C.shape) if C.dim() == 2 else C
         Cn = Cn.reshape(n, Cn.shape[1], *graph.nodes[graph.output].shape).to(lo.dtype)
         if intermediate == "forward" and forward_ok(graph):
             bounds = forward_bounds(graph, region)
+            if parent is not None:
+                bounds = {**bounds, **_intersect(graph, bounds, parent)}
         else:
+            prior = None
             cheap = forward_ok(graph) and forward_affordable(graph)
-            prior = forward_bounds(graph, region) if cheap else None
+            if (parent is None or forward_prior) and cheap:
+                prior = forward_bounds(graph, region)
+            if parent is not None:
+                prior = {**(prior or {}), **_intersect(graph, prior or {}, parent)}
             # only the neurons that reach the rows (the same bounds of C y, fewer passes)
             bounds = intermediate_bounds(graph, region, "crown", prior=prior, C=Cn)
+        if keep is not None:
+            keep.append(region.lower.new_zeros(n, 2, 0) if unkept else pack_bounds(graph, bounds))
         lin: dict = {}
         lb = backward(graph, bounds, graph.output, Cn, linear=lin)
     return lb, lin["A"].reshape(n, Cn.shape[1], -1), lin["bias"]
+
+
+def pack_bounds(graph: BoundGraph, bounds) -> Tensor:
+    """The bounds of the nodes a relaxation uses, as one tensor (N, 2, S); S = 0 (nothing
+    kept) when they have more than ``PARENT_BOUNDS_MAX`` neurons."""
+    n = len(bounds[0].lower)
+    if sum(math.prod(graph.nodes[j].shape) for j in graph.plan.needs) > PARENT_BOUNDS_MAX:
+        return bounds[0].lower.new_zeros(n, 2, 0)
+    parts = [
+        torch.stack([bounds[j].lower, bounds[j].upper], 1).flatten(2)
+        for j in sorted(graph.plan.needs)
+    ]
+    return torch.cat(parts, 2)
+
+
+def _intersect(graph: BoundGraph, bounds, packed: Tensor) -> dict:
+    """The bounds of the nodes a relaxation uses in ``bounds`` (all when absent) intersected
+    with the packed ``packed`` (:func:`pack_bounds`)."""
+    out, k = {}, 0
+    n = len(packed)
+    for j in sorted(graph.plan.needs):
+        shape = graph.nodes[j].shape
+        size = math.prod(shape)
+        lo = packed[:, 0, k : k + size].reshape(n, *shape)
+        hi = packed[:, 1, k : k + size].reshape(n, *shape)
+        k += size
+        own = bounds.get(j)
+        out[j] = Bounds(lo, hi) if own is None else own.intersect(Bounds(lo, hi))
+    return out
 
 
 def margin_of(d: Tensor, magnitude: Tensor | float = 0.0, unit: float = UNIT) -> Tensor:
@@ -135,13 +192,16 @@ def _weights(k: int) -> Tensor:
     return grid / grid.sum(1, keepdim=True)
 
 
-def disjunct_slack(lb, A, bias, lo, hi, d, groups, margin: Tensor | None = None) -> Tensor:
+def disjunct_slack(
+    lb, A, bias, lo, hi, d, groups, margin: Tensor | None = None, steps: int = 20
+) -> Tensor:
     """(N, disjuncts): a lower bound on the largest ``C_r y - d_r`` over each disjunct's rows,
     minus the margin (:func:`hold_margin`; default: from |d| alone); positive means the
     disjunct is unreachable on the box.
 
     A conjunction is also refuted by a convex combination of its rows whose linear lower bound is
-    positive over the whole box (even when no single row is)."""
+    positive over the whole box (even when no single row is): a grid of weights for up to 6
+    rows, then ``steps`` steps of :func:`_combined` on the boxes still open."""
     margin = margin_of(d) if margin is None else margin
     slack = lb - d - margin
     c, r = (hi + lo) / 2, (hi - lo) / 2
@@ -155,8 +215,33 @@ def disjunct_slack(lb, A, bias, lo, hi, d, groups, margin: Tensor | None = None)
             const = (bias[:, g] - d[g] - margin[g]) @ w.T  # (N, W)
             val = (coef * c[:, None]).sum(-1) - (coef.abs() * r[:, None]).sum(-1) + const
             best = torch.maximum(best, val.amax(1))
+        if k > 1 and (best <= 0).any():
+            todo = (best <= 0).nonzero().squeeze(1)
+            mg = margin[..., g]
+            const = bias[todo][:, g] - d[g] - (mg[todo] if mg.dim() > 1 else mg)
+            val = _combined(A[todo][:, g], const, c[todo], r[todo], steps)
+            best[todo] = torch.maximum(best[todo], val)
         out.append(best)
     return torch.stack(out, 1)
+
+
+def _combined(A: Tensor, const: Tensor, c: Tensor, r: Tensor, steps: int) -> Tensor:
+    """Per box, the best lower bound over the box of ``sum_r w_r (A_r x + const_r)`` found for
+    weights ``w`` on the simplex (N, k rows) by exponentiated supergradient ascent (the dual of
+    the linear program "some x in the box meets every row's bound"): every iterate's value is a
+    valid bound, the best is kept. At its optimum it is the exact LP answer."""
+    n, k, _ = A.shape
+    w = torch.full((n, k), 1.0 / k, dtype=A.dtype)
+    best = torch.full((n,), -torch.inf, dtype=A.dtype)
+    scale = (A.abs() @ r[..., None])[..., 0].amax(1) + const.abs().amax(1) + 1e-300
+    for t in range(steps):
+        coef = torch.einsum("nk,nki->ni", w, A)
+        x = c - r * torch.sign(coef)  # the box's minimising corner
+        per = torch.einsum("nki,ni->nk", A, x) + const  # supergradient: each row at x
+        best = torch.maximum(best, (w * per).sum(1))
+        w = w * torch.exp(per / scale[:, None] * (2.0 / (1 + t) ** 0.5))
+        w = w / w.sum(1, keepdim=True)
+    return best
 
 
 def infeasible(lb: Tensor, d: Tensor, groups: list[slice], margin: Tensor | None = None) -> Tensor:
@@ -244,6 +329,7 @@ def search_steps(
     weakest_first: bool = False,
     split_all: bool = False,
     margin: Tensor | None = None,
+    reuse_parent: bool = True,
 ) -> Generator[None, None, tuple[str, Tensor | None]]:
     """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
     ``("holds", None)`` or ``("violated", x)``).
@@ -255,23 +341,34 @@ def search_steps(
     row; with ``lookahead >= 2`` the candidates alternate between the two. With ``split_all``
     (for two or three inputs that vary) every box is split along all of them at once and every
     child is kept: the bounds of the look-ahead's discarded halves are not wasted. ``margin``:
-    that of :func:`hold_margin` (computed when not given)."""
+    that of :func:`hold_margin` (computed when not given). ``reuse_parent``: children start
+    from their parent's intermediate bounds (:func:`bound_boxes`' ``parent``); CROWN is not
+    monotone in its intermediate bounds (the adaptive ReLU lower slopes), so this proves some
+    properties far sooner (ACAS Xu 4_9 / prop_1) and others later (1_1 / prop_5)."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
     if margin is None:
         margin = hold_margin(graph, prop, shape, intermediate=intermediate)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
-    lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate)
+    kept: list = []
+    lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate, keep=kept)
+    pb_q = kept[0]  # per box: its parent's intermediate bounds (packed)
+    if not reuse_parent:
+        pb_q = pb_q[..., :0]  # nothing kept
     stats.domains += 1
     # per box: its open disjuncts
     open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups, margin) > 0)
     a_q = _rows_to_improve(lb, A, open_q, d, groups, weakest_first)  # per box: (2, inputs)
     if not open_q.any():
         return "holds", None
+    free = (hi_q[0] > lo_q[0]).nonzero().squeeze(1)
+    root = (hi_q[0, free] - lo_q[0, free]).log().sum()
     while len(lo_q):
+        stats.open_fraction = float(((hi_q - lo_q)[:, free].log().sum(1) - root).exp().sum())
         yield
         lo, hi, op, a = lo_q[:batch], hi_q[:batch], open_q[:batch], a_q[:batch]
         lo_q, hi_q, open_q, a_q = lo_q[batch:], hi_q[batch:], open_q[batch:], a_q[batch:]
+        pb, pb_q = pb_q[:batch], pb_q[batch:]
         n, k_in = lo.shape
         # search: box centres and the corners minimising each box's weakest bound
         cand = torch.cat([torch.where(a[:, 0] > 0, lo, hi), torch.where(a[:, 1] > 0, lo, hi)])
@@ -282,13 +379,14 @@ def search_steps(
         if (v <= 0).any():
             return "violated", cand[v.argmin()]
         if split_all:
-            L, H, child_open, lb_c, A_c = _split_all(
-                graph, lo, hi, op, C, d, groups, shape, intermediate, margin
+            L, H, child_open, lb_c, A_c, pb_c = _split_all(
+                graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb
             )
             stats.domains += len(L)
             stats.bound_calls += 1
             keep = child_open.any(1)
             lo_q, hi_q = torch.cat([L[keep], lo_q]), torch.cat([H[keep], hi_q])
+            pb_q = torch.cat([pb_c[keep], pb_q])
             open_q = torch.cat([child_open[keep], open_q])
             improve = _rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups)
             a_q = torch.cat([improve, a_q])
@@ -309,7 +407,9 @@ def search_steps(
         L, H = torch.cat(los), torch.cat(his)
         stats.domains += len(L)
         stats.bound_calls += 1
-        lbc, Ac, bc = bound_boxes(graph, L, H, C, shape, intermediate)
+        kept = []
+        parent = pb.repeat(2 * m, 1, 1)
+        lbc, Ac, bc = bound_boxes(graph, L, H, C, shape, intermediate, parent, kept)
         sl = disjunct_slack(lbc, Ac, bc, L, H, d, groups, margin).view(m, 2, n, -1)
         sl = torch.where(op[None, None], sl, torch.inf)  # closed disjuncts do not matter
         score = sl.amin(3).amin(1)  # (m, n): the worse half's weakest open disjunct
@@ -321,7 +421,9 @@ def search_steps(
         A_c = Ac.view(m, 2, n, rows, k_in)[dim, :, pick].transpose(0, 1)
         L = L.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
         H = H.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
+        P = kept[0].view(m, 2, n, *kept[0].shape[1:])[dim, :, pick].transpose(0, 1)
         keep = child_open.any(2)
+        pb_q = torch.cat([P[keep], pb_q])
         lo_q = torch.cat([L[keep], lo_q])
         hi_q = torch.cat([H[keep], hi_q])
         open_q = torch.cat([child_open[keep], open_q])
@@ -335,19 +437,22 @@ def search_steps(
     return "holds", None
 
 
-def _split_all(graph, lo, hi, op, C, d, groups, shape, intermediate, margin):
-    """Every box halved along every input that varies, all children bounded: the children's
-    boxes, open disjuncts, lower bounds and their input coefficients."""
+def _split_all(graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb):
+    """Every box halved along every input that varies, all children bounded (``pb``: the
+    boxes' packed intermediate bounds): the children's boxes, open disjuncts, lower bounds,
+    their input coefficients and packed intermediate bounds."""
     L, H = lo, hi
     for k in ((hi - lo) > 0).any(0).nonzero().squeeze(1).tolist():
         mid = (L[:, k] + H[:, k]) / 2
         H1, L2 = H.clone(), L.clone()
         H1[:, k], L2[:, k] = mid, mid
         L, H = torch.cat([L, L2]), torch.cat([H1, H])
-    lb, A, bias = bound_boxes(graph, L, H, C, shape, intermediate)
+    kept: list = []
+    parent = pb.repeat(len(L) // len(lo), 1, 1)
+    lb, A, bias = bound_boxes(graph, L, H, C, shape, intermediate, parent, kept)
     parents = op.repeat(len(L) // len(lo), 1)
     child_open = parents & ~(disjunct_slack(lb, A, bias, L, H, d, groups, margin) > 0)
-    return L, H, child_open, lb, A
+    return L, H, child_open, lb, A, kept[0]
 
 
 def _rows_to_improve(lb, A, op, d, groups, weakest_first: bool = False) -> Tensor:

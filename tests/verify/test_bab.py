@@ -1,0 +1,142 @@
+"""Input-splitting branch and bound: children reuse their parent's intermediate bounds (sound on
+samples, never looser), and verdicts agree with dense sampling on small ReLU networks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import scipy.optimize as so
+import torch
+from torch import nn
+
+from robustlab.bounds.graph import graph_of
+from robustlab.verify import bab
+from robustlab.verify.spec import Disjunct, Property
+
+
+def _net(seed: int, n_in: int, width: int = 16, depth: int = 3, n_out: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    layers, k = [], n_in
+    for _ in range(depth):
+        layers += [nn.Linear(k, width), nn.ReLU()]
+        k = width
+    return nn.Sequential(*layers, nn.Linear(k, n_out)).eval()
+
+
+def _sample(lo: torch.Tensor, hi: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, lo.numel(), generator=g, dtype=torch.float64)
+    u[: n // 4] = u[: n // 4].round()  # corners
+    return lo + u * (hi - lo)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_parent_bounds_are_sound_and_never_looser(seed):
+    net = _net(seed, 4)
+    g = graph_of(net, (4,))
+    C = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
+    lo, hi = -torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
+    kept: list = []
+    bab.bound_boxes(g, lo, hi, C, (4,), keep=kept)
+    # the parent's four children along inputs 0 and 1
+    L = torch.tensor([[-1, -1, -1, -1], [0, -1, -1, -1], [-1, 0, -1, -1], [0, 0, -1, -1]])
+    L = L.double()
+    H = L + torch.tensor([1.0, 1.0, 2.0, 2.0], dtype=torch.float64)
+    plain = bab.bound_boxes(g, L, H, C, (4,))[0]
+    kept_children: list = []
+    with_parent = bab.bound_boxes(
+        g, L, H, C, (4,), parent=kept[0].repeat(4, 1, 1), keep=kept_children
+    )
+    assert (with_parent[0] >= plain - 1e-12).all()
+    assert kept_children[0].shape == (4, *kept[0].shape[1:])
+    for b in range(4):
+        x = _sample(L[b], H[b], 4000, seed)
+        with torch.no_grad():
+            y = copy.deepcopy(net).double()(x) @ C.T
+        assert (y >= with_parent[0][b] - 1e-9).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("factor", [0.97, 1.03])
+def test_input_split_verdicts_agree_with_sampling(seed, factor):
+    """Y_0 >= t unsafe, t just below or above the sampled maximum over the box."""
+    n_in = 2 + seed % 2
+    net = _net(seed, n_in)
+    g = graph_of(net, (n_in,))
+    lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
+    x = _sample(lo, hi, 20000, seed)
+    with torch.no_grad():
+        top = float(copy.deepcopy(net).double()(x)[:, 0].max())
+    t = top * factor if top > 0 else top / factor
+    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    verdict, z = bab.input_split(g, prop, (n_in,), net, deadline=torch.inf, batch=64)
+    if t <= top:  # a sampled point reaches it
+        assert verdict == "violated"
+    if verdict == "violated":
+        with torch.no_grad():
+            assert float(net(z.reshape(1, -1).float())[0, 0]) >= t - 1e-5
+    else:
+        assert verdict == "holds" and top < t
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_combined_rows_are_a_lower_bound_of_the_linear_program(seed):
+    """The weighted rows' bound never exceeds the exact LP value min over the box of the
+    largest row (scipy), and is positive on most boxes where that value is."""
+    g = torch.Generator().manual_seed(seed)
+    n, k, m = 60, 4, 5
+    A = torch.randn(n, k, m, generator=g, dtype=torch.float64)
+    const = 2 * torch.randn(n, k, generator=g, dtype=torch.float64)
+    c = torch.randn(n, m, generator=g, dtype=torch.float64) * 0.1
+    r = torch.rand(n, m, generator=g, dtype=torch.float64) + 0.5
+    got = bab._combined(A, const, c, r, 200)
+    exact = []
+    for i in range(n):
+        bounds = [(float(c[i, j] - r[i, j]), float(c[i, j] + r[i, j])) for j in range(m)]
+        res = so.linprog(
+            [0.0] * m + [1.0],
+            A_ub=torch.cat([A[i], -torch.ones(k, 1, dtype=torch.float64)], 1).numpy(),
+            b_ub=(-const[i]).numpy(),
+            bounds=bounds + [(None, None)],
+        )
+        exact.append(res.fun)
+    exact = torch.tensor(exact, dtype=torch.float64)
+    assert (got <= exact + 1e-7).all()
+    positive = exact > 0.05
+    assert int((got[positive] > 0).sum()) >= 0.9 * int(positive.sum())
+
+
+def test_large_networks_keep_no_parent_bounds(monkeypatch):
+    """Past PARENT_BOUNDS_MAX neurons a box keeps nothing for its children (memory), and the
+    search still answers."""
+    monkeypatch.setattr(bab, "PARENT_BOUNDS_MAX", 10)
+    net = _net(0, 2)
+    g = graph_of(net, (2,))
+    lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    kept: list = []
+    C = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    bab.bound_boxes(g, lo[None], hi[None], C, (2,), keep=kept)
+    assert kept[0].shape == (1, 2, 0)
+    with torch.no_grad():
+        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000)).amax(0)[0])
+    t = top + 0.03 * abs(top)
+    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    st = bab.BabStats()
+    assert bab.input_split(g, prop, (2,), net, deadline=torch.inf, stats=st)[0] == "holds"
+    assert st.domains > 1  # it branched
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_searches_with_and_without_parent_bounds_agree(seed):
+    n_in = 3
+    net = _net(seed + 10, n_in)
+    g = graph_of(net, (n_in,))
+    lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
+    with torch.no_grad():
+        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000)).amax(0)[0])
+    t = top + 0.02 * abs(top)
+    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    for reuse in (True, False):
+        gen = bab.search_steps(g, prop, (n_in,), net, lookahead=1, reuse_parent=reuse)
+        assert bab.portfolio([gen], torch.inf)[0] == "holds"
