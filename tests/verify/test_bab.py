@@ -140,3 +140,18 @@ def test_searches_with_and_without_parent_bounds_agree(seed):
     for reuse in (True, False):
         gen = bab.search_steps(g, prop, (n_in,), net, lookahead=1, reuse_parent=reuse)
         assert bab.portfolio([gen], torch.inf)[0] == "holds"
+
+
+def test_a_linear_network_keeps_no_parent_bounds_and_is_still_bounded():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2)).eval()
+    g = graph_of(net, (3,))
+    lo, hi = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    C = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    kept: list = []
+    lb, _, _ = bab.bound_boxes(g, lo, hi, C, (3,), keep=kept)
+    assert kept[0].shape == (2, 2, 0)  # nothing a relaxation needs: nothing to keep
+    w = (net[0].weight[0].double() - net[0].weight[1].double()).detach()
+    b = float(net[0].bias[0].double() - net[0].bias[1].double())
+    exact = b + w.clamp(max=0).sum()  # the minimum of a linear function over the unit box
+    assert torch.allclose(lb[:, 0].double(), exact.expand(2), rtol=1e-6, atol=1e-6)

@@ -98,7 +98,10 @@ def pack_bounds(graph: BoundGraph, bounds) -> Tensor:
     """The bounds of the nodes a relaxation uses, as one tensor (N, 2, S); S = 0 (nothing
     kept) when they have more than ``PARENT_BOUNDS_MAX`` neurons."""
     n = len(bounds[0].lower)
-    if sum(math.prod(graph.nodes[j].shape) for j in graph.plan.needs) > PARENT_BOUNDS_MAX:
+    size = sum(math.prod(graph.nodes[j].shape) for j in graph.plan.needs)
+    if (
+        size == 0 or size > PARENT_BOUNDS_MAX
+    ):  # nothing to keep (a purely linear network), or too much
         return bounds[0].lower.new_zeros(n, 2, 0)
     parts = [
         torch.stack([bounds[j].lower, bounds[j].upper], 1).flatten(2)
