@@ -152,6 +152,6 @@ def test_a_linear_network_keeps_no_parent_bounds_and_is_still_bounded():
     lb, _, _ = bab.bound_boxes(g, lo, hi, C, (3,), keep=kept)
     assert kept[0].shape == (2, 2, 0)  # nothing a relaxation needs: nothing to keep
     w = (net[0].weight[0].double() - net[0].weight[1].double()).detach()
-    b = float(net[0].bias[0].double() - net[0].bias[1].double())
+    b = float((net[0].bias[0].double() - net[0].bias[1].double()).detach())
     exact = b + w.clamp(max=0).sum()  # the minimum of a linear function over the unit box
     assert torch.allclose(lb[:, 0].double(), exact.expand(2), rtol=1e-6, atol=1e-6)
