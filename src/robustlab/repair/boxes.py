@@ -40,10 +40,4 @@ def bound_violation(
         graph = graph_of(model, tuple(shape))
         box = InputRegion(lo.to(dtype).view(-1, *shape), hi.to(dtype).view(-1, *shape))
         final, _ = crown(graph, box, C.to(dtype), intermediate=intermediate, bound_upper=False)
-    vals = final.lower.double() - d
-    roff, _ = spec.offsets
-    count = (roff[regions + 1] - roff[regions])[:, None]
-    per = torch.full((len(lo), n_dis + 1), -torch.inf, dtype=torch.float64)
-    per = per.scatter_reduce(1, group, vals, "amax", include_self=True)
-    per = torch.where(torch.arange(n_dis + 1)[None] < count, per, torch.inf)
-    return per.amin(1)
+    return spec.combine(final.lower.double() - d, regions, group, n_dis)

@@ -151,9 +151,15 @@ class Spec:
         :meth:`Property.violation` (``<= 0``: the unsafe region is reached)."""
         C, d, group, n_dis = self.padded(regions)
         vals = torch.einsum("bro,bo->br", C, y.double()) - d
+        return self.combine(vals, regions, group, n_dis)
+
+    def combine(self, vals: Tensor, regions: Tensor, group: Tensor, n_dis: int) -> Tensor:
+        """The violation from the values ``C y - d`` of the padded rows of :meth:`padded` (or
+        lower bounds of them: the result is then a lower bound of the violation): the largest
+        row of each disjunct, then the smallest disjunct of each region."""
         roff, _ = self.offsets
         count = (roff[regions + 1] - roff[regions])[:, None]
-        per = torch.full((len(y), n_dis + 1), -torch.inf, dtype=torch.float64)
+        per = torch.full((len(vals), n_dis + 1), -torch.inf, dtype=torch.float64)
         per = per.scatter_reduce(1, group, vals, "amax", include_self=True)
         # slots beyond a region's own disjuncts (and the padding slot) do not exist
         per = torch.where(torch.arange(n_dis + 1)[None] < count, per, torch.inf)
