@@ -31,6 +31,7 @@ ATTACKS = ((0.05, 1), (0.15, 3))
 REGION_BATCH = 256  # regions bounded in one pass
 LOOKAHEAD_SHARE = 4.0  # input splitting: the full look-ahead's time against 1 for each other
 BOUNDS_SHARE = 0.5  # of the time left: incomplete bounds slower than this give way to attacks
+ESTIMATE_MARGIN = 2.0  # ... unless the estimated time of a CROWN pass, times this, is longer
 
 
 def free_inputs(spec: Spec) -> int:
@@ -104,14 +105,18 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
             intermediate = "both"
     stats["intermediate"] = intermediate
     left = deadline - time.monotonic()
-    if intermediate == "crown" and cost.crown_cost(graph) > cost.CROWN_RATE * left:
+    estimate = cost.crown_cost(graph) / cost.CROWN_RATE if intermediate == "crown" else 0.0
+    if estimate > left:
         # one bound pass would outlast the time left: attacks are all there is
         cex = _falsify(model, shape, spec, open_, oracle, left, 1_000_000, 2, stats)
         if cex is not None:
             return "violated", cex, ""
         return "timeout", None, "a bound pass on this network would outlast the timeout"
-    try:  # a bound pass slower than its share leaves the rest of the time to attacks
-        with within(time.monotonic() + BOUNDS_SHARE * left):
+    # a bound pass slower than its share leaves the rest of the time to attacks; the share is
+    # at least twice the pass's estimated time (a pass the estimate says fits is not cut short)
+    share = min(left, max(BOUNDS_SHARE * left, ESTIMATE_MARGIN * estimate))
+    try:
+        with within(time.monotonic() + share):
             open_ = _bound_regions(graph, model, spec, open_, shape, strategy, intermediate, stats)
     except DeadlineExceeded:
         if time.monotonic() >= deadline:
