@@ -214,9 +214,7 @@ def _avg_pool(op: Generic, in_shape: tuple[int, ...], win: Window):
     H, W = in_shape[1:]
     oy, ox = win.oy * ky - py, win.ox * kx - px
     hh, ww = out.shape[3:]
-    ys = oy[..., None] + torch.arange(hh, device=oy.device)
-    xs = ox[..., None] + torch.arange(ww, device=ox.device)
-    valid = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    valid = _in_frame(oy, ox, hh, ww, (H, W))
     if not bool(valid.all()):
         out = out * valid
     new = Window(out, oy, ox, (H, W))
@@ -229,9 +227,7 @@ def _shifted(win: Window, shift: tuple[int, int], in_shape: tuple[int, ...]):
     b, m, c, h, w = win.data.shape
     H, W = in_shape[1:]
     oy, ox = win.oy - shift[0], win.ox - shift[1]
-    ys = oy[..., None] + torch.arange(h, device=oy.device)
-    xs = ox[..., None] + torch.arange(w, device=ox.device)
-    valid = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    valid = _in_frame(oy, ox, h, w, (H, W))
     data = win.data
     if not bool(valid.all()):
         if b > 1 and data.stride(0) == 0 and valid.shape[0] == 1:
@@ -258,15 +254,11 @@ def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tenso
     oy = win.oy * op.stride[0] - op.padding[0]
     ox = win.ox * op.stride[1] - op.padding[1]
     hh, ww = out.shape[2:]
-    ys = oy[..., None] + torch.arange(hh, device=oy.device)
-    xs = ox[..., None] + torch.arange(ww, device=ox.device)
-    valid = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    valid = _in_frame(oy, ox, hh, ww, (H, W))
     out = out.reshape(data.shape[0], m, -1, hh, ww) * valid
     if shared:
         out = out.expand(b, -1, -1, -1, -1)
-    bias = win.data.new_zeros(b, m)
-    if op.bias is not None:
-        bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
+    bias = _bias(op, win)
     new = Window(out, oy, ox, (H, W))
     return [new.dense() if hh * ww >= H * W else new], bias
 
@@ -281,7 +273,7 @@ def _conv_transpose(op: ConvTranspose, win: Window, in_shape: tuple[int, ...]):
     weight = _cast(op.weight, win.data)
     shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
     data = win.data[:1] if shared else win.data
-    s, p, d, dev = op.stride, op.padding, op.dilation, win.oy.device
+    s, p, d = op.stride, op.padding, op.dilation
     reach = [d[i] * (weight.shape[2 + i] - 1) for i in range(2)]
     size = [(n - 1 + reach[i]) // s[i] + 1 for i, n in enumerate((h, w))]  # input window
     H, W = in_shape[1:]
@@ -292,9 +284,7 @@ def _conv_transpose(op: ConvTranspose, win: Window, in_shape: tuple[int, ...]):
         out = _conv_as_product(a, weight, s, d, op.groups).reshape(-1, m, weight.shape[0], hc, wc)
         out = out[..., :H, :W]  # output padding >= stride leaves extra rows: cropped
         out = out.expand(b, -1, -1, -1, -1) if shared else out
-        bias = win.data.new_zeros(b, m)
-        if op.bias is not None:
-            bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
+        bias = _bias(op, win)
         return [out], bias
     iy = -((reach[0] - p[0] - win.oy) // s[0])  # ceil((oy + p - reach) / s)
     ix = -((reach[1] - p[1] - win.ox) // s[1])
@@ -312,15 +302,11 @@ def _conv_transpose(op: ConvTranspose, win: Window, in_shape: tuple[int, ...]):
     else:
         out = _patch_conv(data, win, weight, op, iy, ix, size, reach)
         n = out.shape[0] // m
-    ys = iy[..., None] + torch.arange(size[0], device=dev)
-    xs = ix[..., None] + torch.arange(size[1], device=dev)
-    valid = ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+    valid = _in_frame(iy, ix, size[0], size[1], (H, W))
     out = out.reshape(n, m, -1, *size) * valid
     if shared:
         out = out.expand(b, -1, -1, -1, -1)
-    bias = win.data.new_zeros(b, m)
-    if op.bias is not None:
-        bias = win.data.sum((3, 4)) @ _cast(op.bias, win.data)
+    bias = _bias(op, win)
     new = Window(out, iy, ix, (H, W))
     return [new.dense() if size[0] * size[1] >= H * W else new], bias
 
@@ -526,3 +512,19 @@ def concretize(win: Window, region) -> Tensor:
         ball = (a * x0).flatten(2).sum(-1) - region.l2_eps * a.flatten(2).norm(dim=2)
         value = torch.maximum(value, ball)
     return value
+
+
+def _in_frame(oy: Tensor, ox: Tensor, h: int, w: int, frame: tuple[int, int]) -> Tensor:
+    """Which cells of (h, w) windows placed at (oy, ox) lie inside the (H, W) frame, as a mask
+    broadcasting over the windows' data (..., 1, h, w)."""
+    H, W = frame
+    ys = oy[..., None] + torch.arange(h, device=oy.device)
+    xs = ox[..., None] + torch.arange(w, device=ox.device)
+    return ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
+
+
+def _bias(op, win: Window) -> Tensor:
+    """The rows' constant term from a layer's bias (zero without one): (batch, rows)."""
+    if op.bias is None:
+        return win.data.new_zeros(win.data.shape[:2])
+    return win.data.sum((3, 4)) @ _cast(op.bias, win.data)
