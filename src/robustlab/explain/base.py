@@ -188,6 +188,14 @@ def example_noise(seed: int, examples: Tensor, samples: Tensor, shape, like: Ten
     return out.to(like.device)
 
 
+def shard_offset(explainer) -> int:
+    """The whole data's index of an explainer's first input: its field ``shard`` is (that index,
+    the whole data's size) when it explains one shard of the data (``explain.sharded``), so that
+    its noise is drawn as in one run over the whole data; 0 otherwise."""
+    shard = getattr(explainer, "shard", None)
+    return 0 if shard is None else shard[0]
+
+
 def baseline_like(baseline: float | Tensor, x: Tensor) -> Tensor:
     """A baseline per input: a number, one input's shape, or the batch's shape."""
     b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)

@@ -16,6 +16,7 @@ from robustlab.explain.base import (
     example_noise,
     register,
     run,
+    shard_offset,
 )
 from robustlab.explain.gradcam import _Split, find_layer
 from robustlab.explain.layers import traced
@@ -47,6 +48,7 @@ class SmoothGradCAMpp:
     upsample: bool = True
     batch_size: int = 512
     seed: int = 0
+    shard: tuple[int, int] | None = None  # see base.shard_offset
 
     def __call__(self, model: nn.Module, x: Tensor, target: Target = None) -> ExplainResult:
         check_positive(n_samples=self.n_samples)
@@ -67,7 +69,7 @@ class SmoothGradCAMpp:
             moments = torch.zeros((3, *a.shape), dtype=torch.float64, device=x0.device)
             for rows in blocks(len(x0) * n, self.batch_size):
                 ex, k = rows // n, rows % n
-                noise = example_noise(self.seed, ex, k, x0.shape[1:], x0)
+                noise = example_noise(self.seed, ex + shard_offset(self), k, x0.shape[1:], x0)
                 split = _Split(gm, node)
                 with torch.enable_grad():
                     s = score(split.run(x0[ex] + self.sigma * noise), ex)

@@ -71,21 +71,32 @@ class SmoothGrad:
     sigma: float = 0.15
     batch_size: int = 512
     seed: int = 0
+    shard: tuple[int, int] | None = None  # see base.shard_offset
 
     def __call__(self, model: nn.Module, x: Tensor, target: Target = None) -> ExplainResult:
         check_positive(n_samples=self.n_samples)
         x0 = x.detach()
+        ns = self.n_samples
+        first, whole = self.shard or (0, len(x0))
+        start, stop = first * ns, (first + len(x0)) * ns  # x's rows in the whole run's stream
 
         def body(passes, score):
             gen = torch.Generator(device=x0.device).manual_seed(self.seed)
             total = torch.zeros(x0.shape, dtype=torch.float64, device=x0.device)
-            for rows in blocks(len(x0) * self.n_samples, self.batch_size):
-                ex = rows // self.n_samples
+            for rows in blocks(whole * ns, self.batch_size):  # the whole run's blocks and draws
+                if rows[0] >= stop:
+                    break
                 noise = torch.randn(
                     (len(rows), *x0.shape[1:]), generator=gen, dtype=x0.dtype, device=x0.device
                 )
+                if self.shard is not None:  # a shard: the rows of other shards are drawn, unused
+                    keep = (rows >= start) & (rows < stop)
+                    if not keep.any():
+                        continue
+                    rows, noise = rows[keep] - start, noise[keep.to(noise.device)]
+                ex = rows // ns
                 g = passes.gradient(x0[ex] + self.sigma * noise, score, ex)
                 total.index_add_(0, ex.to(x0.device), g.double())
-            return (total / self.n_samples).to(x0.dtype), None
+            return (total / ns).to(x0.dtype), None
 
         return run(self.name, model, x, target, self.batch_size, body)

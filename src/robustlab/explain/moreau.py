@@ -16,6 +16,7 @@ from robustlab.explain.base import (
     example_noise,
     register,
     run,
+    shard_offset,
 )
 
 
@@ -38,6 +39,7 @@ class MoreauGrad:
     l1: float = 0.0
     batch_size: int = 512
     seed: int = 0
+    shard: tuple[int, int] | None = None  # see base.shard_offset
 
     def __call__(self, model: nn.Module, x: Tensor, target: Target = None) -> ExplainResult:
         check_positive(n_steps=self.n_steps, n_samples=self.n_samples)
@@ -48,6 +50,7 @@ class MoreauGrad:
             )
         x0 = x.detach()
         n, s = self.n_steps, self.n_samples
+        first = shard_offset(self)
 
         def body(passes, score):
             out = torch.zeros_like(x0)
@@ -60,7 +63,8 @@ class MoreauGrad:
                     zs = z.repeat_interleave(s, 0)
                     if self.sigma > 0:
                         k = torch.arange(s).repeat(len(rows)) + t * s
-                        zs = zs + self.sigma * example_noise(self.seed, ex, k, x0.shape[1:], x0)
+                        noise = example_noise(self.seed, ex + first, k, x0.shape[1:], x0)
+                        zs = zs + self.sigma * noise
                     g = passes.gradient(zs, score, ex)
                     g = g.view(len(rows), s, *x0.shape[1:]).mean(1)
                     z = z - self.lr * (g + (z - xr) / self.rho)

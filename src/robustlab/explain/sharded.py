@@ -1,0 +1,94 @@
+"""An explainer over shards of the inputs (``robustlab.shards``), in this process or on Dask, merged
+into the ``ExplainResult`` of one run over all of them.
+
+Every explainer's attribution of an input depends on that input alone: the deterministic ones
+(gradients, Integrated Gradients, occlusion, Grad-CAM, FullGrad, extremal perturbations) trivially;
+Sobol attribution and OSA-DAS draw one design / one set of views from the seed, the same for every
+input and so for every shard; SmoothGrad, Smooth Grad-CAM++ and MoreauGrad draw their noise per
+input, and a shard is told where it lies in the whole data (their field ``shard``, see
+``base.shard_offset``) so that each input gets the noise of the one-process run. So no shard needs
+a seed of its own (``shards.shard_seeds`` would tie the numbers to the shard size): the result is
+the one-process run's for every backend and shard size, up to float rounding of other batch shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from robustlab.explain.base import Explainer, ExplainResult, Target
+from robustlab.inputs import as_module
+from robustlab.shards import Backend, run_shards, shard_bounds
+
+
+def explain_sharded(
+    explainer: Explainer,
+    model,
+    x: Tensor,
+    target: Target = None,
+    *,
+    backend: Backend = Backend(),
+    progress: Callable[[str], None] | None = None,
+) -> ExplainResult:
+    """``explainer(model, x, target)`` on each shard of ``backend.shard_size`` inputs, the model
+    sent once to each Dask worker; attributions, deltas and classes concatenated in input order,
+    passes summed, ``seconds`` the wall time. One local shard is ``explainer``'s own call."""
+    module = as_module(model)
+    bounds = shard_bounds(len(x), backend.shard_size)
+    if len(bounds) == 1 and backend.name == "local":
+        return explainer(module, x, target)
+    shards = [(_for_shard(explainer, a, len(x)), x[a:b], _target_part(target, a, b, len(x)))
+              for a, b in bounds]  # fmt: skip
+
+    def done(k: int, total: int) -> None:
+        if progress:
+            progress(f"shard {k} of {total} done")
+
+    start = time.perf_counter()
+    parts = run_shards(_explain_shard, shards, backend, shared=(module,), done=done)
+    return merge_explanations(parts, time.perf_counter() - start)
+
+
+def _for_shard(explainer: Explainer, first: int, whole: int) -> Explainer:
+    """The explainer told that its inputs start at ``first`` of ``whole`` (when it draws noise per
+    input: it has a field ``shard``)."""
+    if dataclasses.is_dataclass(explainer) and "shard" in {
+        f.name for f in dataclasses.fields(explainer)
+    }:
+        return dataclasses.replace(explainer, shard=(first, whole))
+    return explainer
+
+
+def _target_part(target: Target, a: int, b: int, n: int) -> Target:
+    """A shard's target: labels per input are cut like the inputs; the rest applies as it is."""
+    if isinstance(target, Tensor) and target.numel() == n and n > 1:
+        return target.reshape(-1)[a:b]
+    return target
+
+
+def _explain_shard(module, shard) -> ExplainResult:
+    """One shard's attributions (a Dask task)."""
+    explainer, x, target = shard
+    return explainer(module, x, target)
+
+
+def merge_explanations(parts: list[ExplainResult], seconds: float) -> ExplainResult:
+    """One ``ExplainResult`` from those of consecutive shards."""
+
+    def cat(field: str) -> Tensor | None:
+        values = [getattr(p, field) for p in parts]
+        return None if any(v is None for v in values) else torch.cat(values)
+
+    return ExplainResult(
+        parts[0].method,
+        torch.cat([p.attributions for p in parts]),
+        sum(p.n_forward for p in parts),
+        sum(p.n_backward for p in parts),
+        seconds,
+        cat("delta"),
+        cat("classes"),
+    )
