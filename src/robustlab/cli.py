@@ -461,6 +461,10 @@ def explain(
     mean: str | None = MEAN,
     std: str | None = STD,
     device: str = DEVICE,
+    backend: str = BACKEND,
+    workers: int = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    shard_size: int | None = SHARD_SIZE,
     db: Path | None = DB,
 ) -> None:
     """Attributions per input (JSON) and heat-maps (HTML)."""
@@ -482,6 +486,7 @@ def explain(
             batch_size=batch_size,
             seed=seed,
             device=device,
+            backend=_backend(backend, workers, scheduler, shard_size),
             progress=say,
         )
     run_id = _save(report, out_file, db)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from robustlab._onnx import torch_to_onnx
 from robustlab.report import render_html
@@ -66,6 +67,9 @@ def test_explain_command(method, steps, monkeypatch, capsys, tmp_path, cnn_onnx)
         (["--method", "ig", "--steps", "0"], "--steps must be a positive"),  # ig: an alias
         (["--method", "gradcam"], "did you mean 'grad-cam'"),
         (["--method", "saliency", "--target", "11"], r"lie in \[0, 9\]"),
+        (["--method", "saliency", "--backend", "spark"], "unknown backend 'spark'; known: local"),
+        (["--method", "saliency", "--shard-size", "0"], "--shard-size"),
+        (["--method", "saliency", "--backend", "dask", "--workers", "0"], "--workers"),
     ],
 )
 def test_bad_input_exits_2(extra, message, monkeypatch, capsys, cnn_onnx):
@@ -74,6 +78,7 @@ def test_bad_input_exits_2(extra, message, monkeypatch, capsys, cnn_onnx):
     args = ["explain", "--model", cnn_onnx, "--data", "digits", "--n", 2, *extra]
     code, _, stderr = run(monkeypatch, capsys, *args)
     assert code == 2 and re.search(message, stderr), stderr
+    assert len(stderr.strip().splitlines()) == 1
 
 
 def test_target_label(monkeypatch, capsys, tmp_path, cnn_onnx, digits):
@@ -96,3 +101,22 @@ def test_report_without_attributions_renders():
         }  # fmt: skip
     )
     assert "heat-maps" not in html
+
+
+def test_shards_on_the_command_line_give_the_same_report(monkeypatch, capsys, tmp_path, cnn_onnx):
+    reports = []
+    for extra in ([], ["--shard-size", "2"]):
+        out = tmp_path / f"r{len(reports)}.json"
+        args = ["explain", "--model", cnn_onnx, "--data", "digits", "--method", "smoothgrad"]
+        code, _, err = run(monkeypatch, capsys, *args, "--n", 5, "--samples", 3, "--out", out,
+                           *extra)  # fmt: skip
+        assert code == 0, err
+        reports.append(json.loads(out.read_text()))
+    whole, sharded = reports
+    assert "shards" not in whole["settings"] and "shard" not in whole["settings"]
+    assert sharded["settings"]["shards"] == {"backend": "local", "shard_size": 2}
+    a, b = (torch.tensor(r["attributions"]) for r in reports)
+    torch.testing.assert_close(
+        b, a, rtol=0, atol=64 * torch.finfo(torch.float32).eps * a.abs().max()
+    )
+    assert sharded["classes"] == whole["classes"] and sharded["n_forward"] == whole["n_forward"]

@@ -10,8 +10,10 @@ from robustlab.attacks.base import predict
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.explain.base import REGISTRY, get_explainer
 from robustlab.explain.proof_features import proof_features
+from robustlab.explain.sharded import explain_sharded
 from robustlab.jobs.common import prepare, report_head
 from robustlab.results import metric_dicts
+from robustlab.shards import Backend
 
 STEPS_FIELD = {"integrated-gradients": "n_steps"}  # --steps: path steps
 SAMPLES_FIELD = {
@@ -78,10 +80,12 @@ def explain_job(
     batch_size: int = 512,
     seed: int = 0,
     device="cpu",
+    backend: Backend = Backend(),
     progress=None,
 ) -> dict:
     """Attributions of every input; keys ``method``, ``attributions``, ``n_forward``,
-    ``n_backward``, ``seconds``, ``delta`` (integrated gradients), ``classes``."""
+    ``n_backward``, ``seconds``, ``delta`` (integrated gradients), ``classes``. ``backend``: the
+    inputs in shards, in this process or on Dask (``explain.sharded``: the same numbers)."""
 
     method = canonical(method, REGISTRY, METHOD_ALIASES)
     explainer = make_explainer(
@@ -91,13 +95,16 @@ def explain_job(
     tgt = parse_target(target, data.y)
     if progress:
         progress(f"{method} on {len(data)} examples")
-    result = explainer(model.module, data.x, tgt)
+    result = explain_sharded(explainer, model.module, data.x, tgt, backend=backend,
+                             progress=progress)  # fmt: skip
     params = {
         k: v
         for k, v in dataclasses.asdict(explainer).items()
-        if isinstance(v, (int, float, str, bool, type(None)))
+        if isinstance(v, (int, float, str, bool, type(None))) and k != "shard"
     }
     settings = {"method": method, "target": "predicted" if target is None else target, **params}
+    if backend.name != "local" or backend.shard_size:
+        settings["shards"] = {"backend": backend.name, "shard_size": backend.shard_size}
     report = report_head("explain", model, data, settings)
     report["clean_accuracy"] = float((predict(model.module, data.x) == data.y).float().mean())
     report.update(result.to_dict())
