@@ -144,3 +144,73 @@ def test_smoothing_on_dask_is_the_local_sharded_result(cluster, mlp, digits):
     assert dask.curve == local.curve and dask.clean_accuracy == local.clean_accuracy
     one = smooth(mlp, data, 0.25, **kw)  # one shard: the job's own seed, as before
     assert len(one.samples) == 24
+
+
+@pytest.mark.slow
+def test_explain_on_dask_is_the_one_process_result(cluster, mlp, digits):
+    from robustlab.explain import get_explainer
+    from robustlab.explain.sharded import explain_sharded
+
+    x = digits.x[:10]
+    for method, kw in [("smoothgrad", {"n_samples": 5, "batch_size": 8}),
+                       ("sobol", {"grid": 4, "n_designs": 8}),
+                       ("integrated-gradients", {"n_steps": 8})]:  # fmt: skip
+        explainer = get_explainer(method, **kw)
+        whole = explainer(mlp, x)
+        dask = explain_sharded(explainer, mlp, x, backend=_on(cluster, 4))
+        scale = float(whole.attributions.abs().max())
+        torch.testing.assert_close(dask.attributions, whole.attributions, rtol=0,
+                                   atol=64 * torch.finfo(torch.float32).eps * scale)  # fmt: skip
+        assert (dask.n_forward, dask.n_backward) == (whole.n_forward, whole.n_backward)
+        assert torch.equal(dask.classes, whole.classes)
+
+
+TIMINGS = {"seconds", "elapsed_s", "budget_s", "corruption_seconds", "png", "created", "versions"}
+
+
+def _same(a, b, path="report"):
+    """Equal reports but for timings and pictures; floats within float32 rounding."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a.keys() - TIMINGS:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (u, v) in enumerate(zip(a, b, strict=True)):
+            _same(u, v, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=16 * torch.finfo(torch.float32).eps, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.slow
+def test_audit_on_dask_is_the_local_result(cluster, mlp, digits):
+    from dataclasses import replace
+
+    from robustlab.audit.profiles import get_profile
+    from robustlab.jobs.audit import audit_job
+
+    tiny = replace(get_profile("quick"), name="tiny", budget=600.0, n=24, severities="1,3",
+                   explain_methods=("saliency", "smoothgrad"), smoothing_examples=8,
+                   smoothing_n0=10, smoothing_n=100, n_adversarial=2)  # fmt: skip
+    kw = dict(profile=tiny, sigma=0.25, seed=1, n=24)
+    local = audit_job(mlp, "digits", [0.05, 0.1], backend=Backend(shard_size=5), **kw)
+    dask = audit_job(mlp, "digits", [0.05, 0.1], backend=_on(cluster, 5), **kw)
+    ran = ["clean", "attacks", "certified", "corruptions", "smoothing", "sensitivity", "examples"]
+    assert [s["name"] for s in local["stages"] if s["status"] == "ok"] == ran
+    assert [s["status"] for s in dask["stages"]] == [s["status"] for s in local["stages"]]
+    assert dask["settings"].pop("backend")["name"] == "dask"
+    assert local["settings"].pop("backend") == {
+        "name": "local", "workers": 2, "scheduler": None, "shard_size": 5
+    }  # fmt: skip
+    dask.pop("reproduce"), local.pop("reproduce")
+    _same(local, dask)
+
+
+def test_a_session_keeps_a_backend_that_needs_no_cluster_of_its_own():
+    from robustlab.shards import session
+
+    for backend in (Backend(), Backend(shard_size=4), Backend("dask", scheduler="tcp://h:8786")):
+        with session(backend) as running:
+            assert running == backend

@@ -235,6 +235,10 @@ def audit(
     mean: str | None = MEAN,
     std: str | None = STD,
     device: str = DEVICE,
+    backend: str = BACKEND,
+    workers: int = WORKERS,
+    scheduler: str | None = SCHEDULER,
+    shard_size: int | None = SHARD_SIZE,
     db: Path | None = DB,
 ) -> None:
     """Everything at once within a time budget: clean, attacks, bounds, corruptions, smoothing,
@@ -252,6 +256,7 @@ def audit(
                          mix_accurate=accurate,
                          weight_sensitivity=weight_sensitivity,
                          batch_size=batch_size, device=device,
+                         backend=_backend(backend, workers, scheduler, shard_size),
                          out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 
     _audit_run(job, out_dir, db)

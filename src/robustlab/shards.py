@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -91,29 +91,48 @@ def run_shards(
     return _dask(task, shards, backend, shared, done)
 
 
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise RobustlabError("the dask backend needs: pip install 'robustlab[dask]'") from None
+    return distributed
+
+
+def _local_cluster(workers: int) -> Any:
+    """A ``LocalCluster`` of ``workers`` one-thread processes bound to 127.0.0.1 only."""
+    return _distributed().LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+        processes=True,
+    )
+
+
 @contextmanager
 def dask_client(workers: int, scheduler: str | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` of the cluster at ``scheduler``, or of a ``LocalCluster`` of
     ``workers`` one-thread processes bound to 127.0.0.1 only (closed on exit)."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise RobustlabError("the dask backend needs: pip install 'robustlab[dask]'") from None
+    client_of = _distributed().Client
     if scheduler:
-        with Client(scheduler) as client:
+        with client_of(scheduler) as client:
             yield client
         return
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=None,
-            processes=True,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with _local_cluster(workers) as cluster, client_of(cluster) as client:
         yield client
+
+
+@contextmanager
+def session(backend: Backend) -> Iterator[Backend]:
+    """``backend`` for a job of many ``run_shards`` calls (the audit's stages): on Dask without a
+    scheduler one ``LocalCluster`` is started for all of them (closed on exit) and the backend
+    yielded names its address; otherwise ``backend`` itself."""
+    if backend.name != "dask" or backend.scheduler:
+        yield backend
+        return
+    with _local_cluster(backend.workers) as cluster:
+        yield replace(backend, scheduler=cluster.scheduler_address)
 
 
 def _dask(task, shards, backend: Backend, shared, done) -> list:

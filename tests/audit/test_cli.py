@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.audit.conftest import cli
 
 
@@ -36,6 +38,19 @@ def test_audit_bad_input_is_one_line():
     assert proc.stderr.strip() == "error: unknown profile 'slow'; known: quick, standard, full"
     proc = cli("runs", "compare", 1)
     assert proc.returncode == 2 and "at least two run ids" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--backend", "spark"], "error: unknown backend 'spark'; known: local, dask"),
+        (["--shard-size", "0"], "--shard-size"),
+    ],
+)
+def test_audit_bad_backend_is_one_line(extra, message, tmp_path):
+    proc = cli("audit", "--model", "zoo:mlp", "--data", "digits", "--out", tmp_path / "a", *extra)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_report_json_is_the_source_of_truth(audited):

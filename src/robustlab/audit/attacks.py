@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from robustlab.attacks import evaluate, suite_attacks
+from robustlab.attacks import suite_attacks
 from robustlab.attacks.ensemble import WHITE_BOX
 from robustlab.attacks.flags import SQUARE_MARGIN
+from robustlab.attacks.sharded import evaluate_sharded
 from robustlab.audit.budget import BudgetExceeded, Deadline
 from robustlab.audit.common import Chunks, proportion_ci, rate
 from robustlab.audit.runner import Context, Progress
@@ -78,11 +79,12 @@ def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, skipped, 
     checks, first = 0.0, []
     sub = ctx.subset(slice(a, b))
     for i, name in enumerate(names):
-        r = evaluate(
+        r = evaluate_sharded(  # one local shard: evaluate itself
             ctx.model.module,
             sub,
             eps,
             ctx.norm,
+            backend=ctx.backend,
             suite=ctx.profile.suite,
             attacks=[name],
             batch_size=ctx.batch_size,
@@ -94,7 +96,7 @@ def _attack_chunk(ctx, names, eps, a, b, robust, costs, flags, totals, skipped, 
         if i == 0:
             first = [c["certified_skipped"] for c in r.curve]
         if a == 0 and i == 0:
-            checks = r.seconds - sum(rec["seconds"] for rec in r.per_attack)
+            checks = max(0.0, r.seconds - sum(rec["seconds"] for rec in r.per_attack))
         flags += r.flags
         totals["n_forward"] += r.n_forward
         totals["n_backward"] += r.n_backward

@@ -17,6 +17,8 @@ from robustlab.audit.common import proportion_ci, rate
 from robustlab.audit.profiles import ALPHA_MAX_PARAMS, CROWN_MAX_INPUTS, CROWN_MAX_PARAMS
 from robustlab.audit.runner import Context, Progress
 from robustlab.bounds import certify
+from robustlab.data import Dataset
+from robustlab.shards import run_shards, shard_bounds
 from robustlab.threat import LpBall
 
 CROSS_CHECK = 8  # broken points bounded at the headline eps: none may be certified
@@ -52,13 +54,30 @@ def _bound(ctx, idx, e, method, deadline, say, first) -> tuple[torch.Tensor, int
             break
         part = idx[done : done + size]
         t0 = time.perf_counter()
-        r = certify(ctx.model.module, ctx.subset(part), threat, method, batch_size=ctx.batch_size)
+        flags = _certified(ctx, ctx.subset(part), threat, method)
         seconds += time.perf_counter() - t0
-        out.append(torch.tensor(r.certified, dtype=torch.bool))
+        out.append(torch.tensor(flags, dtype=torch.bool))
         done += len(part)
         say(f"{method} at eps {e:g}: {done}/{len(idx)} points bounded", False)
     flags = torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
     return flags, done, seconds
+
+
+def _certified(ctx: Context, data: Dataset, threat: LpBall, method: str) -> list[bool]:
+    """``certify``'s flags of the points, in shards on the audit's backend (bounds are
+    deterministic: the same flags for every backend and shard size)."""
+    bounds = shard_bounds(len(data), ctx.backend.shard_size)
+    if len(bounds) == 1 and ctx.backend.name == "local":
+        return _certify_shard(ctx.model.module, (data, threat, method, ctx.batch_size))
+    shards = [(Dataset(data.name, data.x[a:b], data.y[a:b], data.lower, data.upper), threat,
+               method, ctx.batch_size) for a, b in bounds]  # fmt: skip
+    return sum(run_shards(_certify_shard, shards, ctx.backend, shared=(ctx.model.module,)), [])
+
+
+def _certify_shard(module, shard) -> list[bool]:
+    """One shard's certified flags (a Dask task)."""
+    data, threat, method, batch_size = shard
+    return list(certify(module, data, threat, method, batch_size=batch_size).certified)
 
 
 def certify_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:

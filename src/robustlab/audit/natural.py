@@ -52,12 +52,14 @@ def natural_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     sevs = parse_severities(p.severities)
     base = None if ctx.baseline is None else ctx.baseline.module
     table, per, base_rows, seconds, base_clean, clean = [], [], [], 0.0, None, None
-    for k, name in enumerate(names):
-        if k and not deadline.fits(seconds / k):
+    group = ctx.backend.workers if ctx.backend.name == "dask" else 1  # one Dask task per name
+    for k in range(0, len(names), group):
+        if k and not deadline.fits(seconds / (k // group)):
             break
         try:
-            r = evaluate_corruptions(ctx.model.module, data, [name], sevs, baseline=base,
-                                     batch_size=ctx.batch_size, seed=ctx.seed, progress=say)  # fmt: skip
+            r = evaluate_corruptions(ctx.model.module, data, names[k : k + group], sevs,
+                                     baseline=base, batch_size=ctx.batch_size, seed=ctx.seed,
+                                     progress=say, backend=ctx.backend)  # fmt: skip
         except BudgetExceeded:
             break
         seconds += r.seconds

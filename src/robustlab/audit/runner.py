@@ -18,6 +18,7 @@ from robustlab.audit.profiles import Profile
 from robustlab.data import Dataset
 from robustlab.model import LoadedModel
 from robustlab.results import SCHEMA_VERSION
+from robustlab.shards import Backend
 
 Progress = Callable[[str], None]
 
@@ -36,6 +37,7 @@ class Context:
     batch_size: int = 256
     sigma: float | None = None  # randomized smoothing when set
     baseline: LoadedModel | None = None
+    backend: Backend = Backend()  # where the stages that shard (attacks, bounds, ...) run
     # what a stage leaves for the later ones (None until the stage that makes it has run)
     pred: torch.Tensor | None = None  # clean predictions (clean stage)
     correct: torch.Tensor | None = None  # bool[n] (clean stage)

@@ -13,6 +13,7 @@ from robustlab.audit.budget import Deadline
 from robustlab.audit.runner import Context, Progress
 from robustlab.explain import get_explainer
 from robustlab.explain.base import REGISTRY
+from robustlab.explain.sharded import explain_sharded
 from robustlab.inputs import frozen
 
 TOP = 0.1  # concentration: share of |attribution| in the top 10% of input features
@@ -55,7 +56,7 @@ def sensitivity_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
         say(f"{method} on {m} examples", False)
         explainer = get_explainer(method, **_options(method, ctx))
         with frozen(ctx.model.module):
-            r = explainer(ctx.model.module, x)
+            r = explain_sharded(explainer, ctx.model.module, x, backend=ctx.backend)
         a = r.attributions.detach().double()
         maps[method] = a
         methods.append(method)

@@ -21,7 +21,8 @@ def smoothing_stage(ctx: Context, deadline: Deadline, say: Progress) -> dict:
     chunks = Chunks(n, deadline, first=min(n, 16), most=64)
     for a, b in chunks:
         r = smooth(ctx.model.module, ctx.subset(slice(a, b)), ctx.sigma, n0=p.smoothing_n0,
-                   n=p.smoothing_n, alpha=ALPHA, seed=ctx.seed + a)  # fmt: skip
+                   n=p.smoothing_n, alpha=ALPHA, seed=ctx.seed + a,
+                   backend=ctx.backend)  # fmt: skip
         samples += r.samples
         seconds += r.seconds
         say(

@@ -3,6 +3,7 @@ its time budget, summarise; ``report.json`` is rewritten after every stage when 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import platform
 import shlex
@@ -40,6 +41,7 @@ from robustlab.jobs.common import (
 )
 from robustlab.jobs.mix import check_pair
 from robustlab.report import write_report_dir
+from robustlab.shards import Backend, session
 from robustlab.threat import parse_norm
 
 Progress = Callable[[str], None]
@@ -77,6 +79,15 @@ def _command(model_src, data_src, eps, norm, profile, **opts) -> str | None:
     return shlex.join(args)
 
 
+def _backend_options(backend: Backend) -> dict:
+    """The command-line options of a backend other than the default (for ``reproduce``)."""
+    if backend == Backend():
+        return {}
+    workers = None if backend.name == "local" or backend.scheduler else backend.workers
+    return {"backend": backend.name, "workers": workers, "scheduler": backend.scheduler,
+            "shard_size": backend.shard_size}  # fmt: skip
+
+
 def audit_job(
     model_src,
     data_src,
@@ -97,6 +108,7 @@ def audit_job(
     batch_size: int = 256,
     out: Path | str | None = None,
     device="cpu",
+    backend: Backend = Backend(),
     progress: Progress | None = None,
     on_stage: Callable[[dict], None] | None = None,
 ) -> dict:
@@ -108,7 +120,9 @@ def audit_job(
     ``mix_accurate``: a second (accurate) model mixed with the audited one as the robust member;
     ``abstain``: the certificate radius of a certify-or-abstain stage (availability attack);
     ``weight_sensitivity``: a network-sensitivity stage (Hessian, Fisher, weight noise,
-    precision) as section ``weights``."""
+    precision) as section ``weights``. ``backend``: where the stages that shard their points run
+    (attacks, bounds, corruptions, smoothing, sensitivity; ``robustlab.shards``), recorded in the
+    settings; on Dask one cluster serves every stage."""
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if budget is not None and not budget > 0:
@@ -145,7 +159,7 @@ def audit_job(
     eps_list = sorted(set(eps_list))
     check_eps_on(eps_list, norm, data)  # before any work: eps on the 0-255 scale is an error
     ctx = Context(model, data, prof, eps_list, norm, headline_eps(eps_list), seed=seed,
-                  batch_size=batch_size, sigma=sigma, baseline=base)  # fmt: skip
+                  batch_size=batch_size, sigma=sigma, baseline=base, backend=backend)  # fmt: skip
     methods, _ = allowed_methods(ctx)
     settings = {
         "profile": prof.name, "eps": eps_list, "norm": norm, "headline_eps": ctx.headline,
@@ -155,6 +169,7 @@ def audit_job(
         "corruptions": prof.corruptions, "severities": prof.severities,
         "max_shift": prof.max_shift, "explain_methods": list(prof.explain_methods),
         "mix_accurate": None if accurate is None else accurate.name, "abstain_radius": abstain,
+        "backend": dataclasses.asdict(backend),
     }  # fmt: skip
     report = report_head("audit", model, data, settings)
     report["data"]["digest"] = _digest(data.x, data.y)
@@ -163,7 +178,7 @@ def audit_job(
     report["reproduce"] = _command(model_src, data_src, eps_list, norm, prof.name, n=n,
                                    seed=seed, baseline=baseline, budget=budget, smoothing=sigma,
                                    conformal=conformal, mix_accurate=mix_accurate,
-                                   abstain=abstain)  # fmt: skip
+                                   abstain=abstain, **_backend_options(backend))  # fmt: skip
     if mix_accurate is not None and not isinstance(mix_accurate, (str, Path)):
         report["reproduce"] = None  # an in-memory second model: no command line reproduces it
     if report["reproduce"] is not None:
@@ -191,7 +206,9 @@ def audit_job(
         stages.insert(after, ("weights", weights_stage, None))
     out_dir = None if out is None else Path(out)
     try:
-        run_stages(ctx, report, stages, clock, out=out_dir, progress=say, on_stage=on_stage)
+        with session(backend) as running:  # on Dask: one cluster for all the stages
+            ctx.backend = running
+            run_stages(ctx, report, stages, clock, out=out_dir, progress=say, on_stage=on_stage)
     except KeyboardInterrupt:
         summarise(ctx, report)
         report["status"] = "interrupted"
