@@ -165,6 +165,23 @@ def test_explain_on_dask_is_the_one_process_result(cluster, mlp, digits):
         assert torch.equal(dask.classes, whole.classes)
 
 
+@pytest.mark.slow
+def test_sobol_indices_on_dask_are_the_one_process_result(cluster):
+    import numpy as np
+
+    from robustlab.explain import sobol_indices
+
+    def ishigami(u):  # defined here: pickled by value for the workers
+        x = -np.pi + 2 * np.pi * u
+        return np.sin(x[:, 0]) + 7 * np.sin(x[:, 1]) ** 2 + 0.1 * x[:, 2] ** 4 * np.sin(x[:, 0])
+
+    one = sobol_indices(ishigami, 3, n=512, seed=4, batch_size=128)
+    dask = sobol_indices(ishigami, 3, n=512, seed=4, batch_size=128, backend=_on(cluster, 256))
+    assert np.array_equal(dask.total_order, one.total_order)
+    assert np.array_equal(dask.first_order, one.first_order)
+    assert dask.n_evaluations == one.n_evaluations == 512 * 5
+
+
 TIMINGS = {"seconds", "elapsed_s", "budget_s", "corruption_seconds", "png", "created", "versions"}
 
 

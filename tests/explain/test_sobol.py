@@ -88,3 +88,25 @@ def test_bad_input():
         sobol_indices(lambda u: np.ones(len(u)), 3, n=16)
     with pytest.raises(RobustlabError, match="n \\(designs\\)"):
         sobol_indices(ishigami, 3, n=1)
+
+
+def test_batches_as_tasks_give_the_same_indices():
+    """The design's batches as shards (robustlab.shards, here in this process): the same batches,
+    so the same indices, bit for bit (numpy float64 on the same points)."""
+    from robustlab.shards import Backend
+
+    calls = []
+
+    def fn(u):
+        calls.append(len(u))
+        return ishigami(u)
+
+    one = sobol_indices(fn, 3, n=256, seed=2, batch_size=100)
+    sizes, calls[:] = list(calls), []
+    for shard_size in (1, 250):
+        sharded = sobol_indices(fn, 3, n=256, seed=2, batch_size=100,
+                                backend=Backend(shard_size=shard_size))  # fmt: skip
+        assert np.array_equal(sharded.total_order, one.total_order)
+        assert np.array_equal(sharded.first_order, one.first_order)
+        assert sorted(calls) == sorted(sizes) and sharded.variance == one.variance
+        calls[:] = []

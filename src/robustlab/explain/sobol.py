@@ -5,13 +5,14 @@ by Jansen's (1999)."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import qmc
 
 from robustlab.errors import RobustlabError
+from robustlab.shards import Backend, run_shards
 
 
 @dataclass(frozen=True)
@@ -46,18 +47,52 @@ def sobol_design(n_vars: int, n: int, seed: int | None = 0) -> tuple[np.ndarray,
     return ab[:, :n_vars], ab[:, n_vars:]
 
 
+def _values(fn: Callable, points: np.ndarray) -> np.ndarray:
+    v = np.asarray(fn(points), dtype=np.float64)
+    if v.shape != (len(points),):
+        raise RobustlabError(
+            f"fn must map (N, n_vars) points to (N,) values; found shape {v.shape} "
+            f"for {len(points)} points"
+        )
+    return v
+
+
 def _evaluate(fn: Callable, points: np.ndarray, batch_size: int | None) -> np.ndarray:
     step = batch_size or len(points)
-    out = []
-    for i in range(0, len(points), step):
-        v = np.asarray(fn(points[i : i + step]), dtype=np.float64)
-        if v.shape != (len(points[i : i + step]),):
-            raise RobustlabError(
-                f"fn must map (N, n_vars) points to (N,) values; found shape {v.shape} "
-                f"for {len(points[i : i + step])} points"
-            )
-        out.append(v)
-    return np.concatenate(out)
+    return np.concatenate([_values(fn, points[i : i + step]) for i in range(0, len(points), step)])
+
+
+def _matrices(a: np.ndarray, b: np.ndarray, first_order: bool) -> Iterator[np.ndarray]:
+    """The design's matrices in order: A, B (for first-order indices), then A with column i
+    from B for each i (made one at a time)."""
+    yield a
+    if first_order:
+        yield b
+    for i in range(a.shape[1]):
+        ab = a.copy()
+        ab[:, i] = b[:, i]
+        yield ab
+
+
+def _evaluate_shards(fn, matrices, batch_size: int | None, backend: Backend) -> list[np.ndarray]:
+    """``_evaluate`` of every matrix, its batches of ``batch_size`` points (the same batches as
+    in one process) grouped into tasks of about ``backend.shard_size`` points."""
+    n = len(matrices[0])
+    step = batch_size or n
+    batches = [(k, i) for k in range(len(matrices)) for i in range(0, n, step)]
+    per = max(1, (backend.shard_size or step) // step)
+    tasks = [[matrices[k][i : i + step] for k, i in batches[j : j + per]]
+             for j in range(0, len(batches), per)]  # fmt: skip
+    values = [v for part in run_shards(_batches, tasks, backend, shared=(fn,)) for v in part]
+    per_matrix = len(values) // len(matrices)
+    return [
+        np.concatenate(values[k * per_matrix : (k + 1) * per_matrix]) for k in range(len(matrices))
+    ]
+
+
+def _batches(fn, batches: list[np.ndarray]) -> list[np.ndarray]:
+    """One task's batches of points, evaluated (a Dask task)."""
+    return [_values(fn, points) for points in batches]
 
 
 def sobol_indices(
@@ -68,24 +103,29 @@ def sobol_indices(
     seed: int | None = 0,
     first_order: bool = True,
     batch_size: int | None = None,
+    backend: Backend = Backend(),
 ) -> SobolIndices:
     """Sobol indices of ``fn`` (vectorised: (N, n_vars) points of the unit cube -> (N,)).
 
     Costs n (n_vars + 2) evaluations, or n (n_vars + 1) with ``first_order=False`` (Jansen's
     total-order estimator needs f(A) and f(A with column i from B) only). ``n`` a power of 2
-    keeps the Sobol sequence balanced. Only one block of ``batch_size`` points is held at a time."""
+    keeps the Sobol sequence balanced. Only one block of ``batch_size`` points is held at a time.
+    ``backend`` (``robustlab.shards``) other than one local run: the same batches as tasks of
+    about ``shard_size`` points, in this process or on Dask (``fn`` must pickle), so the same
+    indices; the whole design and its values are then held at once."""
     a, b = sobol_design(n_vars, n, seed)
-    fa = _evaluate(fn, a, batch_size)
-    fb = _evaluate(fn, b, batch_size) if first_order else None
+    if backend.name == "local" and not backend.shard_size:
+        values = (_evaluate(fn, m, batch_size) for m in _matrices(a, b, first_order))
+    else:
+        values = iter(_evaluate_shards(fn, list(_matrices(a, b, first_order)), batch_size, backend))
+    fa = next(values)
+    fb = next(values) if first_order else None
     var = float(np.var(fa if fb is None else np.concatenate([fa, fb]), ddof=1))
     if not var > 0:
         raise RobustlabError("fn is constant on the design: Sobol indices are undefined")
     total = np.empty(n_vars)
     first = np.empty(n_vars) if first_order else None
-    for i in range(n_vars):
-        ab = a.copy()
-        ab[:, i] = b[:, i]
-        fab = _evaluate(fn, ab, batch_size)
+    for i, fab in enumerate(values):
         total[i] = np.mean((fa - fab) ** 2) / (2 * var)
         if first is not None:
             first[i] = np.mean(fb * (fab - fa)) / var
