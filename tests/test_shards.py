@@ -163,6 +163,12 @@ def test_explain_on_dask_is_the_one_process_result(cluster, mlp, digits):
                                    atol=64 * torch.finfo(torch.float32).eps * scale)  # fmt: skip
         assert (dask.n_forward, dask.n_backward) == (whole.n_forward, whole.n_backward)
         assert torch.equal(dask.classes, whole.classes)
+    from robustlab.explain.faithfulness import max_sensitivity
+
+    smoothgrad = get_explainer("smoothgrad", n_samples=4, batch_size=6)
+    one = max_sensitivity(mlp, x, smoothgrad, n_samples=2)
+    dask = max_sensitivity(mlp, x, smoothgrad, n_samples=2, backend=_on(cluster, 4))
+    torch.testing.assert_close(dask, one, rtol=0, atol=64 * torch.finfo(torch.float32).eps)
 
 
 @pytest.mark.slow

@@ -65,3 +65,22 @@ def test_bad_input(cnn, digits):
         insertion_auc(cnn, x, torch.zeros_like(x), lambda logits: logits[:, 0])
     with pytest.raises(RobustlabError, match="radius"):
         max_sensitivity(cnn, x, get_explainer("saliency"), radius=-1.0)
+
+
+def test_shards_give_the_one_process_values(cnn, digits):
+    """Per-input metrics over shards of the inputs (explain.sharded.map_shards): the same values;
+    max-sensitivity's shards draw the whole run's noise (and SmoothGrad's)."""
+    from robustlab.shards import Backend
+
+    x, y = digits.x[:7], digits.y[:7]
+    a = explain(cnn, x, "saliency").attributions
+    shards = Backend(shard_size=3)
+    eps = torch.finfo(torch.float32).eps
+    for metric in (deletion_auc, insertion_auc):
+        one = metric(cnn, x, a, y, steps=8)
+        torch.testing.assert_close(metric(cnn, x, a, y, steps=8, backend=shards), one, rtol=0,
+                                   atol=64 * eps)  # fmt: skip
+    smoothgrad = get_explainer("smoothgrad", n_samples=4, batch_size=6)
+    one = max_sensitivity(cnn, x, smoothgrad, n_samples=3)
+    sharded = max_sensitivity(cnn, x, smoothgrad, n_samples=3, backend=shards)
+    torch.testing.assert_close(sharded, one, rtol=0, atol=64 * eps)  # a ratio of norms: ~1

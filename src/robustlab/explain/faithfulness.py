@@ -20,6 +20,8 @@ from robustlab.explain.base import (
     explaining,
     resolve_target,
 )
+from robustlab.explain.sharded import for_shard, map_shards
+from robustlab.shards import Backend
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,16 @@ def deletion_auc(
     steps: int | None = 32,
     baseline: float | Tensor = 0.0,
     batch_size: int = 512,
+    backend: Backend = Backend(),
 ) -> Tensor:
     """Area under the target-class probability as the most important pixels are replaced by
-    ``baseline`` first (lower is better: a faithful map destroys the evidence fast)."""
-    x0 = x.detach()
+    ``baseline`` first (lower is better: a faithful map destroys the evidence fast). ``backend``:
+    the inputs in shards (``explain.sharded.map_shards``), the same values."""
+    return map_shards(_deletion, model, x.detach(), (attributions, target, baseline),
+                      backend=backend, steps=steps, batch_size=batch_size)  # fmt: skip
+
+
+def _deletion(model, x0, attributions, target, baseline, *, steps, batch_size, shard) -> Tensor:
     return _curve(
         model, x0, attributions, target, steps, x0, baseline_like(baseline, x0), batch_size
     )[0]
@@ -110,10 +118,15 @@ def insertion_auc(
     steps: int | None = 32,
     baseline: float | Tensor = 0.0,
     batch_size: int = 512,
+    backend: Backend = Backend(),
 ) -> Tensor:
     """Area under the target-class probability as the most important pixels are put back into
-    ``baseline`` first (higher is better)."""
-    x0 = x.detach()
+    ``baseline`` first (higher is better). ``backend``: as for ``deletion_auc``."""
+    return map_shards(_insertion, model, x.detach(), (attributions, target, baseline),
+                      backend=backend, steps=steps, batch_size=batch_size)  # fmt: skip
+
+
+def _insertion(model, x0, attributions, target, baseline, *, steps, batch_size, shard) -> Tensor:
     return _curve(
         model, x0, attributions, target, steps, baseline_like(baseline, x0), x0, batch_size
     )[0]
@@ -128,21 +141,32 @@ def max_sensitivity(
     radius: float = 0.02,
     n_samples: int = 10,
     seed: int = 0,
+    backend: Backend = Backend(),
 ) -> Tensor:
     """max over uniform perturbations |d|_inf <= radius of ||phi(x + d) - phi(x)|| / ||phi(x)||
-    (Frobenius norms), explaining the same class as at ``x`` (lower is better)."""
+    (Frobenius norms), explaining the same class as at ``x`` (lower is better). ``backend``: the
+    inputs in shards (``explain.sharded.map_shards``), each drawing the whole run's noise."""
     check_inputs(x)
     check_positive(n_samples=n_samples)
     if not radius >= 0:
         raise RobustlabError(f"radius must be >= 0; found {radius!r}")
-    x0 = x.detach()
+    return map_shards(_max_sensitivity, model, x.detach(), (explainer, target), backend=backend,
+                      radius=radius, n_samples=n_samples, seed=seed)  # fmt: skip
+
+
+def _max_sensitivity(model, x0, explainer, target, *, radius, n_samples, seed, shard) -> Tensor:
+    first, whole = shard or (0, len(x0))
+    if shard is not None:
+        explainer = for_shard(explainer, first, whole)
     ref = explainer(model, x0, target)
     classes = ref.classes if ref.classes is not None else target
     base = ref.attributions.flatten(1).double()
     gen = torch.Generator(device=x0.device).manual_seed(seed)
     worst = torch.zeros(len(x0), dtype=torch.float64, device=x0.device)
     for _ in range(n_samples):
-        noise = 2 * torch.rand(x0.shape, generator=gen, dtype=x0.dtype, device=x0.device) - 1
+        shape = (whole, *x0.shape[1:])  # the whole run's draw; a shard takes its rows
+        noise = torch.rand(shape, generator=gen, dtype=x0.dtype, device=x0.device)
+        noise = 2 * noise[first : first + len(x0)] - 1
         got = explainer(model, x0 + radius * noise, classes).attributions.flatten(1).double()
         rel = (got - base).norm(dim=1) / base.norm(dim=1).clamp_min(1e-12)
         worst = torch.maximum(worst, rel)

@@ -41,7 +41,7 @@ def explain_sharded(
     bounds = shard_bounds(len(x), backend.shard_size)
     if len(bounds) == 1 and backend.name == "local":
         return explainer(module, x, target)
-    shards = [(_for_shard(explainer, a, len(x)), x[a:b], _target_part(target, a, b, len(x)))
+    shards = [(for_shard(explainer, a, len(x)), x[a:b], _target_part(target, a, b, len(x)))
               for a, b in bounds]  # fmt: skip
 
     def done(k: int, total: int) -> None:
@@ -53,7 +53,42 @@ def explain_sharded(
     return merge_explanations(parts, time.perf_counter() - start)
 
 
-def _for_shard(explainer: Explainer, first: int, whole: int) -> Explainer:
+def map_shards(
+    task: Callable[..., Tensor],
+    model,
+    x: Tensor,
+    rows: tuple = (),
+    *,
+    backend: Backend = Backend(),
+    **options,
+) -> Tensor:
+    """``task(module, x, *rows, shard=..., **options)`` -> one value per input, on each shard of
+    the inputs, concatenated in input order (a per-input metric such as deletion AUC). Each of
+    ``rows`` with one row per input (a tensor of ``len(x)`` rows, not one input's shape) is cut
+    like ``x``, the others apply as they are; ``shard`` is (the shard's first index, len(x)),
+    None for one local run."""
+    module = as_module(model)
+    n = len(x)
+    bounds = shard_bounds(n, backend.shard_size)
+    if len(bounds) == 1 and backend.name == "local":
+        return task(module, x, *rows, shard=None, **options)
+
+    def cut(v, a: int, b: int):
+        per_row = isinstance(v, Tensor) and v.dim() >= 1 and len(v) == n and v.shape != x.shape[1:]
+        return v[a:b] if per_row else v
+
+    shards = [(task, x[a:b], tuple(cut(v, a, b) for v in rows), (a, n), options)
+              for a, b in bounds]  # fmt: skip
+    return torch.cat(run_shards(_map_shard, shards, backend, shared=(module,)))
+
+
+def _map_shard(module, shard) -> Tensor:
+    """One shard of ``map_shards`` (a Dask task)."""
+    task, x, rows, where, options = shard
+    return task(module, x, *rows, shard=where, **options)
+
+
+def for_shard(explainer: Explainer, first: int, whole: int) -> Explainer:
     """The explainer told that its inputs start at ``first`` of ``whole`` (when it draws noise per
     input: it has a field ``shard``)."""
     if dataclasses.is_dataclass(explainer) and "shard" in {
