@@ -9,6 +9,7 @@ input, and a shard is told where it lies in the whole data (their field ``shard`
 ``base.shard_offset``) so that each input gets the noise of the one-process run. So no shard needs
 a seed of its own (``shards.shard_seeds`` would tie the numbers to the shard size): the result is
 the one-process run's for every backend and shard size, up to float rounding of other batch shapes.
+``map_shards`` does the same for a per-input metric (deletion / insertion AUC, max-sensitivity).
 """
 
 from __future__ import annotations
