@@ -248,6 +248,7 @@ def audit(
     _outputs(out_dir, db, folder=True)
     eps_values = None if eps is None else _eps_list(eps)
     accurate = None if mix_accurate is None else _model(mix_accurate, mean, std)
+    on = _backend(backend, workers, scheduler, shard_size)  # a bad value: refused before loading
 
     def job(say, on_stage):
         return audit_job(_model(model, mean, std), data, eps_values, norm, profile=profile,
@@ -256,8 +257,7 @@ def audit(
                          mix_accurate=accurate,
                          weight_sensitivity=weight_sensitivity,
                          batch_size=batch_size, device=device,
-                         backend=_backend(backend, workers, scheduler, shard_size),
-                         out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
+                         backend=on, out=out_dir, progress=say, on_stage=on_stage)  # fmt: skip
 
     _audit_run(job, out_dir, db)
 
