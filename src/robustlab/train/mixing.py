@@ -60,7 +60,7 @@ def _mixed_output(module: nn.Module, lam: float, perm: Tensor) -> Iterator[None]
     def hook(_m, _inputs, h):
         if calls:
             raise RobustlabError(
-                f"manifold mixup mixes at a layer run once per forward; "
+                "manifold mixup mixes at a layer run once per forward; "
                 f"{type(_m).__name__} ran twice"
             )
         calls.append(1)
