@@ -115,7 +115,7 @@ def main() -> None:
                                                                **mixing}},
                             seed=seed, optimizer=args.optimizer, lr=args.lr)  # fmt: skip
             tables.append(table)
-            print(f"\nzoo {arch} on digits ({len(train_d)} train / {len(test_d)} test), Linf eps "
+            print(f"\n{arch} on digits ({len(train_d)} train / {len(test_d)} test), Linf eps "
                   f"{args.eps}, L2 {args.l2_eps}, {args.epochs} epochs, batch 32, {args.optimizer} lr "
                   f"{args.lr:g}, interpolated-at adversary {args.iat_adversary}, mix {args.mix} "
                   f"alpha {args.mix_alpha:g}, "
@@ -124,9 +124,9 @@ def main() -> None:
                   f"{_load(load0)} before, {_load(os.getloadavg())} after\n")  # fmt: skip
             print(table.markdown(), flush=True)
         if len(tables) > 1:
-            print(f"\nzoo {arch}: mean over seeds {seeds}\n")
+            print(f"\n{arch}: mean over seeds {seeds}\n")
             print(mean_table(tables).markdown())
-            print(f"\nzoo {arch}: mean ± sd over seeds {seeds}\n")
+            print(f"\n{arch}: mean ± sd over seeds {seeds}\n")
             print(spread_markdown(tables), flush=True)
 
 
