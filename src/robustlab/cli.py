@@ -647,6 +647,12 @@ def train(
         "--iat-adversary",
         help="interpolated-at's attack: clean (Algorithm 1) or interpolated (on the mixed inputs).",
     ),  # fmt: skip
+    mix: str | None = typer.Option(
+        None, "--mix", help="mixup, interpolated-at: input (default) or manifold (a hidden layer)."
+    ),
+    mix_alpha: float | None = typer.Option(
+        None, "--mix-alpha", help="mixup, interpolated-at: lambda ~ Beta(alpha, alpha), default 1."
+    ),
     certify_training: bool = typer.Option(
         False,
         "--certify-training",
@@ -689,6 +695,8 @@ def train(
             delta=delta,
             optimizer=optimizer,
             iat_adversary=iat_adversary,
+            mix=mix,
+            mix_alpha=mix_alpha,
             device=device,
             progress=say,
         )

@@ -149,6 +149,12 @@ def test_certify_training(tmp_path, monkeypatch, capsys):
         (["--arch", "cnn", "--certify-training"], "MLP of Linear and ReLU"),
         (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'; known: adam, sgd"),
         (["--method", "interpolated-at", "--iat-adversary", "mixed"], "adversary must be one of"),
+        (["--method", "mixup", "--mix", "hidden"], "mix must be one of input, manifold"),
+        (["--method", "interpolated-at", "--mix-alpha", "0"], "alpha must be positive; found 0"),
+        (
+            ["--method", "interpolated-at", "--iat-adversary", "interpolated", "--mix", "manifold"],
+            "expects mix 'input'",
+        ),
     ],
 )
 def test_bad_new_options(args, message, tmp_path, monkeypatch, capsys):
@@ -174,3 +180,20 @@ def test_optimizer_and_iat_adversary_reach_the_training(tmp_path, monkeypatch, c
     (training,) = [p["training"] for p in report["per_method"]]
     assert training["hyperparameters"]["optimizer"] == "sgd"
     assert training["hyperparameters"]["adversary"] == "interpolated"
+
+
+def test_mix_options_reach_mixup_and_interpolated_at(tmp_path, monkeypatch, capsys):
+    code, _, err = run(
+        monkeypatch, capsys, "train", "--arch", "mlp", "--data", "digits",
+        "--method", "mixup,interpolated-at,standard", "--eps", "0.1", "--mix", "manifold",
+        "--mix-alpha", "2", "--epochs", "1", "--n", "20",
+        "--out", tmp_path / "m.onnx", "--db", tmp_path / "r.sqlite",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "m.json").read_text())
+    mixing = {"mix": "manifold", "alpha": 2.0}
+    assert report["settings"]["hyperparameters"] == {"mixup": mixing, "interpolated-at": mixing}
+    trained = {p["method"]: p["training"]["hyperparameters"] for p in report["per_method"]}
+    for name in ("mixup", "interpolated-at"):
+        assert trained[name]["mix"] == "manifold" and trained[name]["alpha"] == 2.0
+    assert "mix" not in trained["standard"]

@@ -102,13 +102,17 @@ def method_kwargs(
     hr_alpha: float | None = None,
     hr_r: float | None = None,
     iat_adversary: str | None = None,
+    mix: str | None = None,
+    mix_alpha: float | None = None,
 ) -> dict:
     """The hyperparameters the job's options set for a method (the others keep defaults)."""
+    mixing = {"mix": mix, "alpha": mix_alpha}
     given = {
         "gaussian": {"sigma": sigma},
         "lipschitz": {"eps": l2_eps},
         "hr": {"alpha": hr_alpha, "r": hr_r},
-        "interpolated-at": {"adversary": iat_adversary},
+        "interpolated-at": {"adversary": iat_adversary, **mixing},
+        "mixup": mixing,
     }.get(name, {})
     return {k: v for k, v in given.items() if v is not None}
 
@@ -151,6 +155,8 @@ def train_job(
     delta: float = 1e-3,
     optimizer: str = "adam",
     iat_adversary: str | None = None,
+    mix: str | None = None,
+    mix_alpha: float | None = None,
     device="cpu",
     progress: Progress | None = None,
 ) -> dict:
@@ -164,8 +170,9 @@ def train_job(
     feature; key ``training_certificate`` (certified share of the test predictions).
     ``optimizer``: adam (cosine decay) or sgd (momentum, step decay; ``train.make_optimizer``);
     ``iat_adversary``: interpolated-at's attack, on the clean batch (Algorithm 1) or on the
-    interpolated inputs. ``device``: where the models train and are evaluated (cpu, cuda or
-    auto)."""
+    interpolated inputs; ``mix`` / ``mix_alpha``: mixup's and interpolated-at's combination (input
+    mixup or Manifold Mixup at a hidden layer) and its Beta(alpha, alpha). ``device``: where the
+    models train and are evaluated (cpu, cuda or auto)."""
     say = progress or (lambda _msg: None)
     names = parse_methods(method)
     (eps,) = check_eps([eps])
@@ -183,7 +190,7 @@ def train_job(
         )
     kwargs_of = {
         n: method_kwargs(n, sigma=sigma, l2_eps=l2_eps, hr_alpha=hr_alpha, hr_r=hr_r,
-                         iat_adversary=iat_adversary)
+                         iat_adversary=iat_adversary, mix=mix, mix_alpha=mix_alpha)
         for n in names
     }  # fmt: skip
     methods = {n: get_method(n, **kwargs_of[n]) for n in names}  # bad values fail before training
