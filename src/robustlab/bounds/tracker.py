@@ -107,6 +107,8 @@ class Tracker:
         # cache); every entry records what it was computed from and is used only while that holds
         self.cache = {} if cache is None else cache
         self._seen: dict[int, Tensor] = {}  # references checked in this pass
+        # linear steps whose rounding the relaxation step above them already bounded (``_folded``)
+        self._paid: set[int] = set()
 
     def relaxation(self, i: int) -> tuple:
         """The relaxation of activation node i without per-row slopes (the reference lines);
@@ -161,9 +163,31 @@ class Tracker:
             self.cache[("w", j)] = hit
         return hit[2]
 
+    def _abs_image(self, op: LinearOp, j: int) -> Tensor:
+        """``|op| w_j`` (op's absolute map applied to its input's ``w``), kept between passes."""
+        w = self.w(j)
+        hit = self.cache.get(("fa", id(op), j))
+        if hit is None or hit[0] is not w:
+            hit = (w, op.forward_abs(w))
+            self.cache[("fa", id(op), j)] = hit
+        return hit[1]
+
+    def _folded(self, j: int) -> Tensor | None:
+        """``gamma_n |W| w`` for the linear step at node j (Linear, Conv or Affine of one input):
+        the bound on its rounding per unit of ``|coefficient|`` on j, which the relaxation above
+        j folds into its own error vector (one pass over its coefficients for both). None where
+        j's step is not such an operation."""
+        node = self.graph.nodes[j]
+        op = node.op
+        if j == 0 or len(node.inputs) != 1 or not isinstance(op, (Linear, Conv, Affine)):
+            return None
+        return gamma(_terms(op, node.shape)) * self._abs_image(op, node.inputs[0])
+
     def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape) -> None:
         """An affine step: its bias is in the references; only its rounding costs."""
         if isinstance(op, (Reshape, Cat)):  # coefficients moved or split: exact
+            return
+        if (id(op), inputs) in self._paid:  # bounded by the relaxation step that produced ``a``
             return
         if isinstance(op, Add):  # exact unless an input was broadcast (its coefficients summed)
             for j in inputs:
@@ -173,7 +197,7 @@ class Tracker:
             return
         n = _terms(op, shape)
         if n:
-            self.value = self.value - gamma(n) * absdot(a, op.forward_abs(self.w(inputs[0])))
+            self.value = self.value - gamma(n) * absdot(a, self._abs_image(op, inputs[0]))
 
     def activation(self, i: int, a, la, lb, ua, ub, j: int, neg: Tensor | None = None) -> None:
         """The relaxation step ``a+ la + a- ua`` at node i (input j): ``<a-, gap>`` at the
@@ -187,7 +211,23 @@ class Tracker:
         if la.shape[1] > 1 or not (same or (torch.equal(la, la0) and torch.equal(lb, lb0))):
             shift = (la.double() - la0.double()) * c + lb.double() - lb0.double()
         steps = 4 * U * (2 * la.abs() + ua.abs()) * w.to(la.dtype)
+        shared = shift is None and gap.shape[1] == 1 and steps.shape[1] == 1
+        fold = self._folded(j) if shared else None
+        if fold is not None:
+            # the linear step onto j gets this step's coefficients a_in = a+ la + a- ua, computed
+            # as a la + a- (ua - la): |a_in| <= |a| |la| (1 + u) where a >= 0, and
+            # |a| (|ua| + 4u (|la| + |ua - la|)) (1 + u) where a < 0. That step's rounding bound
+            # <|a_in|, fold> is then a vector against |a| (joining the steps) plus one against
+            # a- (joining the gap: <a-, gap> - <|a-|, f> = <a-, gap + f>; f may be negative)
+            la64, ua64, fold = la.double().abs(), ua.double(), (1 + 4 * U) * fold[:, None]
+            spread = la64 + (ua64 - la.double()).abs()
+            gap = gap + (ua64.abs() + 4 * U * spread - la64) * fold
+            fold = la64 * fold
+            self._paid.add(self._key(j))
         if isinstance(a, Window):
+            if shared:
+                self._window_step(a, gap, steps, fold)
+                return
             data = a.data.double()
             neg = data.clamp(max=0)
             val = (neg * a.gather(gap)).flatten(2).sum(-1)
@@ -205,6 +245,8 @@ class Tracker:
             # one pass over each of a- and a: <a-, gap>, <|a-|, |gap|> = -<a-, |gap|>, and
             # <|a|, steps> = <a, steps> - 2 <a-, steps>
             g, st = gap[:, 0].to(a.dtype), steps[:, 0]
+            if fold is not None:  # (its float32 rounding: within SLACK below)
+                st = st + fold[:, 0].to(st.dtype)
             dn = _dots(neg, [g, g.abs(), st])
             (da,) = _dots(a, [st]).unbind(-1)
             gn, gabs, sn = dn.unbind(-1)
@@ -216,6 +258,25 @@ class Tracker:
         if shift is not None:
             self.value = self.value + _signed_dot(a, shift, n)
         self.value = self.value - _absdot_rows(a, steps) * SLACK
+
+    def _window_step(self, a: Window, gap: Tensor, steps: Tensor, fold: Tensor | None) -> None:
+        """``activation`` on a window, in float32: two gathers and one pass over each of a- and
+        |a|. The float32 ``<a-, gap>`` is off by at most ``gamma_(n+3) <|a|, |gap|>`` (n terms,
+        their products and gap's own rounding), which joins the error vector; the error sum
+        (positive terms) is at most its float32 value over ``1 - gamma``."""
+        data = a.data
+        k = gamma(math.prod(data.shape[2:]) + 3)
+        err = steps.double() + k * gap.abs()
+        if fold is not None:
+            err = err + fold
+        neg = data.clamp(max=0)
+        val = (neg * a.gather(gap.to(data.dtype))).flatten(2).sum(-1).double()
+        e = (data.abs() * a.gather((err * (1 + 4 * U)).to(data.dtype))).flatten(2).sum(-1)
+        self.value = self.value + val - e.double() / (1 - k) * SLACK
+
+    def _key(self, j: int) -> tuple:
+        node = self.graph.nodes[j]
+        return id(node.op), node.inputs
 
     def pool(self, op, a: Tensor, j: int, i: int) -> None:
         """Max pooling: ``<a-, gap>`` at the reference (where the max is not exact, the gap to
@@ -232,10 +293,12 @@ class Tracker:
 
     def added(self, total, j: int) -> None:
         """``total`` was computed as a sum of two coefficient sets on node j."""
+        self._paid.discard(self._key(j))  # the step onto j bounds the sum's rounding itself
         self.value = self.value - gamma(1) * absdot(total, self.w(j))
 
     def start(self, term, i: int) -> None:
         """A coefficient set entering at node i (beta-CROWN's split terms): its reference."""
+        self._paid.discard(self._key(i))
         self.value = self.value + _signed_dot(term, self.c(i)[:, None], math.prod(term.shape[2:]))
 
     def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
