@@ -1,6 +1,6 @@
 """Bound engine benchmark: robustlab against auto_LiRPA, side by side in one run.
 
-    python benchmarks/bounds_benchmark.py [--threads 2] [--repeats 5] [--skip-alpha]
+    python benchmarks/bounds_benchmark.py [--threads 2] [--repeats 5] [--skip-alpha] [--yolo]
 
 "CROWN as LiRPA" is robustlab's CROWN without its intersections with interval bounds, which is
 what auto_LiRPA computes (robustlab's default is that or tighter). robustlab computes in float64 by
@@ -12,6 +12,10 @@ eps 2/255, and a random residual CNN. For each method (IBP, CROWN, alpha-CROWN) 
 median time per call and the mean bound width, and, when auto_LiRPA is importable in the same
 environment, its time and width, the time ratio, and the largest relative difference of the
 bounds. auto_LiRPA is optional: without it, robustlab's side is printed alone.
+
+``--yolo``: one CROWN pass of VNN-COMP 2023's TinyYOLO on prop 13 (the verifier's first bound
+pass, ``bab.bounds_and_margins``) in float64 and in the rigorous float32 mode, robustlab only:
+the time of each and whether its bounds still prove the property (rows refuted by the margin).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from robustlab.bounds import compute_bounds
 from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
+from robustlab.verify import bab
 from robustlab.verify.vnnlib import read_vnnlib
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
@@ -155,12 +160,38 @@ def peer(model, lo, hi, method):
     return run
 
 
+def yolo_pass() -> None:
+    """One CROWN pass of TinyYOLO prop 13 in float64 and in float32 (see the module docstring)."""
+    yolo = SHARED / "vnncomp2023" / "yolo"
+    if not yolo.exists():
+        print("TinyYOLO: not found, skipped")
+        return
+    loaded = rl.load_model(yolo / "onnx" / "TinyYOLO.onnx.gz")
+    prop = read_vnnlib(yolo / "vnnlib" / "TinyYOLO_prop_000013_eps_1_255.vnnlib.gz").properties[0]
+    shape = tuple(loaded.input_shape)
+    graph = graph_of(loaded.module, shape)
+    C, d, _ = bab._stack_spec(prop)
+    for dtype in (torch.float64, torch.float32):
+        lo, hi = prop.lower[None].to(dtype), prop.upper[None].to(dtype)
+        t = time.perf_counter()
+        lb, margin = bab.bounds_and_margins(graph, lo, hi, C[None].to(dtype), d[None], shape)
+        wall = time.perf_counter() - t
+        rows = bab.refuted_rows(lb.double(), d[None].double(), margin)
+        slack = (lb.double() - d[None] - margin).max().item()
+        print(
+            f"TinyYOLO prop 13, one CROWN pass, {str(dtype)[6:]}: {wall:.1f} s, rows refuted "
+            f"{int(rows.sum())} of {rows.numel()} (largest lower bound - d - margin {slack:.4f})",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-alpha", action="store_true")
     ap.add_argument("--alpha-batches", action="store_true", help="also alpha-CROWN on 64 regions")
+    ap.add_argument("--yolo", action="store_true", help="only TinyYOLO's CROWN pass, both dtypes")
 
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -169,6 +200,9 @@ def main() -> None:
         f"{'available' if BoundedModule else 'not importable: robustlab only'}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
+    if args.yolo:
+        yolo_pass()
+        return
     header = f"{'case':40s} {'method':20s} {'robustlab ms':>13s} {'width':>10s}"
     if BoundedModule:
         header += f" {'auto_LiRPA ms':>14s} {'width':>10s} {'speed-up':>9s} {'max rel diff':>12s}"

@@ -181,7 +181,12 @@ class Tracker:
         op = node.op
         if j == 0 or len(node.inputs) != 1 or not isinstance(op, (Linear, Conv, Affine)):
             return None
-        return gamma(_terms(op, node.shape)) * self._abs_image(op, node.inputs[0])
+        image = self._abs_image(op, node.inputs[0])
+        hit = self.cache.get(("fold", j))
+        if hit is None or hit[0] is not image:
+            hit = (image, gamma(_terms(op, node.shape)) * image)
+            self.cache[("fold", j)] = hit
+        return hit[1]
 
     def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape) -> None:
         """An affine step: its bias is in the references; only its rounding costs."""
@@ -204,35 +209,27 @@ class Tracker:
         reference, a term for slopes that differ from the reference lines (alpha-CROWN), and
         the step's few roundings per entry."""
         la0, lb0, _, _ = self.relaxation(i)
+        same = la is la0 and lb is lb0
+        if all(t.shape[1] == 1 for t in (la, lb, ua, ub)) and (
+            same or (torch.equal(la, la0) and torch.equal(lb, lb0))
+        ):  # the reference lines: no shift; the vectors are kept between passes
+            gap, err, folded, per_dtype = self._vectors(i, j, la, lb, ua, ub, same)
+            if folded:
+                self._paid.add(self._key(j))
+            if isinstance(a, Window):
+                self._window_step(a, gap, err)
+            else:
+                self._dense_step(a, a.clamp(max=0) if neg is None else neg, gap, err, per_dtype)
+            return
         c, w = self.c(j)[:, None], self.w(j)[:, None]
         gap = (ua.double() - la.double()) * c + ub.double() - lb.double()
-        shift = None
-        same = la is la0 and lb is lb0
-        if la.shape[1] > 1 or not (same or (torch.equal(la, la0) and torch.equal(lb, lb0))):
-            shift = (la.double() - la0.double()) * c + lb.double() - lb0.double()
+        shift = (la.double() - la0.double()) * c + lb.double() - lb0.double()
         steps = 4 * U * (2 * la.abs() + ua.abs()) * w.to(la.dtype)
-        shared = shift is None and gap.shape[1] == 1 and steps.shape[1] == 1
-        fold = self._folded(j) if shared else None
-        if fold is not None:
-            # the linear step onto j gets this step's coefficients a_in = a+ la + a- ua, computed
-            # as a la + a- (ua - la): |a_in| <= |a| |la| (1 + u) where a >= 0, and
-            # |a| (|ua| + 4u (|la| + |ua - la|)) (1 + u) where a < 0. That step's rounding bound
-            # <|a_in|, fold> is then a vector against |a| (joining the steps) plus one against
-            # a- (joining the gap: <a-, gap> - <|a-|, f> = <a-, gap + f>; f may be negative)
-            la64, ua64, fold = la.double().abs(), ua.double(), (1 + 4 * U) * fold[:, None]
-            spread = la64 + (ua64 - la.double()).abs()
-            gap = gap + (ua64.abs() + 4 * U * spread - la64) * fold
-            fold = la64 * fold
-            self._paid.add(self._key(j))
         if isinstance(a, Window):
-            if shared:
-                self._window_step(a, gap, steps, fold)
-                return
             data = a.data.double()
             neg = data.clamp(max=0)
             val = (neg * a.gather(gap)).flatten(2).sum(-1)
-            if shift is not None:
-                val = val + (data * a.gather(shift)).flatten(2).sum(-1)
+            val = val + (data * a.gather(shift)).flatten(2).sum(-1)
             self.value = (
                 self.value
                 + val
@@ -241,34 +238,63 @@ class Tracker:
             return
         neg = a.clamp(max=0) if neg is None else neg
         n = math.prod(a.shape[2:])
-        if shift is None and gap.shape[1] == 1 and steps.shape[1] == 1:
-            # one pass over each of a- and a: <a-, gap>, <|a-|, |gap|> = -<a-, |gap|>, and
-            # <|a|, steps> = <a, steps> - 2 <a-, steps>
-            g, st = gap[:, 0].to(a.dtype), steps[:, 0]
-            if fold is not None:  # (its float32 rounding: within SLACK below)
-                st = st + fold[:, 0].to(st.dtype)
-            dn = _dots(neg, [g, g.abs(), st])
-            (da,) = _dots(a, [st]).unbind(-1)
-            gn, gabs, sn = dn.unbind(-1)
-            k = gamma(n + 2)
-            self.value = self.value + gn - k * (-gabs) * (1 + k)
-            self.value = self.value - (da - 2 * sn) / (1 - 3 * k) * SLACK
-            return
         self.value = self.value + _signed_dot(neg, gap, n)
-        if shift is not None:
-            self.value = self.value + _signed_dot(a, shift, n)
+        self.value = self.value + _signed_dot(a, shift, n)
         self.value = self.value - _absdot_rows(a, steps) * SLACK
 
-    def _window_step(self, a: Window, gap: Tensor, steps: Tensor, fold: Tensor | None) -> None:
+    def _vectors(self, i: int, j: int, la, lb, ua, ub, keep: bool) -> tuple:
+        """For the relaxation (la, lb, ua, ub) of node i at the reference lines: the gap
+        ``(ua - la) c + ub - lb`` (float64, (batch, 1, *s)), the error vector against ``|a|``
+        (the step's own roundings and, where folded, its share of the linear step onto j), and
+        whether that step was folded; kept between passes while nothing they depend on changes
+        (``keep``). The last item holds the stacked float32 vectors of ``_dense_step``."""
+        c, w, fold = self.c(j), self.w(j), self._folded(j)
+        deps = (la, lb, ua, ub, c, w, fold)
+        hit = self.cache.get(("v", i)) if keep else None
+        if hit is not None and all(map(_same, hit[0], deps)):
+            return hit[1]
+        c, w = c[:, None], w[:, None]
+        la64, ua64 = la.double(), ua.double()
+        gap = (ua64 - la64) * c + ub.double() - lb.double()
+        err = 4 * U * (2 * la64.abs() + ua64.abs()) * w
+        if fold is not None:
+            # the linear step onto j gets this step's coefficients a_in = a+ la + a- ua, computed
+            # as a la + a- (ua - la): |a_in| <= |a| |la| (1 + u) where a >= 0, and
+            # |a| (|ua| + 4u (|la| + |ua - la|)) (1 + u) where a < 0. That step's rounding bound
+            # <|a_in|, fold> is then a vector against |a| (joining the steps) plus one against
+            # a- (joining the gap: <a-, gap> - <|a-|, f> = <a-, gap + f>; f may be negative)
+            f = (1 + 4 * U) * fold[:, None]
+            spread = la64.abs() + (ua64 - la64).abs()
+            gap = gap + (ua64.abs() + 4 * U * spread - la64.abs()) * f
+            err = err + la64.abs() * f
+        out = (gap, err, fold is not None, {})
+        if keep:
+            self.cache[("v", i)] = (deps, out)
+        return out
+
+    def _dense_step(self, a: Tensor, neg: Tensor, gap: Tensor, err: Tensor, per_dtype) -> None:
+        """``activation`` on dense rows: one pass over each of a- and a, ``<a-, gap>``,
+        ``<|a-|, |gap|> = -<a-, |gap|>`` and ``<|a|, err> = <a, err> - 2 <a-, err>``, each in
+        a's precision with its rounding bounded (err's own float32 rounding: within SLACK)."""
+        n = math.prod(a.shape[2:])
+        V = per_dtype.get(a.dtype)
+        if V is None:
+            g, st = gap[:, 0].to(a.dtype), err[:, 0].to(a.dtype)
+            V = per_dtype[a.dtype] = (_stack([g, g.abs(), st], n), _stack([st], n))
+        dn, da = _dots(neg, V[0]).unbind(-1), _dots(a, V[1])[..., 0]
+        gn, gabs, sn = dn
+        k = gamma(n + 2)
+        self.value = self.value + gn - k * (-gabs) * (1 + k)
+        self.value = self.value - (da - 2 * sn) / (1 - 3 * k) * SLACK
+
+    def _window_step(self, a: Window, gap: Tensor, err: Tensor) -> None:
         """``activation`` on a window, in float32: two gathers and one pass over each of a- and
         |a|. The float32 ``<a-, gap>`` is off by at most ``gamma_(n+3) <|a|, |gap|>`` (n terms,
         their products and gap's own rounding), which joins the error vector; the error sum
         (positive terms) is at most its float32 value over ``1 - gamma``."""
         data = a.data
         k = gamma(math.prod(data.shape[2:]) + 3)
-        err = steps.double() + k * gap.abs()
-        if fold is not None:
-            err = err + fold
+        err = err + k * gap.abs()
         neg = data.clamp(max=0)
         val = (neg * a.gather(gap.to(data.dtype))).flatten(2).sum(-1).double()
         e = (data.abs() * a.gather((err * (1 + 4 * U)).to(data.dtype))).flatten(2).sum(-1)
@@ -367,12 +393,16 @@ def _signed_dot(a, v: Tensor, n: int | None) -> Tensor:
     return exact - gamma(n + 2) * err
 
 
-def _dots(a: Tensor, vs: list[Tensor]) -> Tensor:
-    """``<a, v>`` per row for several vectors v (batch or 1, *s) in one pass over ``a``, in a's
-    precision: (batch, rows, len(vs)) as float64."""
+def _stack(vs: list[Tensor], n: int) -> Tensor:
+    """Vectors (batch or 1, *s) as the columns of one (batch or 1, n, k) matrix for ``_dots``."""
+    return torch.stack([v.reshape(-1, n) for v in vs], -1)
+
+
+def _dots(a: Tensor, V: Tensor) -> Tensor:
+    """``<a, v>`` per row for the columns v of ``V`` (``_stack``) in one pass over ``a``, in a's
+    precision: (batch, rows, k) as float64."""
     b, m = a.shape[:2]
     n = math.prod(a.shape[2:])
-    V = torch.stack([v.reshape(-1, n).to(a.dtype) for v in vs], -1)  # (batch or 1, n, k)
     a3 = a.reshape(b, m, n)
     if b > 1 and a3.stride(0) == 0:  # the same rows for every example
         out = torch.einsum("mn,bnk->bmk", a3[0], V.expand(b, -1, -1))
