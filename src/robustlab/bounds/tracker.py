@@ -40,7 +40,15 @@ def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
 
 def covers(graph) -> bool:
     """Whether the bookkeeping below covers every operation of ``graph`` (linear operations with
-    a known rounding bound, elementwise relaxations, max pooling)."""
+    a known rounding bound, elementwise relaxations, max pooling); once per graph
+    (``BoundGraph.float32_covered``)."""
+    if hasattr(type(graph), "float32_covered"):
+        return graph.float32_covered
+    return graph_covered(graph)
+
+
+def graph_covered(graph) -> bool:
+    """``covers``, computed."""
     for node in graph.nodes[1:]:
         op = node.op
         if not op.tracked:
