@@ -128,3 +128,28 @@ def test_float32_crown_contains_the_exact_range_of_a_linear_network(name):
     assert (b.lower.double()[0] <= low).all() and (b.upper.double()[0] >= high).all()
     # the relaxation is exact: only the rounding bound (~2e-6 here; the range is ~5e-4 wide)
     assert (b.lower.double()[0] >= low - 1e-4).all() and (b.upper.double()[0] <= high + 1e-4).all()
+
+
+class Twice(nn.Module):
+    """One Linear module called twice on the same input (two nodes, possibly one operation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)) - 0.5 * torch.relu(self.fc(x)))
+
+
+def test_float32_crown_with_one_operation_at_two_nodes_contains_exact_outputs():
+    torch.manual_seed(2)
+    net = Twice().eval()
+    with torch.no_grad():
+        net.fc.bias -= 1000.0 * net.fc.weight.sum(1)
+    g = torch.Generator().manual_seed(2)
+    lo = 1000.0 + torch.rand(1, 6, generator=g)
+    hi = lo + 1e-3
+    out = _outputs(net, lo, hi, g)
+    b = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float32)
+    assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all()

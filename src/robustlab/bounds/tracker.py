@@ -4,6 +4,7 @@ error bounds themselves are in ``rounding.py``."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 from torch import Tensor
@@ -189,6 +190,8 @@ class Tracker:
         op = node.op
         if j == 0 or len(node.inputs) != 1 or not isinstance(op, (Linear, Conv, Affine)):
             return None
+        if self._shared_key(j):  # ``linear`` could not tell this step from another node's
+            return None
         image = self._abs_image(op, node.inputs[0])
         hit = self.cache.get(("fold", j))
         if hit is None or hit[0] is not image:
@@ -309,8 +312,17 @@ class Tracker:
         self.value = self.value + val - e.double() / (1 - k) * SLACK
 
     def _key(self, j: int) -> tuple:
+        """How ``linear`` (given an operation and its inputs, not a node) names node j's step."""
         node = self.graph.nodes[j]
         return id(node.op), node.inputs
+
+    def _shared_key(self, j: int) -> bool:
+        """Whether another node has node j's ``_key`` (the same operation on the same inputs)."""
+        keys = self.cache.get("keys")
+        if keys is None:
+            keys = Counter(self._key(k) for k in range(1, len(self.graph.nodes)))
+            self.cache["keys"] = keys
+        return keys[self._key(j)] > 1
 
     def pool(self, op, a: Tensor, j: int, i: int) -> None:
         """Max pooling: ``<a-, gap>`` at the reference (where the max is not exact, the gap to
