@@ -152,7 +152,9 @@ def backward(
                 gap = ua - la
             neg = None
             if isinstance(a, Window):
-                a_in, b = window.activation_backward(a, la, lb, ua, ub, op.zero_lower_intercept)
+                a_in, b = window.activation_backward(
+                    a, la, lb, ua, None if track else ub, op.zero_lower_intercept
+                )
             else:  # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
                 neg = a.clamp(max=0)
                 a_in = a * la

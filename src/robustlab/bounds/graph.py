@@ -22,6 +22,7 @@ from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.plan import compile_plan
 from robustlab.bounds.rules import Call
 from robustlab.bounds.rules import Var as _Var
+from robustlab.bounds.tracker import graph_covered
 from robustlab.errors import UnsupportedOperation
 
 __all__ = ["Bounds", "BoundGraph", "Node", "build_graph", "trace"]
@@ -51,6 +52,11 @@ class BoundGraph:
     def plan(self):
         """The compiled plan (plan.py): node kinds, input shapes, needed bounds; built once."""
         return compile_plan(self)
+
+    @cached_property
+    def float32_covered(self) -> bool:
+        """Whether float32 passes bound their rounding on every operation (tracker.py); once."""
+        return graph_covered(self)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:

@@ -4,6 +4,7 @@ error bounds themselves are in ``rounding.py``."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import torch
 from torch import Tensor
@@ -40,7 +41,15 @@ def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
 
 def covers(graph) -> bool:
     """Whether the bookkeeping below covers every operation of ``graph`` (linear operations with
-    a known rounding bound, elementwise relaxations, max pooling)."""
+    a known rounding bound, elementwise relaxations, max pooling); once per graph
+    (``BoundGraph.float32_covered``)."""
+    if hasattr(type(graph), "float32_covered"):
+        return graph.float32_covered
+    return graph_covered(graph)
+
+
+def graph_covered(graph) -> bool:
+    """``covers``, computed."""
     for node in graph.nodes[1:]:
         op = node.op
         if not op.tracked:
@@ -107,6 +116,8 @@ class Tracker:
         # cache); every entry records what it was computed from and is used only while that holds
         self.cache = {} if cache is None else cache
         self._seen: dict[int, Tensor] = {}  # references checked in this pass
+        # linear steps whose rounding the relaxation step above them already bounded (``_folded``)
+        self._paid: set[int] = set()
 
     def relaxation(self, i: int) -> tuple:
         """The relaxation of activation node i without per-row slopes (the reference lines);
@@ -161,9 +172,38 @@ class Tracker:
             self.cache[("w", j)] = hit
         return hit[2]
 
+    def _abs_image(self, op: LinearOp, j: int) -> Tensor:
+        """``|op| w_j`` (op's absolute map applied to its input's ``w``), kept between passes."""
+        w = self.w(j)
+        hit = self.cache.get(("fa", id(op), j))
+        if hit is None or hit[0] is not w:
+            hit = (w, op.forward_abs(w))
+            self.cache[("fa", id(op), j)] = hit
+        return hit[1]
+
+    def _folded(self, j: int) -> Tensor | None:
+        """``gamma_n |W| w`` for the linear step at node j (Linear, Conv or Affine of one input):
+        the bound on its rounding per unit of ``|coefficient|`` on j, which the relaxation above
+        j folds into its own error vector (one pass over its coefficients for both). None where
+        j's step is not such an operation."""
+        node = self.graph.nodes[j]
+        op = node.op
+        if j == 0 or len(node.inputs) != 1 or not isinstance(op, (Linear, Conv, Affine)):
+            return None
+        if self._shared_key(j):  # ``linear`` could not tell this step from another node's
+            return None
+        image = self._abs_image(op, node.inputs[0])
+        hit = self.cache.get(("fold", j))
+        if hit is None or hit[0] is not image:
+            hit = (image, gamma(_terms(op, node.shape)) * image)
+            self.cache[("fold", j)] = hit
+        return hit[1]
+
     def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape) -> None:
         """An affine step: its bias is in the references; only its rounding costs."""
         if isinstance(op, (Reshape, Cat)):  # coefficients moved or split: exact
+            return
+        if (id(op), inputs) in self._paid:  # bounded by the relaxation step that produced ``a``
             return
         if isinstance(op, Add):  # exact unless an input was broadcast (its coefficients summed)
             for j in inputs:
@@ -173,26 +213,34 @@ class Tracker:
             return
         n = _terms(op, shape)
         if n:
-            self.value = self.value - gamma(n) * absdot(a, op.forward_abs(self.w(inputs[0])))
+            self.value = self.value - gamma(n) * absdot(a, self._abs_image(op, inputs[0]))
 
     def activation(self, i: int, a, la, lb, ua, ub, j: int, neg: Tensor | None = None) -> None:
         """The relaxation step ``a+ la + a- ua`` at node i (input j): ``<a-, gap>`` at the
         reference, a term for slopes that differ from the reference lines (alpha-CROWN), and
         the step's few roundings per entry."""
         la0, lb0, _, _ = self.relaxation(i)
+        same = la is la0 and lb is lb0
+        if all(t.shape[1] == 1 for t in (la, lb, ua, ub)) and (
+            same or (torch.equal(la, la0) and torch.equal(lb, lb0))
+        ):  # the reference lines: no shift; the vectors are kept between passes
+            gap, err, folded, per_dtype = self._vectors(i, j, la, lb, ua, ub, same)
+            if folded:
+                self._paid.add(self._key(j))
+            if isinstance(a, Window):
+                self._window_step(a, gap, err)
+            else:
+                self._dense_step(a, a.clamp(max=0) if neg is None else neg, gap, err, per_dtype)
+            return
         c, w = self.c(j)[:, None], self.w(j)[:, None]
         gap = (ua.double() - la.double()) * c + ub.double() - lb.double()
-        shift = None
-        same = la is la0 and lb is lb0
-        if la.shape[1] > 1 or not (same or (torch.equal(la, la0) and torch.equal(lb, lb0))):
-            shift = (la.double() - la0.double()) * c + lb.double() - lb0.double()
+        shift = (la.double() - la0.double()) * c + lb.double() - lb0.double()
         steps = 4 * U * (2 * la.abs() + ua.abs()) * w.to(la.dtype)
         if isinstance(a, Window):
             data = a.data.double()
             neg = data.clamp(max=0)
             val = (neg * a.gather(gap)).flatten(2).sum(-1)
-            if shift is not None:
-                val = val + (data * a.gather(shift)).flatten(2).sum(-1)
+            val = val + (data * a.gather(shift)).flatten(2).sum(-1)
             self.value = (
                 self.value
                 + val
@@ -201,21 +249,80 @@ class Tracker:
             return
         neg = a.clamp(max=0) if neg is None else neg
         n = math.prod(a.shape[2:])
-        if shift is None and gap.shape[1] == 1 and steps.shape[1] == 1:
-            # one pass over each of a- and a: <a-, gap>, <|a-|, |gap|> = -<a-, |gap|>, and
-            # <|a|, steps> = <a, steps> - 2 <a-, steps>
-            g, st = gap[:, 0].to(a.dtype), steps[:, 0]
-            dn = _dots(neg, [g, g.abs(), st])
-            (da,) = _dots(a, [st]).unbind(-1)
-            gn, gabs, sn = dn.unbind(-1)
-            k = gamma(n + 2)
-            self.value = self.value + gn - k * (-gabs) * (1 + k)
-            self.value = self.value - (da - 2 * sn) / (1 - 3 * k) * SLACK
-            return
         self.value = self.value + _signed_dot(neg, gap, n)
-        if shift is not None:
-            self.value = self.value + _signed_dot(a, shift, n)
+        self.value = self.value + _signed_dot(a, shift, n)
         self.value = self.value - _absdot_rows(a, steps) * SLACK
+
+    def _vectors(self, i: int, j: int, la, lb, ua, ub, keep: bool) -> tuple:
+        """For the relaxation (la, lb, ua, ub) of node i at the reference lines: the gap
+        ``(ua - la) c + ub - lb`` (float64, (batch, 1, *s)), the error vector against ``|a|``
+        (the step's own roundings and, where folded, its share of the linear step onto j), and
+        whether that step was folded; kept between passes while nothing they depend on changes
+        (``keep``). The last item holds the stacked float32 vectors of ``_dense_step``."""
+        c, w, fold = self.c(j), self.w(j), self._folded(j)
+        deps = (la, lb, ua, ub, c, w, fold)
+        hit = self.cache.get(("v", i)) if keep else None
+        if hit is not None and all(map(_same, hit[0], deps)):
+            return hit[1]
+        c, w = c[:, None], w[:, None]
+        la64, ua64 = la.double(), ua.double()
+        gap = (ua64 - la64) * c + ub.double() - lb.double()
+        err = 4 * U * (2 * la64.abs() + ua64.abs()) * w
+        if fold is not None:
+            # the linear step onto j gets this step's coefficients a_in = a+ la + a- ua, computed
+            # as a la + a- (ua - la): |a_in| <= |a| |la| (1 + u) where a >= 0, and
+            # |a| (|ua| + 4u (|la| + |ua - la|)) (1 + u) where a < 0. That step's rounding bound
+            # <|a_in|, fold> is then a vector against |a| (joining the steps) plus one against
+            # a- (joining the gap: <a-, gap> - <|a-|, f> = <a-, gap + f>; f may be negative)
+            f = (1 + 4 * U) * fold[:, None]
+            spread = la64.abs() + (ua64 - la64).abs()
+            gap = gap + (ua64.abs() + 4 * U * spread - la64.abs()) * f
+            err = err + la64.abs() * f
+        out = (gap, err, fold is not None, {})
+        if keep:
+            self.cache[("v", i)] = (deps, out)
+        return out
+
+    def _dense_step(self, a: Tensor, neg: Tensor, gap: Tensor, err: Tensor, per_dtype) -> None:
+        """``activation`` on dense rows: one pass over each of a- and a, ``<a-, gap>``,
+        ``<|a-|, |gap|> = -<a-, |gap|>`` and ``<|a|, err> = <a, err> - 2 <a-, err>``, each in
+        a's precision with its rounding bounded (err's own float32 rounding: within SLACK)."""
+        n = math.prod(a.shape[2:])
+        V = per_dtype.get(a.dtype)
+        if V is None:
+            g, st = gap[:, 0].to(a.dtype), err[:, 0].to(a.dtype)
+            V = per_dtype[a.dtype] = (_stack([g, g.abs(), st], n), _stack([st], n))
+        dn, da = _dots(neg, V[0]).unbind(-1), _dots(a, V[1])[..., 0]
+        gn, gabs, sn = dn
+        k = gamma(n + 2)
+        self.value = self.value + gn - k * (-gabs) * (1 + k)
+        self.value = self.value - (da - 2 * sn) / (1 - 3 * k) * SLACK
+
+    def _window_step(self, a: Window, gap: Tensor, err: Tensor) -> None:
+        """``activation`` on a window, in float32: two gathers and one pass over each of a- and
+        |a|. The float32 ``<a-, gap>`` is off by at most ``gamma_(n+3) <|a|, |gap|>`` (n terms,
+        their products and gap's own rounding), which joins the error vector; the error sum
+        (positive terms) is at most its float32 value over ``1 - gamma``."""
+        data = a.data
+        k = gamma(math.prod(data.shape[2:]) + 3)
+        err = err + k * gap.abs()
+        neg = data.clamp(max=0)
+        val = (neg * a.gather(gap.to(data.dtype))).flatten(2).sum(-1).double()
+        e = (data.abs() * a.gather((err * (1 + 4 * U)).to(data.dtype))).flatten(2).sum(-1)
+        self.value = self.value + val - e.double() / (1 - k) * SLACK
+
+    def _key(self, j: int) -> tuple:
+        """How ``linear`` (given an operation and its inputs, not a node) names node j's step."""
+        node = self.graph.nodes[j]
+        return id(node.op), node.inputs
+
+    def _shared_key(self, j: int) -> bool:
+        """Whether another node has node j's ``_key`` (the same operation on the same inputs)."""
+        keys = self.cache.get("keys")
+        if keys is None:
+            keys = Counter(self._key(k) for k in range(1, len(self.graph.nodes)))
+            self.cache["keys"] = keys
+        return keys[self._key(j)] > 1
 
     def pool(self, op, a: Tensor, j: int, i: int) -> None:
         """Max pooling: ``<a-, gap>`` at the reference (where the max is not exact, the gap to
@@ -232,10 +339,12 @@ class Tracker:
 
     def added(self, total, j: int) -> None:
         """``total`` was computed as a sum of two coefficient sets on node j."""
+        self._paid.discard(self._key(j))  # the step onto j bounds the sum's rounding itself
         self.value = self.value - gamma(1) * absdot(total, self.w(j))
 
     def start(self, term, i: int) -> None:
         """A coefficient set entering at node i (beta-CROWN's split terms): its reference."""
+        self._paid.discard(self._key(i))
         self.value = self.value + _signed_dot(term, self.c(i)[:, None], math.prod(term.shape[2:]))
 
     def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
@@ -304,12 +413,16 @@ def _signed_dot(a, v: Tensor, n: int | None) -> Tensor:
     return exact - gamma(n + 2) * err
 
 
-def _dots(a: Tensor, vs: list[Tensor]) -> Tensor:
-    """``<a, v>`` per row for several vectors v (batch or 1, *s) in one pass over ``a``, in a's
-    precision: (batch, rows, len(vs)) as float64."""
+def _stack(vs: list[Tensor], n: int) -> Tensor:
+    """Vectors (batch or 1, *s) as the columns of one (batch or 1, n, k) matrix for ``_dots``."""
+    return torch.stack([v.reshape(-1, n) for v in vs], -1)
+
+
+def _dots(a: Tensor, V: Tensor) -> Tensor:
+    """``<a, v>`` per row for the columns v of ``V`` (``_stack``) in one pass over ``a``, in a's
+    precision: (batch, rows, k) as float64."""
     b, m = a.shape[:2]
     n = math.prod(a.shape[2:])
-    V = torch.stack([v.reshape(-1, n).to(a.dtype) for v in vs], -1)  # (batch or 1, n, k)
     a3 = a.reshape(b, m, n)
     if b > 1 and a3.stride(0) == 0:  # the same rows for every example
         out = torch.einsum("mn,bnk->bmk", a3[0], V.expand(b, -1, -1))

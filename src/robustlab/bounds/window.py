@@ -461,12 +461,15 @@ def _affine(op: Affine, win: Window) -> tuple[list, Tensor]:
 
 
 def activation_backward(
-    win: Window, la: Tensor, lb: Tensor, ua: Tensor, ub: Tensor, zero_lower_intercept: bool
-) -> tuple[Window, Tensor]:
-    """The relaxation step ``a+ la + a- ua`` on a window (relaxations of shape (batch, 1, ...))."""
+    win: Window, la: Tensor, lb: Tensor, ua: Tensor, ub: Tensor | None, zero_lower_intercept: bool
+) -> tuple[Window, Tensor | None]:
+    """The relaxation step ``a+ la + a- ua`` on a window (relaxations of shape (batch, 1, ...));
+    ``ub=None``: the coefficients only (a float32 pass keeps its bias in its tracker)."""
     a = win.data
     neg = a.clamp(max=0)
     a_in = torch.addcmul(a * win.gather(la), neg, win.gather(ua - la))
+    if ub is None:
+        return Window(a_in, win.oy, win.ox, win.frame), None
     bias = (neg * win.gather(ub)).flatten(2).sum(-1)
     if not zero_lower_intercept:
         bias = bias + ((a - neg) * win.gather(lb)).flatten(2).sum(-1)
