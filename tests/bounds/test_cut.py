@@ -85,8 +85,9 @@ def _samples(region: InputRegion, seed: int = 1) -> torch.Tensor:
 def _node_values(net: nn.Module, graph, x: torch.Tensor) -> dict[int, torch.Tensor]:
     """The value of every node of ``graph`` at inputs x (batch, 4), by the graph's own ops."""
     vals = {0: x}
-    for i, node in enumerate(graph.nodes[1:], 1):
-        vals[i] = node.op.forward(*[vals[j] for j in node.inputs])
+    with torch.no_grad():
+        for i, node in enumerate(graph.nodes[1:], 1):
+            vals[i] = node.op.forward(*[vals[j] for j in node.inputs])
     return vals
 
 
@@ -186,3 +187,33 @@ def test_bound_boxes_with_a_cut_are_sound_and_tighter_than_forward(kind, monkeyp
     monkeypatch.setattr(bab_mod, "cut_node", lambda g: None)
     lb_fwd, _, _ = bound_boxes(graph, region.lower, region.upper, C, (4,), "forward")
     assert (lb >= lb_fwd - tol).all() and (lb > lb_fwd + 1e-9).any()
+
+
+def test_search_starts_from_the_margin_pass(monkeypatch):
+    """search_steps takes the root box's bounds from hold_margin's pass on the same graph (one
+    bound pass fewer) and answers as when it bounds the root itself."""
+    from robustlab.verify.spec import Disjunct, Property
+
+    net = _gan("transposed")
+    graph = graph_of(net, (4,))
+    region = _region(n=1, width=0.05, seed=7)
+    with torch.no_grad():
+        y0 = net(((region.lower + region.upper) / 2).float())[0].double()
+    # y_0 stays within 1 of its centre value: a property that holds
+    prop = Property(
+        region.lower[0],
+        region.upper[0],
+        (
+            Disjunct(torch.tensor([[1.0, 0.0]], dtype=torch.float64), y0[:1] - 1),
+            Disjunct(torch.tensor([[-1.0, 0.0]], dtype=torch.float64), -y0[:1] - 1),
+        ),
+    )
+    calls = []
+    real = bab_mod.bound_boxes
+    monkeypatch.setattr(bab_mod, "bound_boxes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    margin = bab_mod.hold_margin(graph, prop, (4,), intermediate="forward")
+    steps = bab_mod.search_steps(
+        graph, prop, (4,), net, intermediate="forward", margin=margin, reuse_parent=False
+    )
+    verdict = bab_mod.portfolio([steps], float("inf"))
+    assert verdict == ("holds", None) and len(calls) == 1

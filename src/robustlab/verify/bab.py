@@ -98,14 +98,18 @@ def bound_boxes(
     return lb, lin["A"].reshape(n, Cn.shape[1], -1), lin["bias"]
 
 
+def _keeps_bounds(graph: BoundGraph) -> bool:
+    """Whether :func:`pack_bounds` keeps anything: the nodes a relaxation uses have at most
+    ``PARENT_BOUNDS_MAX`` neurons, and some."""
+    size = sum(math.prod(graph.nodes[j].shape) for j in graph.plan.needs)
+    return 0 < size <= PARENT_BOUNDS_MAX
+
+
 def pack_bounds(graph: BoundGraph, bounds) -> Tensor:
     """The bounds of the nodes a relaxation uses, as one tensor (N, 2, S); S = 0 (nothing
     kept) when they have more than ``PARENT_BOUNDS_MAX`` neurons."""
     n = len(bounds[0].lower)
-    size = sum(math.prod(graph.nodes[j].shape) for j in graph.plan.needs)
-    if (
-        size == 0 or size > PARENT_BOUNDS_MAX
-    ):  # nothing to keep (a purely linear network), or too much
+    if not _keeps_bounds(graph):  # nothing to keep (a purely linear network), or too much
         return bounds[0].lower.new_zeros(n, 2, 0)
     parts = [
         torch.stack([bounds[j].lower, bounds[j].upper], 1).flatten(2)
@@ -169,12 +173,28 @@ def bounds_and_margins(
     used = (C != 0).any(1).any(0).nonzero().squeeze(1)  # the outputs some row reads
     u = len(used)
     eye = torch.eye(n_out, dtype=C.dtype)[used].expand(n, u, n_out)
-    lb, A, _ = bound_boxes(graph, lo, hi, torch.cat([C, eye, -eye], 1), shape, intermediate)
+    lb, A, bias = bound_boxes(graph, lo, hi, torch.cat([C, eye, -eye], 1), shape, intermediate)
+    if n == 1:  # the root box's bounds, for search_steps (which starts from the same pass)
+        graph.__dict__["_root"] = (lo, hi, C, intermediate, lb[:, :k], A[:, :k], bias[:, :k])
     y_mag = torch.maximum(lb[:, k : k + u].abs(), lb[:, k + u :].abs())
     x_mag = torch.maximum(lo.abs(), hi.abs()).reshape(n, -1).to(A.dtype)
     mag = torch.einsum("nko,no->nk", C[:, :, used].abs().to(y_mag.dtype), y_mag)
     mag = mag + torch.einsum("nki,ni->nk", A[:, :k].abs(), x_mag)
     return lb[:, :k], margin_of(d, mag, unit)
+
+
+def _root_bounds(graph, lo, hi, C, intermediate):
+    """The bounds of ``C y`` on the box ``lo, hi`` that :func:`bounds_and_margins` computed last
+    on this graph (:func:`hold_margin` before a search), when it was for the same box, rows and
+    intermediate bounds: ``(lb, A, bias)``, else None."""
+    hit = graph.__dict__.get("_root")
+    if hit is None:
+        return None
+    lo0, hi0, C0, how, lb, A, bias = hit
+    same = how == intermediate and lo0.shape == lo.shape and C0.shape[1:] == C.shape
+    if not same or not (torch.equal(lo0, lo) and torch.equal(hi0, hi) and torch.equal(C0[0], C)):
+        return None
+    return lb, A, bias
 
 
 def pop_domains(stack: list, batch: int):
@@ -358,7 +378,12 @@ def search_steps(
         margin = hold_margin(graph, prop, shape, intermediate=intermediate)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     kept: list = []
-    lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate, keep=kept)
+    root = _root_bounds(graph, lo_q, hi_q, C, intermediate)
+    if root is not None and not (reuse_parent and _keeps_bounds(graph)):
+        lb, A, bias = root
+        kept.append(lo_q.new_zeros(1, 2, 0))
+    else:
+        lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate, keep=kept)
     pb_q = kept[0]  # per box: its parent's intermediate bounds (packed)
     if not reuse_parent:
         pb_q = pb_q[..., :0]  # nothing kept
