@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from robustlab.bounds.graph import graph_of
-from robustlab.verify import bab
+from robustlab.verify import bab, embed
 from robustlab.verify.spec import Disjunct, Property
 
 
@@ -155,3 +155,32 @@ def test_a_linear_network_keeps_no_parent_bounds_and_is_still_bounded():
     b = float((net[0].bias[0].double() - net[0].bias[1].double()).detach())
     exact = b + w.clamp(max=0).sum()  # the minimum of a linear function over the unit box
     assert torch.allclose(lb[:, 0].double(), exact.expand(2), rtol=1e-6, atol=1e-6)
+
+
+def test_one_box_pass_is_shared_only_by_the_same_function():
+    """bounds_and_margins' last one-box pass serves a later call on another graph of the same
+    network (embed.reduce builds one per caller), never one whose fixed inputs differ."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+    graph = graph_of(net, (4,))
+    C = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    dj = (Disjunct(C, torch.tensor([0.0], dtype=torch.float64)),)
+    lo = torch.tensor([0.0, 0.0, 0.5, 0.5], dtype=torch.float64)
+
+    def reduced(fixed: float):
+        lower = lo.clone()
+        lower[2:] = fixed
+        upper = lower.clone()
+        upper[:2] = 1.0
+        red = embed.reduce(graph, net, Property(lower, upper, dj), (4,))
+        return red.graph, red.prop.lower[None], red.prop.upper[None]
+
+    g1, l1, h1 = reduced(0.5)
+    g2, l2, h2 = reduced(0.5)
+    g3, l3, h3 = reduced(0.25)
+    rows = C[None]
+    bab.bounds_and_margins(g1, l1, h1, rows, torch.zeros(1, 1, dtype=torch.float64), (2,))
+    assert g1 is not g2 and bab._same_graph(g1, g2) and not bab._same_graph(g1, g3)
+    assert bab._last_pass(g2, l2, h2, C, "crown", prefix=True) is not None
+    assert bab._last_pass(g3, l3, h3, C, "crown", prefix=True) is None
+    assert bab._last_pass(g2, l2, h2, C, "forward", prefix=True) is None

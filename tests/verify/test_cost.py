@@ -25,3 +25,11 @@ def test_forward_bounds_for_few_inputs_and_large_networks_only():
     assert crown_over_forward(graph_of(_mlp(5, 50, 6), (5,))) < FORWARD_RATIO  # ACAS Xu's shape
     assert crown_over_forward(graph_of(_mlp(2, 1000, 8), (2,))) > FORWARD_RATIO  # a TLL's
     assert crown_over_forward(graph_of(_mlp(784, 1000, 8), (784,))) < FORWARD_RATIO
+
+
+def test_forward_alone_through_a_cut():
+    """A generator into a discriminator (a waist, plan.cut_node): forward bounds come with CROWN
+    rows that end at the cut, so full CROWN intermediate bounds are never chosen (inf)."""
+    from ..bounds.test_cut import _gan
+
+    assert crown_over_forward(graph_of(_gan("transposed"), (4,))) == float("inf")

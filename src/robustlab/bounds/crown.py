@@ -15,6 +15,7 @@ from torch import Tensor
 
 from robustlab import deadline
 from robustlab.bounds import rounding, window
+from robustlab.bounds.forward import Lin, substitute
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.base import InputRegion
@@ -56,6 +57,7 @@ def backward(
     linear: dict | None = None,
     betas: Mapping[int, Tensor] | None = None,
     record: dict | None = None,
+    stops: Mapping[int, Lin] | None = None,
 ) -> Tensor:
     """Lower bound of ``C . node[target]`` for each row of ``C`` (shape (batch, rows, *shape)).
 
@@ -71,6 +73,10 @@ def backward(
     float32 coefficients on a graph with operations outside the rounding bookkeeping
     (``tracker.covers``: products of two tensors, amax, transposed convolutions, ...) are
     computed in float64 and the bound rounded down to float32: as sound, not faster.
+
+    ``stops``: nodes whose linear bounds in the input are known (``forward.forward_bounds``'s
+    ``lins``); rows that reach one end there through those bounds (:func:`forward.substitute`)
+    instead of going on to the input (float64 passes; float32 ones go on as before).
     """
     if rounding.tracked(C) and not covers(graph):
         return _in_float64(graph, bounds, target, C, alphas, linear, betas, record)
@@ -91,6 +97,11 @@ def backward(
             if track and a is not betas[i]:
                 track.added(a, i)
         if a is None:
+            continue
+        if stops is not None and i in stops and i != target and track is None:
+            coef, const = substitute(stops[i], _dense(a))
+            bias = bias + const
+            _accumulate(A, 0, coef.reshape(*coef.shape[:2], *graph.nodes[0].shape), None)
             continue
         node = nodes[i]
         op, kind = node.op, kinds[i]
@@ -274,7 +285,7 @@ def _rowdot(x: Tensor, v: Tensor) -> Tensor:
     return (xf * vf).sum(-1)
 
 
-def two_sided(graph, bounds, target, C, alphas=None, cache=None) -> Bounds:
+def two_sided(graph, bounds, target, C, alphas=None, cache=None, stops=None) -> Bounds:
     """Lower and upper bounds of ``C . node[target]`` in one backward pass (rows ``[C; -C]``)."""
     m = C.shape[1]
     data = C.data if isinstance(C, Window) else C
@@ -289,7 +300,7 @@ def two_sided(graph, bounds, target, C, alphas=None, cache=None) -> Bounds:
             both = both.expand(b, *both.shape[1:])
     else:
         both = two_rows(C)
-    lb = backward(graph, bounds, target, both, alphas, cache)
+    lb = backward(graph, bounds, target, both, alphas, cache, stops=stops)
     return Bounds(lb[:, :m], -lb[:, m:])
 
 
@@ -325,6 +336,7 @@ def refine(
     cache=None,
     intersect: bool = True,
     within: Tensor | None = None,
+    stops: Mapping[int, Lin] | None = None,
 ) -> Bounds:
     """Tighten the bounds of node ``i`` with backward passes (in chunks of rows).
 
@@ -332,7 +344,7 @@ def refine(
     fewer than that, each example's own unstable neurons (gathered and padded per example);
     only those in ``within`` (a flat bool mask: ``plan.cone``) when given.
     ``intersect=False`` replaces the interval bounds instead of intersecting with them (as
-    auto_LiRPA does; for comparisons only: never tighter).
+    auto_LiRPA does; for comparisons only: never tighter). ``stops``: as for :func:`backward`.
     """
     b = bounds[i]
     batch = b.lower.shape[0]
@@ -357,7 +369,8 @@ def refine(
             width = torch.where(width < counts, width * 2, width)
         for w in width[sel].unique().tolist():
             group = sel[width[sel] == w]
-            _refine_rows(graph, bounds, i, mask[group], group, min(int(w), k), shape, lo, hi)
+            k_w = min(int(w), k)
+            _refine_rows(graph, bounds, i, mask[group], group, k_w, shape, lo, hi, stops)
         return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
     in_numel = graph.plan.numel_upto[i]
     chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
@@ -368,13 +381,13 @@ def refine(
             C = window.identity_windows(shape, part, batch, b.lower)
         else:
             C = identity_rows(shape, part, batch, b.lower)
-        nb = two_sided(graph, bounds, i, C, alphas, cache)
+        nb = two_sided(graph, bounds, i, C, alphas, cache, stops)
         lo[:, part] = torch.maximum(lo[:, part], nb.lower) if intersect else nb.lower
         hi[:, part] = torch.minimum(hi[:, part], nb.upper) if intersect else nb.upper
     return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
 
 
-def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi) -> None:
+def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi, stops=None) -> None:
     """Backward passes for examples ``group``, rows = each one's first ``k`` masked neurons."""
     per = torch.argsort(sub_mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
     if WINDOWS and window.usable(shape):
@@ -387,7 +400,8 @@ def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi) -> None:
         for j, v in bounds.items()
         if j <= i
     }
-    nb = two_sided(graph, part, i, C)
+    sub = None if stops is None else {j: v.take(group) for j, v in stops.items() if j < i}
+    nb = two_sided(graph, part, i, C, stops=sub)
     lo[group] = lo[group].scatter_reduce(1, per, nb.lower, "amax")
     hi[group] = hi[group].scatter_reduce(1, per, nb.upper, "amin")
 
@@ -399,6 +413,37 @@ def _slice_region(region: Bounds, sel: Tensor) -> Bounds:
     return Bounds(region.lower[sel], region.upper[sel])
 
 
+def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None) -> Lin:
+    """Linear bounds of node ``s`` in the input, ``Wl x + bl <= h_s <= Wu x + bu`` on the box,
+    from backward passes of its identity rows (both signs; each neuron's own CROWN bound, so as
+    tight as CROWN's bounds of ``s``); ``bounds`` as for :func:`backward` up to ``s``."""
+    shape = graph.nodes[s].shape
+    n, k = math.prod(shape), math.prod(graph.nodes[0].shape)
+    region = bounds[0]
+    batch = region.lower.shape[0]
+    wl = region.lower.new_empty(batch, n, k)
+    wu, bl, bu = torch.empty_like(wl), wl.new_empty(batch, n), wl.new_empty(batch, n)
+    chunk = max(1, MAX_ELEMENTS // (2 * batch * graph.plan.numel_upto[s]))
+    for st in range(0, n, chunk):
+        deadline.check()
+        part = torch.arange(st, min(n, st + chunk))
+        if WINDOWS and window.usable(shape):
+            C = window.identity_windows(shape, part, batch, region.lower)
+        else:
+            C = identity_rows(shape, part, batch, region.lower)
+        lin: dict = {}
+        backward(graph, bounds, s, two_rows(C), stops=stops, linear=lin)
+        A, b, m = lin["A"].reshape(batch, 2 * len(part), k), lin["bias"], len(part)
+        wl[:, part], bl[:, part] = A[:, :m], b[:, :m]
+        wu[:, part], bu[:, part] = -A[:, m:], -b[:, m:]
+    return Lin(
+        wl.reshape(batch, *shape, k),
+        bl.reshape(batch, *shape),
+        wu.reshape(batch, *shape, k),
+        bu.reshape(batch, *shape),
+    )
+
+
 def intermediate_bounds(
     graph: BoundGraph,
     region: Bounds,
@@ -407,26 +452,48 @@ def intermediate_bounds(
     cache: dict | None = None,
     intersect: bool = True,
     C: Tensor | None = None,
+    cut: int | None = None,
+    cut_lin: Lin | None = None,
 ) -> dict[int, Bounds]:
     """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them;
     with ``C`` (the rows the bounds are for, (batch, rows, *output shape)) only the neurons in
-    their cone (``plan.cone``): the others keep interval bounds, which these rows never read."""
+    their cone (``plan.cone``): the others keep interval bounds, which these rows never read.
+
+    ``cut`` (a node every later node depends on only through it, ``plan.narrow_cut``): its
+    linear bounds in the input come from its own backward rows (:func:`linear_bounds`), and
+    the rows of every later node end there (mixed mode): each row crosses the network before
+    the cut once per neuron of the cut instead of once per row. Looser than rows that go on to
+    the input (a cut node's relaxations are chosen per neuron, not per row), far cheaper when
+    the cut is narrow and what lies before it costly (a GAN's generator output)."""
     need = graph.plan.needs if method == "crown" else {}
     exact = graph.plan.ibp_exact
     within = cone(graph, graph.output, C) if C is not None and need else {}
     bounds: dict[int, Bounds] = {0: region}
+    stops: dict[int, Lin] | None = None
     for i, node in enumerate(graph.nodes[1:], 1):
         deadline.check()
         b = rounding.safe_ibp(node.op, *[bounds[j] for j in node.inputs])
         if prior and i in prior:
             b = b.intersect(prior[i])
         bounds[i] = b
+        if i == cut and method == "crown":
+            stops = {i: linear_bounds(graph, bounds, i) if cut_lin is None else cut_lin}
+            c = ((region.upper + region.lower) / 2).reshape(len(region.lower), -1)
+            r = ((region.upper - region.lower) / 2).reshape(len(region.lower), -1)
+            bounds[i] = b.intersect(stops[i].concrete(c, r))
         if i in need and not exact[i] and i != graph.output:
             unstable_only, only = need[i], within.get(i, None if C is None else False)
             if only is False or (only is not None and not bool(only.any())):
                 continue  # no neuron of this node reaches the rows
             bounds[i] = refine(
-                graph, bounds, i, unstable_only, cache=cache, intersect=intersect, within=only
+                graph,
+                bounds,
+                i,
+                unstable_only,
+                cache=cache,
+                intersect=intersect,
+                within=only,
+                stops=stops,
             )
     return bounds
 

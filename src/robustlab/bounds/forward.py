@@ -19,7 +19,7 @@ from robustlab.bounds.ops.linear import Add, Affine, Generic, Linear, Reshape, _
 from robustlab.errors import UnsupportedOperation
 
 
-class _Lin:
+class Lin:
     """Linear bounds ``Wl x + bl <= h <= Wu x + bu`` with W of shape (N, *shape, n_in)."""
 
     def __init__(self, wl: Tensor, bl: Tensor, wu: Tensor, bu: Tensor) -> None:
@@ -31,6 +31,16 @@ class _Lin:
         lo = (self.wl * cc).sum(-1) - (self.wl.abs() * rr).sum(-1) + self.bl
         hi = (self.wu * cc).sum(-1) + (self.wu.abs() * rr).sum(-1) + self.bu
         return Bounds(lo, hi)
+
+    def take(self, sel: Tensor) -> Lin:
+        """The linear bounds of boxes ``sel`` (an index tensor over the batch)."""
+        n = self.wl.shape[0]
+
+        def pick(t):
+            t = torch.as_tensor(t)
+            return t.expand(n, *t.shape[1:])[sel] if t.dim() else t
+
+        return Lin(pick(self.wl), pick(self.bl), pick(self.wu), pick(self.bu))
 
 
 def _has_rule(op) -> bool:
@@ -52,7 +62,7 @@ def _columns(fn, w: Tensor, n: int, k: int) -> Tensor:
     return out.reshape(n, k, *out.shape[1:]).movedim(1, -1)
 
 
-def _linear(op: LinearOp, ins: list[_Lin], shapes, n: int, k: int, like: Tensor) -> _Lin:
+def _linear(op: LinearOp, ins: list[Lin], shapes, n: int, k: int, like: Tensor) -> Lin:
     """Any linear operation L: per input, ``L+ (lower) + L- (upper)`` with ``L+- = (L +- |L|) / 2``
     (``|L|`` is ``forward_abs``), and L's bias."""
     zeros = [like.new_zeros(1, *s) for s in shapes]
@@ -76,14 +86,14 @@ def _linear(op: LinearOp, ins: list[_Lin], shapes, n: int, k: int, like: Tensor)
         pl, nl = pos_neg(h.bl, False)
         pu, nu = pos_neg(h.bu, False)
         bl, bu = bl + pl + nu, bu + pu + nl
-    return _Lin(wl, bl, wu, bu)
+    return Lin(wl, bl, wu, bu)
 
 
-def _scaled(h: _Lin, la, lb, ua, ub) -> _Lin:
+def _scaled(h: Lin, la, lb, ua, ub) -> Lin:
     """``la x + lb <= f(x) <= ua x + ub`` applied to linear bounds of x (slopes of either sign)."""
     lp, ln, up, un = la.clamp(min=0), la.clamp(max=0), ua.clamp(min=0), ua.clamp(max=0)
     e = lambda t: t.unsqueeze(-1)  # noqa: E731
-    return _Lin(
+    return Lin(
         e(lp) * h.wl + e(ln) * h.wu,
         lp * h.bl + ln * h.bu + lb,
         e(up) * h.wu + e(un) * h.wl,
@@ -91,14 +101,14 @@ def _scaled(h: _Lin, la, lb, ua, ub) -> _Lin:
     )
 
 
-def _product(op: Mul, hx: _Lin, hy: _Lin, bx: Bounds, by: Bounds) -> _Lin:
+def _product(op: Mul, hx: Lin, hy: Lin, bx: Bounds, by: Bounds) -> Lin:
     """McCormick planes (mul.planes) applied to linear bounds of both factors."""
     (xl, yl, cl), (xu, yu, cu) = op.planes(bx, by, None)
     shape = xl.shape
 
-    def grow(h: _Lin) -> _Lin:
+    def grow(h: Lin) -> Lin:
         k = h.wl.shape[-1]
-        return _Lin(
+        return Lin(
             h.wl.expand(*shape, k), h.bl.expand(shape), h.wu.expand(*shape, k), h.bu.expand(shape)
         )
 
@@ -106,7 +116,7 @@ def _product(op: Mul, hx: _Lin, hy: _Lin, bx: Bounds, by: Bounds) -> _Lin:
     zero = torch.zeros_like(cl)
     low_x = _scaled(gx, xl, zero, xu, zero)
     low_y = _scaled(gy, yl, zero, yu, zero)
-    return _Lin(
+    return Lin(
         low_x.wl + low_y.wl, low_x.bl + low_y.bl + cl, low_x.wu + low_y.wu, low_x.bu + low_y.bu + cu
     )
 
@@ -121,7 +131,7 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
     eye = torch.eye(k, dtype=lo0.dtype, device=lo0.device).reshape(1, *region.lower.shape[1:], k)
     eye = eye.expand(n, *eye.shape[1:])
     zero = torch.zeros_like(lo0)
-    lins = {0: _Lin(eye, zero, eye, zero)}
+    lins = {0: Lin(eye, zero, eye, zero)}
     bounds: dict[int, Bounds] = {0: region}
     for i, node in enumerate(graph.nodes[1:], 1):
         deadline.check()
@@ -132,7 +142,7 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
             b = _cast(op.bias, lo0) if op.bias is not None else 0.0
             wp, wn = w.clamp(min=0), w.clamp(max=0)
             h = ins[0]
-            lin = _Lin(
+            lin = Lin(
                 torch.einsum("oi,...ik->...ok", wp, h.wl)
                 + torch.einsum("oi,...ik->...ok", wn, h.wu),
                 h.bl @ wp.T + h.bu @ wn.T + b,
@@ -146,7 +156,7 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
             sp, sn = s.clamp(min=0), s.clamp(max=0)
             se = sp.unsqueeze(-1) if sp.dim() else sp
             ne = sn.unsqueeze(-1) if sn.dim() else sn
-            lin = _Lin(
+            lin = Lin(
                 se * h.wl + ne * h.wu,
                 sp * h.bl + sn * h.bu + t,
                 se * h.wu + ne * h.wl,
@@ -154,7 +164,7 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
             )
         elif isinstance(op, Reshape):
             h = ins[0]
-            lin = _Lin(
+            lin = Lin(
                 h.wl.reshape(n, *op.shape, k),
                 h.bl.reshape(n, *op.shape),
                 h.wu.reshape(n, *op.shape, k),
@@ -163,9 +173,9 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
         elif isinstance(op, Add):
             a, b2 = ins
             if op.sign > 0:
-                lin = _Lin(a.wl + b2.wl, a.bl + b2.bl, a.wu + b2.wu, a.bu + b2.bu)
+                lin = Lin(a.wl + b2.wl, a.bl + b2.bl, a.wu + b2.wu, a.bu + b2.bu)
             else:
-                lin = _Lin(a.wl - b2.wu, a.bl - b2.bu, a.wu - b2.wl, a.bu - b2.bl)
+                lin = Lin(a.wl - b2.wu, a.bl - b2.bu, a.wu - b2.wl, a.bu - b2.bl)
         elif isinstance(op, Activation):
             pre = bounds[node.inputs[0]]
             lin = _scaled(ins[0], *op.relax(pre.lower, pre.upper))
@@ -182,6 +192,24 @@ def forward_bounds(graph: BoundGraph, region: InputRegion) -> dict[int, Bounds]:
         ib = op.ibp(*[bounds[j] for j in node.inputs])
         bounds[i] = fb.intersect(ib)
     return bounds
+
+
+def substitute(lin: Lin, a: Tensor) -> tuple[Tensor, Tensor]:
+    """Lower bound of ``a . h`` (a: (N, rows, *shape)) from h's linear bounds ``lin``:
+    ``a+ (Wl x + bl) + a- (Wu x + bu)``, as coefficients on the input (N, rows, n_in) and a
+    constant (N, rows). The step that ends a backward pass at a node whose linear bounds are
+    known (mixed mode: ``crown.intermediate_bounds``' ``cut``)."""
+    n, m = a.shape[:2]
+    af = a.reshape(n, m, -1)
+    pos, neg = af.clamp(min=0), af.clamp(max=0)
+    k, shape = lin.wl.shape[-1], a.shape[2:]
+    wl = lin.wl.expand(n, *shape, k).reshape(n, -1, k)
+    wu = lin.wu.expand(n, *shape, k).reshape(n, -1, k)
+    coef = torch.bmm(pos, wl) + torch.bmm(neg, wu)
+    bl = torch.as_tensor(lin.bl, dtype=a.dtype).expand(n, *shape).reshape(n, -1, 1)
+    bu = torch.as_tensor(lin.bu, dtype=a.dtype).expand(n, *shape).reshape(n, -1, 1)
+    const = (torch.bmm(pos, bl) + torch.bmm(neg, bu))[..., 0]
+    return coef, const
 
 
 FORWARD_MAX_ENTRIES = 2**26  # coefficients of one node's linear bounds per box (float64: 512 MB)

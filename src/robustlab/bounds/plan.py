@@ -170,6 +170,29 @@ def _reach_back(op, kind: int, probe: Tensor, shapes) -> list[Tensor | None]:
     return [None for _ in shapes]
 
 
+def cut_node(graph) -> int | None:
+    """Where rows may end for mixed-mode intermediate bounds (``crown.intermediate_bounds``'
+    ``cut``): the narrowest (then the first) linear node after the first nonlinearity that every later node reaches
+    only through it (no skip connection over it), narrower than the node it reads and no wider
+    than the next one (a waist: a GAN's generator output before its discriminator), with at
+    least two nodes after it whose bounds a relaxation uses (else no row would end there);
+    None when there is none (an MLP of equal widths, a CNN that narrows to its output)."""
+    nodes, plan = graph.nodes, graph.plan
+    lowest = [len(nodes)] * (len(nodes) + 1)  # per index: the lowest input read from there on
+    for i in range(len(nodes) - 1, 0, -1):
+        lowest[i] = min([lowest[i + 1], *nodes[i].inputs])
+    size = [math.prod(n.shape) for n in nodes]
+    best = None
+    for c in range(1, graph.output):
+        if not (plan.kinds[c] == LINEAR and plan.after_nonlinear[c] and lowest[c + 1] >= c):
+            continue
+        waist = len(nodes[c].inputs) == 1 and size[nodes[c].inputs[0]] > size[c] <= size[c + 1]
+        after = sum(1 for j in plan.needs if c < j < graph.output)
+        if waist and after >= 2 and (best is None or size[c] < size[best]):
+            best = c
+    return best
+
+
 def row_cost(graph, j: int) -> float:
     """Estimated multiply-adds of one backward row from the central neuron of node ``j`` to the
     input: per node on the way, the neurons of its cone (the row's window) times the inputs each

@@ -4,6 +4,7 @@ contribution to the bound is largest (|coefficient| x width, as in "smart" input
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Generator
@@ -18,6 +19,7 @@ from robustlab.bounds.forward import forward_bounds
 from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.base import Bounds, InputRegion
+from robustlab.bounds.plan import cut_node
 from robustlab.verify.spec import Property
 
 HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
@@ -78,6 +80,9 @@ def bound_boxes(
             bounds = forward_bounds(graph, region)
             if parent is not None:
                 bounds = {**bounds, **_intersect(graph, bounds, parent)}
+            cut = cut_node(graph) if lo.dtype == torch.float64 else None
+            if cut is not None:  # rows that end at the waist's linear bounds (mixed mode)
+                bounds = intermediate_bounds(graph, region, "crown", prior=bounds, C=Cn, cut=cut)
         else:
             prior = None
             cheap = forward_ok(graph) and forward_affordable(graph)
@@ -94,14 +99,18 @@ def bound_boxes(
     return lb, lin["A"].reshape(n, Cn.shape[1], -1), lin["bias"]
 
 
+def _keeps_bounds(graph: BoundGraph) -> bool:
+    """Whether :func:`pack_bounds` keeps anything: the nodes a relaxation uses have at most
+    ``PARENT_BOUNDS_MAX`` neurons, and some."""
+    size = sum(math.prod(graph.nodes[j].shape) for j in graph.plan.needs)
+    return 0 < size <= PARENT_BOUNDS_MAX
+
+
 def pack_bounds(graph: BoundGraph, bounds) -> Tensor:
     """The bounds of the nodes a relaxation uses, as one tensor (N, 2, S); S = 0 (nothing
     kept) when they have more than ``PARENT_BOUNDS_MAX`` neurons."""
     n = len(bounds[0].lower)
-    size = sum(math.prod(graph.nodes[j].shape) for j in graph.plan.needs)
-    if (
-        size == 0 or size > PARENT_BOUNDS_MAX
-    ):  # nothing to keep (a purely linear network), or too much
+    if not _keeps_bounds(graph):  # nothing to keep (a purely linear network), or too much
         return bounds[0].lower.new_zeros(n, 2, 0)
     parts = [
         torch.stack([bounds[j].lower, bounds[j].upper], 1).flatten(2)
@@ -165,12 +174,80 @@ def bounds_and_margins(
     used = (C != 0).any(1).any(0).nonzero().squeeze(1)  # the outputs some row reads
     u = len(used)
     eye = torch.eye(n_out, dtype=C.dtype)[used].expand(n, u, n_out)
-    lb, A, _ = bound_boxes(graph, lo, hi, torch.cat([C, eye, -eye], 1), shape, intermediate)
+    rows = torch.cat([C, eye, -eye], 1)
+    hit = _last_pass(graph, lo, hi, rows, intermediate) if n == 1 else None
+    if hit is None:
+        lb, A, bias = bound_boxes(graph, lo, hi, rows, shape, intermediate)
+        if n == 1:  # one region's box: the engine's pass, then hold_margin's, then the search's
+            _LAST["pass"] = ((graph, lo, hi, rows, intermediate), (lb, A, bias))  # one store
+    else:
+        lb, A, bias = hit
     y_mag = torch.maximum(lb[:, k : k + u].abs(), lb[:, k + u :].abs())
     x_mag = torch.maximum(lo.abs(), hi.abs()).reshape(n, -1).to(A.dtype)
     mag = torch.einsum("nko,no->nk", C[:, :, used].abs().to(y_mag.dtype), y_mag)
     mag = mag + torch.einsum("nki,ni->nk", A[:, :k].abs(), x_mag)
     return lb[:, :k], margin_of(d, mag, unit)
+
+
+_LAST: dict = {}  # the last one-box pass of bounds_and_margins: its key and its bounds
+
+
+def _last_pass(graph, lo, hi, C, intermediate, prefix: bool = False):
+    """``(lb, A, bias)`` of :func:`bounds_and_margins`' last one-box pass when it was on the
+    same function (:func:`_same_graph`: ``embed.reduce`` builds a new graph of the same network
+    for each caller), box, intermediate bounds and rows ``C`` (with ``prefix``: its first rows,
+    C of shape (rows, n_outputs)), else None. The engine's first bound pass, hold_margin's and
+    the search's root are one pass."""
+    last = _LAST.get("pass")  # one read: key and bounds of the same pass, in any thread
+    if last is None:
+        return None
+    (g0, lo0, hi0, C0, how), (lb, A, bias) = last
+    rows = C.shape[0] if prefix else C.shape[1]
+    C0 = C0[0, :rows] if prefix else C0
+    if (
+        how != intermediate
+        or lo0.shape != lo.shape
+        or C0.shape != C.shape
+        or lo0.dtype != lo.dtype
+        or not (torch.equal(lo0, lo) and torch.equal(hi0, hi) and torch.equal(C0, C))
+        or not _same_graph(g0, graph)
+    ):
+        return None
+    return (lb[:, :rows], A[:, :rows], bias[:, :rows]) if prefix else (lb, A, bias)
+
+
+def _same_graph(a: BoundGraph, b: BoundGraph) -> bool:
+    """Whether two graphs compute the same function: node by node the same inputs, shapes and
+    operation (the same object, or equal fields, tensors equal entry by entry)."""
+    if a is b:
+        return True
+    if len(a.nodes) != len(b.nodes):
+        return False
+    for m, n in zip(a.nodes, b.nodes, strict=True):
+        if m.inputs != n.inputs or m.shape != n.shape:
+            return False
+        if m.op is n.op:
+            continue
+        if type(m.op) is not type(n.op) or not dataclasses.is_dataclass(m.op):
+            return False
+        for f in dataclasses.fields(m.op):
+            u, v = getattr(m.op, f.name), getattr(n.op, f.name)
+            if isinstance(u, Tensor) or isinstance(v, Tensor):
+                same = (
+                    isinstance(u, Tensor)
+                    and isinstance(v, Tensor)
+                    and u.dtype == v.dtype
+                    and u.shape == v.shape
+                    and torch.equal(u, v)
+                )
+            else:
+                try:
+                    same = u is v or (type(u) is type(v) and bool(u == v))
+                except (RuntimeError, TypeError, ValueError):  # e.g. tuples of tensors
+                    same = False
+            if not same:
+                return False
+    return True
 
 
 def pop_domains(stack: list, batch: int):
@@ -354,7 +431,12 @@ def search_steps(
         margin = hold_margin(graph, prop, shape, intermediate=intermediate)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     kept: list = []
-    lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate, keep=kept)
+    root = _last_pass(graph, lo_q, hi_q, C, intermediate, prefix=True)
+    if root is not None and not (reuse_parent and _keeps_bounds(graph)):
+        lb, A, bias = root
+        kept.append(lo_q.new_zeros(1, 2, 0))
+    else:
+        lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate, keep=kept)
     pb_q = kept[0]  # per box: its parent's intermediate bounds (packed)
     if not reuse_parent:
         pb_q = pb_q[..., :0]  # nothing kept

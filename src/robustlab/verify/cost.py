@@ -10,7 +10,7 @@ from robustlab.bounds.crown import needs_bounds
 from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.linear import Conv, Linear
-from robustlab.bounds.plan import row_cost
+from robustlab.bounds.plan import cut_node, row_cost
 
 FORWARD_RATIO = 100.0  # CROWN intermediate bounds this many times dearer: forward bounds too
 FORWARD_ONLY_RATIO = 1000.0  # this many times dearer: forward bounds alone
@@ -56,8 +56,12 @@ def crown_cost(graph: BoundGraph) -> float:
 def crown_over_forward(graph: BoundGraph) -> float:
     """Estimated cost of CROWN intermediate bounds for one box over that of forward linear
     bounds, which carry one column per input (inf when forward bounds do not support the
-    graph)."""
+    graph). With a cut (``plan.cut_node``: a GAN's generator output) forward bounds come with
+    CROWN's rows that end at the cut (mixed mode, ``bab.bound_boxes``), and full CROWN rows
+    would cross what lies before the cut once per row: inf, forward (mixed) bounds alone."""
     if not forward_ok(graph):
+        return math.inf
+    if cut_node(graph) is not None:
         return math.inf
     forward_cost = (math.prod(graph.nodes[0].shape) + 1) * _prefix_costs(graph)[-1]
     return crown_cost(graph) / max(forward_cost, 1)
