@@ -53,6 +53,7 @@ def bound_boxes(
     parent: Tensor | None = None,
     keep: list | None = None,
     forward_prior: bool = False,
+    out: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CROWN lower bounds of ``C y`` on each box (N, rows), with the linear lower bounds they come
     from: ``C y >= A x + bias`` on the box (A of shape (N, rows, n_inputs)). ``C``: (rows,
@@ -65,7 +66,7 @@ def bound_boxes(
     the unstable neurons are chosen: fewer rows, tighter relaxations; forward linear bounds
     are then skipped unless ``forward_prior`` (on ACAS Xu they prune nothing the parent's CROWN
     bounds do not). ``keep``: a list that receives the box's own packed bounds (for its
-    children)."""
+    children); ``out``: a dict that receives every node's bounds (for later passes)."""
     n = len(lo)
     region = InputRegion(lo.reshape(n, *shape), hi.reshape(n, *shape))
     unkept = parent is not None and parent.shape[2] == 0
@@ -89,6 +90,8 @@ def bound_boxes(
             bounds = intermediate_bounds(graph, region, "crown", prior=prior, C=Cn)
         if keep is not None:
             keep.append(region.lower.new_zeros(n, 2, 0) if unkept else pack_bounds(graph, bounds))
+        if out is not None:
+            out.update(bounds)
         lin: dict = {}
         lb = backward(graph, bounds, graph.output, Cn, linear=lin)
     return lb, lin["A"].reshape(n, Cn.shape[1], -1), lin["bias"]
@@ -157,15 +160,20 @@ def bounds_and_margins(
     shape,
     intermediate: str = "crown",
     unit: float = UNIT,
+    out: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
     """For N boxes with their own rows ``C`` (N, rows, n_outputs) and ``d`` (N, rows): the lower
     bounds of ``C y`` (N, rows) and the margins of :func:`hold_margin` (N, rows), from one bound
-    pass (the rows and the outputs' two signs bounded together)."""
+    pass (the rows and the outputs' two signs bounded together); ``out``: as for
+    :func:`bound_boxes`."""
     n, k, n_out = C.shape
     used = (C != 0).any(1).any(0).nonzero().squeeze(1)  # the outputs some row reads
     u = len(used)
-    eye = torch.eye(n_out, dtype=C.dtype)[used].expand(n, u, n_out)
-    lb, A, _ = bound_boxes(graph, lo, hi, torch.cat([C, eye, -eye], 1), shape, intermediate)
+    # the identity's rows for those outputs only (TinyYOLO: 5 rows of 42,250, not 42,250^2)
+    eye = C.new_zeros(u, n_out).index_put_((torch.arange(u), used), C.new_ones(()))
+    eye = eye.expand(n, u, n_out)
+    cat = torch.cat([C, eye, -eye], 1)
+    lb, A, _ = bound_boxes(graph, lo, hi, cat, shape, intermediate, out=out)
     y_mag = torch.maximum(lb[:, k : k + u].abs(), lb[:, k + u :].abs())
     x_mag = torch.maximum(lo.abs(), hi.abs()).reshape(n, -1).to(A.dtype)
     mag = torch.einsum("nko,no->nk", C[:, :, used].abs().to(y_mag.dtype), y_mag)

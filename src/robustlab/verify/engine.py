@@ -16,7 +16,7 @@ from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion
 from robustlab.deadline import DeadlineExceeded, within
 from robustlab.errors import RobustlabError, UnsupportedOperation
-from robustlab.verify import bab, cost, embed
+from robustlab.verify import bab, cost, embed, root
 from robustlab.verify.falsify import attack, float32_box, search
 from robustlab.verify.nonlinear_split import nonlinear_split
 from robustlab.verify.oracle import confirm
@@ -104,6 +104,9 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
         elif ratio > cost.FORWARD_RATIO:
             intermediate = "both"
     stats["intermediate"] = intermediate
+    # each open region's CROWN pass, kept for the passes after it (hold margin, alpha-CROWN,
+    # branch and bound's root)
+    cache = root.RootCache(graph)
     left = deadline - time.monotonic()
     estimate = cost.crown_cost(graph) / cost.CROWN_RATE if intermediate == "crown" else 0.0
     if estimate > left:
@@ -117,7 +120,9 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     share = min(left, max(BOUNDS_SHARE * left, ESTIMATE_MARGIN * estimate))
     try:
         with within(time.monotonic() + share):
-            open_ = _bound_regions(graph, model, spec, open_, shape, strategy, intermediate, stats)
+            open_ = _bound_regions(
+                graph, model, spec, open_, shape, strategy, intermediate, stats, cache
+            )
     except DeadlineExceeded:
         if time.monotonic() >= deadline:
             raise
@@ -137,18 +142,20 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     if cex is not None:
         return "violated", cex, ""
     how = (strategy, intermediate)
-    return _branch_regions(graph, spec, open_, shape, model, oracle, deadline, how, stats)
+    return _branch_regions(graph, spec, open_, shape, model, oracle, deadline, how, stats, cache)
 
 
-def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, how, stats):
-    """Branch and bound on each region in turn, each with its share of the time left."""
+def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, how, stats, cache):
+    """Branch and bound on each region in turn, each with its share of the time left (starting
+    from the region's CROWN pass where ``cache`` kept it)."""
     st = bab.BabStats()
     verdicts = []
     try:
         for i, r in enumerate(regions.tolist()):
             end = time.monotonic() + (deadline - time.monotonic()) / (len(regions) - i)
             prop = spec.property(r)
-            verdict, x = _branch(graph, prop, shape, model, min(end, deadline), how, st)
+            first = cache.of(graph, prop)
+            verdict, x = _branch(graph, prop, shape, model, min(end, deadline), how, st, first)
             if verdict == "violated":
                 cex = _confirm_near(model, shape, prop, oracle, x)
                 if cex is not None:
@@ -164,8 +171,9 @@ def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, 
     return ("timeout" if "timeout" in verdicts else "unknown"), None, ""
 
 
-def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermediate, stats):
-    """The regions that incomplete bounds leave open (the cheaper method first)."""
+def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermediate, stats, cache):
+    """The regions that incomplete bounds leave open (the cheaper method first); ``cache``
+    receives the CROWN pass of each region left open."""
     methods = ("crown", "alpha-crown")
     if strategy == "relu-split":
         methods = ("crown",)  # relu-split starts with its own alpha-CROWN pass
@@ -177,7 +185,7 @@ def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermedi
     margins: dict[int, Tensor] = {}  # per region, from the first method's pass
     for method in methods:
         try:
-            refuted = _bounds_refute(graph, model, spec, regions, shape, method, margins)
+            refuted = _bounds_refute(graph, model, spec, regions, shape, method, margins, cache)
         except RobustlabError:  # a relaxation that cannot be proven here (a softmax's
             break  # reciprocal overflowing float64): the regions stay open
         regions = regions[~refuted]
@@ -231,22 +239,26 @@ def _region_violation(spec: Spec, r: int):
 
 
 def _bounds_refute(
-    graph, model, spec: Spec, regions: Tensor, shape, method: str, margins: dict
+    graph, model, spec: Spec, regions: Tensor, shape, method: str, margins: dict, cache
 ) -> Tensor:
     """Per region: whether ``method``'s bounds refute every disjunct (some row of each) by the
     margin of :func:`bab.hold_margin` (computed with the first method's bounds, kept in
     ``margins`` by region); ``forward``: forward linear intermediate bounds over the region's
-    free inputs."""
+    free inputs. A CROWN pass goes into ``cache`` (``root.RootCache``) for each region it
+    leaves open; alpha-CROWN starts from the cached passes instead of repeating them."""
     proven = torch.zeros(len(regions), dtype=torch.bool)
+    roff, koff = spec.offsets
     for s in range(0, len(regions), REGION_BATCH):
         part = regions[s : s + REGION_BATCH]
         C, d, group, n_dis = spec.padded(part)
-        roff, _ = spec.offsets
         count = roff[part + 1] - roff[part]
         if C.shape[1] == 0:
             proven[s : s + len(part)] = count == 0
             continue
         idx = part.tolist()
+        lo, hi = spec.lower[part], spec.upper[part]
+        n_rows = (koff[roff[part + 1]] - koff[roff[part]]).tolist()
+        kept: dict = {}
         with torch.no_grad():
             if method == "forward":  # forward linear intermediate bounds, CROWN's last pass
                 pairs = [
@@ -255,27 +267,40 @@ def _bounds_refute(
                 ]
                 lb = torch.cat([p[0] for p in pairs])
                 margin = torch.cat([p[1] for p in pairs])
-            elif method == "crown" or not all(r in margins for r in idx):
-                lo, hi = spec.lower[part], spec.upper[part]
-                lb, margin = bab.bounds_and_margins(graph, lo, hi, C, d, shape)
+            else:
+                if method == "crown" or not all(r in margins for r in idx):
+                    lb, margin = bab.bounds_and_margins(graph, lo, hi, C, d, shape, out=kept)
+                    inter = kept
+                else:
+                    margin = torch.stack([margins[r] for r in idx])
+                    passes = [
+                        cache.get(lo[i], hi[i], C[i, :k], d[i, :k]) for i, k in enumerate(n_rows)
+                    ]
+                    ok = all(p is not None for p in passes)
+                    inter = root.stack(passes) if ok else None
                 if method != "crown":
                     region = InputRegion(lo.reshape(-1, *shape), hi.reshape(-1, *shape))
                     Cs = C.reshape(len(part), C.shape[1], *graph.nodes[graph.output].shape)
-                    lb = alpha_crown(graph, region, Cs, bound_upper=False)[0].lower
-            else:
-                margin = torch.stack([margins[r] for r in idx])
-                region = InputRegion(
-                    spec.lower[part].reshape(-1, *shape), spec.upper[part].reshape(-1, *shape)
-                )
-                Cs = C.reshape(len(part), C.shape[1], *graph.nodes[graph.output].shape)
-                lb = alpha_crown(graph, region, Cs, bound_upper=False)[0].lower
+                    lb = alpha_crown(
+                        graph, region, Cs, bound_upper=False, intermediate=inter, in_cone=True
+                    )[0].lower
         for i, r in enumerate(idx):
             margins.setdefault(r, margin[i])
         rows = bab.refuted_rows(lb.double(), d, margin).long()
         per = torch.zeros(len(part), n_dis + 1, dtype=torch.long)
         per = per.scatter_reduce(1, group, rows, "amax", include_self=True)
         have = torch.arange(n_dis + 1)[None] < count[:, None]
-        proven[s : s + len(part)] = ((per > 0) | ~have).all(1)
+        done = ((per > 0) | ~have).all(1)
+        proven[s : s + len(part)] = done
+        if method == "crown":  # the pass of every region left open, for the passes after it
+            for i in (~done).nonzero().reshape(-1).tolist():
+                k = n_rows[i]
+                first = root.RootPass(
+                    lo[i], hi[i], C[i, :k], d[i, :k], root.split(kept, i, len(part)),
+                    lb[i, :k], margin[i, :k],
+                )  # fmt: skip
+                if not cache.put(first):
+                    break  # the cache is full
     return proven
 
 
@@ -289,33 +314,38 @@ def _forward_bound(graph, model, prop: Property, shape, C: Tensor, d: Tensor):
     return bab.bounds_and_margins(graph, lo, hi, C[None], d[None], shape, "forward")
 
 
-def _branch(graph, prop: Property, shape, model, end: float, how, st: bab.BabStats):
+def _branch(graph, prop: Property, shape, model, end: float, how, st: bab.BabStats, first=None):
     """Branch and bound on one region until ``end`` with ``how = (strategy, intermediate
-    bounds for input splitting)``: ``(verdict, x or None)``."""
+    bounds for input splitting)``: ``(verdict, x or None)``; ``first``: the region's CROWN pass
+    (``root.RootPass``) when it was kept."""
     strategy, intermediate = how
     if strategy == "relu-split" and not any(isinstance(n.op, ReLU) for n in graph.nodes):
         strategy = "nonlinear-split"
     if strategy == "relu-split":
-        return relu_split(graph, prop, shape, model, deadline=end, stats=st)
+        return relu_split(graph, prop, shape, model, deadline=end, stats=st, first=first)
+    margin = None if first is None else first.margin
     if strategy == "nonlinear-split":
-        return nonlinear_split(graph, prop, shape, model, deadline=end, stats=st)
+        return nonlinear_split(graph, prop, shape, model, deadline=end, stats=st, margin=margin)
     red = embed.reduce(graph, model, prop, shape)
     if red is None:
-        return _input_split(graph, prop, shape, model, end, intermediate, st)
+        margin = margin if intermediate == "crown" else None  # the cached pass is CROWN's
+        return _input_split(graph, prop, shape, model, end, intermediate, st, margin)
     verdict, z = _input_split(
         red.graph, red.prop, (len(red.prop.lower),), red.model, end, intermediate, st
     )
     return verdict, (None if z is None else red.expand(z))
 
 
-def _input_split(graph, prop: Property, shape, model, end: float, intermediate, st):
-    """Input splitting on the region's (free) inputs until ``end``."""
+def _input_split(graph, prop: Property, shape, model, end: float, intermediate, st, margin=None):
+    """Input splitting on the region's (free) inputs until ``end``; ``margin``: that of
+    :func:`bab.hold_margin` (computed when not given)."""
     # a portfolio of branching rules, with shares of time: look-ahead over every input
     # (decisive on some properties), and the "smart" rule on the row closest to refuting the
     # weakest disjunct, or on the weakest row
     free = int((prop.upper > prop.lower).sum())
     how = "forward" if intermediate in ("forward", "both") else "crown"
-    margin = bab.hold_margin(graph, prop, shape, intermediate=how)
+    if margin is None:
+        margin = bab.hold_margin(graph, prop, shape, intermediate=how)
     kw = {"stats": st, "intermediate": intermediate, "margin": margin}
     if intermediate in ("forward", "both"):  # cheap bounds on many boxes: no look-ahead wasted
         fwd = bab.search_steps(

@@ -24,7 +24,9 @@ from robustlab.bounds.crown import backward
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.verify.bab import BabStats, _stack_spec, hold_margin, pop_domains
+from robustlab.verify.bab import BabStats, _stack_spec, pop_domains
+from robustlab.verify.root import RootPass
+from robustlab.verify.root import compute as root_pass
 from robustlab.verify.spec import Property
 
 ITERATIONS = 3  # bound passes per batch of domains (children start from the parent's alpha, beta)
@@ -154,18 +156,31 @@ def relu_split(
     batch: int = 64,
     stats: BabStats | None = None,
     margin: Tensor | None = None,
+    first: RootPass | None = None,
 ) -> tuple[str, Tensor | None]:
     """``("holds", None)``, ``("violated", x)`` (x float64, to be re-checked), ``("unknown",
-    None)`` when a domain has no unstable neuron left, or ``("timeout", None)``. ``margin``:
-    that of :func:`bab.hold_margin` (computed when not given)."""
+    None)`` when a domain has no unstable neuron left, or ``("timeout", None)``. ``first``:
+    the region's CROWN pass (:mod:`robustlab.verify.root`; made here when not given or not of
+    this box and these rows): its intermediate bounds start alpha-CROWN, its margins are those
+    of :func:`bab.hold_margin` unless ``margin`` is given."""
     stats = stats or BabStats()
     C_all, d_all, groups = _stack_spec(prop)
-    margin_all = hold_margin(graph, prop, shape) if margin is None else margin
+    if first is None or not first.matches(prop.lower, prop.upper, C_all, d_all):
+        first = root_pass(graph, prop, shape)
+    margin_all = first.margin if margin is None else margin
     region = InputRegion(
         prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
     )
     with torch.no_grad():  # one alpha-CROWN pass for every row: the root's intermediate bounds
-        final, root = alpha_crown(graph, region, C_all[None], bound_upper=False, deadline=deadline)
+        final, root = alpha_crown(
+            graph,
+            region,
+            C_all[None],
+            bound_upper=False,
+            deadline=deadline,
+            intermediate=first.bounds,
+            in_cone=True,
+        )
     root = {k: Bounds(b.lower.detach(), b.upper.detach()) for k, b in root.items()}
     relus = _relus(graph)
     slack0 = final.lower[0].double() - d_all - margin_all
