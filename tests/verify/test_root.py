@@ -132,3 +132,31 @@ def test_relu_split_runs_one_intermediate_pass_per_region(tmp_path, monkeypatch)
     assert r.strategy == "relu-split" and r.verdict == "holds", r
     assert r.stats.get("proved_by") == "relu-split" and r.stats["domains"] > 1
     assert calls == {"intermediate": 1, "alpha crown": 0}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nonlinear_split_from_a_kept_pass_agrees_with_sampling(seed):
+    """A sigmoid / tanh network (no ReLU): started from the region's kept pass, the verdict is
+    the one of the run that computes its own bounds, and a holds is never below a sample."""
+    from torch import nn
+
+    from robustlab.verify.nonlinear_split import nonlinear_split
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Linear(6, 12), nn.Sigmoid(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 3)
+    ).eval()
+    center = torch.rand(6)
+    low = _sampled_min(net, center, 0.3, n=2000)
+    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    graph = graph_of(net, (6,))
+    for t in (low - 0.02, low + 0.02):
+        d = torch.tensor([t], dtype=torch.float64)
+        c = center.double()
+        prop = Property(c - 0.3, c + 0.3, (Disjunct(C, d),))
+        verdicts = []
+        for first in (None, root.compute(graph, prop, (6,))):
+            end = time.monotonic() + 20
+            verdicts.append(nonlinear_split(graph, prop, (6,), net, deadline=end, first=first)[0])
+        assert verdicts[0] == verdicts[1] and verdicts[0] != "timeout", verdicts
+        assert verdicts[0] != "holds" or t < low

@@ -38,6 +38,7 @@ from robustlab.bounds.ops.nonlinear import Sign
 from robustlab.errors import RobustlabError
 from robustlab.verify.bab import BabStats, _stack_spec, hold_margin, pop_domains
 from robustlab.verify.bab import refuted_rows as _refuted
+from robustlab.verify.root import RootPass
 from robustlab.verify.spec import Property
 
 ITERATIONS = 3
@@ -372,21 +373,29 @@ def nonlinear_split(
     batch: int = 32,
     stats: BabStats | None = None,
     margin: Tensor | None = None,
+    first: RootPass | None = None,
 ) -> tuple[str, Tensor | None]:
     """``("holds", None)``, ``("violated", x)`` (x float64, to be re-checked), ``("unknown",
     None)`` when a domain has nothing left to split, or ``("timeout", None)``. ``margin``: that
-    of :func:`bab.hold_margin` (computed when not given)."""
+    of :func:`bab.hold_margin` (computed when not given); ``first``: the region's CROWN pass
+    (``root.RootPass``, as for ``relu_split``), whose bounds start alpha-CROWN."""
     stats = stats or BabStats()
     C_all, d_all, groups = _stack_spec(prop)
-    margin_all = hold_margin(graph, prop, shape) if margin is None else margin
+    if first is not None and not first.matches(prop.lower, prop.upper, C_all, d_all):
+        first = None
+    if margin is None:
+        margin = hold_margin(graph, prop, shape) if first is None else first.margin
+    margin_all = margin
+    inter = None if first is None else first.bounds
     region = InputRegion(
         prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
     )
     try:
         with torch.no_grad():
             final, root = alpha_crown(
-                graph, region, C_all[None], bound_upper=False, deadline=deadline
-            )
+                graph, region, C_all[None], bound_upper=False, deadline=deadline,
+                intermediate=inter, in_cone=inter is not None,
+            )  # fmt: skip
     except RobustlabError:  # a relaxation that cannot be proven on this region
         return "unknown", None
     root = {k: Bounds(b.lower.detach(), b.upper.detach()) for k, b in root.items()}
