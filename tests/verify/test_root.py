@@ -160,3 +160,27 @@ def test_nonlinear_split_from_a_kept_pass_agrees_with_sampling(seed):
             verdicts.append(nonlinear_split(graph, prop, (6,), net, deadline=end, first=first)[0])
         assert verdicts[0] == verdicts[1] and verdicts[0] != "timeout", verdicts
         assert verdicts[0] != "holds" or t < low
+
+
+def test_the_engines_alpha_crown_pass_is_the_roots():
+    """After the engine's CROWN and alpha-CROWN passes on a region they leave open, the root
+    of its branch and bound is that alpha-CROWN pass: the same bounds (1e-12) as starting
+    alpha-CROWN from the kept CROWN pass again."""
+    net, _, _, prop = _prop(12, 0)
+    graph = graph_of(net, (12,))
+    spec = Spec.from_properties([prop], 12, 3)
+    cache, margins = root.RootCache(graph), {}
+    for method in ("crown", "alpha-crown"):
+        proven = engine._bounds_refute(
+            graph, net, spec, torch.arange(1), (12,), method, margins, cache
+        )
+        assert not proven.any()
+    kept = cache.of(graph, prop)
+    assert kept is not None and kept.alpha is not None
+    _, lb, bounds = root.start(graph, prop, (12,), kept)
+    again = root.RootPass(*[getattr(kept, f) for f in ("lower", "upper", "C", "d", "bounds")],
+                          kept.lb, kept.margin)  # fmt: skip
+    _, lb2, bounds2 = root.start(graph, prop, (12,), again)
+    assert _close(lb, lb2)
+    for j, b in bounds2.items():
+        assert _close(bounds[j].lower, b.lower) and _close(bounds[j].upper, b.upper)

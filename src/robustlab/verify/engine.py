@@ -284,9 +284,10 @@ def _bounds_refute(
                 if method != "crown":
                     region = InputRegion(lo.reshape(-1, *shape), hi.reshape(-1, *shape))
                     Cs = C.reshape(len(part), C.shape[1], *graph.nodes[graph.output].shape)
-                    lb = alpha_crown(
+                    fin, kept = alpha_crown(
                         graph, region, Cs, bound_upper=False, intermediate=inter, in_cone=True
-                    )[0].lower
+                    )
+                    lb = fin.lower
         for i, r in enumerate(idx):
             margins.setdefault(r, margin[i])
         rows = bab.refuted_rows(lb.double(), d, margin).long()
@@ -295,15 +296,18 @@ def _bounds_refute(
         have = torch.arange(n_dis + 1)[None] < count[:, None]
         done = ((per > 0) | ~have).all(1)
         proven[s : s + len(part)] = done
-        if method == "crown":  # the pass of every region left open, for the passes after it
-            for i in (~done).nonzero().reshape(-1).tolist():
-                k = n_rows[i]
+        # the passes of every region left open, for the passes after them
+        for i in (~done).nonzero().reshape(-1).tolist() if method != "forward" else []:
+            k = n_rows[i]
+            if method == "crown":
                 first = root.RootPass(
                     lo[i], hi[i], C[i, :k], d[i, :k], root.split(kept, i, len(part)),
                     lb[i, :k], margin[i, :k],
                 )  # fmt: skip
                 if not cache.put(first):
                     break  # the cache is full
+            elif (first := cache.get(lo[i], hi[i], C[i, :k], d[i, :k])) is not None:
+                cache.add_alpha(first, lb[i, :k], root.split(kept, i, len(part)))
     return proven
 
 

@@ -10,11 +10,13 @@ root's, in the branch and bound itself)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.verify import bab
@@ -37,10 +39,12 @@ class RootPass:
     bounds: dict[int, Bounds]
     lb: Tensor
     margin: Tensor
+    alpha: tuple[Tensor, dict[int, Bounds]] | None = None  # alpha-CROWN's (lb, bounds), if run
 
     def numbers(self) -> int:
         """How many bound entries it keeps."""
-        return sum(2 * b.lower.numel() for b in self.bounds.values())
+        own = sum(2 * b.lower.numel() for b in self.bounds.values())
+        return own * (1 if self.alpha is None else 2)
 
     def matches(self, lower: Tensor, upper: Tensor, C: Tensor, d: Tensor) -> bool:
         """Whether it is the pass of exactly this box and these rows."""
@@ -55,6 +59,39 @@ def compute(graph: BoundGraph, prop: Property, shape: tuple[int, ...]) -> RootPa
     bounds: dict = {}
     lb, margin = bab.bounds_and_margins(graph, lo, hi, C[None], d[None], shape, out=bounds)
     return RootPass(lo[0], hi[0], C, d, bounds, lb[0], margin[0])
+
+
+def start(
+    graph: BoundGraph,
+    prop: Property,
+    shape: tuple[int, ...],
+    first: RootPass | None,
+    deadline: float | None = None,
+) -> tuple[RootPass, Tensor, dict[int, Bounds]]:
+    """A branch and bound's root: the region's CROWN pass (``first`` where it is of this box and
+    these rows, else computed), alpha-CROWN's lower bounds of the rows (1, rows) and every
+    node's bounds, started from that pass's intermediate bounds and optimised only in the rows'
+    cone (or the pass's own alpha-CROWN results, where it has them)."""
+    C, d, _ = bab._stack_spec(prop)
+    if first is None or not first.matches(prop.lower, prop.upper, C, d):
+        first = compute(graph, prop, shape)
+    if first.alpha is not None:
+        lb, bounds = first.alpha
+        return first, lb[None], bounds
+    region = InputRegion(
+        prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
+    )
+    with torch.no_grad():
+        final, bounds = alpha_crown(
+            graph,
+            region,
+            C[None],
+            bound_upper=False,
+            deadline=deadline,
+            intermediate=first.bounds,
+            in_cone=True,
+        )
+    return first, final.lower, bounds
 
 
 def split(bounds: dict[int, Bounds], i: int, n: int) -> dict[int, Bounds]:
@@ -110,6 +147,15 @@ class RootCache:
         self._passes.setdefault(self._key(p.lower), []).append(p)
         self._numbers += size
         return True
+
+    def add_alpha(self, p: RootPass, lb: Tensor, bounds: dict[int, Bounds]) -> None:
+        """Keep alpha-CROWN's lower bounds (rows,) and bounds beside the kept pass ``p`` (when
+        they fit)."""
+        kept = self._passes.get(self._key(p.lower), [])
+        for k, q in enumerate(kept):
+            if q is p and q.alpha is None and self._numbers + q.numbers() <= self.max_numbers:
+                kept[k] = dataclasses.replace(q, alpha=(lb, bounds))
+                self._numbers += q.numbers()
 
     def get(self, lower: Tensor, upper: Tensor, C: Tensor, d: Tensor) -> RootPass | None:
         """The pass of exactly this box and these rows, if kept."""
