@@ -14,7 +14,7 @@ from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.graph import BoundGraph, graph_of
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion
-from robustlab.deadline import DeadlineExceeded, within
+from robustlab.deadline import DeadlineExceeded, check, within
 from robustlab.errors import RobustlabError, UnsupportedOperation
 from robustlab.verify import bab, cost, embed, root
 from robustlab.verify.falsify import attack, float32_box, search
@@ -114,6 +114,7 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     estimate = cost.crown_cost(graph) / cost.CROWN_RATE if intermediate == "crown" else 0.0
     if estimate > left:
         # one bound pass would outlast the time left: attacks are all there is
+        check()  # none past the deadline
         cex = _falsify(model, shape, spec, open_, oracle, left, 1_000_000, 2, stats)
         if cex is not None:
             return "violated", cex, ""
