@@ -279,6 +279,7 @@ def test_a_relaxation_that_cannot_be_proven_is_unknown_not_an_error(monkeypatch)
     two vit instances) makes the search `unknown`, never an error verdict."""
     import robustlab.verify.nonlinear_split as ns
     from robustlab.errors import RobustlabError
+    from robustlab.verify import root
     from robustlab.verify.spec import Disjunct, Property
 
     net = _net(4, 0)
@@ -292,8 +293,8 @@ def test_a_relaxation_that_cannot_be_proven_is_unknown_not_an_error(monkeypatch)
     def refuse(*args, **kwargs):
         raise RobustlabError("reciprocal at node 'r' overflows float64 on these bounds")
 
-    for name in ("_search", "alpha_crown"):
+    for module, name in ((ns, "_search"), (root, "alpha_crown")):  # root: the search's start
         with monkeypatch.context() as m:
-            m.setattr(ns, name, refuse)
+            m.setattr(module, name, refuse)
             verdict, _ = ns.nonlinear_split(graph, prop, (4,), net, deadline=time.monotonic() + 5)
         assert verdict == "unknown"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ from robustlab.bounds.ibp import spec_bounds
 from robustlab.bounds.ops.activation import ReLU, SShaped
 from robustlab.bounds.ops.base import InputRegion, LinearOp
 from robustlab.bounds.ops.pool import MaxPool
+from robustlab.bounds.plan import cone
 from robustlab.bounds.window import identity_windows
 
 ITERATIONS = 20
@@ -50,11 +52,19 @@ def alpha_crown(
     bound_upper: bool = True,
     stop_when_positive: bool = False,
     deadline: float | None = None,
+    intermediate: Mapping[int, Bounds] | None = None,
+    in_cone: bool = False,
 ) -> tuple[Bounds, dict[int, Bounds]]:
     """alpha-CROWN bounds of ``C @ output``; never looser than CROWN (the best of every
     iteration, starting from CROWN's own bounds, is kept). With ``stop_when_positive`` the
     optimisation stops as soon as every lower bound is positive (a verified specification), and
-    at ``deadline`` (``time.monotonic()``) in any case."""
+    at ``deadline`` (``time.monotonic()``) in any case.
+
+    ``intermediate``: every node's CROWN bounds on this very region, from a pass made already
+    (``crown``'s second result, or ``bab.bound_boxes``' ``out``): that pass is not repeated,
+    only C's rows are bounded on them before the slopes are optimised. ``in_cone``: only the
+    neurons that reach C's rows (``plan.cone``) get CROWN and optimised intermediate bounds
+    (the same final bounds for less work; the others keep the bounds they start from)."""
     out = graph.output
     lower = region.lower
     batch = lower.shape[0]
@@ -63,7 +73,11 @@ def alpha_crown(
         C = identity_rows(shape, torch.arange(math.prod(shape)), batch, lower)
     C = C.to(lower.dtype)
     with torch.no_grad():
-        best_final, bounds = crown(graph, region, C, bound_upper=bound_upper)
+        if intermediate is None:
+            best_final, bounds = crown(graph, region, C, bound_upper=bound_upper, in_cone=in_cone)
+        else:
+            bounds = {**intermediate, 0: region}
+            best_final = _final(graph, bounds, C, bound_upper)
     slopes = [i for i, n in enumerate(graph.nodes) if getattr(n.op, "has_alpha", False)]
     done = stop_when_positive and bool((best_final.lower > 0).all())
     if not slopes or iterations <= 0 or done:
@@ -75,10 +89,13 @@ def alpha_crown(
     # ReLU inputs: optimising every intermediate relaxation there costs ~20x CROWN per step for
     # little (zoo:vit, 4 points: 56 s vs 2.7 s; margin 1.8084 vs 1.8043, CROWN 1.8034)
     only_relu = bool(guarded(graph))
+    within = cone(graph, out, C) if in_cone and optimize_intermediate else None
     if optimize_intermediate:
         for j, unstable_only in need.items():
             if after[j] and j != out and (unstable_only or not only_relu):
                 idx = _unstable_index(bounds[j], unstable_only)
+                if within is not None:  # no neuron outside the cone reaches the rows
+                    idx = idx[within[j][idx]] if j in within else idx[:0]
                 if len(idx):
                     starts[j] = (idx, unstable_only)
     best = {i: Bounds(b.lower.detach(), b.upper.detach()) for i, b in bounds.items()}
@@ -149,6 +166,16 @@ def alpha_crown(
             best = {0: best[0]} | {i: best[i].intersect(c) for i, c in list(cur.items())[1:]}
     final = Bounds(lo_best, hi_best).intersect(spec_bounds(graph, best, C))
     return final, best
+
+
+def _final(graph: BoundGraph, bounds: Mapping[int, Bounds], C: Tensor, bound_upper: bool) -> Bounds:
+    """CROWN bounds of ``C @ output`` on every node's ``bounds`` (``crown``'s last step)."""
+    if bound_upper:
+        final = two_sided(graph, bounds, graph.output, C)
+    else:
+        lb = backward(graph, bounds, graph.output, C)
+        final = Bounds(lb, torch.full_like(lb, torch.inf))
+    return final.intersect(spec_bounds(graph, bounds, C))
 
 
 def _ancestors(graph: BoundGraph, s: int) -> set[int]:

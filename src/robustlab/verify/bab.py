@@ -55,6 +55,7 @@ def bound_boxes(
     parent: Tensor | None = None,
     keep: list | None = None,
     forward_prior: bool = False,
+    out: dict | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CROWN lower bounds of ``C y`` on each box (N, rows), with the linear lower bounds they come
     from: ``C y >= A x + bias`` on the box (A of shape (N, rows, n_inputs)). ``C``: (rows,
@@ -67,7 +68,7 @@ def bound_boxes(
     the unstable neurons are chosen: fewer rows, tighter relaxations; forward linear bounds
     are then skipped unless ``forward_prior`` (on ACAS Xu they prune nothing the parent's CROWN
     bounds do not). ``keep``: a list that receives the box's own packed bounds (for its
-    children)."""
+    children); ``out``: a dict that receives every node's bounds (for later passes)."""
     n = len(lo)
     region = InputRegion(lo.reshape(n, *shape), hi.reshape(n, *shape))
     unkept = parent is not None and parent.shape[2] == 0
@@ -85,7 +86,9 @@ def bound_boxes(
                 bounds = intermediate_bounds(graph, region, "crown", prior=bounds, C=Cn, cut=cut)
         else:
             prior = None
-            cheap = forward_ok(graph) and forward_affordable(graph)
+            # forward bounds round to nearest: a prior only for float64 boxes (float32 passes
+            # bound their own rounding, tracker.py)
+            cheap = lo.dtype == torch.float64 and forward_ok(graph) and forward_affordable(graph)
             if (parent is None or forward_prior) and cheap:
                 prior = forward_bounds(graph, region)
             if parent is not None:
@@ -94,6 +97,8 @@ def bound_boxes(
             bounds = intermediate_bounds(graph, region, "crown", prior=prior, C=Cn)
         if keep is not None:
             keep.append(region.lower.new_zeros(n, 2, 0) if unkept else pack_bounds(graph, bounds))
+        if out is not None:
+            out.update(bounds)
         lin: dict = {}
         lb = backward(graph, bounds, graph.output, Cn, linear=lin)
     return lb, lin["A"].reshape(n, Cn.shape[1], -1), lin["bias"]
@@ -166,22 +171,28 @@ def bounds_and_margins(
     shape,
     intermediate: str = "crown",
     unit: float = UNIT,
+    out: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
     """For N boxes with their own rows ``C`` (N, rows, n_outputs) and ``d`` (N, rows): the lower
     bounds of ``C y`` (N, rows) and the margins of :func:`hold_margin` (N, rows), from one bound
-    pass (the rows and the outputs' two signs bounded together)."""
+    pass (the rows and the outputs' two signs bounded together); ``out``: as for
+    :func:`bound_boxes`."""
     n, k, n_out = C.shape
     used = (C != 0).any(1).any(0).nonzero().squeeze(1)  # the outputs some row reads
     u = len(used)
-    eye = torch.eye(n_out, dtype=C.dtype)[used].expand(n, u, n_out)
+    # the identity's rows for those outputs only (TinyYOLO: 5 rows of 42,250, not 42,250^2)
+    eye = C.new_zeros(u, n_out).index_put_((torch.arange(u), used), C.new_ones(()))
+    eye = eye.expand(n, u, n_out)
     rows = torch.cat([C, eye, -eye], 1)
-    hit = _last_pass(graph, lo, hi, rows, intermediate) if n == 1 else None
+    cached = n == 1 and out is None  # a caller that wants the bounds makes its own pass
+    hit = _last_pass(graph, lo, hi, rows, intermediate) if cached else None
     if hit is None:
-        lb, A, bias = bound_boxes(graph, lo, hi, rows, shape, intermediate)
-        if n == 1:  # one region's box: the engine's pass, then hold_margin's, then the search's
+        lb, A, bias = bound_boxes(graph, lo, hi, rows, shape, intermediate, out=out)
+        if cached:  # one region's box: the engine's pass, then hold_margin's, then the search's
             _LAST["pass"] = ((graph, lo, hi, rows, intermediate), (lb, A, bias))  # one store
     else:
         lb, A, bias = hit
+    lb, A = lb.double(), A.double()  # a float32 pass's bounds are exact in float64
     y_mag = torch.maximum(lb[:, k : k + u].abs(), lb[:, k + u :].abs())
     x_mag = torch.maximum(lo.abs(), hi.abs()).reshape(n, -1).to(A.dtype)
     mag = torch.einsum("nko,no->nk", C[:, :, used].abs().to(y_mag.dtype), y_mag)

@@ -14,9 +14,12 @@ from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.graph import BoundGraph, graph_of
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Activation, InputRegion
-from robustlab.deadline import DeadlineExceeded, within
+from robustlab.bounds.ops.linear import Conv
+from robustlab.bounds.plan import float32_pays
+from robustlab.bounds.rounding import round_down
+from robustlab.deadline import DeadlineExceeded, check, within
 from robustlab.errors import RobustlabError, UnsupportedOperation
-from robustlab.verify import bab, cost, embed
+from robustlab.verify import bab, cost, embed, root
 from robustlab.verify.falsify import attack, float32_box, search
 from robustlab.verify.nonlinear_split import nonlinear_split
 from robustlab.verify.oracle import confirm
@@ -26,8 +29,11 @@ from robustlab.verify.surrogate import logit_view, with_surrogate_gradients
 
 STRATEGIES = ("auto", "input-split", "relu-split", "nonlinear-split", "bounds")
 INPUT_SPLIT_MAX_DIM = 16
-# attacks: (share of the time left, rounds of fresh starts) before the bounds, before branching
-ATTACKS = ((0.05, 1), (0.15, 3))
+# attacks: (share of the time left, rounds of fresh starts) before the bounds, before branching;
+# the first is one whole round, cut only past its share: a round cut short wastes its starts
+# (traffic_signs 30_8258 eps 10: a round takes 2-4 s, 5% of 60 s cut it and the violation
+# waited for the next attack, after a 28 s bound pass)
+ATTACKS = ((0.15, 1), (0.15, 3))
 REGION_BATCH = 256  # regions bounded in one pass
 LOOKAHEAD_SHARE = 4.0  # input splitting: the full look-ahead's time against 1 for each other
 BOUNDS_SHARE = 0.5  # of the time left: incomplete bounds slower than this give way to attacks
@@ -104,10 +110,14 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
         elif ratio > cost.FORWARD_RATIO:
             intermediate = "both"
     stats["intermediate"] = intermediate
+    # each open region's CROWN pass, kept for the passes after it (hold margin, alpha-CROWN,
+    # branch and bound's root)
+    cache = root.RootCache(graph)
     left = deadline - time.monotonic()
     estimate = cost.crown_cost(graph) / cost.CROWN_RATE if intermediate == "crown" else 0.0
     if estimate > left:
         # one bound pass would outlast the time left: attacks are all there is
+        check()  # none past the deadline
         cex = _falsify(model, shape, spec, open_, oracle, left, 1_000_000, 2, stats)
         if cex is not None:
             return "violated", cex, ""
@@ -117,7 +127,9 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     share = min(left, max(BOUNDS_SHARE * left, ESTIMATE_MARGIN * estimate))
     try:
         with within(time.monotonic() + share):
-            open_ = _bound_regions(graph, model, spec, open_, shape, strategy, intermediate, stats)
+            open_ = _bound_regions(
+                graph, model, spec, open_, shape, strategy, intermediate, stats, cache
+            )
     except DeadlineExceeded:
         if time.monotonic() >= deadline:
             raise
@@ -137,18 +149,20 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     if cex is not None:
         return "violated", cex, ""
     how = (strategy, intermediate)
-    return _branch_regions(graph, spec, open_, shape, model, oracle, deadline, how, stats)
+    return _branch_regions(graph, spec, open_, shape, model, oracle, deadline, how, stats, cache)
 
 
-def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, how, stats):
-    """Branch and bound on each region in turn, each with its share of the time left."""
+def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, how, stats, cache):
+    """Branch and bound on each region in turn, each with its share of the time left (starting
+    from the region's CROWN pass where ``cache`` kept it)."""
     st = bab.BabStats()
     verdicts = []
     try:
         for i, r in enumerate(regions.tolist()):
             end = time.monotonic() + (deadline - time.monotonic()) / (len(regions) - i)
             prop = spec.property(r)
-            verdict, x = _branch(graph, prop, shape, model, min(end, deadline), how, st)
+            first = cache.of(graph, prop)
+            verdict, x = _branch(graph, prop, shape, model, min(end, deadline), how, st, first)
             if verdict == "violated":
                 cex = _confirm_near(model, shape, prop, oracle, x)
                 if cex is not None:
@@ -164,8 +178,9 @@ def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, 
     return ("timeout" if "timeout" in verdicts else "unknown"), None, ""
 
 
-def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermediate, stats):
-    """The regions that incomplete bounds leave open (the cheaper method first)."""
+def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermediate, stats, cache):
+    """The regions that incomplete bounds leave open (the cheaper method first); ``cache``
+    receives the CROWN pass of each region left open."""
     methods = ("crown", "alpha-crown")
     if strategy == "relu-split":
         methods = ("crown",)  # relu-split starts with its own alpha-CROWN pass
@@ -177,7 +192,7 @@ def _bound_regions(graph, model, spec: Spec, regions, shape, strategy, intermedi
     margins: dict[int, Tensor] = {}  # per region, from the first method's pass
     for method in methods:
         try:
-            refuted = _bounds_refute(graph, model, spec, regions, shape, method, margins)
+            refuted = _bounds_refute(graph, model, spec, regions, shape, method, margins, cache)
         except RobustlabError:  # a relaxation that cannot be proven here (a softmax's
             break  # reciprocal overflowing float64): the regions stay open
         regions = regions[~refuted]
@@ -231,22 +246,26 @@ def _region_violation(spec: Spec, r: int):
 
 
 def _bounds_refute(
-    graph, model, spec: Spec, regions: Tensor, shape, method: str, margins: dict
+    graph, model, spec: Spec, regions: Tensor, shape, method: str, margins: dict, cache
 ) -> Tensor:
     """Per region: whether ``method``'s bounds refute every disjunct (some row of each) by the
     margin of :func:`bab.hold_margin` (computed with the first method's bounds, kept in
     ``margins`` by region); ``forward``: forward linear intermediate bounds over the region's
-    free inputs."""
+    free inputs. A CROWN pass goes into ``cache`` (``root.RootCache``) for each region it
+    leaves open; alpha-CROWN starts from the cached passes instead of repeating them."""
     proven = torch.zeros(len(regions), dtype=torch.bool)
+    roff, koff = spec.offsets
     for s in range(0, len(regions), REGION_BATCH):
         part = regions[s : s + REGION_BATCH]
         C, d, group, n_dis = spec.padded(part)
-        roff, _ = spec.offsets
         count = roff[part + 1] - roff[part]
         if C.shape[1] == 0:
             proven[s : s + len(part)] = count == 0
             continue
         idx = part.tolist()
+        lo, hi = spec.lower[part], spec.upper[part]
+        n_rows = (koff[roff[part + 1]] - koff[roff[part]]).tolist()
+        kept: dict | None = {}
         with torch.no_grad():
             if method == "forward":  # forward linear intermediate bounds, CROWN's last pass
                 pairs = [
@@ -255,28 +274,65 @@ def _bounds_refute(
                 ]
                 lb = torch.cat([p[0] for p in pairs])
                 margin = torch.cat([p[1] for p in pairs])
-            elif method == "crown" or not all(r in margins for r in idx):
-                lo, hi = spec.lower[part], spec.upper[part]
-                lb, margin = bab.bounds_and_margins(graph, lo, hi, C, d, shape)
+            else:
+                if method == "crown" and _float32_pays(graph, C, len(part)):
+                    lo32, hi32 = round_down(lo, torch.float32), -round_down(-hi, torch.float32)
+                    lb, margin = bab.bounds_and_margins(graph, lo32, hi32, C.float(), d, shape)
+                    kept = None  # float32 bounds: later passes make their own (float64)
+                elif method == "crown" or not all(r in margins for r in idx):
+                    lb, margin = bab.bounds_and_margins(graph, lo, hi, C, d, shape, out=kept)
+                    inter = kept
+                else:
+                    margin = torch.stack([margins[r] for r in idx])
+                    passes = [
+                        cache.get(lo[i], hi[i], C[i, :k], d[i, :k]) for i, k in enumerate(n_rows)
+                    ]
+                    ok = all(p is not None for p in passes)
+                    inter = root.stack(passes) if ok else None
                 if method != "crown":
                     region = InputRegion(lo.reshape(-1, *shape), hi.reshape(-1, *shape))
                     Cs = C.reshape(len(part), C.shape[1], *graph.nodes[graph.output].shape)
-                    lb = alpha_crown(graph, region, Cs, bound_upper=False)[0].lower
-            else:
-                margin = torch.stack([margins[r] for r in idx])
-                region = InputRegion(
-                    spec.lower[part].reshape(-1, *shape), spec.upper[part].reshape(-1, *shape)
-                )
-                Cs = C.reshape(len(part), C.shape[1], *graph.nodes[graph.output].shape)
-                lb = alpha_crown(graph, region, Cs, bound_upper=False)[0].lower
+                    fin, kept = alpha_crown(
+                        graph, region, Cs, bound_upper=False, intermediate=inter, in_cone=True
+                    )
+                    lb = fin.lower
         for i, r in enumerate(idx):
             margins.setdefault(r, margin[i])
         rows = bab.refuted_rows(lb.double(), d, margin).long()
         per = torch.zeros(len(part), n_dis + 1, dtype=torch.long)
         per = per.scatter_reduce(1, group, rows, "amax", include_self=True)
         have = torch.arange(n_dis + 1)[None] < count[:, None]
-        proven[s : s + len(part)] = ((per > 0) | ~have).all(1)
+        done = ((per > 0) | ~have).all(1)
+        proven[s : s + len(part)] = done
+        # the passes of every region left open, for the passes after them
+        for i in (
+            (~done).nonzero().reshape(-1).tolist()
+            if method != "forward" and kept is not None
+            else []
+        ):
+            k = n_rows[i]
+            if method == "crown":
+                first = root.RootPass(
+                    lo[i], hi[i], C[i, :k], d[i, :k], root.split(kept, i, len(part)),
+                    lb[i, :k], margin[i, :k],
+                )  # fmt: skip
+                if not cache.put(first):
+                    break  # the cache is full
+            elif (first := cache.get(lo[i], hi[i], C[i, :k], d[i, :k])) is not None:
+                cache.add_alpha(first, lb[i, :k], root.split(kept, i, len(part)))
     return proven
+
+
+def _float32_pays(graph: BoundGraph, C: Tensor, batch: int) -> bool:
+    """Whether the first CROWN pass runs in the rigorous float32 mode (``tracker.py``): on
+    convolutional networks large enough for it to pay (``plan.float32_pays``; TinyYOLO's pass
+    31 s in float64, 12 s in float32, proving the same rows), with rows exact in float32 (the
+    box is rounded outward)."""
+    return (
+        any(isinstance(n.op, Conv) for n in graph.nodes)
+        and float32_pays(graph, batch)
+        and torch.equal(C.float().double(), C.double())
+    )
 
 
 def _forward_bound(graph, model, prop: Property, shape, C: Tensor, d: Tensor):
@@ -289,33 +345,38 @@ def _forward_bound(graph, model, prop: Property, shape, C: Tensor, d: Tensor):
     return bab.bounds_and_margins(graph, lo, hi, C[None], d[None], shape, "forward")
 
 
-def _branch(graph, prop: Property, shape, model, end: float, how, st: bab.BabStats):
+def _branch(graph, prop: Property, shape, model, end: float, how, st: bab.BabStats, first=None):
     """Branch and bound on one region until ``end`` with ``how = (strategy, intermediate
-    bounds for input splitting)``: ``(verdict, x or None)``."""
+    bounds for input splitting)``: ``(verdict, x or None)``; ``first``: the region's CROWN pass
+    (``root.RootPass``) when it was kept."""
     strategy, intermediate = how
     if strategy == "relu-split" and not any(isinstance(n.op, ReLU) for n in graph.nodes):
         strategy = "nonlinear-split"
     if strategy == "relu-split":
-        return relu_split(graph, prop, shape, model, deadline=end, stats=st)
+        return relu_split(graph, prop, shape, model, deadline=end, stats=st, first=first)
     if strategy == "nonlinear-split":
-        return nonlinear_split(graph, prop, shape, model, deadline=end, stats=st)
+        return nonlinear_split(graph, prop, shape, model, deadline=end, stats=st, first=first)
+    margin = None if first is None else first.margin
     red = embed.reduce(graph, model, prop, shape)
     if red is None:
-        return _input_split(graph, prop, shape, model, end, intermediate, st)
+        margin = margin if intermediate == "crown" else None  # the cached pass is CROWN's
+        return _input_split(graph, prop, shape, model, end, intermediate, st, margin)
     verdict, z = _input_split(
         red.graph, red.prop, (len(red.prop.lower),), red.model, end, intermediate, st
     )
     return verdict, (None if z is None else red.expand(z))
 
 
-def _input_split(graph, prop: Property, shape, model, end: float, intermediate, st):
-    """Input splitting on the region's (free) inputs until ``end``."""
+def _input_split(graph, prop: Property, shape, model, end: float, intermediate, st, margin=None):
+    """Input splitting on the region's (free) inputs until ``end``; ``margin``: that of
+    :func:`bab.hold_margin` (computed when not given)."""
     # a portfolio of branching rules, with shares of time: look-ahead over every input
     # (decisive on some properties), and the "smart" rule on the row closest to refuting the
     # weakest disjunct, or on the weakest row
     free = int((prop.upper > prop.lower).sum())
     how = "forward" if intermediate in ("forward", "both") else "crown"
-    margin = bab.hold_margin(graph, prop, shape, intermediate=how)
+    if margin is None:
+        margin = bab.hold_margin(graph, prop, shape, intermediate=how)
     kw = {"stats": st, "intermediate": intermediate, "margin": margin}
     if intermediate in ("forward", "both"):  # cheap bounds on many boxes: no look-ahead wasted
         fwd = bab.search_steps(

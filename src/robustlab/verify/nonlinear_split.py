@@ -30,14 +30,14 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.adam import Adam
-from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.crown import backward, refine
 from robustlab.bounds.graph import BoundGraph, Bounds, Node
 from robustlab.bounds.ops.base import Activation, InputRegion
 from robustlab.bounds.ops.nonlinear import Sign
 from robustlab.errors import RobustlabError
-from robustlab.verify.bab import BabStats, _stack_spec, hold_margin, pop_domains
+from robustlab.verify.bab import BabStats, _stack_spec, pop_domains
 from robustlab.verify.bab import refuted_rows as _refuted
+from robustlab.verify.root import RootPass, start
 from robustlab.verify.spec import Property
 
 ITERATIONS = 3
@@ -372,27 +372,26 @@ def nonlinear_split(
     batch: int = 32,
     stats: BabStats | None = None,
     margin: Tensor | None = None,
+    first: RootPass | None = None,
 ) -> tuple[str, Tensor | None]:
     """``("holds", None)``, ``("violated", x)`` (x float64, to be re-checked), ``("unknown",
     None)`` when a domain has nothing left to split, or ``("timeout", None)``. ``margin``: that
-    of :func:`bab.hold_margin` (computed when not given)."""
+    of :func:`bab.hold_margin` (computed when not given); ``first``: the region's CROWN pass
+    (``root.RootPass``, as for ``relu_split``), whose bounds start alpha-CROWN."""
     stats = stats or BabStats()
     C_all, d_all, groups = _stack_spec(prop)
-    margin_all = hold_margin(graph, prop, shape) if margin is None else margin
     region = InputRegion(
         prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
     )
-    try:
-        with torch.no_grad():
-            final, root = alpha_crown(
-                graph, region, C_all[None], bound_upper=False, deadline=deadline
-            )
+    try:  # the root: the region's CROWN pass (given or made) and alpha-CROWN started from it
+        first, lb0, root = start(graph, prop, shape, first, deadline)
     except RobustlabError:  # a relaxation that cannot be proven on this region
         return "unknown", None
+    margin_all = first.margin if margin is None else margin
     root = {k: Bounds(b.lower.detach(), b.upper.detach()) for k, b in root.items()}
     acts = activations(graph)
     split_nodes = sorted(set(acts.values()))
-    refuted0 = _refuted(final.lower.double(), d_all, margin_all)[0]
+    refuted0 = _refuted(lb0.double(), d_all, margin_all)[0]
     todo = [g for g in groups if not bool(refuted0[g].any())]
     for g in todo:  # each disjunct of the unsafe region must be refuted on every domain
         C, d, m = C_all[g], d_all[g], margin_all[g]
@@ -407,7 +406,7 @@ def nonlinear_split(
         zeros = {j: torch.zeros(1, rows, lo[j].shape[1], dtype=torch.float64) for j in lo}
         shut = {j: torch.zeros_like(lo[j], dtype=torch.bool) for j in _steps(graph)}
         queue = Domains(
-            lo, hi, alphas, zeros, {j: z.clone() for j, z in zeros.items()}, final.lower[:, g],
+            lo, hi, alphas, zeros, {j: z.clone() for j, z in zeros.items()}, lb0[:, g],
             shut, {j: m.clone() for j, m in shut.items()},
         )  # fmt: skip
         try:

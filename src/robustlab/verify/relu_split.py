@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.adam import Adam
-from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.crown import backward
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.verify.bab import BabStats, _stack_spec, hold_margin, pop_domains
+from robustlab.verify.bab import BabStats, _stack_spec, pop_domains
+from robustlab.verify.root import RootPass, start
 from robustlab.verify.spec import Property
 
 ITERATIONS = 3  # bound passes per batch of domains (children start from the parent's alpha, beta)
@@ -154,21 +154,24 @@ def relu_split(
     batch: int = 64,
     stats: BabStats | None = None,
     margin: Tensor | None = None,
+    first: RootPass | None = None,
 ) -> tuple[str, Tensor | None]:
     """``("holds", None)``, ``("violated", x)`` (x float64, to be re-checked), ``("unknown",
-    None)`` when a domain has no unstable neuron left, or ``("timeout", None)``. ``margin``:
-    that of :func:`bab.hold_margin` (computed when not given)."""
+    None)`` when a domain has no unstable neuron left, or ``("timeout", None)``. ``first``:
+    the region's CROWN pass (:mod:`robustlab.verify.root`; made here when not given or not of
+    this box and these rows): its intermediate bounds start alpha-CROWN, its margins are those
+    of :func:`bab.hold_margin` unless ``margin`` is given."""
     stats = stats or BabStats()
     C_all, d_all, groups = _stack_spec(prop)
-    margin_all = hold_margin(graph, prop, shape) if margin is None else margin
+    # one alpha-CROWN pass for every row: the root's intermediate bounds
+    first, lb0, root = start(graph, prop, shape, first, deadline)
+    margin_all = first.margin if margin is None else margin
     region = InputRegion(
         prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
     )
-    with torch.no_grad():  # one alpha-CROWN pass for every row: the root's intermediate bounds
-        final, root = alpha_crown(graph, region, C_all[None], bound_upper=False, deadline=deadline)
     root = {k: Bounds(b.lower.detach(), b.upper.detach()) for k, b in root.items()}
     relus = _relus(graph)
-    slack0 = final.lower[0].double() - d_all - margin_all
+    slack0 = lb0[0].double() - d_all - margin_all
     todo = [g for g in groups if not bool((slack0[g] > 0).any())]
     todo.sort(key=lambda g: float(slack0[g].max()))  # the hardest first: it decides the answer
     for g in todo:  # each disjunct of the unsafe region must be refuted on every domain
@@ -186,7 +189,7 @@ def relu_split(
             for r, j in relus.items()
         }
         betas = {j: torch.zeros(1, rows, s.shape[1], dtype=torch.float64) for j, s in signs.items()}
-        queue = Domains(signs, alphas, betas, final.lower[:, g].double())
+        queue = Domains(signs, alphas, betas, lb0[:, g].double())
         verdict, x = _search(
             graph, root, queue, C, d, margin, region, prop, shape, model, deadline, batch, stats
         )
