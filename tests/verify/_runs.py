@@ -1,5 +1,6 @@
 """Work functions for the runner's worker processes in tests (importable by spawned processes)."""
 
+import os
 import time
 
 
@@ -12,8 +13,11 @@ def sleepy(inst) -> str:
 
 
 def crashing(inst) -> str:
-    import os
-
     if "crash" in inst.vnnlib:
         os._exit(3)
     return "violated"
+
+
+def timing_out(inst) -> str:
+    """``timeout`` for an instance named ``late``, else the worker's process id as the verdict."""
+    return "timeout" if "late" in inst.vnnlib else str(os.getpid())

@@ -132,6 +132,19 @@ def test_a_worker_that_dies_is_recorded_and_replaced():
     assert out == {"/a.vnnlib": "violated", "/crash.vnnlib": "error", "/b.vnnlib": "violated"}
 
 
+def test_the_instance_after_a_timeout_runs_in_a_fresh_worker():
+    """verify may leave a timed-out instance's work running on an abandoned thread: the
+    worker is replaced, so the next instance does not share its process (memory, CPU)."""
+    from robustlab.verify.runner import _local
+
+    from ._runs import timing_out
+
+    out = {i.vnnlib: v for i, v, _ in _local(_fake(["a", "b", "late", "c"]), 1, run=timing_out)}
+    assert out["/late.vnnlib"] == "timeout"
+    assert out["/a.vnnlib"] == out["/b.vnnlib"]  # one worker while nothing timed out
+    assert out["/c.vnnlib"] != out["/b.vnnlib"]  # a fresh one after the timeout
+
+
 def test_timeout_cap(tmp_path):
     from robustlab.verify.runner import read_instances
 

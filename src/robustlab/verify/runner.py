@@ -221,6 +221,12 @@ def _local(
                     p.ready = True
                     continue
                 inst, p.inst = p.inst, None
+                if msg[0] == "timeout":
+                    # verify's work may go on in an abandoned thread until its next deadline
+                    # check (inside a long native operation: seconds, gigabytes): the next
+                    # instance gets a fresh process, not one shared with that thread
+                    p.end()
+                    procs[k] = _Process(ctx, run)
                 yield inst, msg[0], msg[1]
             now = time.monotonic()
             for k, p in enumerate(procs):
