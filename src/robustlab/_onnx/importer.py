@@ -23,7 +23,7 @@ from torch import fx
 from robustlab._onnx import ops_layers, ops_math, ops_shape
 from robustlab._onnx.cases import Case
 from robustlab._onnx.context import EXAMPLE_BATCH, Ctx, Dyn, ident
-from robustlab._onnx.patterns import gelu_patterns
+from robustlab._onnx.patterns import gelu_patterns, safe_softmax_patterns
 from robustlab.errors import RobustlabError, UnsupportedOperation
 
 _Handler = Callable[[Ctx, onnx.NodeProto], None]
@@ -156,9 +156,17 @@ def onnx_to_torch(proto: onnx.ModelProto) -> tuple[fx.GraphModule, tuple[int, ..
         ctx.values[t.name] = _array(t)
     shape = _placeholders(ctx, inputs)
     gelus, replaced = gelu_patterns(graph)
+    safe, replaced_safe = safe_softmax_patterns(graph)
+    replaced |= replaced_safe
     for index, node in enumerate(graph.node):
         label = node.name or (node.output[0] if node.output else f"{node.op_type}_{index}")
         if index in replaced:
+            continue
+        if index in safe:  # Where(IsNaN(softmax(x)), 0, softmax(x)): one safe softmax
+            sm = graph.node[safe[index]]
+            ctx.begin(onnx.helper.make_node("Softmax", list(sm.input), list(node.output)), label)
+            ctx.node.attribute.extend(sm.attribute)
+            ops_math.softmax(ctx, ctx.node, safe=True)
             continue
         if index in gelus:  # 0.5 * x * (1 + erf(x / sqrt(2))): one GELU
             ctx.begin(onnx.helper.make_node("Gelu", [gelus[index][0]], [gelus[index][1]]), label)

@@ -147,6 +147,16 @@ def _op_reduce(ctx: Ctx, node: onnx.NodeProto) -> None:
 
 
 def _op_softmax(ctx: Ctx, node: onnx.NodeProto) -> None:
+    softmax(ctx, node)
+
+
+def softmax(ctx: Ctx, node: onnx.NodeProto, safe: bool = False) -> None:
+    """Softmax / LogSoftmax; ``safe``: 0 for rows whose entries are all ``-inf`` (patterns.py)."""
+    if safe and not isinstance(ctx.get(0), Dyn):
+        x = torch.from_numpy(np.array(ctx.get(0), copy=True))
+        axis = ctx.attrs().get("axis", -1) % max(x.dim(), 1)
+        ctx.set(torch._safe_softmax(x, axis).numpy())
+        return
     x = ctx.dyn(0)
     axis = ctx.attrs().get("axis", -1 if ctx.opset >= 13 else 1) % max(x.rank, 1)
     if ctx.opset < 13 and any(d != 1 for d in x.shape[axis + 1 :]):
@@ -155,7 +165,7 @@ def _op_softmax(ctx: Ctx, node: onnx.NodeProto) -> None:
         axis = max((a for a in range(axis, x.rank) if x.shape[a] != 1), default=axis)
     x, dim = ctx.axis(x, axis)
     fn = torch.softmax if node.op_type == "Softmax" else torch.log_softmax
-    ctx.set(ctx.call(fn, x, dim, batched=x.batched))
+    ctx.set(ctx.call(torch._safe_softmax if safe else fn, x, dim, batched=x.batched))
 
 
 def _op_gelu(ctx: Ctx, node: onnx.NodeProto) -> None:

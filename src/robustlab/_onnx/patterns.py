@@ -1,6 +1,8 @@
 """Recognised multi-node patterns, converted as one torch call: GELU written with Erf (what
 PyTorch exports before opset 20), ``0.5 * x * (1 + erf(x / sqrt(2)))`` in either order of the
-products, becomes ``torch.nn.functional.gelu(x)``."""
+products, becomes ``torch.nn.functional.gelu(x)``; the safe softmax that PyTorch exports for
+attention with a boolean mask, ``Where(IsNaN(s), 0, s)`` with ``s = Softmax(x)`` (0 for a row
+whose entries are all ``-inf``), becomes ``torch._safe_softmax(x, axis)``."""
 
 from __future__ import annotations
 
@@ -102,4 +104,30 @@ def gelu_patterns(graph: onnx.GraphProto) -> tuple[dict[int, tuple[str, str]], s
             continue
         found[last] = (x, nodes[last].output[0])
         replaced |= inner - {last}
+    return found, replaced
+
+
+def safe_softmax_patterns(graph: onnx.GraphProto) -> tuple[dict[int, int], set[int]]:
+    """``{index of the Where: index of the Softmax}`` of ``Where(IsNaN(s), 0, s)``,
+    ``s = Softmax(x)``, where ``s`` and the IsNaN feed nothing else, and the indices replaced."""
+    consts, nodes = _constants(graph), list(graph.node)
+    uses = Counter(name for n in nodes for name in n.input)
+    uses.update(o.name for o in graph.output)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    found: dict[int, int] = {}
+    replaced: set[int] = set()
+    for w, node in enumerate(nodes):
+        if node.op_type != "Where" or len(node.input) != 3:
+            continue
+        cond, zero, s = node.input
+        n, sm = producer.get(cond), producer.get(s)
+        if n is None or sm is None or nodes[n].op_type != "IsNaN" or nodes[n].input[0] != s:
+            continue
+        value = consts.get(zero)
+        if nodes[sm].op_type != "Softmax" or value is None or value.size != 1 or value.any():
+            continue
+        if uses[s] != 2 or uses[cond] != 1:
+            continue
+        found[w] = sm
+        replaced |= {n, sm}
     return found, replaced

@@ -66,6 +66,7 @@ FUNCTIONS: dict[Callable, str] = {
     F.relu6: "relu6",
     torch.softmax: "softmax",
     F.softmax: "softmax",
+    torch._safe_softmax: "softmax",  # 0 for rows all -inf, which masks.py refuses
     torch.log_softmax: "log_softmax",
     F.log_softmax: "log_softmax",
     torch.pow: "pow",
@@ -85,6 +86,7 @@ FUNCTIONS: dict[Callable, str] = {
     torch.special.erf: "erf",
     F.gelu: "gelu",
     torch.where: "where",
+    torch.masked_fill: "masked_fill",
     F.layer_norm: "layer_norm",
     F.scaled_dot_product_attention: "scaled_dot_product_attention",
     F.interpolate: "interpolate",
@@ -121,4 +123,5 @@ METHODS: dict[str, str] = {
     "to": "identity",
     "type_as": "identity",
     "__matmul__": "matmul",
+    "masked_fill": "masked_fill",
 }

@@ -1,6 +1,6 @@
 """Operations that the bound graph expands into primitive ones: softmax and log-softmax, layer
 normalisation, scaled dot-product attention, ``nn.MultiheadAttention`` and transformer encoder
-layers (each expansion computes what the module computes, in exact arithmetic; tests compare
+layers, with constant masks (``masks.py``) (each expansion computes what the module computes, in exact arithmetic; tests compare
 them with the modules' forward passes).
 
 ``emit(op, inputs, name)`` appends a graph node and returns its value (a ``rules.Var``).
@@ -9,10 +9,12 @@ them with the modules' forward passes).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from robustlab.bounds import masks
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.bilinear import MatMul, Mul
 from robustlab.bounds.ops.linear import Add, Linear, Reshape
@@ -25,7 +27,7 @@ from robustlab.bounds.ops.shape import (
     ScaleShift,
     per_sample,
 )
-from robustlab.bounds.ops.softmax import Softmax
+from robustlab.bounds.ops.softmax import Softmax, check_keep
 from robustlab.errors import UnsupportedOperation
 
 # log-softmax as -log(1 + sum exp(x_j - x_i)) while its differences number at most this many per
@@ -54,18 +56,26 @@ def reduce(emit, x, dims: tuple[int, ...], mean: bool, name: str, keepdim: bool 
     return emit(per_sample(fn, x.example, name, terms=n + 2), [x], name)
 
 
-def softmax(emit, x, dim: int, log: bool = False, name: str = "softmax"):
+def softmax(
+    emit, x, dim: int, log: bool = False, name: str = "softmax", keep: Tensor | None = None
+):
     """softmax along per-sample ``dim`` as one operation relaxed jointly in its row
     (``ops.softmax``: the LSE bounds of Wei et al. 2023; on VNN-COMP 2023's vit, CROWN's margin
     0.242 against 0.170 with the pairwise form below). log-softmax as ``-log(1 + sum_{j != i}
     exp(x_j - x_i))`` (the differences are linear in x, so CROWN bounds them tightly) up to
-    ``PAIRWISE_MAX`` differences, else as ``x - log(sum exp(x))`` (Shi et al. 2020)."""
+    ``PAIRWISE_MAX`` differences, else as ``x - log(sum exp(x))`` (Shi et al. 2020). ``keep``
+    (bool, the per-sample shape): the softmax over each row's kept entries (0 elsewhere)."""
     n = x.example.shape[dim + 1]
     last = x.example.dim() - 2
+    if keep is not None:
+        check_keep(keep, dim, f"softmax at node '{name}'")
+        if log and not bool(keep.all()):
+            raise UnsupportedOperation(f"log_softmax of masked entries (-inf) at node '{name}'")
+        keep = None if bool(keep.all()) else keep
     if n == 1:  # a single entry: 1 (log: 0)
         return emit(ScaleShift(0.0, 0.0 if log else 1.0), [x], name)
     if not log:
-        return emit(Softmax(dim), [x], name)
+        return emit(Softmax(dim, keep), [x], name)
     if x.example[0].numel() * (n - 1) > PAIRWISE_MAX:
         e = emit(Exp(), [x], f"{name}.exp")
         s = reduce(emit, e, (dim,), False, f"{name}.sum")
@@ -129,26 +139,38 @@ def transpose_last(emit, x, name: str):
     return shape_fn(emit, x, lambda t: t.transpose(-1, -2), name)
 
 
-def attention(emit, q, k, v, scale: float | None, mask=None, name: str = "attention"):
-    """``softmax(q k^T * scale + mask) v`` (``F.scaled_dot_product_attention`` without dropout;
-    an additive float mask only)."""
+Masking = Callable[[tuple[int, ...], int], "masks.ScoreMask | None"]
+
+
+def attention(emit, q, k, v, scale: float | None, mask: Masking | None = None, name="attention"):
+    """``softmax(q k^T * scale + mask) v`` (``F.scaled_dot_product_attention`` without dropout);
+    ``mask(shape, rank)``: the constant mask on scores of per-sample ``shape`` (``masks.py``);
+    masked scores leave their query's softmax."""
     d = q.example.shape[-1] if _is_var(q) else q.shape[-1]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     scores = matmul(emit, q, transpose_last(emit, k, f"{name}.kt"), f"{name}.scores")
-    shift = 0.0
-    if mask is not None:
-        if mask.dtype == torch.bool or not bool(torch.isfinite(mask).all()):
-            raise UnsupportedOperation(f"attention with a boolean or infinite mask at '{name}'")
-        shift = mask.detach().double()
+    m = None if mask is None else mask(tuple(scores.example.shape[1:]), scores.example.dim())
+    shift, keep = (0.0, None) if m is None else (m.shift, m.keep)
     scores = emit(ScaleShift(scale, shift), [scores], f"{name}.scaled")
-    p = softmax(emit, scores, scores.example.dim() - 2, name=f"{name}.softmax")
+    p = softmax(emit, scores, scores.example.dim() - 2, name=f"{name}.softmax", keep=keep)
     return matmul(emit, p, v, f"{name}.out"), p
 
 
 def multihead_attention(
-    emit, m: nn.MultiheadAttention, query, key, value, need_weights: bool, average: bool, name
+    emit,
+    m: nn.MultiheadAttention,
+    query,
+    key,
+    value,
+    need_weights: bool,
+    average: bool,
+    name,
+    attn_mask: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    is_causal: bool = False,
 ):
-    """``nn.MultiheadAttention`` (batch_first, no masks, no bias_k / bias_v / zero attention)."""
+    """``nn.MultiheadAttention`` (batch_first, no bias_k / bias_v / zero attention), with its
+    constant masks in its conventions (``masks.multihead``)."""
     if not m.batch_first:
         raise UnsupportedOperation(
             f"MultiheadAttention with batch_first=False at node '{name}' (bounds need the batch first)"
@@ -172,7 +194,11 @@ def multihead_attention(
         L = h.example.shape[1]
         h = emit(Reshape((L, H, hd)), [h], f"{name}.{tag}_heads")
         heads.append(shape_fn(emit, h, lambda t: t.transpose(1, 2), f"{name}.{tag}_t"))
-    out, p = attention(emit, *heads, None, None, name)
+
+    def mask(shape, rank):
+        return masks.multihead(attn_mask, key_padding_mask, is_causal, H, shape, f"'{name}'")
+
+    out, p = attention(emit, *heads, None, mask, name)
     out = shape_fn(emit, out, lambda t: t.transpose(1, 2), f"{name}.merge")
     out = emit(Reshape((out.example.shape[1], E)), [out], f"{name}.concat")
     ow, ob = m.out_proj.weight.detach(), m.out_proj.bias
@@ -192,15 +218,21 @@ def _activation(act, name: str):
     raise UnsupportedOperation(f"encoder layer activation {act!r} at '{name}' (relu or gelu)")
 
 
-def encoder_layer(emit, m: nn.TransformerEncoderLayer, x, name: str):
-    """``nn.TransformerEncoderLayer`` without masks: self-attention and a two-layer perceptron,
-    each with a residual connection and layer normalisation (before: ``norm_first``, or after)."""
+def encoder_layer(
+    emit, m: nn.TransformerEncoderLayer, x, name: str, mask=None, padding=None, causal=False
+):
+    """``nn.TransformerEncoderLayer``: self-attention (``src_mask``, ``src_key_padding_mask``,
+    ``is_causal`` as its masks) and a two-layer perceptron, each with a residual connection and
+    layer normalisation (before: ``norm_first``, or after)."""
 
     def norm(ln, h, tag):
         return layer_norm(emit, h, ln.normalized_shape, ln.weight, ln.bias, ln.eps, f"{name}.{tag}")
 
     def sa(h):
-        out, _ = multihead_attention(emit, m.self_attn, h, h, h, False, True, f"{name}.self_attn")
+        at = f"{name}.self_attn"
+        out, _ = multihead_attention(
+            emit, m.self_attn, h, h, h, False, True, at, mask, padding, causal
+        )
         return out
 
     def ff(h):
@@ -215,10 +247,10 @@ def encoder_layer(emit, m: nn.TransformerEncoderLayer, x, name: str):
     return norm(m.norm2, emit(Add(1.0), [x, ff(x)], f"{name}.residual2"), "norm2")
 
 
-def encoder(emit, m: nn.TransformerEncoder, x, name: str):
-    """``nn.TransformerEncoder``: its layers in turn, then its final norm if any."""
+def encoder(emit, m: nn.TransformerEncoder, x, name: str, mask=None, padding=None, causal=False):
+    """``nn.TransformerEncoder``: its layers in turn (each with the masks), then its final norm."""
     for k, layer in enumerate(m.layers):
-        x = encoder_layer(emit, layer, x, f"{name}.layers.{k}")
+        x = encoder_layer(emit, layer, x, f"{name}.layers.{k}", mask, padding, causal)
     if m.norm is not None:
         n = m.norm
         x = layer_norm(emit, x, n.normalized_shape, n.weight, n.bias, n.eps, f"{name}.norm")

@@ -182,6 +182,8 @@ def _binary(key: str) -> Callable[[Call], object]:
         if len(call.args) != 2 or call.kwargs:
             raise call.unsupported(f"{key} with extra arguments {call.kwargs or call.args[2:]}")
         a, b = call.args
+        if key in ("add", "sub") and rules.masking(a, b):  # an additive attention mask
+            return rules.masked_shift(call, 1.0 if key == "add" else -1.0)
         if isinstance(a, _Var) and isinstance(b, _Var):
             if key in ("add", "sub"):
                 return call.emit(Add(1.0 if key == "add" else -1.0), [a, b])
@@ -235,7 +237,13 @@ def _alias(call: Call):
         raise call.unsupported(f"{call.node.target} to {call.out.dtype}")
     # the same node, with the cast example: the operations after it see the dtype they expect
     # (a float64 network behind an input cast: its float64 weights meet a float64 example)
-    return _Var(call.vars[0].index, call.out) if isinstance(call.out, Tensor) else call.vars[0]
+    x = call.vars[0]
+    if not isinstance(call.out, Tensor):
+        return x
+    if isinstance(x, rules.Masked):
+        inner = _Var(x.inner.index, x.inner.example.to(call.out.dtype))
+        return rules.Masked(inner, x.keep, call.out)
+    return _Var(x.index, call.out)
 
 
 def _dropout(call: Call):
@@ -359,10 +367,15 @@ _CALLS: dict[str, Callable[[Call], object]] = {
     **{name: rules.unary(make) for name, make in rules.ELEMENTWISE.items()},
     "gelu": rules.gelu,
     "where": rules.where,
+    "masked_fill": rules.masked_fill,
     "layer_norm": rules.layer_norm,
     "scaled_dot_product_attention": rules.attention,
     "interpolate": rules.interpolate,
 }
+
+# the rules that take masked scores (rules.Masked: -inf at fixed places) and keep them exact
+MASKED_CALLS = frozenset({"add", "sub", "where", "masked_fill", "softmax", "identity", "dropout"})
+MASKED_MODULES = (nn.Softmax, *_ALIASES)
 
 SUPPORTED = sorted({t.__name__ for t in _LEAF_TYPES + _ALIASES} | set(_CALLS))
 assert set(_FUNCTIONS.values()) | set(_METHODS.values()) <= set(_CALLS)
@@ -421,6 +434,10 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> BoundGraph:
         env[node] = _apply(gm, Call(node, args, kwargs, flat_vars, value, add))
     if not isinstance(result, _Var):
         raise UnsupportedOperation("the model output must be one tensor that depends on the input")
+    if isinstance(result, rules.Masked):
+        raise UnsupportedOperation(
+            "the model output has -inf entries (a mask not followed by softmax)"
+        )
     if result.example.dim() == 1:  # one number per sample: as a vector of one
         result = add(f"{nodes[result.index].name}.vector", Reshape((1,)), [result])
     if result.index != len(nodes) - 1:  # the output is not the last node: keep only its ancestors
@@ -438,6 +455,15 @@ def _apply(gm: fx.GraphModule, call: Call):
     """Fold one fx node by its rule: the value it stands for (a Var, or a tuple of them)."""
     node = call.node
     desc = _describe(gm, node)
+    if any(isinstance(v, rules.Masked) for v in call.vars):
+        m = gm.get_submodule(node.target) if node.op == "call_module" else None
+        table = _FUNCTIONS if node.op == "call_function" else _METHODS
+        key = None if m is not None or not _hashable(node.target) else table.get(node.target)
+        if not (isinstance(m, MASKED_MODULES) or key in MASKED_CALLS):
+            raise UnsupportedOperation(
+                f"{desc} at node '{node.name}' on scores with -inf entries (an attention mask): "
+                "only a softmax takes them, after adding constants"
+            )
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         if isinstance(m, _ALIASES):
@@ -507,6 +533,18 @@ def _getattr(gm: nn.Module, target: str):
 
 
 def _run(gm: fx.GraphModule, node: fx.Node, args, kwargs):
+    try:
+        return _call(gm, node, args, kwargs)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedOperation(
+            f"{_describe(gm, node)} at node '{node.name}' fails on a batch of 2 samples ({first}); "
+            "bounds take every sample alike: a constant operand (a mask) needs a batch dimension "
+            "of 1 or none"
+        ) from None
+
+
+def _call(gm: fx.GraphModule, node: fx.Node, args, kwargs):
     with torch.no_grad():
         if node.op == "call_module":
             return gm.get_submodule(node.target)(*args, **kwargs)
