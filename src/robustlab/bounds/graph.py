@@ -427,7 +427,11 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> BoundGraph:
             result = args[0]
             break
         flat_vars = _variables((args, kwargs))
-        value = _run(gm, node, _concrete(args), _concrete(kwargs))
+        cargs, ckwargs = _concrete(args), _concrete(kwargs)
+        if node.op == "call_module":  # masks of batch 1: the same for every sample
+            m = gm.get_submodule(node.target)
+            cargs, ckwargs = rules.one_mask_for_every_sample(m, cargs, ckwargs, len(example))
+        value = _run(gm, node, cargs, ckwargs)
         if not flat_vars or not _has_tensor(value):
             env[node] = value  # a constant, or a number from the input's shape such as x.size(1)
             continue

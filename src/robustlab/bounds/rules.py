@@ -480,11 +480,51 @@ def attention(call: Call) -> Var:
     causal = bool(call.arg(5, "is_causal", False))
     what = f"scaled_dot_product_attention at node '{call.name}'"
 
-    def masking(shape, rank):
+    def mask_of(shape, rank):
         return masks.sdpa(mask, causal, shape, rank, what)
 
-    out, _ = composite.attention(call.emit, q, k, v, call.arg(6, "scale"), masking, call.name)
+    out, _ = composite.attention(call.emit, q, k, v, call.arg(6, "scale"), mask_of, call.name)
     return out
+
+
+# per module: the (position, name) of its arguments that are per-sample masks, batch first
+_BATCHED_MASKS = {
+    nn.MultiheadAttention: ((3, "key_padding_mask"), (5, "attn_mask")),
+    nn.TransformerEncoderLayer: ((1, "src_mask"), (2, "src_key_padding_mask")),
+    nn.TransformerEncoder: ((1, "mask"), (2, "src_key_padding_mask")),
+}
+
+
+def one_mask_for_every_sample(m: nn.Module, args: tuple, kwargs: dict, batch: int):
+    """The concrete arguments of a call of ``m`` with its masks of batch 1 repeated to
+    ``batch`` (the graph is built on an example batch; bounds apply one mask to every sample):
+    key padding masks (1, S), and attention masks (heads, L, S) that PyTorch takes per batch and
+    head (batch * heads, L, S)."""
+    spec = _BATCHED_MASKS.get(type(m))
+    if spec is None:
+        return args, kwargs
+    args, kwargs = list(args), dict(kwargs)
+    heads = m.num_heads if isinstance(m, nn.MultiheadAttention) else None
+    if heads is None:
+        heads = (
+            m if isinstance(m, nn.TransformerEncoderLayer) else m.layers[0]
+        ).self_attn.num_heads
+    for pos, name in spec:
+        inside = len(args) > pos
+        t = args[pos] if inside else kwargs.get(name)
+        if not isinstance(t, Tensor) or t.dim() < 2:
+            continue
+        if t.dim() == 2 and "padding" in name and t.shape[0] == 1:
+            t = t.expand(batch, -1)
+        elif t.dim() == 3 and t.shape[0] == heads:
+            t = t.repeat(batch, 1, 1)
+        else:
+            continue
+        if inside:
+            args[pos] = t
+        else:
+            kwargs[name] = t
+    return tuple(args), kwargs
 
 
 def multihead_module(call: Call, m: nn.MultiheadAttention):
