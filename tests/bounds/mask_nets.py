@@ -91,6 +91,8 @@ class HandWritten(nn.Module):
             s = s + self.additive
         elif self.how == "masked_fill":
             s = s.masked_fill(~self.keep, float("-inf"))
+        elif self.how == "finfo":  # a large finite negative (no mask: those keys weigh ~0)
+            s = s.masked_fill(~self.keep, torch.finfo(torch.float32).min)
         else:
             s = torch.where(self.keep, s, torch.tensor(float("-inf")))
         return (torch.softmax(s, -1) @ v).flatten(1)
@@ -119,6 +121,7 @@ MASK_NETS = {
     "add": lambda: HandWritten("add"),
     "masked-fill": lambda: HandWritten("masked_fill"),
     "where": lambda: HandWritten("where"),
+    "finfo-min": lambda: HandWritten("finfo"),
 }
 
 

@@ -33,10 +33,6 @@ class ScoreMask:
         keep = self.keep & other.keep
         return ScoreMask(keep, torch.where(keep, self.shift + other.shift, 0.0))
 
-    @property
-    def trivial(self) -> bool:
-        return bool(self.keep.all()) and not bool(self.shift.any())
-
 
 def as_sample(m: Tensor, shape: tuple[int, ...], batched: bool, what: str) -> Tensor:
     """A mask broadcast to one sample's ``shape``: ``batched`` when its first dim is the batch
