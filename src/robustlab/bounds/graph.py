@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from robustlab.bounds import rules
+from robustlab.bounds import rules_attention as attention
 from robustlab.bounds.calls import FUNCTIONS as _FUNCTIONS
 from robustlab.bounds.calls import METHODS as _METHODS
 from robustlab.bounds.ops.activation import ReLU, SShaped
@@ -182,8 +183,8 @@ def _binary(key: str) -> Callable[[Call], object]:
         if len(call.args) != 2 or call.kwargs:
             raise call.unsupported(f"{key} with extra arguments {call.kwargs or call.args[2:]}")
         a, b = call.args
-        if key in ("add", "sub") and rules.masking(a, b):  # an additive attention mask
-            return rules.masked_shift(call, 1.0 if key == "add" else -1.0)
+        if key in ("add", "sub") and attention.masking(a, b):  # an additive attention mask
+            return attention.masked_shift(call, 1.0 if key == "add" else -1.0)
         if isinstance(a, _Var) and isinstance(b, _Var):
             if key in ("add", "sub"):
                 return call.emit(Add(1.0 if key == "add" else -1.0), [a, b])
@@ -240,9 +241,9 @@ def _alias(call: Call):
     x = call.vars[0]
     if not isinstance(call.out, Tensor):
         return x
-    if isinstance(x, rules.Masked):
+    if isinstance(x, attention.Masked):
         inner = _Var(x.inner.index, x.inner.example.to(call.out.dtype))
-        return rules.Masked(inner, x.keep, call.out)
+        return attention.Masked(inner, x.keep, call.out)
     return _Var(x.index, call.out)
 
 
@@ -309,14 +310,14 @@ _MODULES: dict[type, Callable[[Call, nn.Module], object]] = {
     nn.MaxPool1d: rules.max_pool1d_module,
     nn.LayerNorm: rules.layer_norm_module,
     nn.GELU: rules.gelu_module,
-    nn.Softmax: rules.softmax_module,
-    nn.LogSoftmax: rules.softmax_module,
+    nn.Softmax: attention.softmax_module,
+    nn.LogSoftmax: attention.softmax_module,
     nn.Hardtanh: rules.clamp_module,
     nn.ReLU6: rules.clamp_module,
     nn.Unflatten: lambda call, m: rules.reshaped(call),
-    nn.MultiheadAttention: rules.multihead_module,
-    nn.TransformerEncoderLayer: rules.encoder_module,
-    nn.TransformerEncoder: rules.encoder_module,
+    nn.MultiheadAttention: attention.multihead_module,
+    nn.TransformerEncoderLayer: attention.encoder_module,
+    nn.TransformerEncoder: attention.encoder_module,
 }
 _ALIASES = (nn.Identity, nn.Dropout)
 _LEAF_TYPES = tuple(_MODULES)
@@ -361,20 +362,19 @@ _CALLS: dict[str, Callable[[Call], object]] = {
     "clamp": rules.clamp,
     "hardtanh": _hardtanh,
     "relu6": _relu6,
-    "softmax": rules.softmax(log=False),
-    "log_softmax": rules.softmax(log=True),
+    "softmax": attention.softmax(log=False),
+    "log_softmax": attention.softmax(log=True),
     "pow": rules.power,
     **{name: rules.unary(make) for name, make in rules.ELEMENTWISE.items()},
     "gelu": rules.gelu,
-    "where": rules.where,
-    "masked_fill": rules.masked_fill,
+    "where": attention.where,
+    "masked_fill": attention.masked_fill,
     "layer_norm": rules.layer_norm,
-    "scaled_dot_product_attention": rules.attention,
+    "scaled_dot_product_attention": attention.attention,
     "interpolate": rules.interpolate,
 }
 
-# the rules that take masked scores (rules.Masked: -inf at fixed places) and keep them exact
-MASKED_CALLS = frozenset({"add", "sub", "where", "masked_fill", "softmax", "identity", "dropout"})
+# the modules that take masked scores (rules_attention.Masked: -inf at fixed places)
 MASKED_MODULES = (nn.Softmax, *_ALIASES)
 
 SUPPORTED = sorted({t.__name__ for t in _LEAF_TYPES + _ALIASES} | set(_CALLS))
@@ -430,7 +430,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> BoundGraph:
         cargs, ckwargs = _concrete(args), _concrete(kwargs)
         if node.op == "call_module":  # masks of batch 1: the same for every sample
             m = gm.get_submodule(node.target)
-            cargs, ckwargs = rules.one_mask_for_every_sample(m, cargs, ckwargs, len(example))
+            cargs, ckwargs = attention.one_mask_for_every_sample(m, cargs, ckwargs, len(example))
         value = _run(gm, node, cargs, ckwargs)
         if not flat_vars or not _has_tensor(value):
             env[node] = value  # a constant, or a number from the input's shape such as x.size(1)
@@ -438,7 +438,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> BoundGraph:
         env[node] = _apply(gm, Call(node, args, kwargs, flat_vars, value, add))
     if not isinstance(result, _Var):
         raise UnsupportedOperation("the model output must be one tensor that depends on the input")
-    if isinstance(result, rules.Masked):
+    if isinstance(result, attention.Masked):
         raise UnsupportedOperation(
             "the model output has -inf entries (a mask not followed by softmax)"
         )
@@ -459,11 +459,11 @@ def _apply(gm: fx.GraphModule, call: Call):
     """Fold one fx node by its rule: the value it stands for (a Var, or a tuple of them)."""
     node = call.node
     desc = _describe(gm, node)
-    if any(isinstance(v, rules.Masked) for v in call.vars):
+    if any(isinstance(v, attention.Masked) for v in call.vars):
         m = gm.get_submodule(node.target) if node.op == "call_module" else None
         table = _FUNCTIONS if node.op == "call_function" else _METHODS
         key = None if m is not None or not _hashable(node.target) else table.get(node.target)
-        if not (isinstance(m, MASKED_MODULES) or key in MASKED_CALLS):
+        if not (isinstance(m, MASKED_MODULES) or key in attention.MASKED_CALLS):
             raise UnsupportedOperation(
                 f"{desc} at node '{node.name}' on scores with -inf entries (an attention mask): "
                 "only a softmax takes them, after adding constants"
