@@ -206,3 +206,26 @@ def test_causal_is_the_top_left_triangle():
     assert torch.equal(m.keep[0], CAUSAL) and torch.equal(m.keep[1], CAUSAL)
     m = masks.multihead(~CAUSAL, None, True, 2, (2, L, L), "x")
     assert torch.equal(m.keep[1], CAUSAL) and not m.shift.any()
+
+
+@pytest.mark.parametrize(
+    "name", ["sdpa-float", "add", "where", "mha-padding-float", "layer-causal"]
+)
+def test_float32_bounds_contain_exact_outputs_where_rounding_dominates(name):
+    """Inputs near 1000 with a width of 1e-3 (the first projection's bias brings them back):
+    float32 rounding exceeds the region's width, yet float32 bounds contain float64 outputs."""
+    net = make(name, 4)
+    first = next(m for m in net.modules() if isinstance(m, nn.Linear))
+    with torch.no_grad():
+        first.bias -= 1000.0 * first.weight.sum(1)
+    g = torch.Generator().manual_seed(4)
+    lo = 1000.0 + torch.rand(1, L, 4, generator=g)
+    hi = lo + 1e-3
+    pts = lo.double() + (hi - lo).double() * torch.rand(3000, L, 4, generator=g).double()
+    pts = torch.cat([pts, lo.double(), hi.double()])
+    with torch.no_grad():
+        out = for_batch(net, len(pts)).double()(pts)
+    for method in ("ibp", "crown", "alpha-crown"):
+        b = compute_bounds(net, Box(lo, hi), method, dtype=torch.float32, alpha_iterations=5)
+        assert b.lower.dtype == torch.float32
+        assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all(), method
