@@ -1,7 +1,7 @@
 """Operations that the bound graph expands into primitive ones: softmax and log-softmax, layer
 normalisation, scaled dot-product attention, ``nn.MultiheadAttention`` and transformer encoder
-layers, with constant masks (``masks.py``) (each expansion computes what the module computes, in exact arithmetic; tests compare
-them with the modules' forward passes).
+layers, with their constant masks (``masks.py``). Each expansion computes what the module
+computes, in exact arithmetic; tests compare them with the modules' forward passes.
 
 ``emit(op, inputs, name)`` appends a graph node and returns its value (a ``rules.Var``).
 """
