@@ -23,10 +23,13 @@ METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 
 @dataclass(frozen=True)
 class BoundResult:
-    """Bounds of ``C @ f(x)`` and, when asked, of every intermediate node (for reuse)."""
+    """Bounds of ``C @ f(x)`` and, when asked, of every intermediate node (for reuse).
+    ``computed_in``: the dtype of the computation, float64 where a float32 request fell back
+    (:func:`plan.float32_pays`: the float32 pass cannot be faster there)."""
 
     bounds: Bounds
     intermediate: dict[int, Bounds] = field(default_factory=dict, repr=False)
+    computed_in: torch.dtype = torch.float64
 
 
 def input_region(region) -> InputRegion:
@@ -108,6 +111,20 @@ def _widened(b: Bounds, C_err: Tensor, out: Bounds) -> Bounds:
     return Bounds(b.lower.double() - d, b.upper.double() + d)
 
 
+def _float32_pays(graph, given: InputRegion, method: str) -> bool:
+    """``plan.float32_pays`` with the rows a CROWN call makes: the neurons that interval bounds
+    leave unstable (one float64 interval pass, made only where the plan's every-neuron estimate
+    says float32 could pay)."""
+    batch = given.lower.shape[0]
+    if not float32_pays(graph, batch):
+        return False  # not even with every neuron unstable
+    if method == "ibp":
+        return True
+    return float32_pays(
+        graph, batch, interval_all(graph, given.lower.double(), given.upper.double())
+    )
+
+
 def compute_bounds(
     model: nn.Module,
     region,
@@ -127,8 +144,8 @@ def compute_bounds(
     (:func:`input_region`; a float32 computation rounds it outward). ``C`` has shape
     (batch, rows, *output_shape). Bounds are computed in ``dtype`` (float64 by default) and rounded
     outward to the region's dtype; a rigorous float32 request is computed in float64 where
-    float32 cannot be faster (``plan.float32_pays``: small networks and batches) unless
-    ``fallback=False``. ``bound_upper=False`` computes lower bounds only (the upper
+    float32 cannot be faster (:func:`_float32_pays`: too few multiply-adds in the passes)
+    unless ``fallback=False`` (``BoundResult.computed_in`` says which). ``bound_upper=False`` computes lower bounds only (the upper
     bounds are then infinite); ``stop_when_positive`` ends alpha-CROWN's optimisation once every
     lower bound is positive.
     """
@@ -140,7 +157,7 @@ def compute_bounds(
     out_dtype = _user_dtype(region, given)
     graph = graph_of(model, tuple(given.lower.shape[1:]))
     if fallback and dtype == torch.float32 and rounding.accounted():
-        if not float32_pays(graph, given.lower.shape[0]):
+        if not _float32_pays(graph, given, method):
             dtype = torch.float64  # as rigorous, faster here (and tighter): rounded outward below
     region = _region_in(given, dtype)
     lower = region.lower
@@ -176,6 +193,8 @@ def compute_bounds(
     result = _outward(final, out_dtype, dtype)
     if return_intermediate:
         return BoundResult(
-            result, {i: Bounds(b.lower.detach(), b.upper.detach()) for i, b in inter.items()}
+            result,
+            {i: Bounds(b.lower.detach(), b.upper.detach()) for i, b in inter.items()},
+            dtype,
         )
     return result
