@@ -137,6 +137,7 @@ def compute_bounds(
     bound_upper: bool = True,
     stop_when_positive: bool = False,
     fallback: bool = True,
+    windows: bool = True,
 ) -> Bounds | BoundResult:
     """Sound bounds on ``model`` (or on ``C @ model``) over a batched region.
 
@@ -147,7 +148,8 @@ def compute_bounds(
     float32 cannot be faster (:func:`_float32_pays`: too few multiply-adds in the passes)
     unless ``fallback=False`` (``BoundResult.computed_in`` says which). ``bound_upper=False`` computes lower bounds only (the upper
     bounds are then infinite); ``stop_when_positive`` ends alpha-CROWN's optimisation once every
-    lower bound is positive.
+    lower bound is positive. ``windows=False`` keeps every row on a feature map dense instead of
+    on its receptive field (the same bounds, slower; for comparisons).
     """
     method = canonical(method, METHODS)  # alpha_crown: alpha-crown
     if method not in METHODS:
@@ -176,7 +178,12 @@ def compute_bounds(
         elif method in ("crown", "crown-ibp"):
             inter_method = "crown" if method == "crown" else "ibp"
             final, inter = crown(
-                graph, region, C, intermediate=inter_method, bound_upper=bound_upper
+                graph,
+                region,
+                C,
+                intermediate=inter_method,
+                bound_upper=bound_upper,
+                windows=windows,
             )
     if method == "alpha-crown":
         kw = {} if alpha_iterations is None else {"iterations": alpha_iterations}
@@ -186,6 +193,7 @@ def compute_bounds(
             C,
             bound_upper=bound_upper,
             stop_when_positive=stop_when_positive,
+            windows=windows,
             **kw,
         )
     if C_err is not None:
