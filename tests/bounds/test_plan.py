@@ -175,7 +175,7 @@ def test_float32_falls_back_where_interval_bounds_leave_few_rows():
     res = compute_bounds(net, narrow, "crown", dtype=torch.float32, return_intermediate=True)
     assert res.computed_in == torch.float64
     b64 = compute_bounds(net, narrow, "crown")
-    assert torch.equal(res.bounds.lower, b64.lower) and torch.equal(res.bounds.upper, b64.upper)
+    assert torch.equal(res.lower, b64.lower) and torch.equal(res.upper, b64.upper)
     res = compute_bounds(net, wide, "crown", dtype=torch.float32, return_intermediate=True)
     assert res.computed_in == torch.float32
     res = compute_bounds(

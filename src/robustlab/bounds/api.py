@@ -22,14 +22,19 @@ METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 
 
 @dataclass(frozen=True)
-class BoundResult:
-    """Bounds of ``C @ f(x)`` and, when asked, of every intermediate node (for reuse).
-    ``computed_in``: the dtype of the computation, float64 where a float32 request fell back
-    (:func:`plan.float32_pays`: the float32 pass cannot be faster there)."""
+class BoundResult(Bounds):
+    """What ``compute_bounds`` returns, every call: the bounds of ``C @ f(x)`` (``lower``,
+    ``upper``; a ``Bounds``), every node's bounds in ``intermediate`` when asked
+    (``return_intermediate=True``; else None), and ``computed_in``, the dtype of the
+    computation: float64 where a float32 request fell back (:func:`_float32_pays`)."""
 
-    bounds: Bounds
-    intermediate: dict[int, Bounds] = field(default_factory=dict, repr=False)
+    intermediate: dict[int, Bounds] | None = field(default=None, repr=False)
     computed_in: torch.dtype = torch.float64
+
+    @property
+    def bounds(self) -> Bounds:
+        """The output bounds alone (what ``BoundResult.bounds`` held before it was one type)."""
+        return Bounds(self.lower, self.upper)
 
 
 def input_region(region) -> InputRegion:
@@ -138,7 +143,7 @@ def compute_bounds(
     stop_when_positive: bool = False,
     fallback: bool = True,
     windows: bool = True,
-) -> Bounds | BoundResult:
+) -> BoundResult:
     """Sound bounds on ``model`` (or on ``C @ model``) over a batched region.
 
     ``region`` is a ``Box`` with batched bounds or ``(threat, x0)``, taken exactly as given
@@ -146,10 +151,13 @@ def compute_bounds(
     (batch, rows, *output_shape). Bounds are computed in ``dtype`` (float64 by default) and rounded
     outward to the region's dtype; a rigorous float32 request is computed in float64 where
     float32 cannot be faster (:func:`_float32_pays`: too few multiply-adds in the passes)
-    unless ``fallback=False`` (``BoundResult.computed_in`` says which). ``bound_upper=False`` computes lower bounds only (the upper
+    unless ``fallback=False``. ``bound_upper=False`` computes lower bounds only (the upper
     bounds are then infinite); ``stop_when_positive`` ends alpha-CROWN's optimisation once every
     lower bound is positive. ``windows=False`` keeps every row on a feature map dense instead of
     on its receptive field (the same bounds, slower; for comparisons).
+
+    Returns a :class:`BoundResult` (a ``Bounds``: ``.lower``, ``.upper``), with every node's
+    bounds in ``.intermediate`` when ``return_intermediate`` and the dtype computed in.
     """
     method = canonical(method, METHODS)  # alpha_crown: alpha-crown
     if method not in METHODS:
@@ -199,10 +207,7 @@ def compute_bounds(
     if C_err is not None:
         final = _widened(final, C_err, inter[graph.output] if method != "ibp" else all_b[-1])
     result = _outward(final, out_dtype, dtype)
+    kept = None
     if return_intermediate:
-        return BoundResult(
-            result,
-            {i: Bounds(b.lower.detach(), b.upper.detach()) for i, b in inter.items()},
-            dtype,
-        )
-    return result
+        kept = {i: Bounds(b.lower.detach(), b.upper.detach()) for i, b in inter.items()}
+    return BoundResult(result.lower, result.upper, kept, dtype)
