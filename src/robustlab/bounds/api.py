@@ -118,16 +118,21 @@ def _widened(b: Bounds, C_err: Tensor, out: Bounds) -> Bounds:
 
 def _float32_pays(graph, given: InputRegion, method: str) -> bool:
     """``plan.float32_pays`` with the rows a CROWN call makes: the neurons that interval bounds
-    leave unstable (one float64 interval pass, made only where the plan's every-neuron estimate
-    says float32 could pay)."""
+    leave unstable. The float64 interval pass stops as soon as the estimate (every neuron of
+    the nodes not reached yet) says float32 cannot pay (oval21: after its second layer)."""
     batch = given.lower.shape[0]
     if not float32_pays(graph, batch):
         return False  # not even with every neuron unstable
     if method == "ibp":
         return True
-    return float32_pays(
-        graph, batch, interval_all(graph, given.lower.double(), given.upper.double())
-    )
+    plan = graph.plan
+    counted = [i for i in plan.needs if not plan.ibp_exact[i] and i != graph.output]
+    interval = {0: Bounds(given.lower.double(), given.upper.double())}
+    for i, node in enumerate(graph.nodes[1 : max(counted, default=0) + 1], 1):
+        interval[i] = rounding.safe_ibp(node.op, *[interval[j] for j in node.inputs])
+        if i in counted and not float32_pays(graph, batch, interval):
+            return False  # the rows counted so far, every neuron after them: too few
+    return True
 
 
 def compute_bounds(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -124,12 +125,14 @@ def _macs(node) -> int:
     return n
 
 
-def float32_macs(graph, batch: int, interval: list[Bounds] | None = None) -> int:
+def float32_macs(graph, batch: int, interval: Mapping[int, Bounds] | None = None) -> int:
     """Multiply-adds of a CROWN call's backward passes, estimated from the plan: per node
-    whose bounds a relaxation needs, two rows per neuron that its ``interval`` bounds (one per
-    node, ``ibp.interval_all``) leave unstable (every neuron without them), each through the
-    layers up to the node, plus the output's rows."""
+    whose bounds a relaxation needs, two rows per neuron that its ``interval`` bounds (node ->
+    bounds, e.g. ``dict(enumerate(ibp.interval_all(...)))``) leave unstable (every neuron of a
+    node without them: an upper estimate), each through the layers up to the node, plus the
+    output's rows."""
     plan, nodes = graph.plan, graph.nodes
+    interval = {} if interval is None else interval
     upto, total = [], 0
     for node in nodes:
         total += _macs(node) if node.op is not None else 0
@@ -139,7 +142,7 @@ def float32_macs(graph, batch: int, interval: list[Bounds] | None = None) -> int
     for i, unstable_only in plan.needs.items():
         if plan.ibp_exact[i] or i == out:
             continue  # no backward pass for it (interval bounds are exact there)
-        if interval is None:
+        if i not in interval:
             rows = batch * math.prod(nodes[i].shape)
         else:
             b = interval[i]
@@ -154,7 +157,7 @@ def float32_macs(graph, batch: int, interval: list[Bounds] | None = None) -> int
 def float32_pays(
     graph,
     batch: int,
-    interval: list[Bounds] | None = None,
+    interval: Mapping[int, Bounds] | None = None,
     *,
     min_macs: int = FLOAT32_MIN_MACS,
 ) -> bool:
