@@ -226,7 +226,7 @@ def main() -> None:
     if args.yolo:
         yolo_pass(args.clock)
         return
-    header = f"{'case':40s} {'method':28s} {'robustlab ms':>13s} {'width':>10s}"
+    header = f"{'case':40s} {'method':34s} {'robustlab ms':>13s} {'width':>10s}"
     if BoundedModule:
         header += f" {'auto_LiRPA ms':>14s} {'width':>10s} {'speed-up':>9s} {'max rel diff':>12s}"
     print(header)
@@ -259,7 +259,7 @@ def main() -> None:
                 got = compute_bounds(model, rl.Box(lo, hi), OURS[method], dtype=torch.float32)
                 fell = getattr(got, "computed_in", None) == torch.float64
                 label += " (ran float64)" if fell else ""
-            line = f"{name:40s} {label:28s} {1000 * t[0]:13.2f} {(u1 - l1).mean().item():10.4g}"
+            line = f"{name:40s} {label:34s} {1000 * t[0]:13.2f} {(u1 - l1).mean().item():10.4g}"
             if len(fns) > 1:
                 l2, u2 = res[1]
                 scale = torch.maximum(l2.abs(), u2.abs()).clamp_min(1.0)
