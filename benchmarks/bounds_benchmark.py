@@ -1,10 +1,16 @@
 """Bound engine benchmark: robustlab against auto_LiRPA, side by side in one run.
 
     python benchmarks/bounds_benchmark.py [--threads 2] [--repeats 5] [--skip-alpha] [--yolo]
+        [--methods "CROWN,CROWN float32"] [--cases "oval21,residual"]
+
+auto_LiRPA is imported from the running environment: run it with a Python that has it (here the
+peer venv, /work/peers/lirpa-venv/bin/python, with ``PYTHONPATH=src``).
 
 "CROWN as LiRPA" is robustlab's CROWN without its intersections with interval bounds, which is
 what auto_LiRPA computes (robustlab's default is that or tighter). robustlab computes in float64 by
-default; the "float32" rows are its rigorous float32 mode (rounding error bounded, not ignored).
+default; the "float32" rows are its rigorous float32 mode (rounding error bounded, not ignored),
+marked "(ran float64)" where that mode computes in float64 because float32 cannot be faster there
+(``plan.float32_pays``; the result's ``computed_in``).
 
 Cases: ACAS Xu 1_1 on the prop_1 box (one box, and 64 boxes), a 784-input MLP with four
 256-wide layers at Linf eps 0.03 (one region, 64 regions), the oval21 cifar_base_kw network at
@@ -207,6 +213,8 @@ def main() -> None:
     ap.add_argument("--yolo", action="store_true", help="only TinyYOLO's CROWN pass, both dtypes")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="cpu: under load")
     ap.add_argument("--stat", choices=sorted(STATS), default="median")
+    ap.add_argument("--methods", help="only these methods (comma-separated, e.g. 'CROWN float32')")
+    ap.add_argument("--cases", help="only cases whose name contains one of these (comma-separated)")
 
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -218,12 +226,16 @@ def main() -> None:
     if args.yolo:
         yolo_pass(args.clock)
         return
-    header = f"{'case':40s} {'method':20s} {'robustlab ms':>13s} {'width':>10s}"
+    header = f"{'case':40s} {'method':34s} {'robustlab ms':>13s} {'width':>10s}"
     if BoundedModule:
         header += f" {'auto_LiRPA ms':>14s} {'width':>10s} {'speed-up':>9s} {'max rel diff':>12s}"
     print(header)
+    methods = [m for m in OURS if not args.methods or m in args.methods.split(",")]
+    keep = args.cases.split(",") if args.cases else None
     for name, model, lo, hi in cases():
-        for method in OURS:
+        if keep and not any(k in name for k in keep):
+            continue
+        for method in methods:
             if method.startswith("alpha-CROWN") and (
                 args.skip_alpha or (len(lo) > 1 and not args.alpha_batches)
             ):
@@ -242,7 +254,12 @@ def main() -> None:
                 fns = fns[:1]
                 t, res = timed(fns, reps, args.clock, args.stat)
             l1, u1 = res[0]
-            line = f"{name:40s} {method:20s} {1000 * t[0]:13.2f} {(u1 - l1).mean().item():10.4g}"
+            label = method
+            if method.endswith("float32"):
+                got = compute_bounds(model, rl.Box(lo, hi), OURS[method], dtype=torch.float32)
+                fell = getattr(got, "computed_in", None) == torch.float64
+                label += " (ran float64)" if fell else ""
+            line = f"{name:40s} {label:34s} {1000 * t[0]:13.2f} {(u1 - l1).mean().item():10.4g}"
             if len(fns) > 1:
                 l2, u2 = res[1]
                 scale = torch.maximum(l2.abs(), u2.abs()).clamp_min(1.0)

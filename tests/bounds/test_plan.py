@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from robustlab.bounds import compute_bounds
+from robustlab.bounds.api import _float32_pays, input_region
 from robustlab.bounds.crown import backward, identity_rows, intermediate_bounds, two_sided
 from robustlab.bounds.graph import graph_of
+from robustlab.bounds.ibp import interval_all
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.bounds.plan import ACTIVATION, INPUT, LINEAR, float32_pays
+from robustlab.bounds.plan import ACTIVATION, INPUT, LINEAR, float32_macs, float32_pays
 from robustlab.bounds.window import identity_windows
 from robustlab.threat import Box, LpBall
 
@@ -142,10 +144,53 @@ def test_float32_pays_on_large_batches():
     net = _mlp(784, 256)
     graph = graph_of(net, (784,))
     assert float32_pays(graph, 64)
-    assert not float32_pays(graph, 64, min_entries=2**40)
+    assert not float32_pays(graph, 64, min_macs=2**40)
     lo = torch.rand(64, 784, generator=torch.Generator().manual_seed(4))
     b = compute_bounds(net, Box(lo, lo + 0.001), "ibp", dtype=torch.float32)
     assert b.lower.dtype == torch.float32
+
+
+def test_float32_macs_count_the_unstable_rows_by_hand():
+    graph = graph_of(_mlp(6, 8), (6,))
+    # multiply-adds up to each node: 8x6, +8 (ReLU), 8x8, +8, 5x8
+    upto = [0, 48, 56, 120, 128, 168]
+    # node 1's interval bounds are exact (no pass); node 3: 2 rows per neuron; the output's 10
+    assert float32_macs(graph, 1) == 2 * 5 * upto[5] + 2 * 8 * upto[3]
+    assert float32_macs(graph, 3) == 3 * float32_macs(graph, 1)
+    x = torch.rand(1, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    interval = dict(enumerate(interval_all(graph, x - 0.05, x + 0.05)))
+    b = interval[3]
+    k = int(((b.lower < 0) & (b.upper > 0)).sum())
+    assert float32_macs(graph, 1, interval) == 2 * 5 * upto[5] + 2 * k * upto[3]
+
+
+def test_float32_falls_back_where_interval_bounds_leave_few_rows():
+    """oval21's case: the plan alone says float32 pays (every neuron unstable), the rows that
+    interval bounds leave say it does not; the result says the computation was float64."""
+    net = _mlp(784, 256)
+    graph = graph_of(net, (784,))
+    x = torch.rand(1, 784, generator=torch.Generator().manual_seed(5))
+    wide, narrow = Box(x - 0.03, x + 0.03), Box(x - 1e-5, x + 1e-5)
+    interval = dict(enumerate(interval_all(graph, x.double() - 1e-5, x.double() + 1e-5)))
+    assert float32_pays(graph, 1) and not float32_pays(graph, 1, interval)
+    res = compute_bounds(net, narrow, "crown", dtype=torch.float32, return_intermediate=True)
+    assert res.computed_in == torch.float64
+    b64 = compute_bounds(net, narrow, "crown")
+    assert torch.equal(res.lower, b64.lower) and torch.equal(res.upper, b64.upper)
+    res = compute_bounds(net, wide, "crown", dtype=torch.float32, return_intermediate=True)
+    assert res.computed_in == torch.float32
+    res = compute_bounds(
+        net, narrow, "crown", dtype=torch.float32, fallback=False, return_intermediate=True
+    )
+    assert res.computed_in == torch.float32
+    # compute_bounds' count stops its interval pass early, with the same answer as a full count
+    seen = set()
+    for eps in (1e-6, 1e-4, 1e-3, 3e-3, 0.01, 0.03):
+        lo, hi = x.double() - eps, x.double() + eps
+        early = _float32_pays(graph, input_region(Box(lo, hi)), "crown")
+        assert early == float32_pays(graph, 1, dict(enumerate(interval_all(graph, lo, hi))))
+        seen.add(early)
+    assert seen == {True, False}
 
 
 @pytest.mark.parametrize(("batch", "d_in", "rows"), [(1, 784, 400), (6, 300, 300), (3, 20, 7)])

@@ -75,6 +75,7 @@ def test_intermediate_bounds_are_returned_and_sound():
     )  # after Flatten, Linear, ReLU... pre-activation of node 2
     pre = net[:2](threat.sample(x0, 2000)[:, 0])
     b = res.intermediate[2]
+    assert torch.equal(res.lower, compute_bounds(net, (threat, x0), "crown").lower)
     assert (pre >= b.lower - TOL).all() and (pre <= b.upper + TOL).all()
     assert hidden.shape[1] == 16
 

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from robustlab.bounds import compute_bounds, crown, window
+from robustlab.bounds.graph import graph_of
+from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.linear import Conv
 from robustlab.bounds.ops.shape import ConvTranspose, Resize, per_sample, resize
 from robustlab.threat import Box, LpBall
@@ -53,17 +55,15 @@ def test_windows_equal_dense(monkeypatch, case, batch):
     real = window.activation_backward
     monkeypatch.setattr(window, "activation_backward", lambda *a: calls.append(1) or real(*a))
     for threat in (LpBall("inf", 0.05), LpBall("2", 0.3)):
-        monkeypatch.setattr(crown, "WINDOWS", True)
-        win = compute_bounds(net, (threat, x0), "crown")
-        monkeypatch.setattr(crown, "WINDOWS", False)
-        dense = compute_bounds(net, (threat, x0), "crown")
+        win = compute_bounds(net, (threat, x0), "crown")  # windows=True: the default
+        dense = compute_bounds(net, (threat, x0), "crown", windows=False)
         assert torch.allclose(win.lower, dense.lower, rtol=1e-9, atol=1e-9)
         assert torch.allclose(win.upper, dense.upper, rtol=1e-9, atol=1e-9)
         assert (win.lower <= net(x0)).all() and (net(x0) <= win.upper).all()
     assert calls  # the windowed path ran
 
 
-def test_windows_per_example_rows_equal_dense(monkeypatch):
+def test_windows_per_example_rows_equal_dense():
     """Batches whose examples have few unstable neurons each take the per-example path."""
     net, shape = list(_nets())[0]
     x0 = torch.rand(8, *shape, generator=torch.Generator().manual_seed(3))
@@ -71,10 +71,32 @@ def test_windows_per_example_rows_equal_dense(monkeypatch):
     lo[0], hi[0] = x0[0] - 0.05, x0[0] + 0.05  # one example with many unstable neurons
     res = {}
     for flag in (True, False):
-        monkeypatch.setattr(crown, "WINDOWS", flag)
-        res[flag] = compute_bounds(net, Box(lo, hi), "crown")
+        res[flag] = compute_bounds(net, Box(lo, hi), "crown", windows=flag)
     assert torch.allclose(res[True].lower, res[False].lower, rtol=1e-9, atol=1e-9)
     assert torch.allclose(res[True].upper, res[False].upper, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_windows_is_an_argument_that_reaches_every_row_builder(monkeypatch, method):
+    """``windows=False`` keeps every row dense: no identity window is built anywhere (refine,
+    the per-example rows, alpha-CROWN's rows, a cut's linear bounds); the default builds them."""
+    net, shape = list(_nets())[0]
+    x0 = torch.rand(8, *shape, generator=torch.Generator().manual_seed(3))
+    lo, hi = x0 - 0.004, x0 + 0.004
+    lo[0], hi[0] = x0[0] - 0.05, x0[0] + 0.05  # the per-example path too
+    calls = []
+    real = window.identity_windows
+    monkeypatch.setattr(window, "identity_windows", lambda *a: calls.append(1) or real(*a))
+    kw = {"alpha_iterations": 2} if method == "alpha-crown" else {}
+    compute_bounds(net, Box(lo, hi), method, windows=False, **kw)
+    graph = graph_of(net, shape)
+    region = InputRegion(lo.double(), hi.double())
+    bounds = crown.intermediate_bounds(graph, region, windows=False)
+    s = max(i for i in range(graph.output) if window.usable(graph.nodes[i].shape))
+    crown.linear_bounds(graph, bounds, s, windows=False)
+    assert not calls
+    compute_bounds(net, Box(lo, hi), method, **kw)
+    assert calls
 
 
 def test_window_dense_gather_and_merge_by_hand():
@@ -99,15 +121,14 @@ def test_window_dense_gather_and_merge_by_hand():
 
 
 @pytest.mark.parametrize("case", [0, 2])
-def test_windowed_alpha_crown_equals_dense(monkeypatch, case):
+def test_windowed_alpha_crown_equals_dense(case):
     """alpha-CROWN's per-row slopes are read on each row's window."""
     net, shape = list(_nets())[case]
     x0 = torch.rand(2, *shape, generator=torch.Generator().manual_seed(4))
     res = {}
     for flag in (True, False):
-        monkeypatch.setattr(crown, "WINDOWS", flag)
         res[flag] = compute_bounds(
-            net, (LpBall("inf", 0.05), x0), "alpha-crown", alpha_iterations=5
+            net, (LpBall("inf", 0.05), x0), "alpha-crown", alpha_iterations=5, windows=flag
         )
     assert torch.allclose(res[True].lower, res[False].lower, rtol=1e-7, atol=1e-8)
     assert torch.allclose(res[True].upper, res[False].upper, rtol=1e-7, atol=1e-8)
@@ -239,8 +260,7 @@ def test_generator_windows_equal_dense_and_contain_outputs(monkeypatch, mode):
     monkeypatch.setattr(window, "linear_backward", lambda *a: calls.append(a[0]) or real(*a))
     res = {}
     for flag in (True, False):
-        monkeypatch.setattr(crown, "WINDOWS", flag)
-        res[flag] = compute_bounds(net, (threat, x0), "crown")
+        res[flag] = compute_bounds(net, (threat, x0), "crown", windows=flag)
     assert {type(op) for op in calls} >= {ConvTranspose, Resize}
     scale = res[False].upper.abs().max()
     assert (res[True].lower - res[False].lower).abs().max() <= 1e-10 * scale

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-import robustlab.bounds.crown as crown_module
 from robustlab.bounds import rounding, window
 from robustlab.bounds.adam import Adam
 from robustlab.bounds.crown import (
@@ -28,7 +27,6 @@ from robustlab.bounds.ops.activation import ReLU, SShaped
 from robustlab.bounds.ops.base import InputRegion, LinearOp
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.plan import cone
-from robustlab.bounds.window import identity_windows
 
 ITERATIONS = 20
 LR = 0.5
@@ -54,6 +52,7 @@ def alpha_crown(
     deadline: float | None = None,
     intermediate: Mapping[int, Bounds] | None = None,
     in_cone: bool = False,
+    windows: bool = True,
 ) -> tuple[Bounds, dict[int, Bounds]]:
     """alpha-CROWN bounds of ``C @ output``; never looser than CROWN (the best of every
     iteration, starting from CROWN's own bounds, is kept). With ``stop_when_positive`` the
@@ -64,7 +63,8 @@ def alpha_crown(
     (``crown``'s second result, or ``bab.bound_boxes``' ``out``): that pass is not repeated,
     only C's rows are bounded on them before the slopes are optimised. ``in_cone``: only the
     neurons that reach C's rows (``plan.cone``) get CROWN and optimised intermediate bounds
-    (the same final bounds for less work; the others keep the bounds they start from)."""
+    (the same final bounds for less work; the others keep the bounds they start from).
+    ``windows``: rows on a feature map's neurons kept on their receptive field (window.py)."""
     out = graph.output
     lower = region.lower
     batch = lower.shape[0]
@@ -74,7 +74,9 @@ def alpha_crown(
     C = C.to(lower.dtype)
     with torch.no_grad():
         if intermediate is None:
-            best_final, bounds = crown(graph, region, C, bound_upper=bound_upper, in_cone=in_cone)
+            best_final, bounds = crown(
+                graph, region, C, bound_upper=bound_upper, in_cone=in_cone, windows=windows
+            )
         else:
             bounds = {**intermediate, 0: region}
             best_final = _final(graph, bounds, C, bound_upper)
@@ -136,7 +138,7 @@ def alpha_crown(
         for _ in range(iterations):
             if deadline is not None and time.monotonic() > deadline:
                 break
-            cur, fin = _evaluate(graph, steer, starts, alphas, C_work, bound_upper)
+            cur, fin = _evaluate(graph, steer, starts, alphas, C_work, bound_upper, windows)
             with torch.no_grad():
                 steer = {0: steer[0]} | {
                     i: steer[i].intersect(Bounds(c.lower.detach(), c.upper.detach()))
@@ -160,7 +162,7 @@ def alpha_crown(
     with torch.no_grad():
         for cand in [alphas] if snapshot is None else [alphas, snapshot]:
             cand = {s: {r: a.to(lower.dtype) for r, a in d.items()} for s, d in cand.items()}
-            cur, fin = _evaluate(graph, best, starts, cand, C, bound_upper, sound=True)
+            cur, fin = _evaluate(graph, best, starts, cand, C, bound_upper, windows, sound=True)
             lo_best = torch.maximum(lo_best, fin.lower)
             hi_best = torch.minimum(hi_best, fin.upper)
             best = {0: best[0]} | {i: best[i].intersect(c) for i, c in list(cur.items())[1:]}
@@ -204,7 +206,7 @@ def guarded(graph: BoundGraph) -> set[int]:
 
 
 def _evaluate(
-    graph, best, starts, alphas, C, bound_upper: bool, sound: bool = False
+    graph, best, starts, alphas, C, bound_upper: bool, windows: bool, sound: bool = False
 ) -> tuple[dict, Bounds]:
     """One pass with the current slopes: every node's bounds (intersected with ``best``; while
     optimising (``sound=False``) the refined ones are replaced by the optimised bounds, so
@@ -218,8 +220,8 @@ def _evaluate(
         if i in starts:
             idx, _ = starts[i]
             rows = (
-                identity_windows(node.shape, idx, batch, lower)
-                if crown_module.WINDOWS and window.usable(node.shape)
+                window.identity_windows(node.shape, idx, batch, lower)
+                if windows and window.usable(node.shape)
                 else identity_rows(node.shape, idx, batch, lower)
             )
             nb = two_sided(graph, cur, i, rows, alphas[i])

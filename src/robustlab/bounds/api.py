@@ -22,11 +22,19 @@ METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 
 
 @dataclass(frozen=True)
-class BoundResult:
-    """Bounds of ``C @ f(x)`` and, when asked, of every intermediate node (for reuse)."""
+class BoundResult(Bounds):
+    """What ``compute_bounds`` returns, every call: the bounds of ``C @ f(x)`` (``lower``,
+    ``upper``; a ``Bounds``), every node's bounds in ``intermediate`` when asked
+    (``return_intermediate=True``; else None), and ``computed_in``, the dtype of the
+    computation: float64 where a float32 request fell back (:func:`_float32_pays`)."""
 
-    bounds: Bounds
-    intermediate: dict[int, Bounds] = field(default_factory=dict, repr=False)
+    intermediate: dict[int, Bounds] | None = field(default=None, repr=False)
+    computed_in: torch.dtype = torch.float64
+
+    @property
+    def bounds(self) -> Bounds:
+        """The output bounds alone (what ``BoundResult.bounds`` held before it was one type)."""
+        return Bounds(self.lower, self.upper)
 
 
 def input_region(region) -> InputRegion:
@@ -108,6 +116,25 @@ def _widened(b: Bounds, C_err: Tensor, out: Bounds) -> Bounds:
     return Bounds(b.lower.double() - d, b.upper.double() + d)
 
 
+def _float32_pays(graph, given: InputRegion, method: str) -> bool:
+    """``plan.float32_pays`` with the rows a CROWN call makes: the neurons that interval bounds
+    leave unstable. The float64 interval pass stops as soon as the estimate (every neuron of
+    the nodes not reached yet) says float32 cannot pay (oval21: after its second layer)."""
+    batch = given.lower.shape[0]
+    if not float32_pays(graph, batch):
+        return False  # not even with every neuron unstable
+    if method == "ibp":
+        return True
+    plan = graph.plan
+    counted = [i for i in plan.needs if not plan.ibp_exact[i] and i != graph.output]
+    interval = {0: Bounds(given.lower.double(), given.upper.double())}
+    for i, node in enumerate(graph.nodes[1 : max(counted, default=0) + 1], 1):
+        interval[i] = rounding.safe_ibp(node.op, *[interval[j] for j in node.inputs])
+        if i in counted and not float32_pays(graph, batch, interval):
+            return False  # the rows counted so far, every neuron after them: too few
+    return True
+
+
 def compute_bounds(
     model: nn.Module,
     region,
@@ -120,17 +147,22 @@ def compute_bounds(
     bound_upper: bool = True,
     stop_when_positive: bool = False,
     fallback: bool = True,
-) -> Bounds | BoundResult:
+    windows: bool = True,
+) -> BoundResult:
     """Sound bounds on ``model`` (or on ``C @ model``) over a batched region.
 
     ``region`` is a ``Box`` with batched bounds or ``(threat, x0)``, taken exactly as given
     (:func:`input_region`; a float32 computation rounds it outward). ``C`` has shape
     (batch, rows, *output_shape). Bounds are computed in ``dtype`` (float64 by default) and rounded
     outward to the region's dtype; a rigorous float32 request is computed in float64 where
-    float32 cannot be faster (``plan.float32_pays``: small networks and batches) unless
-    ``fallback=False``. ``bound_upper=False`` computes lower bounds only (the upper
+    float32 cannot be faster (:func:`_float32_pays`: too few multiply-adds in the passes)
+    unless ``fallback=False``. ``bound_upper=False`` computes lower bounds only (the upper
     bounds are then infinite); ``stop_when_positive`` ends alpha-CROWN's optimisation once every
-    lower bound is positive.
+    lower bound is positive. ``windows=False`` keeps every row on a feature map dense instead of
+    on its receptive field (the same bounds, slower; for comparisons).
+
+    Returns a :class:`BoundResult` (a ``Bounds``: ``.lower``, ``.upper``), with every node's
+    bounds in ``.intermediate`` when ``return_intermediate`` and the dtype computed in.
     """
     method = canonical(method, METHODS)  # alpha_crown: alpha-crown
     if method not in METHODS:
@@ -140,7 +172,7 @@ def compute_bounds(
     out_dtype = _user_dtype(region, given)
     graph = graph_of(model, tuple(given.lower.shape[1:]))
     if fallback and dtype == torch.float32 and rounding.accounted():
-        if not float32_pays(graph, given.lower.shape[0]):
+        if not _float32_pays(graph, given, method):
             dtype = torch.float64  # as rigorous, faster here (and tighter): rounded outward below
     region = _region_in(given, dtype)
     lower = region.lower
@@ -159,7 +191,12 @@ def compute_bounds(
         elif method in ("crown", "crown-ibp"):
             inter_method = "crown" if method == "crown" else "ibp"
             final, inter = crown(
-                graph, region, C, intermediate=inter_method, bound_upper=bound_upper
+                graph,
+                region,
+                C,
+                intermediate=inter_method,
+                bound_upper=bound_upper,
+                windows=windows,
             )
     if method == "alpha-crown":
         kw = {} if alpha_iterations is None else {"iterations": alpha_iterations}
@@ -169,13 +206,13 @@ def compute_bounds(
             C,
             bound_upper=bound_upper,
             stop_when_positive=stop_when_positive,
+            windows=windows,
             **kw,
         )
     if C_err is not None:
         final = _widened(final, C_err, inter[graph.output] if method != "ibp" else all_b[-1])
     result = _outward(final, out_dtype, dtype)
+    kept = None
     if return_intermediate:
-        return BoundResult(
-            result, {i: Bounds(b.lower.detach(), b.upper.detach()) for i, b in inter.items()}
-        )
-    return result
+        kept = {i: Bounds(b.lower.detach(), b.upper.detach()) for i, b in inter.items()}
+    return BoundResult(result.lower, result.upper, kept, dtype)

@@ -24,8 +24,6 @@ from robustlab.bounds.plan import ACTIVATION, BILINEAR, LINEAR, POOL, cone
 from robustlab.bounds.tracker import Tracker, covers
 from robustlab.bounds.window import Window
 
-WINDOWS = True  # rows on a feature map's neurons are kept on their receptive field (window.py)
-
 MAX_ELEMENTS = 2**25  # coefficient entries per backward pass; more rows are split into chunks
 
 Alphas = Mapping[int, Tensor]  # activation node -> lower slopes, shape (batch, rows, *shape)
@@ -337,6 +335,7 @@ def refine(
     intersect: bool = True,
     within: Tensor | None = None,
     stops: Mapping[int, Lin] | None = None,
+    windows: bool = True,
 ) -> Bounds:
     """Tighten the bounds of node ``i`` with backward passes (in chunks of rows).
 
@@ -345,6 +344,7 @@ def refine(
     only those in ``within`` (a flat bool mask: ``plan.cone``) when given.
     ``intersect=False`` replaces the interval bounds instead of intersecting with them (as
     auto_LiRPA does; for comparisons only: never tighter). ``stops``: as for :func:`backward`.
+    ``windows``: rows on a feature map's neurons kept on their receptive field (window.py).
     """
     b = bounds[i]
     batch = b.lower.shape[0]
@@ -370,14 +370,14 @@ def refine(
         for w in width[sel].unique().tolist():
             group = sel[width[sel] == w]
             k_w = min(int(w), k)
-            _refine_rows(graph, bounds, i, mask[group], group, k_w, shape, lo, hi, stops)
+            _refine_rows(graph, bounds, i, mask[group], group, k_w, shape, lo, hi, stops, windows)
         return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
     in_numel = graph.plan.numel_upto[i]
     chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
     for s in range(0, len(idx), chunk):
         deadline.check()
         part = idx[s : s + chunk]
-        if WINDOWS and alphas is None and window.usable(shape):
+        if windows and alphas is None and window.usable(shape):
             C = window.identity_windows(shape, part, batch, b.lower)
         else:
             C = identity_rows(shape, part, batch, b.lower)
@@ -387,10 +387,10 @@ def refine(
     return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
 
 
-def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi, stops=None) -> None:
+def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi, stops=None, windows=True):
     """Backward passes for examples ``group``, rows = each one's first ``k`` masked neurons."""
     per = torch.argsort(sub_mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
-    if WINDOWS and window.usable(shape):
+    if windows and window.usable(shape):
         C = window.identity_windows(shape, per, len(group), lo)
     else:
         C = torch.zeros(len(group), k, lo.shape[1], dtype=lo.dtype, device=lo.device)
@@ -413,7 +413,7 @@ def _slice_region(region: Bounds, sel: Tensor) -> Bounds:
     return Bounds(region.lower[sel], region.upper[sel])
 
 
-def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None) -> Lin:
+def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None, windows: bool = True) -> Lin:
     """Linear bounds of node ``s`` in the input, ``Wl x + bl <= h_s <= Wu x + bu`` on the box,
     from backward passes of its identity rows (both signs; each neuron's own CROWN bound, so as
     tight as CROWN's bounds of ``s``); ``bounds`` as for :func:`backward` up to ``s``."""
@@ -427,7 +427,7 @@ def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None) -> Lin:
     for st in range(0, n, chunk):
         deadline.check()
         part = torch.arange(st, min(n, st + chunk))
-        if WINDOWS and window.usable(shape):
+        if windows and window.usable(shape):
             C = window.identity_windows(shape, part, batch, region.lower)
         else:
             C = identity_rows(shape, part, batch, region.lower)
@@ -454,6 +454,7 @@ def intermediate_bounds(
     C: Tensor | None = None,
     cut: int | None = None,
     cut_lin: Lin | None = None,
+    windows: bool = True,
 ) -> dict[int, Bounds]:
     """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them;
     with ``C`` (the rows the bounds are for, (batch, rows, *output shape)) only the neurons in
@@ -477,7 +478,8 @@ def intermediate_bounds(
             b = b.intersect(prior[i])
         bounds[i] = b
         if i == cut and method == "crown":
-            stops = {i: linear_bounds(graph, bounds, i) if cut_lin is None else cut_lin}
+            lin = linear_bounds(graph, bounds, i, windows=windows) if cut_lin is None else cut_lin
+            stops = {i: lin}
             c = ((region.upper + region.lower) / 2).reshape(len(region.lower), -1)
             r = ((region.upper - region.lower) / 2).reshape(len(region.lower), -1)
             bounds[i] = b.intersect(stops[i].concrete(c, r))
@@ -494,6 +496,7 @@ def intermediate_bounds(
                 intersect=intersect,
                 within=only,
                 stops=stops,
+                windows=windows,
             )
     return bounds
 
@@ -507,16 +510,17 @@ def crown(
     bound_upper: bool = True,
     intersect: bool = True,
     in_cone: bool = False,
+    windows: bool = True,
 ) -> tuple[Bounds, dict[int, Bounds]]:
     """CROWN (``intermediate="crown"``) or CROWN-IBP (``"ibp"``) bounds of ``C @ output``.
     ``intersect=False``: no intersection with interval bounds anywhere (auto_LiRPA's CROWN).
     ``in_cone``: intermediate bounds only for the neurons that reach C's rows (the same bounds
     of ``C @ output``; the others keep interval bounds: off where a caller reads them, as
-    alpha-CROWN does for its intermediate slopes)."""
+    alpha-CROWN does for its intermediate slopes). ``windows``: as for :func:`refine`."""
     cache: dict = {}
     rows = C if in_cone else None
     bounds = intermediate_bounds(
-        graph, region, intermediate, cache=cache, intersect=intersect, C=rows
+        graph, region, intermediate, cache=cache, intersect=intersect, C=rows, windows=windows
     )
     lower = region.lower
     out = graph.output

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from robustlab.bounds.ops.activation import ReLU
-from robustlab.bounds.ops.base import Activation, LinearOp
+from robustlab.bounds.ops.base import Activation, Bounds, LinearOp
 from robustlab.bounds.ops.bilinear import Bilinear
-from robustlab.bounds.ops.linear import Affine, Generic, Reshape
+from robustlab.bounds.ops.linear import Affine, Conv, Generic, Linear, Reshape
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.reduce import MaxReduce
 from robustlab.bounds.ops.shape import Within
@@ -104,18 +105,70 @@ def compile_plan(graph) -> Plan:
     return Plan(kinds, in_shapes, tuple(after), exact, tuple(numel), needs)
 
 
-FLOAT32_MIN_ENTRIES = 2**18  # below this, a float32 pass is slower than a float64 one (measured)
+# multiply-adds of a CROWN call's backward passes below which its rigorous float32 pass is slower
+# than a float64 one (the rounding bookkeeping's cost per operation and per coefficient is not
+# paid back by float32 products). Measured (CPU ms, float64 / float32, one thread): oval21
+# cifar_base_kw 1.9e7 MACs 5.6 / 8.3, at eps 8/255 6.9e7: 13.6 / 14.2; ACAS Xu 16 boxes 6.3e7:
+# 13.8 / 15.6, 64 boxes 2.5e8: 41.8 / 33.4; MLP 784-4x256 5.2e8: 38.2 / 24.2; residual CNN 1.1e9:
+# 90.8 / 36.8
+FLOAT32_MIN_MACS = 2**27
 
 
-def float32_pays(graph, batch: int, *, min_entries: int = FLOAT32_MIN_ENTRIES) -> bool:
-    """Whether a rigorous float32 pass can be faster than a float64 one: only when its largest
-    coefficient tensor (batch x rows x the widest node) is large enough for the matrix products'
-    float32 speed to outweigh the rounding bookkeeping's fixed cost per operation, and only on
-    graphs the bookkeeping covers (``tracker.covers``)."""
-    plan = graph.plan
-    rows = max([2 * math.prod(graph.nodes[j].shape) for j in plan.needs] + [1])
+def _macs(node) -> int:
+    """Multiply-adds of one row through ``node``'s backward step: a dense or convolutional
+    layer's products, one per output entry for any other operation."""
+    op, n = node.op, math.prod(node.shape)
+    if isinstance(op, Linear):
+        return n * op.weight.shape[-1]
+    if isinstance(op, Conv):
+        return n * math.prod(op.weight.shape[1:])
+    return n
+
+
+def float32_macs(graph, batch: int, interval: Mapping[int, Bounds] | None = None) -> int:
+    """Multiply-adds of a CROWN call's backward passes, estimated from the plan: per node
+    whose bounds a relaxation needs, two rows per neuron that its ``interval`` bounds (node ->
+    bounds, e.g. ``dict(enumerate(ibp.interval_all(...)))``) leave unstable (every neuron of a
+    node without them: an upper estimate), each through the layers up to the node, plus the
+    output's rows."""
+    plan, nodes = graph.plan, graph.nodes
+    interval = {} if interval is None else interval
+    upto, total = [], 0
+    for node in nodes:
+        total += _macs(node) if node.op is not None else 0
+        upto.append(total)
+    out = graph.output
+    work = 2 * batch * math.prod(nodes[out].shape) * upto[out]
+    for i, unstable_only in plan.needs.items():
+        if plan.ibp_exact[i] or i == out:
+            continue  # no backward pass for it (interval bounds are exact there)
+        if i not in interval:
+            rows = batch * math.prod(nodes[i].shape)
+        else:
+            b = interval[i]
+            mask = (b.lower < 0) & (b.upper > 0) if unstable_only else b.lower < b.upper
+            mask = mask.reshape(batch, -1)
+            # ``crown.refine``: the union over the batch, or each example's own (padded)
+            rows = min(batch * int(mask.any(0).sum()), 2 * int(mask.sum()))
+        work += 2 * rows * upto[i]
+    return work
+
+
+def float32_pays(
+    graph,
+    batch: int,
+    interval: Mapping[int, Bounds] | None = None,
+    *,
+    min_macs: int = FLOAT32_MIN_MACS,
+) -> bool:
+    """Whether a rigorous float32 CROWN pass can be faster than a float64 one: only when its
+    backward passes hold enough multiply-adds (:func:`float32_macs`, with the unstable neurons
+    of ``interval`` when given, else every neuron) for the float32 products to outweigh the
+    rounding bookkeeping's cost, and only on graphs the bookkeeping covers
+    (``tracker.covers``). What decides is the rows, not the shapes alone: oval21's
+    cifar_base_kw has 2,048 rows in the plan but 46 after interval bounds at eps 2/255."""
     # a graph outside the float32 bookkeeping is computed in float64 anyway (crown.backward)
-    return batch * rows * plan.numel_upto[-1] >= min_entries and covers(graph)
+    return float32_macs(graph, batch, interval) >= min_macs and covers(graph)
 
 
 def cone(graph, target: int, C: Tensor) -> dict[int, Tensor]:
