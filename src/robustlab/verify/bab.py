@@ -19,7 +19,7 @@ from robustlab.bounds.forward import forward_bounds
 from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.base import Bounds, InputRegion
-from robustlab.bounds.plan import cut_node
+from robustlab.bounds.plan import cut_node, float32_pays
 from robustlab.verify.spec import Property
 
 HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
@@ -83,7 +83,11 @@ def bound_boxes(
                 bounds = {**bounds, **_intersect(graph, bounds, parent)}
             cut = cut_node(graph) if lo.dtype == torch.float64 else None
             if cut is not None:  # rows that end at the waist's linear bounds (mixed mode)
-                bounds = intermediate_bounds(graph, region, "crown", prior=bounds, C=Cn, cut=cut)
+                # the prefix and the cut's lines in the rigorous float32 mode where it pays
+                f32 = float32_pays(graph, n)
+                bounds = intermediate_bounds(
+                    graph, region, "crown", prior=bounds, C=Cn, cut=cut, cut_float32=f32
+                )
         else:
             prior = None
             # forward bounds round to nearest: a prior only for float64 boxes (float32 passes
