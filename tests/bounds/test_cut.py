@@ -16,7 +16,8 @@ from robustlab.bounds.crown import (
     linear_bounds,
     two_sided,
 )
-from robustlab.bounds.forward import forward_bounds
+from robustlab.bounds.cut import CutPasses, mixed_bounds
+from robustlab.bounds.forward import Lin, forward_bounds
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.plan import cut_node
@@ -378,3 +379,82 @@ def test_dead_neurons_get_interval_lines_and_change_no_later_bound(float32, monk
         assert torch.allclose(skip[j].lower, full[j].lower, atol=tol, rtol=0), j
         assert torch.allclose(skip[j].upper, full[j].upper, atol=tol, rtol=0), j
     assert torch.allclose(lb, lb_full, atol=1e-12 * (1 + float(lb.detach().abs().max())), rtol=0)
+
+
+def _halves(region: InputRegion, inputs=(0, 1)) -> InputRegion:
+    """Each box halved along each of ``inputs``: two boxes per input, inside their box."""
+    lo, hi = region.lower, region.upper
+    mid = (lo + hi) / 2
+    los, his = [], []
+    for j in inputs:
+        h1, l2 = hi.clone(), lo.clone()
+        h1[:, j], l2[:, j] = mid[:, j], mid[:, j]
+        los += [lo, l2]
+        his += [h1, hi]
+    return InputRegion(torch.cat(los), torch.cat(his))
+
+
+def test_kept_passes_are_found_for_boxes_inside_within_the_levels():
+    graph = graph_of(_gan("transposed"), (4,))
+    kept = CutPasses(levels=2)
+    lo, hi = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    w, b = torch.zeros(1, 1, 8, 8, 4), torch.zeros(1, 1, 8, 8)
+    one = Lin(w, b, w, b)
+    kept.put(graph, lo, hi, one, {})
+    kept.put(graph, lo, hi / 2, one, {})  # a smaller kept box inside the first
+    boxes_lo = torch.tensor([[0.0, 0, 0, 0], [0.0, 0, 0, 0], [0.5, 0, 0, 0], [0.0, 0, 0, 0]])
+    boxes_hi = torch.tensor(
+        [[0.5, 0.5, 0.5, 0.5], [0.5, 1, 1, 1], [1.0, 1, 1, 1], [1.0, 1, 1, 1.5]]
+    )
+    found = kept.find(graph, boxes_lo.double(), boxes_hi.double())
+    assert found[0] is not None and bool((found[0].hi == 0.5).all())  # the smallest holding it
+    assert found[1] is not None and bool((found[1].hi == 1).all())
+    assert found[2] is not None  # one halving
+    assert found[3] is None  # not inside
+    deep = kept.find(graph, torch.zeros(1, 4).double(), torch.full((1, 4), 0.05).double())
+    assert deep == [None]  # many halvings below every kept box
+    other = graph_of(_gan("transposed"), (4,))
+    assert kept.find(other, boxes_lo.double(), boxes_hi.double()) == [None] * 4
+    small = CutPasses(max_entries=2 * one.wl.numel() + 2 * one.bl.numel())
+    for _ in range(3):
+        small.put(graph, lo, hi, one, {})
+    assert len(small._items) == 1  # least recently stored out first
+
+
+@pytest.mark.parametrize(
+    ("kind", "float32"),
+    [("transposed", False), ("transposed", True), ("upsample", True), ("tanh", True)],
+)
+def test_boxes_inside_a_kept_box_take_its_pass_and_stay_sound(kind, float32, monkeypatch):
+    """mixed_bounds on 4 boxes inside each of 2 kept boxes, and 2 boxes outside them in the
+    same batch: only those 2 compute lines (one pass), every node's bounds contain 10^4 samples
+    of each box, and bound_boxes' final rows (through the kept bounds) hold at every sample."""
+    net = _gan(kind)
+    graph = graph_of(net, (4,))
+    region = _region(n=2, width=0.4, seed=8)
+    c = cut_node(graph)
+    kept = CutPasses()
+    mixed_bounds(graph, region, forward_bounds(graph, region), None, c, float32, kept)
+    assert len(kept._items) == 2
+    inner = _halves(region)
+    far = _region(n=2, width=0.4, seed=9)  # outside both: passes of their own
+    boxes = InputRegion(torch.cat([inner.lower, far.lower]), torch.cat([inner.upper, far.upper]))
+    calls = []
+    real = crown_mod.linear_bounds
+    monkeypatch.setattr(crown_mod, "linear_bounds", lambda *a, **k: calls.append(1) or real(*a))
+    bounds = mixed_bounds(graph, boxes, forward_bounds(graph, boxes), None, c, float32, kept)
+    assert len(calls) == 1 and len(kept._items) == 4  # the two outside boxes only, one pass
+    x = torch.cat([_samples(inner, seed=10), _samples(far, seed=11)], 1)
+    vals = _node_values(net, graph, x.reshape(-1, 4))
+    for i, b in bounds.items():
+        v = vals[i].reshape(N_SAMPLES, *b.lower.shape)
+        tol = 1e-10 * (1 + v.detach().abs().max())
+        assert (b.lower - tol <= v).all() and (v <= b.upper + tol).all(), i
+    monkeypatch.setattr(bab_mod, "_CUT_PASSES", kept)
+    monkeypatch.setattr(bab_mod, "float32_pays", lambda g, n: float32)
+    C = torch.tensor([[1.0, -1.0], [0.0, 1.0]], dtype=torch.float64)
+    lb, A, bias = bound_boxes(graph, boxes.lower, boxes.upper, C, (4,), "forward")
+    y = torch.einsum("rj,sbj->sbr", C, vals[graph.output].reshape(N_SAMPLES, -1, 2))
+    tol = 1e-10 * (1 + y.detach().abs().max())
+    assert (lb <= y.amin(0) + tol).all()
+    assert (torch.einsum("brk,sbk->sbr", A, x) + bias <= y + tol).all()

@@ -488,6 +488,7 @@ def intermediate_bounds(
     cut: int | None = None,
     cut_lin: Lin | None = None,
     cut_float32: bool = False,
+    lines: dict | None = None,
 ) -> dict[int, Bounds]:
     """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them;
     with ``C`` (the rows the bounds are for, (batch, rows, *output shape)) only the neurons in
@@ -503,7 +504,12 @@ def intermediate_bounds(
     ``cut_float32`` (a float64 box region): the nodes up to the cut, and the cut's lines, in
     the rigorous float32 mode (tracker.py: the box rounded outward, every bound and line
     bounding its own rounding), the rest in float64 from exact float64 copies of them (on
-    cGAN the cut's lines are 80-90% of the work, and float32 products are ~2x faster there)."""
+    cGAN the cut's lines are 80-90% of the work, and float32 products are ~2x faster there).
+
+    ``cut_lin``: the cut's lines, valid on the region (those of a box containing it, cut.py);
+    the nodes up to the cut then keep their interval bounds intersected with ``prior`` (which
+    carries that box's), and only later nodes are refined. ``lines`` receives the cut's lines
+    (float64) under the key ``cut``."""
     need = graph.plan.needs if method == "crown" else {}
     exact = graph.plan.ibp_exact
     within = cone(graph, graph.output, C) if C is not None and need else {}
@@ -534,9 +540,13 @@ def intermediate_bounds(
                 bounds[0] = region
                 b = bounds[i]
                 stops = {i: _upcast_lin(stops[i])}
+            if lines is not None:
+                lines[i] = stops[i]
             c = ((region.upper + region.lower) / 2).reshape(len(region.lower), -1)
             r = ((region.upper - region.lower) / 2).reshape(len(region.lower), -1)
             bounds[i] = b.intersect(stops[i].concrete(c, r))
+        if cut_lin is not None and cut is not None and i <= cut:
+            continue  # the given lines' box refined these (they reach ``prior``)
         if i in need and not exact[i] and i != graph.output:
             unstable_only, only = need[i], within.get(i, None if C is None else False)
             if only is False or (only is not None and not bool(only.any())):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.crown import backward, intermediate_bounds
+from robustlab.bounds.cut import CutPasses, mixed_bounds
 from robustlab.bounds.forward import affordable as forward_affordable
 from robustlab.bounds.forward import forward_bounds
 from robustlab.bounds.forward import supported as forward_ok
@@ -25,6 +26,10 @@ from robustlab.verify.spec import Property
 HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
 UNIT = 2.0**-24  # the precision networks are evaluated in (float32, as onnxruntime checks them)
 PARENT_BOUNDS_MAX = 4096  # neurons whose bounds a queued box keeps for its children (memory)
+
+
+# the cut's pass of each box bounded in the mixed mode, for the boxes inside it (bounds/cut.py)
+_CUT_PASSES = CutPasses()
 
 
 @dataclass
@@ -85,9 +90,7 @@ def bound_boxes(
             if cut is not None:  # rows that end at the waist's linear bounds (mixed mode)
                 # the prefix and the cut's lines in the rigorous float32 mode where it pays
                 f32 = float32_pays(graph, n)
-                bounds = intermediate_bounds(
-                    graph, region, "crown", prior=bounds, C=Cn, cut=cut, cut_float32=f32
-                )
+                bounds = mixed_bounds(graph, region, bounds, Cn, cut, f32, _CUT_PASSES)
         else:
             prior = None
             # forward bounds round to nearest: a prior only for float64 boxes (float32 passes
