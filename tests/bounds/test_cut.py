@@ -16,7 +16,7 @@ from robustlab.bounds.crown import (
     linear_bounds,
     two_sided,
 )
-from robustlab.bounds.cut import CutPasses, mixed_bounds
+from robustlab.bounds.cut import CutPasses, convolutional, mixed_bounds
 from robustlab.bounds.forward import Lin, forward_bounds
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
@@ -458,3 +458,13 @@ def test_boxes_inside_a_kept_box_take_its_pass_and_stay_sound(kind, float32, mon
     tol = 1e-10 * (1 + y.detach().abs().max())
     assert (lb <= y.amin(0) + tol).all()
     assert (torch.einsum("brk,sbk->sbr", A, x) + bias <= y + tol).all()
+
+
+def test_float32_and_kept_passes_only_on_convolutional_nets():
+    """bab.bound_boxes takes the float32 cut pass and kept passes on convolutional graphs
+    (cGAN) only: not on dense nets with a waist (TLL), whose cut passes are cheap."""
+    assert all(convolutional(graph_of(_gan(kind), (4,))) for kind in KINDS)
+    torch.manual_seed(0)
+    waist = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), nn.Linear(3, 8))
+    mlp = nn.Sequential(waist, nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1)).eval()
+    assert not convolutional(graph_of(mlp, (4,)))

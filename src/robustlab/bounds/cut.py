@@ -24,6 +24,8 @@ from robustlab.bounds.crown import intermediate_bounds
 from robustlab.bounds.forward import Lin
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.base import InputRegion
+from robustlab.bounds.ops.linear import Conv
+from robustlab.bounds.ops.shape import ConvTranspose
 
 REUSE_LEVELS = 2  # a sub-box takes a kept pass within this many halvings of its box
 KEPT_ENTRIES = 2**24  # numbers kept over all boxes (float64: 128 MB)
@@ -90,6 +92,13 @@ class CutPasses:
             self._size += size
             while self._size > self.max_entries:
                 self._size -= self._items.popitem(last=False)[1].size
+
+
+def convolutional(graph: BoundGraph) -> bool:
+    """Whether the graph has a convolution or a transposed convolution (a cGAN's generator and
+    discriminator): where the float32 cut pass and the kept passes are measured to pay (not
+    on the narrow dense waists of TLL networks, whose cut passes are cheap)."""
+    return any(isinstance(n.op, (Conv, ConvTranspose)) for n in graph.nodes)
 
 
 def _log_volume(lo: Tensor, hi: Tensor, E_lo: Tensor, E_hi: Tensor) -> Tensor:

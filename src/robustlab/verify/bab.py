@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.crown import backward, intermediate_bounds
-from robustlab.bounds.cut import CutPasses, mixed_bounds
+from robustlab.bounds.cut import CutPasses, convolutional, mixed_bounds
 from robustlab.bounds.forward import affordable as forward_affordable
 from robustlab.bounds.forward import forward_bounds
 from robustlab.bounds.forward import supported as forward_ok
@@ -88,9 +88,12 @@ def bound_boxes(
                 bounds = {**bounds, **_intersect(graph, bounds, parent)}
             cut = cut_node(graph) if lo.dtype == torch.float64 else None
             if cut is not None:  # rows that end at the waist's linear bounds (mixed mode)
-                # the prefix and the cut's lines in the rigorous float32 mode where it pays
-                f32 = float32_pays(graph, n)
-                bounds = mixed_bounds(graph, region, bounds, Cn, cut, f32, _CUT_PASSES)
+                # the prefix and the cut's lines in the rigorous float32 mode where it pays;
+                # boxes inside a box bounded before take its pass (convolutional nets: cGAN)
+                conv = convolutional(graph)
+                f32 = conv and float32_pays(graph, n)
+                kept = _CUT_PASSES if conv else None
+                bounds = mixed_bounds(graph, region, bounds, Cn, cut, f32, kept)
         else:
             prior = None
             # forward bounds round to nearest: a prior only for float64 boxes (float32 passes
