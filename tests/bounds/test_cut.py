@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from robustlab.bounds import crown as crown_mod
 from robustlab.bounds.crown import (
     backward,
     identity_rows,
@@ -15,10 +16,12 @@ from robustlab.bounds.crown import (
     linear_bounds,
     two_sided,
 )
-from robustlab.bounds.forward import forward_bounds
+from robustlab.bounds.cut import CutPasses, convolutional, mixed_bounds
+from robustlab.bounds.forward import Lin, forward_bounds
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.plan import cut_node
+from robustlab.bounds.tracker import covers
 from robustlab.verify import bab as bab_mod
 from robustlab.verify.bab import bound_boxes
 
@@ -219,3 +222,249 @@ def test_search_starts_from_the_margin_pass(monkeypatch):
     )
     verdict = bab_mod.portfolio([steps], float("inf"))
     assert verdict == ("holds", None) and len(calls) == 1
+
+
+def _far(net: nn.Module) -> nn.Module:
+    """The net with its first layer's bias shifted so that inputs near 1000 give the values
+    inputs near 0 gave: float32 rounding of the inputs then exceeds a box of width 1e-3."""
+    with torch.no_grad():
+        net.fc.bias -= 1000.0 * net.fc.weight.sum(1)
+    return net
+
+
+def _far_region(n: int = 2, seed: int = 0) -> InputRegion:
+    g = torch.Generator().manual_seed(seed)
+    x0 = 1000.0 + torch.rand(n, 4, generator=g, dtype=torch.float64)
+    return InputRegion(x0, x0 + 1e-3)
+
+
+def _contained(lin, net, graph, region, c, seed=1) -> None:
+    """Every sample's value of node c lies between its lines (float64, 1e-10: far below the
+    float32 rounding the lines bound, ~1e-5 here)."""
+    n = region.lower.shape[0]
+    shape = graph.nodes[c].shape
+    x = _samples(region, seed)
+    h = _node_values(net, graph, x.reshape(-1, 4))[c].reshape(N_SAMPLES, n, *shape)
+    lo = torch.einsum("b...k,sbk->sb...", lin.wl.double(), x) + lin.bl
+    hi = torch.einsum("b...k,sbk->sb...", lin.wu.double(), x) + lin.bu
+    tol = 1e-10 * (1 + h.detach().abs().max())
+    assert (lo <= h + tol).all() and (h <= hi + tol).all()
+
+
+def _lines32(graph, region: InputRegion, c: int):
+    """The cut's lines in the rigorous float32 mode (the box rounded outward, float32 CROWN
+    bounds up to the cut), as ``intermediate_bounds(cut_float32=True)`` computes them."""
+    box = crown_mod._outward_region(region)
+    bounds = intermediate_bounds(graph, box, "crown")
+    return linear_bounds(graph, bounds, c), box
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("far", [False, True])
+def test_float32_lines_contain_samples_and_are_never_tighter_than_float64(kind, far):
+    """float32 lines: W float32, intercepts float64 carrying the pass's rounding bound; they
+    hold at 10^4 float64 samples also where rounding exceeds the box (inputs near 1000, width
+    1e-3); concretised, never tighter than the float64 lines by more than float32 rounding of
+    the values (~1e-6 of their magnitude; the rounding bound itself is larger), and where
+    rounding is small (inputs near 0) only slightly looser."""
+    net = _far(_gan(kind)) if far else _gan(kind)
+    graph = graph_of(net, (4,))
+    assert covers(graph)
+    region = _far_region() if far else _region()
+    c = cut_node(graph)
+    lin32, box = _lines32(graph, region, c)
+    assert lin32.wl.dtype == torch.float32 and lin32.bl.dtype == torch.float64
+    _contained(lin32, net, graph, region, c)
+    lin64 = linear_bounds(graph, intermediate_bounds(graph, region, "crown"), c)
+    mid, rad = (region.upper + region.lower) / 2, (region.upper - region.lower) / 2
+    b32 = crown_mod._upcast_lin(lin32).concrete(mid, rad)
+    b64 = lin64.concrete(mid, rad)
+    mag = 1 + torch.maximum(b64.lower.abs(), b64.upper.abs())
+    assert (b32.lower <= b64.lower + 1e-6 * mag).all()
+    assert (b32.upper >= b64.upper - 1e-6 * mag).all()
+    if not far:
+        width = b64.upper - b64.lower
+        assert (b64.lower - b32.lower <= 1e-3 * width + 1e-5).all()
+        assert (b32.upper - b64.upper <= 1e-3 * width + 1e-5).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("far", [False, True])
+def test_mixed_bounds_with_float32_lines_contain_samples(kind, far):
+    net = _far(_gan(kind)) if far else _gan(kind)
+    graph = graph_of(net, (4,))
+    region = _far_region(3, seed=2) if far else _region(n=3, width=0.5, seed=2)
+    c = cut_node(graph)
+    prior = forward_bounds(graph, region)
+    bounds = intermediate_bounds(graph, region, "crown", prior=prior, cut=c, cut_float32=True)
+    assert all(b.lower.dtype == torch.float64 for b in bounds.values())
+    x = _samples(region, seed=3)
+    vals = _node_values(net, graph, x.reshape(-1, 4))
+    for i, b in bounds.items():
+        v = vals[i].reshape(N_SAMPLES, *b.lower.shape)
+        tol = 1e-10 * (1 + v.detach().abs().max())
+        assert (b.lower - tol <= v).all() and (v <= b.upper + tol).all(), i
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bound_boxes_with_float32_lines_are_sound_and_close(kind, monkeypatch):
+    """bound_boxes' cut branch with the float32 prefix (``plan.float32_pays`` forced): its
+    bounds and linear lower bounds hold at every sample and lose little to float64's."""
+    net = _gan(kind)
+    graph = graph_of(net, (4,))
+    region = _region(n=4, width=0.6, seed=5)
+    C = torch.tensor([[1.0, -1.0], [0.0, 1.0]], dtype=torch.float64)
+    lb64, _, _ = bound_boxes(graph, region.lower, region.upper, C, (4,), "forward")
+    monkeypatch.setattr(bab_mod, "float32_pays", lambda g, n: True)
+    lb, A, bias = bound_boxes(graph, region.lower, region.upper, C, (4,), "forward")
+    x = _samples(region, seed=6)
+    y = _node_values(net, graph, x.reshape(-1, 4))[graph.output].reshape(N_SAMPLES, 4, 2)
+    cy = torch.einsum("rj,sbj->sbr", C, y)
+    tol = 1e-10 * (1 + cy.detach().abs().max())
+    assert (lb <= cy.amin(0) + tol).all()
+    assert (torch.einsum("brk,sbk->sbr", A, x) + bias <= cy + tol).all()
+    assert (lb <= lb64 + 1e-6 * (1 + lb64.abs())).all()
+    assert (lb >= lb64 - 1e-3 * (1 + lb64.abs())).all()
+
+
+def _relu_after(graph) -> int:
+    """The first convolution of the discriminator: a node read only by a ReLU."""
+    return next(
+        i
+        for i, n in enumerate(graph.nodes)
+        if n.shape == (4, 4, 4) and type(graph.nodes[i + 1].op).__name__ == "ReLU"
+    )
+
+
+@pytest.mark.parametrize("float32", [False, True])
+def test_dead_neurons_get_interval_lines_and_change_no_later_bound(float32, monkeypatch):
+    """A node read only by a ReLU: neurons with upper <= 0 get the constant lines of their
+    interval bounds (no rows), those the upper lines show dead no lower rows; every line holds
+    at the samples, the live neurons' lines are the dense CROWN rows (1e-12), and mixed-mode
+    bounds of every later node, and the final bound, are those without the skip."""
+    net = _gan("transposed")
+    with torch.no_grad():  # most neurons of the discriminator's first map dead, some not
+        net.d1.bias -= torch.tensor([0.15, 0.35, 0.5, 0.2])
+    graph = graph_of(net, (4,))
+    region = _region(n=2, width=0.5, seed=4)
+    s = _relu_after(graph)
+    if float32:
+        lin, box = _lines32(graph, region, s)
+        _contained(lin, net, graph, region, s)
+        return
+    bounds = intermediate_bounds(graph, region, "crown")
+    lin = linear_bounds(graph, bounds, s)
+    _contained(lin, net, graph, region, s)
+    const = (lin.wl == 0).all(-1) & (lin.wu == 0).all(-1)
+    assert bool(const.any()) and not bool(const.all())
+    mid, rad = (region.upper + region.lower) / 2, (region.upper - region.lower) / 2
+    conc = lin.concrete(mid, rad)
+    dense = two_sided(
+        graph, bounds, s, identity_rows(graph.nodes[s].shape, torch.arange(64), 2, region.lower)
+    )
+    live = (conc.upper > 0).reshape(2, -1)
+    scale = 1e-12 * (1 + float(dense.lower.detach().abs().max()))
+    assert torch.allclose(conc.lower.reshape(2, -1)[live], dense.lower[live], atol=scale, rtol=0)
+    assert torch.allclose(conc.upper.reshape(2, -1)[live], dense.upper[live], atol=scale, rtol=0)
+    # mixed mode with the cut there, with and without the skip
+    prior = forward_bounds(graph, region)
+    C = torch.tensor([[1.0, -1.0], [-1.0, 0.5]], dtype=torch.float64).expand(2, 2, 2)
+    skip = intermediate_bounds(graph, region, "crown", prior=prior, cut=s)
+    lb = backward(graph, skip, graph.output, C, stops={s: linear_bounds(graph, skip, s)})
+    monkeypatch.setattr(crown_mod, "_zero_when_dead", lambda g, s: False)
+    full = intermediate_bounds(graph, region, "crown", prior=prior, cut=s)
+    lb_full = backward(graph, full, graph.output, C, stops={s: linear_bounds(graph, full, s)})
+    for j in range(s + 1, len(graph.nodes)):
+        tol = 1e-12 * (1 + float(full[j].upper.detach().abs().max()))
+        assert torch.allclose(skip[j].lower, full[j].lower, atol=tol, rtol=0), j
+        assert torch.allclose(skip[j].upper, full[j].upper, atol=tol, rtol=0), j
+    assert torch.allclose(lb, lb_full, atol=1e-12 * (1 + float(lb.detach().abs().max())), rtol=0)
+
+
+def _halves(region: InputRegion, inputs=(0, 1)) -> InputRegion:
+    """Each box halved along each of ``inputs``: two boxes per input, inside their box."""
+    lo, hi = region.lower, region.upper
+    mid = (lo + hi) / 2
+    los, his = [], []
+    for j in inputs:
+        h1, l2 = hi.clone(), lo.clone()
+        h1[:, j], l2[:, j] = mid[:, j], mid[:, j]
+        los += [lo, l2]
+        his += [h1, hi]
+    return InputRegion(torch.cat(los), torch.cat(his))
+
+
+def test_kept_passes_are_found_for_boxes_inside_within_the_levels():
+    graph = graph_of(_gan("transposed"), (4,))
+    kept = CutPasses(levels=2)
+    lo, hi = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    w, b = torch.zeros(1, 1, 8, 8, 4), torch.zeros(1, 1, 8, 8)
+    one = Lin(w, b, w, b)
+    kept.put(graph, lo, hi, one, {})
+    kept.put(graph, lo, hi / 2, one, {})  # a smaller kept box inside the first
+    boxes_lo = torch.tensor([[0.0, 0, 0, 0], [0.0, 0, 0, 0], [0.5, 0, 0, 0], [0.0, 0, 0, 0]])
+    boxes_hi = torch.tensor(
+        [[0.5, 0.5, 0.5, 0.5], [0.5, 1, 1, 1], [1.0, 1, 1, 1], [1.0, 1, 1, 1.5]]
+    )
+    found = kept.find(graph, boxes_lo.double(), boxes_hi.double())
+    assert found[0] is not None and bool((found[0].hi == 0.5).all())  # the smallest holding it
+    assert found[1] is not None and bool((found[1].hi == 1).all())
+    assert found[2] is not None  # one halving
+    assert found[3] is None  # not inside
+    deep = kept.find(graph, torch.zeros(1, 4).double(), torch.full((1, 4), 0.05).double())
+    assert deep == [None]  # many halvings below every kept box
+    other = graph_of(_gan("transposed"), (4,))
+    assert kept.find(other, boxes_lo.double(), boxes_hi.double()) == [None] * 4
+    small = CutPasses(max_entries=2 * one.wl.numel() + 2 * one.bl.numel())
+    for _ in range(3):
+        small.put(graph, lo, hi, one, {})
+    assert len(small._items) == 1  # least recently stored out first
+
+
+@pytest.mark.parametrize(
+    ("kind", "float32"),
+    [("transposed", False), ("transposed", True), ("upsample", True), ("tanh", True)],
+)
+def test_boxes_inside_a_kept_box_take_its_pass_and_stay_sound(kind, float32, monkeypatch):
+    """mixed_bounds on 4 boxes inside each of 2 kept boxes, and 2 boxes outside them in the
+    same batch: only those 2 compute lines (one pass), every node's bounds contain 10^4 samples
+    of each box, and bound_boxes' final rows (through the kept bounds) hold at every sample."""
+    net = _gan(kind)
+    graph = graph_of(net, (4,))
+    region = _region(n=2, width=0.4, seed=8)
+    c = cut_node(graph)
+    kept = CutPasses()
+    mixed_bounds(graph, region, forward_bounds(graph, region), None, c, float32, kept)
+    assert len(kept._items) == 2
+    inner = _halves(region)
+    far = _region(n=2, width=0.4, seed=9)  # outside both: passes of their own
+    boxes = InputRegion(torch.cat([inner.lower, far.lower]), torch.cat([inner.upper, far.upper]))
+    calls = []
+    real = crown_mod.linear_bounds
+    monkeypatch.setattr(crown_mod, "linear_bounds", lambda *a, **k: calls.append(1) or real(*a))
+    bounds = mixed_bounds(graph, boxes, forward_bounds(graph, boxes), None, c, float32, kept)
+    assert len(calls) == 1 and len(kept._items) == 4  # the two outside boxes only, one pass
+    x = torch.cat([_samples(inner, seed=10), _samples(far, seed=11)], 1)
+    vals = _node_values(net, graph, x.reshape(-1, 4))
+    for i, b in bounds.items():
+        v = vals[i].reshape(N_SAMPLES, *b.lower.shape)
+        tol = 1e-10 * (1 + v.detach().abs().max())
+        assert (b.lower - tol <= v).all() and (v <= b.upper + tol).all(), i
+    monkeypatch.setattr(bab_mod, "_CUT_PASSES", kept)
+    monkeypatch.setattr(bab_mod, "float32_pays", lambda g, n: float32)
+    C = torch.tensor([[1.0, -1.0], [0.0, 1.0]], dtype=torch.float64)
+    lb, A, bias = bound_boxes(graph, boxes.lower, boxes.upper, C, (4,), "forward")
+    y = torch.einsum("rj,sbj->sbr", C, vals[graph.output].reshape(N_SAMPLES, -1, 2))
+    tol = 1e-10 * (1 + y.detach().abs().max())
+    assert (lb <= y.amin(0) + tol).all()
+    assert (torch.einsum("brk,sbk->sbr", A, x) + bias <= y + tol).all()
+
+
+def test_float32_and_kept_passes_only_on_convolutional_nets():
+    """bab.bound_boxes takes the float32 cut pass and kept passes on convolutional graphs
+    (cGAN) only: not on dense nets with a waist (TLL), whose cut passes are cheap."""
+    assert all(convolutional(graph_of(_gan(kind), (4,))) for kind in KINDS)
+    torch.manual_seed(0)
+    waist = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), nn.Linear(3, 8))
+    mlp = nn.Sequential(waist, nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1)).eval()
+    assert not convolutional(graph_of(mlp, (4,)))

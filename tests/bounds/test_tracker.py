@@ -2,7 +2,8 @@
 rows, receptive-field windows, batch norm and residual additions (where a linear step's rounding
 is folded into the relaxation step above it, or bounded on its own after a sum), float32 bounds
 contain the float64 outputs even where rounding exceeds the region's width, and are never
-tighter than float64 CROWN's."""
+tighter than float64 CROWN's; on generators too (transposed convolutions, 1-D and 2-D, grouped),
+whose float32 transpose is a direct or GEMM convolution (``shape._conv_gemm``)."""
 
 import copy
 
@@ -29,8 +30,28 @@ class Residual(nn.Module):
         return self.fc(torch.relu(self.c3(h)).flatten(1))
 
 
+class Generator(nn.Module):
+    """A dense layer into transposed convolutions (2-D grouped and strided, then 1-D), ReLUs,
+    a convolution and a dense head: a cGAN generator and discriminator in small."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4 * 3 * 3)
+        self.up = nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1, groups=2)
+        self.up1 = nn.ConvTranspose1d(4, 2, 3, stride=2)
+        self.conv = nn.Conv1d(2, 3, 3, stride=2)
+        self.head = nn.Linear(3 * 6, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.up(torch.relu(self.fc(x)).reshape(-1, 4, 3, 3)))
+        h = torch.relu(self.up1(h.sum(2)))
+        return self.head(torch.relu(self.conv(h)).flatten(1))
+
+
 def _net(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(7)
+    if name == "generator":
+        return Generator().eval(), (3,)
     if name == "mlp":
         net = nn.Sequential(
             nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4)
@@ -53,7 +74,7 @@ def _net(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     return net.eval(), (2, 5, 5)
 
 
-NETS = ["mlp", "cnn", "residual"]
+NETS = ["mlp", "cnn", "residual", "generator"]
 
 
 def _outputs(net, lo, hi, g, n=3000):
@@ -74,7 +95,7 @@ def test_float32_crown_contains_exact_outputs_where_rounding_dominates(name):
     lo = 1000.0 + torch.rand(1, *shape, generator=g)
     hi = lo + 1e-3
     out = _outputs(net, lo, hi, g)
-    b = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float32)
+    b = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float32, fallback=False)
     assert b.lower.dtype == torch.float32
     assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all()
 
@@ -90,7 +111,7 @@ def test_float32_crown_contains_samples_and_is_never_tighter_than_float64(name, 
     x = torch.rand(batch, *shape, generator=g)
     lo, hi = x - 0.05, x + 0.05
     b64 = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float64)
-    b32 = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float32)
+    b32 = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float32, fallback=False)
     l64, u64 = b64.lower, b64.upper
     l32, u32 = b32.lower.double(), b32.upper.double()
     tiny = 1e-12 * (1 + torch.maximum(l64.abs(), u64.abs()))
@@ -124,7 +145,7 @@ def test_float32_crown_contains_the_exact_range_of_a_linear_network(name):
     with torch.no_grad():
         mid = exact(c)[0]
     low, high = mid - J.abs() @ r.flatten(), mid + J.abs() @ r.flatten()
-    b = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float32)
+    b = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float32, fallback=False)
     assert (b.lower.double()[0] <= low).all() and (b.upper.double()[0] >= high).all()
     # the relaxation is exact: only the rounding bound (~2e-6 here; the range is ~5e-4 wide)
     assert (b.lower.double()[0] >= low - 1e-4).all() and (b.upper.double()[0] <= high + 1e-4).all()
@@ -151,5 +172,22 @@ def test_float32_crown_with_one_operation_at_two_nodes_contains_exact_outputs():
     lo = 1000.0 + torch.rand(1, 6, generator=g)
     hi = lo + 1e-3
     out = _outputs(net, lo, hi, g)
-    b = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float32)
+    b = compute_bounds(net, Box(lo, hi), "crown", dtype=torch.float32, fallback=False)
     assert (out >= b.lower.double()).all() and (out <= b.upper.double()).all()
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_gemm_is_the_transposed_convolutions_transpose(dim, groups):
+    """The float32 route of ``ConvTranspose.backward`` where PyTorch might not compute the
+    convolution as direct sums: unfold + matrix products, the same numbers as conv{1,2}d
+    (float64, 1e-12)."""
+    from robustlab.bounds.ops.shape import ConvTranspose, _conv_gemm
+
+    g = torch.Generator().manual_seed(dim + 2 * groups)
+    w = torch.randn(4, 6 // groups, *([3] * dim), generator=g, dtype=torch.float64)
+    op = ConvTranspose(w, None, (2,) * dim, (1,) * dim, (0,) * dim, (2,) * dim, groups)
+    x = torch.randn(5, 6, *([9] * dim), generator=g, dtype=torch.float64)
+    f = nn.functional.conv2d if dim == 2 else nn.functional.conv1d
+    ref = f(x, w, None, op.stride, op.padding, op.dilation, groups)
+    assert torch.allclose(_conv_gemm(x, w, op), ref, rtol=0, atol=1e-12 * float(ref.abs().max()))

@@ -360,9 +360,14 @@ class Tracker:
             ball = value + _signed_dot(A0, d[:, None], None) - region.l2_eps * norm
             box = torch.maximum(box, ball)
         if linear is not None:
+            # the pass's line: for every x in the box (every node's value within its bounds, as
+            # each w_j assumes), C . h(x) >= value + <A0, x - c_0> exactly, with A0 the float32
+            # coefficients as computed (their error against the exact pass is in value's |E| . w
+            # terms); the intercept value - <A0, c_0> in float64 (A0 exact there). It is not
+            # taken from ``box`` (box + <|A0|, r> would add back a differently rounded sum)
             dense = A0.dense() if isinstance(A0, Window) else A0
             linear["A"] = dense
-            linear["bias"] = box + absdot(dense, r) - dot64(dense, self.c(0))
+            linear["bias"] = value - dot64(dense, self.c(0))
         return round_down(box, dtype)
 
     def finish_last(self, op, a: Tensor, shapes, dtype: torch.dtype, chunk: int) -> Tensor:

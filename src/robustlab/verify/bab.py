@@ -14,17 +14,22 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.crown import backward, intermediate_bounds
+from robustlab.bounds.cut import CutPasses, convolutional, mixed_bounds
 from robustlab.bounds.forward import affordable as forward_affordable
 from robustlab.bounds.forward import forward_bounds
 from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.base import Bounds, InputRegion
-from robustlab.bounds.plan import cut_node
+from robustlab.bounds.plan import cut_node, float32_pays
 from robustlab.verify.spec import Property
 
 HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
 UNIT = 2.0**-24  # the precision networks are evaluated in (float32, as onnxruntime checks them)
 PARENT_BOUNDS_MAX = 4096  # neurons whose bounds a queued box keeps for its children (memory)
+
+
+# the cut's pass of each box bounded in the mixed mode, for the boxes inside it (bounds/cut.py)
+_CUT_PASSES = CutPasses()
 
 
 @dataclass
@@ -83,7 +88,12 @@ def bound_boxes(
                 bounds = {**bounds, **_intersect(graph, bounds, parent)}
             cut = cut_node(graph) if lo.dtype == torch.float64 else None
             if cut is not None:  # rows that end at the waist's linear bounds (mixed mode)
-                bounds = intermediate_bounds(graph, region, "crown", prior=bounds, C=Cn, cut=cut)
+                # the prefix and the cut's lines in the rigorous float32 mode where it pays;
+                # boxes inside a box bounded before take its pass (convolutional nets: cGAN)
+                conv = convolutional(graph)
+                f32 = conv and float32_pays(graph, n)
+                kept = _CUT_PASSES if conv else None
+                bounds = mixed_bounds(graph, region, bounds, Cn, cut, f32, kept)
         else:
             prior = None
             # forward bounds round to nearest: a prior only for float64 boxes (float32 passes

@@ -78,7 +78,8 @@ class Within(LinearOp):
 @dataclass(eq=False)
 class ConvTranspose(LinearOp):
     """1-D or 2-D transposed convolution (zero padding); its transpose is the convolution with the
-    same weight. Not float32-bookkept (CPU convolutions may use Winograd): float64 there."""
+    same weight. float32 rows are bookkept (tracker.py): the transpose is then a direct or GEMM
+    convolution (``_direct``), never Winograd (NNPACK) or FFT."""
 
     weight: Tensor
     bias: Tensor | None
@@ -87,7 +88,12 @@ class ConvTranspose(LinearOp):
     output_padding: tuple[int, ...]
     dilation: tuple[int, ...]
     groups: int
-    tracked = False
+
+    def rounding_terms(self, out_shape) -> int:
+        """Products summed per coefficient by ``backward`` (a convolution over the output's
+        channels of a group and the kernel's taps; fewer where the stride skips taps), + 1 for
+        the weight's rounding to float32."""
+        return self.weight.shape[1] * math.prod(self.weight.shape[2:]) + 1
 
     def _run(self, x, w, b):
         f = nn.functional.conv_transpose2d if w.dim() == 4 else nn.functional.conv_transpose1d
@@ -106,13 +112,61 @@ class ConvTranspose(LinearOp):
         w = _cast(self.weight, A)
         f = nn.functional.conv2d if w.dim() == 4 else nn.functional.conv1d
         flat = A.reshape(b * m, *A.shape[2:])
-        a_in = f(flat, w, None, self.stride, self.padding, self.dilation, self.groups)
+        if A.dtype == torch.float32 and not _direct(flat, w, self):
+            a_in = _conv_gemm(flat, w, self)
+        else:
+            a_in = f(flat, w, None, self.stride, self.padding, self.dilation, self.groups)
         spatial = in_shapes[0][1:]  # output_padding >= stride leaves extra rows: cropped
         a_in = a_in[(..., *(slice(0, n) for n in spatial))].reshape(b, m, *in_shapes[0])
         if self.bias is None:
             return [a_in], A.new_zeros(b, m)
         bias = A.flatten(3).sum(-1) @ _cast(self.bias, A)
         return [a_in], bias
+
+
+_DIRECT = ("Mkldnn", "Slow2d", "SlowDilated2d")  # oneDNN's direct algorithm, im2col + GEMM
+
+
+def _direct(x: Tensor, w: Tensor, op: ConvTranspose) -> bool:
+    """Whether PyTorch computes ``conv2d(x, w)`` as direct sums (oneDNN's direct algorithm,
+    im2col + GEMM: the error model of the float32 bookkeeping); not NNPACK (Winograd, FFT)."""
+    if w.dim() != 4:
+        return False
+    try:
+        got = torch._C._select_conv_backend(
+            x, w, None, list(op.stride), list(op.padding), list(op.dilation), False, [0, 0],
+            op.groups, None,
+        )  # fmt: skip
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    return getattr(got, "name", str(got).rsplit(".", 1)[-1]) in _DIRECT
+
+
+GEMM_ENTRIES = 2**22  # unfolded entries per chunk of ``_conv_gemm``
+
+
+def _conv_gemm(x: Tensor, w: Tensor, op: ConvTranspose) -> Tensor:
+    """``conv{1,2}d(x, w)`` (op's stride, padding, dilation, groups) as unfold + matrix products:
+    each output a plain sum of products (no fast convolution algorithm), in chunks of rows."""
+    one = w.dim() == 3
+    if one:  # 1-D as 2-D with a height of one
+        x, w = x[:, :, None], w[:, :, None]
+    st, pad, dil = (tuple(v) for v in (op.stride, op.padding, op.dilation))
+    if one:
+        st, pad, dil = (1, *st), (0, *pad), (1, *dil)
+    n, g = x.shape[0], op.groups
+    kh, kw = w.shape[2:]
+    hh = (x.shape[2] + 2 * pad[0] - dil[0] * (kh - 1) - 1) // st[0] + 1
+    ww = (x.shape[3] + 2 * pad[1] - dil[1] * (kw - 1) - 1) // st[1] + 1
+    wg = w.reshape(g, w.shape[0] // g, -1)
+    per = max(1, GEMM_ENTRIES // max(1, w.shape[1] * g * kh * kw * hh * ww))
+    parts = []
+    for s in range(0, n, per):
+        cols = nn.functional.unfold(x[s : s + per], (kh, kw), dil, pad, st)
+        cols = cols.reshape(cols.shape[0], g, -1, cols.shape[-1])
+        parts.append(torch.matmul(wg, cols).reshape(cols.shape[0], w.shape[0], hh, ww))
+    out = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return out[:, :, 0] if one else out
 
 
 @dataclass(eq=False)
