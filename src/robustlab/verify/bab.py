@@ -20,6 +20,7 @@ from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.base import Bounds, InputRegion
 from robustlab.bounds.plan import cut_node
+from robustlab.verify.cost import mixed_pays
 from robustlab.verify.spec import Property
 
 HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
@@ -82,6 +83,7 @@ def bound_boxes(
             if parent is not None:
                 bounds = {**bounds, **_intersect(graph, bounds, parent)}
             cut = cut_node(graph) if lo.dtype == torch.float64 else None
+            cut = cut if cut is not None and mixed_pays(graph, cut) else None
             if cut is not None:  # rows that end at the waist's linear bounds (mixed mode)
                 bounds = intermediate_bounds(graph, region, "crown", prior=bounds, C=Cn, cut=cut)
         else:
