@@ -247,3 +247,30 @@ def test_input_splitting_on_a_reduced_graph_starts_from_the_engine_pass(monkeypa
         reuse_parent=False, cache=cache,
     )  # fmt: skip
     assert bab.portfolio([steps], float("inf")) == ("holds", None) and calls == [1]
+
+
+def test_input_splitting_in_the_mixed_mode_splits_without_look_ahead(monkeypatch):
+    """Forward bounds with CROWN's rows at a cut that pays (cost.mixed_mode) make every box
+    dear: the forward search splits the "smart" input alone; elsewhere it looks ahead."""
+    from robustlab.bounds.graph import graph_of
+    from robustlab.verify import bab, cost
+    from robustlab.verify.bab import BabStats
+    from robustlab.verify.spec import Disjunct, Property
+
+    from ..bounds.test_cut import _gan
+
+    seen = []
+    monkeypatch.setattr(bab, "search_steps", lambda *a, **k: seen.append(k["lookahead"]))
+    monkeypatch.setattr(bab, "portfolio", lambda searches, end, shares=None: ("timeout", None))
+    mlp = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    for net, mixed in ((_gan("transposed"), True), (mlp, False)):
+        graph = graph_of(net, (4,) if mixed else (5,))
+        assert cost.mixed_mode(graph) is mixed
+        n_in = 4 if mixed else 5
+        lo = torch.zeros(n_in, dtype=torch.float64)
+        C = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+        prop = Property(lo, lo + 0.1, (Disjunct(C, torch.zeros(1, dtype=torch.float64)),))
+        seen.clear()
+        margin = torch.zeros(1, dtype=torch.float64)
+        engine._input_split(graph, prop, (n_in,), net, 0.0, "forward", BabStats(), margin)
+        assert seen == ([1] if mixed else [2])

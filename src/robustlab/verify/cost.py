@@ -110,6 +110,13 @@ def mixed_pays(graph: BoundGraph, cut: int) -> bool:
     return memo["mixed pays", cut]
 
 
+def mixed_mode(graph: BoundGraph) -> bool:
+    """Whether forward bounds on ``graph`` come with CROWN's rows that end at a cut
+    (``bab.bound_boxes``): a cut (``plan.cut_node``) where :func:`mixed_pays`."""
+    cut = cut_node(graph)
+    return cut is not None and mixed_pays(graph, cut)
+
+
 def crown_over_forward(graph: BoundGraph) -> float:
     """Estimated cost of CROWN intermediate bounds for one box over that of forward linear
     bounds, which carry one column per input (inf when forward bounds do not support the
@@ -117,10 +124,7 @@ def crown_over_forward(graph: BoundGraph) -> float:
     GAN's generator output) forward bounds come with CROWN's rows that end at the cut
     (``bab.bound_boxes``), and full CROWN rows would cross what lies before the cut once per
     row: inf, forward (mixed) bounds alone."""
-    if not forward_ok(graph):
-        return math.inf
-    cut = cut_node(graph)
-    if cut is not None and mixed_pays(graph, cut):
+    if not forward_ok(graph) or mixed_mode(graph):
         return math.inf
     forward_cost = (math.prod(graph.nodes[0].shape) + 1) * _prefix_costs(graph)[-1]
     return crown_cost(graph) / max(forward_cost, 1)
