@@ -197,6 +197,7 @@ def test_bound_boxes_with_a_cut_are_sound_and_tighter_than_forward(kind, monkeyp
 def test_search_starts_from_the_margin_pass(monkeypatch):
     """search_steps takes the root box's bounds from hold_margin's pass on the same graph (one
     bound pass fewer) and answers as when it bounds the root itself."""
+    from robustlab.verify.root import RootCache
     from robustlab.verify.spec import Disjunct, Property
 
     net = _gan("transposed")
@@ -216,10 +217,12 @@ def test_search_starts_from_the_margin_pass(monkeypatch):
     calls = []
     real = bab_mod.bound_boxes
     monkeypatch.setattr(bab_mod, "bound_boxes", lambda *a, **k: calls.append(1) or real(*a, **k))
-    margin = bab_mod.hold_margin(graph, prop, (4,), intermediate="forward")
+    cache = RootCache(graph)  # the last one-box pass is kept there
+    margin = bab_mod.hold_margin(graph, prop, (4,), intermediate="forward", cache=cache)
     steps = bab_mod.search_steps(
-        graph, prop, (4,), net, intermediate="forward", margin=margin, reuse_parent=False
-    )
+        graph, prop, (4,), net, intermediate="forward", margin=margin, reuse_parent=False,
+        cache=cache,
+    )  # fmt: skip
     verdict = bab_mod.portfolio([steps], float("inf"))
     assert verdict == ("holds", None) and len(calls) == 1
 

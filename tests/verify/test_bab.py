@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from robustlab.bounds.graph import graph_of
-from robustlab.verify import bab, embed
+from robustlab.verify import bab, embed, root
 from robustlab.verify.spec import Disjunct, Property
 
 
@@ -157,9 +157,10 @@ def test_a_linear_network_keeps_no_parent_bounds_and_is_still_bounded():
     assert torch.allclose(lb[:, 0].double(), exact.expand(2), rtol=1e-6, atol=1e-6)
 
 
-def test_one_box_pass_is_shared_only_by_the_same_function():
-    """bounds_and_margins' last one-box pass serves a later call on another graph of the same
-    network (embed.reduce builds one per caller), never one whose fixed inputs differ."""
+def test_one_box_pass_is_shared_only_by_the_same_function(monkeypatch):
+    """bounds_and_margins' last one-box pass, kept in the cache it is given (root.RootCache),
+    serves a later call on another graph of the same network (embed.reduce builds one per
+    caller), never one whose fixed inputs differ, nor another cache."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
     graph = graph_of(net, (4,))
@@ -179,8 +180,19 @@ def test_one_box_pass_is_shared_only_by_the_same_function():
     g2, l2, h2 = reduced(0.5)
     g3, l3, h3 = reduced(0.25)
     rows = C[None]
-    bab.bounds_and_margins(g1, l1, h1, rows, torch.zeros(1, 1, dtype=torch.float64), (2,))
-    assert g1 is not g2 and bab._same_graph(g1, g2) and not bab._same_graph(g1, g3)
-    assert bab._last_pass(g2, l2, h2, C, "crown", prefix=True) is not None
-    assert bab._last_pass(g3, l3, h3, C, "crown", prefix=True) is None
-    assert bab._last_pass(g2, l2, h2, C, "forward", prefix=True) is None
+    cache = root.RootCache(graph)
+    d = torch.zeros(1, 1, dtype=torch.float64)
+    lb, margin = bab.bounds_and_margins(g1, l1, h1, rows, d, (2,), cache=cache)
+    assert g1 is not g2 and root.same_graph(g1, g2) and not root.same_graph(g1, g3)
+    assert cache.last(g2, l2, h2, C, "crown", prefix=True) is not None
+    assert cache.last(g3, l3, h3, C, "crown", prefix=True) is None
+    assert cache.last(g2, l2, h2, C, "forward", prefix=True) is None
+    assert root.RootCache(graph).last(g1, l1, h1, C, "crown", prefix=True) is None
+    # the second call is served from the cache: the same numbers, no bound pass
+    calls = []
+    real = bab.bound_boxes
+    monkeypatch.setattr(bab, "bound_boxes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = bab.bounds_and_margins(g2, l2, h2, rows, d, (2,), cache=cache)
+    fresh = bab.bounds_and_margins(g2, l2, h2, rows, d, (2,))
+    assert len(calls) == 1 and torch.equal(again[0], lb) and torch.equal(again[1], margin)
+    assert torch.allclose(fresh[0], lb, rtol=0, atol=1e-12)

@@ -202,3 +202,75 @@ def test_bounds_over_their_share_leave_the_time_to_attacks(tmp_path, monkeypatch
     (tmp_path / "p.vnnlib").write_text("\n".join(lines) + "\n(assert (>= Y_0 1000))")
     r = verify(tmp_path / "n.onnx", tmp_path / "p.vnnlib", timeout=4.0)
     assert r.verdict == "timeout" and r.stats["bounds_s"] == "over share", r
+
+
+def test_input_splitting_on_a_reduced_graph_starts_from_the_engine_pass(monkeypatch):
+    """On a region with fixed inputs (embed.reduce builds a new graph per caller), the engine's
+    forward pass is kept in its root.RootCache and serves hold_margin's (the search bounds its
+    root again here: its children start from the root's intermediate bounds, which a one-box
+    pass does not keep): two one-box passes where the region holds at the root, three without
+    the cache; with parents' bounds not reused, one."""
+    from robustlab.bounds.graph import graph_of
+    from robustlab.verify import bab, embed, root
+    from robustlab.verify.bab import BabStats
+    from robustlab.verify.spec import Disjunct, Property
+
+    from ..bounds.test_cut import _gan
+
+    net = _gan("transposed")
+    graph = graph_of(net, (4,))
+    lo = torch.tensor([0.1, -0.2, 0.3, 0.3], dtype=torch.float64)
+    hi = lo + torch.tensor([0.05, 0.05, 0.0, 0.0], dtype=torch.float64)
+    with torch.no_grad():
+        y0 = float(net(((lo + hi) / 2).float()[None])[0, 0])
+    C = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    prop = Property(lo, hi, (Disjunct(C, torch.tensor([y0 - 10.0], dtype=torch.float64)),))
+    calls = []
+    real = bab.bound_boxes
+    monkeypatch.setattr(
+        bab, "bound_boxes", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k)
+    )
+    for cache in (root.RootCache(graph), None):
+        calls.clear()
+        engine._forward_bound(graph, net, prop, (4,), C, prop.disjuncts[0].d, cache)
+        how = ("input-split", "forward")
+        verdict = engine._branch(graph, prop, (4,), net, float("inf"), how, BabStats(), None, cache)
+        assert verdict == ("holds", None)
+        assert calls == ([1, 1] if cache is not None else [1, 1, 1])
+    cache = root.RootCache(graph)
+    red = embed.reduce(graph, net, prop, (4,))
+    calls.clear()
+    engine._forward_bound(graph, net, prop, (4,), C, prop.disjuncts[0].d, cache)
+    margin = bab.hold_margin(red.graph, red.prop, (2,), intermediate="forward", cache=cache)
+    steps = bab.search_steps(
+        red.graph, red.prop, (2,), red.model, intermediate="forward", margin=margin,
+        reuse_parent=False, cache=cache,
+    )  # fmt: skip
+    assert bab.portfolio([steps], float("inf")) == ("holds", None) and calls == [1]
+
+
+def test_input_splitting_in_the_mixed_mode_splits_without_look_ahead(monkeypatch):
+    """Forward bounds with CROWN's rows at a cut that pays (cost.mixed_mode) make every box
+    dear: the forward search splits the "smart" input alone; elsewhere it looks ahead."""
+    from robustlab.bounds.graph import graph_of
+    from robustlab.verify import bab, cost
+    from robustlab.verify.bab import BabStats
+    from robustlab.verify.spec import Disjunct, Property
+
+    from ..bounds.test_cut import _gan
+
+    seen = []
+    monkeypatch.setattr(bab, "search_steps", lambda *a, **k: seen.append(k["lookahead"]))
+    monkeypatch.setattr(bab, "portfolio", lambda searches, end, shares=None: ("timeout", None))
+    mlp = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    for net, mixed in ((_gan("transposed"), True), (mlp, False)):
+        graph = graph_of(net, (4,) if mixed else (5,))
+        assert cost.mixed_mode(graph) is mixed
+        n_in = 4 if mixed else 5
+        lo = torch.zeros(n_in, dtype=torch.float64)
+        C = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+        prop = Property(lo, lo + 0.1, (Disjunct(C, torch.zeros(1, dtype=torch.float64)),))
+        seen.clear()
+        margin = torch.zeros(1, dtype=torch.float64)
+        engine._input_split(graph, prop, (n_in,), net, 0.0, "forward", BabStats(), margin)
+        assert seen == ([1] if mixed else [2])

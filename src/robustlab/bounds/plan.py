@@ -18,7 +18,7 @@ from robustlab.bounds.ops.bilinear import Bilinear
 from robustlab.bounds.ops.linear import Affine, Conv, Generic, Linear, Reshape
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.reduce import MaxReduce
-from robustlab.bounds.ops.shape import Within
+from robustlab.bounds.ops.shape import ConvTranspose, Within
 from robustlab.bounds.tracker import covers
 
 INPUT, LINEAR, BILINEAR, ACTIVATION, POOL, OTHER = range(6)
@@ -31,7 +31,7 @@ class Plan:
     operation lies between the input and it), ``ibp_exact`` (whether interval bounds are exact
     there, see :func:`_ibp_exact`), ``numel_upto`` (the largest per-sample size of the nodes up
     to it); ``needs``: nodes whose bounds a relaxation uses -> whether only unstable neurons
-    matter (ReLU)."""
+    matter (ReLU); ``memo``: estimates derived from the graph once (``verify.cost``)."""
 
     kinds: tuple[int, ...]
     in_shapes: tuple[tuple[tuple[int, ...], ...], ...]
@@ -39,6 +39,7 @@ class Plan:
     ibp_exact: tuple[bool, ...]
     numel_upto: tuple[int, ...]
     needs: dict[int, bool]
+    memo: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def _kind(op) -> int:
@@ -246,18 +247,39 @@ def cut_node(graph) -> int | None:
     return best
 
 
-def row_cost(graph, j: int) -> float:
+def step_cost(graph, k: int) -> int:
+    """Multiply-adds of one dense backward row through node ``k``: a dense layer's weights, a
+    convolution's weights at every output position, a transposed convolution's at every input
+    position (its transpose is a convolution over its input), else the node's size."""
+    node = graph.nodes[k]
+    w = getattr(node.op, "weight", None)
+    if isinstance(node.op, Conv):
+        return w.numel() * math.prod(node.shape[1:])
+    if isinstance(node.op, ConvTranspose):
+        return w.numel() * math.prod(graph.nodes[node.inputs[0]].shape[1:])
+    if isinstance(node.op, Linear):
+        return w.numel()
+    return math.prod(node.shape)
+
+
+def row_cost(graph, j: int, stop: int | None = None) -> float:
     """Estimated multiply-adds of one backward row from the central neuron of node ``j`` to the
-    input: per node on the way, the neurons of its cone (the row's window) times the inputs each
-    one reads (a convolution's or linear layer's fan-in, else one)."""
+    input (with ``stop``: to node ``stop``, which it does not cross): per node on the way, the
+    neurons of its cone (the row's window) times the inputs each one reads (a convolution's or
+    linear layer's fan-in, a transposed convolution's weights per output, else one)."""
     shape = graph.nodes[j].shape
     C = torch.zeros(1, 1, math.prod(shape), dtype=torch.float64)
     C[0, 0, _center(shape)] = 1
     reach = cone(graph, j, C.reshape(1, 1, *shape))
     total = 0.0
     for k, m in reach.items():
-        w = getattr(graph.nodes[k].op, "weight", None)
+        if stop is not None and k <= stop:
+            continue
+        op = graph.nodes[k].op
+        w = getattr(op, "weight", None)
         fan_in = w[0].numel() if isinstance(w, Tensor) and w.dim() > 1 else 1
+        if isinstance(op, ConvTranspose):
+            fan_in = step_cost(graph, k) / math.prod(graph.nodes[k].shape)
         total += int(m.sum()) * fan_in
     return total
 

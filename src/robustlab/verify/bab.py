@@ -4,7 +4,6 @@ contribution to the bound is largest (|coefficient| x width, as in "smart" input
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Generator
@@ -21,6 +20,7 @@ from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.base import Bounds, InputRegion
 from robustlab.bounds.plan import cut_node, float32_pays
+from robustlab.verify.cost import mixed_pays
 from robustlab.verify.spec import Property
 
 HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
@@ -87,6 +87,7 @@ def bound_boxes(
             if parent is not None:
                 bounds = {**bounds, **_intersect(graph, bounds, parent)}
             cut = cut_node(graph) if lo.dtype == torch.float64 else None
+            cut = cut if cut is not None and mixed_pays(graph, cut) else None
             if cut is not None:  # rows that end at the waist's linear bounds (mixed mode)
                 # the prefix and the cut's lines in the rigorous float32 mode where it pays;
                 # boxes inside a box bounded before take its pass (convolutional nets: cGAN)
@@ -156,7 +157,12 @@ def margin_of(d: Tensor, magnitude: Tensor | float = 0.0, unit: float = UNIT) ->
 
 
 def hold_margin(
-    graph: BoundGraph, prop: Property, shape, unit: float = UNIT, intermediate: str = "crown"
+    graph: BoundGraph,
+    prop: Property,
+    shape,
+    unit: float = UNIT,
+    intermediate: str = "crown",
+    cache=None,
 ) -> Tensor:
     """How far a lower bound of each row ``C_r y`` (the property's stacked rows) must clear
     ``d_r`` before a disjunct counts as unreachable: ``HOLD_ULPS`` units of the input precision
@@ -165,10 +171,12 @@ def hold_margin(
     bound, its sensitivity to the inputs). The two magnitude terms are what rounding the outputs
     and the inputs to float32 can change, so no float32 evaluation contradicts a ``holds``; the
     margin follows the network's scale (outputs near 1e6 or near 1e-6 alike). ``intermediate``:
-    as for :func:`bound_boxes`."""
+    as for :func:`bound_boxes`; ``cache``: as for :func:`bounds_and_margins`."""
     C, d, _ = _stack_spec(prop)
     lo, hi = prop.lower[None].double(), prop.upper[None].double()
-    lb, margin = bounds_and_margins(graph, lo, hi, C[None], d[None], shape, intermediate, unit)
+    lb, margin = bounds_and_margins(
+        graph, lo, hi, C[None], d[None], shape, intermediate, unit, cache=cache
+    )
     return margin[0]
 
 
@@ -182,11 +190,15 @@ def bounds_and_margins(
     intermediate: str = "crown",
     unit: float = UNIT,
     out: dict | None = None,
+    cache=None,
 ) -> tuple[Tensor, Tensor]:
     """For N boxes with their own rows ``C`` (N, rows, n_outputs) and ``d`` (N, rows): the lower
     bounds of ``C y`` (N, rows) and the margins of :func:`hold_margin` (N, rows), from one bound
     pass (the rows and the outputs' two signs bounded together); ``out``: as for
-    :func:`bound_boxes`."""
+    :func:`bound_boxes`. ``cache`` (a ``root.RootCache``): a one-box pass (without ``out``) is
+    taken from its last one-box pass where that was on the same function, box, rows and
+    intermediate bounds, and kept there otherwise (the engine's first bound pass, hold_margin's
+    and the search's root are one pass, on the reduced graphs of input splitting too)."""
     n, k, n_out = C.shape
     used = (C != 0).any(1).any(0).nonzero().squeeze(1)  # the outputs some row reads
     u = len(used)
@@ -194,12 +206,14 @@ def bounds_and_margins(
     eye = C.new_zeros(u, n_out).index_put_((torch.arange(u), used), C.new_ones(()))
     eye = eye.expand(n, u, n_out)
     rows = torch.cat([C, eye, -eye], 1)
-    cached = n == 1 and out is None  # a caller that wants the bounds makes its own pass
-    hit = _last_pass(graph, lo, hi, rows, intermediate) if cached else None
+    # one region's box: the engine's pass, then hold_margin's, then the search's (a caller
+    # that wants the bounds makes its own pass)
+    cached = cache is not None and n == 1 and out is None
+    hit = cache.last(graph, lo, hi, rows, intermediate) if cached else None
     if hit is None:
         lb, A, bias = bound_boxes(graph, lo, hi, rows, shape, intermediate, out=out)
-        if cached:  # one region's box: the engine's pass, then hold_margin's, then the search's
-            _LAST["pass"] = ((graph, lo, hi, rows, intermediate), (lb, A, bias))  # one store
+        if cached:
+            cache.put_last(graph, lo, hi, rows, intermediate, (lb, A, bias))
     else:
         lb, A, bias = hit
     lb, A = lb.double(), A.double()  # a float32 pass's bounds are exact in float64
@@ -208,67 +222,6 @@ def bounds_and_margins(
     mag = torch.einsum("nko,no->nk", C[:, :, used].abs().to(y_mag.dtype), y_mag)
     mag = mag + torch.einsum("nki,ni->nk", A[:, :k].abs(), x_mag)
     return lb[:, :k], margin_of(d, mag, unit)
-
-
-_LAST: dict = {}  # the last one-box pass of bounds_and_margins: its key and its bounds
-
-
-def _last_pass(graph, lo, hi, C, intermediate, prefix: bool = False):
-    """``(lb, A, bias)`` of :func:`bounds_and_margins`' last one-box pass when it was on the
-    same function (:func:`_same_graph`: ``embed.reduce`` builds a new graph of the same network
-    for each caller), box, intermediate bounds and rows ``C`` (with ``prefix``: its first rows,
-    C of shape (rows, n_outputs)), else None. The engine's first bound pass, hold_margin's and
-    the search's root are one pass."""
-    last = _LAST.get("pass")  # one read: key and bounds of the same pass, in any thread
-    if last is None:
-        return None
-    (g0, lo0, hi0, C0, how), (lb, A, bias) = last
-    rows = C.shape[0] if prefix else C.shape[1]
-    C0 = C0[0, :rows] if prefix else C0
-    if (
-        how != intermediate
-        or lo0.shape != lo.shape
-        or C0.shape != C.shape
-        or lo0.dtype != lo.dtype
-        or not (torch.equal(lo0, lo) and torch.equal(hi0, hi) and torch.equal(C0, C))
-        or not _same_graph(g0, graph)
-    ):
-        return None
-    return (lb[:, :rows], A[:, :rows], bias[:, :rows]) if prefix else (lb, A, bias)
-
-
-def _same_graph(a: BoundGraph, b: BoundGraph) -> bool:
-    """Whether two graphs compute the same function: node by node the same inputs, shapes and
-    operation (the same object, or equal fields, tensors equal entry by entry)."""
-    if a is b:
-        return True
-    if len(a.nodes) != len(b.nodes):
-        return False
-    for m, n in zip(a.nodes, b.nodes, strict=True):
-        if m.inputs != n.inputs or m.shape != n.shape:
-            return False
-        if m.op is n.op:
-            continue
-        if type(m.op) is not type(n.op) or not dataclasses.is_dataclass(m.op):
-            return False
-        for f in dataclasses.fields(m.op):
-            u, v = getattr(m.op, f.name), getattr(n.op, f.name)
-            if isinstance(u, Tensor) or isinstance(v, Tensor):
-                same = (
-                    isinstance(u, Tensor)
-                    and isinstance(v, Tensor)
-                    and u.dtype == v.dtype
-                    and u.shape == v.shape
-                    and torch.equal(u, v)
-                )
-            else:
-                try:
-                    same = u is v or (type(u) is type(v) and bool(u == v))
-                except (RuntimeError, TypeError, ValueError):  # e.g. tuples of tensors
-                    same = False
-            if not same:
-                return False
-    return True
 
 
 def pop_domains(stack: list, batch: int):
@@ -375,6 +328,7 @@ def input_split(
     intermediate: str = "crown",
     lookahead: int = 2,
     weakest_first: bool = False,
+    cache=None,
 ) -> tuple[str, Tensor | None]:
     """``("holds", None)``, ``("violated", x)`` (x float64, to be re-checked), or
     ``("timeout", None)``: one search of :func:`search_steps` run to the deadline."""
@@ -390,6 +344,7 @@ def input_split(
                 intermediate=intermediate,
                 lookahead=lookahead,
                 weakest_first=weakest_first,
+                cache=cache,
             )
         ],
         deadline,
@@ -431,6 +386,7 @@ def search_steps(
     split_all: bool = False,
     margin: Tensor | None = None,
     reuse_parent: bool = True,
+    cache=None,
 ) -> Generator[None, None, tuple[str, Tensor | None]]:
     """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
     ``("holds", None)`` or ``("violated", x)``).
@@ -445,14 +401,16 @@ def search_steps(
     that of :func:`hold_margin` (computed when not given). ``reuse_parent``: children start
     from their parent's intermediate bounds (:func:`bound_boxes`' ``parent``); CROWN is not
     monotone in its intermediate bounds (the adaptive ReLU lower slopes), so this proves some
-    properties far sooner (ACAS Xu 4_9 / prop_1) and others later (1_1 / prop_5)."""
+    properties far sooner (ACAS Xu 4_9 / prop_1) and others later (1_1 / prop_5). ``cache``
+    (a ``root.RootCache``): the root box's bounds come from its last one-box pass where that
+    was hold_margin's on the same function, box and rows (:func:`bounds_and_margins`)."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
     if margin is None:
-        margin = hold_margin(graph, prop, shape, intermediate=intermediate)
+        margin = hold_margin(graph, prop, shape, intermediate=intermediate, cache=cache)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     kept: list = []
-    root = _last_pass(graph, lo_q, hi_q, C, intermediate, prefix=True)
+    root = None if cache is None else cache.last(graph, lo_q, hi_q, C, intermediate, prefix=True)
     if root is not None and not (reuse_parent and _keeps_bounds(graph)):
         lb, A, bias = root
         kept.append(lo_q.new_zeros(1, 2, 0))

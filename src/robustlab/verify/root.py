@@ -124,13 +124,58 @@ def stack(passes: list[RootPass]) -> dict[int, Bounds]:
 class RootCache:
     """The root passes of one graph's regions, matched exactly on (box, rows); at most
     ``max_numbers`` bound entries in all (a pass that does not fit is not kept: it is computed
-    again where it is needed)."""
+    again where it is needed). Beside them, the last one-box pass of
+    ``bab.bounds_and_margins`` on any graph of the same network (``embed.reduce`` builds one
+    per caller for input splitting): its linear lower bounds, matched on the function
+    (:func:`same_graph`), box, rows and intermediate bounds."""
 
     def __init__(self, graph: BoundGraph, max_numbers: int = MAX_NUMBERS) -> None:
         self.graph = graph
         self.max_numbers = max_numbers
         self._passes: dict[bytes, list[RootPass]] = {}
         self._numbers = 0
+        self._last: tuple | None = None  # ((graph, lo, hi, rows, intermediate), (lb, A, bias))
+
+    def put_last(
+        self,
+        graph: BoundGraph,
+        lo: Tensor,
+        hi: Tensor,
+        rows: Tensor,
+        intermediate: str,
+        result: tuple[Tensor, Tensor, Tensor],
+    ) -> None:
+        """Keep ``result`` = ``(lb, A, bias)``, a one-box pass of ``rows`` (1, rows, n_outputs)
+        on ``graph`` over the box ``lo``, ``hi`` (1, n_inputs), in place of the last one."""
+        self._last = ((graph, lo, hi, rows, intermediate), result)  # one store
+
+    def last(
+        self,
+        graph: BoundGraph,
+        lo: Tensor,
+        hi: Tensor,
+        C: Tensor,
+        intermediate: str,
+        prefix: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(lb, A, bias)`` of the last kept one-box pass when it was on the same function
+        (:func:`same_graph`), box, intermediate bounds and rows ``C`` (with ``prefix``: its
+        first rows, C of shape (rows, n_outputs)), else None."""
+        if self._last is None:
+            return None
+        (g0, lo0, hi0, C0, how), (lb, A, bias) = self._last
+        rows = C.shape[0] if prefix else C.shape[1]
+        C0 = C0[0, :rows] if prefix else C0
+        if (
+            how != intermediate
+            or lo0.shape != lo.shape
+            or C0.shape != C.shape
+            or lo0.dtype != lo.dtype
+            or not (torch.equal(lo0, lo) and torch.equal(hi0, hi) and torch.equal(C0, C))
+            or not same_graph(g0, graph)
+        ):
+            return None
+        return (lb[:, :rows], A[:, :rows], bias[:, :rows]) if prefix else (lb, A, bias)
 
     @staticmethod
     def _key(lower: Tensor) -> bytes:
@@ -171,3 +216,38 @@ class RootCache:
             return None
         C, d, _ = bab._stack_spec(prop)
         return self.get(prop.lower, prop.upper, C, d)
+
+
+def same_graph(a: BoundGraph, b: BoundGraph) -> bool:
+    """Whether two graphs compute the same function: node by node the same inputs, shapes and
+    operation (the same object, or equal fields, tensors equal entry by entry)."""
+    if a is b:
+        return True
+    if len(a.nodes) != len(b.nodes):
+        return False
+    for m, n in zip(a.nodes, b.nodes, strict=True):
+        if m.inputs != n.inputs or m.shape != n.shape:
+            return False
+        if m.op is n.op:
+            continue
+        if type(m.op) is not type(n.op) or not dataclasses.is_dataclass(m.op):
+            return False
+        for f in dataclasses.fields(m.op):
+            if not _same_value(getattr(m.op, f.name), getattr(n.op, f.name)):
+                return False
+    return True
+
+
+def _same_value(u, v) -> bool:
+    if isinstance(u, Tensor) or isinstance(v, Tensor):
+        return (
+            isinstance(u, Tensor)
+            and isinstance(v, Tensor)
+            and u.dtype == v.dtype
+            and u.shape == v.shape
+            and torch.equal(u, v)
+        )
+    try:
+        return u is v or (type(u) is type(v) and bool(u == v))
+    except (RuntimeError, TypeError, ValueError):  # e.g. tuples of tensors
+        return False
