@@ -550,6 +550,8 @@ def intermediate_bounds(
             bounds[i] = b.intersect(stops[i].concrete(c, r))
         if cut_lin is not None and cut is not None and i <= cut:
             continue  # the given lines' box refined these (they reach ``prior``)
+        if i == cut and method == "crown":
+            continue  # the cut's lines over the region are its neurons' CROWN bounds already
         if i in need and not exact[i] and i != graph.output:
             unstable_only, only = need[i], within.get(i, None if C is None else False)
             if only is False or (only is not None and not bool(only.any())):

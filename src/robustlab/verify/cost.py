@@ -92,7 +92,10 @@ def mixed_costs(
         rows[j] = int(((lo < 0) & (hi > 0)).sum() if unstable_only else (lo < hi).sum())
     without = sum(2 * n * to_input[j] for j, n in rows.items())
     lines = 2 * boxes * math.prod(graph.nodes[cut].shape) * to_input[cut]
-    mixed = lines + sum(2 * n * (to_cut[j] if j > cut else to_input[j]) for j, n in rows.items())
+    # the cut's own neurons: their lines are their CROWN bounds (no rows of their own)
+    mixed = lines + sum(
+        2 * n * (to_cut[j] if j > cut else to_input[j]) for j, n in rows.items() if j != cut
+    )
     return without, mixed
 
 
