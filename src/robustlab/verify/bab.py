@@ -29,7 +29,6 @@ PARENT_BOUNDS_MAX = 4096  # neurons whose bounds a queued box keeps for its chil
 
 
 # the cut's pass of each box bounded in the mixed mode, for the boxes inside it (bounds/cut.py)
-_CUT_PASSES = CutPasses()
 
 
 @dataclass
@@ -61,6 +60,7 @@ def bound_boxes(
     keep: list | None = None,
     forward_prior: bool = False,
     out: dict | None = None,
+    passes: CutPasses | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CROWN lower bounds of ``C y`` on each box (N, rows), with the linear lower bounds they come
     from: ``C y >= A x + bias`` on the box (A of shape (N, rows, n_inputs)). ``C``: (rows,
@@ -73,7 +73,9 @@ def bound_boxes(
     the unstable neurons are chosen: fewer rows, tighter relaxations; forward linear bounds
     are then skipped unless ``forward_prior`` (on ACAS Xu they prune nothing the parent's CROWN
     bounds do not). ``keep``: a list that receives the box's own packed bounds (for its
-    children); ``out``: a dict that receives every node's bounds (for later passes)."""
+    children); ``out``: a dict that receives every node's bounds (for later passes).
+    ``passes`` (``root.RootCache.cut_passes``): the mixed mode's passes of boxes bounded
+    before, which boxes inside them take (convolutional nets), and which keep this one's."""
     n = len(lo)
     region = InputRegion(lo.reshape(n, *shape), hi.reshape(n, *shape))
     unkept = parent is not None and parent.shape[2] == 0
@@ -93,7 +95,7 @@ def bound_boxes(
                 # boxes inside a box bounded before take its pass (convolutional nets: cGAN)
                 conv = convolutional(graph)
                 f32 = conv and float32_pays(graph, n)
-                kept = _CUT_PASSES if conv else None
+                kept = passes if conv else None
                 bounds = mixed_bounds(graph, region, bounds, Cn, cut, f32, kept)
         else:
             prior = None
@@ -211,7 +213,8 @@ def bounds_and_margins(
     cached = cache is not None and n == 1 and out is None
     hit = cache.last(graph, lo, hi, rows, intermediate) if cached else None
     if hit is None:
-        lb, A, bias = bound_boxes(graph, lo, hi, rows, shape, intermediate, out=out)
+        passes = None if cache is None else cache.cut_passes
+        lb, A, bias = bound_boxes(graph, lo, hi, rows, shape, intermediate, out=out, passes=passes)
         if cached:
             cache.put_last(graph, lo, hi, rows, intermediate, (lb, A, bias))
     else:
@@ -410,12 +413,15 @@ def search_steps(
         margin = hold_margin(graph, prop, shape, intermediate=intermediate, cache=cache)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     kept: list = []
+    passes = None if cache is None else cache.cut_passes
     root = None if cache is None else cache.last(graph, lo_q, hi_q, C, intermediate, prefix=True)
     if root is not None and not (reuse_parent and _keeps_bounds(graph)):
         lb, A, bias = root
         kept.append(lo_q.new_zeros(1, 2, 0))
     else:
-        lb, A, bias = bound_boxes(graph, lo_q, hi_q, C, shape, intermediate, keep=kept)
+        lb, A, bias = bound_boxes(
+            graph, lo_q, hi_q, C, shape, intermediate, keep=kept, passes=passes
+        )
     pb_q = kept[0]  # per box: its parent's intermediate bounds (packed)
     if not reuse_parent:
         pb_q = pb_q[..., :0]  # nothing kept
@@ -444,7 +450,7 @@ def search_steps(
             return "violated", cand[v.argmin()]
         if split_all:
             L, H, child_open, lb_c, A_c, pb_c = _split_all(
-                graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb
+                graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb, passes
             )
             stats.domains += len(L)
             stats.bound_calls += 1
@@ -473,7 +479,7 @@ def search_steps(
         stats.bound_calls += 1
         kept = []
         parent = pb.repeat(2 * m, 1, 1)
-        lbc, Ac, bc = bound_boxes(graph, L, H, C, shape, intermediate, parent, kept)
+        lbc, Ac, bc = bound_boxes(graph, L, H, C, shape, intermediate, parent, kept, passes=passes)
         sl = disjunct_slack(lbc, Ac, bc, L, H, d, groups, margin).view(m, 2, n, -1)
         sl = torch.where(op[None, None], sl, torch.inf)  # closed disjuncts do not matter
         score = sl.amin(3).amin(1)  # (m, n): the worse half's weakest open disjunct
@@ -501,9 +507,9 @@ def search_steps(
     return "holds", None
 
 
-def _split_all(graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb):
+def _split_all(graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb, passes=None):
     """Every box halved along every input that varies, all children bounded (``pb``: the
-    boxes' packed intermediate bounds): the children's boxes, open disjuncts, lower bounds,
+    boxes' packed intermediate bounds; ``passes``: as for :func:`bound_boxes`): the children's boxes, open disjuncts, lower bounds,
     their input coefficients and packed intermediate bounds."""
     L, H = lo, hi
     for k in ((hi - lo) > 0).any(0).nonzero().squeeze(1).tolist():
@@ -513,7 +519,7 @@ def _split_all(graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb)
         L, H = torch.cat([L, L2]), torch.cat([H1, H])
     kept: list = []
     parent = pb.repeat(len(L) // len(lo), 1, 1)
-    lb, A, bias = bound_boxes(graph, L, H, C, shape, intermediate, parent, kept)
+    lb, A, bias = bound_boxes(graph, L, H, C, shape, intermediate, parent, kept, passes=passes)
     parents = op.repeat(len(L) // len(lo), 1)
     child_open = parents & ~(disjunct_slack(lb, A, bias, L, H, d, groups, margin) > 0)
     return L, H, child_open, lb, A, kept[0]

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.alpha import alpha_crown
+from robustlab.bounds.cut import CutPasses
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.verify import bab
@@ -127,7 +128,8 @@ class RootCache:
     again where it is needed). Beside them, the last one-box pass of
     ``bab.bounds_and_margins`` on any graph of the same network (``embed.reduce`` builds one
     per caller for input splitting): its linear lower bounds, matched on the function
-    (:func:`same_graph`), box, rows and intermediate bounds."""
+    (:func:`same_graph`), box, rows and intermediate bounds; and the mixed mode's passes of the
+    boxes bounded so far (``cut_passes``: ``bounds.cut.CutPasses``)."""
 
     def __init__(self, graph: BoundGraph, max_numbers: int = MAX_NUMBERS) -> None:
         self.graph = graph
@@ -135,6 +137,7 @@ class RootCache:
         self._passes: dict[bytes, list[RootPass]] = {}
         self._numbers = 0
         self._last: tuple | None = None  # ((graph, lo, hi, rows, intermediate), (lb, A, bias))
+        self.cut_passes = CutPasses()  # the mixed mode's passes, for boxes inside them (cut.py)
 
     def put_last(
         self,
