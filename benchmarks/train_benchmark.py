@@ -98,7 +98,7 @@ def _load(avg: tuple[float, float, float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eps", type=float, default=0.1)
-    ap.add_argument("--l2-eps", type=float, default=0.5)
+    ap.add_argument("--l2-eps", type=float, default=0.5, help="0: no L2 columns")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--arch", default="mlp,cnn")
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--holdout", type=float, default=0.2, help="--select best: held-out share")
     args = ap.parse_args()
     mixing = {"mix": args.mix, "alpha": args.mix_alpha}
+    l2_eps = args.l2_eps if args.l2_eps > 0 else None
     attack = {"steps": args.pgd_steps}  # step default: 2.5 eps / steps (Madry et al.)
     if args.pgd_step is not None:
         attack["step_size"] = args.pgd_step * args.eps
@@ -137,8 +138,8 @@ def main() -> None:
                     return build_arch(arch)
 
             table = compare(build, train_d, test_d, args.methods.split(","), args.eps,
-                            epochs=args.epochs, suite=args.suite, l2_eps=args.l2_eps,
-                            method_kwargs={"lipschitz": {"eps": args.l2_eps}, "mixup": mixing,
+                            epochs=args.epochs, suite=args.suite, l2_eps=l2_eps,
+                            method_kwargs={"lipschitz": {"eps": l2_eps}, "mixup": mixing,
                                            "pgd-at": attack,
                                            "interpolated-at": {"adversary": args.iat_adversary,
                                                                **mixing, **attack}},
