@@ -653,6 +653,12 @@ def train(
     mix_alpha: float | None = typer.Option(
         None, "--mix-alpha", help="mixup, interpolated-at: lambda ~ Beta(alpha, alpha), default 1."
     ),
+    select: str = typer.Option(
+        "last",
+        "--select",
+        help="Keep the last epoch, or best: the best PGD-10 accuracy on 20% of the training data "
+        "held out.",
+    ),
     certify_training: bool = typer.Option(
         False,
         "--certify-training",
@@ -697,6 +703,7 @@ def train(
             iat_adversary=iat_adversary,
             mix=mix,
             mix_alpha=mix_alpha,
+            select=select,
             device=device,
             progress=say,
         )

@@ -151,6 +151,8 @@ def test_certify_training(tmp_path, monkeypatch, capsys):
         (["--method", "interpolated-at", "--iat-adversary", "mixed"], "adversary must be one of"),
         (["--method", "mixup", "--mix", "hidden"], "mix must be one of input, manifold"),
         (["--method", "interpolated-at", "--mix-alpha", "0"], "alpha must be positive; found 0"),
+        (["--select", "first"], "unknown select 'first'; known: last, best"),
+        (["--select", "best", "--certify-training"], "it expects select 'last'"),
         (
             ["--method", "interpolated-at", "--iat-adversary", "interpolated", "--mix", "manifold"],
             "expects mix 'input'",
@@ -197,3 +199,19 @@ def test_mix_options_reach_mixup_and_interpolated_at(tmp_path, monkeypatch, caps
     for name in ("mixup", "interpolated-at"):
         assert trained[name]["mix"] == "manifold" and trained[name]["alpha"] == 2.0
     assert "mix" not in trained["standard"]
+
+
+def test_select_best_holds_out_training_data(tmp_path, monkeypatch, capsys):
+    code, _, err = run(
+        monkeypatch, capsys, "train", "--arch", "mlp", "--data", "digits", "--method", "pgd-at",
+        "--eps", "0.1", "--select", "best", "--epochs", "2", "--n", "20",
+        "--out", tmp_path / "m.onnx", "--db", tmp_path / "r.sqlite",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "m.json").read_text())
+    settings = report["settings"]
+    assert settings["select"] == "best" and settings["val_n"] == round(1347 * 0.2)
+    assert settings["train_n"] == 1347 - settings["val_n"]
+    (training,) = [p["training"] for p in report["per_method"]]
+    assert training["hyperparameters"]["select"] == "best" and training["best_epoch"] in (1, 2)
+    assert all("val_robust_accuracy" in e for e in report["log"])

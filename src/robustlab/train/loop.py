@@ -27,6 +27,7 @@ from robustlab.train.schedule import EpsSchedule, default_schedule
 OVERFIT_DROP = 0.2  # Wong et al.: stop when PGD accuracy on a training batch falls this far
 CHECK_N = 256  # examples for the per-epoch evaluation and the overfitting check
 OPTIMIZERS = ("adam", "sgd")
+SELECTS = ("last", "best")  # which epoch's weights train() returns
 SGD_MOMENTUM, SGD_DECAY = 0.9, 1e-4  # the step schedule of Madry et al. and Lamb et al.
 
 
@@ -138,6 +139,8 @@ def train(
     grad_clip: float | None = 10.0,
     optimizer: str = "adam",
     on_epoch: Callable[[dict], None] | None = None,
+    select: str = "last",
+    val_data: Dataset | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` with a registered ``method`` at Linf radius ``eps``.
 
@@ -149,7 +152,11 @@ def train(
     each epoch the model is evaluated on up to 256 examples of ``eval_data`` (default: the
     training data), the entry appended to the log and passed to ``on_epoch`` (to save it as it
     is produced). ``optimizer``: ``"adam"`` (cosine decay) or ``"sgd"`` (momentum, step decay;
-    see :func:`make_optimizer`).
+    see :func:`make_optimizer`). ``select``: ``"last"`` keeps the last epoch's weights;
+    ``"best"`` the epoch with the highest PGD-10 accuracy at ``eps`` on ``val_data`` (a split held
+    out of the training data, never the test set; ties to the higher clean accuracy, then the
+    earlier epoch: the early stopping of Rice et al. 2020, arXiv:2002.11569), the same rule for
+    every method; the log entries get ``val_clean_accuracy`` / ``val_robust_accuracy``.
     """
     if isinstance(method, str):
         method = get_method(method)
@@ -169,6 +176,10 @@ def train(
         raise RobustlabError(
             f"optimizer must be one of {', '.join(OPTIMIZERS)}; found {optimizer!r}"
         )
+    if select not in SELECTS:
+        raise RobustlabError(f"select must be one of {', '.join(SELECTS)}; found {select!r}")
+    if select == "best" and (val_data is None or len(val_data) == 0):
+        raise RobustlabError("select 'best' chooses the epoch on held-out data: expected val_data")
     if init not in ("auto", "ibp", "keep"):
         raise RobustlabError(f"init must be auto, ibp or keep; found {init!r}")
     gen = torch.Generator().manual_seed(seed)
@@ -186,6 +197,7 @@ def train(
     n_bounded = 0
     flags: list[dict] = []
     best_state, best_check, best_epoch = None, -1.0, None
+    chosen: tuple[tuple[float, float], int, dict] | None = None  # (key, epoch, state) for "best"
     start = time.perf_counter()
     was_training = model.training
     for epoch in range(epochs):
@@ -237,6 +249,13 @@ def train(
             elif value < best_check - OVERFIT_DROP:
                 flags.append(_overfit_flag(epoch + 1, value, best_check, best_epoch))
                 stop = True
+        if select == "best":
+            val = evaluate_epoch(_plain(method, model), val_data, eps, seed)
+            entry["val_clean_accuracy"] = val["clean_accuracy"]
+            entry["val_robust_accuracy"] = val["robust_accuracy"]
+            key = (val["robust_accuracy"], val["clean_accuracy"])
+            if chosen is None or key > chosen[0]:
+                chosen = (key, epoch + 1, copy.deepcopy(model.state_dict()))
         entry["seconds"] = time.perf_counter() - t0
         log.append(entry)
         if on_epoch:
@@ -245,6 +264,9 @@ def train(
             break
     if best_state is not None and flags:
         model.load_state_dict(best_state)  # in place: cached bound graphs keep working
+    elif chosen is not None:
+        model.load_state_dict(chosen[2])
+        best_epoch = chosen[1]
     if hasattr(method, "finish"):
         method.finish(model)  # plain layers holding the trained weights
     model.train(was_training)
@@ -259,7 +281,7 @@ def train(
         n_forward=counted.n_forward,
         n_backward=counted.n_backward,
         n_bounded=n_bounded,
-        best_epoch=best_epoch if flags else len(log),
+        best_epoch=best_epoch if flags or chosen is not None else len(log),
         hyperparameters={
             **asdict(method),
             "epochs": epochs,
@@ -269,8 +291,25 @@ def train(
             "seed": seed,
             "init": init,
             "grad_clip": grad_clip,
+            "select": select,
         },
     )
+
+
+def hold_out(data: Dataset, share: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """A fixed random split of ``data`` into (training, held-out ``share``) for ``select="best"``
+    (the same split for every method of a comparison with the same ``seed``)."""
+    if not 0 < share < 1:
+        raise RobustlabError(f"held-out share must be in (0, 1); found {share}")
+    cut = len(data) - max(1, round(len(data) * share))
+    if cut < 1:
+        raise RobustlabError(f"data '{data.name}' has {len(data)} examples; too few to hold out")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+
+    def part(idx: torch.Tensor, suffix: str) -> Dataset:
+        return Dataset(f"{data.name}{suffix}", data.x[idx], data.y[idx], data.lower, data.upper)
+
+    return part(order[:cut], ""), part(order[cut:], f" (held-out {share:.0%})")
 
 
 def _plain(method, model: nn.Module) -> nn.Module:
