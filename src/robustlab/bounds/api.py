@@ -172,7 +172,9 @@ def compute_bounds(
     out_dtype = _user_dtype(region, given)
     graph = graph_of(model, tuple(given.lower.shape[1:]))
     if fallback and dtype == torch.float32 and rounding.accounted():
-        if not _float32_pays(graph, given, method):
+        with torch.no_grad():  # no graph of the interval pass (no cast weights per call)
+            pays = _float32_pays(graph, given, method)
+        if not pays:
             dtype = torch.float64  # as rigorous, faster here (and tighter): rounded outward below
     region = _region_in(given, dtype)
     lower = region.lower

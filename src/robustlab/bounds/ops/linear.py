@@ -12,25 +12,28 @@ from torch import Tensor, nn
 
 from robustlab.bounds.ops.base import Bounds, LinearOp, vjp_backward
 
-_CASTS: dict[int, tuple] = {}
+_CASTS: dict[tuple[int, bool], tuple] = {}
 
 
-def _cast(t: Tensor | None, like: Tensor) -> Tensor | None:
-    """``t`` in ``like``'s dtype and device; conversions of constants are cached (keyed by the
-    tensor's identity and version, dropped when the tensor is freed)."""
-    if t is None or (t.dtype == like.dtype and t.device == like.device):
+def _cast(t: Tensor | None, like: Tensor, absolute: bool = False) -> Tensor | None:
+    """``t`` (``|t|`` when ``absolute``) in ``like``'s dtype and device; conversions of
+    constants are cached (keyed by the tensor's identity and version, dropped when the tensor
+    is freed)."""
+    if t is None or (not absolute and t.dtype == like.dtype and t.device == like.device):
         return t
     if torch.is_grad_enabled() and t.requires_grad:
-        return t.to(dtype=like.dtype, device=like.device)
+        t = t.to(dtype=like.dtype, device=like.device)
+        return t.abs() if absolute else t
     key = (t._version, like.dtype, like.device)
-    hit = _CASTS.get(id(t))
+    hit = _CASTS.get((id(t), absolute))
     if hit is None or hit[0] != key or hit[1]() is not t:
+        value = t.detach().to(dtype=like.dtype, device=like.device)
         hit = (
             key,
-            weakref.ref(t, lambda _, k=id(t): _CASTS.pop(k, None)),
-            t.detach().to(dtype=like.dtype, device=like.device),
+            weakref.ref(t, lambda _, k=(id(t), absolute): _CASTS.pop(k, None)),
+            value.abs() if absolute else value,
         )
-        _CASTS[id(t)] = hit
+        _CASTS[(id(t), absolute)] = hit
     return hit[2]
 
 
@@ -45,7 +48,7 @@ class Linear(LinearOp):
         return nn.functional.linear(x, _cast(self.weight, x), _cast(self.bias, x))
 
     def forward_abs(self, r: Tensor) -> Tensor:
-        return nn.functional.linear(r, _cast(self.weight, r).abs())
+        return nn.functional.linear(r, _cast(self.weight, r, absolute=True))
 
     def backward(self, A, in_shapes):
         w = _cast(self.weight, A)
