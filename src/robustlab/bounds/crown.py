@@ -22,6 +22,7 @@ from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.plan import ACTIVATION, BILINEAR, LINEAR, POOL, cone
+from robustlab.bounds.rows import identity_rows, stepped
 from robustlab.bounds.tracker import Tracker, covers
 from robustlab.bounds.window import Window
 
@@ -318,14 +319,6 @@ def _after_nonlinear(graph: BoundGraph) -> list[bool]:
     return list(graph.plan.after_nonlinear)
 
 
-def identity_rows(shape: tuple[int, ...], idx: Tensor, batch: int, like: Tensor) -> Tensor:
-    """Rows of the identity for neurons ``idx`` (flat indices): shape (batch, len(idx), *shape)."""
-    n = math.prod(shape)
-    rows = torch.zeros(len(idx), n, dtype=like.dtype, device=like.device)
-    rows[torch.arange(len(idx)), idx] = 1.0
-    return rows.reshape(1, len(idx), *shape).expand(batch, -1, *shape)
-
-
 def refine(
     graph,
     bounds,
@@ -378,11 +371,15 @@ def refine(
     for s in range(0, len(idx), chunk):
         deadline.check()
         part = idx[s : s + chunk]
+        step = None
         if windows and alphas is None and window.usable(shape):
             C = window.identity_windows(shape, part, batch, b.lower)
+        elif (step := stepped(graph, i, part, batch, b.lower, stops)) is not None:
+            nb = step.add(two_sided(graph, bounds, step.j, step.C, alphas, cache, stops))
         else:
             C = identity_rows(shape, part, batch, b.lower)
-        nb = two_sided(graph, bounds, i, C, alphas, cache, stops)
+        if step is None:
+            nb = two_sided(graph, bounds, i, C, alphas, cache, stops)
         lo[:, part] = torch.maximum(lo[:, part], nb.lower) if intersect else nb.lower
         hi[:, part] = torch.minimum(hi[:, part], nb.upper) if intersect else nb.upper
     return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
@@ -391,8 +388,11 @@ def refine(
 def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi, stops=None, windows=True):
     """Backward passes for examples ``group``, rows = each one's first ``k`` masked neurons."""
     per = torch.argsort(sub_mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+    step = None
     if windows and window.usable(shape):
         C = window.identity_windows(shape, per, len(group), lo)
+    elif (step := stepped(graph, i, per, len(group), lo, stops)) is not None:
+        C = step.C
     else:
         C = torch.zeros(len(group), k, lo.shape[1], dtype=lo.dtype, device=lo.device)
         C = C.scatter_(2, per[:, :, None], 1.0).reshape(len(group), k, *shape)
@@ -402,7 +402,9 @@ def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi, stops=None
         if j <= i
     }
     sub = None if stops is None else {j: v.take(group) for j, v in stops.items() if j < i}
-    nb = two_sided(graph, part, i, C, stops=sub)
+    nb = two_sided(graph, part, i if step is None else step.j, C, stops=sub)
+    if step is not None:
+        nb = step.add(nb)
     lo[group] = lo[group].scatter_reduce(1, per, nb.lower, "amax")
     hi[group] = hi[group].scatter_reduce(1, per, nb.upper, "amin")
 

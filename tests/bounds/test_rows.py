@@ -1,0 +1,118 @@
+"""Dense rows (rows.py): identity rows taken through a node's own dense layer are that layer's
+weight rows, so ``refine`` starts its passes one step back; the bounds are those of the full
+identity rows (float64 to rounding), float32 ones stay sound, and the bias is added outward."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from robustlab.bounds import rounding
+from robustlab.bounds.crown import intermediate_bounds, two_sided
+from robustlab.bounds.graph import Bounds, graph_of
+from robustlab.bounds.ops.base import InputRegion
+from robustlab.bounds.rows import Stepped, identity_rows, stepped
+
+
+def _mlp(seed: int = 3, width: int = 24) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(8, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, 3),
+    ).eval()
+
+
+def _region(batch: int, dtype=torch.float64, eps: float = 0.3) -> InputRegion:
+    x = torch.rand(batch, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return InputRegion((x - eps).to(dtype), (x + eps).to(dtype))
+
+
+def test_stepped_rows_are_the_weight_rows():
+    net = _mlp()
+    graph = graph_of(net, (8,))
+    i = next(
+        k
+        for k, n in enumerate(graph.nodes)
+        if k > 1 and n.shape == (24,) and hasattr(n.op, "weight")
+    )
+    like = torch.zeros(2, 24, dtype=torch.float64)
+    W, b = graph.nodes[i].op.weight.double(), graph.nodes[i].op.bias.double()
+    idx = torch.tensor([5, 0, 17])
+    step = stepped(graph, i, idx, 2, like)
+    assert step.j == graph.nodes[i].inputs[0]
+    assert torch.equal(step.C, W[idx][None].expand(2, -1, -1))
+    assert torch.equal(step.bias, b[idx][None])
+    per = torch.tensor([[1, 2], [3, 4]])
+    step = stepped(graph, i, per, 2, like)
+    assert torch.equal(step.C, W[per]) and torch.equal(step.bias, b[per])
+    # float64 weights in a float32 pass would be rounded: no step
+    assert stepped(graph, i, idx, 2, like.float()) is not None
+    op = graph.nodes[i].op
+    weight = op.weight
+    try:
+        op.weight = weight.double()
+        assert stepped(graph, i, idx, 2, like.float()) is None
+    finally:
+        op.weight = weight
+    # the rows end at node j when the pass stops there
+    assert stepped(graph, i, idx, 2, like, stops={step.j: None}) is None
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_refined_bounds_equal_identity_rows_float64(batch):
+    """The passes from W's rows give the bounds of the identity rows' passes (float64)."""
+    graph = graph_of(_mlp(), (8,))
+    region = _region(batch)
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, region, intersect=False)
+        for i in graph.plan.needs:
+            if graph.plan.ibp_exact[i] or i == graph.output:
+                continue
+            prior = {j: bounds[j] for j in range(i)}
+            shape = graph.nodes[i].shape
+            C = identity_rows(shape, torch.arange(math.prod(shape)), batch, region.lower)
+            full = two_sided(graph, prior, i, C)
+            node = graph.nodes[i]
+            ibp = node.op.ibp(*[bounds[j] for j in node.inputs])
+            mask = (ibp.lower < 0) & (ibp.upper > 0)  # the rows refine computes
+            assert bool(mask.any())
+            scale = full.upper.abs().max() + full.lower.abs().max()
+            for got, want in ((bounds[i].lower, full.lower), (bounds[i].upper, full.upper)):
+                assert torch.allclose(got[mask], want[mask], rtol=0, atol=1e-12 * float(scale))
+
+
+def test_float32_refined_bounds_contain_samples():
+    """float32 passes from W's rows (the bias added outward) contain float64 outputs."""
+    net = _mlp(seed=5, width=40)
+    graph = graph_of(net, (8,))
+    region = _region(3, torch.float32, eps=0.05)
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, region)
+        g = torch.Generator().manual_seed(0)
+        lo, hi = region.lower.double(), region.upper.double()
+        x = lo + (hi - lo) * torch.rand(400, *lo.shape, generator=g, dtype=torch.float64)
+        h = x.reshape(-1, 8)
+        seen = {}
+        for k, layer in enumerate(net.double(), 1):
+            h = layer(h)
+            seen[k] = h.reshape(400, 3, -1)
+    for i in graph.plan.needs:
+        if i in seen and i != graph.output:
+            assert bool((seen[i] >= bounds[i].lower.double()).all())
+            assert bool((seen[i] <= bounds[i].upper.double()).all())
+
+
+def test_bias_added_outward_in_float32():
+    """A float32 bound plus a bias whose float64 sum rounds up is still below the exact sum."""
+    tiny = torch.tensor([[1e-30]], dtype=torch.float32)
+    step = Stepped(1, torch.zeros(1, 1, 1), torch.tensor([[1.0]], dtype=torch.float32))
+    b = step.add(Bounds(tiny, -tiny))
+    assert rounding.tracked(b.lower)
+    assert float(b.lower) < 1.0 and float(b.upper) > 1.0  # the exact 1 +- 1e-30 inside
+    assert float(b.lower) == float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
