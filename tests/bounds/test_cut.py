@@ -1,5 +1,5 @@
 """Mixed-mode intermediate bounds (issue 14, cGAN): rows that end at a cut node's linear bounds
-in the input (``crown.backward``'s ``stops``, ``crown.linear_bounds``, ``forward.substitute``),
+in the input (``crown.backward``'s ``stops``, ``cut.linear_bounds``, ``forward.substitute``),
 the cut chosen by ``plan.cut_node``, and input splitting's bounds with it (``bab.bound_boxes``).
 Every bound is checked against 10^4 float64 samples; the linear bounds of a cut node against
 the dense backward pass at 1e-12."""
@@ -8,15 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import crown as crown_mod
-from robustlab.bounds.crown import (
-    backward,
-    identity_rows,
-    intermediate_bounds,
-    linear_bounds,
-    two_sided,
-)
-from robustlab.bounds.cut import CutPasses, convolutional, mixed_bounds
+from robustlab.bounds import cut as cut_mod
+from robustlab.bounds.crown import backward, identity_rows, intermediate_bounds, two_sided
+from robustlab.bounds.cut import Cut, CutPasses, convolutional, linear_bounds, mixed_bounds
 from robustlab.bounds.forward import Lin, forward_bounds
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
@@ -159,7 +153,7 @@ def test_mixed_bounds_contain_samples(kind):
     region = _region(n=3, width=0.5, seed=2)
     c = cut_node(graph)
     prior = forward_bounds(graph, region)
-    bounds = intermediate_bounds(graph, region, "crown", prior=prior, cut=c)
+    bounds = intermediate_bounds(graph, region, "crown", prior=prior, cut=Cut(c))
     x = _samples(region, seed=3)
     vals = _node_values(net, graph, x.reshape(-1, 4))
     for i, b in bounds.items():
@@ -256,8 +250,8 @@ def _contained(lin, net, graph, region, c, seed=1) -> None:
 
 def _lines32(graph, region: InputRegion, c: int):
     """The cut's lines in the rigorous float32 mode (the box rounded outward, float32 CROWN
-    bounds up to the cut), as ``intermediate_bounds(cut_float32=True)`` computes them."""
-    box = crown_mod._outward_region(region)
+    bounds up to the cut), as ``intermediate_bounds(cut=Cut(c, float32=True))`` computes them."""
+    box = cut_mod._outward_region(region)
     bounds = intermediate_bounds(graph, box, "crown")
     return linear_bounds(graph, bounds, c), box
 
@@ -280,7 +274,7 @@ def test_float32_lines_contain_samples_and_are_never_tighter_than_float64(kind, 
     _contained(lin32, net, graph, region, c)
     lin64 = linear_bounds(graph, intermediate_bounds(graph, region, "crown"), c)
     mid, rad = (region.upper + region.lower) / 2, (region.upper - region.lower) / 2
-    b32 = crown_mod._upcast_lin(lin32).concrete(mid, rad)
+    b32 = cut_mod._upcast_lin(lin32).concrete(mid, rad)
     b64 = lin64.concrete(mid, rad)
     mag = 1 + torch.maximum(b64.lower.abs(), b64.upper.abs())
     assert (b32.lower <= b64.lower + 1e-6 * mag).all()
@@ -299,7 +293,7 @@ def test_mixed_bounds_with_float32_lines_contain_samples(kind, far):
     region = _far_region(3, seed=2) if far else _region(n=3, width=0.5, seed=2)
     c = cut_node(graph)
     prior = forward_bounds(graph, region)
-    bounds = intermediate_bounds(graph, region, "crown", prior=prior, cut=c, cut_float32=True)
+    bounds = intermediate_bounds(graph, region, "crown", prior=prior, cut=Cut(c, float32=True))
     assert all(b.lower.dtype == torch.float64 for b in bounds.values())
     x = _samples(region, seed=3)
     vals = _node_values(net, graph, x.reshape(-1, 4))
@@ -372,10 +366,10 @@ def test_dead_neurons_get_interval_lines_and_change_no_later_bound(float32, monk
     # mixed mode with the cut there, with and without the skip
     prior = forward_bounds(graph, region)
     C = torch.tensor([[1.0, -1.0], [-1.0, 0.5]], dtype=torch.float64).expand(2, 2, 2)
-    skip = intermediate_bounds(graph, region, "crown", prior=prior, cut=s)
+    skip = intermediate_bounds(graph, region, "crown", prior=prior, cut=Cut(s))
     lb = backward(graph, skip, graph.output, C, stops={s: linear_bounds(graph, skip, s)})
-    monkeypatch.setattr(crown_mod, "_zero_when_dead", lambda g, s: False)
-    full = intermediate_bounds(graph, region, "crown", prior=prior, cut=s)
+    monkeypatch.setattr(cut_mod, "_zero_when_dead", lambda g, s: False)
+    full = intermediate_bounds(graph, region, "crown", prior=prior, cut=Cut(s))
     lb_full = backward(graph, full, graph.output, C, stops={s: linear_bounds(graph, full, s)})
     for j in range(s + 1, len(graph.nodes)):
         tol = 1e-12 * (1 + float(full[j].upper.detach().abs().max()))
@@ -443,8 +437,8 @@ def test_boxes_inside_a_kept_box_take_its_pass_and_stay_sound(kind, float32, mon
     far = _region(n=2, width=0.4, seed=9)  # outside both: passes of their own
     boxes = InputRegion(torch.cat([inner.lower, far.lower]), torch.cat([inner.upper, far.upper]))
     calls = []
-    real = crown_mod.linear_bounds
-    monkeypatch.setattr(crown_mod, "linear_bounds", lambda *a, **k: calls.append(1) or real(*a))
+    real = cut_mod.linear_bounds
+    monkeypatch.setattr(cut_mod, "linear_bounds", lambda *a, **k: calls.append(1) or real(*a))
     bounds = mixed_bounds(graph, boxes, forward_bounds(graph, boxes), None, c, float32, kept)
     assert len(calls) == 1 and len(kept._items) == 4  # the two outside boxes only, one pass
     x = torch.cat([_samples(inner, seed=10), _samples(far, seed=11)], 1)

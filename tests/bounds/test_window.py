@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import compute_bounds, crown, window
+from robustlab.bounds import compute_bounds, crown, cut, window
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.linear import Conv
@@ -93,7 +93,7 @@ def test_windows_is_an_argument_that_reaches_every_row_builder(monkeypatch, meth
     region = InputRegion(lo.double(), hi.double())
     bounds = crown.intermediate_bounds(graph, region, windows=False)
     s = max(i for i in range(graph.output) if window.usable(graph.nodes[i].shape))
-    crown.linear_bounds(graph, bounds, s, windows=False)
+    cut.linear_bounds(graph, bounds, s, windows=False)
     assert not calls
     compute_bounds(net, Box(lo, hi), method, **kw)
     assert calls

@@ -14,7 +14,6 @@ from torch import Tensor
 from robustlab.bounds import rounding, window
 from robustlab.bounds.adam import Adam
 from robustlab.bounds.crown import (
-    _after_nonlinear,
     backward,
     crown,
     identity_rows,
@@ -85,7 +84,7 @@ def alpha_crown(
     if not slopes or iterations <= 0 or done:
         return best_final, bounds
     need = needs_bounds(graph)
-    after = _after_nonlinear(graph)
+    after = list(graph.plan.after_nonlinear)
     starts = {}
     # with other nonlinearities than ReLU / sigmoid / tanh / max pooling (transformers), only
     # ReLU inputs: optimising every intermediate relaxation there costs ~20x CROWN per step for

@@ -18,33 +18,15 @@ from robustlab.bounds import rounding, window
 from robustlab.bounds.forward import Lin, substitute
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
-from robustlab.bounds.ops.activation import ReLU
-from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.plan import ACTIVATION, BILINEAR, LINEAR, POOL, cone
-from robustlab.bounds.rows import identity_rows, stepped
-from robustlab.bounds.tracker import Tracker, covers
+from robustlab.bounds.rows import identity_rows, slice_region, stepped
+from robustlab.bounds.tracker import Exact, Tracker, covers
 from robustlab.bounds.window import Window
 
 MAX_ELEMENTS = 2**25  # coefficient entries per backward pass; more rows are split into chunks
 
 Alphas = Mapping[int, Tensor]  # activation node -> lower slopes, shape (batch, rows, *shape)
-
-
-def concretize(A: Tensor, region: Bounds) -> Tensor:
-    """Lower bound of ``A . x`` over the input region, shape (batch, rows): ``A c - |A| r`` over
-    the box, and for an L2 ball also ``A x0 - eps ||A||_2`` (the larger of the two)."""
-    b, m = A.shape[:2]
-    Af = A.reshape(b, m, -1)
-    c = ((region.upper + region.lower) / 2).reshape(b, -1, 1)
-    r = ((region.upper - region.lower) / 2).reshape(b, -1, 1)
-    value = (Af @ c - Af.abs() @ r)[..., 0]
-    if isinstance(region, InputRegion) and region.l2_eps is not None:
-        ball = (Af @ region.center.reshape(b, -1, 1).to(Af.dtype))[
-            ..., 0
-        ] - region.l2_eps * Af.norm(dim=2)
-        value = torch.maximum(value, ball)
-    return value
 
 
 def backward(
@@ -82,26 +64,28 @@ def backward(
         return _in_float64(graph, bounds, target, C, alphas, linear, betas, record)
     A: dict[int, Tensor | Window] = {target: C}
     data = C.data if isinstance(C, Window) else C
-    bias = data.new_zeros(C.shape[:2])
-    # float32: the pass bounds its own rounding error (tracker.py); its bias is in the tracker
-    track = Tracker(graph, bounds, C, target, cache) if rounding.tracked(C) else None
+    # the bias: summed (float64), or, in float32, bounded with the pass's rounding (tracker.py)
+    acc = Tracker(graph, bounds, C, target, cache) if rounding.tracked(C) else Exact(bounds, C)
+    plain = acc.bias_terms  # the steps' bias terms are wanted (not a float32 pass)
+    stops = stops if plain else None  # float32 passes go on to the input
     plan = graph.plan
     kinds, in_shapes, nodes = plan.kinds, plan.in_shapes, graph.nodes
     for i in range(target, 0, -1):
         deadline.check()  # a pass through a huge network can outlast a verifier's timeout
         a = A.pop(i, None)
         if betas is not None and i in betas:
-            if track:
-                track.start(betas[i], i)
-            a = betas[i] if a is None else _dense(a) + betas[i]
-            if track and a is not betas[i]:
-                track.added(a, i)
+            acc.start(betas[i], i)
+            if a is not None:
+                a = _dense(a) + betas[i]
+                acc.added(a, i)
+            else:
+                a = betas[i]
         if a is None:
             continue
-        if stops is not None and i in stops and i != target and track is None:
+        if stops is not None and i in stops and i != target:
             coef, const = substitute(stops[i], _dense(a))
-            bias = bias + const
-            _accumulate(A, 0, coef.reshape(*coef.shape[:2], *graph.nodes[0].shape), None)
+            acc.constant(const)
+            _accumulate(A, 0, coef.reshape(*coef.shape[:2], *graph.nodes[0].shape), acc)
             continue
         node = nodes[i]
         op, kind = node.op, kinds[i]
@@ -112,11 +96,9 @@ def backward(
                 and not (A or linear is not None or isinstance(a, Window))
                 and (betas is None or min(betas) >= i)
             ):  # the last step: fused with the input's bound, a chunk of rows at a time
-                if track is None:
-                    return _last_step(op, a, shapes, bounds[0]) + bias
-                if getattr(bounds[0], "l2_eps", None) is None:
-                    track.linear(op, a, None, node.inputs, node.shape)
-                    return track.finish_last(op, a, shapes, data.dtype, CHUNK)
+                lb = acc.last(op, a, shapes, node.inputs, node.shape)
+                if lb is not None:
+                    return lb
             res = window.linear_backward(op, a, shapes) if isinstance(a, Window) else None
             if res is not None:
                 ins, b = res
@@ -127,22 +109,19 @@ def backward(
                 b = b.expand(a.shape[0], -1)
             else:
                 ins, b = op.backward(_dense(a), shapes)
-            if track:
-                track.linear(op, a, ins, node.inputs, node.shape)
-            else:
-                bias = bias + b
+            acc.linear(op, a, ins, node.inputs, node.shape, b)
             if len(ins) == 1 and node.inputs[0] not in A:
                 A[node.inputs[0]] = ins[0]
             else:
                 for j, aj in zip(node.inputs, ins, strict=True):
-                    _accumulate(A, j, aj, track)
+                    _accumulate(A, j, aj, acc)
             continue
         if kind == BILINEAR:
             alpha = alphas.get(i) if alphas else None
             ins, b = op.backward(_dense(a), *[bounds[j] for j in node.inputs], in_shapes[i], alpha)
-            bias = bias + b
+            acc.constant(b)
             for j, aj in zip(node.inputs, ins, strict=True):
-                _accumulate(A, j, aj, track)
+                _accumulate(A, j, aj, acc)
             continue
         j = node.inputs[0]
         l, u = bounds[j].lower, bounds[j].upper
@@ -161,88 +140,29 @@ def backward(
             else:
                 la, lb, ua, ub = rounding.relax(op, l[:, None], u[:, None], alpha)
                 gap = ua - la
-            neg = None
+            neg = b = None
             if isinstance(a, Window):
                 a_in, b = window.activation_backward(
-                    a, la, lb, ua, None if track else ub, op.zero_lower_intercept
+                    a, la, lb, ua, ub if plain else None, op.zero_lower_intercept
                 )
             else:  # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
                 neg = a.clamp(max=0)
                 a_in = a * la
                 a_in.addcmul_(neg, gap)  # in place: one (batch, rows, n) allocation fewer
-                b = None if track else _rowdot(neg, ub)
-                if not (track or op.zero_lower_intercept):
-                    b = b + _rowdot(a - neg, lb)
-            if track:
-                track.activation(i, a, la, lb, ua, ub, j, neg)
-            else:
-                bias = bias + b
+            acc.activation(i, a, la, lb, ua, ub, j, neg, b, op.zero_lower_intercept)
         elif kind == POOL:
-            if isinstance(a, Window) and not track and isinstance(op, MaxPool):
+            if isinstance(a, Window) and plain and isinstance(op, MaxPool):
                 a_in, b = window.pool_backward(op, a, l, u)
             else:
                 a = _dense(a)
                 a_in, b = op.backward(a, l, u)
-            if track:
-                track.pool(op, a, j, i)
-            else:
-                bias = bias + b
+            acc.pool(op, a, j, i, b)
         else:
             raise TypeError(f"no backward step for {type(op).__name__} at node '{node.name}'")
-        _accumulate(A, j, a_in, track)
+        _accumulate(A, j, a_in, acc)
     if 0 not in A:  # the target does not depend on the input
         A[0] = data.new_zeros(*C.shape[:2], *graph.nodes[0].shape)
-    if track:
-        return track.finish(A[0], data.dtype, linear)
-    if linear is not None:
-        linear["A"], linear["bias"] = _dense(A[0]), bias
-    if isinstance(A[0], Window):
-        return window.concretize(A[0], bounds[0]) + bias
-    return concretize(A[0], bounds[0]) + bias
-
-
-CHUNK = 2**18  # coefficient entries on the input computed at a time by ``_last_step``
-
-
-def _last_step(op, a: Tensor, shapes, region: Bounds) -> Tensor:
-    """``concretize`` of ``op``'s transpose applied to ``a`` (the step onto the input) plus its
-    bias, in chunks of rows small enough to stay in cache: the (batch, rows, *input) coefficients
-    are never stored whole. The same numbers as the step followed by ``concretize``."""
-    b, m = a.shape[:2]
-    if b > 1 and a.stride(0) == 0:  # the same rows for every example: one product
-        ins, bias = op.backward(a[:1], shapes)
-        return _concretize_shared(ins[0], region) + bias
-    n = max(math.prod(shapes[0]), 1)
-    per = CHUNK // (m * n)
-    if per >= b:
-        ins, bias = op.backward(a, shapes)
-        return concretize(ins[0], region) + bias
-    out = a.new_empty(b, m)
-    if per >= 1:
-        for s in range(0, b, per):
-            ins, bias = op.backward(a[s : s + per], shapes)
-            out[s : s + per] = concretize(ins[0], _slice_region(region, slice(s, s + per))) + bias
-        return out
-    rows = max(1, CHUNK // n)
-    for e in range(b):
-        one = _slice_region(region, slice(e, e + 1))
-        for r in range(0, m, rows):
-            ins, bias = op.backward(a[e : e + 1, r : r + rows], shapes)
-            out[e : e + 1, r : r + rows] = concretize(ins[0], one) + bias
-    return out
-
-
-def _concretize_shared(A: Tensor, region: Bounds) -> Tensor:
-    """``concretize`` of rows (1, rows, *input) shared by every example of the region."""
-    b = region.lower.shape[0]
-    Af = A.reshape(A.shape[1], -1)
-    c = ((region.upper + region.lower) / 2).reshape(b, -1)
-    r = ((region.upper - region.lower) / 2).reshape(b, -1)
-    value = (c @ Af.T - r @ Af.abs().T).to(A.dtype)
-    if isinstance(region, InputRegion) and region.l2_eps is not None:
-        ball = region.center.reshape(b, -1).to(A.dtype) @ Af.T - region.l2_eps * Af.norm(dim=1)
-        value = torch.maximum(value, ball)
-    return value
+    return acc.finish(A[0], data.dtype, linear)
 
 
 def _in_float64(graph, bounds, target, C, alphas, linear, betas, record) -> Tensor:
@@ -263,26 +183,17 @@ def _in_float64(graph, bounds, target, C, alphas, linear, betas, record) -> Tens
     return rounding.round_down(lb, torch.float32)
 
 
-def _accumulate(A: dict, j: int, a: Tensor | Window, track) -> None:
-    """``A[j] += a`` (the sum's rounding is tracked in float32 passes)."""
+def _accumulate(A: dict, j: int, a: Tensor | Window, acc) -> None:
+    """``A[j] += a`` (the sum's rounding is bounded in float32 passes)."""
     if j not in A:
         A[j] = a
         return
     A[j] = window.add(A[j], a)
-    if track:
-        track.added(A[j], j)
+    acc.added(A[j], j)
 
 
 def _dense(a: Tensor | Window) -> Tensor:
     return a.dense() if isinstance(a, Window) else a
-
-
-def _rowdot(x: Tensor, v: Tensor) -> Tensor:
-    """``sum(x * v)`` over the trailing dims: x (batch, rows, *s), v (batch, 1 or rows, *s)."""
-    xf, vf = x.flatten(2), v.flatten(2)
-    if vf.shape[1] == 1 and xf.shape[1] > 1:
-        return torch.bmm(xf, vf.expand(xf.shape[0], -1, -1).transpose(1, 2))[..., 0]
-    return (xf * vf).sum(-1)
 
 
 def two_sided(graph, bounds, target, C, alphas=None, cache=None, stops=None) -> Bounds:
@@ -312,11 +223,6 @@ def two_rows(C: Tensor | Window) -> Tensor | Window:
 def needs_bounds(graph: BoundGraph) -> dict[int, bool]:
     """Nodes whose bounds a relaxation uses -> whether only unstable neurons matter (ReLU)."""
     return dict(graph.plan.needs)
-
-
-def _after_nonlinear(graph: BoundGraph) -> list[bool]:
-    """Per node: whether some nonlinear operation lies between the input and it."""
-    return list(graph.plan.after_nonlinear)
 
 
 def refine(
@@ -397,7 +303,7 @@ def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi, stops=None
         C = torch.zeros(len(group), k, lo.shape[1], dtype=lo.dtype, device=lo.device)
         C = C.scatter_(2, per[:, :, None], 1.0).reshape(len(group), k, *shape)
     part = {
-        j: (Bounds(v.lower[group], v.upper[group]) if j else _slice_region(v, group))
+        j: (Bounds(v.lower[group], v.upper[group]) if j else slice_region(v, group))
         for j, v in bounds.items()
         if j <= i
     }
@@ -409,76 +315,6 @@ def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi, stops=None
     hi[group] = hi[group].scatter_reduce(1, per, nb.upper, "amin")
 
 
-def _slice_region(region: Bounds, sel: Tensor) -> Bounds:
-    if isinstance(region, InputRegion):
-        center = None if region.center is None else region.center[sel]
-        return InputRegion(region.lower[sel], region.upper[sel], center, region.l2_eps)
-    return Bounds(region.lower[sel], region.upper[sel])
-
-
-def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None, windows: bool = True) -> Lin:
-    """Linear bounds of node ``s`` in the input, ``Wl x + bl <= h_s <= Wu x + bu`` on the box,
-    from backward passes of its identity rows (each neuron's own CROWN bound, so as tight as
-    CROWN's bounds of ``s``); ``bounds`` as for :func:`backward` up to ``s``.
-
-    float32 bounds: the rows run in the rigorous float32 mode, W in float32 and the intercepts
-    in float64 with the pass's rounding bound in them (``tracker.Tracker.finish``), so each line
-    holds for the exact function at every point of the box.
-
-    Where every node that reads ``s`` is a ReLU (slope 0), a neuron with ``upper <= 0`` (on
-    every box) reaches no later row (its coefficient there is 0): it gets the constant lines
-    of its interval bounds, and no rows. The upper lines come first, and a neuron they show
-    dead gets no lower row (on cGAN cut nodes, 45-65% of the neurons: half the rows)."""
-    shape = graph.nodes[s].shape
-    n, k = math.prod(shape), math.prod(graph.nodes[0].shape)
-    region = bounds[0]
-    batch = region.lower.shape[0]
-    lo = bounds[s].lower.reshape(batch, n)
-    hi = bounds[s].upper.reshape(batch, n)
-    wide = torch.float64 if rounding.tracked(region.lower) else region.lower.dtype
-    # the constant lines lo <= h <= hi (exact in float64), replaced by each row computed
-    wl = region.lower.new_zeros(batch, n, k)
-    wu = torch.zeros_like(wl)
-    bl, bu = lo.to(wide).clone(), hi.to(wide).clone()
-    finite = torch.isfinite(lo) & torch.isfinite(hi)
-    live = ((hi > 0) | ~finite).any(0) if _zero_when_dead(graph, s) else lo.new_ones(n).bool()
-    chunk = max(1, MAX_ELEMENTS // (batch * graph.plan.numel_upto[s]))  # one sign per pass
-    c = ((region.upper + region.lower) / 2).reshape(batch, -1).to(wide)
-    r = ((region.upper - region.lower) / 2).reshape(batch, -1).to(wide)
-    for sign in (-1, 1):  # upper lines (rows -e_q) first
-        idx = live.nonzero().squeeze(1)
-        for st in range(0, len(idx), chunk):
-            deadline.check()
-            part = idx[st : st + chunk]
-            if windows and window.usable(shape):
-                C = window.identity_windows(shape, part, batch, region.lower)
-            else:
-                C = identity_rows(shape, part, batch, region.lower)
-            lin: dict = {}
-            backward(graph, bounds, s, -C if sign < 0 else C, stops=stops, linear=lin)
-            A, b = lin["A"].reshape(batch, len(part), k), lin["bias"].to(wide)
-            if sign > 0:
-                wl[:, part], bl[:, part] = A, b
-            else:
-                wu[:, part], bu[:, part] = -A, -b
-        if sign < 0 and not bool(live.all()):  # dead by the upper lines: no lower rows
-            up = (wu.to(wide) * c[:, None]).sum(-1) + (wu.to(wide).abs() * r[:, None]).sum(-1)
-            live = live & ((up + bu > 0) | ~finite).any(0)
-    return Lin(
-        wl.reshape(batch, *shape, k),
-        bl.reshape(batch, *shape),
-        wu.reshape(batch, *shape, k),
-        bu.reshape(batch, *shape),
-    )
-
-
-def _zero_when_dead(graph: BoundGraph, s: int) -> bool:
-    """Whether every node that reads node ``s`` is a ReLU of slope 0 (a neuron of ``s`` with
-    ``upper <= 0`` then reaches every later row with coefficient 0)."""
-    readers = [node.op for node in graph.nodes[s + 1 :] if s in node.inputs]
-    return bool(readers) and all(isinstance(op, ReLU) and op.slope == 0 for op in readers)
-
-
 def intermediate_bounds(
     graph: BoundGraph,
     region: Bounds,
@@ -487,45 +323,21 @@ def intermediate_bounds(
     cache: dict | None = None,
     intersect: bool = True,
     C: Tensor | None = None,
-    cut: int | None = None,
-    cut_lin: Lin | None = None,
     windows: bool = True,
-    cut_float32: bool = False,
-    lines: dict | None = None,
+    cut=None,
 ) -> dict[int, Bounds]:
     """Bounds of every node: interval bounds, tightened by CROWN where a relaxation uses them;
     with ``C`` (the rows the bounds are for, (batch, rows, *output shape)) only the neurons in
     their cone (``plan.cone``): the others keep interval bounds, which these rows never read.
 
-    ``cut`` (a node every later node depends on only through it, ``plan.narrow_cut``): its
-    linear bounds in the input come from its own backward rows (:func:`linear_bounds`), and
-    the rows of every later node end there (mixed mode): each row crosses the network before
-    the cut once per neuron of the cut instead of once per row. Looser than rows that go on to
-    the input (a cut node's relaxations are chosen per neuron, not per row), far cheaper when
-    the cut is narrow and what lies before it costly (a GAN's generator output).
-
-    ``cut_float32`` (a float64 box region): the nodes up to the cut, and the cut's lines, in
-    the rigorous float32 mode (tracker.py: the box rounded outward, every bound and line
-    bounding its own rounding), the rest in float64 from exact float64 copies of them (on
-    cGAN the cut's lines are 80-90% of the work, and float32 products are ~2x faster there).
-
-    ``cut_lin``: the cut's lines, valid on the region (those of a box containing it, cut.py);
-    the nodes up to the cut then keep their interval bounds intersected with ``prior`` (which
-    carries that box's), and only later nodes are refined. ``lines`` receives the cut's lines
-    (float64) under the key ``cut``."""
+    ``cut``: the mixed mode at a narrow cut (``cut.Cut``: every later row ends at the cut
+    node's linear bounds in the input; ``cut.mixed_bounds``)."""
     need = graph.plan.needs if method == "crown" else {}
     exact = graph.plan.ibp_exact
     within = cone(graph, graph.output, C) if C is not None and need else {}
-    f32 = (
-        cut_float32
-        and cut is not None
-        and cut_lin is None
-        and method == "crown"
-        and region.lower.dtype == torch.float64
-        and getattr(region, "l2_eps", None) is None
-        and covers(graph)
-    )
-    bounds: dict[int, Bounds] = {0: _outward_region(region) if f32 else region}
+    if method != "crown":
+        cut = None
+    bounds: dict[int, Bounds] = {0: region if cut is None else cut.start(graph, region)}
     stops: dict[int, Lin] | None = None
     for i, node in enumerate(graph.nodes[1:], 1):
         deadline.check()
@@ -536,24 +348,12 @@ def intermediate_bounds(
                 rounding.outward(p, b.lower.dtype) if p.lower.dtype != b.lower.dtype else p
             )
         bounds[i] = b
-        if i == cut and method == "crown":
-            stops = {
-                i: linear_bounds(graph, bounds, i, windows=windows) if cut_lin is None else cut_lin
-            }
-            if f32:  # on from here in float64: exact copies of the float32 bounds and lines
-                bounds = {j: rounding.upcast(v) for j, v in bounds.items()}
-                bounds[0] = region
-                b = bounds[i]
-                stops = {i: _upcast_lin(stops[i])}
-            if lines is not None:
-                lines[i] = stops[i]
-            c = ((region.upper + region.lower) / 2).reshape(len(region.lower), -1)
-            r = ((region.upper - region.lower) / 2).reshape(len(region.lower), -1)
-            bounds[i] = b.intersect(stops[i].concrete(c, r))
-        if cut_lin is not None and cut is not None and i <= cut:
-            continue  # the given lines' box refined these (they reach ``prior``)
-        if i == cut and method == "crown":
-            continue  # the cut's lines over the region are its neurons' CROWN bounds already
+        if cut is not None and i <= cut.node:
+            if i == cut.node:  # its lines over the region are its neurons' CROWN bounds
+                bounds, stops = cut.at(graph, bounds, region, windows)
+                continue
+            if not cut.refines_before:
+                continue  # the given lines' box refined these (they reach ``prior``)
         if i in need and not exact[i] and i != graph.output:
             unstable_only, only = need[i], within.get(i, None if C is None else False)
             if only is False or (only is not None and not bool(only.any())):
@@ -570,17 +370,6 @@ def intermediate_bounds(
                 windows=windows,
             )
     return bounds
-
-
-def _outward_region(region: Bounds) -> InputRegion:
-    """A float64 box rounded outward to float32."""
-    b = rounding.outward(region, torch.float32)
-    return InputRegion(b.lower, b.upper)
-
-
-def _upcast_lin(lin: Lin) -> Lin:
-    """Float32 lines in float64 (exact: W is float32, the intercepts float64 already)."""
-    return Lin(lin.wl.double(), lin.bl.double(), lin.wu.double(), lin.bu.double())
 
 
 def crown(

@@ -168,3 +168,71 @@ def relax(op, l: Tensor, u: Tensor, alpha: Tensor | None = None):
         lb = lb - (la - la32.double()).abs() * m
         ub = ub + (ua - ua32.double()).abs() * m
     return la32, round_down(lb, torch.float32), ua32, -round_down(-ub, torch.float32)
+
+
+def dot64(a, v: Tensor) -> Tensor:
+    """``<a, v>`` per row in float64: ``a`` (batch, rows, *s) or a Window, ``v`` (batch or 1, *s)."""
+    if isinstance(a, Window):
+        if v.dim() == a.data.dim() - 2:
+            v = v[None]
+        return (a.data.double() * a.gather(v.double())).flatten(2).sum(-1)
+    return dense_dot(a, v)
+
+
+def signed_dot(a, v: Tensor, n: int | None) -> Tensor:
+    """A lower bound on ``<a, v>`` per row computed in a's precision (float64 result): the
+    float32 sum minus its rounding bound ``gamma <|a|, |v|>``. ``v`` is (batch, 1 or rows, *s)."""
+    if isinstance(a, Window):
+        g = a.gather(v)
+        data = a.data.double()
+        return (data * g).flatten(2).sum(-1)  # small windows: in float64
+    n = math.prod(a.shape[2:]) if n is None else n
+    if v.shape[1] > 1:  # per-row values
+        v32 = v.to(a.dtype)
+        exact = (a * v32).flatten(2).sum(-1).double()
+        err = (a.abs() * v32.abs()).flatten(2).sum(-1).double() * (1 + gamma(n + 2))
+    else:
+        v0 = v[:, 0]
+        exact = (
+            dense_dot(a, v0.to(a.dtype), absolute=False)
+            if a.dtype == torch.float64
+            else f32dot(a, v0)
+        )
+        err = absdot(a, v0.abs())
+    return exact - gamma(n + 2) * err
+
+
+def stack_columns(vs: list[Tensor], n: int) -> Tensor:
+    """Vectors (batch or 1, *s) as the columns of one (batch or 1, n, k) matrix for ``dots``."""
+    return torch.stack([v.reshape(-1, n) for v in vs], -1)
+
+
+def dots(a: Tensor, V: Tensor) -> Tensor:
+    """``<a, v>`` per row for the columns v of ``V`` (``stack_columns``) in one pass over ``a``, in a's
+    precision: (batch, rows, k) as float64."""
+    b, m = a.shape[:2]
+    n = math.prod(a.shape[2:])
+    a3 = a.reshape(b, m, n)
+    if b > 1 and a3.stride(0) == 0:  # the same rows for every example
+        out = torch.einsum("mn,bnk->bmk", a3[0], V.expand(b, -1, -1))
+    else:
+        out = torch.bmm(a3, V.expand(b, -1, -1))
+    return out.double()
+
+
+def f32dot(a: Tensor, v: Tensor) -> Tensor:
+    """``<a, v>`` per row in a's precision (no float64 copy of a), as float64."""
+    b, m = a.shape[:2]
+    n = math.prod(a.shape[2:])
+    v3 = v.reshape(-1, n, 1).to(a.dtype).expand(b, -1, -1)
+    a3 = a.reshape(b, m, n)
+    if b > 1 and a3.stride(0) == 0:
+        return (a3[0] @ v3[..., 0].T).T.double()
+    return torch.bmm(a3, v3)[..., 0].double()
+
+
+def absdot_rows(a, v: Tensor) -> Tensor:
+    if v.shape[1] == 1 or isinstance(a, Window):
+        return absdot(a, v)
+    n = math.prod(v.shape[2:])
+    return (a.abs() * v).flatten(2).sum(-1).double() * (1 + gamma(n + 2))

@@ -15,12 +15,18 @@ from robustlab.bounds.rounding import (
     SLACK,
     U,
     absdot,
-    dense_dot,
+    absdot_rows,
+    dot64,
+    dots,
     gamma,
     relax,
     round_down,
+    signed_dot,
+    stack_columns,
 )
+from robustlab.bounds.rows import CHUNK, concretize, last_step
 from robustlab.bounds.window import Window
+from robustlab.bounds.window import concretize as window_concretize
 
 
 def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
@@ -84,13 +90,53 @@ def _terms_or_none(op, shape) -> int | None:
         return None
 
 
-def dot64(a, v: Tensor) -> Tensor:
-    """``<a, v>`` per row in float64: ``a`` (batch, rows, *s) or a Window, ``v`` (batch or 1, *s)."""
-    if isinstance(a, Window):
-        if v.dim() == a.data.dim() - 2:
-            v = v[None]
-        return (a.data.double() * a.gather(v.double())).flatten(2).sum(-1)
-    return dense_dot(a, v)
+class Exact:
+    """The bias of a backward pass that does not bound its rounding (float64, or float32 inside
+    ``rounding.ignored()``): its steps' bias terms, summed. The interface of ``Tracker``, so
+    ``crown.backward`` takes either: a step hands its bias term ``b`` (None where the pass did
+    not compute it: dense activation rows, whose terms are computed here)."""
+
+    bias_terms = True  # the steps compute their bias terms (``Tracker``: no, they are bounded)
+
+    def __init__(self, bounds, C) -> None:
+        data = C.data if isinstance(C, Window) else C
+        self.region = bounds[0]
+        self.bias = data.new_zeros(C.shape[:2])
+
+    def start(self, term, i: int) -> None:
+        pass
+
+    def added(self, total, j: int) -> None:
+        pass
+
+    def constant(self, b: Tensor) -> None:
+        self.bias = self.bias + b
+
+    def linear(self, op, a, ins, inputs, shape, b: Tensor) -> None:
+        self.bias = self.bias + b
+
+    def activation(self, i, a, la, lb, ua, ub, j, neg, b, zero_lower_intercept: bool) -> None:
+        if b is None:  # dense rows: <a-, ub> + <a+, lb>
+            b = _rowdot(neg, ub)
+            if not zero_lower_intercept:
+                b = b + _rowdot(a - neg, lb)
+        self.bias = self.bias + b
+
+    def pool(self, op, a, j: int, i: int, b: Tensor) -> None:
+        self.bias = self.bias + b
+
+    def last(self, op, a: Tensor, shapes, inputs, shape) -> Tensor:
+        """The bound with the step onto the input fused into it (``rows.last_step``)."""
+        return last_step(op, a, shapes, self.region) + self.bias
+
+    def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
+        """The lower bound over the input region (``linear`` receives its line)."""
+        if linear is not None:
+            linear["A"] = A0.dense() if isinstance(A0, Window) else A0
+            linear["bias"] = self.bias
+        if isinstance(A0, Window):
+            return window_concretize(A0, self.region) + self.bias
+        return concretize(A0, self.region) + self.bias
 
 
 class Tracker:
@@ -107,6 +153,8 @@ class Tracker:
     rounding bounded the same way. The bound is ``C . c_out + sum <a-, gap> - <|A_0|, r> - sum
     |E| . w`` (r: the input box's radius).
     """
+
+    bias_terms = False  # the steps' bias terms are in the references, not computed
 
     def __init__(self, graph, bounds, C, target: int, cache: dict | None = None) -> None:
         self.graph, self.bounds, self.C, self.target = graph, bounds, C, target
@@ -199,7 +247,18 @@ class Tracker:
             self.cache[("fold", j)] = hit
         return hit[1]
 
-    def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape) -> None:
+    def constant(self, b: Tensor) -> None:
+        raise TypeError("a float32 pass has no constant terms outside its references")
+
+    def last(self, op, a: Tensor, shapes, inputs, shape) -> Tensor | None:
+        """The bound with the step onto a box input fused into it (None: an L2 ball, not
+        fused)."""
+        if getattr(self.bounds[0], "l2_eps", None) is not None:
+            return None
+        self.linear(op, a, None, inputs, shape)
+        return self.finish_last(op, a, shapes, a.dtype, CHUNK)
+
+    def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape, b=None) -> None:
         """An affine step: its bias is in the references; only its rounding costs."""
         if isinstance(op, (Reshape, Cat)):  # coefficients moved or split: exact
             return
@@ -215,7 +274,7 @@ class Tracker:
         if n:
             self.value = self.value - gamma(n) * absdot(a, self._abs_image(op, inputs[0]))
 
-    def activation(self, i: int, a, la, lb, ua, ub, j: int, neg: Tensor | None = None) -> None:
+    def activation(self, i: int, a, la, lb, ua, ub, j: int, neg=None, b=None, zli=False) -> None:
         """The relaxation step ``a+ la + a- ua`` at node i (input j): ``<a-, gap>`` at the
         reference, a term for slopes that differ from the reference lines (alpha-CROWN), and
         the step's few roundings per entry."""
@@ -249,9 +308,9 @@ class Tracker:
             return
         neg = a.clamp(max=0) if neg is None else neg
         n = math.prod(a.shape[2:])
-        self.value = self.value + _signed_dot(neg, gap, n)
-        self.value = self.value + _signed_dot(a, shift, n)
-        self.value = self.value - _absdot_rows(a, steps) * SLACK
+        self.value = self.value + signed_dot(neg, gap, n)
+        self.value = self.value + signed_dot(a, shift, n)
+        self.value = self.value - absdot_rows(a, steps) * SLACK
 
     def _vectors(self, i: int, j: int, la, lb, ua, ub, keep: bool) -> tuple:
         """For the relaxation (la, lb, ua, ub) of node i at the reference lines: the gap
@@ -291,8 +350,8 @@ class Tracker:
         V = per_dtype.get(a.dtype)
         if V is None:
             g, st = gap[:, 0].to(a.dtype), err[:, 0].to(a.dtype)
-            V = per_dtype[a.dtype] = (_stack([g, g.abs(), st], n), _stack([st], n))
-        dn, da = _dots(neg, V[0]).unbind(-1), _dots(a, V[1])[..., 0]
+            V = per_dtype[a.dtype] = (stack_columns([g, g.abs(), st], n), stack_columns([st], n))
+        dn, da = dots(neg, V[0]).unbind(-1), dots(a, V[1])[..., 0]
         gn, gabs, sn = dn
         k = gamma(n + 2)
         self.value = self.value + gn - k * (-gabs) * (1 + k)
@@ -324,7 +383,7 @@ class Tracker:
             self.cache["keys"] = keys
         return keys[self._key(j)] > 1
 
-    def pool(self, op, a: Tensor, j: int, i: int) -> None:
+    def pool(self, op, a: Tensor, j: int, i: int, b=None) -> None:
         """Max pooling: ``<a-, gap>`` at the reference (where the max is not exact, the gap to
         the window's largest upper bound); its transpose sums overlapping windows."""
         l, u = self.bounds[j].lower, self.bounds[j].upper
@@ -333,7 +392,7 @@ class Tracker:
         gap = ((1 - exact.double()) * (u_max.double() - ci)).reshape(
             -1, 1, *self.graph.nodes[i].shape
         )
-        self.value = self.value + _signed_dot(a.clamp(max=0), gap, math.prod(a.shape[2:]))
+        self.value = self.value + signed_dot(a.clamp(max=0), gap, math.prod(a.shape[2:]))
         if any(k > s for k, s in zip(op.kernel, op.stride, strict=True)):
             self.value = self.value - gamma(math.prod(op.kernel)) * absdot(a, op.forward(self.w(j)))
 
@@ -345,19 +404,19 @@ class Tracker:
     def start(self, term, i: int) -> None:
         """A coefficient set entering at node i (beta-CROWN's split terms): its reference."""
         self._paid.discard(self._key(i))
-        self.value = self.value + _signed_dot(term, self.c(i)[:, None], math.prod(term.shape[2:]))
+        self.value = self.value + signed_dot(term, self.c(i)[:, None], math.prod(term.shape[2:]))
 
     def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
         """The lower bound, rounded down."""
         region = self.bounds[0]
-        value = self.value + _signed_dot(self.C, self.c(self.target)[:, None], None)
+        value = self.value + signed_dot(self.C, self.c(self.target)[:, None], None)
         r = (region.upper.double() - region.lower.double()) / 2
         box = value - absdot(A0, r)
         if isinstance(region, InputRegion) and region.l2_eps is not None:
             data = A0.data if isinstance(A0, Window) else A0
             d = region.center.double() - self.c(0)
             norm = data.flatten(2).norm(dim=2).double() * (1 + gamma(data[0, 0].numel() + 2))
-            ball = value + _signed_dot(A0, d[:, None], None) - region.l2_eps * norm
+            ball = value + signed_dot(A0, d[:, None], None) - region.l2_eps * norm
             box = torch.maximum(box, ball)
         if linear is not None:
             # the pass's line: for every x in the box (every node's value within its bounds, as
@@ -387,7 +446,7 @@ class Tracker:
                 for s in range(0, b, per)
             ]
             term = torch.cat(parts) if len(parts) > 1 else parts[0]
-        value = self.value + _signed_dot(self.C, self.c(self.target)[:, None], None)
+        value = self.value + signed_dot(self.C, self.c(self.target)[:, None], None)
         return round_down(value - term, dtype)
 
 
@@ -395,64 +454,13 @@ def _same(x, y) -> bool:
     return x is y
 
 
-def _signed_dot(a, v: Tensor, n: int | None) -> Tensor:
-    """A lower bound on ``<a, v>`` per row computed in a's precision (float64 result): the
-    float32 sum minus its rounding bound ``gamma <|a|, |v|>``. ``v`` is (batch, 1 or rows, *s)."""
-    if isinstance(a, Window):
-        g = a.gather(v)
-        data = a.data.double()
-        return (data * g).flatten(2).sum(-1)  # small windows: in float64
-    n = math.prod(a.shape[2:]) if n is None else n
-    if v.shape[1] > 1:  # per-row values
-        v32 = v.to(a.dtype)
-        exact = (a * v32).flatten(2).sum(-1).double()
-        err = (a.abs() * v32.abs()).flatten(2).sum(-1).double() * (1 + gamma(n + 2))
-    else:
-        v0 = v[:, 0]
-        exact = (
-            dense_dot(a, v0.to(a.dtype), absolute=False)
-            if a.dtype == torch.float64
-            else _f32dot(a, v0)
-        )
-        err = absdot(a, v0.abs())
-    return exact - gamma(n + 2) * err
-
-
-def _stack(vs: list[Tensor], n: int) -> Tensor:
-    """Vectors (batch or 1, *s) as the columns of one (batch or 1, n, k) matrix for ``_dots``."""
-    return torch.stack([v.reshape(-1, n) for v in vs], -1)
-
-
-def _dots(a: Tensor, V: Tensor) -> Tensor:
-    """``<a, v>`` per row for the columns v of ``V`` (``_stack``) in one pass over ``a``, in a's
-    precision: (batch, rows, k) as float64."""
-    b, m = a.shape[:2]
-    n = math.prod(a.shape[2:])
-    a3 = a.reshape(b, m, n)
-    if b > 1 and a3.stride(0) == 0:  # the same rows for every example
-        out = torch.einsum("mn,bnk->bmk", a3[0], V.expand(b, -1, -1))
-    else:
-        out = torch.bmm(a3, V.expand(b, -1, -1))
-    return out.double()
-
-
-def _f32dot(a: Tensor, v: Tensor) -> Tensor:
-    """``<a, v>`` per row in a's precision (no float64 copy of a), as float64."""
-    b, m = a.shape[:2]
-    n = math.prod(a.shape[2:])
-    v3 = v.reshape(-1, n, 1).to(a.dtype).expand(b, -1, -1)
-    a3 = a.reshape(b, m, n)
-    if b > 1 and a3.stride(0) == 0:
-        return (a3[0] @ v3[..., 0].T).T.double()
-    return torch.bmm(a3, v3)[..., 0].double()
-
-
 def _bcast(m: Tensor, shape) -> Tensor:
     return m.expand(m.shape[0], *shape)
 
 
-def _absdot_rows(a, v: Tensor) -> Tensor:
-    if v.shape[1] == 1 or isinstance(a, Window):
-        return absdot(a, v)
-    n = math.prod(v.shape[2:])
-    return (a.abs() * v).flatten(2).sum(-1).double() * (1 + gamma(n + 2))
+def _rowdot(x: Tensor, v: Tensor) -> Tensor:
+    """``sum(x * v)`` over the trailing dims: x (batch, rows, *s), v (batch, 1 or rows, *s)."""
+    xf, vf = x.flatten(2), v.flatten(2)
+    if vf.shape[1] == 1 and xf.shape[1] > 1:
+        return torch.bmm(xf, vf.expand(xf.shape[0], -1, -1).transpose(1, 2))[..., 0]
+    return (xf * vf).sum(-1)
