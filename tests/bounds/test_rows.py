@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robustlab.bounds import rounding
-from robustlab.bounds.crown import intermediate_bounds, two_sided
+from robustlab.bounds.crown import backward, intermediate_bounds, two_sided
 from robustlab.bounds.graph import Bounds, graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.rows import Stepped, identity_rows, stepped
@@ -116,3 +116,29 @@ def test_bias_added_outward_in_float32():
     assert rounding.tracked(b.lower)
     assert float(b.lower) < 1.0 and float(b.upper) > 1.0  # the exact 1 +- 1e-30 inside
     assert float(b.lower) == float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
+
+
+def test_float32_rows_far_from_zero_stay_tight():
+    """Dense rows' value at the target's reference is summed in float64, less its float64
+    rounding bound (``Tracker._at_target``): on a narrow region far from 0 the float32 bound
+    stays within float32 rounding of the region's width, not of the values' magnitude."""
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 3)).eval()
+    graph = graph_of(net, (8,))
+    x = 1000 + torch.rand(2, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    out = rounding.outward(Bounds(x - 1e-4, x + 1e-4), torch.float32)
+    region32 = InputRegion(out.lower, out.upper)
+    region64 = InputRegion(out.lower.double(), out.upper.double())  # the same box
+    j = 2  # the ReLU's output: rows end there, the reference is the ReLU of ~1000-sized values
+    C = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        bounds64 = intermediate_bounds(graph, region64)
+        bounds32 = intermediate_bounds(graph, region32)
+        lb64 = backward(graph, bounds64, j, C.double())
+        lb32 = backward(graph, bounds32, j, C)
+        h = torch.relu(x @ net[0].weight.double().T + net[0].bias.double())
+    value = (C.double() * h[:, None]).sum(-1)
+    assert bool((lb32.double() <= value).all()) and bool((lb64 <= value + 1e-9).all())
+    # a few float32 ulps of the bound itself (its final rounding), not gamma_64 of ~1e3 values
+    ulps = 4 * torch.finfo(torch.float32).eps * lb64.abs()
+    assert bool((lb64 - lb32.double() <= ulps).all())

@@ -16,6 +16,7 @@ from robustlab.bounds.rounding import (
     U,
     absdot,
     absdot_rows,
+    dense_dot,
     dot64,
     dots,
     gamma,
@@ -406,10 +407,20 @@ class Tracker:
         self._paid.discard(self._key(i))
         self.value = self.value + signed_dot(term, self.c(i)[:, None], math.prod(term.shape[2:]))
 
+    def _at_target(self) -> Tensor:
+        """A lower bound on ``C . c_target`` (float64): dense rows in float64, less its float64
+        rounding bound (float32 sums would cost ``gamma_n <|C|, |c|>``, the references'
+        magnitudes rather than the bounds' widths: W's rows, ``rows.stepped``)."""
+        c = self.c(self.target)
+        if isinstance(self.C, Window):
+            return signed_dot(self.C, c[:, None], None)
+        n = math.prod(self.C.shape[2:])
+        return dense_dot(self.C, c) - (n + 2) * 2.0**-52 * absdot(self.C, c.abs())
+
     def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
         """The lower bound, rounded down."""
         region = self.bounds[0]
-        value = self.value + signed_dot(self.C, self.c(self.target)[:, None], None)
+        value = self.value + self._at_target()
         r = (region.upper.double() - region.lower.double()) / 2
         box = value - absdot(A0, r)
         if isinstance(region, InputRegion) and region.l2_eps is not None:
@@ -446,7 +457,7 @@ class Tracker:
                 for s in range(0, b, per)
             ]
             term = torch.cat(parts) if len(parts) > 1 else parts[0]
-        value = self.value + signed_dot(self.C, self.c(self.target)[:, None], None)
+        value = self.value + self._at_target()
         return round_down(value - term, dtype)
 
 
