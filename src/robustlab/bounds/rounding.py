@@ -103,7 +103,8 @@ def dense_dot(a: Tensor, v: Tensor, absolute: bool = False) -> Tensor:
         for s in range(0, b, per):
             e = min(b, s + per)
             vs = v3[s:e] if v3.shape[0] > 1 else v3.expand(e - s, n)
-            out[s:e] = torch.bmm(conv(a3[s:e]), vs[:, :, None])[..., 0]
+            # (1, n) @ (n, rows) per example: measured 1.7-3.5x faster than (rows, n) @ (n, 1)
+            out[s:e] = torch.bmm(vs[:, None, :], conv(a3[s:e]).transpose(1, 2))[:, 0]
         return out.double()
     rows = max(1, CHUNK // n)
     for s in range(b):
@@ -208,15 +209,17 @@ def stack_columns(vs: list[Tensor], n: int) -> Tensor:
 
 
 def dots(a: Tensor, V: Tensor) -> Tensor:
-    """``<a, v>`` per row for the columns v of ``V`` (``stack_columns``) in one pass over ``a``, in a's
-    precision: (batch, rows, k) as float64."""
+    """``<a, v>`` per row for the columns v of ``V`` (``stack_columns``) in one pass over ``a``,
+    in a's precision: (batch, rows, k) as float64."""
     b, m = a.shape[:2]
     n = math.prod(a.shape[2:])
     a3 = a.reshape(b, m, n)
     if b > 1 and a3.stride(0) == 0:  # the same rows for every example
         out = torch.einsum("mn,bnk->bmk", a3[0], V.expand(b, -1, -1))
-    else:
-        out = torch.bmm(a3, V.expand(b, -1, -1))
+    elif b == 1 and V.shape[0] == 1 and m >= 64:  # one example: k products with a vector
+        out = torch.stack([a3[0] @ V[0, :, k] for k in range(V.shape[2])], -1)[None]
+    else:  # (k, n) @ (n, rows) per example: measured up to 1.8x faster than (rows, n) @ (n, k)
+        out = torch.bmm(V.expand(b, -1, -1).transpose(1, 2), a3.transpose(1, 2)).transpose(1, 2)
     return out.double()
 
 
