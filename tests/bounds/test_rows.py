@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 from robustlab.bounds import rounding
-from robustlab.bounds.crown import backward, intermediate_bounds, two_sided
+from robustlab.bounds.crown import backward, intermediate_bounds, refine, two_sided
 from robustlab.bounds.graph import Bounds, graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.rows import Stepped, identity_rows, stepped
+
+from .nets import make
 
 
 def _mlp(seed: int = 3, width: int = 24) -> nn.Module:
@@ -142,3 +144,43 @@ def test_float32_rows_far_from_zero_stay_tight():
     # a few float32 ulps of the bound itself (its final rounding), not gamma_64 of ~1e3 values
     ulps = 4 * torch.finfo(torch.float32).eps * lb64.abs()
     assert bool((lb64 - lb32.double() <= ulps).all())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "conv-residual"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_upper_rows_first_give_the_same_final_bounds(kind, dtype):
+    """``refine(split_min=0)``: upper rows first, lower rows only for neurons not proven dead;
+    the final bounds are those of one two-sided pass (float64 to 1e-12, float32 within its
+    rounding), and no lower row is computed for a neuron every example has dead."""
+    net, shape = make(kind, 5)
+    graph = graph_of(net, tuple(shape))
+    x = torch.rand(3, *shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    region = InputRegion(x - 0.3, x + 0.3)
+    if dtype == torch.float32:
+        out = rounding.outward(region, torch.float32)
+        region = InputRegion(out.lower, out.upper)
+    finals, seen = [], []
+    for split_min in (2**62, 0):
+        bounds: dict = {0: region}
+        with torch.no_grad():
+            for i, node in enumerate(graph.nodes[1:], 1):
+                bounds[i] = rounding.safe_ibp(node.op, *[bounds[j] for j in node.inputs])
+                need = graph.plan.needs.get(i)
+                if need is not None and not graph.plan.ibp_exact[i] and i != graph.output:
+                    bounds[i] = refine(graph, bounds, i, need, split_min=split_min)
+            n = math.prod(graph.nodes[graph.output].shape)
+            C = identity_rows(graph.nodes[graph.output].shape, torch.arange(n), 3, region.lower)
+            finals.append(two_sided(graph, bounds, graph.output, C))
+        seen.append(bounds)
+    one, split = finals
+    scale = float(one.upper.abs().max() + one.lower.abs().max())
+    tol = (1e-12 if dtype == torch.float64 else 1e-5) * scale
+    assert torch.allclose(split.lower.double(), one.lower.double(), rtol=0, atol=tol)
+    assert torch.allclose(split.upper.double(), one.upper.double(), rtol=0, atol=tol)
+    skipped = sum(int((seen[0][i].lower != seen[1][i].lower).sum()) for i in seen[0])
+    assert skipped > 0 or kind == "conv-residual"  # dead neurons kept their interval bounds
+    for i in seen[0]:  # upper bounds as before; lower ones as before wherever the neuron lives
+        a, b = seen[0][i], seen[1][i]
+        assert torch.allclose(b.upper.double(), a.upper.double(), rtol=0, atol=tol)
+        live = b.upper > 0
+        assert torch.allclose(b.lower[live].double(), a.lower[live].double(), rtol=0, atol=tol)

@@ -18,6 +18,8 @@ from robustlab.bounds import rounding, window
 from robustlab.bounds.forward import Lin, substitute
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
+from robustlab.bounds.ops.activation import ReLU
+from robustlab.bounds.ops.base import LinearOp
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.plan import ACTIVATION, BILINEAR, LINEAR, POOL, cone
 from robustlab.bounds.rows import identity_rows, slice_region, stepped
@@ -236,6 +238,7 @@ def refine(
     within: Tensor | None = None,
     stops: Mapping[int, Lin] | None = None,
     windows: bool = True,
+    split_min: int = 2**21,
 ) -> Bounds:
     """Tighten the bounds of node ``i`` with backward passes (in chunks of rows).
 
@@ -245,6 +248,10 @@ def refine(
     ``intersect=False`` replaces the interval bounds instead of intersecting with them (as
     auto_LiRPA does; for comparisons only: never tighter). ``stops``: as for :func:`backward`.
     ``windows``: rows on a feature map's neurons kept on their receptive field (window.py).
+    ``split_min``: from this many multiply-adds' worth (examples x rows x entries a row
+    crosses) on, where only ReLUs read node i, the upper rows go first and a neuron they prove
+    dead gets no lower row (its lower bound is not used; it keeps its interval one): on the
+    residual CNN 661 of 1,630 rows; two passes instead of one, measured to pay there only.
     """
     b = bounds[i]
     batch = b.lower.shape[0]
@@ -274,21 +281,68 @@ def refine(
         return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
     in_numel = graph.plan.numel_upto[i]
     chunk = max(1, MAX_ELEMENTS // (2 * batch * in_numel))
+    split = (
+        unstable_only
+        and alphas is None
+        and batch * len(idx) * in_numel >= split_min
+        and _relu_readers(graph, i)
+    )
     for s in range(0, len(idx), chunk):
         deadline.check()
         part = idx[s : s + chunk]
-        step = None
-        if windows and alphas is None and window.usable(shape):
-            C = window.identity_windows(shape, part, batch, b.lower)
-        elif (step := stepped(graph, i, part, batch, b.lower, stops)) is not None:
-            nb = step.add(two_sided(graph, bounds, step.j, step.C, alphas, cache, stops))
-        else:
-            C = identity_rows(shape, part, batch, b.lower)
-        if step is None:
-            nb = two_sided(graph, bounds, i, C, alphas, cache, stops)
-        lo[:, part] = torch.maximum(lo[:, part], nb.lower) if intersect else nb.lower
-        hi[:, part] = torch.minimum(hi[:, part], nb.upper) if intersect else nb.upper
+        target, C, step = _rows(graph, i, part, batch, b.lower, alphas, stops, windows)
+        if not split:
+            nb = two_sided(graph, bounds, target, C, alphas, cache, stops)
+            nb = nb if step is None else step.add(nb)
+            lo[:, part] = torch.maximum(lo[:, part], nb.lower) if intersect else nb.lower
+            hi[:, part] = torch.minimum(hi[:, part], nb.upper) if intersect else nb.upper
+            continue
+        ub = -backward(graph, bounds, target, _negated(C), cache=cache, stops=stops)
+        ub = ub if step is None else step.add(Bounds(ub, ub)).upper
+        hi[:, part] = torch.minimum(hi[:, part], ub) if intersect else ub
+        live = (hi[:, part] > 0).any(0)  # dead in every example: its lower bound is not used
+        if not bool(live.any()):
+            continue
+        if not bool(live.all()):
+            part = part[live]
+            target, C, step = _rows(graph, i, part, batch, b.lower, alphas, stops, windows)
+        lb = backward(graph, bounds, target, C, cache=cache, stops=stops)
+        lb = lb if step is None else step.add(Bounds(lb, lb)).lower
+        lo[:, part] = torch.maximum(lo[:, part], lb) if intersect else lb
     return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
+
+
+def _rows(graph, i, part, batch, like, alphas, stops, windows):
+    """Identity rows on node i's neurons ``part``: (the node they start at, the rows, the
+    ``rows.Stepped`` whose bias they miss or None)."""
+    shape = graph.nodes[i].shape
+    if windows and alphas is None and window.usable(shape):
+        return i, window.identity_windows(shape, part, batch, like), None
+    step = stepped(graph, i, part, batch, like, stops)
+    if step is not None:
+        return step.j, step.C, step
+    return i, identity_rows(shape, part, batch, like), None
+
+
+def _negated(C):
+    """``-C``, rows shared by the batch kept shared (stride 0)."""
+    data = C.data if isinstance(C, Window) else C
+    b = data.shape[0]
+    if b > 1 and data.stride(0) == 0 and (not isinstance(C, Window) or C.oy.shape[0] == 1):
+        if isinstance(C, Window):
+            neg = -Window(C.data[:1], C.oy, C.ox, C.frame)
+            return Window(neg.data.expand(b, *neg.data.shape[1:]), neg.oy, neg.ox, C.frame)
+        return (-C[:1]).expand(b, *C.shape[1:])
+    return -C
+
+
+def _relu_readers(graph, i: int) -> bool:
+    """Whether every nonlinear operation that reads node i is a ReLU (slope 0): a neuron with
+    upper bound <= 0 is then 0 there, in its relaxation and its interval bounds alike, whatever
+    its lower bound."""
+    readers = [n.op for n in graph.nodes[i + 1 :] if i in n.inputs]
+    nonlinear = [op for op in readers if not isinstance(op, LinearOp)]
+    return bool(nonlinear) and all(isinstance(op, ReLU) and op.slope == 0 for op in nonlinear)
 
 
 def _refine_rows(graph, bounds, i, sub_mask, group, k, shape, lo, hi, stops=None, windows=True):
