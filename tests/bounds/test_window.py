@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import compute_bounds, crown, rounding, window
+from robustlab.bounds import compute_bounds, crown, rounding, tracker, window
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.linear import Conv
@@ -343,3 +343,34 @@ def test_float32_conv_transpose_patches_within_rounding_bound(monkeypatch, seed)
     (size,), _ = abs64.backward(dense.abs(), [(2 * groups, *hw)])
     bound = rounding.gamma(op.rounding_terms(out_shape)) * size
     assert ((got.double() - exact).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunks_of_rows_share_relaxations_and_equal_one_pass(monkeypatch, dtype):
+    """``intermediate_bounds`` split into many chunks of window rows (a pass each): every chunk
+    reads the same relaxations and float32 references (computed once per node's bounds, not
+    once per pass), and the bounds equal those of one pass per node (to the rounding of other
+    batch shapes)."""
+    net, shape = list(_nets())[2]
+    x0 = torch.rand(1, *shape, generator=torch.Generator().manual_seed(4))
+    graph = graph_of(net, shape)
+    region = InputRegion((x0 - 0.02).to(dtype), (x0 + 0.02).to(dtype))
+    if dtype == torch.float32:
+        region = InputRegion(
+            rounding.round_down((x0 - 0.02).double(), dtype),
+            -rounding.round_down(-(x0 + 0.02).double(), dtype),
+        )
+    one = crown.intermediate_bounds(graph, region, "crown")
+    calls = []
+    real = rounding.relax
+    monkeypatch.setattr(rounding, "relax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tracker, "relax", rounding.relax)
+    monkeypatch.setattr(crown, "MAX_ELEMENTS", 2**9)
+    many = crown.intermediate_bounds(graph, region, "crown")
+    activations = sum(hasattr(n.op, "relax") for n in graph.nodes)
+    assert 0 < len(calls) <= activations * (activations + 1) // 2
+    tol = 1e-10 if dtype == torch.float64 else 1e-4  # other batch shapes: other roundings
+    for i in one:
+        scale = 1 + one[i].upper.abs().max().item()
+        assert (one[i].lower - many[i].lower).abs().max() <= tol * scale
+        assert (one[i].upper - many[i].upper).abs().max() <= tol * scale

@@ -414,7 +414,9 @@ def _slice_region(region: Bounds, sel: Tensor) -> Bounds:
     return Bounds(region.lower[sel], region.upper[sel])
 
 
-def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None, windows: bool = True) -> Lin:
+def linear_bounds(
+    graph: BoundGraph, bounds, s: int, stops=None, windows: bool = True, cache: dict | None = None
+) -> Lin:
     """Linear bounds of node ``s`` in the input, ``Wl x + bl <= h_s <= Wu x + bu`` on the box,
     from backward passes of its identity rows (each neuron's own CROWN bound, so as tight as
     CROWN's bounds of ``s``); ``bounds`` as for :func:`backward` up to ``s``.
@@ -426,7 +428,9 @@ def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None, windows: bool =
     Where every node that reads ``s`` is a ReLU (slope 0), a neuron with ``upper <= 0`` (on
     every box) reaches no later row (its coefficient there is 0): it gets the constant lines
     of its interval bounds, and no rows. The upper lines come first, and a neuron they show
-    dead gets no lower row (on cGAN cut nodes, 45-65% of the neurons: half the rows)."""
+    dead gets no lower row (on cGAN cut nodes, 45-65% of the neurons: half the rows).
+    ``cache``: as for :func:`backward` (one for every chunk of rows when not given)."""
+    cache = {} if cache is None else cache
     shape = graph.nodes[s].shape
     n, k = math.prod(shape), math.prod(graph.nodes[0].shape)
     region = bounds[0]
@@ -453,7 +457,7 @@ def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None, windows: bool =
             else:
                 C = identity_rows(shape, part, batch, region.lower)
             lin: dict = {}
-            backward(graph, bounds, s, -C if sign < 0 else C, stops=stops, linear=lin)
+            backward(graph, bounds, s, -C if sign < 0 else C, cache=cache, stops=stops, linear=lin)
             A, b = lin["A"].reshape(batch, len(part), k), lin["bias"].to(wide)
             if sign > 0:
                 wl[:, part], bl[:, part] = A, b
@@ -512,6 +516,7 @@ def intermediate_bounds(
     carries that box's), and only later nodes are refined. ``lines`` receives the cut's lines
     (float64) under the key ``cut``."""
     need = graph.plan.needs if method == "crown" else {}
+    cache = {} if cache is None else cache  # references and relaxations shared by the chunks
     exact = graph.plan.ibp_exact
     within = cone(graph, graph.output, C) if C is not None and need else {}
     f32 = (
@@ -536,7 +541,9 @@ def intermediate_bounds(
         bounds[i] = b
         if i == cut and method == "crown":
             stops = {
-                i: linear_bounds(graph, bounds, i, windows=windows) if cut_lin is None else cut_lin
+                i: linear_bounds(graph, bounds, i, windows=windows, cache=cache)
+                if cut_lin is None
+                else cut_lin
             }
             if f32:  # on from here in float64: exact copies of the float32 bounds and lines
                 bounds = {j: rounding.upcast(v) for j, v in bounds.items()}
