@@ -435,7 +435,10 @@ def _local(r: Tensor, o: Tensor, h: int) -> tuple[Tensor, Tensor, int]:
 
 
 MATRIX_ENTRIES = 2**22  # largest matrix kept per (convolution, window size)
-MATRIX_WORK = 8  # most multiply-adds of the matrix over the convolution's (measured crossover)
+# most multiply-adds of the matrix over the convolution's (measured crossovers, one thread):
+# float64 convolutions are slow, float32 ones run on oneDNN (774 rows of 16 x 5 x 5 onto 16
+# channels: 3.7 ms against 5.1 for the matrix, 5.4x the work; 3 x 3: 1.9 against 0.9, 2.8x)
+MATRIX_WORK = {torch.float64: 8, torch.float32: 4}
 _MATRICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -452,7 +455,8 @@ def _transpose_matrix(op: Conv, weight: Tensor, c: int, h: int, w: int):
     # the matrix multiplies every window entry with every output (hh ww per input channel, all
     # groups), the convolution with its k k taps: past MATRIX_WORK times more, the convolution
     # is faster (float64, one thread: 2.3x at a 10 x 10 window of a 3 x 3 kernel)
-    if c * h * w * n_in * hh * ww > MATRIX_ENTRIES or hh * ww * op.groups > MATRIX_WORK * k.numel():
+    work = MATRIX_WORK.get(weight.dtype, 8) * k.numel()
+    if c * h * w * n_in * hh * ww > MATRIX_ENTRIES or hh * ww * op.groups > work:
         per_op[key] = None
         return None
     eye = torch.eye(c * h * w, dtype=weight.dtype, device=weight.device).reshape(-1, c, h, w)
