@@ -254,8 +254,7 @@ def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tenso
     oy = win.oy * op.stride[0] - op.padding[0]
     ox = win.ox * op.stride[1] - op.padding[1]
     hh, ww = out.shape[2:]
-    valid = _in_frame(oy, ox, hh, ww, (H, W))
-    out = out.reshape(data.shape[0], m, -1, hh, ww) * valid
+    out = _drop_outside(out.reshape(data.shape[0], m, -1, hh, ww), oy, ox, (H, W))
     if shared:
         out = out.expand(b, -1, -1, -1, -1)
     bias = _bias(op, win)
@@ -302,8 +301,7 @@ def _conv_transpose(op: ConvTranspose, win: Window, in_shape: tuple[int, ...]):
     else:
         out = _patch_conv(data, win, weight, op, iy, ix, size, reach)
         n = out.shape[0] // m
-    valid = _in_frame(iy, ix, size[0], size[1], (H, W))
-    out = out.reshape(n, m, -1, *size) * valid
+    out = _drop_outside(out.reshape(n, m, -1, *size), iy, ix, (H, W))
     if shared:
         out = out.expand(b, -1, -1, -1, -1)
     bias = _bias(op, win)
@@ -537,6 +535,22 @@ def concretize(win: Window, region) -> Tensor:
         ball = (a * x0).flatten(2).sum(-1) - region.l2_eps * a.flatten(2).norm(dim=2)
         value = torch.maximum(value, ball)
     return value
+
+
+def _drop_outside(out: Tensor, oy: Tensor, ox: Tensor, frame: tuple[int, int]) -> Tensor:
+    """A step's new window data (batch, rows, C, h, w), owned by the step, with its entries
+    outside the frame set to zero (in place; untouched where every window lies inside)."""
+    h, w = out.shape[3:]
+    H, W = frame
+    if oy.numel() == 0 or (
+        int(oy.min()) >= 0
+        and int(oy.max()) + h <= H
+        and int(ox.min()) >= 0
+        and int(ox.max()) + w <= W
+    ):
+        return out
+    valid = _in_frame(oy, ox, h, w, frame)
+    return out.mul_(valid) if valid.shape[0] <= out.shape[0] else out * valid
 
 
 def _in_frame(oy: Tensor, ox: Tensor, h: int, w: int, frame: tuple[int, int]) -> Tensor:
