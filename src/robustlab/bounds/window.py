@@ -487,7 +487,8 @@ def activation_backward(
     ``ub=None``: the coefficients only (a float32 pass keeps its bias in its tracker)."""
     a = win.data
     neg = a.clamp(max=0)
-    a_in = torch.addcmul(a * win.gather(la), neg, win.gather(ua - la))
+    # in place on the gathered slopes (a fresh tensor of the result's shape): the same numbers
+    a_in = win.gather(la).mul_(a).addcmul_(neg, win.gather(ua - la))
     if ub is None:
         return Window(a_in, win.oy, win.ox, win.frame), None
     bias = (neg * win.gather(ub)).flatten(2).sum(-1)
