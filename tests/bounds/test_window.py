@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import compute_bounds, crown, cut, window
+from robustlab.bounds import compute_bounds, crown, cut, rounding, tracker, window
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.linear import Conv
@@ -313,3 +313,64 @@ def test_conv_window_without_matrix_equals_dense(monkeypatch, seed):
     frame = tuple(op.forward(x).shape[2:])
     win = _random_window(g, 2, 4, 4 * groups, 2, 3, frame, shared=seed % 3 == 0)
     _check_against_dense(op, win, (2 * groups, 9, 8))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_float32_conv_transpose_patches_within_rounding_bound(monkeypatch, seed):
+    """The transposed convolution's transpose on large float32 windows (rows grouped by phase,
+    padded and convolved by a direct or GEMM conv2d): within the bookkeeping's bound
+    gamma_n |A| |W| of the exact (float64) transpose of the same float32 numbers."""
+    monkeypatch.setattr(window, "MATRIX_ENTRIES", 0)
+    g = torch.Generator().manual_seed(seed)
+    groups, s = (1, 2)[seed % 2], (1 + seed % 3, 2)
+    k, p = (4, 3), (seed % 2, 1)
+    m = nn.ConvTranspose2d(2 * groups, 3 * groups, k, s, p, groups=groups).requires_grad_(False)
+    hw = (7, 6)
+    out_shape = tuple(m(torch.zeros(1, 2 * groups, *hw)).shape[1:])
+    op = ConvTranspose(m.weight, m.bias, s, p, (0, 0), (1, 1), groups)
+    win64 = _random_window(g, 3, 9, 3 * groups, 4, 5, out_shape[1:], shared=seed % 3 == 0)
+    win = window.Window(win64.data.float(), win64.oy, win64.ox, win64.frame)
+    calls = []
+    real = nn.functional.conv2d
+    monkeypatch.setattr(nn.functional, "conv2d", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    (got,), _ = window.linear_backward(op, win, [(2 * groups, *hw)])
+    assert calls and got.data.dtype == torch.float32
+    got = got.dense() if isinstance(got, window.Window) else got
+    dense = win64.dense().float().double()
+    op64 = ConvTranspose(m.weight.double(), None, s, p, (0, 0), (1, 1), groups)
+    (exact,), _ = op64.backward(dense, [(2 * groups, *hw)])
+    abs64 = ConvTranspose(m.weight.double().abs(), None, s, p, (0, 0), (1, 1), groups)
+    (size,), _ = abs64.backward(dense.abs(), [(2 * groups, *hw)])
+    bound = rounding.gamma(op.rounding_terms(out_shape)) * size
+    assert ((got.double() - exact).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunks_of_rows_share_relaxations_and_equal_one_pass(monkeypatch, dtype):
+    """``intermediate_bounds`` split into many chunks of window rows (a pass each): every chunk
+    reads the same relaxations and float32 references (computed once per node's bounds, not
+    once per pass), and the bounds equal those of one pass per node (to the rounding of other
+    batch shapes)."""
+    net, shape = list(_nets())[2]
+    x0 = torch.rand(1, *shape, generator=torch.Generator().manual_seed(4))
+    graph = graph_of(net, shape)
+    region = InputRegion((x0 - 0.02).to(dtype), (x0 + 0.02).to(dtype))
+    if dtype == torch.float32:
+        region = InputRegion(
+            rounding.round_down((x0 - 0.02).double(), dtype),
+            -rounding.round_down(-(x0 + 0.02).double(), dtype),
+        )
+    one = crown.intermediate_bounds(graph, region, "crown")
+    calls = []
+    real = rounding.relax
+    monkeypatch.setattr(rounding, "relax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tracker, "relax", rounding.relax)
+    monkeypatch.setattr(crown, "MAX_ELEMENTS", 2**9)
+    many = crown.intermediate_bounds(graph, region, "crown")
+    activations = sum(hasattr(n.op, "relax") for n in graph.nodes)
+    assert 0 < len(calls) <= activations * (activations + 1) // 2
+    tol = 1e-10 if dtype == torch.float64 else 1e-4  # other batch shapes: other roundings
+    for i in one:
+        scale = 1 + one[i].upper.abs().max().item()
+        assert (one[i].lower - many[i].lower).abs().max() <= tol * scale
+        assert (one[i].upper - many[i].upper).abs().max() <= tol * scale

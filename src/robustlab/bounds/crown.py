@@ -387,6 +387,7 @@ def intermediate_bounds(
     ``cut``: the mixed mode at a narrow cut (``cut.Cut``: every later row ends at the cut
     node's linear bounds in the input; ``cut.mixed_bounds``)."""
     need = graph.plan.needs if method == "crown" else {}
+    cache = {} if cache is None else cache  # references and relaxations shared by the chunks
     exact = graph.plan.ibp_exact
     within = cone(graph, graph.output, C) if C is not None and need else {}
     if method != "crown":
@@ -404,7 +405,7 @@ def intermediate_bounds(
         bounds[i] = b
         if cut is not None and i <= cut.node:
             if i == cut.node:  # its lines over the region are its neurons' CROWN bounds
-                bounds, stops = cut.at(graph, bounds, region, windows)
+                bounds, stops = cut.at(graph, bounds, region, windows, cache)
                 continue
             if not cut.refines_before:
                 continue  # the given lines' box refined these (they reach ``prior``)

@@ -94,12 +94,23 @@ class Cut:
         """The input's bounds for the pass (float32: the box rounded outward)."""
         return _outward_region(region) if self._f32(graph, region) else region
 
-    def at(self, graph: BoundGraph, bounds: dict, region: Bounds, windows: bool = True):
+    def at(
+        self,
+        graph: BoundGraph,
+        bounds: dict,
+        region: Bounds,
+        windows: bool = True,
+        cache: dict | None = None,
+    ):
         """At the cut node (``bounds`` up to it): the bounds from here on (float64: exact
         copies of float32 ones) with the cut's bounded by its lines, and the ``stops`` of
         ``crown.backward`` (the cut's lines)."""
         i = self.node
-        lin = linear_bounds(graph, bounds, i, windows=windows) if self.lin is None else self.lin
+        lin = (
+            linear_bounds(graph, bounds, i, windows=windows, cache=cache)
+            if self.lin is None
+            else self.lin
+        )
         if self._f32(graph, region):  # on from here in float64
             bounds = {j: rounding.upcast(v) for j, v in bounds.items()}
             bounds[0] = region
@@ -261,7 +272,9 @@ def _take_region(region: InputRegion, sel: Tensor) -> InputRegion:
     return InputRegion(region.lower[sel], region.upper[sel], center, region.l2_eps)
 
 
-def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None, windows: bool = True) -> Lin:
+def linear_bounds(
+    graph: BoundGraph, bounds, s: int, stops=None, windows: bool = True, cache: dict | None = None
+) -> Lin:
     """Linear bounds of node ``s`` in the input, ``Wl x + bl <= h_s <= Wu x + bu`` on the box,
     from backward passes of its identity rows (each neuron's own CROWN bound, so as tight as
     CROWN's bounds of ``s``); ``bounds`` as for :func:`backward` up to ``s``.
@@ -273,7 +286,9 @@ def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None, windows: bool =
     Where every node that reads ``s`` is a ReLU (slope 0), a neuron with ``upper <= 0`` (on
     every box) reaches no later row (its coefficient there is 0): it gets the constant lines
     of its interval bounds, and no rows. The upper lines come first, and a neuron they show
-    dead gets no lower row (on cGAN cut nodes, 45-65% of the neurons: half the rows)."""
+    dead gets no lower row (on cGAN cut nodes, 45-65% of the neurons: half the rows).
+    ``cache``: as for :func:`backward` (one for every chunk of rows when not given)."""
+    cache = {} if cache is None else cache
     shape = graph.nodes[s].shape
     n, k = math.prod(shape), math.prod(graph.nodes[0].shape)
     region = bounds[0]
@@ -300,7 +315,7 @@ def linear_bounds(graph: BoundGraph, bounds, s: int, stops=None, windows: bool =
             else:
                 C = identity_rows(shape, part, batch, region.lower)
             lin: dict = {}
-            backward(graph, bounds, s, -C if sign < 0 else C, stops=stops, linear=lin)
+            backward(graph, bounds, s, -C if sign < 0 else C, cache=cache, stops=stops, linear=lin)
             A, b = lin["A"].reshape(batch, len(part), k), lin["bias"].to(wide)
             if sign > 0:
                 wl[:, part], bl[:, part] = A, b

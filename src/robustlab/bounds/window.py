@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from robustlab.bounds import window_pool
 from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, _cast
-from robustlab.bounds.ops.shape import ConvTranspose, Resize
+from robustlab.bounds.ops.shape import ConvTranspose, Resize, _direct
 
 
 @dataclass(frozen=True)
@@ -254,8 +254,7 @@ def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tenso
     oy = win.oy * op.stride[0] - op.padding[0]
     ox = win.ox * op.stride[1] - op.padding[1]
     hh, ww = out.shape[2:]
-    valid = _in_frame(oy, ox, hh, ww, (H, W))
-    out = out.reshape(data.shape[0], m, -1, hh, ww) * valid
+    out = _drop_outside(out.reshape(data.shape[0], m, -1, hh, ww), oy, ox, (H, W))
     if shared:
         out = out.expand(b, -1, -1, -1, -1)
     bias = _bias(op, win)
@@ -281,7 +280,7 @@ def _conv_transpose(op: ConvTranspose, win: Window, in_shape: tuple[int, ...]):
         a = Window(data, win.oy, win.ox, win.frame).dense().flatten(0, 1)
         a = nn.functional.pad(a, (p[1], p[1], p[0], p[0]))
         hc, wc = [(a.shape[2 + i] - reach[i] - 1) // s[i] + 1 for i in range(2)]
-        out = _conv_as_product(a, weight, s, d, op.groups).reshape(-1, m, weight.shape[0], hc, wc)
+        out = _conv_rows(a, weight, op).reshape(-1, m, weight.shape[0], hc, wc)
         out = out[..., :H, :W]  # output padding >= stride leaves extra rows: cropped
         out = out.expand(b, -1, -1, -1, -1) if shared else out
         bias = _bias(op, win)
@@ -302,8 +301,7 @@ def _conv_transpose(op: ConvTranspose, win: Window, in_shape: tuple[int, ...]):
     else:
         out = _patch_conv(data, win, weight, op, iy, ix, size, reach)
         n = out.shape[0] // m
-    valid = _in_frame(iy, ix, size[0], size[1], (H, W))
-    out = out.reshape(n, m, -1, *size) * valid
+    out = _drop_outside(out.reshape(n, m, -1, *size), iy, ix, (H, W))
     if shared:
         out = out.expand(b, -1, -1, -1, -1)
     bias = _bias(op, win)
@@ -353,23 +351,41 @@ def _phase_matrices(op: ConvTranspose, weight: Tensor, c: int, h: int, w: int, s
 
 def _patch_conv(data, win: Window, weight, op, iy, ix, size, reach) -> Tensor:
     """The transpose on large windows: each window placed in an output patch aligned with its
-    first input's first output, then convolved (as one product: float64 convolutions of many
-    small maps are slow). (rows, C_in, *size)."""
+    first input's first output, then convolved. A window row y sits at patch row y + delta with
+    delta = oy + p - iy s = reach - ((reach - p - oy) mod s): one of s values, so the rows of
+    each phase are padded alike (no gather) and convolved at once. (rows, C_in, *size)."""
     m, c, h, w = data.shape[1:]
-    s, p, dev = op.stride, op.padding, win.oy.device
+    s, p = op.stride, op.padding
     patch = [(size[i] - 1) * s[i] + reach[i] + 1 for i in range(2)]
-    # window row y sits at patch row y + (oy - (iy s - p)); entries outside the patch reach no input
-    sy = torch.arange(patch[0], device=dev) - (win.oy - iy * s[0] + p[0])[..., None]
-    sx = torch.arange(patch[1], device=dev) - (win.ox - ix * s[1] + p[1])[..., None]
-    ok = ((sy >= 0) & (sy < h))[..., :, None] & ((sx >= 0) & (sx < w))[..., None, :]
-    src = torch.where(
-        ok, sy.clamp(0, h - 1)[..., :, None] * w + sx.clamp(0, w - 1)[..., None, :], h * w
-    )
-    flat = torch.cat([data.reshape(*data.shape[:3], h * w), data.new_zeros(*data.shape[:3], 1)], 3)
-    n = max(flat.shape[0], src.shape[0])
-    idx = src.reshape(src.shape[0], m, 1, -1).expand(n, m, c, -1)
-    local = torch.gather(flat.expand(n, -1, -1, -1), 3, idx).reshape(-1, c, *patch)
-    return _conv_as_product(local, weight, s, op.dilation, op.groups)
+    n = max(data.shape[0], win.oy.shape[0])
+    dy = (win.oy - iy * s[0] + p[0]).expand(n, m).reshape(-1)
+    dx = (win.ox - ix * s[1] + p[1]).expand(n, m).reshape(-1)
+    flat = data.expand(n, -1, -1, -1, -1).reshape(n * m, c, h, w)
+    key = dy * (reach[1] + s[1] + 1) + dx
+    phases = torch.unique(key)
+    out = None
+    for k in phases.tolist():
+        sel = (key == k).nonzero()[:, 0] if len(phases) > 1 else None
+        x = flat if sel is None else flat.index_select(0, sel)
+        ty, tx = int(dy[0 if sel is None else sel[0]]), int(dx[0 if sel is None else sel[0]])
+        # negative padding crops entries that reach no input
+        x = nn.functional.pad(x, (tx, patch[1] - w - tx, ty, patch[0] - h - ty))
+        y = _conv_rows(x, weight, op)
+        if sel is None:
+            return y
+        if out is None:
+            out = y.new_empty(n * m, *y.shape[1:])
+        out.index_copy_(0, sel, y)
+    return out
+
+
+def _conv_rows(x: Tensor, weight: Tensor, op) -> Tensor:
+    """``conv2d(x, weight)`` at op's stride, dilation and groups, no padding: float32 by a direct
+    or GEMM convolution where PyTorch picks one (the float32 bookkeeping's error model: plain
+    sums of products), else (float64, or a fast algorithm) as one product."""
+    if x.dtype == torch.float32 and _direct(x, weight, op, (0, 0)):
+        return nn.functional.conv2d(x, weight, None, op.stride, 0, op.dilation, op.groups)
+    return _conv_as_product(x, weight, op.stride, op.dilation, op.groups)
 
 
 def _conv_as_product(x: Tensor, weight: Tensor, s, d, groups: int) -> Tensor:
@@ -417,7 +433,10 @@ def _local(r: Tensor, o: Tensor, h: int) -> tuple[Tensor, Tensor, int]:
 
 
 MATRIX_ENTRIES = 2**22  # largest matrix kept per (convolution, window size)
-MATRIX_WORK = 8  # most multiply-adds of the matrix over the convolution's (measured crossover)
+# most multiply-adds of the matrix over the convolution's (measured crossovers, one thread):
+# float64 convolutions are slow, float32 ones run on oneDNN (774 rows of 16 x 5 x 5 onto 16
+# channels: 3.7 ms against 5.1 for the matrix, 5.4x the work; 3 x 3: 1.9 against 0.9, 2.8x)
+MATRIX_WORK = {torch.float64: 8, torch.float32: 4}
 _MATRICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -434,7 +453,8 @@ def _transpose_matrix(op: Conv, weight: Tensor, c: int, h: int, w: int):
     # the matrix multiplies every window entry with every output (hh ww per input channel, all
     # groups), the convolution with its k k taps: past MATRIX_WORK times more, the convolution
     # is faster (float64, one thread: 2.3x at a 10 x 10 window of a 3 x 3 kernel)
-    if c * h * w * n_in * hh * ww > MATRIX_ENTRIES or hh * ww * op.groups > MATRIX_WORK * k.numel():
+    work = MATRIX_WORK.get(weight.dtype, 8) * k.numel()
+    if c * h * w * n_in * hh * ww > MATRIX_ENTRIES or hh * ww * op.groups > work:
         per_op[key] = None
         return None
     eye = torch.eye(c * h * w, dtype=weight.dtype, device=weight.device).reshape(-1, c, h, w)
@@ -467,7 +487,8 @@ def activation_backward(
     ``ub=None``: the coefficients only (a float32 pass keeps its bias in its tracker)."""
     a = win.data
     neg = a.clamp(max=0)
-    a_in = torch.addcmul(a * win.gather(la), neg, win.gather(ua - la))
+    # in place on the gathered slopes (a fresh tensor of the result's shape): the same numbers
+    a_in = win.gather(la).mul_(a).addcmul_(neg, win.gather(ua - la))
     if ub is None:
         return Window(a_in, win.oy, win.ox, win.frame), None
     bias = (neg * win.gather(ub)).flatten(2).sum(-1)
@@ -515,6 +536,22 @@ def concretize(win: Window, region) -> Tensor:
         ball = (a * x0).flatten(2).sum(-1) - region.l2_eps * a.flatten(2).norm(dim=2)
         value = torch.maximum(value, ball)
     return value
+
+
+def _drop_outside(out: Tensor, oy: Tensor, ox: Tensor, frame: tuple[int, int]) -> Tensor:
+    """A step's new window data (batch, rows, C, h, w), owned by the step, with its entries
+    outside the frame set to zero (in place; untouched where every window lies inside)."""
+    h, w = out.shape[3:]
+    H, W = frame
+    if oy.numel() == 0 or (
+        int(oy.min()) >= 0
+        and int(oy.max()) + h <= H
+        and int(ox.min()) >= 0
+        and int(ox.max()) + w <= W
+    ):
+        return out
+    valid = _in_frame(oy, ox, h, w, frame)
+    return out.mul_(valid) if valid.shape[0] <= out.shape[0] else out * valid
 
 
 def _in_frame(oy: Tensor, ox: Tensor, h: int, w: int, frame: tuple[int, int]) -> Tensor:

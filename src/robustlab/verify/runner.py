@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from robustlab.bounds import heap
 from robustlab.errors import RobustlabError
 from robustlab.shards import dask_client
 from robustlab.verify.verifier import verify
@@ -139,6 +140,7 @@ def verify_instance(inst: Instance) -> str:
 def _worker(conn, run: Callable[[Instance], str]) -> None:
     """A worker process: runs the instances it receives until its pipe closes."""
     torch.set_num_threads(1)
+    heap.keep_freed_memory()  # large tensors reuse freed memory (bounds/heap.py)
     conn.send("ready")
     while True:
         try:
@@ -154,6 +156,7 @@ def _worker(conn, run: Callable[[Instance], str]) -> None:
             print(f"{inst.vnnlib}: internal error: {e!r}", file=sys.stderr, flush=True)
             verdict = "error"
         conn.send((verdict, time.monotonic() - start))
+        heap.release_freed_memory()  # the next instance starts from a small process
 
 
 class _Process:

@@ -127,14 +127,16 @@ class ConvTranspose(LinearOp):
 _DIRECT = ("Mkldnn", "Slow2d", "SlowDilated2d")  # oneDNN's direct algorithm, im2col + GEMM
 
 
-def _direct(x: Tensor, w: Tensor, op: ConvTranspose) -> bool:
-    """Whether PyTorch computes ``conv2d(x, w)`` as direct sums (oneDNN's direct algorithm,
-    im2col + GEMM: the error model of the float32 bookkeeping); not NNPACK (Winograd, FFT)."""
+def _direct(x: Tensor, w: Tensor, op: ConvTranspose, padding: tuple | None = None) -> bool:
+    """Whether PyTorch computes ``conv2d(x, w)`` (op's padding, or ``padding``) as direct sums
+    (oneDNN's direct algorithm, im2col + GEMM: the error model of the float32 bookkeeping); not
+    NNPACK (Winograd, FFT)."""
     if w.dim() != 4:
         return False
+    pad = list(op.padding if padding is None else padding)
     try:
         got = torch._C._select_conv_backend(
-            x, w, None, list(op.stride), list(op.padding), list(op.dilation), False, [0, 0],
+            x, w, None, list(op.stride), pad, list(op.dilation), False, [0, 0],
             op.groups, None,
         )  # fmt: skip
     except (AttributeError, RuntimeError, TypeError):
