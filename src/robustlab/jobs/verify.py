@@ -7,6 +7,7 @@ import csv
 import hashlib
 from pathlib import Path
 
+from robustlab.bounds import heap
 from robustlab.errors import RobustlabError
 from robustlab.paths import cannot_write, output_file
 from robustlab.verify.runner import read_expected, read_instances
@@ -30,7 +31,9 @@ def verify_job(
     networks: dict[str, str] | None = None,
     out: Path | str | None = None,
 ) -> VerifyResult:
-    """Verify one instance; ``out``: the result in VNN-COMP's format (folders created)."""
+    """Verify one instance; ``out``: the result in VNN-COMP's format (folders created). The
+    process keeps freed memory for reuse from here on (``bounds.heap``: a command's process)."""
+    heap.keep_freed_memory()
     result = verify(onnx_file, vnnlib_file, timeout=timeout, strategy=strategy, networks=networks)
     if out is not None:
         try:
