@@ -19,6 +19,9 @@ median time per call and the mean bound width, and, when auto_LiRPA is importabl
 environment, its time and width, the time ratio, and the largest relative difference of the
 bounds. auto_LiRPA is optional: without it, robustlab's side is printed alone.
 
+The process keeps freed memory for reuse (``bounds.heap``, as robustlab's verifier processes
+do): the same allocator policy for robustlab's and auto_LiRPA's calls.
+
 ``--yolo``: one CROWN pass of VNN-COMP 2023's TinyYOLO on prop 13 (the verifier's first bound
 pass, ``bab.bounds_and_margins``) in float64 and in the rigorous float32 mode, robustlab only:
 the time of each and whether its bounds still prove the property (rows refuted by the margin).
@@ -36,7 +39,7 @@ import torch
 from torch import nn
 
 import robustlab as rl
-from robustlab.bounds import compute_bounds
+from robustlab.bounds import compute_bounds, heap
 from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
@@ -218,6 +221,7 @@ def main() -> None:
 
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    heap.keep_freed_memory()  # as robustlab's verifier processes do; both sides run with it
     print(
         f"torch {torch.__version__}, threads {args.threads}, auto_LiRPA "
         f"{'available' if BoundedModule else 'not importable: robustlab only'}, "
