@@ -434,15 +434,18 @@ def search_steps(
     row; with ``lookahead >= 2`` the candidates alternate between the two. With ``split_all``
     (for two or three inputs that vary) every box is split along all of them at once and every
     child is kept: the bounds of the look-ahead's discarded halves are not wasted. ``margin``:
-    that of :func:`hold_margin` (computed when not given). ``reuse_parent``: children start
+    that of :func:`hold_margin` (computed when not given); with ``box_margin`` (default
+    ``BOX_MARGIN``) each box takes the same formula on its own bounds where smaller (the
+    outputs' rows ride along in every pass). ``reuse_parent``: children start
     from their parent's intermediate bounds (:func:`bound_boxes`' ``parent``); CROWN is not
     monotone in its intermediate bounds (the adaptive ReLU lower slopes), so this proves some
     properties far sooner (ACAS Xu 4_9 / prop_1) and others later (1_1 / prop_5). ``cache``
     (a ``root.RootCache``): the root box's bounds come from its last one-box pass where that
     was hold_margin's on the same function, box and rows (:func:`bounds_and_margins`).
-    ``leaf_share``: the look-ahead's children still open get the exact LP of their triangle
-    relaxation (:class:`leaf_lp.LeafCheck`, ReLU chains whose boxes keep their bounds), with
-    this share of the time against the bound passes (0: never)."""
+    ``leaf_share`` (default ``LEAF_SHARE``): the look-ahead's children still open get
+    alpha-CROWN's slopes on the rows (:func:`_alpha_close`), then the exact LP of their
+    triangle relaxation (:class:`leaf_lp.LeafCheck`; ReLU chains whose boxes keep their
+    bounds) with this share of the time against the bound passes (0: neither)."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
     if margin is None:
