@@ -3,16 +3,22 @@ competition's 116 s (3_9 / prop_1, 4_9 / prop_1, 1_8 / prop_2, 3_3 / prop_2, 4_2
 time in this process, with the verdict, seconds, domains and the load average beside each.
 nnenum's reference: all 186 ACAS Xu instances in 286 s summed (VNN-COMP 2021).
 
-    python benchmarks/acas_hard.py [--timeout 116] [NET/PROP ...]
+    python benchmarks/acas_hard.py [--timeout 116] [--compare] [NET/PROP ...]
+
+``--compare`` runs each case twice in this process, interleaved: input splitting as it is, then
+without the leaf checks (alpha on the last rows and the LP), the per-box margins and the
+look-ahead's floor (bab.LEAF_SHARE = 0, bab.BOX_MARGIN = False, bab.SPLIT_FLOOR = 0: the search
+before them). Wall and CPU seconds are printed with the load average: compare CPU seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
-from robustlab.verify import verify
+from robustlab.verify import bab, verify
 
 ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "benchmarks" / "acasxu"
 HARD = ("3_9/1", "4_9/1", "1_8/2", "3_3/2", "4_2/2")
@@ -23,21 +29,32 @@ def main() -> None:
     ap.add_argument("cases", nargs="*", default=list(HARD), help="NET/PROP, e.g. 4_2/2")
     ap.add_argument("--timeout", type=float, default=116.0)
     ap.add_argument("--root", type=Path, default=ROOT)
+    ap.add_argument("--compare", action="store_true", help="also without the leaf LP etc.")
     args = ap.parse_args()
-    print(f"{'case':<8}{'verdict':>9}{'s':>8}{'domains':>9}{'load':>6}")
-    total = 0.0
+    print(f"{'case':<8}{'search':>8}{'verdict':>9}{'s':>8}{'cpu s':>8}{'domains':>9}{'load':>6}")
+    now = (bab.LEAF_SHARE, bab.BOX_MARGIN, bab.SPLIT_FLOOR)
+    runs = [("now", now)] + ([("before", (0.0, False, 0.0))] if args.compare else [])
+    total = dict.fromkeys([name for name, _ in runs], 0.0)
     for case in args.cases:
         net, prop = case.split("/")
-        r = verify(
-            args.root / f"ACASXU_run2a_{net}_batch_2000.onnx",
-            args.root / f"prop_{prop}.vnnlib",
-            timeout=args.timeout,
-        )
-        total += r.seconds
-        domains = r.stats.get("domains", "-")
-        load = os.getloadavg()[0]
-        print(f"{case:<8}{r.verdict:>9}{r.seconds:>8.1f}{domains!s:>9}{load:>6.1f}", flush=True)
-    print(f"summed {total:.1f} s")
+        for name, (share, box, floor) in runs:
+            bab.LEAF_SHARE, bab.BOX_MARGIN, bab.SPLIT_FLOOR = share, box, floor
+            cpu = time.process_time()
+            r = verify(
+                args.root / f"ACASXU_run2a_{net}_batch_2000.onnx",
+                args.root / f"prop_{prop}.vnnlib",
+                timeout=args.timeout,
+            )
+            cpu = time.process_time() - cpu
+            total[name] += r.seconds
+            domains = r.stats.get("domains", "-")
+            load = os.getloadavg()[0]
+            print(
+                f"{case:<8}{name:>8}{r.verdict:>9}{r.seconds:>8.1f}{cpu:>8.1f}{domains!s:>9}"
+                f"{load:>6.1f}",
+                flush=True,
+            )
+    print("summed " + ", ".join(f"{name} {t:.1f} s" for name, t in total.items()))
 
 
 if __name__ == "__main__":

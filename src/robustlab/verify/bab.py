@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.crown import backward, intermediate_bounds
 from robustlab.bounds.cut import CutPasses, convolutional, mixed_bounds
 from robustlab.bounds.forward import affordable as forward_affordable
@@ -20,12 +21,22 @@ from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.base import Bounds, InputRegion
 from robustlab.bounds.plan import cut_node, float32_pays
+from robustlab.deadline import current
 from robustlab.verify.cost import mixed_pays
+from robustlab.verify.leaf_lp import LeafCheck, relu_chain
 from robustlab.verify.spec import Property
 
 HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
 UNIT = 2.0**-24  # the precision networks are evaluated in (float32, as onnxruntime checks them)
 PARENT_BOUNDS_MAX = 4096  # neurons whose bounds a queued box keeps for its children (memory)
+SPLIT_FLOOR = 0.05  # look-ahead: inputs whose smart score is below this share of the best's
+ALPHA_STEPS = 10  # alpha-CROWN's steps on the rows of the look-ahead's open children
+LEAF_SHARE = 4.0  # the LP leaf check's time against the bound passes' (leaf_lp.LeafCheck)
+# search_steps' margins: each box's own (hold_margin's formula on the box) where smaller than the
+# root box's. The root's CROWN bounds of the outputs are loose (ACAS Xu 4_2: |y| <= 558 where
+# samples reach 0.033), so its margin (0.0018) exceeded the property's true gap (0.0011 on
+# 4_2 / prop_2, 0.0009 on 3_3 / prop_2): no search could prove them
+BOX_MARGIN = True
 
 
 # the cut's pass of each box bounded in the mixed mode, for the boxes inside it (bounds/cut.py)
@@ -37,6 +48,9 @@ class BabStats:
     max_queue: int = 0
     bound_calls: int = 0
     open_fraction: float = 1.0  # of the root box's volume (over its free inputs), still open
+    lp_calls: int = 0  # LP leaf checks (leaf_lp), and the boxes they closed
+    lp_closed: int = 0
+    alpha_closed: int = 0  # boxes closed by alpha-CROWN's slopes on the last rows
 
 
 def _stack_spec(prop: Property) -> tuple[Tensor, Tensor, list[slice]]:
@@ -202,12 +216,7 @@ def bounds_and_margins(
     intermediate bounds, and kept there otherwise (the engine's first bound pass, hold_margin's
     and the search's root are one pass, on the reduced graphs of input splitting too)."""
     n, k, n_out = C.shape
-    used = (C != 0).any(1).any(0).nonzero().squeeze(1)  # the outputs some row reads
-    u = len(used)
-    # the identity's rows for those outputs only (TinyYOLO: 5 rows of 42,250, not 42,250^2)
-    eye = C.new_zeros(u, n_out).index_put_((torch.arange(u), used), C.new_ones(()))
-    eye = eye.expand(n, u, n_out)
-    rows = torch.cat([C, eye, -eye], 1)
+    rows, used = output_rows(C)
     # one region's box: the engine's pass, then hold_margin's, then the search's (a caller
     # that wants the bounds makes its own pass)
     cached = cache is not None and n == 1 and out is None
@@ -219,12 +228,34 @@ def bounds_and_margins(
             cache.put_last(graph, lo, hi, rows, intermediate, (lb, A, bias))
     else:
         lb, A, bias = hit
+    return lb[:, :k].double(), box_margins(lb, A, C, d, lo, hi, used, unit)
+
+
+def output_rows(C: Tensor) -> tuple[Tensor, Tensor]:
+    """``C`` (N, rows, n_outputs) with the identity's rows and their negations for the outputs
+    some row reads (``used``) appended: one pass bounds the rows and those outputs' magnitudes
+    (TinyYOLO: 5 rows of 42,250, not 42,250^2)."""
+    n, _, n_out = C.shape
+    used = (C != 0).any(1).any(0).nonzero().squeeze(1)  # the outputs some row reads
+    u = len(used)
+    eye = C.new_zeros(u, n_out).index_put_((torch.arange(u), used), C.new_ones(()))
+    eye = eye.expand(n, u, n_out)
+    return torch.cat([C, eye, -eye], 1), used
+
+
+def box_margins(lb, A, C, d, lo, hi, used, unit: float = UNIT) -> Tensor:
+    """The margins of :func:`hold_margin` (N, rows) on each of N boxes from one pass over the
+    rows of :func:`output_rows` (``lb``, ``A``: its lower bounds and input coefficients): the
+    outputs' magnitudes and the rows' sensitivities to the inputs on the box itself. ``C``:
+    (rows, n_outputs) or (N, rows, n_outputs); ``d``: (rows,) or (N, rows)."""
+    n, k, u = len(lb), C.shape[-2], len(used)
     lb, A = lb.double(), A.double()  # a float32 pass's bounds are exact in float64
     y_mag = torch.maximum(lb[:, k : k + u].abs(), lb[:, k + u :].abs())
     x_mag = torch.maximum(lo.abs(), hi.abs()).reshape(n, -1).to(A.dtype)
-    mag = torch.einsum("nko,no->nk", C[:, :, used].abs().to(y_mag.dtype), y_mag)
+    Cu = C[..., used].abs().to(y_mag.dtype).expand(n, k, u)
+    mag = torch.einsum("nko,no->nk", Cu, y_mag)
     mag = mag + torch.einsum("nki,ni->nk", A[:, :k].abs(), x_mag)
-    return lb[:, :k], margin_of(d, mag, unit)
+    return margin_of(d, mag, unit)
 
 
 def pop_domains(stack: list, batch: int):
@@ -269,7 +300,7 @@ def disjunct_slack(
         if 1 < k <= 6:
             w = _weights(k).to(lb.dtype)  # (W, k)
             coef = torch.einsum("wk,nki->nwi", w, A[:, g])
-            const = (bias[:, g] - d[g] - margin[g]) @ w.T  # (N, W)
+            const = (bias[:, g] - d[g] - margin[..., g]) @ w.T  # (N, W)
             val = (coef * c[:, None]).sum(-1) - (coef.abs() * r[:, None]).sum(-1) + const
             best = torch.maximum(best, val.amax(1))
         if k > 1 and (best <= 0).any():
@@ -390,6 +421,8 @@ def search_steps(
     margin: Tensor | None = None,
     reuse_parent: bool = True,
     cache=None,
+    leaf_share: float | None = None,
+    box_margin: bool | None = None,
 ) -> Generator[None, None, tuple[str, Tensor | None]]:
     """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
     ``("holds", None)`` or ``("violated", x)``).
@@ -401,33 +434,53 @@ def search_steps(
     row; with ``lookahead >= 2`` the candidates alternate between the two. With ``split_all``
     (for two or three inputs that vary) every box is split along all of them at once and every
     child is kept: the bounds of the look-ahead's discarded halves are not wasted. ``margin``:
-    that of :func:`hold_margin` (computed when not given). ``reuse_parent``: children start
+    that of :func:`hold_margin` (computed when not given); with ``box_margin`` (default
+    ``BOX_MARGIN``) each box takes the same formula on its own bounds where smaller (the
+    outputs' rows ride along in every pass). ``reuse_parent``: children start
     from their parent's intermediate bounds (:func:`bound_boxes`' ``parent``); CROWN is not
     monotone in its intermediate bounds (the adaptive ReLU lower slopes), so this proves some
     properties far sooner (ACAS Xu 4_9 / prop_1) and others later (1_1 / prop_5). ``cache``
     (a ``root.RootCache``): the root box's bounds come from its last one-box pass where that
-    was hold_margin's on the same function, box and rows (:func:`bounds_and_margins`)."""
+    was hold_margin's on the same function, box and rows (:func:`bounds_and_margins`).
+    ``leaf_share`` (default ``LEAF_SHARE``): the look-ahead's children still open get
+    alpha-CROWN's slopes on the rows (:func:`_alpha_close`), then the exact LP of their
+    triangle relaxation (:class:`leaf_lp.LeafCheck`; ReLU chains whose boxes keep their
+    bounds) with this share of the time against the bound passes (0: neither)."""
     stats = stats or BabStats()
     C, d, groups = _stack_spec(prop)
     if margin is None:
         margin = hold_margin(graph, prop, shape, intermediate=intermediate, cache=cache)
+    leaf_share = LEAF_SHARE if leaf_share is None else leaf_share
+    box_margin = BOX_MARGIN if box_margin is None else box_margin
+    leaf = _leaf_check(graph, C, d, groups, leaf_share if reuse_parent else 0.0)
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     kept: list = []
     passes = None if cache is None else cache.cut_passes
-    root = None if cache is None else cache.last(graph, lo_q, hi_q, C, intermediate, prefix=True)
+    rows_all, used = output_rows(C[None])  # the rows, and the outputs' magnitudes per box
+    rows_all = rows_all[0] if box_margin else C
+
+    def rows_and_margins(lb, A, bias, lo, hi):
+        """The property's rows of a pass over ``rows_all``, and each box's margins: its own
+        (:func:`box_margins`) where smaller than the root box's."""
+        k = len(d)
+        own = box_margins(lb, A, C, d, lo, hi, used) if box_margin else margin
+        return lb[:, :k], A[:, :k], bias[:, :k], torch.minimum(own, margin)
+
+    root = None if cache is None else cache.last(graph, lo_q, hi_q, rows_all, intermediate, True)
     if root is not None and not (reuse_parent and _keeps_bounds(graph)):
         lb, A, bias = root
         kept.append(lo_q.new_zeros(1, 2, 0))
     else:
         lb, A, bias = bound_boxes(
-            graph, lo_q, hi_q, C, shape, intermediate, keep=kept, passes=passes
+            graph, lo_q, hi_q, rows_all, shape, intermediate, keep=kept, passes=passes
         )
+    lb, A, bias, mg = rows_and_margins(lb, A, bias, lo_q, hi_q)
     pb_q = kept[0]  # per box: its parent's intermediate bounds (packed)
     if not reuse_parent:
         pb_q = pb_q[..., :0]  # nothing kept
     stats.domains += 1
     # per box: its open disjuncts
-    open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups, margin) > 0)
+    open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups, mg) > 0)
     a_q = _rows_to_improve(lb, A, open_q, d, groups, weakest_first)  # per box: (2, inputs)
     if not open_q.any():
         return "holds", None
@@ -436,6 +489,7 @@ def search_steps(
     while len(lo_q):
         stats.open_fraction = float(((hi_q - lo_q)[:, free].log().sum(1) - root).exp().sum())
         yield
+        t_step = time.process_time()
         lo, hi, op, a = lo_q[:batch], hi_q[:batch], open_q[:batch], a_q[:batch]
         lo_q, hi_q, open_q, a_q = lo_q[batch:], hi_q[batch:], open_q[batch:], a_q[batch:]
         pb, pb_q = pb_q[:batch], pb_q[batch:]
@@ -450,7 +504,18 @@ def search_steps(
             return "violated", cand[v.argmin()]
         if split_all:
             L, H, child_open, lb_c, A_c, pb_c = _split_all(
-                graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb, passes
+                graph,
+                lo,
+                hi,
+                op,
+                rows_all,
+                rows_and_margins,
+                d,
+                groups,
+                shape,
+                intermediate,
+                pb,
+                passes,
             )
             stats.domains += len(L)
             stats.bound_calls += 1
@@ -465,7 +530,8 @@ def search_steps(
         # look ahead: both halves along the `lookahead` inputs with the largest |coefficient| x
         # width (the "smart" score), bounded in one batch
         m = min(lookahead, k_in)
-        cands = _candidates(a.abs() * (hi - lo)[:, None], m)  # (n, m)
+        smart = a.abs() * (hi - lo)[:, None]
+        cands = _candidates(smart, m)  # (n, m)
         mids = (lo + hi) / 2
         los, his = [], []
         for j in range(m):
@@ -479,10 +545,21 @@ def search_steps(
         stats.bound_calls += 1
         kept = []
         parent = pb.repeat(2 * m, 1, 1)
-        lbc, Ac, bc = bound_boxes(graph, L, H, C, shape, intermediate, parent, kept, passes=passes)
-        sl = disjunct_slack(lbc, Ac, bc, L, H, d, groups, margin).view(m, 2, n, -1)
+        every: dict | None = {} if leaf is not None else None  # every node's bounds, for alpha
+        lbc, Ac, bc = bound_boxes(
+            graph, L, H, rows_all, shape, intermediate, parent, kept, out=every, passes=passes
+        )
+        lbc, Ac, bc, mgc = rows_and_margins(lbc, Ac, bc, L, H)
+        sl = disjunct_slack(lbc, Ac, bc, L, H, d, groups, mgc).view(m, 2, n, -1)
         sl = torch.where(op[None, None], sl, torch.inf)  # closed disjuncts do not matter
         score = sl.amin(3).amin(1)  # (m, n): the worse half's weakest open disjunct
+        # only inputs whose "smart" score is not negligible: halving an input already narrow
+        # mostly re-bounds the box from its own bounds (CROWN is not monotone in them), a tiny
+        # gain that won the look-ahead again and again (ACAS Xu 4_2 / prop_2: X_0 halved to
+        # width 1e-7 while X_2 stayed 0.125)
+        smart = smart.amax(1)
+        worth = smart.gather(1, cands) >= SPLIT_FLOOR * smart.amax(1, keepdim=True)
+        score = torch.where(worth.T, score, -torch.inf)
         dim = score.argmax(0)
         pick = torch.arange(n)
         child_open = op[None] & ~(sl[dim, :, pick] > 0).transpose(0, 1)  # (2, n, disjuncts)
@@ -493,6 +570,38 @@ def search_steps(
         H = H.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
         P = kept[0].view(m, 2, n, *kept[0].shape[1:])[dim, :, pick].transpose(0, 1)
         keep = child_open.any(2)
+        if leaf is not None and keep.any():  # alpha, then the LP, on the children still open
+            mg_c = mgc.view(m, 2, n, rows)[dim, :, pick].transpose(0, 1)
+            flat = dim * 2 * n + torch.arange(2)[:, None] * n + pick  # (2, n): their passes
+            child_open[keep], sl_c = _alpha_close(
+                graph,
+                every,
+                flat[keep],
+                L[keep],
+                H[keep],
+                C,
+                d,
+                groups,
+                mg_c[keep],
+                child_open[keep],
+                shape,
+            )
+            stats.alpha_closed += int((~child_open[keep].any(1)).sum())
+            keep_a = keep.clone()
+            keep = child_open.any(2)
+            sl_c = sl_c[keep[keep_a]]
+        if leaf is not None and keep.any():
+            child_open[keep] = leaf.close(
+                L[keep],
+                H[keep],
+                P[keep],
+                child_open[keep],
+                sl_c,
+                mg_c[keep],
+                time.process_time() - t_step,
+            )
+            stats.lp_calls, stats.lp_closed = leaf.calls, leaf.closed
+            keep = child_open.any(2)
         pb_q = torch.cat([P[keep], pb_q])
         lo_q = torch.cat([L[keep], lo_q])
         hi_q = torch.cat([H[keep], hi_q])
@@ -507,10 +616,48 @@ def search_steps(
     return "holds", None
 
 
-def _split_all(graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb, passes=None):
-    """Every box halved along every input that varies, all children bounded (``pb``: the
-    boxes' packed intermediate bounds; ``passes``: as for :func:`bound_boxes`): the children's boxes, open disjuncts, lower bounds,
-    their input coefficients and packed intermediate bounds."""
+def _alpha_close(graph, every, sel, lo, hi, C, d, groups, margin, open_, shape):
+    """``open_`` (N, disjuncts) less the disjuncts that alpha-CROWN's slopes refute on the
+    boxes (the rows ``C`` only; the intermediate bounds are those of the pass ``every``, boxes
+    ``sel`` of it), and each disjunct's slack (its best row's lower bound less ``d`` and the
+    ``margin``): CROWN's adaptive slopes left most of ACAS Xu 4_2 / prop_2's deep boxes open
+    where ``ALPHA_STEPS`` steps close them (200 of 200 sampled, 0.5 ms a box)."""
+    n = len(sel)
+    inter = {j: Bounds(b.lower[sel], b.upper[sel]) for j, b in every.items() if j != 0}
+    region = Bounds(lo.reshape(n, *shape), hi.reshape(n, *shape))
+    Cn = C.expand(n, *C.shape).reshape(n, C.shape[0], *graph.nodes[graph.output].shape)
+    fin, _ = alpha_crown(
+        graph,
+        region,
+        Cn.to(lo.dtype),
+        iterations=ALPHA_STEPS,
+        optimize_intermediate=False,
+        bound_upper=False,
+        intermediate=inter,
+        deadline=current(),
+    )
+    slack = fin.lower.reshape(n, -1).double() - d - margin
+    per = torch.stack([slack[:, g].amax(1) for g in groups], 1)
+    return open_ & ~(per > 0), per
+
+
+def _leaf_check(graph: BoundGraph, C, d, groups, share: float) -> LeafCheck | None:
+    """The LP leaf check for a ReLU chain whose boxes keep the bounds the LP needs (the
+    pre-activations of its ReLUs, packed in order), else None; None too for ``share`` 0."""
+    chain = relu_chain(graph) if share > 0 and _keeps_bounds(graph) else None
+    if chain is None or sorted(graph.plan.needs) != list(chain.nodes[:-1]):
+        return None
+    return LeafCheck(chain, C.double(), d.double(), groups, share)
+
+
+def _split_all(
+    graph, lo, hi, op, C, rows_and_margins, d, groups, shape, intermediate, pb, passes=None
+):
+    """Every box halved along every input that varies, all children bounded over the rows
+    ``C`` (``rows_and_margins`` keeps the property's and gives each box's margins; ``pb``: the
+    boxes' packed intermediate bounds; ``passes``: as for :func:`bound_boxes`): the children's
+    boxes, open disjuncts, lower bounds, their input coefficients and packed intermediate
+    bounds."""
     L, H = lo, hi
     for k in ((hi - lo) > 0).any(0).nonzero().squeeze(1).tolist():
         mid = (L[:, k] + H[:, k]) / 2
@@ -520,6 +667,7 @@ def _split_all(graph, lo, hi, op, C, d, groups, shape, intermediate, margin, pb,
     kept: list = []
     parent = pb.repeat(len(L) // len(lo), 1, 1)
     lb, A, bias = bound_boxes(graph, L, H, C, shape, intermediate, parent, kept, passes=passes)
+    lb, A, bias, margin = rows_and_margins(lb, A, bias, L, H)
     parents = op.repeat(len(L) // len(lo), 1)
     child_open = parents & ~(disjunct_slack(lb, A, bias, L, H, d, groups, margin) > 0)
     return L, H, child_open, lb, A, kept[0]
