@@ -38,14 +38,9 @@ REGION_BATCH = 256  # regions bounded in one pass
 LOOKAHEAD_SHARE = 4.0  # input splitting: the full look-ahead's time against 1 for each other
 BOUNDS_SHARE = 0.5  # of the time left: incomplete bounds slower than this give way to attacks
 ESTIMATE_MARGIN = 2.0  # ... unless the estimated time of a CROWN pass, times this, is longer
-# input splitting: the sample search's rounds before the bounds and before branching, then its
-# share of branch and bound's time (of the first SEARCH_EARLY_S seconds, of the rest)
-# (ACAS Xu: a round of 2^13 points costs about 0.05 s, the old attack's round 0.04 s; the hard
-# violations need 0.02-0.7 s of search, and 136 of the 186 instances hold)
+# input splitting: the sample search's rounds before the bounds and before branching (then it
+# runs beside branch and bound: ``falsify.Falsifier.beside``)
 SEARCH_ROUNDS = (1, 1)
-SEARCH_RATE = (0.1, 0.03)
-SEARCH_EARLY_S = 2.0
-SEARCH_SLICE_S = 0.02  # the sample search's time between two steps of branch and bound
 
 
 def free_inputs(spec: Spec) -> int:
@@ -474,11 +469,11 @@ def _input_split(
             cache=cache,
         )
         if intermediate == "forward":
-            return _beside([fwd], end, None, fals)
+            return _portfolio([fwd], end, None, fals)
         kw["intermediate"] = "crown"
         crown_full = bab.search_steps(graph, prop, shape, model, lookahead=max(free, 1), **kw)
         crown_one = bab.search_steps(graph, prop, shape, model, lookahead=1, **kw)
-        return _beside([fwd, crown_full, crown_one], end, [2.0, 1.0, 2.0], fals)
+        return _portfolio([fwd, crown_full, crown_one], end, [2.0, 1.0, 2.0], fals)
     # children reuse their parent's bounds in the look-ahead only: decisive on some properties,
     # slower on others (CROWN is not monotone in its intermediate bounds)
     one = {**kw, "lookahead": 1, "reuse_parent": False}
@@ -492,40 +487,14 @@ def _input_split(
     # proves ACAS Xu 4_9 / prop_1 in 16 s and 1_8 / prop_2 in 8 s, where the one-input searches
     # had not finished at 150 s
     shares = [LOOKAHEAD_SHARE] + [1.0] * (len(searches) - 1)
-    return _beside(searches, end, shares, fals)
+    return _portfolio(searches, end, shares, fals)
 
 
-def _beside(searches: list, end: float, shares, fals) -> tuple[str, object]:
-    """:func:`bab.portfolio` of ``searches`` until ``end`` (the same rule: the search furthest
-    below its share of the time takes the next step), with the sample search ``fals`` given
-    its share of branch and bound's time (:func:`_search_budget`) between the steps:
-    ``("falsified", counterexample)`` when it finds one."""
-    if fals is None or fals.done:
+def _portfolio(searches: list, end: float, shares, fals):
+    """:func:`bab.portfolio`, with the sample search ``fals`` beside it where there is one."""
+    if fals is None:
         return bab.portfolio(searches, end, shares)
-    shares = shares or [1.0] * len(searches)
-    used = [0.0] * len(searches)
-    base = fals.used
-    while True:
-        now = time.monotonic()
-        if now > end:
-            return "timeout", None
-        if not fals.done and fals.used - base < _search_budget(sum(used)):
-            cex = fals.run(min(SEARCH_SLICE_S, end - now))
-            if cex is not None:
-                return "falsified", cex
-            continue
-        k = min(range(len(searches)), key=lambda i: used[i] / shares[i])
-        try:
-            next(searches[k])
-        except StopIteration as stop:
-            return stop.value
-        used[k] += time.monotonic() - now
-
-
-def _search_budget(t: float) -> float:
-    """The sample search's seconds after ``t`` seconds of branch and bound."""
-    early, late = SEARCH_RATE
-    return early * min(t, SEARCH_EARLY_S) + late * max(0.0, t - SEARCH_EARLY_S)
+    return fals.beside(searches, end, shares)
 
 
 def _confirm_near(model, shape, prop: Property, oracle, x: Tensor) -> dict | None:
