@@ -238,16 +238,17 @@ def sample_search(
     ``next`` does about ``step_s`` seconds of work and yields None, or a candidate ``(region,
     float32 flat x)`` whose output by ``model`` reaches the unsafe region).
 
-    In rounds: a scrambled Sobol sample (Owen 1998) of ``samples`` points (doubling each round up
-    to ``max_samples``; divided among the regions) shared by the regions' boxes, each coordinate of a point moved to the
-    box's lower or upper face with probability ``faces / 2`` each (violations of properties
-    like ACAS Xu's sit on faces and corners), scored by every (region, disjunct) margin from one
-    forward pass per point; then Adam descent (Kingma and Ba 2015, arXiv:1412.6980) from the
+    In rounds: a scrambled Sobol sample (Owen 1998) of ``samples`` points (doubling each round
+    up to ``max_samples``; divided among the regions) shared by the regions' boxes, each
+    coordinate of a point moved to the box's lower or upper face with probability ``faces / 2``
+    each (violations of properties like ACAS Xu's sit on faces and corners), scored by every
+    (region, disjunct) margin from one forward pass per point; then Adam descent (Kingma and Ba 2015, arXiv:1412.6980) from the
     ``starts`` best (point, disjunct) pairs on the sum of the disjunct's positive row margins,
     each start with its own step size (log-spaced in ``lr``, in box widths, cosine-decayed over
     ``steps``): the narrow ridges where a violation hides want small steps, the plateaus around
     them large ones. ``progress`` (a dict) counts the finished ``rounds`` and the ``points``
-    evaluated."""
+    evaluated, and keeps the ``best`` sampled margin and the ``scale`` of the first sample's
+    (its median |margin|)."""
     progress = {} if progress is None else progress
     reg, C, d, mask = _targets(spec, regions)
     if not len(reg):
@@ -288,7 +289,7 @@ def sample_search(
         tgt, pts = best // n, best % n
         yield from _descend(
             model, shape, (lo_r[t_reg[tgt]], hi_r[t_reg[tgt]]), (C[tgt], d[tgt], mask[tgt]),
-            u[pts], reg[tgt], steps, lr, step_s, gen,            progress,
+            u[pts], reg[tgt], steps, lr, step_s, gen, progress,
         )  # fmt: skip
         progress["rounds"] = progress.get("rounds", 0) + 1
         total = min(2 * total, max_samples)
