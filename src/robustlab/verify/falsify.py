@@ -242,8 +242,8 @@ def sample_search(
     up to ``max_samples``; divided among the regions) shared by the regions' boxes, each
     coordinate of a point moved to the box's lower or upper face with probability ``faces / 2``
     each (violations of properties like ACAS Xu's sit on faces and corners), scored by every
-    (region, disjunct) margin from one forward pass per point; then Adam descent (Kingma and Ba 2015, arXiv:1412.6980) from the
-    ``starts`` best (point, disjunct) pairs on the sum of the disjunct's positive row margins,
+    (region, disjunct) margin from one forward pass per point; then Adam descent (Kingma and
+    Ba 2015, arXiv:1412.6980) from the ``starts`` best (point, disjunct) pairs on the sum of the disjunct's positive row margins,
     each start with its own step size (log-spaced in ``lr``, in box widths, cosine-decayed over
     ``steps``): the narrow ridges where a violation hides want small steps, the plateaus around
     them large ones. ``progress`` (a dict) counts the finished ``rounds`` and the ``points``
