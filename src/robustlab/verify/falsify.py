@@ -243,12 +243,12 @@ def sample_search(
     coordinate of a point moved to the box's lower or upper face with probability ``faces / 2``
     each (violations of properties like ACAS Xu's sit on faces and corners), scored by every
     (region, disjunct) margin from one forward pass per point; then Adam descent (Kingma and
-    Ba 2015, arXiv:1412.6980) from the ``starts`` best (point, disjunct) pairs on the sum of the disjunct's positive row margins,
-    each start with its own step size (log-spaced in ``lr``, in box widths, cosine-decayed over
-    ``steps``): the narrow ridges where a violation hides want small steps, the plateaus around
-    them large ones. ``progress`` (a dict) counts the finished ``rounds`` and the ``points``
-    evaluated, and keeps the ``best`` sampled margin and the ``scale`` of the first sample's
-    (its median |margin|)."""
+    Ba 2015, arXiv:1412.6980) from the ``starts`` best (point, disjunct) pairs on the sum of
+    the disjunct's positive row margins, each start with its own step size (log-spaced in
+    ``lr``, in box widths, cosine-decayed over ``steps``): the narrow ridges where a violation
+    hides want small steps, the plateaus around them large ones. ``progress`` (a dict) counts
+    the finished ``rounds`` and the ``points`` evaluated, and keeps the ``best`` sampled margin
+    and the first sample's ``scale`` (its median |margin|)."""
     progress = {} if progress is None else progress
     reg, C, d, mask = _targets(spec, regions)
     if not len(reg):
