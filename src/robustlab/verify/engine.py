@@ -38,9 +38,12 @@ REGION_BATCH = 256  # regions bounded in one pass
 LOOKAHEAD_SHARE = 4.0  # input splitting: the full look-ahead's time against 1 for each other
 BOUNDS_SHARE = 0.5  # of the time left: incomplete bounds slower than this give way to attacks
 ESTIMATE_MARGIN = 2.0  # ... unless the estimated time of a CROWN pass, times this, is longer
-# input splitting: the sample search's rounds before the bounds and before branching (then it
-# runs beside branch and bound: ``falsify.Falsifier.beside``)
+# input splitting: the sample search's rounds before the bounds and before branching, each
+# phase at most SEARCH_FIRST_S seconds (a round left unfinished goes on beside branch and bound:
+# ``falsify.Falsifier.beside``); ACAS Xu's first round takes about 0.05 s, tllverifybench's
+# (wider networks) 0.5-1 s
 SEARCH_ROUNDS = (1, 1)
+SEARCH_FIRST_S = 0.15
 
 
 def free_inputs(spec: Spec) -> int:
@@ -100,7 +103,7 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     fals = None  # few inputs: the sample search, before the bounds and beside branch and bound
     if graph is not None and strategy == "input-split":
         fals = _sample_falsifier(model, shape, spec, open_, oracle, stats)
-        cex = fals.run(_share(deadline, share), SEARCH_ROUNDS[0])
+        cex = fals.run(min(_share(deadline, share), SEARCH_FIRST_S), SEARCH_ROUNDS[0])
     else:
         cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 0, stats)
     stats["attack_s"] = round(time.monotonic() - t0, 3)
@@ -162,7 +165,7 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     if fals is not None and len(open_) < len(spec):  # search the regions left open only
         fals = _sample_falsifier(model, shape, spec, open_, oracle, stats, fals.used)
     if fals is not None:
-        cex = fals.run(_share(deadline, share), SEARCH_ROUNDS[1])
+        cex = fals.run(min(_share(deadline, share), SEARCH_FIRST_S), SEARCH_ROUNDS[1])
     else:
         cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 1, stats)
     if cex is not None:

@@ -258,7 +258,7 @@ def sample_search(
     t_reg = torch.tensor([where[r] for r in reg.tolist()])  # each target's row in lo_r
     n_in = lo_r.shape[1]
     gen = torch.Generator().manual_seed(seed)
-    rows = max(8, 1024 // len(lo_r))  # points per pass, tuned to ``step_s`` as passes are timed
+    rows = max(8, 256 // len(lo_r))  # points per pass, tuned to ``step_s`` as passes are timed
     total = samples
     for k in range(1_000_000):
         # points per region: about ``total`` forward passes and at most 2^22 margins a round
