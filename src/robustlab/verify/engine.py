@@ -20,7 +20,7 @@ from robustlab.bounds.rounding import round_down
 from robustlab.deadline import DeadlineExceeded, check, within
 from robustlab.errors import RobustlabError, UnsupportedOperation
 from robustlab.verify import bab, cost, embed, root
-from robustlab.verify.falsify import attack, float32_box, search
+from robustlab.verify.falsify import Falsifier, attack, float32_box, sample_search, search
 from robustlab.verify.nonlinear_split import nonlinear_split
 from robustlab.verify.oracle import confirm
 from robustlab.verify.relu_split import relu_split
@@ -38,6 +38,12 @@ REGION_BATCH = 256  # regions bounded in one pass
 LOOKAHEAD_SHARE = 4.0  # input splitting: the full look-ahead's time against 1 for each other
 BOUNDS_SHARE = 0.5  # of the time left: incomplete bounds slower than this give way to attacks
 ESTIMATE_MARGIN = 2.0  # ... unless the estimated time of a CROWN pass, times this, is longer
+# input splitting: the sample search's rounds before the bounds and before branching, each
+# phase at most SEARCH_FIRST_S seconds (a round left unfinished goes on beside branch and bound:
+# ``falsify.Falsifier.beside``); ACAS Xu's first round takes about 0.05 s, tllverifybench's
+# (wider networks) 0.5-1 s
+SEARCH_ROUNDS = (1, 1)
+SEARCH_FIRST_S = 0.15
 
 
 def free_inputs(spec: Spec) -> int:
@@ -94,7 +100,12 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     stats["strategy"] = strategy
     t0 = time.monotonic()
     share, rounds = (1.0, 1_000_000) if graph is None else ATTACKS[0]
-    cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 0, stats)
+    fals = None  # few inputs: the sample search, before the bounds and beside branch and bound
+    if graph is not None and strategy == "input-split":
+        fals = _sample_falsifier(model, shape, spec, open_, oracle, stats)
+        cex = fals.run(min(_share(deadline, share), SEARCH_FIRST_S), SEARCH_ROUNDS[0])
+    else:
+        cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 0, stats)
     stats["attack_s"] = round(time.monotonic() - t0, 3)
     if cex is not None:
         return "violated", cex, ""
@@ -118,7 +129,10 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     if estimate > left:
         # one bound pass would outlast the time left: attacks are all there is
         check()  # none past the deadline
-        cex = _falsify(model, shape, spec, open_, oracle, left, 1_000_000, 2, stats)
+        if fals is not None:
+            cex = fals.run(left)
+        else:
+            cex = _falsify(model, shape, spec, open_, oracle, left, 1_000_000, 2, stats)
         if cex is not None:
             return "violated", cex, ""
         return "timeout", None, "a bound pass on this network would outlast the timeout"
@@ -134,9 +148,12 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
         if time.monotonic() >= deadline:
             raise
         stats["bounds_s"] = "over share"
-        cex = _falsify(
-            model, shape, spec, open_, oracle, _share(deadline, 1.0), 1_000_000, 2, stats
-        )
+        if fals is not None:
+            cex = fals.run(_share(deadline, 1.0))
+        else:
+            cex = _falsify(
+                model, shape, spec, open_, oracle, _share(deadline, 1.0), 1_000_000, 2, stats
+            )
         if cex is not None:
             return "violated", cex, ""
         return "timeout", None, "the bound passes on this network outlast their share of the time"
@@ -145,16 +162,26 @@ def _verify(model, shape, spec: Spec, oracle, deadline, state, stats):
     if strategy == "bounds":
         return "unknown", None, ""
     share, rounds = ATTACKS[1]
-    cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 1, stats)
+    if fals is not None and len(open_) < len(spec):  # search the regions left open only
+        fals = _sample_falsifier(model, shape, spec, open_, oracle, stats, fals.used)
+    if fals is not None:
+        cex = fals.run(min(_share(deadline, share), SEARCH_FIRST_S), SEARCH_ROUNDS[1])
+    else:
+        cex = _falsify(model, shape, spec, open_, oracle, _share(deadline, share), rounds, 1, stats)
     if cex is not None:
         return "violated", cex, ""
     how = (strategy, intermediate)
-    return _branch_regions(graph, spec, open_, shape, model, oracle, deadline, how, stats, cache)
+    return _branch_regions(
+        graph, spec, open_, shape, model, oracle, deadline, how, stats, cache, fals
+    )
 
 
-def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, how, stats, cache):
+def _branch_regions(
+    graph, spec: Spec, regions, shape, model, oracle, deadline, how, stats, cache, fals=None
+):
     """Branch and bound on each region in turn, each with its share of the time left (starting
-    from the region's CROWN pass where ``cache`` kept it)."""
+    from the region's CROWN pass where ``cache`` kept it); ``fals``: a ``falsify.Falsifier`` on
+    every open region, run beside input splitting."""
     st = bab.BabStats()
     verdicts = []
     try:
@@ -163,7 +190,9 @@ def _branch_regions(graph, spec: Spec, regions, shape, model, oracle, deadline, 
             prop = spec.property(r)
             first = cache.of(graph, prop)
             end = min(end, deadline)
-            verdict, x = _branch(graph, prop, shape, model, end, how, st, first, cache)
+            verdict, x = _branch(graph, prop, shape, model, end, how, st, first, cache, fals)
+            if verdict == "falsified":  # the sample search's confirmed counterexample
+                return "violated", x, ""
             if verdict == "violated":
                 cex = _confirm_near(model, shape, prop, oracle, x)
                 if cex is not None:
@@ -212,13 +241,7 @@ def _falsify(model, shape, spec: Spec, regions, oracle, seconds, rounds: int, se
         return None
     stop = time.monotonic() + seconds
     k = 0
-    centre = ((spec.lower[regions[:1]] + spec.upper[regions[:1]]) / 2).float()
-    # the logits where the property compares outputs of a final softmax (saturated
-    # probabilities stall the attack), else the same outputs with gradients through sign /
-    # softmax; candidates are confirmed on the network either way
-    model = logit_view(model, spec.C, spec.d, centre.reshape(-1, *shape)) or (
-        with_surrogate_gradients(model)
-    )
+    model = _attack_view(model, spec, regions, shape)
     while True:
         found = attack(
             model,
@@ -239,6 +262,31 @@ def _falsify(model, shape, spec: Spec, regions, oracle, seconds, rounds: int, se
         k += 1000
         if time.monotonic() > stop:
             return None
+
+
+def _attack_view(model, spec: Spec, regions, shape):
+    """The model as attacks see it: the logits where the property compares outputs of a final
+    softmax (saturated probabilities stall the attack), else the same outputs with gradients
+    through sign / softmax; candidates are confirmed on the network either way."""
+    centre = ((spec.lower[regions[:1]] + spec.upper[regions[:1]]) / 2).float()
+    view = logit_view(model, spec.C, spec.d, centre.reshape(-1, *shape))
+    return view or with_surrogate_gradients(model)
+
+
+def _sample_falsifier(model, shape, spec: Spec, regions, oracle, stats, used=0.0) -> Falsifier:
+    """The sample search (``falsify.sample_search``) on ``regions``, confirmed by ``oracle``;
+    ``used``: the seconds of an earlier one."""
+    progress: dict = {}
+    steps = sample_search(
+        _attack_view(model, spec, regions, shape), spec, regions, shape, progress=progress
+    )
+
+    def check(r: int, x: Tensor):
+        return confirm(oracle, spec.lower[r], spec.upper[r], _region_violation(spec, r), x)
+
+    fals = Falsifier(steps, check, progress, stats)
+    fals.used = used
+    return fals
 
 
 def _region_violation(spec: Spec, r: int):
@@ -347,12 +395,22 @@ def _forward_bound(graph, model, prop: Property, shape, C: Tensor, d: Tensor, ca
 
 
 def _branch(
-    graph, prop: Property, shape, model, end: float, how, st: bab.BabStats, first=None, cache=None
+    graph,
+    prop: Property,
+    shape,
+    model,
+    end: float,
+    how,
+    st: bab.BabStats,
+    first=None,
+    cache=None,
+    fals=None,
 ):
     """Branch and bound on one region until ``end`` with ``how = (strategy, intermediate
     bounds for input splitting)``: ``(verdict, x or None)``; ``first``: the region's CROWN pass
     (``root.RootPass``) when it was kept; ``cache``: the ``root.RootCache`` whose last one-box
-    pass input splitting's root may reuse."""
+    pass input splitting's root may reuse; ``fals``: the sample search run beside input
+    splitting (verdict ``falsified`` with its confirmed counterexample)."""
     strategy, intermediate = how
     if strategy == "relu-split" and not any(isinstance(n.op, ReLU) for n in graph.nodes):
         strategy = "nonlinear-split"
@@ -364,18 +422,31 @@ def _branch(
     red = embed.reduce(graph, model, prop, shape)
     if red is None:
         margin = margin if intermediate == "crown" else None  # the cached pass is CROWN's
-        return _input_split(graph, prop, shape, model, end, intermediate, st, margin, cache)
+        return _input_split(graph, prop, shape, model, end, intermediate, st, margin, cache, fals)
     verdict, z = _input_split(
-        red.graph, red.prop, (len(red.prop.lower),), red.model, end, intermediate, st, None, cache
-    )
+        red.graph, red.prop, (len(red.prop.lower),), red.model, end, intermediate, st, None,
+        cache, fals,
+    )  # fmt: skip
+    if verdict == "falsified":  # the full network's input already
+        return verdict, z
     return verdict, (None if z is None else red.expand(z))
 
 
 def _input_split(
-    graph, prop: Property, shape, model, end: float, intermediate, st, margin=None, cache=None
+    graph,
+    prop: Property,
+    shape,
+    model,
+    end: float,
+    intermediate,
+    st,
+    margin=None,
+    cache=None,
+    fals=None,
 ):
     """Input splitting on the region's (free) inputs until ``end``; ``margin``: that of
-    :func:`bab.hold_margin` (computed when not given); ``cache``: as for :func:`_branch`."""
+    :func:`bab.hold_margin` (computed when not given); ``cache``, ``fals``: as for
+    :func:`_branch`."""
     # a portfolio of branching rules, with shares of time: look-ahead over every input
     # (decisive on some properties), and the "smart" rule on the row closest to refuting the
     # weakest disjunct, or on the weakest row
@@ -401,11 +472,11 @@ def _input_split(
             cache=cache,
         )
         if intermediate == "forward":
-            return bab.portfolio([fwd], end)
+            return _portfolio([fwd], end, None, fals)
         kw["intermediate"] = "crown"
         crown_full = bab.search_steps(graph, prop, shape, model, lookahead=max(free, 1), **kw)
         crown_one = bab.search_steps(graph, prop, shape, model, lookahead=1, **kw)
-        return bab.portfolio([fwd, crown_full, crown_one], end, [2.0, 1.0, 2.0])
+        return _portfolio([fwd, crown_full, crown_one], end, [2.0, 1.0, 2.0], fals)
     # children reuse their parent's bounds in the look-ahead only: decisive on some properties,
     # slower on others (CROWN is not monotone in its intermediate bounds)
     one = {**kw, "lookahead": 1, "reuse_parent": False}
@@ -419,7 +490,14 @@ def _input_split(
     # proves ACAS Xu 4_9 / prop_1 in 16 s and 1_8 / prop_2 in 8 s, where the one-input searches
     # had not finished at 150 s
     shares = [LOOKAHEAD_SHARE] + [1.0] * (len(searches) - 1)
-    return bab.portfolio(searches, end, shares)
+    return _portfolio(searches, end, shares, fals)
+
+
+def _portfolio(searches: list, end: float, shares, fals):
+    """:func:`bab.portfolio`, with the sample search ``fals`` beside it where there is one."""
+    if fals is None:
+        return bab.portfolio(searches, end, shares)
+    return fals.beside(searches, end, shares)
 
 
 def _confirm_near(model, shape, prop: Property, oracle, x: Tensor) -> dict | None:
