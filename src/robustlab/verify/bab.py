@@ -386,17 +386,26 @@ def input_split(
 
 
 def portfolio(
-    searches: list, deadline: float, shares: list[float] | None = None
+    searches: list, deadline: float, shares: list[float] | None = None, side=None
 ) -> tuple[str, Tensor | None]:
     """Run several searches (generators from :func:`search_steps`) with the given shares of time
     (equal by default; the one furthest below its share takes the next step) until one answers
-    or the deadline passes."""
+    or the deadline passes. ``side(spent, now, deadline)``, called before every step with the
+    searches' summed time: ``(ran, answer)``, where ``ran`` means it took a turn of its own
+    instead (e.g. a falsifier's share: ``falsify.Falsifier.beside``) and ``answer`` ends the run
+    when not None."""
     shares = shares or [1.0] * len(searches)
     used = [0.0] * len(searches)
     while searches:
         now = time.monotonic()
         if now > deadline:
             return "timeout", None
+        if side is not None:
+            ran, answer = side(sum(used), now, deadline)
+            if answer is not None:
+                return answer
+            if ran:
+                continue
         k = min(range(len(searches)), key=lambda i: used[i] / shares[i])
         try:
             next(searches[k])

@@ -25,6 +25,7 @@ from scipy.stats import qmc
 from torch import Tensor, nn
 
 from robustlab import deadline
+from robustlab.verify import bab
 from robustlab.verify.spec import Property, Spec
 
 MAX_BATCH_ELEMENTS = 2**22  # input entries per forward pass of the attack
@@ -421,21 +422,12 @@ class Falsifier:
         """``bab.portfolio``'s rule on ``searches`` until ``end`` (the search furthest below its
         share of the time takes the next step), with this search run between the steps for its
         :meth:`share` of their time: ``("falsified", counterexample)`` when it finds one."""
-        shares = shares or [1.0] * len(searches)
-        used = [0.0] * len(searches)
         base = self.used
-        while True:
-            now = time.monotonic()
-            if now > end:
-                return "timeout", None
-            if not self.done and self.used - base < self.share() * sum(used):
-                cex = self.run(min(self.slice_s, end - now))
-                if cex is not None:
-                    return "falsified", cex
-                continue
-            k = min(range(len(searches)), key=lambda i: used[i] / shares[i])
-            try:
-                next(searches[k])
-            except StopIteration as stop:
-                return stop.value
-            used[k] += time.monotonic() - now
+
+        def turn(spent: float, now: float, end: float):
+            if self.done or self.used - base >= self.share() * spent:
+                return False, None
+            cex = self.run(min(self.slice_s, end - now))
+            return True, (None if cex is None else ("falsified", cex))
+
+        return bab.portfolio(searches, end, shares, side=turn)
