@@ -282,7 +282,7 @@ def refine(
         and int(counts.sum()) < ragged * batch * len(idx)
         and _raggable(graph, i, windows, b.lower)
     ):
-        _refine_ragged(graph, bounds, i, mask, lo, hi)
+        _refine_ragged(graph, bounds, i, mask, lo, hi, cache)
         return Bounds(lo.reshape(b.lower.shape), hi.reshape(b.upper.shape))
     if plain and int(counts.sum()) * 2 < batch * len(idx):
         # each example with its own unstable neurons, grouped by count (rows padded to a power of 2)
@@ -368,25 +368,31 @@ def _raggable(graph, i: int, windows: bool, like: Tensor) -> bool:
     return all(k in (LINEAR, ACTIVATION) for k in graph.plan.kinds[1 : i + 1])
 
 
-def _refine_ragged(graph, bounds, i: int, mask: Tensor, lo: Tensor, hi: Tensor) -> None:
+def _refine_ragged(graph, bounds, i: int, mask: Tensor, lo: Tensor, hi: Tensor, kept=None) -> None:
     """Backward passes for each example's own neurons ``mask`` (batch, neurons), one row each,
     every example's rows a batch of their own (``lo``, ``hi``: (batch, neurons), tightened in
     place). The relaxations are computed once per example and gathered per row (the pass's
-    ``cache``, keyed by the same bounds)."""
+    ``cache``, keyed by the same bounds); ``kept`` (``intermediate_bounds``' cache) keeps the
+    per-example ones for the later nodes' passes."""
     box, neuron = mask.nonzero(as_tuple=True)
     n, shape, plan = mask.shape[1], graph.nodes[i].shape, graph.plan
     lines = {}
     for k in range(1, i):
         if plan.kinds[k] == ACTIVATION:
             j = graph.nodes[k].inputs[0]
-            l, u = bounds[j].lower, bounds[j].upper
-            full = (l.shape[0], 1, *l.shape[1:])
-            op = graph.nodes[k].op
-            la, lb, ua, ub = (
-                torch.broadcast_to(t, full).contiguous()
-                for t in rounding.relax(op, l[:, None], u[:, None])
-            )
-            lines[k] = (j, op.zero_lower_intercept, (la, lb, ua, ub, ua - la))
+            hit = None if kept is None else kept.get(("ragged", k))
+            if hit is None or hit[0] is not bounds[j]:
+                l, u = bounds[j].lower, bounds[j].upper
+                full = (l.shape[0], 1, *l.shape[1:])
+                op = graph.nodes[k].op
+                la, lb, ua, ub = (
+                    torch.broadcast_to(t, full).contiguous()
+                    for t in rounding.relax(op, l[:, None], u[:, None])
+                )
+                hit = (bounds[j], (j, op.zero_lower_intercept, (la, lb, ua, ub, ua - la)))
+                if kept is not None:
+                    kept[("ragged", k)] = hit
+            lines[k] = hit[1]
     per = max(1, RAGGED_ELEMENTS // (2 * plan.numel_upto[i]))
     flo, fhi = lo.view(-1), hi.view(-1)
     for s in range(0, len(box), per):
