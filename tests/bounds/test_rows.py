@@ -257,3 +257,32 @@ def test_ragged_rows_contain_samples_on_many_boxes(monkeypatch):
             h = layer(h)
             assert bool((h >= bounds[k].lower - 1e-12).all()), k
             assert bool((h <= bounds[k].upper + 1e-12).all()), k
+
+
+def test_union_rows_less_dead_neurons_give_the_same_bounds(monkeypatch):
+    """Examples sharing most unstable neurons (the union's rows): the rows of neurons dead in
+    their example are dropped (ragged rows), and every bound a later step reads is as before:
+    the live neurons' bounds and the output's (float64, to rounding)."""
+    net = _mlp(seed=9, width=32)
+    graph = graph_of(net, (8,))
+    x = torch.rand(1, 8, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    g = torch.Generator().manual_seed(11)
+    shift = torch.rand(16, 8, generator=g, dtype=torch.float64)
+    region = InputRegion(x + shift - 0.1, x + shift + 0.1)
+    calls = []
+    ragged = crown._refine_ragged
+    monkeypatch.setattr(crown, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
+    with torch.no_grad():
+        got, got_b = crown.crown(graph, region)
+        assert calls
+        monkeypatch.setattr(crown, "refine", lambda *a, **k: refine(*a, **k, ragged=0.0))
+        want, want_b = crown.crown(graph, region)
+    for i, b in want_b.items():
+        live = got_b[i].upper > 0  # not dead by the bounds before the rows
+        scale = 1e-12 * (1.0 + float(b.upper.abs().max() + b.lower.abs().max()))
+        assert torch.allclose(got_b[i].upper[live], b.upper[live], rtol=0, atol=scale)
+        assert torch.allclose(got_b[i].lower[live], b.lower[live], rtol=0, atol=scale)
+        assert bool((b.upper[~live] <= 0).all())  # dead either way, read as 0 by the ReLU
+    scale = 1e-12 * (1.0 + float(want.upper.abs().max() + want.lower.abs().max()))
+    assert torch.allclose(got.lower, want.lower, rtol=0, atol=scale)
+    assert torch.allclose(got.upper, want.upper, rtol=0, atol=scale)
