@@ -115,8 +115,9 @@ def compile_plan(graph) -> Plan:
 FLOAT32_MIN_MACS = 2**27
 # multiply-adds per coefficient entry of a backward pass (``fan_in``) below which float32 does not
 # pay at any size: the bookkeeping's elementwise work per entry is not paid back by products that
-# short. Measured (CPU ms, float64 / float32, 2 threads): ACAS Xu 64 boxes (fan-in 22) 19.6 /
-# 23.7 at 2.5e8 MACs; MLP 784-4x256 (195) 16.9 / 14.5, residual CNN 16x16 (40) 59.9 / 44.6
+# short. Measured (ms, float64 / float32, freed memory kept as the benchmark and the verifier
+# do: ``heap``): ACAS Xu 64 boxes (fan-in 22) 25.0 / 26.9 CPU at one thread, 18.5 / 21.8 wall
+# at two; MLP 784-4x256 (195) 23.0 / 16.4, residual CNN 16x16 (40) 109 / 44 CPU at one thread
 FLOAT32_MIN_FAN_IN = 32
 
 
