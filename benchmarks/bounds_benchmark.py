@@ -1,7 +1,7 @@
 """Bound engine benchmark: robustlab against auto_LiRPA, side by side in one run.
 
     python benchmarks/bounds_benchmark.py [--threads 2] [--repeats 5] [--skip-alpha] [--yolo]
-        [--methods "CROWN,CROWN float32"] [--cases "oval21,residual"]
+        [--methods "CROWN,CROWN float32"] [--cases "oval21,residual"] [--boxes]
 
 auto_LiRPA is imported from the running environment: run it with a Python that has it (here the
 peer venv, /work/peers/lirpa-venv/bin/python, with ``PYTHONPATH=src``).
@@ -25,6 +25,14 @@ do): the same allocator policy for robustlab's and auto_LiRPA's calls.
 ``--yolo``: one CROWN pass of VNN-COMP 2023's TinyYOLO on prop 13 (the verifier's first bound
 pass, ``bab.bounds_and_margins``) in float64 and in the rigorous float32 mode, robustlab only:
 the time of each and whether its bounds still prove the property (rows refuted by the margin).
+
+``--boxes``: robustlab alone, the cost per box of input splitting's passes (issue 17):
+``bab.bound_boxes`` on N = 64, 512 and 2048 random sub-boxes of ACAS Xu 4_2 / prop_2's box (widths
+1e-1 to 1e-3 of it, log-uniform), with their parent's packed bounds (each box is half of a box
+bounded first, as the search's children are) and without, on the search's rows; boxes per second
+of the ragged rows (``crown.refine``'s default) and of the padded ones (``ragged=0``: each count
+padded to a power of 2, or the batch's union), called in turn. ``mean lb``: the rows' mean lower
+bound of each (the padded rows tighten some stable neurons as a side effect of the batch).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from torch import nn
 
 import robustlab as rl
 from robustlab.bounds import compute_bounds, heap
+from robustlab.bounds import crown as crown_module
 from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
@@ -207,6 +216,73 @@ def yolo_pass(clock: str = "wall") -> None:
         )
 
 
+def _sub_boxes(lo: torch.Tensor, hi: torch.Tensor, n: int, g: torch.Generator):
+    """``n`` boxes inside [lo, hi] of widths 1e-1 to 1e-3 of it, each the lower or upper half
+    of a box twice as wide along one input (its parent, clipped to [lo, hi]): (children, parents)."""
+    w = (hi - lo) * 10 ** (-1 - 2 * torch.rand(n, 1, generator=g, dtype=torch.float64))
+    plo = lo + (hi - lo - 2 * w) * torch.rand(n, len(lo), generator=g, dtype=torch.float64)
+    phi = plo + w
+    k = torch.randint(0, len(lo), (n,), generator=g)
+    r = torch.arange(n)
+    phi[r, k] += w[r, k]  # twice as wide along input k
+    up = torch.rand(n, generator=g) < 0.5
+    clo, chi = plo.clone(), phi.clone()
+    mid = (plo[r, k] + phi[r, k]) / 2
+    clo[r, k] = torch.where(up, mid, plo[r, k])
+    chi[r, k] = torch.where(up, phi[r, k], mid)
+    return (clo, chi), (plo, phi)
+
+
+def boxes_rate(clock: str, stat: str, repeats: int) -> None:
+    """``--boxes`` (see the module docstring)."""
+    acas = SHARED / "acasxu"
+    if not acas.exists():
+        print("ACAS Xu: not found, skipped")
+        return
+    model = rl.load_model(acas / "ACASXU_run2a_4_2_batch_2000.onnx").module
+    prop = read_vnnlib(acas / "prop_2.vnnlib").properties[0]
+    shape = (1, 1, 5)
+    graph = graph_of(model, shape)
+    C, _, _ = bab._stack_spec(prop)
+    rows = bab.output_rows(C[None])[0][0]  # the search's rows (bab.BOX_MARGIN)
+    lo, hi = prop.lower.double().flatten(), prop.upper.double().flatten()
+    (clo, chi), (plo, phi) = _sub_boxes(lo, hi, 2048, torch.Generator().manual_seed(0))
+    kept: list = []
+    bab.bound_boxes(graph, plo, phi, rows, shape, keep=kept)
+    packed = kept[0]
+    refine = crown_module.refine
+    kinds = {"ragged": refine, "padded": lambda *a, **k: refine(*a, **k, ragged=0.0)}
+    print(
+        f"{'boxes':>6s} {'parent':>7s} "
+        + " ".join(f"{k + ' box/s':>13s}" for k in kinds)
+        + f" {'ratio':>6s} "
+        + " ".join(f"{k + ' mean lb':>15s}" for k in kinds)
+    )
+    try:
+        for parent in (True, False):
+            for n in (64, 512, 2048):
+                fns = []
+                for fn in kinds.values():
+
+                    def run(fn=fn, n=n, parent=parent):
+                        crown_module.refine = fn
+                        p = packed[:n] if parent else None
+                        return bab.bound_boxes(graph, clo[:n], chi[:n], rows, shape, parent=p)[0]
+
+                    fns.append(run)
+                t, res = timed(fns, repeats, clock, stat)
+                rates = [n / x for x in t]
+                print(
+                    f"{n:6d} {str(parent):>7s} "
+                    + " ".join(f"{r:13.0f}" for r in rates)
+                    + f" {rates[0] / rates[1]:5.2f}x "
+                    + " ".join(f"{lb.mean().item():15.6f}" for lb in res),
+                    flush=True,
+                )
+    finally:
+        crown_module.refine = refine
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -218,6 +294,7 @@ def main() -> None:
     ap.add_argument("--stat", choices=sorted(STATS), default="median")
     ap.add_argument("--methods", help="only these methods (comma-separated, e.g. 'CROWN float32')")
     ap.add_argument("--cases", help="only cases whose name contains one of these (comma-separated)")
+    ap.add_argument("--boxes", action="store_true", help="only bab.bound_boxes' boxes per second")
 
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -229,6 +306,9 @@ def main() -> None:
     )
     if args.yolo:
         yolo_pass(args.clock)
+        return
+    if args.boxes:
+        boxes_rate(args.clock, args.stat, args.repeats)
         return
     header = f"{'case':40s} {'method':34s} {'robustlab ms':>13s} {'width':>10s}"
     if BoundedModule:

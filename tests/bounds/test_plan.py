@@ -13,7 +13,15 @@ from robustlab.bounds.crown import backward, identity_rows, intermediate_bounds,
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ibp import interval_all
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.bounds.plan import ACTIVATION, INPUT, LINEAR, float32_macs, float32_pays
+from robustlab.bounds.plan import (
+    ACTIVATION,
+    FLOAT32_MIN_FAN_IN,
+    INPUT,
+    LINEAR,
+    fan_in,
+    float32_macs,
+    float32_pays,
+)
 from robustlab.bounds.window import identity_windows
 from robustlab.threat import Box, LpBall
 
@@ -249,3 +257,21 @@ def test_windows_through_max_pooling_equal_dense_rows(kernel, stride, padding):
         dense = two_sided(graph, bounds, target, identity_rows(shape, idx, 3, x))
     for a, b in ((win.lower, dense.lower), (win.upper, dense.upper)):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * (1 + float(b.abs().max())))
+
+
+def test_float32_falls_back_on_narrow_layers_at_any_size():
+    """ACAS Xu's shape (5 inputs, 50-neuron layers): float32's bookkeeping per coefficient entry
+    is not paid back by products that short (fan-in about 22), however many rows; compute_bounds
+    says the computation was float64. Wide layers keep float32."""
+    narrow = _mlp(5, 50)
+    graph = graph_of(narrow, (5,))
+    assert fan_in(graph) < FLOAT32_MIN_FAN_IN
+    assert float32_pays(graph, 4096)  # enough multiply-adds: the size alone would say yes
+    assert not float32_pays(graph, 4096, min_fan_in=FLOAT32_MIN_FAN_IN)
+    lo = torch.rand(4096, 5, generator=torch.Generator().manual_seed(7))
+    region = input_region(Box(lo, lo + 0.5))
+    assert not _float32_pays(graph, region, "crown")
+    wide = graph_of(_mlp(784, 256), (784,))
+    assert fan_in(wide) > FLOAT32_MIN_FAN_IN
+    # by hand: (5x50 + 50 + 50x50 + 50 + 50x5) / (50 + 50 + 50 + 50 + 5)
+    assert fan_in(graph) == pytest.approx((250 + 50 + 2500 + 50 + 250) / 205)

@@ -2,13 +2,14 @@
 weight rows, so ``refine`` starts its passes one step back; the bounds are those of the full
 identity rows (float64 to rounding), float32 ones stay sound, and the bias is added outward."""
 
+import copy
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import rounding
+from robustlab.bounds import crown, rounding
 from robustlab.bounds.crown import backward, intermediate_bounds, refine, two_sided
 from robustlab.bounds.graph import Bounds, graph_of
 from robustlab.bounds.ops.base import InputRegion
@@ -167,7 +168,8 @@ def test_upper_rows_first_give_the_same_final_bounds(kind, dtype):
                 bounds[i] = rounding.safe_ibp(node.op, *[bounds[j] for j in node.inputs])
                 need = graph.plan.needs.get(i)
                 if need is not None and not graph.plan.ibp_exact[i] and i != graph.output:
-                    bounds[i] = refine(graph, bounds, i, need, split_min=split_min)
+                    # the padded rows shared by the batch (ragged rows skip no dead neuron)
+                    bounds[i] = refine(graph, bounds, i, need, split_min=split_min, ragged=0.0)
             n = math.prod(graph.nodes[graph.output].shape)
             C = identity_rows(graph.nodes[graph.output].shape, torch.arange(n), 3, region.lower)
             finals.append(two_sided(graph, bounds, graph.output, C))
@@ -184,3 +186,103 @@ def test_upper_rows_first_give_the_same_final_bounds(kind, dtype):
         assert torch.allclose(b.upper.double(), a.upper.double(), rtol=0, atol=tol)
         live = b.upper > 0
         assert torch.allclose(b.lower[live].double(), a.lower[live].double(), rtol=0, atol=tol)
+
+
+def _spread_region(kind: str, batch: int) -> tuple[nn.Module, object, InputRegion]:
+    """Examples of widths 1e-3 to 0.5: each has its own unstable neurons."""
+    net, shape = make(kind, 7) if kind != "deep" else (_mlp(seed=7), (8,))
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(batch, *shape, generator=g, dtype=torch.float64)
+    eps = (10 ** torch.linspace(-3, math.log10(0.5), batch, dtype=torch.float64)).reshape(
+        batch, *[1] * len(shape)
+    )
+    return net, graph_of(net, tuple(shape)), InputRegion(x - eps, x + eps)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "deep"])
+def test_ragged_rows_give_each_example_its_own_bounds(kind, monkeypatch):
+    """``refine``'s ragged rows (one row per example and unstable neuron, all in one batch):
+    every example's bounds are those of a pass over that example alone (float64, to
+    rounding). (The padded rows also tighten some neurons that are not unstable, as a side
+    effect that depends on the batch, and CROWN is not monotone in intermediate bounds: their
+    results differ either way, by more than rounding.)"""
+    batch = 12
+    net, graph, region = _spread_region(kind, batch)
+    calls = []
+    ragged = crown._refine_ragged
+    monkeypatch.setattr(crown, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
+    with torch.no_grad():
+        got = intermediate_bounds(graph, region)
+        assert calls, "the ragged rows were not taken"
+        for e in range(batch):
+            one = InputRegion(region.lower[e : e + 1], region.upper[e : e + 1])
+            want = intermediate_bounds(graph, one)
+            for i, b in want.items():
+                scale = 1.0 + float(b.upper.abs().max() + b.lower.abs().max())
+                for x, y in (
+                    (got[i].lower[e : e + 1], b.lower),
+                    (got[i].upper[e : e + 1], b.upper),
+                ):
+                    assert torch.allclose(x, y, rtol=0, atol=1e-12 * scale), (e, i)
+
+
+def test_ragged_rows_contain_samples_on_many_boxes(monkeypatch):
+    """Many small boxes of a narrow ReLU network (ACAS Xu's shape, in small): the ragged
+    rows' bounds of every node contain its sampled values."""
+    torch.manual_seed(11)
+    net = nn.Sequential(
+        nn.Linear(5, 20),
+        nn.ReLU(),
+        nn.Linear(20, 20),
+        nn.ReLU(),
+        nn.Linear(20, 20),
+        nn.ReLU(),
+        nn.Linear(20, 5),
+    ).eval()
+    graph = graph_of(net, (5,))
+    g = torch.Generator().manual_seed(12)
+    batch = 200
+    c = torch.rand(batch, 5, generator=g, dtype=torch.float64)
+    w = 10 ** (-3 * torch.rand(batch, 1, generator=g, dtype=torch.float64))
+    region = InputRegion(c - w, c + w)
+    calls = []
+    ragged = crown._refine_ragged
+    monkeypatch.setattr(crown, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, region)
+        assert calls
+        x = c + w * (2 * torch.rand(300, batch, 5, generator=g, dtype=torch.float64) - 1)
+        h = x
+        for k, layer in enumerate(copy.deepcopy(net).double(), 1):
+            h = layer(h)
+            assert bool((h >= bounds[k].lower - 1e-12).all()), k
+            assert bool((h <= bounds[k].upper + 1e-12).all()), k
+
+
+def test_union_rows_less_dead_neurons_give_the_same_bounds(monkeypatch):
+    """Examples sharing most unstable neurons (the union's rows): the rows of neurons dead in
+    their example are dropped (ragged rows), and every bound a later step reads is as before:
+    the live neurons' bounds and the output's (float64, to rounding)."""
+    net = _mlp(seed=9, width=32)
+    graph = graph_of(net, (8,))
+    x = torch.rand(1, 8, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    g = torch.Generator().manual_seed(11)
+    shift = torch.rand(16, 8, generator=g, dtype=torch.float64)
+    region = InputRegion(x + shift - 0.1, x + shift + 0.1)
+    calls = []
+    ragged = crown._refine_ragged
+    monkeypatch.setattr(crown, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
+    with torch.no_grad():
+        got, got_b = crown.crown(graph, region)
+        assert calls
+        monkeypatch.setattr(crown, "refine", lambda *a, **k: refine(*a, **k, ragged=0.0))
+        want, want_b = crown.crown(graph, region)
+    for i, b in want_b.items():
+        live = got_b[i].upper > 0  # not dead by the bounds before the rows
+        scale = 1e-12 * (1.0 + float(b.upper.abs().max() + b.lower.abs().max()))
+        assert torch.allclose(got_b[i].upper[live], b.upper[live], rtol=0, atol=scale)
+        assert torch.allclose(got_b[i].lower[live], b.lower[live], rtol=0, atol=scale)
+        assert bool((b.upper[~live] <= 0).all())  # dead either way, read as 0 by the ReLU
+    scale = 1e-12 * (1.0 + float(want.upper.abs().max() + want.lower.abs().max()))
+    assert torch.allclose(got.lower, want.lower, rtol=0, atol=scale)
+    assert torch.allclose(got.upper, want.upper, rtol=0, atol=scale)

@@ -13,7 +13,7 @@ from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import Bounds, graph_of
 from robustlab.bounds.ibp import interval_all, spec_bounds
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.bounds.plan import float32_pays
+from robustlab.bounds.plan import FLOAT32_MIN_FAN_IN, float32_pays
 from robustlab.errors import RobustlabError, canonical, unknown
 from robustlab.inputs import as_module
 from robustlab.threat import Box, LpBall
@@ -121,8 +121,8 @@ def _float32_pays(graph, given: InputRegion, method: str) -> bool:
     leave unstable. The float64 interval pass stops as soon as the estimate (every neuron of
     the nodes not reached yet) says float32 cannot pay (oval21: after its second layer)."""
     batch = given.lower.shape[0]
-    if not float32_pays(graph, batch):
-        return False  # not even with every neuron unstable
+    if not float32_pays(graph, batch, min_fan_in=FLOAT32_MIN_FAN_IN):
+        return False  # not even with every neuron unstable, or layers too narrow (ACAS Xu)
     if method == "ibp":
         return True
     plan = graph.plan

@@ -113,6 +113,12 @@ def compile_plan(graph) -> Plan:
 # 13.8 / 15.6, 64 boxes 2.5e8: 41.8 / 33.4; MLP 784-4x256 5.2e8: 38.2 / 24.2; residual CNN 1.1e9:
 # 90.8 / 36.8
 FLOAT32_MIN_MACS = 2**27
+# multiply-adds per coefficient entry of a backward pass (``fan_in``) below which float32 does not
+# pay at any size: the bookkeeping's elementwise work per entry is not paid back by products that
+# short. Measured (ms, float64 / float32, freed memory kept as the benchmark and the verifier
+# do: ``heap``): ACAS Xu 64 boxes (fan-in 22) 25.0 / 26.9 CPU at one thread, 18.5 / 21.8 wall
+# at two; MLP 784-4x256 (195) 23.0 / 16.4, residual CNN 16x16 (40) 109 / 44 CPU at one thread
+FLOAT32_MIN_FAN_IN = 32
 
 
 def _macs(node) -> int:
@@ -155,19 +161,32 @@ def float32_macs(graph, batch: int, interval: Mapping[int, Bounds] | None = None
     return work
 
 
+def fan_in(graph) -> float:
+    """Multiply-adds per coefficient entry of a row's backward pass through the whole graph:
+    the layers' products over the entries of every node (wide layers: many; ACAS Xu's 50-neuron
+    layers: about 22)."""
+    nodes = [n for n in graph.nodes[1 : graph.output + 1] if n.op is not None]
+    return sum(_macs(n) for n in nodes) / max(1, sum(math.prod(n.shape) for n in nodes))
+
+
 def float32_pays(
     graph,
     batch: int,
     interval: Mapping[int, Bounds] | None = None,
     *,
     min_macs: int = FLOAT32_MIN_MACS,
+    min_fan_in: float = 0.0,
 ) -> bool:
     """Whether a rigorous float32 CROWN pass can be faster than a float64 one: only when its
     backward passes hold enough multiply-adds (:func:`float32_macs`, with the unstable neurons
     of ``interval`` when given, else every neuron) for the float32 products to outweigh the
     rounding bookkeeping's cost, and only on graphs the bookkeeping covers
     (``tracker.covers``). What decides is the rows, not the shapes alone: oval21's
-    cifar_base_kw has 2,048 rows in the plan but 46 after interval bounds at eps 2/255."""
+    cifar_base_kw has 2,048 rows in the plan but 46 after interval bounds at eps 2/255. Nor
+    on narrow layers (:func:`fan_in` under ``min_fan_in``, e.g. ``FLOAT32_MIN_FAN_IN``: ACAS
+    Xu), at any size (``compute_bounds``; the verifier's callers keep 0: convolutional nets)."""
+    if min_fan_in and fan_in(graph) < min_fan_in:
+        return False
     # a graph outside the float32 bookkeeping is computed in float64 anyway (crown.backward)
     return float32_macs(graph, batch, interval) >= min_macs and covers(graph)
 

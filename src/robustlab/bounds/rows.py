@@ -15,6 +15,15 @@ from robustlab.bounds.ops.base import Bounds, InputRegion
 from robustlab.bounds.ops.linear import Linear
 
 
+def ragged_rows(shape: tuple[int, ...], neuron: Tensor, like: Tensor) -> Tensor:
+    """One identity row per entry of ``neuron`` (flat indices), each its own example: shape
+    (len(neuron), 1, *shape) (``crown.refine``'s ragged rows)."""
+    n = math.prod(shape)
+    rows = torch.zeros(len(neuron), n, dtype=like.dtype, device=like.device)
+    rows.scatter_(1, neuron[:, None], 1.0)
+    return rows.reshape(len(neuron), 1, *shape)
+
+
 def identity_rows(shape: tuple[int, ...], idx: Tensor, batch: int, like: Tensor) -> Tensor:
     """Rows of the identity for neurons ``idx`` (flat indices): shape (batch, len(idx), *shape)."""
     n = math.prod(shape)
