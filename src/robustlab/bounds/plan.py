@@ -155,7 +155,7 @@ def float32_macs(graph, batch: int, interval: Mapping[int, Bounds] | None = None
             b = interval[i]
             mask = (b.lower < 0) & (b.upper > 0) if unstable_only else b.lower < b.upper
             mask = mask.reshape(batch, -1)
-            # ``crown.refine``: the union over the batch, or each example's own (padded)
+            # ``intermediate.refine``: the union over the batch, or each example's own (padded)
             rows = min(batch * int(mask.any(0).sum()), 2 * int(mask.sum()))
         work += 2 * rows * upto[i]
     return work
@@ -187,7 +187,7 @@ def float32_pays(
     Xu), at any size (``compute_bounds``; the verifier's callers keep 0: convolutional nets)."""
     if min_fan_in and fan_in(graph) < min_fan_in:
         return False
-    # a graph outside the float32 bookkeeping is computed in float64 anyway (crown.backward)
+    # a graph outside the float32 bookkeeping is computed in float64 anyway (backward.backward)
     return float32_macs(graph, batch, interval) >= min_macs and covers(graph)
 
 
@@ -244,7 +244,7 @@ def _reach_back(op, kind: int, probe: Tensor, shapes) -> list[Tensor | None]:
 
 
 def cut_node(graph) -> int | None:
-    """Where rows may end for mixed-mode intermediate bounds (``crown.intermediate_bounds``'
+    """Where rows may end for mixed-mode intermediate bounds (``intermediate.intermediate_bounds``'
     ``cut``): the narrowest (then the first) linear node after the first nonlinearity that every later node reaches
     only through it (no skip connection over it), narrower than the node it reads and no wider
     than the next one (a waist: a GAN's generator output before its discriminator), with at
