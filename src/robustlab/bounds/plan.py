@@ -19,7 +19,6 @@ from robustlab.bounds.ops.linear import Affine, Conv, Generic, Linear, Reshape
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.reduce import MaxReduce
 from robustlab.bounds.ops.shape import ConvTranspose, Within
-from robustlab.bounds.tracker import covers
 
 INPUT, LINEAR, BILINEAR, ACTIVATION, POOL, OTHER = range(6)
 
@@ -181,14 +180,15 @@ def float32_pays(
     backward passes hold enough multiply-adds (:func:`float32_macs`, with the unstable neurons
     of ``interval`` when given, else every neuron) for the float32 products to outweigh the
     rounding bookkeeping's cost, and only on graphs the bookkeeping covers
-    (``tracker.covers``). What decides is the rows, not the shapes alone: oval21's
-    cifar_base_kw has 2,048 rows in the plan but 46 after interval bounds at eps 2/255. Nor
-    on narrow layers (:func:`fan_in` under ``min_fan_in``, e.g. ``FLOAT32_MIN_FAN_IN``: ACAS
-    Xu), at any size (``compute_bounds``; the verifier's callers keep 0: convolutional nets)."""
+    (``BoundGraph.float32_covered``, once per graph: ``tracker.covers``). What decides is the
+    rows, not the shapes alone: oval21's cifar_base_kw has 2,048 rows in the plan but 46 after
+    interval bounds at eps 2/255. Nor on narrow layers (:func:`fan_in` under ``min_fan_in``,
+    e.g. ``FLOAT32_MIN_FAN_IN``: ACAS Xu), at any size (``compute_bounds``; the verifier's
+    callers keep 0: convolutional nets)."""
     if min_fan_in and fan_in(graph) < min_fan_in:
         return False
     # a graph outside the float32 bookkeeping is computed in float64 anyway (backward.backward)
-    return float32_macs(graph, batch, interval) >= min_macs and covers(graph)
+    return float32_macs(graph, batch, interval) >= min_macs and graph.float32_covered
 
 
 def cone(graph, target: int, C: Tensor) -> dict[int, Tensor]:
