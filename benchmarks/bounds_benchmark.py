@@ -30,7 +30,7 @@ the time of each and whether its bounds still prove the property (rows refuted b
 ``bab.bound_boxes`` on N = 64, 512 and 2048 random sub-boxes of ACAS Xu 4_2 / prop_2's box (widths
 1e-1 to 1e-3 of it, log-uniform), with their parent's packed bounds (each box is half of a box
 bounded first, as the search's children are) and without, on the search's rows; boxes per second
-of the ragged rows (``crown.refine``'s default) and of the padded ones (``ragged=0``: each count
+of the ragged rows (``intermediate.refine``'s default) and of the padded ones (``ragged=0``: each count
 padded to a power of 2, or the batch's union), called in turn. ``mean lb``: the rows' mean lower
 bound of each (the padded rows tighten some stable neurons as a side effect of the batch).
 """
@@ -47,8 +47,7 @@ import torch
 from torch import nn
 
 import robustlab as rl
-from robustlab.bounds import compute_bounds, heap
-from robustlab.bounds import crown as crown_module
+from robustlab.bounds import compute_bounds, heap, intermediate
 from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
@@ -250,7 +249,7 @@ def boxes_rate(clock: str, stat: str, repeats: int) -> None:
     kept: list = []
     bab.bound_boxes(graph, plo, phi, rows, shape, keep=kept)
     packed = kept[0]
-    refine = crown_module.refine
+    refine = intermediate.refine
     kinds = {"ragged": refine, "padded": lambda *a, **k: refine(*a, **k, ragged=0.0)}
     print(
         f"{'boxes':>6s} {'parent':>7s} "
@@ -265,7 +264,7 @@ def boxes_rate(clock: str, stat: str, repeats: int) -> None:
                 for fn in kinds.values():
 
                     def run(fn=fn, n=n, parent=parent):
-                        crown_module.refine = fn
+                        intermediate.refine = fn
                         p = packed[:n] if parent else None
                         return bab.bound_boxes(graph, clo[:n], chi[:n], rows, shape, parent=p)[0]
 
@@ -280,7 +279,7 @@ def boxes_rate(clock: str, stat: str, repeats: int) -> None:
                     flush=True,
                 )
     finally:
-        crown_module.refine = refine
+        intermediate.refine = refine
 
 
 def main() -> None:

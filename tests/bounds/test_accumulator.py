@@ -1,5 +1,5 @@
 """The bias side of a backward pass (tracker.py): ``Exact`` (summed bias terms, float64) and
-``Tracker`` (float32, rounding bounded) share one interface, so ``crown.backward`` runs either
+``Tracker`` (float32, rounding bounded) share one interface, so ``backward.backward`` runs either
 without branching on which; ``Exact``'s bound is the plain CROWN bound of ``C . h``."""
 
 import copy
@@ -8,8 +8,9 @@ import inspect
 import torch
 from torch import nn
 
-from robustlab.bounds.crown import backward, intermediate_bounds
+from robustlab.bounds.backward import backward
 from robustlab.bounds.graph import graph_of
+from robustlab.bounds.intermediate import intermediate_bounds
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.tracker import Exact, Tracker
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from robustlab.bounds import crown as crown_mod
+from robustlab.bounds import intermediate
 from robustlab.bounds.crown import crown
 from robustlab.bounds.forward import affordable
 from robustlab.bounds.graph import graph_of
@@ -61,6 +62,7 @@ def test_cone_gives_the_same_bounds(monkeypatch, case):
         return real(graph, bounds, target, C, *a, **k)
 
     monkeypatch.setattr(crown_mod, "two_sided", spy)
+    monkeypatch.setattr(intermediate, "two_sided", spy)
     full, _ = crown(graph, region, C)
     n_full, rows[:] = sum(rows[:-1]), []
     part, _ = crown(graph, region, C, in_cone=True)

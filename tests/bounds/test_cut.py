@@ -1,5 +1,5 @@
 """Mixed-mode intermediate bounds (issue 14, cGAN): rows that end at a cut node's linear bounds
-in the input (``crown.backward``'s ``stops``, ``cut.linear_bounds``, ``forward.substitute``),
+in the input (``backward.backward``'s ``stops``, ``cut.linear_bounds``, ``forward.substitute``),
 the cut chosen by ``plan.cut_node``, and input splitting's bounds with it (``bab.bound_boxes``).
 Every bound is checked against 10^4 float64 samples; the linear bounds of a cut node against
 the dense backward pass at 1e-12."""
@@ -9,12 +9,14 @@ import torch
 from torch import nn
 
 from robustlab.bounds import cut as cut_mod
-from robustlab.bounds.crown import backward, identity_rows, intermediate_bounds, two_sided
+from robustlab.bounds.backward import backward, two_sided
 from robustlab.bounds.cut import Cut, CutPasses, convolutional, linear_bounds, mixed_bounds
 from robustlab.bounds.forward import Lin, forward_bounds
 from robustlab.bounds.graph import graph_of
+from robustlab.bounds.intermediate import intermediate_bounds
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.plan import cut_node
+from robustlab.bounds.rows import identity_rows
 from robustlab.bounds.tracker import covers
 from robustlab.verify import bab as bab_mod
 from robustlab.verify.bab import bound_boxes

@@ -9,9 +9,10 @@ from torch import nn
 
 from robustlab.bounds import compute_bounds
 from robustlab.bounds.api import _float32_pays, input_region
-from robustlab.bounds.crown import backward, identity_rows, intermediate_bounds, two_sided
+from robustlab.bounds.backward import backward, two_sided
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ibp import interval_all
+from robustlab.bounds.intermediate import intermediate_bounds
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.plan import (
     ACTIVATION,
@@ -22,6 +23,7 @@ from robustlab.bounds.plan import (
     float32_macs,
     float32_pays,
 )
+from robustlab.bounds.rows import identity_rows
 from robustlab.bounds.window import identity_windows
 from robustlab.threat import Box, LpBall
 

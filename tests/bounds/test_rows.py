@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import crown, rounding
-from robustlab.bounds.crown import backward, intermediate_bounds, refine, two_sided
+from robustlab.bounds import crown, intermediate, rounding
+from robustlab.bounds.backward import backward, two_sided
 from robustlab.bounds.graph import Bounds, graph_of
+from robustlab.bounds.intermediate import intermediate_bounds, refine
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.rows import Stepped, identity_rows, stepped
 
@@ -209,8 +210,8 @@ def test_ragged_rows_give_each_example_its_own_bounds(kind, monkeypatch):
     batch = 12
     net, graph, region = _spread_region(kind, batch)
     calls = []
-    ragged = crown._refine_ragged
-    monkeypatch.setattr(crown, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
+    ragged = intermediate._refine_ragged
+    monkeypatch.setattr(intermediate, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
     with torch.no_grad():
         got = intermediate_bounds(graph, region)
         assert calls, "the ragged rows were not taken"
@@ -246,8 +247,8 @@ def test_ragged_rows_contain_samples_on_many_boxes(monkeypatch):
     w = 10 ** (-3 * torch.rand(batch, 1, generator=g, dtype=torch.float64))
     region = InputRegion(c - w, c + w)
     calls = []
-    ragged = crown._refine_ragged
-    monkeypatch.setattr(crown, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
+    ragged = intermediate._refine_ragged
+    monkeypatch.setattr(intermediate, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
     with torch.no_grad():
         bounds = intermediate_bounds(graph, region)
         assert calls
@@ -270,12 +271,12 @@ def test_union_rows_less_dead_neurons_give_the_same_bounds(monkeypatch):
     shift = torch.rand(16, 8, generator=g, dtype=torch.float64)
     region = InputRegion(x + shift - 0.1, x + shift + 0.1)
     calls = []
-    ragged = crown._refine_ragged
-    monkeypatch.setattr(crown, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
+    ragged = intermediate._refine_ragged
+    monkeypatch.setattr(intermediate, "_refine_ragged", lambda *a: calls.append(1) or ragged(*a))
     with torch.no_grad():
         got, got_b = crown.crown(graph, region)
         assert calls
-        monkeypatch.setattr(crown, "refine", lambda *a, **k: refine(*a, **k, ragged=0.0))
+        monkeypatch.setattr(intermediate, "refine", lambda *a, **k: refine(*a, **k, ragged=0.0))
         want, want_b = crown.crown(graph, region)
     for i, b in want_b.items():
         live = got_b[i].upper > 0  # not dead by the bounds before the rows

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import compute_bounds, crown, cut, rounding, tracker, window
+from robustlab.bounds import compute_bounds, cut, intermediate, rounding, tracker, window
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.linear import Conv
@@ -91,7 +91,7 @@ def test_windows_is_an_argument_that_reaches_every_row_builder(monkeypatch, meth
     compute_bounds(net, Box(lo, hi), method, windows=False, **kw)
     graph = graph_of(net, shape)
     region = InputRegion(lo.double(), hi.double())
-    bounds = crown.intermediate_bounds(graph, region, windows=False)
+    bounds = intermediate.intermediate_bounds(graph, region, windows=False)
     s = max(i for i in range(graph.output) if window.usable(graph.nodes[i].shape))
     cut.linear_bounds(graph, bounds, s, windows=False)
     assert not calls
@@ -360,13 +360,13 @@ def test_chunks_of_rows_share_relaxations_and_equal_one_pass(monkeypatch, dtype)
             rounding.round_down((x0 - 0.02).double(), dtype),
             -rounding.round_down(-(x0 + 0.02).double(), dtype),
         )
-    one = crown.intermediate_bounds(graph, region, "crown")
+    one = intermediate.intermediate_bounds(graph, region, "crown")
     calls = []
     real = rounding.relax
     monkeypatch.setattr(rounding, "relax", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(tracker, "relax", rounding.relax)
-    monkeypatch.setattr(crown, "MAX_ELEMENTS", 2**9)
-    many = crown.intermediate_bounds(graph, region, "crown")
+    monkeypatch.setattr(intermediate, "MAX_ELEMENTS", 2**9)
+    many = intermediate.intermediate_bounds(graph, region, "crown")
     activations = sum(hasattr(n.op, "relax") for n in graph.nodes)
     assert 0 < len(calls) <= activations * (activations + 1) // 2
     tol = 1e-10 if dtype == torch.float64 else 1e-4  # other batch shapes: other roundings

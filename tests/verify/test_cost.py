@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds.crown import backward
+from robustlab.bounds.backward import backward
 from robustlab.bounds.forward import forward_bounds
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import Bounds, InputRegion

@@ -13,19 +13,16 @@ from torch import Tensor
 
 from robustlab.bounds import rounding, window
 from robustlab.bounds.adam import Adam
-from robustlab.bounds.crown import (
-    backward,
-    crown,
-    identity_rows,
-    needs_bounds,
-    two_sided,
-)
+from robustlab.bounds.backward import backward, two_sided
+from robustlab.bounds.crown import crown
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ibp import spec_bounds
+from robustlab.bounds.intermediate import needs_bounds
 from robustlab.bounds.ops.activation import ReLU, SShaped
 from robustlab.bounds.ops.base import InputRegion, LinearOp
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.plan import cone
+from robustlab.bounds.rows import identity_rows
 
 ITERATIONS = 20
 LR = 0.5

@@ -1,6 +1,6 @@
 """Mixed-mode bounds at a narrow cut (a GAN's generator before its discriminator): the cut's
 linear bounds in the input (:func:`linear_bounds`), the mode itself (:class:`Cut`, the ``cut``
-of ``crown.intermediate_bounds``), and bounds for many boxes with each box's pass kept for the
+of ``intermediate.intermediate_bounds``), and bounds for many boxes with each box's pass kept for the
 boxes inside it (:class:`CutPasses`, :func:`mixed_bounds`).
 
 Input splitting bounds sub-boxes of boxes it has bounded. The cut's lines and the bounds of the
@@ -24,9 +24,10 @@ from torch import Tensor
 
 from robustlab import deadline
 from robustlab.bounds import rounding, window
-from robustlab.bounds.crown import MAX_ELEMENTS, backward, intermediate_bounds
+from robustlab.bounds.backward import MAX_ELEMENTS, backward
 from robustlab.bounds.forward import Lin
 from robustlab.bounds.graph import BoundGraph, Bounds
+from robustlab.bounds.intermediate import intermediate_bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.linear import Conv
@@ -53,7 +54,7 @@ class _Pass:
 
 @dataclass(frozen=True)
 class Cut:
-    """The mixed mode at a narrow cut for ``crown.intermediate_bounds`` (its ``cut``): ``node``,
+    """The mixed mode at a narrow cut for ``intermediate.intermediate_bounds`` (its ``cut``): ``node``,
     one every later node depends on only through it (``plan.narrow_cut``), gets its linear
     bounds in the input from its own backward rows (:func:`linear_bounds`), and the rows of
     every later node end there: each row crosses the network before the cut once per neuron
@@ -104,7 +105,7 @@ class Cut:
     ):
         """At the cut node (``bounds`` up to it): the bounds from here on (float64: exact
         copies of float32 ones) with the cut's bounded by its lines, and the ``stops`` of
-        ``crown.backward`` (the cut's lines)."""
+        ``backward.backward`` (the cut's lines)."""
         i = self.node
         lin = (
             linear_bounds(graph, bounds, i, windows=windows, cache=cache)

@@ -219,7 +219,7 @@ def substitute(lin: Lin, a: Tensor) -> tuple[Tensor, Tensor]:
     """Lower bound of ``a . h`` (a: (N, rows, *shape)) from h's linear bounds ``lin``:
     ``a+ (Wl x + bl) + a- (Wu x + bu)``, as coefficients on the input (N, rows, n_in) and a
     constant (N, rows). The step that ends a backward pass at a node whose linear bounds are
-    known (mixed mode: ``crown.intermediate_bounds``' ``cut``)."""
+    known (mixed mode: ``intermediate.intermediate_bounds``' ``cut``)."""
     n, m = a.shape[:2]
     af = a.reshape(n, m, -1)
     pos, neg = af.clamp(min=0), af.clamp(max=0)

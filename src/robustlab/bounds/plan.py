@@ -19,7 +19,6 @@ from robustlab.bounds.ops.linear import Affine, Conv, Generic, Linear, Reshape
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.reduce import MaxReduce
 from robustlab.bounds.ops.shape import ConvTranspose, Within
-from robustlab.bounds.tracker import covers
 
 INPUT, LINEAR, BILINEAR, ACTIVATION, POOL, OTHER = range(6)
 
@@ -155,7 +154,7 @@ def float32_macs(graph, batch: int, interval: Mapping[int, Bounds] | None = None
             b = interval[i]
             mask = (b.lower < 0) & (b.upper > 0) if unstable_only else b.lower < b.upper
             mask = mask.reshape(batch, -1)
-            # ``crown.refine``: the union over the batch, or each example's own (padded)
+            # ``intermediate.refine``: the union over the batch, or each example's own (padded)
             rows = min(batch * int(mask.any(0).sum()), 2 * int(mask.sum()))
         work += 2 * rows * upto[i]
     return work
@@ -181,14 +180,15 @@ def float32_pays(
     backward passes hold enough multiply-adds (:func:`float32_macs`, with the unstable neurons
     of ``interval`` when given, else every neuron) for the float32 products to outweigh the
     rounding bookkeeping's cost, and only on graphs the bookkeeping covers
-    (``tracker.covers``). What decides is the rows, not the shapes alone: oval21's
-    cifar_base_kw has 2,048 rows in the plan but 46 after interval bounds at eps 2/255. Nor
-    on narrow layers (:func:`fan_in` under ``min_fan_in``, e.g. ``FLOAT32_MIN_FAN_IN``: ACAS
-    Xu), at any size (``compute_bounds``; the verifier's callers keep 0: convolutional nets)."""
+    (``BoundGraph.float32_covered``, once per graph: ``tracker.covers``). What decides is the
+    rows, not the shapes alone: oval21's cifar_base_kw has 2,048 rows in the plan but 46 after
+    interval bounds at eps 2/255. Nor on narrow layers (:func:`fan_in` under ``min_fan_in``,
+    e.g. ``FLOAT32_MIN_FAN_IN``: ACAS Xu), at any size (``compute_bounds``; the verifier's
+    callers keep 0: convolutional nets)."""
     if min_fan_in and fan_in(graph) < min_fan_in:
         return False
-    # a graph outside the float32 bookkeeping is computed in float64 anyway (crown.backward)
-    return float32_macs(graph, batch, interval) >= min_macs and covers(graph)
+    # a graph outside the float32 bookkeeping is computed in float64 anyway (backward.backward)
+    return float32_macs(graph, batch, interval) >= min_macs and graph.float32_covered
 
 
 def cone(graph, target: int, C: Tensor) -> dict[int, Tensor]:
@@ -244,7 +244,7 @@ def _reach_back(op, kind: int, probe: Tensor, shapes) -> list[Tensor | None]:
 
 
 def cut_node(graph) -> int | None:
-    """Where rows may end for mixed-mode intermediate bounds (``crown.intermediate_bounds``'
+    """Where rows may end for mixed-mode intermediate bounds (``intermediate.intermediate_bounds``'
     ``cut``): the narrowest (then the first) linear node after the first nonlinearity that every later node reaches
     only through it (no skip connection over it), narrower than the node it reads and no wider
     than the next one (a waist: a GAN's generator output before its discriminator), with at

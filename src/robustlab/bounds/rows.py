@@ -17,7 +17,7 @@ from robustlab.bounds.ops.linear import Linear
 
 def ragged_rows(shape: tuple[int, ...], neuron: Tensor, like: Tensor) -> Tensor:
     """One identity row per entry of ``neuron`` (flat indices), each its own example: shape
-    (len(neuron), 1, *shape) (``crown.refine``'s ragged rows)."""
+    (len(neuron), 1, *shape) (``intermediate.refine``'s ragged rows)."""
     n = math.prod(shape)
     rows = torch.zeros(len(neuron), n, dtype=like.dtype, device=like.device)
     rows.scatter_(1, neuron[:, None], 1.0)

@@ -94,7 +94,7 @@ def _terms_or_none(op, shape) -> int | None:
 class Exact:
     """The bias of a backward pass that does not bound its rounding (float64, or float32 inside
     ``rounding.ignored()``): its steps' bias terms, summed. The interface of ``Tracker``, so
-    ``crown.backward`` takes either: a step hands its bias term ``b`` (None where the pass did
+    ``backward.backward`` takes either: a step hands its bias term ``b`` (None where the pass did
     not compute it: dense activation rows, whose terms are computed here)."""
 
     bias_terms = True  # the steps compute their bias terms (``Tracker``: no, they are bounded)
@@ -170,12 +170,12 @@ class Tracker:
 
     def relaxation(self, i: int) -> tuple:
         """The relaxation of activation node i without per-row slopes (the reference lines);
-        the same entry as ``crown.backward``'s cache."""
+        the same entry as ``backward.backward``'s cache."""
         b = self.bounds[self.graph.nodes[i].inputs[0]]
         hit = self.cache.get(i)
         if hit is None or hit[0] is not b:
             lines = relax(self.graph.nodes[i].op, b.lower[:, None], b.upper[:, None])
-            hit = (b, lines, lines[2] - lines[0])  # the entry crown.backward keeps
+            hit = (b, lines, lines[2] - lines[0])  # the entry backward.backward keeps
             self.cache[i] = hit
         return hit[1]
 

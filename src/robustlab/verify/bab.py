@@ -13,12 +13,13 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.alpha import alpha_crown
-from robustlab.bounds.crown import backward, intermediate_bounds
+from robustlab.bounds.backward import backward
 from robustlab.bounds.cut import CutPasses, convolutional, mixed_bounds
 from robustlab.bounds.forward import affordable as forward_affordable
 from robustlab.bounds.forward import forward_bounds
 from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph
+from robustlab.bounds.intermediate import intermediate_bounds
 from robustlab.bounds.ops.base import Bounds, InputRegion
 from robustlab.bounds.plan import cut_node, float32_pays
 from robustlab.deadline import current

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from robustlab.bounds.crown import needs_bounds
 from robustlab.bounds.forward import supported as forward_ok
 from robustlab.bounds.graph import BoundGraph, Bounds
+from robustlab.bounds.intermediate import needs_bounds
 from robustlab.bounds.plan import cut_node, row_cost, step_cost
 
 FORWARD_RATIO = 100.0  # CROWN intermediate bounds this many times dearer: forward bounds too

@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.adam import Adam
-from robustlab.bounds.crown import backward, refine
+from robustlab.bounds.backward import backward
 from robustlab.bounds.graph import BoundGraph, Bounds, Node
+from robustlab.bounds.intermediate import refine
 from robustlab.bounds.ops.base import Activation, InputRegion
 from robustlab.bounds.ops.nonlinear import Sign
 from robustlab.errors import RobustlabError

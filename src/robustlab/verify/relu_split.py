@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from robustlab.bounds.adam import Adam
-from robustlab.bounds.crown import backward
+from robustlab.bounds.backward import backward
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import InputRegion

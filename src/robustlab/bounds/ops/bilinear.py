@@ -7,7 +7,7 @@ For x in [lx, ux] and y in [ly, uy], exactly (the differences are products of si
 ``xy <= uy x + lx y - lx uy``, ``xy <= ly x + ux y - ux ly`` (upper planes); any convex combination
 of two valid planes is valid. The elementwise product's combinations are alpha-CROWN parameters.
 Their bookkeeping is not part of the float32 rounding tracker (float32 requests are computed in
-float64, see ``crown.backward``).
+float64, see ``backward.backward``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Bilinear(Op):
     """A product of two input-dependent operands, relaxed by planes in both."""
 
     n_inputs = 2
-    tracked = False  # float32: computed in float64 (crown.backward)
+    tracked = False  # float32: computed in float64 (backward.backward)
     has_alpha = False
 
     def backward(

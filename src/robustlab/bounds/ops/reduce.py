@@ -20,7 +20,7 @@ class MaxReduce(Op):
     dims: tuple[int, ...]
     keepdim: bool = False
     sign: float = 1.0
-    tracked = False  # float32: computed in float64 (crown.backward)
+    tracked = False  # float32: computed in float64 (backward.backward)
 
     def forward(self, x: Tensor) -> Tensor:
         d = tuple(i + 1 for i in self.dims)

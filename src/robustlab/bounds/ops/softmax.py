@@ -77,7 +77,7 @@ class Softmax(Bilinear):
     dim: int
     keep: Tensor | None = None
     n_inputs: int = 1
-    tracked: bool = False  # float32: computed in float64 (crown.backward)
+    tracked: bool = False  # float32: computed in float64 (backward.backward)
     # the lines of the last bounds seen (branch and bound reuses the root's bounds on every
     # domain): those tensors, their in-place version counters, the lines
     _last: tuple | None = field(default=None, repr=False)
