@@ -99,6 +99,39 @@ def test_verified_bound_never_exceeds_the_sampled_minimum(seed):
     assert got <= worst + 1e-12
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_direct_highs_call_agrees_with_linprog(seed, monkeypatch):
+    """HiGHS called directly (scipy's bindings) and through ``linprog`` give the same optimum
+    and duals that certify the same bound, with and without ReLU splits (equality rows)."""
+    if leaf_lp._direct_highs() is None:
+        pytest.skip("scipy's HiGHS bindings are not available")
+    net = _net(seed, 3, width=12)
+    graph = graph_of(net, (3,))
+    chain = leaf_lp.relu_chain(graph)
+    g = torch.Generator().manual_seed(seed)
+    c = torch.rand(3, generator=g, dtype=torch.float64) - 0.5
+    lo, hi = c - 0.4, c + 0.4
+    bounds = _box_bounds(graph, chain, lo, hi)
+    C = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    base = leaf_lp._build(
+        chain, lo.numpy(), hi.numpy(), [(a.numpy(), b.numpy()) for a, b in bounds],
+        C.numpy(), np.zeros(2),
+    )  # fmt: skip
+    assert len(base.var) >= 2
+    for splits in ((), ((0, 1),), ((0, -1), (1, 1))):
+        lp = leaf_lp._branch(base, splits)
+        direct = leaf_lp._solve(lp)
+        with monkeypatch.context() as m:
+            m.setattr(leaf_lp, "_core", None)
+            m.setattr(leaf_lp, "_LOCAL", leaf_lp.threading.local())
+            ref = leaf_lp._solve(lp)
+        assert direct is not None and ref is not None
+        tol = 1e-7 * (1 + abs(ref[0]))
+        assert abs(direct[0] - ref[0]) <= tol
+        got, want = leaf_lp.verified_bound(lp, direct[1]), leaf_lp.verified_bound(lp, ref[1])
+        assert abs(got - want) <= tol and got <= direct[0] + 1e-9
+
+
 def test_an_uncertified_answer_leaves_the_leaf_open(monkeypatch):
     """The solver's word alone proves nothing: a claimed optimum of 1 with a dual vector that
     certifies nothing (zero, or the right one negated) is refused."""
