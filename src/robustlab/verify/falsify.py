@@ -25,7 +25,7 @@ from scipy.stats import qmc
 from torch import Tensor, nn
 
 from robustlab import deadline
-from robustlab.verify import bab
+from robustlab.verify.schedule import portfolio
 from robustlab.verify.spec import Property, Spec
 
 MAX_BATCH_ELEMENTS = 2**22  # input entries per forward pass of the attack
@@ -437,7 +437,7 @@ class Falsifier:
         return base * max(self.floor, self.decay**self.stale)
 
     def beside(self, searches: list, end: float, shares=None) -> tuple[str, object]:
-        """``bab.portfolio``'s rule on ``searches`` until ``end`` (the search furthest below its
+        """``schedule.portfolio``'s rule on ``searches`` until ``end`` (the search furthest below its
         share of the time takes the next step), with this search run between the steps for its
         :meth:`share` of their time: ``("falsified", counterexample)`` when it finds one."""
         base = self.used
@@ -448,4 +448,4 @@ class Falsifier:
             cex = self.run(min(self.slice_s, end - now))
             return True, (None if cex is None else ("falsified", cex))
 
-        return bab.portfolio(searches, end, shares, side=turn)
+        return portfolio(searches, end, shares, side=turn)
