@@ -269,9 +269,10 @@ def search_steps(
     cache=None,
     leaf_share: float | None = None,
     box_margin: bool | None = None,
-) -> Generator[None, None, tuple[str, Tensor | None]]:
-    """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
-    ``("holds", None)`` or ``("violated", x)``).
+) -> Generator[float, None, tuple[str, Tensor | None]]:
+    """Input-splitting branch and bound, one batch of boxes per step (a generator that yields the
+    fraction of the root box's volume still open before each step, and returns ``("holds",
+    None)`` or ``("violated", x)``).
 
     Branching looks ahead: every undecided box is bounded split in two along each of the
     ``lookahead`` inputs with the largest |coefficient| x width, and the split whose worse half has
@@ -335,8 +336,9 @@ def search_steps(
     free = (hi_q[0] > lo_q[0]).nonzero().squeeze(1)
     root = (hi_q[0, free] - lo_q[0, free]).log().sum()
     while len(lo_q):
-        stats.open_fraction = float(((hi_q - lo_q)[:, free].log().sum(1) - root).exp().sum())
-        yield
+        frac = float(((hi_q - lo_q)[:, free].log().sum(1) - root).exp().sum())
+        stats.open_fraction = frac
+        yield frac
         t_step = time.process_time()
         lo, hi, op, a = lo_q[:batch], hi_q[:batch], open_q[:batch], a_q[:batch]
         lo_q, hi_q, open_q, a_q = lo_q[batch:], hi_q[batch:], open_q[batch:], a_q[batch:]
