@@ -168,3 +168,42 @@ def test_one_box_pass_is_shared_only_by_the_same_function(monkeypatch):
     fresh = bab.bounds_and_margins(g2, l2, h2, rows, d, (2,))
     assert len(calls) == 1 and torch.equal(again[0], lb) and torch.equal(again[1], margin)
     assert torch.allclose(fresh[0], lb, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_look_ahead_keeps_every_open_box_within_the_aspect_bound(seed, monkeypatch):
+    """An input is split only while its width (relative to the root box's) is at least
+    SPLIT_ASPECT of the box's widest: every queued box keeps its narrowest free input above half
+    that share of its widest, inputs of very different ranges alike, and the verdict stands."""
+    monkeypatch.setattr(bab, "SPLIT_ASPECT", 1 / 8)
+    n_in = 3
+    net = _net(seed + 20, n_in)
+    lo = torch.tensor([-1.0, -1000.0, 0.0], dtype=torch.float64)
+    hi = torch.tensor([1.0, 1000.0, 0.0], dtype=torch.float64)  # the third input fixed
+    scaled = nn.Sequential(_Scale(torch.tensor([1.0, 1e-3, 1.0])), net)
+    with torch.no_grad():
+        top = float(scaled.double()(_sample(lo, hi, 20000, seed))[:, 0].max())
+    scaled.float()
+    t = top + 0.01 * abs(top)
+    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    gen = bab.search_steps(graph_of(scaled, (n_in,)), prop, (n_in,), scaled, lookahead=3)
+    width = hi - lo
+    for _ in range(40):
+        try:
+            next(gen)
+        except StopIteration as stop:
+            assert stop.value[0] == "holds"
+            break
+        f = gen.gi_frame.f_locals
+        rel = ((f["hi_q"] - f["lo_q"]) / width.clamp_min(1e-300))[:, :2]
+        if len(rel):
+            assert (rel.amin(1) >= 0.5 / 8 * rel.amax(1) * (1 - 1e-12)).all()
+
+
+class _Scale(nn.Module):
+    def __init__(self, s: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("s", s)
+
+    def forward(self, x):
+        return x * self.s

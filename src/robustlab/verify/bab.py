@@ -32,6 +32,11 @@ _stack_spec = stack_spec  # the name benchmarks/bounds_benchmark.py uses
 
 PARENT_BOUNDS_MAX = 4096  # neurons whose bounds a queued box keeps for its children (memory)
 SPLIT_FLOOR = 0.05  # look-ahead: inputs whose smart score is below this share of the best's
+# look-ahead: inputs narrower (relative to the root box) than this share of the box's widest are
+# not split. ACAS Xu 3_3 / prop_2 stalled at 3e-5 of its volume on boxes 1/4096 wide in X_1 (a
+# ridge's steep input) and 1/8 in X_0 and X_2: some 40 unstable ReLUs each, relaxations 1e-2
+# below the true minimum 1.2e-3 (LP included), and halving X_1 again won every look-ahead
+SPLIT_ASPECT = 1 / 64
 LEAF_SHARE = 4.0  # the LP leaf check's time against the bound passes' (leaf_lp.LeafCheck)
 # search_steps' margins: each box's own (hold_margin's formula on the box) where smaller than the
 # root box's. The root's CROWN bounds of the outputs are loose (ACAS Xu 4_2: |y| <= 558 where
@@ -334,6 +339,8 @@ def search_steps(
     if not open_q.any():
         return "holds", None
     free = (hi_q[0] > lo_q[0]).nonzero().squeeze(1)
+    scale = torch.zeros_like(hi_q[0])
+    scale[free] = 1 / (hi_q[0, free] - lo_q[0, free])
     root = (hi_q[0, free] - lo_q[0, free]).log().sum()
     while len(lo_q):
         frac = float(((hi_q - lo_q)[:, free].log().sum(1) - root).exp().sum())
@@ -409,6 +416,8 @@ def search_steps(
         # width 1e-7 while X_2 stayed 0.125)
         smart = smart.amax(1)
         worth = smart.gather(1, cands) >= SPLIT_FLOOR * smart.amax(1, keepdim=True)
+        rel = (hi - lo) * scale  # widths relative to the root box's (0 for fixed inputs)
+        worth &= rel.gather(1, cands) >= SPLIT_ASPECT * rel.amax(1, keepdim=True)
         score = torch.where(worth.T, score, -torch.inf)
         dim = score.argmax(0)
         pick = torch.arange(n)
