@@ -225,6 +225,40 @@ def test_leaf_check_takes_the_closest_boxes_first_within_its_share():
     assert got.tolist() == [[True], [False]] and check.calls == 1 and check.closed == 1
 
 
+def test_leaf_check_share_follows_its_recent_closing_rate():
+    """The LP's budget grows with the fraction of recent boxes it closed: a run of boxes it
+    cannot close lowers it, a run it closes raises it again (not its lifetime average)."""
+    net = _net(3, 2)
+    graph = graph_of(net, (2,))
+    chain = leaf_lp.relu_chain(graph)
+    lo = torch.tensor([[-1.0, -1.0], [0.0, 0.0]], dtype=torch.float64)
+    hi = lo + 1.0
+    out: dict = {}
+    C = torch.tensor([[-1.0, 0.0, 0.0]], dtype=torch.float64)
+    bab.bound_boxes(graph, lo, hi, C, (2,), out=out)
+    packed = bab.pack_bounds(graph, out)
+    with torch.no_grad():
+        top = float(copy.deepcopy(net).double()(_sample(lo[0], hi[1], 20000))[:, 0].max())
+    far = torch.tensor([-(top + 10.0)], dtype=torch.float64)  # out of reach: closed
+    near = torch.tensor([-(top - 1.0)], dtype=torch.float64)  # reached: never closed
+    slack = torch.tensor([[-2.0], [-1.0]], dtype=torch.float64)
+    margin = torch.zeros(2, 1, dtype=torch.float64)
+    check = leaf_lp.LeafCheck(chain, C, near, [slice(0, 1)], share=1.0, memory=4.0)
+    open_ = torch.ones(2, 1, dtype=torch.bool)
+    rates = []
+    for d in (near, near, near, far, far, far):
+        check.d, check.budget = d, check.spent + 1.0  # time for both boxes
+        check.close(lo, hi, packed, open_, slack, margin, 0.0)
+        rates.append(check.rate)
+    assert rates[0] < 0.5 and rates[2] < rates[1] < rates[0] and rates[2] < 0.1
+    assert rates[5] > rates[4] > rates[3] > rates[2] and rates[5] > 0.8
+    assert check.closed == 6 and check.tried == 12
+    spent = check.spent
+    check.budget = spent
+    check.close(lo, hi, packed, open_, slack, margin, 1.0)  # budget grows by rate x 1.0
+    assert check.budget == pytest.approx(spent + rates[5])
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("factor", [0.99, 1.01])
 def test_searches_with_the_leaf_check_agree_with_sampling(seed, factor):

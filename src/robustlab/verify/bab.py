@@ -417,7 +417,11 @@ def search_steps(
         smart = smart.amax(1)
         worth = smart.gather(1, cands) >= SPLIT_FLOOR * smart.amax(1, keepdim=True)
         rel = (hi - lo) * scale  # widths relative to the root box's (0 for fixed inputs)
-        worth &= rel.gather(1, cands) >= SPLIT_ASPECT * rel.amax(1, keepdim=True)
+        wide = rel.gather(1, cands) >= SPLIT_ASPECT * rel.amax(1, keepdim=True)
+        # wide inputs whose score is not negligible; else the wide ones; else any (candidates
+        # without the widest input)
+        worth = torch.where((worth & wide).any(1, keepdim=True), worth & wide, wide)
+        worth |= ~worth.any(1, keepdim=True)
         score = torch.where(worth.T, score, -torch.inf)
         dim = score.argmax(0)
         pick = torch.arange(n)
