@@ -53,14 +53,16 @@ def test_pace_marks_a_search_stalled_only_past_its_first_seconds():
     assert pace.factor(flat, 2.5) == 0.125  # 0.09 against 0.09 at 1.0 s: stalled
     gaining = flat + [(3.0, 0.04)]
     assert pace.factor(gaining, 3.5) == 1.0  # 0.04 against 0.09 at 1.75 s: halved
+    unopened = [(0.0, 1.0), (1.0, 0.9), (2.0, 0.8)]
+    assert pace.factor(unopened, 2.5) == 1.0  # no plateau before it ever opened the box
 
 
 def test_a_stalled_search_gives_its_time_to_one_that_gains(clock):
-    """Equal shares; the first search's volume stays at 0.5, the second halves every 10 steps
+    """Equal shares; the first search's volume stays at 0.25, the second halves every 10 steps
     and answers after 200: with the pace the first runs at 1/8 of its share once stalled,
     without it at its share."""
     for pace in (Pace(min_s=0.05), None):
-        stuck = _Search(clock, 10_000, 0.002, lambda k: 0.5)
+        stuck = _Search(clock, 10_000, 0.002, lambda k: 0.25)
         gains = _Search(clock, 200, 0.002, lambda k: 0.5 ** (k // 10))
         assert portfolio([stuck, gains], clock.now + 30, pace=pace) == ("holds", 200)
         if pace is None:

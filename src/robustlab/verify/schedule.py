@@ -29,15 +29,17 @@ def pop_domains(stack: list, batch: int):
 @dataclass(frozen=True)
 class Pace:
     """When a search counts as stalled: past ``min_s`` seconds of its own, its open volume (the
-    value its steps yield) is above ``ratio`` times what it was at half its time so far. A
-    stalled search runs at ``stalled`` times its share until it gains again. ACAS Xu 4_2 /
-    prop_2: the one-input searches sat at 2.7-2.9% open from their 4th second on while the
-    look-ahead halved its open volume every 3 s; 1_1 / prop_6's second region: the look-ahead
-    spent its first second at 100% open while a one-input search went to 3% (and won)."""
+    value its steps yield) is above ``ratio`` times what it was at half its time so far, and
+    that was below ``opened`` (a plateau after progress: the look-ahead spends its first
+    seconds near 100% open on ACAS Xu's prop_1, and wins). A stalled search runs at
+    ``stalled`` times its share until it gains again. ACAS Xu 4_2 / prop_2: the one-input
+    searches sat at 2.7-2.9% open from their 4th second on while the look-ahead halved its
+    open volume every 3 s."""
 
     min_s: float = 1.0
     ratio: float = 0.5
     stalled: float = 0.125
+    opened: float = 0.5
 
     def factor(self, history: list, used: float) -> float:
         """The share's factor for a search with ``history`` ((its seconds, open volume) at each
@@ -45,7 +47,7 @@ class Pace:
         if used < self.min_s or len(history) < 2:
             return 1.0
         half = bisect.bisect_right(history, used / 2, key=lambda h: h[0]) - 1
-        if half < 0:
+        if half < 0 or history[half][1] >= self.opened:
             return 1.0
         return 1.0 if history[-1][1] <= self.ratio * history[half][1] else self.stalled
 
