@@ -142,6 +142,7 @@ def test_the_search_beside_branch_and_bound_keeps_to_its_share():
     # y_0 - (-1) is never within half the median |margin|: the far share (halved for each round
     # that found nothing nearer), plus a slice and a step
     assert fals.share() == pytest.approx(0.1 * max(fals.floor, 0.5**fals.stale))
+    assert fals.stale <= max(0, fals.progress.get("rounds", 0) - fals.grace)
     assert 0 < fals.used <= 0.1 * bab_s + fals.slice_s + 0.05
 
 
@@ -158,10 +159,10 @@ def test_a_near_miss_earns_the_search_the_larger_share():
 
 
 def test_the_share_decays_while_rounds_find_nothing_nearer():
-    """Each finished round that does not bring the best sampled margin 10% nearer halves the
-    share, down to its floor; a round that gains restores it."""
+    """Each finished round past the first (grace=1) that does not bring the best sampled margin
+    10% nearer halves the share, down to its floor; a round that gains restores it."""
     progress: dict = {"scale": 1.0}
-    fals = Falsifier(iter(()), lambda r, x: None, progress, {}, rate=(0.4, 0.08))
+    fals = Falsifier(iter(()), lambda r, x: None, progress, {}, rate=(0.4, 0.08), grace=1)
     assert fals.share() == 0.08  # nothing sampled yet
     shares = []
     for rounds, best in ((1, 0.9), (2, 0.89), (3, 0.88), (4, 0.88), (5, 0.88), (6, 0.87)):
