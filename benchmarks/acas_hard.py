@@ -6,9 +6,10 @@ nnenum's reference: all 186 ACAS Xu instances in 286 s summed (VNN-COMP 2021).
     python benchmarks/acas_hard.py [--timeout 116] [--compare] [NET/PROP ...]
 
 ``--compare`` runs each case twice in this process, interleaved: input splitting as it is, then
-without the leaf checks (alpha on the last rows and the LP), the per-box margins and the
-look-ahead's floor (bab.LEAF_SHARE = 0, bab.BOX_MARGIN = False, bab.SPLIT_FLOOR = 0: the search
-before them). Wall and CPU seconds are printed with the load average: compare CPU seconds.
+without the leaf checks (alpha on the last rows and the LP), the per-box margins, the
+look-ahead's floor and its aspect bound (bab.LEAF_SHARE = 0, bab.BOX_MARGIN = False,
+bab.SPLIT_FLOOR = 0, bab.SPLIT_ASPECT = 0: the search before them). Wall and CPU seconds are
+printed with the load average: compare CPU seconds.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="also without the leaf LP etc.")
     args = ap.parse_args()
     print(f"{'case':<8}{'search':>8}{'verdict':>9}{'s':>8}{'cpu s':>8}{'domains':>9}{'load':>6}")
-    now = (bab.LEAF_SHARE, bab.BOX_MARGIN, bab.SPLIT_FLOOR)
-    runs = [("now", now)] + ([("before", (0.0, False, 0.0))] if args.compare else [])
+    now = (bab.LEAF_SHARE, bab.BOX_MARGIN, bab.SPLIT_FLOOR, bab.SPLIT_ASPECT)
+    runs = [("now", now)] + ([("before", (0.0, False, 0.0, 0.0))] if args.compare else [])
     total = dict.fromkeys([name for name, _ in runs], 0.0)
     for case in args.cases:
         net, prop = case.split("/")
-        for name, (share, box, floor) in runs:
-            bab.LEAF_SHARE, bab.BOX_MARGIN, bab.SPLIT_FLOOR = share, box, floor
+        for name, knobs in runs:
+            bab.LEAF_SHARE, bab.BOX_MARGIN, bab.SPLIT_FLOOR, bab.SPLIT_ASPECT = knobs
             cpu = time.process_time()
             r = verify(
                 args.root / f"ACASXU_run2a_{net}_batch_2000.onnx",

@@ -139,8 +139,10 @@ def test_the_search_beside_branch_and_bound_keeps_to_its_share():
     verdict = fals.beside([_Busy(40, 0.01), _Busy(40, 0.01)], time.monotonic() + 30)
     bab_s = time.monotonic() - t0 - fals.used
     assert verdict == ("holds", None)
-    # y_0 - (-1) is never within half the median |margin|: the far share, plus a slice and a step
-    assert fals.share() == 0.1
+    # y_0 - (-1) is never within half the median |margin|: the far share (halved for each round
+    # that found nothing nearer), plus a slice and a step
+    assert fals.share() == pytest.approx(0.1 * max(fals.floor, 0.5**fals.stale))
+    assert fals.stale <= max(0, fals.progress.get("rounds", 0) - fals.grace)
     assert 0 < fals.used <= 0.1 * bab_s + fals.slice_s + 0.05
 
 
@@ -154,6 +156,24 @@ def test_a_near_miss_earns_the_search_the_larger_share():
     fals.run(5.0, rounds=1)
     assert progress["best"] < 0.5 * progress["scale"]
     assert fals.share() == 0.5
+
+
+def test_the_share_decays_while_rounds_find_nothing_nearer():
+    """Each finished round past the first (grace=1) that does not bring the best sampled margin
+    10% nearer halves the share, down to its floor; a round that gains restores it."""
+    progress: dict = {"scale": 1.0}
+    fals = Falsifier(iter(()), lambda r, x: None, progress, {}, rate=(0.4, 0.08), grace=1)
+    assert fals.share() == 0.08  # nothing sampled yet
+    shares = []
+    for rounds, best in ((1, 0.9), (2, 0.89), (3, 0.88), (4, 0.88), (5, 0.88), (6, 0.87)):
+        progress.update(rounds=rounds, best=best)
+        shares.append(fals.share())
+    assert shares == pytest.approx([0.08, 0.04, 0.02, 0.01, 0.01, 0.01])
+    assert fals.share() == pytest.approx(0.01)  # no new round: no change
+    progress.update(rounds=7, best=0.4)  # nearer, and now a near miss
+    assert fals.share() == 0.4
+    progress.update(rounds=9, best=0.39)  # two rounds at once without a gain
+    assert fals.share() == pytest.approx(0.1)
 
 
 def test_the_engine_hands_branch_and_bound_to_the_search_beside_it(monkeypatch):

@@ -12,7 +12,9 @@ from robustlab.bounds import compute_bounds
 from robustlab.bounds.graph import graph_of
 from robustlab.threat import Box
 from robustlab.verify import verify
-from robustlab.verify.bab import HOLD_ULPS, UNIT, hold_margin, infeasible
+from robustlab.verify.bab import hold_margin
+from robustlab.verify.disjuncts import infeasible
+from robustlab.verify.margins import HOLD_ULPS, UNIT
 from robustlab.verify.spec import Disjunct, Property
 
 STRATEGIES = ("auto", "input-split", "relu-split", "bounds")

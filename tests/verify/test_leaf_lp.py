@@ -99,6 +99,39 @@ def test_verified_bound_never_exceeds_the_sampled_minimum(seed):
     assert got <= worst + 1e-12
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_direct_highs_call_agrees_with_linprog(seed, monkeypatch):
+    """HiGHS called directly (scipy's bindings) and through ``linprog`` give the same optimum
+    and duals that certify the same bound, with and without ReLU splits (equality rows)."""
+    if leaf_lp._direct_highs() is None:
+        pytest.skip("scipy's HiGHS bindings are not available")
+    net = _net(seed, 3, width=12)
+    graph = graph_of(net, (3,))
+    chain = leaf_lp.relu_chain(graph)
+    g = torch.Generator().manual_seed(seed)
+    c = torch.rand(3, generator=g, dtype=torch.float64) - 0.5
+    lo, hi = c - 0.4, c + 0.4
+    bounds = _box_bounds(graph, chain, lo, hi)
+    C = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    base = leaf_lp._build(
+        chain, lo.numpy(), hi.numpy(), [(a.numpy(), b.numpy()) for a, b in bounds],
+        C.numpy(), np.zeros(2),
+    )  # fmt: skip
+    assert len(base.var) >= 2
+    for splits in ((), ((0, 1),), ((0, -1), (1, 1))):
+        lp = leaf_lp._branch(base, splits)
+        direct = leaf_lp._solve(lp)
+        with monkeypatch.context() as m:
+            m.setattr(leaf_lp, "_core", None)
+            m.setattr(leaf_lp, "_LOCAL", leaf_lp.threading.local())
+            ref = leaf_lp._solve(lp)
+        assert direct is not None and ref is not None
+        tol = 1e-7 * (1 + abs(ref[0]))
+        assert abs(direct[0] - ref[0]) <= tol
+        got, want = leaf_lp.verified_bound(lp, direct[1]), leaf_lp.verified_bound(lp, ref[1])
+        assert abs(got - want) <= tol and got <= direct[0] + 1e-9
+
+
 def test_an_uncertified_answer_leaves_the_leaf_open(monkeypatch):
     """The solver's word alone proves nothing: a claimed optimum of 1 with a dual vector that
     certifies nothing (zero, or the right one negated) is refused."""
@@ -190,6 +223,40 @@ def test_leaf_check_takes_the_closest_boxes_first_within_its_share():
     check.budget = 1e-9  # time for one box: the second (closer to proven)
     got = check.close(lo, hi, packed, open_, slack, margin, 0.0)
     assert got.tolist() == [[True], [False]] and check.calls == 1 and check.closed == 1
+
+
+def test_leaf_check_share_follows_its_recent_closing_rate():
+    """The LP's budget grows with the fraction of recent boxes it closed: a run of boxes it
+    cannot close lowers it, a run it closes raises it again (not its lifetime average)."""
+    net = _net(3, 2)
+    graph = graph_of(net, (2,))
+    chain = leaf_lp.relu_chain(graph)
+    lo = torch.tensor([[-1.0, -1.0], [0.0, 0.0]], dtype=torch.float64)
+    hi = lo + 1.0
+    out: dict = {}
+    C = torch.tensor([[-1.0, 0.0, 0.0]], dtype=torch.float64)
+    bab.bound_boxes(graph, lo, hi, C, (2,), out=out)
+    packed = bab.pack_bounds(graph, out)
+    with torch.no_grad():
+        top = float(copy.deepcopy(net).double()(_sample(lo[0], hi[1], 20000))[:, 0].max())
+    far = torch.tensor([-(top + 10.0)], dtype=torch.float64)  # out of reach: closed
+    near = torch.tensor([-(top - 1.0)], dtype=torch.float64)  # reached: never closed
+    slack = torch.tensor([[-2.0], [-1.0]], dtype=torch.float64)
+    margin = torch.zeros(2, 1, dtype=torch.float64)
+    check = leaf_lp.LeafCheck(chain, C, near, [slice(0, 1)], share=1.0, memory=4.0)
+    open_ = torch.ones(2, 1, dtype=torch.bool)
+    rates = []
+    for d in (near, near, near, far, far, far):
+        check.d, check.budget = d, check.spent + 1.0  # time for both boxes
+        check.close(lo, hi, packed, open_, slack, margin, 0.0)
+        rates.append(check.rate)
+    assert rates[0] < 0.5 and rates[2] < rates[1] < rates[0] and rates[2] < 0.1
+    assert rates[5] > rates[4] > rates[3] > rates[2] and rates[5] > 0.8
+    assert check.closed == 6 and check.tried == 12
+    spent = check.spent
+    check.budget = spent
+    check.close(lo, hi, packed, open_, slack, margin, 1.0)  # budget grows by rate x 1.0
+    assert check.budget == pytest.approx(spent + rates[5])
 
 
 @pytest.mark.parametrize("seed", range(4))

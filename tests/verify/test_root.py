@@ -9,6 +9,7 @@ import torch
 import robustlab.bounds.alpha as alpha_module
 from robustlab.bounds.graph import graph_of
 from robustlab.verify import bab, engine, root, verify
+from robustlab.verify.margins import stack_spec
 from robustlab.verify.relu_split import relu_split
 from robustlab.verify.spec import Disjunct, Property, Spec
 
@@ -44,7 +45,7 @@ def test_a_root_pass_is_the_hold_margins_pass():
     graph = graph_of(net, (10,))
     first = root.compute(graph, prop, (10,))
     assert _close(first.margin, bab.hold_margin(graph, prop, (10,)))
-    C, d, _ = bab._stack_spec(prop)
+    C, d, _ = stack_spec(prop)
     lb, _ = bab.bounds_and_margins(
         graph, prop.lower[None], prop.upper[None], C[None], d[None], (10,)
     )
@@ -58,7 +59,7 @@ def test_the_cache_matches_exactly_on_box_rows_and_graph():
     first = root.compute(graph, prop, (10,))
     cache = root.RootCache(graph)
     assert cache.put(first)
-    C, d, _ = bab._stack_spec(prop)
+    C, d, _ = stack_spec(prop)
     assert cache.get(prop.lower.clone(), prop.upper.clone(), C.clone(), d.clone()) is first
     assert cache.of(graph, prop) is first
     nudged = prop.lower.clone()

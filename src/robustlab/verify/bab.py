@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robustlab.bounds.alpha import alpha_crown
 from robustlab.bounds.backward import backward
 from robustlab.bounds.cut import CutPasses, convolutional, mixed_bounds
 from robustlab.bounds.forward import affordable as forward_affordable
@@ -22,16 +21,23 @@ from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.intermediate import intermediate_bounds
 from robustlab.bounds.ops.base import Bounds, InputRegion
 from robustlab.bounds.plan import cut_node, float32_pays
-from robustlab.deadline import current
 from robustlab.verify.cost import mixed_pays
-from robustlab.verify.leaf_lp import LeafCheck, relu_chain
+from robustlab.verify.disjuncts import disjunct_slack
+from robustlab.verify.disjuncts import refuted_rows as refuted_rows  # for bounds_benchmark.py
+from robustlab.verify.leaves import alpha_close, leaf_check
+from robustlab.verify.margins import UNIT, box_margins, output_rows, stack_spec
+from robustlab.verify.schedule import portfolio
 from robustlab.verify.spec import Property
 
-HOLD_ULPS = 16  # the margin of a `holds`, in units of the input precision (see hold_margin)
-UNIT = 2.0**-24  # the precision networks are evaluated in (float32, as onnxruntime checks them)
+_stack_spec = stack_spec  # the name benchmarks/bounds_benchmark.py uses
+
 PARENT_BOUNDS_MAX = 4096  # neurons whose bounds a queued box keeps for its children (memory)
 SPLIT_FLOOR = 0.05  # look-ahead: inputs whose smart score is below this share of the best's
-ALPHA_STEPS = 10  # alpha-CROWN's steps on the rows of the look-ahead's open children
+# look-ahead: inputs narrower (relative to the root box) than this share of the box's widest are
+# not split. ACAS Xu 3_3 / prop_2 stalled at 3e-5 of its volume on boxes 1/4096 wide in X_1 (a
+# ridge's steep input) and 1/8 in X_0 and X_2: some 40 unstable ReLUs each, relaxations 1e-2
+# below the true minimum 1.2e-3 (LP included), and halving X_1 again won every look-ahead
+SPLIT_ASPECT = 1 / 64
 LEAF_SHARE = 4.0  # the LP leaf check's time against the bound passes' (leaf_lp.LeafCheck)
 # search_steps' margins: each box's own (hold_margin's formula on the box) where smaller than the
 # root box's. The root's CROWN bounds of the outputs are loose (ACAS Xu 4_2: |y| <= 558 where
@@ -52,16 +58,6 @@ class BabStats:
     lp_calls: int = 0  # LP leaf checks (leaf_lp), and the boxes they closed
     lp_closed: int = 0
     alpha_closed: int = 0  # boxes closed by alpha-CROWN's slopes on the last rows
-
-
-def _stack_spec(prop: Property) -> tuple[Tensor, Tensor, list[slice]]:
-    rows, rhs, groups, k = [], [], [], 0
-    for dj in prop.disjuncts:
-        rows.append(dj.C)
-        rhs.append(dj.d)
-        groups.append(slice(k, k + len(dj.d)))
-        k += len(dj.d)
-    return torch.cat(rows), torch.cat(rhs), groups
 
 
 def bound_boxes(
@@ -168,11 +164,6 @@ def _intersect(graph: BoundGraph, bounds, packed: Tensor) -> dict:
     return out
 
 
-def margin_of(d: Tensor, magnitude: Tensor | float = 0.0, unit: float = UNIT) -> Tensor:
-    """``HOLD_ULPS * unit * (|d| + magnitude)``, per row (see :func:`hold_margin`)."""
-    return HOLD_ULPS * unit * (d.abs() + magnitude)
-
-
 def hold_margin(
     graph: BoundGraph,
     prop: Property,
@@ -189,7 +180,7 @@ def hold_margin(
     and the inputs to float32 can change, so no float32 evaluation contradicts a ``holds``; the
     margin follows the network's scale (outputs near 1e6 or near 1e-6 alike). ``intermediate``:
     as for :func:`bound_boxes`; ``cache``: as for :func:`bounds_and_margins`."""
-    C, d, _ = _stack_spec(prop)
+    C, d, _ = stack_spec(prop)
     lo, hi = prop.lower[None].double(), prop.upper[None].double()
     lb, margin = bounds_and_margins(
         graph, lo, hi, C[None], d[None], shape, intermediate, unit, cache=cache
@@ -232,125 +223,6 @@ def bounds_and_margins(
     return lb[:, :k].double(), box_margins(lb, A, C, d, lo, hi, used, unit)
 
 
-def output_rows(C: Tensor) -> tuple[Tensor, Tensor]:
-    """``C`` (N, rows, n_outputs) with the identity's rows and their negations for the outputs
-    some row reads (``used``) appended: one pass bounds the rows and those outputs' magnitudes
-    (TinyYOLO: 5 rows of 42,250, not 42,250^2)."""
-    n, _, n_out = C.shape
-    used = (C != 0).any(1).any(0).nonzero().squeeze(1)  # the outputs some row reads
-    u = len(used)
-    eye = C.new_zeros(u, n_out).index_put_((torch.arange(u), used), C.new_ones(()))
-    eye = eye.expand(n, u, n_out)
-    return torch.cat([C, eye, -eye], 1), used
-
-
-def box_margins(lb, A, C, d, lo, hi, used, unit: float = UNIT) -> Tensor:
-    """The margins of :func:`hold_margin` (N, rows) on each of N boxes from one pass over the
-    rows of :func:`output_rows` (``lb``, ``A``: its lower bounds and input coefficients): the
-    outputs' magnitudes and the rows' sensitivities to the inputs on the box itself. ``C``:
-    (rows, n_outputs) or (N, rows, n_outputs); ``d``: (rows,) or (N, rows)."""
-    n, k, u = len(lb), C.shape[-2], len(used)
-    lb, A = lb.double(), A.double()  # a float32 pass's bounds are exact in float64
-    y_mag = torch.maximum(lb[:, k : k + u].abs(), lb[:, k + u :].abs())
-    x_mag = torch.maximum(lo.abs(), hi.abs()).reshape(n, -1).to(A.dtype)
-    Cu = C[..., used].abs().to(y_mag.dtype).expand(n, k, u)
-    mag = torch.einsum("nko,no->nk", Cu, y_mag)
-    mag = mag + torch.einsum("nki,ni->nk", A[:, :k].abs(), x_mag)
-    return margin_of(d, mag, unit)
-
-
-def pop_domains(stack: list, batch: int):
-    """Up to ``batch`` domains from the top of a stack of domain batches (depth first: few open
-    domains); a batch type has ``len``, ``take(index)`` and ``cat(batches)``."""
-    parts, need = [], batch
-    while stack and need:
-        top = stack[-1]
-        if len(top) <= need:
-            parts.append(stack.pop())
-        else:
-            parts.append(top.take(slice(len(top) - need, None)))
-            stack[-1] = top.take(slice(0, len(top) - need))
-        need -= len(parts[-1])
-    return parts[0] if len(parts) == 1 else type(parts[0]).cat(parts)
-
-
-def _weights(k: int) -> Tensor:
-    """Convex combinations of k rows tried for a conjunction: weights in {0, 1, 2}, normalised."""
-    grid = torch.cartesian_prod(*[torch.arange(3.0, dtype=torch.float64)] * k).reshape(-1, k)
-    grid = grid[(grid > 0).sum(1) > 1]
-    return grid / grid.sum(1, keepdim=True)
-
-
-def disjunct_slack(
-    lb, A, bias, lo, hi, d, groups, margin: Tensor | None = None, steps: int = 20
-) -> Tensor:
-    """(N, disjuncts): a lower bound on the largest ``C_r y - d_r`` over each disjunct's rows,
-    minus the margin (:func:`hold_margin`; default: from |d| alone); positive means the
-    disjunct is unreachable on the box.
-
-    A conjunction is also refuted by a convex combination of its rows whose linear lower bound is
-    positive over the whole box (even when no single row is): a grid of weights for up to 6
-    rows, then ``steps`` steps of :func:`_combined` on the boxes still open."""
-    margin = margin_of(d) if margin is None else margin
-    slack = lb - d - margin
-    c, r = (hi + lo) / 2, (hi - lo) / 2
-    out = []
-    for g in groups:
-        best = slack[:, g].amax(1)
-        k = g.stop - g.start
-        if 1 < k <= 6:
-            w = _weights(k).to(lb.dtype)  # (W, k)
-            coef = torch.einsum("wk,nki->nwi", w, A[:, g])
-            const = (bias[:, g] - d[g] - margin[..., g]) @ w.T  # (N, W)
-            val = (coef * c[:, None]).sum(-1) - (coef.abs() * r[:, None]).sum(-1) + const
-            best = torch.maximum(best, val.amax(1))
-        if k > 1 and (best <= 0).any():
-            todo = (best <= 0).nonzero().squeeze(1)
-            mg = margin[..., g]
-            const = bias[todo][:, g] - d[g] - (mg[todo] if mg.dim() > 1 else mg)
-            val = _combined(A[todo][:, g], const, c[todo], r[todo], steps)
-            best[todo] = torch.maximum(best[todo], val)
-        out.append(best)
-    return torch.stack(out, 1)
-
-
-def _combined(A: Tensor, const: Tensor, c: Tensor, r: Tensor, steps: int) -> Tensor:
-    """Per box, the best lower bound over the box of ``sum_r w_r (A_r x + const_r)`` found for
-    weights ``w`` on the simplex (N, k rows) by exponentiated supergradient ascent (the dual of
-    the linear program "some x in the box meets every row's bound"): every iterate's value is a
-    valid bound, the best is kept. At its optimum it is the exact LP answer."""
-    n, k, _ = A.shape
-    w = torch.full((n, k), 1.0 / k, dtype=A.dtype)
-    best = torch.full((n,), -torch.inf, dtype=A.dtype)
-    scale = (A.abs() @ r[..., None])[..., 0].amax(1) + const.abs().amax(1) + 1e-300
-    for t in range(steps):
-        coef = torch.einsum("nk,nki->ni", w, A)
-        x = c - r * torch.sign(coef)  # the box's minimising corner
-        per = torch.einsum("nki,ni->nk", A, x) + const  # supergradient: each row at x
-        best = torch.maximum(best, (w * per).sum(1))
-        w = w * torch.exp(per / scale[:, None] * (2.0 / (1 + t) ** 0.5))
-        w = w / w.sum(1, keepdim=True)
-    return best
-
-
-def infeasible(lb: Tensor, d: Tensor, groups: list[slice], margin: Tensor | None = None) -> Tensor:
-    """(N, disjuncts): disjunct proven unreachable on the box (some row's bound exceeds d by the
-    margin, :func:`hold_margin`; default: from |d| alone)."""
-    margin = margin_of(d) if margin is None else margin
-    ok = lb > d + margin
-    return torch.stack([ok[:, g].any(1) for g in groups], 1)
-
-
-def refuted_rows(lb: Tensor, d: Tensor, margin: Tensor | None = None) -> Tensor:
-    """Per row of ``lb`` (N, rows): whether its lower bound refutes ``C_r y <= d_r`` by the
-    margin (:func:`hold_margin`, or its batched form :func:`margins`; default: from |d| alone);
-    ``d`` and ``margin`` have shape (rows,) or (N, rows)."""
-    rows = lb.shape[-1]
-    if rows == 0:
-        return torch.zeros(lb.shape, dtype=torch.bool)
-    return infeasible(lb, d, [slice(i, i + 1) for i in range(rows)], margin)
-
-
 def input_split(
     graph: BoundGraph,
     prop: Property,
@@ -386,36 +258,6 @@ def input_split(
     )
 
 
-def portfolio(
-    searches: list, deadline: float, shares: list[float] | None = None, side=None
-) -> tuple[str, Tensor | None]:
-    """Run several searches (generators from :func:`search_steps`) with the given shares of time
-    (equal by default; the one furthest below its share takes the next step) until one answers
-    or the deadline passes. ``side(spent, now, deadline)``, called before every step with the
-    searches' summed time: ``(ran, answer)``, where ``ran`` means it took a turn of its own
-    instead (e.g. a falsifier's share: ``falsify.Falsifier.beside``) and ``answer`` ends the run
-    when not None."""
-    shares = shares or [1.0] * len(searches)
-    used = [0.0] * len(searches)
-    while searches:
-        now = time.monotonic()
-        if now > deadline:
-            return "timeout", None
-        if side is not None:
-            ran, answer = side(sum(used), now, deadline)
-            if answer is not None:
-                return answer
-            if ran:
-                continue
-        k = min(range(len(searches)), key=lambda i: used[i] / shares[i])
-        try:
-            next(searches[k])
-        except StopIteration as stop:
-            return stop.value
-        used[k] += time.monotonic() - now
-    return "timeout", None
-
-
 def search_steps(
     graph: BoundGraph,
     prop: Property,
@@ -433,9 +275,10 @@ def search_steps(
     cache=None,
     leaf_share: float | None = None,
     box_margin: bool | None = None,
-) -> Generator[None, None, tuple[str, Tensor | None]]:
-    """Input-splitting branch and bound, one batch of boxes per step (a generator that returns
-    ``("holds", None)`` or ``("violated", x)``).
+) -> Generator[float, None, tuple[str, Tensor | None]]:
+    """Input-splitting branch and bound, one batch of boxes per step (a generator that yields the
+    fraction of the root box's volume still open before each step, and returns ``("holds",
+    None)`` or ``("violated", x)``).
 
     Branching looks ahead: every undecided box is bounded split in two along each of the
     ``lookahead`` inputs with the largest |coefficient| x width, and the split whose worse half has
@@ -453,16 +296,18 @@ def search_steps(
     (a ``root.RootCache``): the root box's bounds come from its last one-box pass where that
     was hold_margin's on the same function, box and rows (:func:`bounds_and_margins`).
     ``leaf_share`` (default ``LEAF_SHARE``): the look-ahead's children still open get
-    alpha-CROWN's slopes on the rows (:func:`_alpha_close`), then the exact LP of their
+    alpha-CROWN's slopes on the rows (:func:`leaves.alpha_close`), then the exact LP of their
     triangle relaxation (:class:`leaf_lp.LeafCheck`; ReLU chains whose boxes keep their
     bounds) with this share of the time against the bound passes (0: neither)."""
     stats = stats or BabStats()
-    C, d, groups = _stack_spec(prop)
+    C, d, groups = stack_spec(prop)
     if margin is None:
         margin = hold_margin(graph, prop, shape, intermediate=intermediate, cache=cache)
     leaf_share = LEAF_SHARE if leaf_share is None else leaf_share
     box_margin = BOX_MARGIN if box_margin is None else box_margin
-    leaf = _leaf_check(graph, C, d, groups, leaf_share if reuse_parent else 0.0)
+    leaf = leaf_check(
+        graph, C, d, groups, leaf_share if reuse_parent else 0.0, _keeps_bounds(graph)
+    )
     lo_q, hi_q = prop.lower[None].clone(), prop.upper[None].clone()
     kept: list = []
     passes = None if cache is None else cache.cut_passes
@@ -495,10 +340,13 @@ def search_steps(
     if not open_q.any():
         return "holds", None
     free = (hi_q[0] > lo_q[0]).nonzero().squeeze(1)
+    scale = torch.zeros_like(hi_q[0])
+    scale[free] = 1 / (hi_q[0, free] - lo_q[0, free])
     root = (hi_q[0, free] - lo_q[0, free]).log().sum()
     while len(lo_q):
-        stats.open_fraction = float(((hi_q - lo_q)[:, free].log().sum(1) - root).exp().sum())
-        yield
+        frac = float(((hi_q - lo_q)[:, free].log().sum(1) - root).exp().sum())
+        stats.open_fraction = frac
+        yield frac
         t_step = time.process_time()
         lo, hi, op, a = lo_q[:batch], hi_q[:batch], open_q[:batch], a_q[:batch]
         lo_q, hi_q, open_q, a_q = lo_q[batch:], hi_q[batch:], open_q[batch:], a_q[batch:]
@@ -569,6 +417,12 @@ def search_steps(
         # width 1e-7 while X_2 stayed 0.125)
         smart = smart.amax(1)
         worth = smart.gather(1, cands) >= SPLIT_FLOOR * smart.amax(1, keepdim=True)
+        rel = (hi - lo) * scale  # widths relative to the root box's (0 for fixed inputs)
+        wide = rel.gather(1, cands) >= SPLIT_ASPECT * rel.amax(1, keepdim=True)
+        # wide inputs whose score is not negligible; else the wide ones; else any (candidates
+        # without the widest input)
+        worth = torch.where((worth & wide).any(1, keepdim=True), worth & wide, wide)
+        worth |= ~worth.any(1, keepdim=True)
         score = torch.where(worth.T, score, -torch.inf)
         dim = score.argmax(0)
         pick = torch.arange(n)
@@ -583,7 +437,7 @@ def search_steps(
         if leaf is not None and keep.any():  # alpha, then the LP, on the children still open
             mg_c = mgc.view(m, 2, n, rows)[dim, :, pick].transpose(0, 1)
             flat = dim * 2 * n + torch.arange(2)[:, None] * n + pick  # (2, n): their passes
-            child_open[keep], sl_c = _alpha_close(
+            child_open[keep], sl_c = alpha_close(
                 graph,
                 every,
                 flat[keep],
@@ -624,40 +478,6 @@ def search_steps(
         )
         stats.max_queue = max(stats.max_queue, len(lo_q))
     return "holds", None
-
-
-def _alpha_close(graph, every, sel, lo, hi, C, d, groups, margin, open_, shape):
-    """``open_`` (N, disjuncts) less the disjuncts that alpha-CROWN's slopes refute on the
-    boxes (the rows ``C`` only; the intermediate bounds are those of the pass ``every``, boxes
-    ``sel`` of it), and each disjunct's slack (its best row's lower bound less ``d`` and the
-    ``margin``): CROWN's adaptive slopes left most of ACAS Xu 4_2 / prop_2's deep boxes open
-    where ``ALPHA_STEPS`` steps close them (200 of 200 sampled, 0.5 ms a box)."""
-    n = len(sel)
-    inter = {j: Bounds(b.lower[sel], b.upper[sel]) for j, b in every.items() if j != 0}
-    region = Bounds(lo.reshape(n, *shape), hi.reshape(n, *shape))
-    Cn = C.expand(n, *C.shape).reshape(n, C.shape[0], *graph.nodes[graph.output].shape)
-    fin, _ = alpha_crown(
-        graph,
-        region,
-        Cn.to(lo.dtype),
-        iterations=ALPHA_STEPS,
-        optimize_intermediate=False,
-        bound_upper=False,
-        intermediate=inter,
-        deadline=current(),
-    )
-    slack = fin.lower.reshape(n, -1).double() - d - margin
-    per = torch.stack([slack[:, g].amax(1) for g in groups], 1)
-    return open_ & ~(per > 0), per
-
-
-def _leaf_check(graph: BoundGraph, C, d, groups, share: float) -> LeafCheck | None:
-    """The LP leaf check for a ReLU chain whose boxes keep the bounds the LP needs (the
-    pre-activations of its ReLUs, packed in order), else None; None too for ``share`` 0."""
-    chain = relu_chain(graph) if share > 0 and _keeps_bounds(graph) else None
-    if chain is None or sorted(graph.plan.needs) != list(chain.nodes[:-1]):
-        return None
-    return LeafCheck(chain, C.double(), d.double(), groups, share)
 
 
 def _split_all(

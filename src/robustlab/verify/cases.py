@@ -24,8 +24,8 @@ from robustlab import deadline as deadlines
 from robustlab._onnx.cases import CaseValue
 from robustlab.bounds.api import compute_bounds
 from robustlab.threat import Box
-from robustlab.verify.bab import HOLD_ULPS, UNIT
 from robustlab.verify.engine import verify_spec
+from robustlab.verify.margins import HOLD_ULPS, UNIT
 from robustlab.verify.oracle import confirm
 from robustlab.verify.spec import Property, Spec
 
@@ -199,7 +199,7 @@ def _prefix(gm: fx.GraphModule, out: fx.Node) -> fx.GraphModule:
 
 
 def _margin(prop: Property, y: Tensor) -> float:
-    """How far a point's violation must clear 0 for ``holds`` (bab.margin_of's magnitude:
+    """How far a point's violation must clear 0 for ``holds`` (margins.margin_of's magnitude:
     what rounding the outputs to float32 can change)."""
     C, d, _ = prop.stacked
     if len(d) == 0:

@@ -76,7 +76,7 @@ def mixed_costs(
     graph: BoundGraph, cut: int, bounds: Mapping[int, Bounds] | None = None
 ) -> tuple[float, float]:
     """Estimated multiply-adds of CROWN's intermediate bounds without and with rows that end at
-    ``cut`` (``crown.intermediate_bounds``' mixed mode): two rows per neuron whose bounds a
+    ``cut`` (``intermediate.intermediate_bounds``' mixed mode): two rows per neuron whose bounds a
     relaxation reads (unstable ReLU inputs under ``bounds``, summed over their boxes; every
     neuron without them), each to the input without the cut; with it, rows before the cut go
     to the input, rows after it end at the cut, and the cut's own two lines per neuron (and

@@ -20,6 +20,7 @@ from robustlab.bounds.rounding import round_down
 from robustlab.deadline import DeadlineExceeded, check, within
 from robustlab.errors import RobustlabError, UnsupportedOperation
 from robustlab.verify import bab, cost, embed, root
+from robustlab.verify.disjuncts import refuted_rows
 from robustlab.verify.falsify import Falsifier, attack, float32_box, sample_search, search
 from robustlab.verify.nonlinear_split import nonlinear_split
 from robustlab.verify.oracle import confirm
@@ -347,7 +348,7 @@ def _bounds_refute(
                     lb = fin.lower
         for i, r in enumerate(idx):
             margins.setdefault(r, margin[i])
-        rows = bab.refuted_rows(lb.double(), d, margin).long()
+        rows = refuted_rows(lb.double(), d, margin).long()
         per = torch.zeros(len(part), n_dis + 1, dtype=torch.long)
         per = per.scatter_reduce(1, group, rows, "amax", include_self=True)
         have = torch.arange(n_dis + 1)[None] < count[:, None]

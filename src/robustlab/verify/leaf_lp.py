@@ -16,6 +16,7 @@ summing to more than 0, means no point of the box reaches the conjunction."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.linear import Affine, Linear, Reshape
 from robustlab.deadline import check
+
+try:  # scipy's HiGHS bindings (not a public module): linprog without its per-call checks
+    from scipy.optimize._highspy import _core
+except ImportError:
+    _core = None
 
 # relative rounding margin of the verified bound: float64 sums of a few thousand terms err by
 # under 1e-12 of the sum of their magnitudes (gamma_n = n u / (1 - n u), u = 2^-53)
@@ -282,13 +288,18 @@ def verified_bound(lp: _LP, w: np.ndarray) -> float:
 
 def _solve(lp: _LP):
     """HiGHS on ``min t`` subject to ``lp``'s first ``n_rows`` rows ``<= t``: ``(t, w)`` with
-    ``w`` the dual vector of ``lp``'s rows (>= 0 on inequalities), or None when it fails."""
+    ``w`` the dual vector of ``lp``'s rows (>= 0 on inequalities), or None when it fails. HiGHS
+    is called directly where scipy's build exposes it (:class:`_Highs`), else through
+    ``linprog``."""
     n_ineq, nv = lp.n_ineq, len(lp.lo)
     t_col = np.zeros((len(lp.G), 1))
     t_col[: lp.n_rows] = -1.0  # C_r y - d_r - t <= 0
     cost = np.zeros(nv + 1)
     cost[-1] = 1.0
     A = np.concatenate([lp.G, t_col], 1)
+    highs = _direct_highs()
+    if highs is not None:
+        return highs.solve(cost, A, lp.h, n_ineq, lp.lo, lp.hi)
     has_eq = len(A) > n_ineq
     res = linprog(
         cost,
@@ -305,6 +316,74 @@ def _solve(lp: _LP):
         return None
     w = -np.concatenate([res.ineqlin.marginals, res.eqlin.marginals if has_eq else []])
     return res.fun, w
+
+
+class _Highs:
+    """One HiGHS instance (scipy's bindings, ``scipy.optimize._highspy._core``) with the options
+    ``linprog(method="highs-ds", options={"presolve": False})`` sets, passed once: the dual
+    simplex without presolve. Per LP only the model is passed (``linprog`` spent 2/3 of an ACAS
+    Xu leaf's 2.4 ms checking its options and converting its inputs)."""
+
+    def __init__(self, core) -> None:
+        self.core = core
+        self.highs = core._Highs()
+        opts = core.HighsOptions()
+        opts.presolve = "off"
+        opts.solver = "simplex"
+        opts.simplex_strategy = 1  # dual (kSimplexStrategyDual)
+        opts.output_flag = False
+        opts.log_to_console = False
+        if self.highs.passOptions(opts) == core.HighsStatus.kError:
+            raise RuntimeError("HiGHS refused its options")
+        self.inf = core.kHighsInf
+
+    def solve(self, cost, A, h, n_ineq: int, lo, hi):
+        """``min cost @ v`` subject to ``A[:n_ineq] v <= h[:n_ineq]``, ``A[n_ineq:] v = h[n_ineq:]``
+        and ``lo <= v <= hi`` for all but the last variable (free): ``(value, w)`` with ``w``
+        the rows' duals as ``-linprog``'s marginals, or None unless optimal."""
+        core, inf = self.core, self.inf
+        m, n = A.shape
+        At = np.ascontiguousarray(A.T)
+        cols, rows = np.nonzero(At)
+        lp = core.HighsLp()
+        lp.num_col_, lp.num_row_ = n, m
+        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n, m
+        lp.a_matrix_.format_ = core.MatrixFormat.kColwise
+        lp.col_cost_ = cost
+        lp.col_lower_ = np.append(lo, -inf)
+        lp.col_upper_ = np.append(hi, inf)
+        row_lo = h.copy()
+        row_lo[:n_ineq] = -inf
+        lp.row_lower_ = row_lo
+        lp.row_upper_ = h.copy()
+        lp.a_matrix_.start_ = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
+        lp.a_matrix_.index_ = rows
+        lp.a_matrix_.value_ = At[cols, rows]
+        highs = self.highs
+        if highs.passModel(lp) == core.HighsStatus.kError:
+            return None
+        if highs.run() == core.HighsStatus.kError:
+            return None
+        if highs.getModelStatus() != core.HighsModelStatus.kOptimal:
+            return None
+        sol = highs.getSolution()
+        return highs.getInfo().objective_function_value, -np.array(sol.row_dual)
+
+
+def _direct_highs() -> _Highs | None:
+    """This thread's :class:`_Highs` where scipy's HiGHS bindings load, else None (``linprog``
+    then). One per thread: a verification abandoned at its timeout may still be solving."""
+    if _core is None:
+        return None
+    if not hasattr(_LOCAL, "highs"):
+        try:
+            _LOCAL.highs = _Highs(_core)
+        except (AttributeError, RuntimeError, TypeError):
+            _LOCAL.highs = None
+    return _LOCAL.highs
+
+
+_LOCAL = threading.local()
 
 
 def refute(
@@ -357,8 +436,8 @@ def refute(
 class LeafCheck:
     """Input splitting's LP leaf check (:func:`refute`) with its share of the time: after each
     step, the children still open get the LP, those closest to proven first, until the LP's
-    time reaches ``share`` times the bound passes' time, times the fraction of boxes it has
-    closed; each box's LPs stop at ``max_lps``.
+    time reaches ``share`` times the bound passes' time, times the fraction of the last
+    ``memory`` or so boxes it closed; each box's LPs stop at ``max_lps``.
     ``C`` and ``d``: the property's stacked rows; ``groups``: each disjunct's rows."""
 
     chain: Chain
@@ -372,6 +451,8 @@ class LeafCheck:
     calls: int = 0
     tried: int = 0  # boxes
     closed: int = 0
+    rate: float = 0.5  # the fraction of recent boxes closed (a running mean over ``memory``)
+    memory: float = 32.0
 
     def bounds(self, packed: Tensor) -> list:
         """(l, u) per hidden layer from one box's packed bounds (``bab.pack_bounds``)."""
@@ -386,10 +467,12 @@ class LeafCheck:
         ``bab.hold_margin``'s) closed, on boxes taken in order of their weakest open disjunct's
         ``slack`` (N, disjuncts), best first, while the LP's time stays within ``share`` times
         the passes' time (``elapsed`` added to it)."""
-        # the share, scaled by the fraction of boxes the LP has closed (1/2 before any): where
-        # it closes little its time goes back to splitting (ACAS Xu 4_9 / prop_1: 4.4 s of CPU
-        # without the LP, 19.5 s with a fixed share of 4)
-        self.budget += self.share * (self.closed + 1) / (self.tried + 2) * elapsed
+        # the share, scaled by the fraction of recent boxes the LP closed (1/2 before any):
+        # where it closes little its time goes back to splitting (ACAS Xu 4_9 / prop_1: 4.4 s
+        # of CPU without the LP, 19.5 s with a fixed share of 4); recent, not all: the boxes
+        # change (3_3 / prop_2: 5% closed of the wide early boxes had starved it when nearly
+        # every open box was one LP from proven)
+        self.budget += self.share * self.rate * elapsed
         worst = torch.where(open_, slack, torch.inf).amin(1)
         order = torch.argsort(worst, descending=True).tolist()
         open_ = open_.clone()
@@ -405,7 +488,9 @@ class LeafCheck:
                 if not refute(self.chain, lo[i], hi[i], b, self.C[g], dg, self.max_lps):
                     break
                 open_[i, k] = False
+            done = not open_[i].any()
             self.tried += 1
-            self.closed += int(not open_[i].any())
+            self.closed += int(done)
+            self.rate += (done - self.rate) / self.memory
             self.spent += time.process_time() - t0
         return open_

@@ -36,9 +36,11 @@ from robustlab.bounds.intermediate import refine
 from robustlab.bounds.ops.base import Activation, InputRegion
 from robustlab.bounds.ops.nonlinear import Sign
 from robustlab.errors import RobustlabError
-from robustlab.verify.bab import BabStats, _stack_spec, pop_domains
-from robustlab.verify.bab import refuted_rows as _refuted
+from robustlab.verify.bab import BabStats
+from robustlab.verify.disjuncts import refuted_rows as _refuted
+from robustlab.verify.margins import stack_spec
 from robustlab.verify.root import RootPass, start
+from robustlab.verify.schedule import pop_domains
 from robustlab.verify.spec import Property
 
 ITERATIONS = 3
@@ -380,7 +382,7 @@ def nonlinear_split(
     of :func:`bab.hold_margin` (computed when not given); ``first``: the region's CROWN pass
     (``root.RootPass``, as for ``relu_split``), whose bounds start alpha-CROWN."""
     stats = stats or BabStats()
-    C_all, d_all, groups = _stack_spec(prop)
+    C_all, d_all, groups = stack_spec(prop)
     region = InputRegion(
         prop.lower.reshape(1, *shape).double(), prop.upper.reshape(1, *shape).double()
     )

@@ -23,8 +23,10 @@ from robustlab.bounds.backward import backward
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import InputRegion
-from robustlab.verify.bab import BabStats, _stack_spec, pop_domains
+from robustlab.verify.bab import BabStats
+from robustlab.verify.margins import stack_spec
 from robustlab.verify.root import RootPass, start
+from robustlab.verify.schedule import pop_domains
 from robustlab.verify.spec import Property
 
 ITERATIONS = 3  # bound passes per batch of domains (children start from the parent's alpha, beta)
@@ -162,7 +164,7 @@ def relu_split(
     this box and these rows): its intermediate bounds start alpha-CROWN, its margins are those
     of :func:`bab.hold_margin` unless ``margin`` is given."""
     stats = stats or BabStats()
-    C_all, d_all, groups = _stack_spec(prop)
+    C_all, d_all, groups = stack_spec(prop)
     # one alpha-CROWN pass for every row: the root's intermediate bounds
     first, lb0, root = start(graph, prop, shape, first, deadline)
     margin_all = first.margin if margin is None else margin

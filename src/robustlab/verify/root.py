@@ -21,6 +21,7 @@ from robustlab.bounds.cut import CutPasses
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.verify import bab
+from robustlab.verify.margins import stack_spec
 from robustlab.verify.spec import Property
 
 MAX_NUMBERS = 2**24  # float64 bound entries a cache keeps in all (128 MiB)
@@ -29,7 +30,7 @@ MAX_NUMBERS = 2**24  # float64 bound entries a cache keeps in all (128 MiB)
 @dataclass(frozen=True)
 class RootPass:
     """One region's CROWN pass: its box (flat, float64), the property's rows ``C`` (rows,
-    n_outputs) and ``d`` (rows,) as :func:`bab._stack_spec` stacks them, every node's bounds
+    n_outputs) and ``d`` (rows,) as :func:`margins.stack_spec` stacks them, every node's bounds
     (batch 1; CROWN where a relaxation reads them, for the neurons that reach the outputs the
     rows read), the lower bounds of ``C y`` (rows,) and their hold margins (rows,)."""
 
@@ -55,7 +56,7 @@ class RootPass:
 
 def compute(graph: BoundGraph, prop: Property, shape: tuple[int, ...]) -> RootPass:
     """The CROWN pass of ``prop``'s box and rows (:func:`bab.bounds_and_margins`)."""
-    C, d, _ = bab._stack_spec(prop)
+    C, d, _ = stack_spec(prop)
     lo, hi = prop.lower[None].double(), prop.upper[None].double()
     bounds: dict = {}
     lb, margin = bab.bounds_and_margins(graph, lo, hi, C[None], d[None], shape, out=bounds)
@@ -73,7 +74,7 @@ def start(
     these rows, else computed), alpha-CROWN's lower bounds of the rows (1, rows) and every
     node's bounds, started from that pass's intermediate bounds and optimised only in the rows'
     cone (or the pass's own alpha-CROWN results, where it has them)."""
-    C, d, _ = bab._stack_spec(prop)
+    C, d, _ = stack_spec(prop)
     if first is None or not first.matches(prop.lower, prop.upper, C, d):
         first = compute(graph, prop, shape)
     if first.alpha is not None:
@@ -217,7 +218,7 @@ class RootCache:
         another graph has none)."""
         if graph is not self.graph:
             return None
-        C, d, _ = bab._stack_spec(prop)
+        C, d, _ = stack_spec(prop)
         return self.get(prop.lower, prop.upper, C, d)
 
 
