@@ -77,15 +77,11 @@ class Coef:
 class Dense(Coef):
     """Dense rows: a (batch, rows, *shape) tensor."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "raw")  # raw: the same tensor (an attribute, not a property call)
     fusable = True
 
     def __init__(self, data: Tensor) -> None:
-        self.data = data
-
-    @property
-    def raw(self) -> Tensor:
-        return self.data
+        self.data = self.raw = data
 
     @property
     def shape(self) -> torch.Size:
@@ -105,6 +101,8 @@ class Dense(Coef):
                 a.shape[0], -1
             )
         ins, b = op.backward(a, shapes)
+        if len(ins) == 1:
+            return [Dense(ins[0])], b
         return [Dense(t) for t in ins], b
 
     def activation(self, la, lb, ua, ub, gap, zero_lower_intercept: bool) -> tuple:
