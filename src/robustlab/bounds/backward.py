@@ -14,13 +14,12 @@ import torch
 from torch import Tensor
 
 from robustlab import deadline
-from robustlab.bounds import rounding, window
+from robustlab.bounds import rounding
+from robustlab.bounds.coef import Coef, Dense, wrap
 from robustlab.bounds.forward import Lin, substitute
 from robustlab.bounds.graph import BoundGraph, Bounds
-from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.plan import ACTIVATION, BILINEAR, LINEAR, POOL
 from robustlab.bounds.tracker import Exact, Tracker, covers
-from robustlab.bounds.window import Window
 
 MAX_ELEMENTS = 2**25  # coefficient entries per backward pass; more rows are split into chunks
 
@@ -31,7 +30,7 @@ def backward(
     graph: BoundGraph,
     bounds: Mapping[int, Bounds],
     target: int,
-    C: Tensor,
+    C: Tensor | Coef,
     alphas: Alphas | None = None,
     cache: dict | None = None,
     linear: dict | None = None,
@@ -39,31 +38,34 @@ def backward(
     record: dict | None = None,
     stops: Mapping[int, Lin] | None = None,
 ) -> Tensor:
-    """Lower bound of ``C . node[target]`` for each row of ``C`` (shape (batch, rows, *shape)).
+    """Lower bound of ``C . node[target]`` for each row of ``C`` (shape (batch, rows, *shape):
+    a tensor, or any ``coef.Coef``, e.g. a ``window.Window``).
 
-    ``bounds`` must hold the input region (node 0) and the inputs of every activation and
-    max-pooling node between the input and ``target``. ``cache`` keeps relaxations between calls
-    that share the same bounds. When ``linear`` is given, the lower bound's linear function of
-    the input is stored there: ``linear["A"]`` (batch, rows, *input_shape) and ``linear["bias"]``.
+        ``bounds`` must hold the input region (node 0) and the inputs of every activation and
+        max-pooling node between the input and ``target``. ``cache`` keeps relaxations between calls
+        that share the same bounds. When ``linear`` is given, the lower bound's linear function of
+        the input is stored there: ``linear["A"]`` (batch, rows, *input_shape) and ``linear["bias"]``.
 
-    ``betas`` adds, for split constraints (beta-CROWN, Wang et al. 2021, arXiv:2103.06624), a
-    coefficient tensor to the node it names when the pass reaches it (shape (batch, rows,
-    *shape)). ``record`` receives each activation's coefficients on its output (for branching).
+        ``betas`` adds, for split constraints (beta-CROWN, Wang et al. 2021, arXiv:2103.06624), a
+        coefficient tensor to the node it names when the pass reaches it (shape (batch, rows,
+        *shape)). ``record`` receives each activation's coefficients on its output (for branching).
 
-    float32 coefficients on a graph with operations outside the rounding bookkeeping
-    (``tracker.covers``: products of two tensors, amax, transposed convolutions, ...) are
-    computed in float64 and the bound rounded down to float32: as sound, not faster.
+        float32 coefficients on a graph with operations outside the rounding bookkeeping
+        (``tracker.covers``: products of two tensors, amax, transposed convolutions, ...) are
+        computed in float64 and the bound rounded down to float32: as sound, not faster.
 
-    ``stops``: nodes whose linear bounds in the input are known (``forward.forward_bounds``'s
-    ``lins``); rows that reach one end there through those bounds (:func:`forward.substitute`)
-    instead of going on to the input (float64 passes; float32 ones go on as before).
+        ``stops``: nodes whose linear bounds in the input are known (``forward.forward_bounds``'s
+        ``lins``); rows that reach one end there through those bounds (:func:`forward.substitute`)
+        instead of going on to the input (float64 passes; float32 ones go on as before).
     """
-    if rounding.tracked(C) and not covers(graph):
+    C = wrap(C)
+    data = C.data
+    tracked = rounding.tracked(data)
+    if tracked and not covers(graph):
         return _in_float64(graph, bounds, target, C, alphas, linear, betas, record)
-    A: dict[int, Tensor | Window] = {target: C}
-    data = C.data if isinstance(C, Window) else C
+    A: dict[int, Coef] = {target: C}
     # the bias: summed (float64), or, in float32, bounded with the pass's rounding (tracker.py)
-    acc = Tracker(graph, bounds, C, target, cache) if rounding.tracked(C) else Exact(bounds, C)
+    acc = Tracker(graph, bounds, C.raw, target, cache) if tracked else Exact(bounds, C.raw)
     plain = acc.bias_terms  # the steps' bias terms are wanted (not a float32 pass)
     stops = stops if plain else None  # float32 passes go on to the input
     plan = graph.plan
@@ -74,16 +76,16 @@ def backward(
         if betas is not None and i in betas:
             acc.start(betas[i], i)
             if a is not None:
-                a = _dense(a) + betas[i]
-                acc.added(a, i)
+                a = Dense(a.dense() + betas[i])
+                acc.added(a.data, i)
             else:
-                a = betas[i]
+                a = Dense(betas[i])
         if a is None:
             continue
         if stops is not None and i in stops and i != target:
-            coef, const = substitute(stops[i], _dense(a))
+            coef, const = substitute(stops[i], a.dense())
             acc.constant(const)
-            _accumulate(A, 0, coef.reshape(*coef.shape[:2], *graph.nodes[0].shape), acc)
+            _accumulate(A, 0, Dense(coef.reshape(*coef.shape[:2], *graph.nodes[0].shape)), acc)
             continue
         node = nodes[i]
         op, kind = node.op, kinds[i]
@@ -91,23 +93,15 @@ def backward(
             shapes = in_shapes[i]
             if (
                 node.inputs == (0,)
-                and not (A or linear is not None or isinstance(a, Window))
+                and a.fusable
+                and not (A or linear is not None)
                 and (betas is None or min(betas) >= i)
             ):  # the last step: fused with the input's bound, a chunk of rows at a time
-                lb = acc.last(op, a, shapes, node.inputs, node.shape)
+                lb = acc.last(op, a.raw, shapes, node.inputs, node.shape)
                 if lb is not None:
                     return lb
-            res = window.linear_backward(op, a, shapes) if isinstance(a, Window) else None
-            if res is not None:
-                ins, b = res
-            elif a.shape[0] > 1 and _dense(a).stride(0) == 0:  # same rows for every example
-                a = _dense(a)
-                ins, b = op.backward(a[:1], shapes)
-                ins = [t.expand(a.shape[0], *t.shape[1:]) for t in ins]
-                b = b.expand(a.shape[0], -1)
-            else:
-                ins, b = op.backward(_dense(a), shapes)
-            acc.linear(op, a, ins, node.inputs, node.shape, b)
+            ins, b = a.linear(op, shapes)
+            acc.linear(op, a.raw, ins, node.inputs, node.shape, b)
             if len(ins) == 1 and node.inputs[0] not in A:
                 A[node.inputs[0]] = ins[0]
             else:
@@ -116,16 +110,17 @@ def backward(
             continue
         if kind == BILINEAR:
             alpha = alphas.get(i) if alphas else None
-            ins, b = op.backward(_dense(a), *[bounds[j] for j in node.inputs], in_shapes[i], alpha)
+            ins, b = op.backward(a.dense(), *[bounds[j] for j in node.inputs], in_shapes[i], alpha)
             acc.constant(b)
             for j, aj in zip(node.inputs, ins, strict=True):
-                _accumulate(A, j, aj, acc)
+                _accumulate(A, j, Dense(aj), acc)
             continue
         j = node.inputs[0]
         l, u = bounds[j].lower, bounds[j].upper
         if kind == ACTIVATION:
             if record is not None:
-                record[i] = a = _dense(a)
+                a = a.as_dense()
+                record[i] = a.data
             alpha = alphas.get(i) if alphas else None
             if alpha is None and cache is not None:
                 hit = cache.get(i)
@@ -138,29 +133,18 @@ def backward(
             else:
                 la, lb, ua, ub = rounding.relax(op, l[:, None], u[:, None], alpha)
                 gap = ua - la
-            neg = b = None
-            if isinstance(a, Window):
-                a_in, b = window.activation_backward(
-                    a, la, lb, ua, ub if plain else None, op.zero_lower_intercept
-                )
-            else:  # a+ la + a- ua, written to touch the (batch, rows, n) coefficients few times
-                neg = a.clamp(max=0)
-                a_in = a * la
-                a_in.addcmul_(neg, gap)  # in place: one (batch, rows, n) allocation fewer
-            acc.activation(i, a, la, lb, ua, ub, j, neg, b, op.zero_lower_intercept)
+            zli = op.zero_lower_intercept
+            a_in, neg, b = a.activation(la, lb, ua, ub if plain else None, gap, zli)
+            acc.activation(i, a.raw, la, lb, ua, ub, j, neg, b, zli)
         elif kind == POOL:
-            if isinstance(a, Window) and plain and isinstance(op, MaxPool):
-                a_in, b = window.pool_backward(op, a, l, u)
-            else:
-                a = _dense(a)
-                a_in, b = op.backward(a, l, u)
-            acc.pool(op, a, j, i, b)
+            a_in, b, seen = a.pool(op, l, u, plain)
+            acc.pool(op, seen, j, i, b)
         else:
             raise TypeError(f"no backward step for {type(op).__name__} at node '{node.name}'")
         _accumulate(A, j, a_in, acc)
     if 0 not in A:  # the target does not depend on the input
-        A[0] = data.new_zeros(*C.shape[:2], *graph.nodes[0].shape)
-    return acc.finish(A[0], data.dtype, linear)
+        A[0] = Dense(data.new_zeros(*C.shape[:2], *graph.nodes[0].shape))
+    return acc.finish(A[0].raw, data.dtype, linear)
 
 
 def _in_float64(graph, bounds, target, C, alphas, linear, betas, record) -> Tensor:
@@ -169,10 +153,7 @@ def _in_float64(graph, bounds, target, C, alphas, linear, betas, record) -> Tens
     def up(t):
         return None if t is None else t.double()
 
-    if isinstance(C, Window):
-        C64 = Window(C.data.double(), C.oy, C.ox, C.frame)
-    else:
-        C64 = C.double()
+    C64 = C.cast(torch.float64)
     items = bounds.items() if isinstance(bounds, Mapping) else enumerate(bounds)
     b64 = {k: rounding.upcast(b) for k, b in items}
     a64 = None if alphas is None else {k: up(v) for k, v in alphas.items()}
@@ -181,38 +162,27 @@ def _in_float64(graph, bounds, target, C, alphas, linear, betas, record) -> Tens
     return rounding.round_down(lb, torch.float32)
 
 
-def _accumulate(A: dict, j: int, a: Tensor | Window, acc) -> None:
+def _accumulate(A: dict, j: int, a: Coef, acc) -> None:
     """``A[j] += a`` (the sum's rounding is bounded in float32 passes)."""
     if j not in A:
         A[j] = a
         return
-    A[j] = window.add(A[j], a)
-    acc.added(A[j], j)
-
-
-def _dense(a: Tensor | Window) -> Tensor:
-    return a.dense() if isinstance(a, Window) else a
+    A[j] = total = A[j].add(a)
+    acc.added(total.raw, j)
 
 
 def two_sided(graph, bounds, target, C, alphas=None, cache=None, stops=None) -> Bounds:
     """Lower and upper bounds of ``C . node[target]`` in one backward pass (rows ``[C; -C]``)."""
+    C = wrap(C)
     m = C.shape[1]
-    data = C.data if isinstance(C, Window) else C
-    b = data.shape[0]
-    if b > 1 and data.stride(0) == 0 and (not isinstance(C, Window) or C.oy.shape[0] == 1):
-        # rows shared by the batch stay shared (the first steps are then one product, not b)
-        one = Window(C.data[:1], C.oy, C.ox, C.frame) if isinstance(C, Window) else C[:1]
-        both = two_rows(one)
-        if isinstance(both, Window):
-            both = Window(both.data.expand(b, *both.data.shape[1:]), both.oy, both.ox, C.frame)
-        else:
-            both = both.expand(b, *both.shape[1:])
+    if C.shared():  # rows shared by the batch stay shared (the first steps: one product, not b)
+        both = C.first().two_rows().expand(C.shape[0])
     else:
-        both = two_rows(C)
+        both = C.two_rows()
     lb = backward(graph, bounds, target, both, alphas, cache, stops=stops)
     return Bounds(lb[:, :m], -lb[:, m:])
 
 
-def two_rows(C: Tensor | Window) -> Tensor | Window:
-    """Rows ``[C; -C]``."""
-    return window.cat(C, -C) if isinstance(C, Window) else torch.cat([C, -C], 1)
+def two_rows(C):
+    """Rows ``[C; -C]`` (a tensor for a tensor, a window for a window)."""
+    return wrap(C).two_rows().raw

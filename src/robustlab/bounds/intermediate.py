@@ -16,13 +16,13 @@ from torch import Tensor
 from robustlab import deadline
 from robustlab.bounds import rounding, window
 from robustlab.bounds.backward import MAX_ELEMENTS, backward, two_sided
+from robustlab.bounds.coef import wrap
 from robustlab.bounds.forward import Lin
 from robustlab.bounds.graph import BoundGraph, Bounds
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import LinearOp
 from robustlab.bounds.plan import ACTIVATION, LINEAR, cone
 from robustlab.bounds.rows import identity_rows, ragged_rows, slice_region, stepped
-from robustlab.bounds.window import Window
 
 RAGGED_ELEMENTS = 2**17  # coefficient entries per pass of ragged rows (``refine``: in cache)
 
@@ -153,14 +153,10 @@ def _rows(graph, i, part, batch, like, alphas, stops, windows):
 
 def _negated(C):
     """``-C``, rows shared by the batch kept shared (stride 0)."""
-    data = C.data if isinstance(C, Window) else C
-    b = data.shape[0]
-    if b > 1 and data.stride(0) == 0 and (not isinstance(C, Window) or C.oy.shape[0] == 1):
-        if isinstance(C, Window):
-            neg = -Window(C.data[:1], C.oy, C.ox, C.frame)
-            return Window(neg.data.expand(b, *neg.data.shape[1:]), neg.oy, neg.ox, C.frame)
-        return (-C[:1]).expand(b, *C.shape[1:])
-    return -C
+    c = wrap(C)
+    if c.shared():
+        return c.first().negated().expand(c.shape[0]).raw
+    return c.negated().raw
 
 
 def _relu_readers(graph, i: int) -> bool:

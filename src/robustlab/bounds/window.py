@@ -21,12 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.bounds import window_pool
+from robustlab.bounds.coef import Coef, Dense, wrap
 from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, _cast
+from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.shape import ConvTranspose, Resize, _direct
 
 
 @dataclass(frozen=True)
-class Window:
+class Window(Coef):
     """Rows whose coefficients on a (C, H, W) node are zero outside a window: row ``r`` of example
     ``b`` has ``data[b, r]`` at positions ``(oy[b, r] + y, ox[b, r] + x)``. Entries that fall
     outside the ``frame`` (H, W) are always zero. ``oy``/``ox`` have a leading dimension of 1 when
@@ -77,6 +79,46 @@ class Window:
         src = t[:, None].expand(B, m, c, t.shape[2])
         out = torch.gather(src, 3, idx[:, :, None, :].expand(B, m, c, h * w))
         return out.reshape(B, m, c, h, w)
+
+    # the backward pass's steps (``coef.Coef``): a step that does not keep the window is the
+    # dense rows' step on ``dense()``, so every result equals the dense computation's
+
+    def linear(self, op, shapes) -> tuple[list[Coef], Tensor]:
+        res = linear_backward(op, self, shapes)
+        if res is None:
+            return Dense(self.dense()).linear(op, shapes)
+        return [wrap(t) for t in res[0]], res[1]
+
+    def activation(self, la, lb, ua, ub, gap, zero_lower_intercept: bool) -> tuple:
+        a_in, b = activation_backward(self, la, lb, ua, ub, zero_lower_intercept)
+        return a_in, None, b
+
+    def pool(self, op, l: Tensor, u: Tensor, plain: bool) -> tuple:
+        if plain and isinstance(op, MaxPool):
+            a_in, b = pool_backward(op, self, l, u)
+            return wrap(a_in), b, self
+        return Dense(self.dense()).pool(op, l, u, plain)
+
+    def add(self, other: Coef) -> Coef:
+        return wrap(add(self, other.raw))
+
+    def two_rows(self) -> Window:
+        return cat(self, -self)
+
+    def negated(self) -> Window:
+        return -self
+
+    def shared(self) -> bool:
+        return self.data.shape[0] > 1 and self.data.stride(0) == 0 and self.oy.shape[0] == 1
+
+    def first(self) -> Window:
+        return Window(self.data[:1], self.oy, self.ox, self.frame)
+
+    def expand(self, b: int) -> Window:
+        return Window(self.data.expand(b, *self.data.shape[1:]), self.oy, self.ox, self.frame)
+
+    def cast(self, dtype: torch.dtype) -> Window:
+        return Window(self.data.to(dtype), self.oy, self.ox, self.frame)
 
 
 def _flat_index(win: Window, expand: bool) -> Tensor:

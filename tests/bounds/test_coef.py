@@ -1,0 +1,91 @@
+"""Every coefficient form takes the backward pass's steps with the dense rows' results."""
+
+import pytest
+import torch
+
+from robustlab.bounds import backward as bw
+from robustlab.bounds import rounding
+from robustlab.bounds.coef import Coef, Dense, wrap
+from robustlab.bounds.graph import graph_of
+from robustlab.bounds.intermediate import intermediate_bounds
+from robustlab.bounds.ops.activation import ReLU
+from robustlab.bounds.ops.base import InputRegion
+from robustlab.bounds.ops.linear import Conv
+from robustlab.bounds.ops.pool import MaxPool
+
+from .nets import make
+from .test_window import _random_window
+
+
+def _close(x, y):
+    x = x.dense() if isinstance(x, Coef) else x
+    y = y.dense() if isinstance(y, Coef) else y
+    assert x.shape == y.shape
+    assert (x - y).abs().max() <= 1e-12 * max(1.0, y.abs().max().item())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_steps_equal_dense_steps(seed):
+    g = torch.Generator().manual_seed(seed)
+    shared = seed % 2 == 0
+    frame = (6, 7)
+    win = _random_window(g, 3, 4, 2, 3, 2, frame, shared)
+    dense = Dense(win.dense())
+    # through a convolution's transpose
+    weight = torch.randn(2, 3, 3, 3, generator=g, dtype=torch.float64)
+    op = Conv(weight, torch.randn(2, generator=g, dtype=torch.float64), (1, 1), (1, 1), (1, 1), 1)
+    (a_w,), b_w = win.linear(op, [(3, *frame)])
+    (a_d,), b_d = dense.linear(op, [(3, *frame)])
+    _close(a_w, a_d)
+    _close(b_w, b_d)
+    # through a relaxation: the window computes its bias, dense rows leave it to Exact
+    l = torch.randn(1, 2, *frame, generator=g, dtype=torch.float64)
+    u = l + torch.rand(1, 2, *frame, generator=g, dtype=torch.float64)
+    la, lb, ua, ub = rounding.relax(ReLU(), l[:, None], u[:, None])
+    a_w, neg_w, b_w = win.activation(la, lb, ua, ub, ua - la, False)
+    a_d, neg_d, b_d = dense.activation(la, lb, ua, ub, ua - la, False)
+    assert neg_w is None and b_d is None
+    _close(a_w, a_d)
+    d = dense.data
+    _close(b_w, (neg_d * ub + (d - neg_d) * lb).flatten(2).sum(-1))
+    # through max pooling (frame 6 x 7 is the output of a 2 x 2 pool of 12 x 14)
+    pool = MaxPool((2, 2), (2, 2), (0, 0))
+    # (bounds per example, as in a pass: the rows' batch)
+    l = torch.randn(3, 2, 12, 14, generator=g, dtype=torch.float64)
+    u = l + torch.rand(3, 2, 12, 14, generator=g, dtype=torch.float64)
+    a_w, b_w, seen_w = win.pool(pool, l, u, True)
+    a_d, b_d, seen_d = dense.pool(pool, l, u, True)
+    _close(a_w, a_d)
+    _close(b_w, b_d)
+    assert seen_w is win and seen_d is dense.data
+    # sums, negation, [C; -C], the batch's shared rows, dtype: exactly the dense results
+    other = _random_window(g, 3, 4, 2, 3, 2, frame, shared)
+    assert torch.equal(win.add(other).dense(), win.dense() + other.dense())
+    assert torch.equal(win.add(dense).dense(), dense.add(win).dense())
+    assert torch.equal(win.negated().dense(), -win.dense())
+    assert torch.equal(win.two_rows().dense(), dense.two_rows().dense())
+    assert not win.shared() and not dense.shared()  # (the rows were multiplied by a mask)
+    assert dense.first().expand(3).shared()
+    if shared:  # (positions shared by the batch)
+        one = win.first().expand(3)
+        assert one.shared()
+        assert torch.equal(one.dense(), win.dense()[:1].expand(3, -1, -1, -1, -1))
+    assert win.cast(torch.float32).data.dtype == torch.float32
+    assert wrap(d).raw is d and wrap(win) is win and win.raw is win
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "conv-residual"])
+def test_backward_takes_any_form(kind):
+    """A tensor and its ``Dense`` give the same bounds; ``two_sided`` / ``two_rows`` as before."""
+    net, shape = make(kind, 0)
+    graph = graph_of(net, shape)
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    region = InputRegion(x - 0.05, x + 0.05)
+    bounds = intermediate_bounds(graph, region)
+    C = torch.eye(graph.nodes[-1].shape[0], dtype=torch.float64)[None].expand(2, -1, -1)
+    out = len(graph.nodes) - 1
+    lb = bw.backward(graph, bounds, out, C)
+    assert torch.equal(bw.backward(graph, bounds, out, Dense(C)), lb)
+    two = bw.two_sided(graph, bounds, out, C)
+    assert torch.equal(two.lower, lb)
+    assert torch.equal(bw.two_rows(C), torch.cat([C, -C], 1))
