@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import compute_bounds, cut, intermediate, rounding, tracker, window
+from robustlab.bounds import (
+    compute_bounds,
+    cut,
+    intermediate,
+    rounding,
+    tracker,
+    window,
+    window_conv,
+)
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.ops.base import InputRegion
 from robustlab.bounds.ops.linear import Conv
@@ -186,7 +194,7 @@ def test_conv_transpose_window_equals_dense(monkeypatch, seed):
     output padding, dilation and groups; per-phase matrices and (every third case) patches."""
     g = torch.Generator().manual_seed(seed)
     if seed % 3 == 0:
-        monkeypatch.setattr(window, "MATRIX_ENTRIES", 0)
+        monkeypatch.setattr(window_conv, "MATRIX_ENTRIES", 0)
 
     def pick(*v):
         return v[int(torch.randint(len(v), (1,), generator=g))]
@@ -302,7 +310,7 @@ def test_float32_windows_through_nearest_upsampling(monkeypatch):
 @pytest.mark.parametrize("seed", range(6))
 def test_conv_window_without_matrix_equals_dense(monkeypatch, seed):
     """Convolutions on windows too large for a cached matrix: a product and a fold."""
-    monkeypatch.setattr(window, "MATRIX_ENTRIES", 0)
+    monkeypatch.setattr(window_conv, "MATRIX_ENTRIES", 0)
     g = torch.Generator().manual_seed(seed)
     groups = [1, 2][seed % 2]
     s, d, k = (1 + seed % 3, 1 + seed % 2), (1 + seed // 3, 1), (3, 2)
@@ -320,7 +328,7 @@ def test_float32_conv_transpose_patches_within_rounding_bound(monkeypatch, seed)
     """The transposed convolution's transpose on large float32 windows (rows grouped by phase,
     padded and convolved by a direct or GEMM conv2d): within the bookkeeping's bound
     gamma_n |A| |W| of the exact (float64) transpose of the same float32 numbers."""
-    monkeypatch.setattr(window, "MATRIX_ENTRIES", 0)
+    monkeypatch.setattr(window_conv, "MATRIX_ENTRIES", 0)
     g = torch.Generator().manual_seed(seed)
     groups, s = (1, 2)[seed % 2], (1 + seed % 3, 2)
     k, p = (4, 3), (seed % 2, 1)

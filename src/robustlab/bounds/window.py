@@ -9,12 +9,17 @@ spatial padding and cropping (any selection that translates the map), per-channe
 (BatchNorm, normalisation), residual additions and elementwise relaxations keep a window; anything
 else (reshape, linear layers) and any window grown to the size of its map turn it back into dense
 coefficients, so every result equals the dense computation's.
+
+Here the ``Window`` class (the backward pass's steps as ``coef.Coef`` methods), its geometry and
+the elementwise steps; the steps through layers that move windows are in window_conv.py
+(convolutions), window_conv_transpose.py (transposed convolutions), window_resize.py and
+window_pool.py (pooling, translations), which this module imports: they build their results with
+``Window.placed``.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -22,9 +27,12 @@ from torch import Tensor, nn
 
 from robustlab.bounds import window_pool
 from robustlab.bounds.coef import Coef, Dense, wrap
-from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic, _cast
+from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic
 from robustlab.bounds.ops.pool import MaxPool
-from robustlab.bounds.ops.shape import ConvTranspose, Resize, _direct
+from robustlab.bounds.ops.shape import ConvTranspose, Resize
+from robustlab.bounds.window_conv import conv
+from robustlab.bounds.window_conv_transpose import conv_transpose
+from robustlab.bounds.window_resize import resize
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,11 @@ class Window(Coef):
 
     def __neg__(self) -> Window:
         return Window(-self.data, self.oy, self.ox, self.frame)
+
+    def placed(self, data: Tensor, oy: Tensor, ox: Tensor, frame: tuple[int, int]) -> Window:
+        """A window of rows ``data`` at (oy, ox) on an (H, W) ``frame``: how the steps in the
+        modules below this one (which do not import it) build their results."""
+        return Window(data, oy, ox, frame)
 
     def scaled(self, s: float) -> Window:
         return self if s == 1 else Window(self.data * s, self.oy, self.ox, self.frame)
@@ -95,7 +108,7 @@ class Window(Coef):
 
     def pool(self, op, l: Tensor, u: Tensor, plain: bool) -> tuple:
         if plain and isinstance(op, MaxPool):
-            a_in, b = pool_backward(op, self, l, u)
+            a_in, b = window_pool.pool_backward(op, self, l, u)
             return wrap(a_in), b, self
         return Dense(self.dense()).pool(op, l, u, plain)
 
@@ -210,301 +223,23 @@ def linear_backward(
 ) -> tuple[list[Tensor | Window], Tensor] | None:
     """``op``'s transpose applied to a window, or None when it does not keep windows."""
     if isinstance(op, Conv) and op.weight.dim() == 4 and len(in_shapes[0]) == 3:
-        return _conv(op, win, in_shapes[0])
+        return conv(op, win, in_shapes[0])
     if isinstance(op, ConvTranspose) and op.weight.dim() == 4 and len(in_shapes[0]) == 3:
-        return _conv_transpose(op, win, in_shapes[0])
+        return conv_transpose(op, win, in_shapes[0])
     if isinstance(op, Resize) and op.rows is not None and len(in_shapes[0]) == 3:
-        return _resize(op, win, in_shapes[0])
+        return resize(op, win, in_shapes[0])
     if isinstance(op, Affine):
         return _affine(op, win)
     if isinstance(op, Add) and all(tuple(s) == (win.shape[2], *win.frame) for s in in_shapes):
         return [win, win.scaled(op.sign)], win.data.new_zeros(win.shape[:2])
     if isinstance(op, Generic) and len(in_shapes[0]) == 3:
-        pool = _avg_pool(op, in_shapes[0], win)
+        pool = window_pool.avg_pool(op, in_shapes[0], win)
         if pool is not None:
             return pool
         shift = window_pool.translation(op, in_shapes[0], (win.shape[2], *win.frame))
         if shift is not None:
-            return _shifted(win, shift, in_shapes[0])
+            return window_pool.shifted(win, shift, in_shapes[0])
     return None
-
-
-def _avg_pool(op: Generic, in_shape: tuple[int, ...], win: Window):
-    """Average pooling's transpose on a window: each row's coefficient divided by its output's
-    divisor, then the transpose of a depthwise convolution with a kernel of ones (padding and
-    ceil mode: inputs outside the map are dropped by ``_conv``). Float32 rows only when every
-    divisor is a power of two (scaling exact, as the float32 bookkeeping budgets)."""
-    pool = window_pool.pool_conv(op, in_shape)
-    if pool is None:
-        return None
-    conv, inv, exact = pool
-    if win.data.dtype != torch.float64 and not exact:
-        return None
-    b, m, c = win.data.shape[:3]
-    if tuple(inv.shape) != tuple(win.frame):
-        return None
-    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
-    one = Window(win.data[:1], win.oy, win.ox, win.frame) if shared else win
-    data = one.data * one.gather(inv.to(win.data.dtype).expand(1, c, *inv.shape))
-    if shared:
-        data = data.expand(b, *data.shape[1:])
-    if tuple(conv.stride) != tuple(conv.weight.shape[2:]):
-        return _conv(conv, Window(data, win.oy, win.ox, win.frame), in_shape)
-    # kernel = stride: each coefficient copied onto its own block (3x faster than a convolution)
-    (ky, kx), (py, px) = conv.stride, conv.padding
-    out = data.repeat_interleave(ky, 3).repeat_interleave(kx, 4)
-    H, W = in_shape[1:]
-    oy, ox = win.oy * ky - py, win.ox * kx - px
-    hh, ww = out.shape[3:]
-    valid = _in_frame(oy, ox, hh, ww, (H, W))
-    if not bool(valid.all()):
-        out = out * valid
-    new = Window(out, oy, ox, (H, W))
-    return [new.dense() if hh * ww >= H * W else new], win.data.new_zeros(b, m)
-
-
-def _shifted(win: Window, shift: tuple[int, int], in_shape: tuple[int, ...]):
-    """A translation's transpose on a window: the window moves back by the shift; its entries
-    on cells the translation fills with zero (outside the input map) are dropped."""
-    b, m, c, h, w = win.data.shape
-    H, W = in_shape[1:]
-    oy, ox = win.oy - shift[0], win.ox - shift[1]
-    valid = _in_frame(oy, ox, h, w, (H, W))
-    data = win.data
-    if not bool(valid.all()):
-        if b > 1 and data.stride(0) == 0 and valid.shape[0] == 1:
-            data = (data[:1] * valid).expand(b, -1, -1, -1, -1)
-        else:
-            data = data * valid
-    new = Window(data, oy, ox, (H, W))
-    return [new.dense() if h * w >= H * W else new], win.data.new_zeros(b, m)
-
-
-def _conv(op: Conv, win: Window, in_shape: tuple[int, ...]) -> tuple[list, Tensor]:
-    b, m, c, h, w = win.data.shape
-    weight = _cast(op.weight, win.data)
-    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
-    data = win.data[:1] if shared else win.data
-    matrix = _transpose_matrix(op, weight, c, h, w)
-    if matrix is not None:  # small windows: one matrix product (fast in float64 too)
-        out = (data.reshape(-1, c * h * w) @ matrix[0]).reshape(-1, *matrix[1])
-    else:
-        out = nn.functional.conv_transpose2d(
-            data.reshape(-1, c, h, w), weight, None, op.stride, 0, 0, op.groups, op.dilation
-        )
-    H, W = in_shape[1:]
-    oy = win.oy * op.stride[0] - op.padding[0]
-    ox = win.ox * op.stride[1] - op.padding[1]
-    hh, ww = out.shape[2:]
-    out = _drop_outside(out.reshape(data.shape[0], m, -1, hh, ww), oy, ox, (H, W))
-    if shared:
-        out = out.expand(b, -1, -1, -1, -1)
-    bias = _bias(op, win)
-    new = Window(out, oy, ox, (H, W))
-    return [new.dense() if hh * ww >= H * W else new], bias
-
-
-def _conv_transpose(op: ConvTranspose, win: Window, in_shape: tuple[int, ...]):
-    """The transposed convolution's transpose (a convolution) on a window. Input ``i`` reaches the
-    outputs ``i s - p + k d``, so an output window [oy, oy + h) depends on the inputs from
-    ceil((oy + p - d (K - 1)) / s) on, at most (h - 1 + d (K - 1)) // s + 1 of them. The window is
-    placed in an output patch aligned with those inputs' first reached output (its offset there
-    depends on oy modulo the stride) and convolved."""
-    b, m, c, h, w = win.data.shape
-    weight = _cast(op.weight, win.data)
-    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
-    data = win.data[:1] if shared else win.data
-    s, p, d = op.stride, op.padding, op.dilation
-    reach = [d[i] * (weight.shape[2 + i] - 1) for i in range(2)]
-    size = [(n - 1 + reach[i]) // s[i] + 1 for i, n in enumerate((h, w))]  # input window
-    H, W = in_shape[1:]
-    if size[0] * size[1] >= H * W:  # the rows reach every input: the dense step, as one product
-        a = Window(data, win.oy, win.ox, win.frame).dense().flatten(0, 1)
-        a = nn.functional.pad(a, (p[1], p[1], p[0], p[0]))
-        hc, wc = [(a.shape[2 + i] - reach[i] - 1) // s[i] + 1 for i in range(2)]
-        out = _conv_rows(a, weight, op).reshape(-1, m, weight.shape[0], hc, wc)
-        out = out[..., :H, :W]  # output padding >= stride leaves extra rows: cropped
-        out = out.expand(b, -1, -1, -1, -1) if shared else out
-        bias = _bias(op, win)
-        return [out], bias
-    iy = -((reach[0] - p[0] - win.oy) // s[0])  # ceil((oy + p - reach) / s)
-    ix = -((reach[1] - p[1] - win.ox) // s[1])
-    mats = _phase_matrices(op, weight, c, h, w, size)
-    if mats is not None:  # one matrix product per phase of the window (oy mod the stride)
-        n = data.shape[0]
-        flat = data.reshape(n, m, c * h * w)
-        phase_y = (win.oy + p[0] - reach[0]) % s[0]
-        phase_x = (win.ox + p[1] - reach[1]) % s[1]
-        out = flat.new_zeros(n, m, weight.shape[0] * size[0] * size[1])
-        for (a, e), mat in mats.items():
-            sel = ((phase_y == a) & (phase_x == e)).expand(n, m)
-            if bool(sel.any()):
-                out[sel] = flat[sel] @ mat
-    else:
-        out = _patch_conv(data, win, weight, op, iy, ix, size, reach)
-        n = out.shape[0] // m
-    out = _drop_outside(out.reshape(n, m, -1, *size), iy, ix, (H, W))
-    if shared:
-        out = out.expand(b, -1, -1, -1, -1)
-    bias = _bias(op, win)
-    new = Window(out, iy, ix, (H, W))
-    return [new.dense() if size[0] * size[1] >= H * W else new], bias
-
-
-def _phase_matrices(op: ConvTranspose, weight: Tensor, c: int, h: int, w: int, size):
-    """Per phase (oy + p - d (K - 1)) mod s of each axis, the transpose on an (c, h, w) window as
-    a (c h w, C_in * size) matrix read off the kernel (cached); None when large. Window row y
-    sits r = d (K - 1) + phase (- s if phase > 0) rows past the first input's first output, and
-    meets input row i through the kernel tap (y + r - i s) / d."""
-    key = ("t", c, h, w, weight.dtype, weight.device, weight.data_ptr(), op.weight._version)
-    per_op = _MATRICES.setdefault(op, {})
-    if key in per_op:
-        return per_op[key]
-    s, d, k, g = op.stride, op.dilation, weight.shape[2:], op.groups
-    n_in = weight.shape[0]
-    if c * h * w * n_in * size[0] * size[1] * s[0] * s[1] > MATRIX_ENTRIES:
-        per_op[key] = None
-        return None
-    cg, og = c // g, n_in // g
-    full = weight.new_zeros(c, n_in, k[0] + 1, k[1] + 1)  # tap k: zero (no tap)
-    for j in range(g):
-        full[j * cg : (j + 1) * cg, j * og : (j + 1) * og, : k[0], : k[1]] = weight[
-            j * og : (j + 1) * og
-        ].transpose(0, 1)
-
-    def taps(axis: int, n: int, phase: int) -> Tensor:
-        r = d[axis] * (k[axis] - 1) + phase - (s[axis] if phase else 0)
-        t = torch.arange(n, device=weight.device)[:, None] + r
-        t = t - s[axis] * torch.arange(size[axis], device=weight.device)
-        ok = (t >= 0) & (t % d[axis] == 0) & (t // d[axis] < k[axis])
-        return torch.where(ok, t // d[axis], k[axis])  # (n, size)
-
-    mats = {}
-    for a in range(s[0]):
-        for e in range(s[1]):
-            ty, tx = taps(0, h, a), taps(1, w, e)
-            mat = full[:, :, ty[:, :, None, None], tx[None, None]]  # (c, C_in, h, hh, w, ww)
-            mats[(a, e)] = mat.permute(0, 2, 4, 1, 3, 5).reshape(c * h * w, -1)
-    if len(per_op) >= 4:
-        per_op.pop(next(iter(per_op)))
-    per_op[key] = mats
-    return mats
-
-
-def _patch_conv(data, win: Window, weight, op, iy, ix, size, reach) -> Tensor:
-    """The transpose on large windows: each window placed in an output patch aligned with its
-    first input's first output, then convolved. A window row y sits at patch row y + delta with
-    delta = oy + p - iy s = reach - ((reach - p - oy) mod s): one of s values, so the rows of
-    each phase are padded alike (no gather) and convolved at once. (rows, C_in, *size)."""
-    m, c, h, w = data.shape[1:]
-    s, p = op.stride, op.padding
-    patch = [(size[i] - 1) * s[i] + reach[i] + 1 for i in range(2)]
-    n = max(data.shape[0], win.oy.shape[0])
-    dy = (win.oy - iy * s[0] + p[0]).expand(n, m).reshape(-1)
-    dx = (win.ox - ix * s[1] + p[1]).expand(n, m).reshape(-1)
-    flat = data.expand(n, -1, -1, -1, -1).reshape(n * m, c, h, w)
-    key = dy * (reach[1] + s[1] + 1) + dx
-    phases = torch.unique(key)
-    out = None
-    for k in phases.tolist():
-        sel = (key == k).nonzero()[:, 0] if len(phases) > 1 else None
-        x = flat if sel is None else flat.index_select(0, sel)
-        ty, tx = int(dy[0 if sel is None else sel[0]]), int(dx[0 if sel is None else sel[0]])
-        # negative padding crops entries that reach no input
-        x = nn.functional.pad(x, (tx, patch[1] - w - tx, ty, patch[0] - h - ty))
-        y = _conv_rows(x, weight, op)
-        if sel is None:
-            return y
-        if out is None:
-            out = y.new_empty(n * m, *y.shape[1:])
-        out.index_copy_(0, sel, y)
-    return out
-
-
-def _conv_rows(x: Tensor, weight: Tensor, op) -> Tensor:
-    """``conv2d(x, weight)`` at op's stride, dilation and groups, no padding: float32 by a direct
-    or GEMM convolution where PyTorch picks one (the float32 bookkeeping's error model: plain
-    sums of products), else (float64, or a fast algorithm) as one product."""
-    if x.dtype == torch.float32 and _direct(x, weight, op, (0, 0)):
-        return nn.functional.conv2d(x, weight, None, op.stride, 0, op.dilation, op.groups)
-    return _conv_as_product(x, weight, op.stride, op.dilation, op.groups)
-
-
-def _conv_as_product(x: Tensor, weight: Tensor, s, d, groups: int) -> Tensor:
-    """``conv2d(x, weight, stride=s, dilation=d, groups=groups)`` (no padding) as one matrix
-    product over every sample and position: float64 convolutions of many small maps are slow."""
-    n, g = x.shape[0], groups
-    cols = nn.functional.unfold(x, weight.shape[2:], d, 0, s)  # (n, c k k, positions)
-    cols = cols.reshape(n, g, -1, cols.shape[-1])
-    return torch.einsum("ngkl,gok->ngol", cols, weight.reshape(g, weight.shape[0] // g, -1))
-
-
-def _resize(op: Resize, win: Window, in_shape: tuple[int, ...]):
-    """Resizing's transpose ``R^T A S`` on a window: the rows of R (and S) that the window covers
-    touch a run of inputs (R is monotone in position), taken as the input window."""
-    b, m, c, h, w = win.data.shape
-    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
-    data = win.data[:1] if shared else win.data
-    ry, iy, hh = _local(op.rows.to(data.dtype), win.oy, h)  # (k, m, h, hh)
-    rx, ix, ww = _local(op.cols.to(data.dtype), win.ox, w)
-    out = (ry.transpose(-1, -2)[:, :, None] @ data) @ rx[:, :, None]  # (k or b, m, c, hh, ww)
-    if shared:
-        out = out.expand(b, -1, -1, -1, -1)
-    H, W = in_shape[1:]
-    new = Window(out, iy, ix, (H, W))
-    return [new.dense() if hh * ww >= H * W else new], win.data.new_zeros(b, m)
-
-
-def _local(r: Tensor, o: Tensor, h: int) -> tuple[Tensor, Tensor, int]:
-    """For windows of ``h`` rows at ``o`` on the output of ``r`` (n_out, n_in): each window's
-    block of ``r`` (k, m, h, size), the first input it touches, and the block's width ``size``
-    (the most inputs any window position touches)."""
-    n_out, n_in = r.shape
-    r, dev = r.to(o.device), o.device
-    pos = torch.arange(n_in, device=dev).expand(n_out, n_in)
-    first = torch.where(r != 0, pos, n_in).amin(1)
-    last = torch.where(r != 0, pos, -1).amax(1)
-    starts = torch.arange(-h + 1, n_out, device=dev)  # every window start that overlaps the frame
-    span = last[(starts + h - 1).clamp(max=n_out - 1)] - first[starts.clamp(min=0)] + 1
-    size = int(span.max())
-    start = first[o.clamp(0, n_out - 1)]
-    padded = nn.functional.pad(r, (0, size, h, h))  # rows -h.., columns ..n_in + size: zero
-    rows = (o + h)[..., None] + torch.arange(h, device=dev)  # (k, m, h)
-    cols = start[..., None] + torch.arange(size, device=dev)  # (k, m, size)
-    return padded[rows[..., :, None], cols[..., None, :]], start, size
-
-
-MATRIX_ENTRIES = 2**22  # largest matrix kept per (convolution, window size)
-# most multiply-adds of the matrix over the convolution's (measured crossovers, one thread):
-# float64 convolutions are slow, float32 ones run on oneDNN (774 rows of 16 x 5 x 5 onto 16
-# channels: 3.7 ms against 5.1 for the matrix, 5.4x the work; 3 x 3: 1.9 against 0.9, 2.8x)
-MATRIX_WORK = {torch.float64: 8, torch.float32: 4}
-_MATRICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _transpose_matrix(op: Conv, weight: Tensor, c: int, h: int, w: int):
-    """The transposed convolution on an (c, h, w) window as a dense matrix (cached), or None
-    when it would be large."""
-    key = (c, h, w, weight.dtype, weight.device, weight.data_ptr(), op.weight._version)
-    per_op = _MATRICES.setdefault(op, {})
-    if key in per_op:
-        return per_op[key]
-    s, d, k = op.stride, op.dilation, weight.shape[2:]
-    hh, ww = (h - 1) * s[0] + d[0] * (k[0] - 1) + 1, (w - 1) * s[1] + d[1] * (k[1] - 1) + 1
-    n_in = weight.shape[1] * op.groups
-    # the matrix multiplies every window entry with every output (hh ww per input channel, all
-    # groups), the convolution with its k k taps: past MATRIX_WORK times more, the convolution
-    # is faster (float64, one thread: 2.3x at a 10 x 10 window of a 3 x 3 kernel)
-    work = MATRIX_WORK.get(weight.dtype, 8) * k.numel()
-    if c * h * w * n_in * hh * ww > MATRIX_ENTRIES or hh * ww * op.groups > work:
-        per_op[key] = None
-        return None
-    eye = torch.eye(c * h * w, dtype=weight.dtype, device=weight.device).reshape(-1, c, h, w)
-    cols = nn.functional.conv_transpose2d(eye, weight, None, s, 0, 0, op.groups, d)
-    if len(per_op) >= 4:  # a few window sizes per convolution: keep memory small
-        per_op.pop(next(iter(per_op)))
-    per_op[key] = (cols.reshape(c * h * w, -1), (n_in, hh, ww))
-    return per_op[key]
 
 
 def _affine(op: Affine, win: Window) -> tuple[list, Tensor]:
@@ -539,34 +274,6 @@ def activation_backward(
     return Window(a_in, win.oy, win.ox, win.frame), bias
 
 
-def pool_backward(op, win: Window, l: Tensor, u: Tensor) -> tuple[Tensor | Window, Tensor]:
-    """Max pooling's relaxation (``MaxPool.backward``) on a window: each output's coefficient
-    moves to the input its relaxation picks, which lies in the pooling window of that output, so
-    the rows keep a window on the input ((h - 1) stride + kernel high)."""
-    b, m, c, h, w = win.data.shape
-    index, exact, u_max = op.relax_indices(l, u)  # (B, C, Ho * Wo): flat input index
-    H, W = l.shape[2:]
-    frame = win.frame
-    as_map = (index.shape[0], c, *frame)
-    idx = win.gather(index.reshape(as_map))  # (B', m, c, h, w)
-    ex = win.gather(exact.reshape(as_map).to(win.data.dtype))
-    top = win.data.clamp(min=0) + win.data.clamp(max=0) * ex
-    bias = (win.data.clamp(max=0) * (1 - ex) * win.gather(u_max.reshape(as_map))).flatten(2)
-    iy = win.oy * op.stride[0] - op.padding[0]
-    ix = win.ox * op.stride[1] - op.padding[1]
-    hh = (h - 1) * op.stride[0] + op.kernel[0]
-    ww = (w - 1) * op.stride[1] + op.kernel[1]
-    # local position in the input window (outside the frame: zero coefficients, any position)
-    ry = (idx // W - iy[..., None, None, None]).clamp(0, hh - 1)
-    rx = (idx % W - ix[..., None, None, None]).clamp(0, ww - 1)
-    local = (ry * ww + rx).reshape(*idx.shape[:3], -1)
-    B = max(b, local.shape[0])
-    data = win.data.new_zeros(B, m, c, hh * ww)
-    data.scatter_add_(3, local.expand(B, -1, -1, -1), top.expand(B, -1, -1, -1, -1).flatten(3))
-    new = Window(data.reshape(B, m, c, hh, ww), iy, ix, (H, W))
-    return (new.dense() if hh * ww >= H * W else new), bias.sum(-1)
-
-
 def concretize(win: Window, region) -> Tensor:
     """Lower bound of the rows over the input region (box; an L2 ball as in ``crown.concretize``)."""
     c = win.gather((region.upper + region.lower) / 2)
@@ -578,35 +285,3 @@ def concretize(win: Window, region) -> Tensor:
         ball = (a * x0).flatten(2).sum(-1) - region.l2_eps * a.flatten(2).norm(dim=2)
         value = torch.maximum(value, ball)
     return value
-
-
-def _drop_outside(out: Tensor, oy: Tensor, ox: Tensor, frame: tuple[int, int]) -> Tensor:
-    """A step's new window data (batch, rows, C, h, w), owned by the step, with its entries
-    outside the frame set to zero (in place; untouched where every window lies inside)."""
-    h, w = out.shape[3:]
-    H, W = frame
-    if oy.numel() == 0 or (
-        int(oy.min()) >= 0
-        and int(oy.max()) + h <= H
-        and int(ox.min()) >= 0
-        and int(ox.max()) + w <= W
-    ):
-        return out
-    valid = _in_frame(oy, ox, h, w, frame)
-    return out.mul_(valid) if valid.shape[0] <= out.shape[0] else out * valid
-
-
-def _in_frame(oy: Tensor, ox: Tensor, h: int, w: int, frame: tuple[int, int]) -> Tensor:
-    """Which cells of (h, w) windows placed at (oy, ox) lie inside the (H, W) frame, as a mask
-    broadcasting over the windows' data (..., 1, h, w)."""
-    H, W = frame
-    ys = oy[..., None] + torch.arange(h, device=oy.device)
-    xs = ox[..., None] + torch.arange(w, device=ox.device)
-    return ((ys >= 0) & (ys < H))[..., None, :, None] & ((xs >= 0) & (xs < W))[..., None, None, :]
-
-
-def _bias(op, win: Window) -> Tensor:
-    """The rows' constant term from a layer's bias (zero without one): (batch, rows)."""
-    if op.bias is None:
-        return win.data.new_zeros(win.data.shape[:2])
-    return win.data.sum((3, 4)) @ _cast(op.bias, win.data)

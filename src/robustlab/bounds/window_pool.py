@@ -1,7 +1,9 @@
-"""Windows (auto_LiRPA's patches, Xu et al. 2020, arXiv:2002.12920) through average pooling and
-spatial translations (zero padding, cropping): each ``Generic`` operation recognised once (cached per operation and shape) and
-checked against the operation itself, so a window through it (window.py) equals the dense
-transpose."""
+"""Windows (auto_LiRPA's patches, Xu et al. 2020, arXiv:2002.12920) through pooling and spatial
+translations (zero padding, cropping). Average pooling and translations are ``Generic``
+operations, each recognised once (cached per operation and shape) and checked against the
+operation itself, so a window through it equals the dense transpose; max pooling's relaxation
+moves each coefficient to the input it picks. ``win`` is a ``window.Window`` (window.py imports
+this module; a step builds its result with ``win.placed``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from robustlab.bounds import window_conv
 from robustlab.bounds.ops.linear import Conv, Generic
+from robustlab.bounds.window_conv import in_frame
 
 _POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -109,3 +113,82 @@ def _translate(x: Tensor, shift: tuple[int, int], size) -> Tensor:
     dy, dx = shift
     H, W = x.shape[2:]
     return nn.functional.pad(x, (dx, size[1] - W - dx, dy, size[0] - H - dy))
+
+
+def avg_pool(op: Generic, in_shape: tuple[int, ...], win):
+    """Average pooling's transpose on a window: each row's coefficient divided by its output's
+    divisor, then the transpose of a depthwise convolution with a kernel of ones (padding and
+    ceil mode: inputs outside the map are dropped by ``window_conv.conv``). Float32 rows only when every
+    divisor is a power of two (scaling exact, as the float32 bookkeeping budgets)."""
+    pool = pool_conv(op, in_shape)
+    if pool is None:
+        return None
+    conv, inv, exact = pool
+    if win.data.dtype != torch.float64 and not exact:
+        return None
+    b, m, c = win.data.shape[:3]
+    if tuple(inv.shape) != tuple(win.frame):
+        return None
+    shared = b > 1 and win.data.stride(0) == 0 and win.oy.shape[0] == 1
+    one = win.placed(win.data[:1], win.oy, win.ox, win.frame) if shared else win
+    data = one.data * one.gather(inv.to(win.data.dtype).expand(1, c, *inv.shape))
+    if shared:
+        data = data.expand(b, *data.shape[1:])
+    if tuple(conv.stride) != tuple(conv.weight.shape[2:]):
+        return window_conv.conv(conv, win.placed(data, win.oy, win.ox, win.frame), in_shape)
+    # kernel = stride: each coefficient copied onto its own block (3x faster than a convolution)
+    (ky, kx), (py, px) = conv.stride, conv.padding
+    out = data.repeat_interleave(ky, 3).repeat_interleave(kx, 4)
+    H, W = in_shape[1:]
+    oy, ox = win.oy * ky - py, win.ox * kx - px
+    hh, ww = out.shape[3:]
+    valid = in_frame(oy, ox, hh, ww, (H, W))
+    if not bool(valid.all()):
+        out = out * valid
+    new = win.placed(out, oy, ox, (H, W))
+    return [new.dense() if hh * ww >= H * W else new], win.data.new_zeros(b, m)
+
+
+def shifted(win, shift: tuple[int, int], in_shape: tuple[int, ...]):
+    """A translation's transpose on a window: the window moves back by the shift; its entries
+    on cells the translation fills with zero (outside the input map) are dropped."""
+    b, m, c, h, w = win.data.shape
+    H, W = in_shape[1:]
+    oy, ox = win.oy - shift[0], win.ox - shift[1]
+    valid = in_frame(oy, ox, h, w, (H, W))
+    data = win.data
+    if not bool(valid.all()):
+        if b > 1 and data.stride(0) == 0 and valid.shape[0] == 1:
+            data = (data[:1] * valid).expand(b, -1, -1, -1, -1)
+        else:
+            data = data * valid
+    new = win.placed(data, oy, ox, (H, W))
+    return [new.dense() if h * w >= H * W else new], win.data.new_zeros(b, m)
+
+
+def pool_backward(op, win, l: Tensor, u: Tensor) -> tuple:
+    """Max pooling's relaxation (``MaxPool.backward``) on a window: each output's coefficient
+    moves to the input its relaxation picks, which lies in the pooling window of that output, so
+    the rows keep a window on the input ((h - 1) stride + kernel high)."""
+    b, m, c, h, w = win.data.shape
+    index, exact, u_max = op.relax_indices(l, u)  # (B, C, Ho * Wo): flat input index
+    H, W = l.shape[2:]
+    frame = win.frame
+    as_map = (index.shape[0], c, *frame)
+    idx = win.gather(index.reshape(as_map))  # (B', m, c, h, w)
+    ex = win.gather(exact.reshape(as_map).to(win.data.dtype))
+    top = win.data.clamp(min=0) + win.data.clamp(max=0) * ex
+    bias = (win.data.clamp(max=0) * (1 - ex) * win.gather(u_max.reshape(as_map))).flatten(2)
+    iy = win.oy * op.stride[0] - op.padding[0]
+    ix = win.ox * op.stride[1] - op.padding[1]
+    hh = (h - 1) * op.stride[0] + op.kernel[0]
+    ww = (w - 1) * op.stride[1] + op.kernel[1]
+    # local position in the input window (outside the frame: zero coefficients, any position)
+    ry = (idx // W - iy[..., None, None, None]).clamp(0, hh - 1)
+    rx = (idx % W - ix[..., None, None, None]).clamp(0, ww - 1)
+    local = (ry * ww + rx).reshape(*idx.shape[:3], -1)
+    B = max(b, local.shape[0])
+    data = win.data.new_zeros(B, m, c, hh * ww)
+    data.scatter_add_(3, local.expand(B, -1, -1, -1), top.expand(B, -1, -1, -1, -1).flatten(3))
+    new = win.placed(data.reshape(B, m, c, hh, ww), iy, ix, (H, W))
+    return (new.dense() if hh * ww >= H * W else new), bias.sum(-1)

@@ -175,7 +175,7 @@ def _conv_gemm(x: Tensor, w: Tensor, op: ConvTranspose) -> Tensor:
 class Resize(Monotone):
     """Nearest or (bi)linear resizing of (C, H, W) maps (``nn.Upsample``, ``interpolate``): separable,
     ``y = R x S^T`` per channel. ``rows`` (H_out, H_in) and ``cols`` (W_out, W_in), float64, read off
-    ``fn`` by ``resize``, let windows (window.py) pass through it; None where ``fn`` is not such a
+    ``fn`` by ``resize``, let windows (window_resize.py) pass through it; None where ``fn`` is not such a
     map (then rows through it turn dense)."""
 
     rows: Tensor | None = None
