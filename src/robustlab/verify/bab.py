@@ -39,6 +39,12 @@ SPLIT_FLOOR = 0.05  # look-ahead: inputs whose smart score is below this share o
 # below the true minimum 1.2e-3 (LP included), and halving X_1 again won every look-ahead
 SPLIT_ASPECT = 1 / 64
 LEAF_SHARE = 4.0  # the LP leaf check's time against the bound passes' (leaf_lp.LeafCheck)
+# the leaf checks (alpha, then the LP) start once the search has spent this many seconds of CPU
+# in its own steps: short searches finish sooner by splitting alone (ACAS Xu, one thread, CPU s,
+# with the checks from the start / without any: 3_8 / prop_1 5.1 / 1.7, 4_9 / prop_1 10.6 / 4.8,
+# 1_1 / prop_6 15.1 / 5.4, 1_8 / prop_2 4.3 / 1.4), long ones need them (3_3 / prop_2, 4_2 /
+# prop_2: the LP closes their deep boxes near the ridge)
+LEAF_AFTER = 2.0
 # search_steps' margins: each box's own (hold_margin's formula on the box) where smaller than the
 # root box's. The root's CROWN bounds of the outputs are loose (ACAS Xu 4_2: |y| <= 558 where
 # samples reach 0.033), so its margin (0.0018) exceeded the property's true gap (0.0011 on
@@ -275,6 +281,7 @@ def search_steps(
     cache=None,
     leaf_share: float | None = None,
     box_margin: bool | None = None,
+    leaf_after: float | None = None,
 ) -> Generator[float, None, tuple[str, Tensor | None]]:
     """Input-splitting branch and bound, one batch of boxes per step (a generator that yields the
     fraction of the root box's volume still open before each step, and returns ``("holds",
@@ -298,13 +305,16 @@ def search_steps(
     ``leaf_share`` (default ``LEAF_SHARE``): the look-ahead's children still open get
     alpha-CROWN's slopes on the rows (:func:`leaves.alpha_close`), then the exact LP of their
     triangle relaxation (:class:`leaf_lp.LeafCheck`; ReLU chains whose boxes keep their
-    bounds) with this share of the time against the bound passes (0: neither)."""
+    bounds) with this share of the time against the bound passes (0: neither), once the
+    search's own steps have taken ``leaf_after`` (default ``LEAF_AFTER``) seconds of CPU."""
     stats = stats or BabStats()
     C, d, groups = stack_spec(prop)
     if margin is None:
         margin = hold_margin(graph, prop, shape, intermediate=intermediate, cache=cache)
     leaf_share = LEAF_SHARE if leaf_share is None else leaf_share
     box_margin = BOX_MARGIN if box_margin is None else box_margin
+    leaf_after = LEAF_AFTER if leaf_after is None else leaf_after
+    own = 0.0  # CPU seconds of this search's steps so far
     leaf = leaf_check(
         graph, C, d, groups, leaf_share if reuse_parent else 0.0, _keeps_bounds(graph)
     )
@@ -348,6 +358,7 @@ def search_steps(
         stats.open_fraction = frac
         yield frac
         t_step = time.process_time()
+        checks = leaf if own >= leaf_after else None  # the leaf checks, once they are due
         lo, hi, op, a = lo_q[:batch], hi_q[:batch], open_q[:batch], a_q[:batch]
         lo_q, hi_q, open_q, a_q = lo_q[batch:], hi_q[batch:], open_q[batch:], a_q[batch:]
         pb, pb_q = pb_q[:batch], pb_q[batch:]
@@ -384,6 +395,7 @@ def search_steps(
             improve = _rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups)
             a_q = torch.cat([improve, a_q])
             stats.max_queue = max(stats.max_queue, len(lo_q))
+            own += time.process_time() - t_step
             continue
         # look ahead: both halves along the `lookahead` inputs with the largest |coefficient| x
         # width (the "smart" score), bounded in one batch
@@ -403,7 +415,7 @@ def search_steps(
         stats.bound_calls += 1
         kept = []
         parent = pb.repeat(2 * m, 1, 1)
-        every: dict | None = {} if leaf is not None else None  # every node's bounds, for alpha
+        every: dict | None = {} if checks is not None else None  # every node's bounds (alpha)
         lbc, Ac, bc = bound_boxes(
             graph, L, H, rows_all, shape, intermediate, parent, kept, out=every, passes=passes
         )
@@ -434,7 +446,7 @@ def search_steps(
         H = H.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
         P = kept[0].view(m, 2, n, *kept[0].shape[1:])[dim, :, pick].transpose(0, 1)
         keep = child_open.any(2)
-        if leaf is not None and keep.any():  # alpha, then the LP, on the children still open
+        if checks is not None and keep.any():  # alpha, then the LP, on the children still open
             mg_c = mgc.view(m, 2, n, rows)[dim, :, pick].transpose(0, 1)
             flat = dim * 2 * n + torch.arange(2)[:, None] * n + pick  # (2, n): their passes
             child_open[keep], sl_c = alpha_close(
@@ -454,8 +466,8 @@ def search_steps(
             keep_a = keep.clone()
             keep = child_open.any(2)
             sl_c = sl_c[keep[keep_a]]
-        if leaf is not None and keep.any():
-            child_open[keep] = leaf.close(
+        if checks is not None and keep.any():
+            child_open[keep] = checks.close(
                 L[keep],
                 H[keep],
                 P[keep],
@@ -477,6 +489,7 @@ def search_steps(
             ]
         )
         stats.max_queue = max(stats.max_queue, len(lo_q))
+        own += time.process_time() - t_step
     return "holds", None
 
 
