@@ -289,7 +289,8 @@ def search_steps(
 
     Branching looks ahead: every undecided box is bounded split in two along each of the
     ``lookahead`` inputs with the largest |coefficient| x width, and the split whose worse half has
-    the best bound is taken; halves already proven are dropped. The coefficients are those of the
+    the best bound is taken (only candidates ``SPLIT_FLOOR`` and ``SPLIT_ASPECT`` allow are
+    bounded); halves already proven are dropped. The coefficients are those of the
     row closest to refuting the weakest open disjunct, or (``weakest_first``) of the weakest open
     row; with ``lookahead >= 2`` the candidates alternate between the two. With ``split_all``
     (for two or three inputs that vary) every box is split along all of them at once and every
@@ -402,6 +403,18 @@ def search_steps(
         m = min(lookahead, k_in)
         smart = a.abs() * (hi - lo)[:, None]
         cands = _candidates(smart, m)  # (n, m)
+        # only inputs whose "smart" score is not negligible: halving an input already narrow
+        # mostly re-bounds the box from its own bounds (CROWN is not monotone in them), a tiny
+        # gain that won the look-ahead again and again (ACAS Xu 4_2 / prop_2: X_0 halved to
+        # width 1e-7 while X_2 stayed 0.125)
+        best = smart.amax(1)
+        worth = best.gather(1, cands) >= SPLIT_FLOOR * best.amax(1, keepdim=True)
+        rel = (hi - lo) * scale  # widths relative to the root box's (0 for fixed inputs)
+        wide = rel.gather(1, cands) >= SPLIT_ASPECT * rel.amax(1, keepdim=True)
+        # wide inputs whose score is not negligible; else the wide ones; else any (candidates
+        # without the widest input)
+        worth = torch.where((worth & wide).any(1, keepdim=True), worth & wide, wide)
+        worth |= ~worth.any(1, keepdim=True)
         mids = (lo + hi) / 2
         los, his = [], []
         for j in range(m):
@@ -411,31 +424,31 @@ def search_steps(
             los += [lo, l2]
             his += [h1, hi]
         L, H = torch.cat(los), torch.cat(his)
-        stats.domains += len(L)
+        # only the candidates the look-ahead may take are bounded (the same choice, fewer boxes)
+        idx = _to_bound(worth)
+        Lb, Hb = (L, H) if idx is None else (L[idx], H[idx])
+        stats.domains += len(Lb)
         stats.bound_calls += 1
         kept = []
         parent = pb.repeat(2 * m, 1, 1)
+        parent = parent if idx is None else parent[idx]
         every: dict | None = {} if checks is not None else None  # every node's bounds (alpha)
         lbc, Ac, bc = bound_boxes(
-            graph, L, H, rows_all, shape, intermediate, parent, kept, out=every, passes=passes
+            graph, Lb, Hb, rows_all, shape, intermediate, parent, kept, out=every, passes=passes
         )
-        lbc, Ac, bc, mgc = rows_and_margins(lbc, Ac, bc, L, H)
-        sl = disjunct_slack(lbc, Ac, bc, L, H, d, groups, mgc).view(m, 2, n, -1)
+        lbc, Ac, bc, mgc = rows_and_margins(lbc, Ac, bc, Lb, Hb)
+        sl = disjunct_slack(lbc, Ac, bc, Lb, Hb, d, groups, mgc)
+        packed = kept[0]
+        if idx is not None:  # back to (m, 2, n) order; boxes not bounded are never chosen
+            sl, lbc, Ac, mgc, packed = (
+                _spread(x, idx, len(L), f)
+                for x, f in ((sl, -torch.inf), (lbc, 0.0), (Ac, 0.0), (mgc, 0.0), (packed, 0.0))
+            )
+        sl = sl.view(m, 2, n, -1)
         sl = torch.where(op[None, None], sl, torch.inf)  # closed disjuncts do not matter
         score = sl.amin(3).amin(1)  # (m, n): the worse half's weakest open disjunct
-        # only inputs whose "smart" score is not negligible: halving an input already narrow
-        # mostly re-bounds the box from its own bounds (CROWN is not monotone in them), a tiny
-        # gain that won the look-ahead again and again (ACAS Xu 4_2 / prop_2: X_0 halved to
-        # width 1e-7 while X_2 stayed 0.125)
-        smart = smart.amax(1)
-        worth = smart.gather(1, cands) >= SPLIT_FLOOR * smart.amax(1, keepdim=True)
-        rel = (hi - lo) * scale  # widths relative to the root box's (0 for fixed inputs)
-        wide = rel.gather(1, cands) >= SPLIT_ASPECT * rel.amax(1, keepdim=True)
-        # wide inputs whose score is not negligible; else the wide ones; else any (candidates
-        # without the widest input)
-        worth = torch.where((worth & wide).any(1, keepdim=True), worth & wide, wide)
-        worth |= ~worth.any(1, keepdim=True)
-        score = torch.where(worth.T, score, -torch.inf)
+        # a candidate bounded beats every one not bounded, even at -inf
+        score = torch.where(worth.T, score.clamp(min=-torch.finfo(score.dtype).max), -torch.inf)
         dim = score.argmax(0)
         pick = torch.arange(n)
         child_open = op[None] & ~(sl[dim, :, pick] > 0).transpose(0, 1)  # (2, n, disjuncts)
@@ -444,11 +457,15 @@ def search_steps(
         A_c = Ac.view(m, 2, n, rows, k_in)[dim, :, pick].transpose(0, 1)
         L = L.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
         H = H.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
-        P = kept[0].view(m, 2, n, *kept[0].shape[1:])[dim, :, pick].transpose(0, 1)
+        P = packed.view(m, 2, n, *packed.shape[1:])[dim, :, pick].transpose(0, 1)
         keep = child_open.any(2)
         if checks is not None and keep.any():  # alpha, then the LP, on the children still open
             mg_c = mgc.view(m, 2, n, rows)[dim, :, pick].transpose(0, 1)
             flat = dim * 2 * n + torch.arange(2)[:, None] * n + pick  # (2, n): their passes
+            if idx is not None:  # positions in the pass over the bounded candidates
+                flat = torch.full((2 * m * n,), -1, dtype=torch.long).index_copy_(
+                    0, idx, torch.arange(len(idx))
+                )[flat]
             child_open[keep], sl_c = alpha_close(
                 graph,
                 every,
@@ -514,6 +531,20 @@ def _split_all(
     parents = op.repeat(len(L) // len(lo), 1)
     child_open = parents & ~(disjunct_slack(lb, A, bias, L, H, d, groups, margin) > 0)
     return L, H, child_open, lb, A, kept[0]
+
+
+def _to_bound(worth: Tensor) -> Tensor | None:
+    """The look-ahead's children to bound, as positions in its (candidate, half, box) order, of
+    the candidates ``worth`` (n, m) allows (None: all of them)."""
+    n, m = worth.shape
+    on = worth.T[:, None, :].expand(m, 2, n).reshape(-1)
+    return None if bool(on.all()) else on.nonzero().squeeze(1)
+
+
+def _spread(x: Tensor, idx: Tensor, total: int, fill: float) -> Tensor:
+    """``x``'s rows at positions ``idx`` of ``total`` rows, the others ``fill``."""
+    out = x.new_full((total, *x.shape[1:]), fill)
+    return out.index_copy_(0, idx, x)
 
 
 def _rows_to_improve(lb, A, op, d, groups, weakest_first: bool = False) -> Tensor:
