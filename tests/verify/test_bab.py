@@ -225,8 +225,8 @@ def test_the_look_ahead_bounds_only_candidates_it_may_take(seed, floor, monkeypa
     t = top * 1.05 if top > 0 else top / 1.05
     prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
     runs = []
-    for to_bound in (bab._to_bound, lambda worth: None):
-        monkeypatch.setattr(bab, "_to_bound", to_bound)
+    for to_bound in (bab.to_bound, lambda worth: None):
+        monkeypatch.setattr(bab, "to_bound", to_bound)
         st = bab.BabStats()
         gen = bab.search_steps(
             graph, prop, (n_in,), net, lookahead=n_in, batch=16, stats=st, leaf_share=0.0

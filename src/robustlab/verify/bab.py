@@ -21,6 +21,7 @@ from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.intermediate import intermediate_bounds
 from robustlab.bounds.ops.base import Bounds, InputRegion
 from robustlab.bounds.plan import cut_node, float32_pays
+from robustlab.verify.branching import candidates, rows_to_improve, spread, to_bound
 from robustlab.verify.cost import mixed_pays
 from robustlab.verify.disjuncts import disjunct_slack
 from robustlab.verify.disjuncts import refuted_rows as refuted_rows  # for bounds_benchmark.py
@@ -347,7 +348,7 @@ def search_steps(
     stats.domains += 1
     # per box: its open disjuncts
     open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups, mg) > 0)
-    a_q = _rows_to_improve(lb, A, open_q, d, groups, weakest_first)  # per box: (2, inputs)
+    a_q = rows_to_improve(lb, A, open_q, d, groups, weakest_first)  # per box: (2, inputs)
     if not open_q.any():
         return "holds", None
     free = (hi_q[0] > lo_q[0]).nonzero().squeeze(1)
@@ -393,7 +394,7 @@ def search_steps(
             lo_q, hi_q = torch.cat([L[keep], lo_q]), torch.cat([H[keep], hi_q])
             pb_q = torch.cat([pb_c[keep], pb_q])
             open_q = torch.cat([child_open[keep], open_q])
-            improve = _rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups)
+            improve = rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups)
             a_q = torch.cat([improve, a_q])
             stats.max_queue = max(stats.max_queue, len(lo_q))
             own += time.process_time() - t_step
@@ -402,7 +403,7 @@ def search_steps(
         # width (the "smart" score), bounded in one batch
         m = min(lookahead, k_in)
         smart = a.abs() * (hi - lo)[:, None]
-        cands = _candidates(smart, m)  # (n, m)
+        cands = candidates(smart, m)  # (n, m)
         # only inputs whose "smart" score is not negligible: halving an input already narrow
         # mostly re-bounds the box from its own bounds (CROWN is not monotone in them), a tiny
         # gain that won the look-ahead again and again (ACAS Xu 4_2 / prop_2: X_0 halved to
@@ -425,7 +426,7 @@ def search_steps(
             his += [h1, hi]
         L, H = torch.cat(los), torch.cat(his)
         # only the candidates the look-ahead may take are bounded (the same choice, fewer boxes)
-        idx = _to_bound(worth)
+        idx = to_bound(worth)
         Lb, Hb = (L, H) if idx is None else (L[idx], H[idx])
         stats.domains += len(Lb)
         stats.bound_calls += 1
@@ -441,7 +442,7 @@ def search_steps(
         packed = kept[0]
         if idx is not None:  # back to (m, 2, n) order; boxes not bounded are never chosen
             sl, lbc, Ac, mgc, packed = (
-                _spread(x, idx, len(L), f)
+                spread(x, idx, len(L), f)
                 for x, f in ((sl, -torch.inf), (lbc, 0.0), (Ac, 0.0), (mgc, 0.0), (packed, 0.0))
             )
         sl = sl.view(m, 2, n, -1)
@@ -501,7 +502,7 @@ def search_steps(
         open_q = torch.cat([child_open[keep], open_q])
         a_q = torch.cat(
             [
-                _rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups, weakest_first),
+                rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups, weakest_first),
                 a_q,
             ]
         )
@@ -531,54 +532,3 @@ def _split_all(
     parents = op.repeat(len(L) // len(lo), 1)
     child_open = parents & ~(disjunct_slack(lb, A, bias, L, H, d, groups, margin) > 0)
     return L, H, child_open, lb, A, kept[0]
-
-
-def _to_bound(worth: Tensor) -> Tensor | None:
-    """The look-ahead's children to bound, as positions in its (candidate, half, box) order, of
-    the candidates ``worth`` (n, m) allows (None: all of them)."""
-    n, m = worth.shape
-    on = worth.T[:, None, :].expand(m, 2, n).reshape(-1)
-    return None if bool(on.all()) else on.nonzero().squeeze(1)
-
-
-def _spread(x: Tensor, idx: Tensor, total: int, fill: float) -> Tensor:
-    """``x``'s rows at positions ``idx`` of ``total`` rows, the others ``fill``."""
-    out = x.new_full((total, *x.shape[1:]), fill)
-    return out.index_copy_(0, idx, x)
-
-
-def _rows_to_improve(lb, A, op, d, groups, weakest_first: bool = False) -> Tensor:
-    """Per box, the input coefficients (N, 2, inputs) of two rows whose bounds branching should
-    improve: the row closest to refuting the weakest open disjunct (a conjunction is refuted by
-    any one of its rows), and the weakest open row of all (that one first if ``weakest_first``)."""
-    slack = lb - d
-    best_row, best_val = [], []
-    for g in groups:
-        v, i = slack[:, g].max(1)
-        best_row.append(i + g.start)
-        best_val.append(v)
-    rows = torch.stack(best_row, 1)
-    vals = torch.where(op, torch.stack(best_val, 1), torch.inf)
-    n = torch.arange(len(A))
-    closest = rows[n, vals.argmin(1)]
-    row_open = torch.zeros_like(slack, dtype=torch.bool)
-    for k, g in enumerate(groups):
-        row_open[:, g] = op[:, k : k + 1]
-    weakest = torch.where(row_open, slack, torch.inf).argmin(1)
-    first, second = (weakest, closest) if weakest_first else (closest, weakest)
-    return torch.stack([A[n, first], A[n, second]], 1)
-
-
-def _candidates(score: Tensor, m: int) -> Tensor:
-    """(n, m) distinct inputs to split, taken in turn from each row's largest scores
-    (score: (n, rows, inputs))."""
-    n, rows, k = score.shape
-    if m >= k:
-        return torch.arange(k).expand(n, k)
-    taken = torch.zeros(n, k, dtype=torch.bool)
-    out = []
-    for j in range(m):
-        pick = score[:, j % rows].masked_fill(taken, -torch.inf).argmax(1)
-        taken[torch.arange(n), pick] = True
-        out.append(pick)
-    return torch.stack(out, 1)
