@@ -207,3 +207,39 @@ class _Scale(nn.Module):
 
     def forward(self, x):
         return x * self.s
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("floor", [bab.SPLIT_FLOOR, 0.5])
+def test_the_look_ahead_bounds_only_candidates_it_may_take(seed, floor, monkeypatch):
+    """Children along inputs the look-ahead would not take (``SPLIT_FLOOR``, ``SPLIT_ASPECT``)
+    are not bounded: the same splits (the same open volumes step by step, the same verdict)
+    as when every candidate is bounded, with fewer boxes."""
+    monkeypatch.setattr(bab, "SPLIT_FLOOR", floor)
+    n_in = 4 + seed % 2
+    net = _net(seed + 70, n_in, width=12, depth=3)
+    graph = graph_of(net, (n_in,))
+    lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
+    with torch.no_grad():
+        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000, seed))[:, 0].max())
+    t = top * 1.05 if top > 0 else top / 1.05
+    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    runs = []
+    for to_bound in (bab.to_bound, lambda worth: None):
+        monkeypatch.setattr(bab, "to_bound", to_bound)
+        st = bab.BabStats()
+        gen = bab.search_steps(
+            graph, prop, (n_in,), net, lookahead=n_in, batch=16, stats=st, leaf_share=0.0
+        )
+        volumes = []
+        try:
+            for _ in range(40):
+                volumes.append(next(gen))
+            verdict = "open"
+        except StopIteration as stop:
+            verdict = stop.value[0]
+        runs.append((volumes, verdict, st.domains))
+    (v1, a1, d1), (v2, a2, d2) = runs
+    assert a1 == a2 and len(v1) == len(v2)
+    assert v1 == pytest.approx(v2, rel=1e-9, abs=1e-12)
+    assert d1 <= d2

@@ -5,6 +5,7 @@ does not certify leaves the leaf open, ReLU splits inside the box decide what on
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -274,7 +275,15 @@ def test_searches_with_the_leaf_check_agree_with_sampling(seed, factor):
     prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
     st = bab.BabStats()
     gen = bab.search_steps(
-        graph, prop, (n_in,), net, lookahead=n_in, batch=16, stats=st, leaf_share=50.0
+        graph,
+        prop,
+        (n_in,),
+        net,
+        lookahead=n_in,
+        batch=16,
+        stats=st,
+        leaf_share=50.0,
+        leaf_after=0.0,
     )
     verdict, z = bab.portfolio([gen], torch.inf)
     if t <= top:
@@ -284,3 +293,38 @@ def test_searches_with_the_leaf_check_agree_with_sampling(seed, factor):
     else:
         assert verdict == "holds"
         assert st.domains == 1 or st.lp_calls > 0
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_leaf_checks_wait_for_leaf_after(seed):
+    """The leaf checks (alpha, then the LP) start only once the search's own steps have taken
+    ``leaf_after`` seconds: never within an infinite one, from the first step with 0; the
+    verdicts agree."""
+    n_in = 2 + seed % 2
+    net = _net(seed + 40, n_in, width=12, depth=3)
+    graph = graph_of(net, (n_in,))
+    lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
+    with torch.no_grad():
+        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000, seed))[:, 0].max())
+    t = top * 1.01 if top > 0 else top / 1.01
+    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    verdicts = []
+    for after in (0.0, math.inf):
+        st = bab.BabStats()
+        gen = bab.search_steps(
+            graph,
+            prop,
+            (n_in,),
+            net,
+            lookahead=n_in,
+            batch=16,
+            stats=st,
+            leaf_share=50.0,
+            leaf_after=after,
+        )
+        verdicts.append(bab.portfolio([gen], torch.inf)[0])
+        if after == math.inf:
+            assert st.lp_calls == 0 and st.alpha_closed == 0
+        elif st.domains > 1:
+            assert st.lp_calls + st.alpha_closed > 0
+    assert verdicts == ["holds", "holds"]

@@ -21,6 +21,7 @@ from robustlab.bounds.graph import BoundGraph
 from robustlab.bounds.intermediate import intermediate_bounds
 from robustlab.bounds.ops.base import Bounds, InputRegion
 from robustlab.bounds.plan import cut_node, float32_pays
+from robustlab.verify.branching import candidates, rows_to_improve, spread, to_bound
 from robustlab.verify.cost import mixed_pays
 from robustlab.verify.disjuncts import disjunct_slack
 from robustlab.verify.disjuncts import refuted_rows as refuted_rows  # for bounds_benchmark.py
@@ -39,6 +40,12 @@ SPLIT_FLOOR = 0.05  # look-ahead: inputs whose smart score is below this share o
 # below the true minimum 1.2e-3 (LP included), and halving X_1 again won every look-ahead
 SPLIT_ASPECT = 1 / 64
 LEAF_SHARE = 4.0  # the LP leaf check's time against the bound passes' (leaf_lp.LeafCheck)
+# the leaf checks (alpha, then the LP) start once the search has spent this many seconds of CPU
+# in its own steps: short searches finish sooner by splitting alone (ACAS Xu, one thread, CPU s,
+# with the checks from the start / without any: 3_8 / prop_1 5.1 / 1.7, 4_9 / prop_1 10.6 / 4.8,
+# 1_1 / prop_6 15.1 / 5.4, 1_8 / prop_2 4.3 / 1.4), long ones need them (3_3 / prop_2, 4_2 /
+# prop_2: the LP closes their deep boxes near the ridge)
+LEAF_AFTER = 2.0
 # search_steps' margins: each box's own (hold_margin's formula on the box) where smaller than the
 # root box's. The root's CROWN bounds of the outputs are loose (ACAS Xu 4_2: |y| <= 558 where
 # samples reach 0.033), so its margin (0.0018) exceeded the property's true gap (0.0011 on
@@ -275,6 +282,7 @@ def search_steps(
     cache=None,
     leaf_share: float | None = None,
     box_margin: bool | None = None,
+    leaf_after: float | None = None,
 ) -> Generator[float, None, tuple[str, Tensor | None]]:
     """Input-splitting branch and bound, one batch of boxes per step (a generator that yields the
     fraction of the root box's volume still open before each step, and returns ``("holds",
@@ -282,7 +290,8 @@ def search_steps(
 
     Branching looks ahead: every undecided box is bounded split in two along each of the
     ``lookahead`` inputs with the largest |coefficient| x width, and the split whose worse half has
-    the best bound is taken; halves already proven are dropped. The coefficients are those of the
+    the best bound is taken (only candidates ``SPLIT_FLOOR`` and ``SPLIT_ASPECT`` allow are
+    bounded); halves already proven are dropped. The coefficients are those of the
     row closest to refuting the weakest open disjunct, or (``weakest_first``) of the weakest open
     row; with ``lookahead >= 2`` the candidates alternate between the two. With ``split_all``
     (for two or three inputs that vary) every box is split along all of them at once and every
@@ -298,13 +307,16 @@ def search_steps(
     ``leaf_share`` (default ``LEAF_SHARE``): the look-ahead's children still open get
     alpha-CROWN's slopes on the rows (:func:`leaves.alpha_close`), then the exact LP of their
     triangle relaxation (:class:`leaf_lp.LeafCheck`; ReLU chains whose boxes keep their
-    bounds) with this share of the time against the bound passes (0: neither)."""
+    bounds) with this share of the time against the bound passes (0: neither), once the
+    search's own steps have taken ``leaf_after`` (default ``LEAF_AFTER``) seconds of CPU."""
     stats = stats or BabStats()
     C, d, groups = stack_spec(prop)
     if margin is None:
         margin = hold_margin(graph, prop, shape, intermediate=intermediate, cache=cache)
     leaf_share = LEAF_SHARE if leaf_share is None else leaf_share
     box_margin = BOX_MARGIN if box_margin is None else box_margin
+    leaf_after = LEAF_AFTER if leaf_after is None else leaf_after
+    own = 0.0  # CPU seconds of this search's steps so far
     leaf = leaf_check(
         graph, C, d, groups, leaf_share if reuse_parent else 0.0, _keeps_bounds(graph)
     )
@@ -336,7 +348,7 @@ def search_steps(
     stats.domains += 1
     # per box: its open disjuncts
     open_q = ~(disjunct_slack(lb, A, bias, lo_q, hi_q, d, groups, mg) > 0)
-    a_q = _rows_to_improve(lb, A, open_q, d, groups, weakest_first)  # per box: (2, inputs)
+    a_q = rows_to_improve(lb, A, open_q, d, groups, weakest_first)  # per box: (2, inputs)
     if not open_q.any():
         return "holds", None
     free = (hi_q[0] > lo_q[0]).nonzero().squeeze(1)
@@ -348,6 +360,7 @@ def search_steps(
         stats.open_fraction = frac
         yield frac
         t_step = time.process_time()
+        checks = leaf if own >= leaf_after else None  # the leaf checks, once they are due
         lo, hi, op, a = lo_q[:batch], hi_q[:batch], open_q[:batch], a_q[:batch]
         lo_q, hi_q, open_q, a_q = lo_q[batch:], hi_q[batch:], open_q[batch:], a_q[batch:]
         pb, pb_q = pb_q[:batch], pb_q[batch:]
@@ -381,15 +394,28 @@ def search_steps(
             lo_q, hi_q = torch.cat([L[keep], lo_q]), torch.cat([H[keep], hi_q])
             pb_q = torch.cat([pb_c[keep], pb_q])
             open_q = torch.cat([child_open[keep], open_q])
-            improve = _rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups)
+            improve = rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups)
             a_q = torch.cat([improve, a_q])
             stats.max_queue = max(stats.max_queue, len(lo_q))
+            own += time.process_time() - t_step
             continue
         # look ahead: both halves along the `lookahead` inputs with the largest |coefficient| x
         # width (the "smart" score), bounded in one batch
         m = min(lookahead, k_in)
         smart = a.abs() * (hi - lo)[:, None]
-        cands = _candidates(smart, m)  # (n, m)
+        cands = candidates(smart, m)  # (n, m)
+        # only inputs whose "smart" score is not negligible: halving an input already narrow
+        # mostly re-bounds the box from its own bounds (CROWN is not monotone in them), a tiny
+        # gain that won the look-ahead again and again (ACAS Xu 4_2 / prop_2: X_0 halved to
+        # width 1e-7 while X_2 stayed 0.125)
+        best = smart.amax(1)
+        worth = best.gather(1, cands) >= SPLIT_FLOOR * best.amax(1, keepdim=True)
+        rel = (hi - lo) * scale  # widths relative to the root box's (0 for fixed inputs)
+        wide = rel.gather(1, cands) >= SPLIT_ASPECT * rel.amax(1, keepdim=True)
+        # wide inputs whose score is not negligible; else the wide ones; else any (candidates
+        # without the widest input)
+        worth = torch.where((worth & wide).any(1, keepdim=True), worth & wide, wide)
+        worth |= ~worth.any(1, keepdim=True)
         mids = (lo + hi) / 2
         los, his = [], []
         for j in range(m):
@@ -399,31 +425,31 @@ def search_steps(
             los += [lo, l2]
             his += [h1, hi]
         L, H = torch.cat(los), torch.cat(his)
-        stats.domains += len(L)
+        # only the candidates the look-ahead may take are bounded (the same choice, fewer boxes)
+        idx = to_bound(worth)
+        Lb, Hb = (L, H) if idx is None else (L[idx], H[idx])
+        stats.domains += len(Lb)
         stats.bound_calls += 1
         kept = []
         parent = pb.repeat(2 * m, 1, 1)
-        every: dict | None = {} if leaf is not None else None  # every node's bounds, for alpha
+        parent = parent if idx is None else parent[idx]
+        every: dict | None = {} if checks is not None else None  # every node's bounds (alpha)
         lbc, Ac, bc = bound_boxes(
-            graph, L, H, rows_all, shape, intermediate, parent, kept, out=every, passes=passes
+            graph, Lb, Hb, rows_all, shape, intermediate, parent, kept, out=every, passes=passes
         )
-        lbc, Ac, bc, mgc = rows_and_margins(lbc, Ac, bc, L, H)
-        sl = disjunct_slack(lbc, Ac, bc, L, H, d, groups, mgc).view(m, 2, n, -1)
+        lbc, Ac, bc, mgc = rows_and_margins(lbc, Ac, bc, Lb, Hb)
+        sl = disjunct_slack(lbc, Ac, bc, Lb, Hb, d, groups, mgc)
+        packed = kept[0]
+        if idx is not None:  # back to (m, 2, n) order; boxes not bounded are never chosen
+            sl, lbc, Ac, mgc, packed = (
+                spread(x, idx, len(L), f)
+                for x, f in ((sl, -torch.inf), (lbc, 0.0), (Ac, 0.0), (mgc, 0.0), (packed, 0.0))
+            )
+        sl = sl.view(m, 2, n, -1)
         sl = torch.where(op[None, None], sl, torch.inf)  # closed disjuncts do not matter
         score = sl.amin(3).amin(1)  # (m, n): the worse half's weakest open disjunct
-        # only inputs whose "smart" score is not negligible: halving an input already narrow
-        # mostly re-bounds the box from its own bounds (CROWN is not monotone in them), a tiny
-        # gain that won the look-ahead again and again (ACAS Xu 4_2 / prop_2: X_0 halved to
-        # width 1e-7 while X_2 stayed 0.125)
-        smart = smart.amax(1)
-        worth = smart.gather(1, cands) >= SPLIT_FLOOR * smart.amax(1, keepdim=True)
-        rel = (hi - lo) * scale  # widths relative to the root box's (0 for fixed inputs)
-        wide = rel.gather(1, cands) >= SPLIT_ASPECT * rel.amax(1, keepdim=True)
-        # wide inputs whose score is not negligible; else the wide ones; else any (candidates
-        # without the widest input)
-        worth = torch.where((worth & wide).any(1, keepdim=True), worth & wide, wide)
-        worth |= ~worth.any(1, keepdim=True)
-        score = torch.where(worth.T, score, -torch.inf)
+        # a candidate bounded beats every one not bounded, even at -inf
+        score = torch.where(worth.T, score.clamp(min=-torch.finfo(score.dtype).max), -torch.inf)
         dim = score.argmax(0)
         pick = torch.arange(n)
         child_open = op[None] & ~(sl[dim, :, pick] > 0).transpose(0, 1)  # (2, n, disjuncts)
@@ -432,11 +458,15 @@ def search_steps(
         A_c = Ac.view(m, 2, n, rows, k_in)[dim, :, pick].transpose(0, 1)
         L = L.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
         H = H.view(m, 2, n, k_in)[dim, :, pick].transpose(0, 1)
-        P = kept[0].view(m, 2, n, *kept[0].shape[1:])[dim, :, pick].transpose(0, 1)
+        P = packed.view(m, 2, n, *packed.shape[1:])[dim, :, pick].transpose(0, 1)
         keep = child_open.any(2)
-        if leaf is not None and keep.any():  # alpha, then the LP, on the children still open
+        if checks is not None and keep.any():  # alpha, then the LP, on the children still open
             mg_c = mgc.view(m, 2, n, rows)[dim, :, pick].transpose(0, 1)
             flat = dim * 2 * n + torch.arange(2)[:, None] * n + pick  # (2, n): their passes
+            if idx is not None:  # positions in the pass over the bounded candidates
+                flat = torch.full((2 * m * n,), -1, dtype=torch.long).index_copy_(
+                    0, idx, torch.arange(len(idx))
+                )[flat]
             child_open[keep], sl_c = alpha_close(
                 graph,
                 every,
@@ -454,8 +484,8 @@ def search_steps(
             keep_a = keep.clone()
             keep = child_open.any(2)
             sl_c = sl_c[keep[keep_a]]
-        if leaf is not None and keep.any():
-            child_open[keep] = leaf.close(
+        if checks is not None and keep.any():
+            child_open[keep] = checks.close(
                 L[keep],
                 H[keep],
                 P[keep],
@@ -472,11 +502,12 @@ def search_steps(
         open_q = torch.cat([child_open[keep], open_q])
         a_q = torch.cat(
             [
-                _rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups, weakest_first),
+                rows_to_improve(lb_c[keep], A_c[keep], child_open[keep], d, groups, weakest_first),
                 a_q,
             ]
         )
         stats.max_queue = max(stats.max_queue, len(lo_q))
+        own += time.process_time() - t_step
     return "holds", None
 
 
@@ -501,40 +532,3 @@ def _split_all(
     parents = op.repeat(len(L) // len(lo), 1)
     child_open = parents & ~(disjunct_slack(lb, A, bias, L, H, d, groups, margin) > 0)
     return L, H, child_open, lb, A, kept[0]
-
-
-def _rows_to_improve(lb, A, op, d, groups, weakest_first: bool = False) -> Tensor:
-    """Per box, the input coefficients (N, 2, inputs) of two rows whose bounds branching should
-    improve: the row closest to refuting the weakest open disjunct (a conjunction is refuted by
-    any one of its rows), and the weakest open row of all (that one first if ``weakest_first``)."""
-    slack = lb - d
-    best_row, best_val = [], []
-    for g in groups:
-        v, i = slack[:, g].max(1)
-        best_row.append(i + g.start)
-        best_val.append(v)
-    rows = torch.stack(best_row, 1)
-    vals = torch.where(op, torch.stack(best_val, 1), torch.inf)
-    n = torch.arange(len(A))
-    closest = rows[n, vals.argmin(1)]
-    row_open = torch.zeros_like(slack, dtype=torch.bool)
-    for k, g in enumerate(groups):
-        row_open[:, g] = op[:, k : k + 1]
-    weakest = torch.where(row_open, slack, torch.inf).argmin(1)
-    first, second = (weakest, closest) if weakest_first else (closest, weakest)
-    return torch.stack([A[n, first], A[n, second]], 1)
-
-
-def _candidates(score: Tensor, m: int) -> Tensor:
-    """(n, m) distinct inputs to split, taken in turn from each row's largest scores
-    (score: (n, rows, inputs))."""
-    n, rows, k = score.shape
-    if m >= k:
-        return torch.arange(k).expand(n, k)
-    taken = torch.zeros(n, k, dtype=torch.bool)
-    out = []
-    for j in range(m):
-        pick = score[:, j % rows].masked_fill(taken, -torch.inf).argmax(1)
-        taken[torch.arange(n), pick] = True
-        out.append(pick)
-    return torch.stack(out, 1)
