@@ -13,26 +13,12 @@ from robustlab.bounds.graph import graph_of
 from robustlab.verify import bab, embed, root
 from robustlab.verify.spec import Disjunct, Property
 
-
-def _net(seed: int, n_in: int, width: int = 16, depth: int = 3, n_out: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    layers, k = [], n_in
-    for _ in range(depth):
-        layers += [nn.Linear(k, width), nn.ReLU()]
-        k = width
-    return nn.Sequential(*layers, nn.Linear(k, n_out)).eval()
-
-
-def _sample(lo: torch.Tensor, hi: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(n, lo.numel(), generator=g, dtype=torch.float64)
-    u[: n // 4] = u[: n // 4].round()  # corners
-    return lo + u * (hi - lo)
+from .small_nets import box_sample, relu_mlp
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_parent_bounds_are_sound_and_never_looser(seed):
-    net = _net(seed, 4)
+    net = relu_mlp(seed, 4)
     g = graph_of(net, (4,))
     C = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
     lo, hi = -torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
@@ -50,7 +36,7 @@ def test_parent_bounds_are_sound_and_never_looser(seed):
     assert (with_parent[0] >= plain - 1e-12).all()
     assert kept_children[0].shape == (4, *kept[0].shape[1:])
     for b in range(4):
-        x = _sample(L[b], H[b], 4000, seed)
+        x = box_sample(L[b], H[b], 4000, seed)
         with torch.no_grad():
             y = copy.deepcopy(net).double()(x) @ C.T
         assert (y >= with_parent[0][b] - 1e-9).all()
@@ -61,10 +47,10 @@ def test_parent_bounds_are_sound_and_never_looser(seed):
 def test_input_split_verdicts_agree_with_sampling(seed, factor):
     """Y_0 >= t unsafe, t just below or above the sampled maximum over the box."""
     n_in = 2 + seed % 2
-    net = _net(seed, n_in)
+    net = relu_mlp(seed, n_in)
     g = graph_of(net, (n_in,))
     lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
-    x = _sample(lo, hi, 20000, seed)
+    x = box_sample(lo, hi, 20000, seed)
     with torch.no_grad():
         top = float(copy.deepcopy(net).double()(x)[:, 0].max())
     t = top * factor if top > 0 else top / factor
@@ -83,7 +69,7 @@ def test_large_networks_keep_no_parent_bounds(monkeypatch):
     """Past PARENT_BOUNDS_MAX neurons a box keeps nothing for its children (memory), and the
     search still answers."""
     monkeypatch.setattr(bab, "PARENT_BOUNDS_MAX", 10)
-    net = _net(0, 2)
+    net = relu_mlp(0, 2)
     g = graph_of(net, (2,))
     lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
     kept: list = []
@@ -91,7 +77,7 @@ def test_large_networks_keep_no_parent_bounds(monkeypatch):
     bab.bound_boxes(g, lo[None], hi[None], C, (2,), keep=kept)
     assert kept[0].shape == (1, 2, 0)
     with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000)).amax(0)[0])
+        top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000)).amax(0)[0])
     t = top + 0.03 * abs(top)
     prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
     st = bab.BabStats()
@@ -102,11 +88,11 @@ def test_large_networks_keep_no_parent_bounds(monkeypatch):
 @pytest.mark.parametrize("seed", range(3))
 def test_searches_with_and_without_parent_bounds_agree(seed):
     n_in = 3
-    net = _net(seed + 10, n_in)
+    net = relu_mlp(seed + 10, n_in)
     g = graph_of(net, (n_in,))
     lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
     with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000)).amax(0)[0])
+        top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000)).amax(0)[0])
     t = top + 0.02 * abs(top)
     prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
     for reuse in (True, False):
@@ -177,12 +163,12 @@ def test_the_look_ahead_keeps_every_open_box_within_the_aspect_bound(seed, monke
     that share of its widest, inputs of very different ranges alike, and the verdict stands."""
     monkeypatch.setattr(bab, "SPLIT_ASPECT", 1 / 8)
     n_in = 3
-    net = _net(seed + 20, n_in)
+    net = relu_mlp(seed + 20, n_in)
     lo = torch.tensor([-1.0, -1000.0, 0.0], dtype=torch.float64)
     hi = torch.tensor([1.0, 1000.0, 0.0], dtype=torch.float64)  # the third input fixed
     scaled = nn.Sequential(_Scale(torch.tensor([1.0, 1e-3, 1.0])), net)
     with torch.no_grad():
-        top = float(scaled.double()(_sample(lo, hi, 20000, seed))[:, 0].max())
+        top = float(scaled.double()(box_sample(lo, hi, 20000, seed))[:, 0].max())
     scaled.float()
     t = top + 0.01 * abs(top)
     prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
@@ -217,11 +203,11 @@ def test_the_look_ahead_bounds_only_candidates_it_may_take(seed, floor, monkeypa
     as when every candidate is bounded, with fewer boxes."""
     monkeypatch.setattr(bab, "SPLIT_FLOOR", floor)
     n_in = 4 + seed % 2
-    net = _net(seed + 70, n_in, width=12, depth=3)
+    net = relu_mlp(seed + 70, n_in, width=12, depth=3)
     graph = graph_of(net, (n_in,))
     lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
     with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000, seed))[:, 0].max())
+        top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000, seed))[:, 0].max())
     t = top * 1.05 if top > 0 else top / 1.05
     prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
     runs = []

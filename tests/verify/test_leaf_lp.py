@@ -16,14 +16,11 @@ from robustlab.bounds.graph import graph_of
 from robustlab.verify import bab, leaf_lp
 from robustlab.verify.spec import Disjunct, Property
 
+from .small_nets import box_sample, relu_mlp
+
 
 def _net(seed: int, n_in: int, width: int = 8, depth: int = 2, n_out: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    layers, k = [], n_in
-    for _ in range(depth):
-        layers += [nn.Linear(k, width), nn.ReLU()]
-        k = width
-    return nn.Sequential(*layers, nn.Linear(k, n_out)).eval()
+    return relu_mlp(seed, n_in, width, depth, n_out)
 
 
 class _Scaled(nn.Module):
@@ -35,13 +32,6 @@ class _Scaled(nn.Module):
 
     def forward(self, x):
         return self.mlp(((x - 0.25) * 2.0).flatten(1))
-
-
-def _sample(lo, hi, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(n, lo.numel(), generator=g, dtype=torch.float64)
-    u[: n // 4] = u[: n // 4].round()  # corners
-    return lo + u * (hi - lo)
 
 
 def _box_bounds(graph, chain, lo, hi):
@@ -95,7 +85,7 @@ def test_verified_bound_never_exceeds_the_sampled_minimum(seed):
     got = leaf_lp.verified_bound(lp, w)
     assert got <= t + 1e-9 and got >= t - 1e-6 * (1 + abs(t))
     with torch.no_grad():
-        y = copy.deepcopy(net).double()(_sample(lo, hi, 20000, seed))
+        y = copy.deepcopy(net).double()(box_sample(lo, hi, 20000, seed))
     worst = float((y @ C.T - d).amax(1).min())  # min over x of max_r (C_r y - d_r)
     assert got <= worst + 1e-12
 
@@ -142,7 +132,7 @@ def test_an_uncertified_answer_leaves_the_leaf_open(monkeypatch):
     lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
     bounds = _box_bounds(graph, chain, lo, hi)
     with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000))[:, 0].max())
+        top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000))[:, 0].max())
     C = torch.tensor([[-1.0, 0.0, 0.0]], dtype=torch.float64)
     d = torch.tensor([-(top + 50.0)], dtype=torch.float64)  # y_0 >= top + 50: far out of reach
     assert leaf_lp.refute(chain, lo, hi, bounds, C, d)
@@ -191,7 +181,7 @@ def test_refutations_agree_with_sampling(seed):
         bounds = _box_bounds(graph, chain, lo, hi)
         C = torch.randn(2, 3, generator=g, dtype=torch.float64)
         with torch.no_grad():
-            y = copy.deepcopy(net).double()(_sample(lo, hi, 20000, trial))
+            y = copy.deepcopy(net).double()(box_sample(lo, hi, 20000, trial))
         worst = float((y @ C.T).amax(1).min())  # the conjunction C y <= d: reached iff d >= it
         for factor in (-0.02, 0.02, 0.5):
             d = torch.full((2,), worst - factor * (1 + abs(worst)), dtype=torch.float64)
@@ -202,8 +192,9 @@ def test_refutations_agree_with_sampling(seed):
     assert refuted >= 4
 
 
-def test_leaf_check_takes_the_closest_boxes_first_within_its_share():
-    """LeafCheck.close: no time, no LP; otherwise the box closest to proven goes first."""
+def _two_boxes():
+    """Two unit boxes of a small net's plane, their packed CROWN bounds for the rows ``C``
+    (-Y_0), and Y_0's sampled maximum over both: (chain, lo, hi, C, packed, top)."""
     net = _net(3, 2)
     graph = graph_of(net, (2,))
     chain = leaf_lp.relu_chain(graph)
@@ -214,7 +205,13 @@ def test_leaf_check_takes_the_closest_boxes_first_within_its_share():
     bab.bound_boxes(graph, lo, hi, C, (2,), out=out)
     packed = bab.pack_bounds(graph, out)
     with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(_sample(lo[0], hi[1], 20000))[:, 0].max())
+        top = float(copy.deepcopy(net).double()(box_sample(lo[0], hi[1], 20000))[:, 0].max())
+    return chain, lo, hi, C, packed, top
+
+
+def test_leaf_check_takes_the_closest_boxes_first_within_its_share():
+    """LeafCheck.close: no time, no LP; otherwise the box closest to proven goes first."""
+    chain, lo, hi, C, packed, top = _two_boxes()
     d = torch.tensor([-(top + 10.0)], dtype=torch.float64)
     check = leaf_lp.LeafCheck(chain, C, d, [slice(0, 1)], share=1.0)
     open_ = torch.ones(2, 1, dtype=torch.bool)
@@ -229,17 +226,7 @@ def test_leaf_check_takes_the_closest_boxes_first_within_its_share():
 def test_leaf_check_share_follows_its_recent_closing_rate():
     """The LP's budget grows with the fraction of recent boxes it closed: a run of boxes it
     cannot close lowers it, a run it closes raises it again (not its lifetime average)."""
-    net = _net(3, 2)
-    graph = graph_of(net, (2,))
-    chain = leaf_lp.relu_chain(graph)
-    lo = torch.tensor([[-1.0, -1.0], [0.0, 0.0]], dtype=torch.float64)
-    hi = lo + 1.0
-    out: dict = {}
-    C = torch.tensor([[-1.0, 0.0, 0.0]], dtype=torch.float64)
-    bab.bound_boxes(graph, lo, hi, C, (2,), out=out)
-    packed = bab.pack_bounds(graph, out)
-    with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(_sample(lo[0], hi[1], 20000))[:, 0].max())
+    chain, lo, hi, C, packed, top = _two_boxes()
     far = torch.tensor([-(top + 10.0)], dtype=torch.float64)  # out of reach: closed
     near = torch.tensor([-(top - 1.0)], dtype=torch.float64)  # reached: never closed
     slack = torch.tensor([[-2.0], [-1.0]], dtype=torch.float64)
@@ -270,7 +257,7 @@ def test_searches_with_the_leaf_check_agree_with_sampling(seed, factor):
     graph = graph_of(net, (n_in,))
     lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
     with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000, seed))[:, 0].max())
+        top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000, seed))[:, 0].max())
     t = top * factor if top > 0 else top / factor
     prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
     st = bab.BabStats()
@@ -305,7 +292,7 @@ def test_leaf_checks_wait_for_leaf_after(seed):
     graph = graph_of(net, (n_in,))
     lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
     with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(_sample(lo, hi, 20000, seed))[:, 0].max())
+        top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000, seed))[:, 0].max())
     t = top * 1.01 if top > 0 else top / 1.01
     prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
     verdicts = []

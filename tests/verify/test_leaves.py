@@ -8,34 +8,19 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from robustlab.bounds.graph import graph_of
 from robustlab.verify import bab
 from robustlab.verify.leaves import alpha_close
 
-
-def _net(seed: int, n_in: int, width: int = 16, depth: int = 3, n_out: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    layers, k = [], n_in
-    for _ in range(depth):
-        layers += [nn.Linear(k, width), nn.ReLU()]
-        k = width
-    return nn.Sequential(*layers, nn.Linear(k, n_out)).eval()
-
-
-def _sample(lo: torch.Tensor, hi: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(n, lo.numel(), generator=g, dtype=torch.float64)
-    u[: n // 4] = u[: n // 4].round()  # corners
-    return lo + u * (hi - lo)
+from .small_nets import box_sample, relu_mlp
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_alpha_on_the_last_rows_is_sound_and_never_looser_than_crown(seed):
     """alpha_close: each disjunct's slack is a lower bound of its best row (dense samples),
     at least CROWN's on the same intermediate bounds, and only positive slack closes."""
-    net = _net(seed, 3, width=12)
+    net = relu_mlp(seed, 3, width=12)
     g = graph_of(net, (3,))
     C = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0], [-1.0, 0.0, 1.0]], dtype=torch.float64)
     groups = [slice(0, 2), slice(2, 3)]
@@ -44,7 +29,9 @@ def test_alpha_on_the_last_rows_is_sound_and_never_looser_than_crown(seed):
     every: dict = {}
     lb, _, _ = bab.bound_boxes(g, L, H, C, (3,), out=every)
     with torch.no_grad():
-        ys = [copy.deepcopy(net).double()(_sample(L[b], H[b], 8000, seed)) @ C.T for b in range(3)]
+        ys = [
+            copy.deepcopy(net).double()(box_sample(L[b], H[b], 8000, seed)) @ C.T for b in range(3)
+        ]
     low = torch.stack([y.amin(0) for y in ys])  # (3, rows): sampled minima
     d = (low - 0.01 * (1 + low.abs())).amin(0)  # most rows refutable
     margin = torch.zeros(3, 3, dtype=torch.float64)

@@ -5,28 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from robustlab.bounds.graph import graph_of
 from robustlab.verify import bab
 from robustlab.verify.margins import box_margins, output_rows
 from robustlab.verify.spec import Disjunct, Property
 
-
-def _net(seed: int, n_in: int, width: int = 16, depth: int = 3, n_out: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    layers, k = [], n_in
-    for _ in range(depth):
-        layers += [nn.Linear(k, width), nn.ReLU()]
-        k = width
-    return nn.Sequential(*layers, nn.Linear(k, n_out)).eval()
+from .small_nets import relu_mlp
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_box_margins_follow_each_box_and_never_exceed_the_roots(seed):
     """A box's margin is hold_margin's formula on the box itself (bounds_and_margins on it), and
     the search takes the smaller of it and the root box's: never more than before."""
-    net = _net(seed, 3)
+    net = relu_mlp(seed, 3)
     g = graph_of(net, (3,))
     C = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
     d = torch.zeros(2, dtype=torch.float64)
