@@ -247,11 +247,10 @@ def test_leaf_check_share_follows_its_recent_closing_rate():
     assert check.budget == pytest.approx(spent + rates[5])
 
 
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("factor", [0.99, 1.01])
-def test_searches_with_the_leaf_check_agree_with_sampling(seed, factor):
-    """Input splitting with the LP leaf check given most of the time: Y_0 >= t unsafe, t just
-    below or above the sampled maximum; the LP is used where boxes stay open."""
+def _threshold_case(seed: int, factor: float):
+    """A small net on [-1, 1]^n (n = 2 or 3) and the property Y_0 >= t unsafe, t the sampled
+    maximum of Y_0 scaled by ``factor`` (below 1: reached; above: out of reach):
+    (net, graph, n_in, prop, t, top)."""
     n_in = 2 + seed % 2
     net = _net(seed + 40, n_in, width=12, depth=3)
     graph = graph_of(net, (n_in,))
@@ -260,7 +259,11 @@ def test_searches_with_the_leaf_check_agree_with_sampling(seed, factor):
         top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000, seed))[:, 0].max())
     t = top * factor if top > 0 else top / factor
     prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
-    st = bab.BabStats()
+    return net, graph, n_in, prop, t, top
+
+
+def _search(net, graph, n_in: int, prop, st, leaf_after: float):
+    """Input splitting with the leaf checks given most of the time: (verdict, point)."""
     gen = bab.search_steps(
         graph,
         prop,
@@ -270,9 +273,19 @@ def test_searches_with_the_leaf_check_agree_with_sampling(seed, factor):
         batch=16,
         stats=st,
         leaf_share=50.0,
-        leaf_after=0.0,
+        leaf_after=leaf_after,
     )
-    verdict, z = bab.portfolio([gen], torch.inf)
+    return bab.portfolio([gen], torch.inf)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("factor", [0.99, 1.01])
+def test_searches_with_the_leaf_check_agree_with_sampling(seed, factor):
+    """Input splitting with the LP leaf check given most of the time: Y_0 >= t unsafe, t just
+    below or above the sampled maximum; the LP is used where boxes stay open."""
+    net, graph, n_in, prop, t, top = _threshold_case(seed, factor)
+    st = bab.BabStats()
+    verdict, z = _search(net, graph, n_in, prop, st, leaf_after=0.0)
     if t <= top:
         assert verdict == "violated"
         with torch.no_grad():
@@ -287,29 +300,11 @@ def test_leaf_checks_wait_for_leaf_after(seed):
     """The leaf checks (alpha, then the LP) start only once the search's own steps have taken
     ``leaf_after`` seconds: never within an infinite one, from the first step with 0; the
     verdicts agree."""
-    n_in = 2 + seed % 2
-    net = _net(seed + 40, n_in, width=12, depth=3)
-    graph = graph_of(net, (n_in,))
-    lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
-    with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000, seed))[:, 0].max())
-    t = top * 1.01 if top > 0 else top / 1.01
-    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    net, graph, n_in, prop, t, top = _threshold_case(seed, 1.01)
     verdicts = []
     for after in (0.0, math.inf):
         st = bab.BabStats()
-        gen = bab.search_steps(
-            graph,
-            prop,
-            (n_in,),
-            net,
-            lookahead=n_in,
-            batch=16,
-            stats=st,
-            leaf_share=50.0,
-            leaf_after=after,
-        )
-        verdicts.append(bab.portfolio([gen], torch.inf)[0])
+        verdicts.append(_search(net, graph, n_in, prop, st, leaf_after=after)[0])
         if after == math.inf:
             assert st.lp_calls == 0 and st.alpha_closed == 0
         elif st.domains > 1:
