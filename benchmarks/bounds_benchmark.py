@@ -1,7 +1,7 @@
 """Bound engine benchmark: robustlab against auto_LiRPA, side by side in one run.
 
     python benchmarks/bounds_benchmark.py [--threads 2] [--repeats 5] [--skip-alpha] [--yolo]
-        [--methods "CROWN,CROWN float32"] [--cases "oval21,residual"] [--boxes]
+        [--methods "CROWN,CROWN float32"] [--cases "oval21,residual"] [--boxes] [--peer-float64]
 
 auto_LiRPA is imported from the running environment: run it with a Python that has it (here the
 peer venv, /work/peers/lirpa-venv/bin/python, with ``PYTHONPATH=src``).
@@ -22,6 +22,10 @@ bounds. auto_LiRPA is optional: without it, robustlab's side is printed alone.
 The process keeps freed memory for reuse (``bounds.heap``, as robustlab's verifier processes
 do): the same allocator policy for robustlab's and auto_LiRPA's calls.
 
+``--peer-float64``: auto_LiRPA also on a float64 copy of each network (float64 inputs), on the
+rows robustlab computes in float64 (not its float32 rows): the time ratio at equal arithmetic,
+beside the one against auto_LiRPA's float32 default.
+
 ``--yolo``: one CROWN pass of VNN-COMP 2023's TinyYOLO on prop 13 (the verifier's first bound
 pass, ``bab.bounds_and_margins``) in float64 and in the rigorous float32 mode, robustlab only:
 the time of each and whether its bounds still prove the property (rows refuted by the margin).
@@ -38,6 +42,7 @@ bound of each (the padded rows tighten some stable neurons as a side effect of t
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -173,7 +178,11 @@ def ours(model, lo, hi, method):
     return b.lower.double(), b.upper.double()
 
 
-def peer(model, lo, hi, method):
+def peer(model, lo, hi, method, float64: bool = False):
+    if (
+        float64
+    ):  # the same network and box in float64 (the network copied: the caller keeps its own)
+        model, lo, hi = copy.deepcopy(model).double(), lo.double(), hi.double()
     bm = BoundedModule(model, torch.zeros_like(lo), bound_opts={"relu": "adaptive"}, verbose=False)
     method = PEER[method]
     if method == "alpha-CROWN":
@@ -185,6 +194,12 @@ def peer(model, lo, hi, method):
         return lb.detach().double(), ub.detach().double()
 
     return run
+
+
+def _rel_diff(l1, u1, l2, u2) -> float:
+    """The largest difference of two bounds, relative to the peer's magnitude (at least 1)."""
+    scale = torch.maximum(l2.abs(), u2.abs()).clamp_min(1.0)
+    return (torch.maximum((l1 - l2).abs(), (u1 - u2).abs()) / scale).max().item()
 
 
 def yolo_pass(clock: str = "wall") -> None:
@@ -294,6 +309,7 @@ def main() -> None:
     ap.add_argument("--methods", help="only these methods (comma-separated, e.g. 'CROWN float32')")
     ap.add_argument("--cases", help="only cases whose name contains one of these (comma-separated)")
     ap.add_argument("--boxes", action="store_true", help="only bab.bound_boxes' boxes per second")
+    ap.add_argument("--peer-float64", action="store_true", help="also auto_LiRPA on float64 copies")
 
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -312,6 +328,8 @@ def main() -> None:
     header = f"{'case':40s} {'method':34s} {'robustlab ms':>13s} {'width':>10s}"
     if BoundedModule:
         header += f" {'auto_LiRPA ms':>14s} {'width':>10s} {'speed-up':>9s} {'max rel diff':>12s}"
+        if args.peer_float64:
+            header += f" {'LiRPA f64 ms':>13s} {'speed-up':>9s} {'max rel diff':>12s}"
     print(header)
     methods = [m for m in OURS if not args.methods or m in args.methods.split(",")]
     keep = args.cases.split(",") if args.cases else None
@@ -329,6 +347,8 @@ def main() -> None:
             try:  # ours and the peer's called in turn (see ``timed``)
                 if BoundedModule:
                     fns.append(peer(model, lo, hi, method))
+                    if args.peer_float64 and not method.endswith("float32"):
+                        fns.append(peer(model, lo, hi, method, float64=True))
                 t, res = timed(fns, reps, args.clock, args.stat)
             except Exception as e:  # noqa: BLE001 - the peer's failure: report it, time ours alone
                 if len(fns) == 1 and BoundedModule is None:
@@ -345,11 +365,14 @@ def main() -> None:
             line = f"{name:40s} {label:34s} {1000 * t[0]:13.2f} {(u1 - l1).mean().item():10.4g}"
             if len(fns) > 1:
                 l2, u2 = res[1]
-                scale = torch.maximum(l2.abs(), u2.abs()).clamp_min(1.0)
-                diff = torch.maximum((l1 - l2).abs(), (u1 - u2).abs()) / scale
                 line += (
                     f" {1000 * t[1]:14.2f} {(u2 - l2).mean().item():10.4g}"
-                    f" {t[1] / t[0]:8.1f}x {diff.max().item():12.2e}"
+                    f" {t[1] / t[0]:8.1f}x {_rel_diff(l1, u1, l2, u2):12.2e}"
+                )
+            if len(fns) > 2:
+                l3, u3 = res[2]
+                line += (
+                    f" {1000 * t[2]:13.2f} {t[2] / t[0]:8.1f}x {_rel_diff(l1, u1, l3, u3):12.2e}"
                 )
             elif BoundedModule:
                 line += failed
