@@ -3,14 +3,15 @@
 
     python benchmarks/conv_backward.py [--repeats 7] [--clock cpu] [--threads 1] [--quick]
 
-PyTorch's float64 convolutions have no oneDNN path; ``ops.transposed.conv_transpose`` computes the
-same values (up to float64 rounding; checked here on every shape) as a convolution per phase of
-the stride with the kernel's taps flipped ("phases") or as a product with the kernel summed into
-place by ``fold`` ("fold"), chunked over the rows. Its rule (``_rule``) picks the one that unfolds
-fewer channels on large maps at stride 1, else "fold". For each shape: rows (rows x C_out x h x w onto C_in), kernel, stride, padding,
-dilation, groups; the minimum time of ``repeats`` calls of each, called in turn (so a change of
-load hits all alike) after a warm-up; the rule's pick and its speed-up over PyTorch. The process
-keeps freed memory (``bounds.heap``), as the bounds benchmark and the verifier do.
+PyTorch's float64 convolutions have no oneDNN path; ``ops.transposed.conv_transpose`` computes
+the same values (up to float64 rounding; checked here on every shape) as a convolution per phase
+of the stride with the kernel's taps flipped ("phases") or as a product with the kernel summed
+into place by ``fold`` ("fold"), chunked over the rows. Its rule (``_rule``) takes "phases" at
+stride 1 without dilation on large maps where it unfolds fewer channels, else "fold". For each
+shape: rows (rows x C_out x h x w onto C_in), kernel, stride, padding, output padding, groups,
+dilation; the minimum time of ``repeats`` calls of each, called in turn (so a change of load hits
+all alike) after a warm-up; the rule's pick and its speed-up over PyTorch. The process keeps
+freed memory (``bounds.heap``), as the bounds benchmark and the verifier do.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ GRID = [
     (144, 16, 3, 3, 3, 1, 0, 0, 1, 1),
     (300, 16, 16, 5, 3, 1, 0, 0, 1, 1),
     (300, 32, 16, 4, 3, 2, 0, 0, 1, 1),
+    (1015, 32, 16, 1, 3, 2, 0, 0, 1, 1),
+    (500, 16, 16, 2, 3, 1, 0, 0, 1, 1),
 ]
 QUICK = GRID[:6]
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -103,7 +106,7 @@ def main() -> None:
         n, c_out, c_in, h, *rest = shape
         k, s, p, op, g, d = rest
         size = transposed_size((h, h), (k, k), (s, s), (p, p), (op, op), g, (d, d))
-        pick = _rule(torch.empty(c_out, c_in // g, k, k), (s, s), g, size)
+        pick = _rule(torch.empty(c_out, c_in // g, k, k), (s, s), (d, d), g, size)
         speedups.append(t["torch"] / t[pick])
         print(
             f"{f'{n} x {c_out} x {h}x{h} -> {c_in}':>26s} {' '.join(map(str, rest)):>13s} "

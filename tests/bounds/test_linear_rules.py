@@ -288,6 +288,33 @@ def test_float64_transposed_convolution_equals_pytorchs(monkeypatch, chunk):
         checked += 1
 
 
+@pytest.mark.parametrize("chunk", [None, 64])
+def test_float64_transposed_convolution_gradient_is_pytorchs(monkeypatch, chunk):
+    """Autograd's derivative in x through its float64 formulations equals autograd's through
+    conv_transpose{1,2}d to float64 rounding on random shapes."""
+    from robustlab.bounds.ops import transposed
+
+    if chunk is not None:
+        monkeypatch.setattr(transposed, "CHUNK_BYTES", chunk)
+    rng = random.Random(29)
+    checked = 0
+    while checked < 60:
+        x, w, args = _random_transposed_case(rng)
+        f = nn.functional.conv_transpose2d if x.dim() == 4 else nn.functional.conv_transpose1d
+        x.requires_grad_(True)
+        try:
+            ref = f(x, w, None, *args)
+        except RuntimeError:
+            continue
+        g = torch.randn_like(ref)
+        (want,) = torch.autograd.grad(ref, x, g)
+        for how in ("phases", "fold", None):
+            (got,) = torch.autograd.grad(transposed.conv_transpose(x, w, *args, how=how), x, g)
+            err = (got - want).abs().max() / want.abs().max().clamp_min(1e-300)
+            assert err < 1e-12, (how, x.shape, w.shape, args, float(err))
+        checked += 1
+
+
 def test_float32_transposed_convolution_keeps_pytorchs_path():
     """float32 (the rigorous mode counts the terms PyTorch's convolution sums) is PyTorch's
     conv_transpose2d, bit for bit."""

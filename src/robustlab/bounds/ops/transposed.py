@@ -44,10 +44,17 @@ def conv_transpose(
         args = ((1, *stride), (0, *padding), (0, *output_padding), groups, (1, *dilation))
         return conv_transpose(x.unsqueeze(2), w.unsqueeze(2), *args, how=how).squeeze(2)
     size = transposed_size(x.shape[2:], w.shape[2:], *args)
-    step = _FORMS[how or _rule(w, stride, groups, size)]
+    step = _FORMS[how or _rule(w, args[0], args[4], groups, size)]
+    return _step(x, w, step, args, size)
+
+
+def _step(x: Tensor, w: Tensor, step, args: tuple, size: list[int]) -> Tensor:
+    """``step`` on chunks of x's rows whose unfolded columns fit in about CHUNK_BYTES (PyTorch's
+    float64 convolutions unfold every row at once: out of cache, 1.4-4x slower on 200 rows of
+    16 x 16 x 16)."""
+    groups = args[3]
     cols = (w.shape[0] if step is _phases else w.shape[1] * groups) * w.shape[2:].numel()
-    per_row = 8 * cols * x.shape[2] * x.shape[3]  # unfolded bytes per row
-    rows = max(1, CHUNK_BYTES // max(1, per_row))
+    rows = max(1, CHUNK_BYTES // max(1, 8 * cols * x.shape[2:].numel()))
     if rows >= x.shape[0]:
         return step(x, w, *args, size)
     out = x.new_empty(x.shape[0], w.shape[1] * groups, *size)
@@ -66,13 +73,15 @@ def transposed_size(shape, kernel, stride, padding, output_padding, groups, dila
     ]
 
 
-def _rule(w: Tensor, stride, groups: int, size) -> str:
-    """The float64 formulation measured faster (benchmarks/conv_backward.py, one thread):
-    "phases" at stride 1 on maps of 128 positions or more when it unfolds no more channels than
-    "fold" (C_out <= C_in: 1.3-5x PyTorch's; on smaller maps its per-row overhead loses, 0.7-0.8x),
-    else "fold" (1.0-1.2x PyTorch's, which makes the same product one row at a time)."""
-    if all(s == 1 for s in stride) and math.prod(size) >= 128:
-        return "phases" if w.shape[0] <= w.shape[1] * groups else "fold"
+def _rule(w: Tensor, stride, dilation, groups: int, size) -> str:
+    """The float64 formulation measured faster (benchmarks/conv_backward.py, one thread, CPU
+    clock): "phases" at stride 1 without dilation on maps of 128 positions or more when it unfolds
+    no more channels than "fold" (C_out <= C_in: 1.3-4.8x PyTorch's; smaller maps lose to its
+    per-row overhead, 0.7-0.8x, and a dilated convolution has a slower PyTorch path), else "fold"
+    (0.96-1.4x PyTorch's, which computes the same product one row at a time)."""
+    plain = all(s == 1 for s in stride) and all(d == 1 for d in dilation)
+    if plain and math.prod(size) >= 128 and w.shape[0] <= w.shape[1] * groups:
+        return "phases"
     return "fold"
 
 
@@ -91,13 +100,14 @@ def _phases(x: Tensor, w: Tensor, stride, padding, out_pad, groups: int, dilatio
         _axis_phases(x.shape[2 + i], size[i], w.shape[2 + i], stride[i], padding[i], dilation[i])
         for i in range(2)
     ]
-    if len(per_axis[0]) == len(per_axis[1]) == 1 and per_axis[0][0][1] and per_axis[1][0][1]:
-        return _phase(x, wt, per_axis[0][0], per_axis[1][0], groups)  # stride 1: one phase
-    out = x.new_zeros(n, c_in, *size)
-    for py in per_axis[0]:
-        for px in per_axis[1]:
-            if py[1] and px[1]:  # else no tap reaches this phase: zeros
-                out[:, :, py[0] :: stride[0], px[0] :: stride[1]] = _phase(x, wt, py, px, groups)
+    reached = [(py, px) for py in per_axis[0] for px in per_axis[1] if py[1] and px[1]]
+    if not reached:  # no output reads any input: zeros, with fold's graph for autograd
+        return _fold(x, w, stride, padding, out_pad, groups, dilation, size)
+    if len(per_axis[0]) == len(per_axis[1]) == 1:
+        return _phase(x, wt, *reached[0], groups)  # stride 1: one phase
+    out = x.new_zeros(n, c_in, *size)  # phases no tap reaches stay zero
+    for py, px in reached:
+        out[:, :, py[0] :: stride[0], px[0] :: stride[1]] = _phase(x, wt, py, px, groups)
     return out
 
 
@@ -131,7 +141,9 @@ def _fold(x: Tensor, w: Tensor, stride, padding, out_pad, groups: int, dilation,
     n, c_out, h, wd = x.shape
     kernel = w.shape[2:]
     g = groups
-    if g == 1:
+    if g == 1 and h * wd == 1:  # one position per row: one product over all rows
+        cols = (x.reshape(n, c_out) @ w.reshape(c_out, -1)).unsqueeze(2)
+    elif g == 1:
         cols = w.reshape(c_out, -1).t() @ x.reshape(n, c_out, h * wd)
     else:
         cols = torch.einsum(
