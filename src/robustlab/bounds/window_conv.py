@@ -16,9 +16,11 @@ from robustlab.bounds.ops.transposed import conv_transpose
 
 MATRIX_ENTRIES = 2**22  # largest matrix kept per (convolution, window size)
 # most multiply-adds of the matrix over the convolution's (measured crossovers, one thread):
-# float64 convolutions are slow, float32 ones run on oneDNN (774 rows of 16 x 5 x 5 onto 16
-# channels: 3.7 ms against 5.1 for the matrix, 5.4x the work; 3 x 3: 1.9 against 0.9, 2.8x)
-MATRIX_WORK = {torch.float64: 8, torch.float32: 4}
+# float32 convolutions run on oneDNN (774 rows of 16 x 5 x 5 onto 16 channels: 3.7 ms against
+# 5.1 for the matrix, 5.4x the work; 3 x 3: 1.9 against 0.9, 2.8x); float64 ones on
+# ops.transposed (387 rows of 16 x 5 x 5 onto 16: 4.8 ms against 5.2, 5.4x; 6 x 6: 5.1 against
+# 10.3, 7.1x; 4 x 4: 3.9 against 2.5, 4x)
+MATRIX_WORK = {torch.float64: 5, torch.float32: 4}
 _MATRICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
