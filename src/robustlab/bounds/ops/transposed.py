@@ -31,13 +31,13 @@ def conv_transpose(
     the kernel's taps that reach it, flipped: at stride 1 one convolution, which unfolds the
     rows' C_out channels) or ``"fold"`` (one product with the kernel, whose patches ``fold``
     sums into place: it unfolds the C_in channels); ``_rule`` picks one. Other dtypes keep
-    PyTorch's path (float32: oneDNN, whose sums the rigorous mode's rounding bound counts), as
-    does ``how="torch"``."""
+    PyTorch's path (float32: oneDNN, whose sums the rigorous mode's rounding bound counts), as do
+    other devices (cuDNN has float64 kernels; not measured) and ``how="torch"``."""
     k = len(stride)
     output_padding = tuple(output_padding or (0,) * k)
     dilation = tuple(dilation or (1,) * k)
     args = (tuple(stride), tuple(padding), output_padding, groups, dilation)
-    if how == "torch" or (how is None and x.dtype != torch.float64):
+    if how == "torch" or (how is None and (x.dtype != torch.float64 or x.device.type != "cpu")):
         f = nn.functional.conv_transpose2d if k == 2 else nn.functional.conv_transpose1d
         return f(x, w, None, *args)
     if k == 1:  # as 2-d of height 1
