@@ -2,7 +2,9 @@
 reductions, concatenation with constants, selection by a mask, products with constants) and for
 the products of two input-dependent tensors."""
 
+import copy
 import math
+import random
 
 import pytest
 import torch
@@ -240,3 +242,152 @@ def test_patch_embedding_backward_is_the_transposed_convolution(kernel, size, dt
         b.upper, mid + rad, atol=1e-6
     )
     assert (b.lower <= mid - rad + 1e-12).all() and (b.upper >= mid + rad - 1e-12).all()
+
+
+def _random_transposed_case(rng):
+    """A random transposed convolution (1-d or 2-d; strides 1-3, dilation, groups, padding,
+    output padding, odd sizes) and rows for it."""
+    dim = rng.choice([1, 2, 2])
+    g = rng.choice([1, 1, 2, 3])
+    c_out, c_in = g * rng.randint(1, 4), g * rng.randint(1, 4)
+    k = [rng.randint(1, 5) for _ in range(dim)]
+    s = [rng.randint(1, 3) for _ in range(dim)]
+    d = [rng.choice([1, 1, 2, 3]) for _ in range(dim)]
+    p = [rng.randint(0, 3) for _ in range(dim)]
+    op = [rng.randint(0, max(s[i], d[i]) - 1) for i in range(dim)]
+    size = [rng.randint(1, 9) for _ in range(dim)]
+    gen = torch.Generator().manual_seed(rng.randint(0, 2**31))
+    x = torch.randn(rng.randint(1, 7), c_out, *size, generator=gen, dtype=F64)
+    w = torch.randn(c_out, c_in // g, *k, generator=gen, dtype=F64)
+    return x, w, (s, p, op, g, d)
+
+
+@pytest.mark.parametrize("chunk", [None, 64])
+def test_float64_transposed_convolution_equals_pytorchs(monkeypatch, chunk):
+    """ops.transposed.conv_transpose's float64 formulations (per phase, by fold, the rule's
+    pick; whole or in chunks of rows) equal PyTorch's conv_transpose{1,2}d to float64 rounding
+    on random shapes."""
+    from robustlab.bounds.ops import transposed
+
+    if chunk is not None:
+        monkeypatch.setattr(transposed, "CHUNK_BYTES", chunk)
+    rng = random.Random(17)
+    checked = 0
+    while checked < 150:
+        x, w, args = _random_transposed_case(rng)
+        f = nn.functional.conv_transpose2d if x.dim() == 4 else nn.functional.conv_transpose1d
+        try:
+            ref = f(x, w, None, *args)
+        except RuntimeError:  # an empty output: PyTorch refuses the shape
+            continue
+        for how in ("phases", "fold", None):
+            got = transposed.conv_transpose(x, w, *args, how=how)
+            assert got.shape == ref.shape
+            err = (got - ref).abs().max() / ref.abs().max().clamp_min(1e-300)
+            assert err < 1e-12, (how, x.shape, w.shape, args, float(err))
+        checked += 1
+
+
+@pytest.mark.parametrize("chunk", [None, 64])
+def test_float64_transposed_convolution_gradient_is_pytorchs(monkeypatch, chunk):
+    """Autograd's derivative in x through its float64 formulations equals autograd's through
+    conv_transpose{1,2}d to float64 rounding on random shapes."""
+    from robustlab.bounds.ops import transposed
+
+    if chunk is not None:
+        monkeypatch.setattr(transposed, "CHUNK_BYTES", chunk)
+    rng = random.Random(29)
+    checked = 0
+    while checked < 60:
+        x, w, args = _random_transposed_case(rng)
+        f = nn.functional.conv_transpose2d if x.dim() == 4 else nn.functional.conv_transpose1d
+        x.requires_grad_(True)
+        try:
+            ref = f(x, w, None, *args)
+        except RuntimeError:
+            continue
+        g = torch.randn_like(ref)
+        (want,) = torch.autograd.grad(ref, x, g)
+        for how in ("phases", "fold", None):
+            (got,) = torch.autograd.grad(transposed.conv_transpose(x, w, *args, how=how), x, g)
+            err = (got - want).abs().max() / want.abs().max().clamp_min(1e-300)
+            assert err < 1e-12, (how, x.shape, w.shape, args, float(err))
+        checked += 1
+
+
+def test_float32_transposed_convolution_keeps_pytorchs_path():
+    """float32 (the rigorous mode counts the terms PyTorch's convolution sums) is PyTorch's
+    conv_transpose2d, bit for bit."""
+    from robustlab.bounds.ops.transposed import conv_transpose
+
+    rng = random.Random(3)
+    for _ in range(20):
+        x, w, args = _random_transposed_case(rng)
+        x, w = x.float(), w.float()
+        f = nn.functional.conv_transpose2d if x.dim() == 4 else nn.functional.conv_transpose1d
+        try:
+            ref = f(x, w, None, *args)
+        except RuntimeError:
+            continue
+        assert torch.equal(conv_transpose(x, w, *args), ref)
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation", "groups", "size"),
+    [
+        (1, 1, 1, 1, (16, 16)),
+        (2, 1, 1, 1, (15, 16)),
+        (3, 2, 2, 2, (13, 11)),
+        (1, 0, 3, 4, (12, 12)),
+    ],
+)
+def test_conv_backward_float64_is_the_vector_jacobian_product(
+    stride, padding, dilation, groups, size
+):
+    """Conv.backward in float64 (the rule's formulation, input sizes a stride drops recovered by
+    output padding) equals autograd's vector-Jacobian product of the convolution."""
+    from robustlab.bounds.ops.linear import Conv
+
+    g = torch.Generator().manual_seed(stride + groups)
+    w = torch.randn(8, 8 // groups, 3, 3, generator=g, dtype=F64)
+    op = Conv(w, None, (stride, stride), (padding, padding), (dilation, dilation), groups)
+    x = torch.randn(1, 8, *size, dtype=F64, requires_grad=True)
+    y = op.forward(x)
+    A = torch.randn(2, 5, *y.shape[1:], generator=g, dtype=F64)
+    (a_in,), _ = op.backward(A, [(8, *size)])
+    for i in range(2):
+        for j in range(5):
+            (vjp,) = torch.autograd.grad(y, x, A[i, j][None], retain_graph=True)
+            assert torch.allclose(a_in[i, j], vjp[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("matrix_entries", [2**22, 0])
+def test_window_convolution_float64_paths_agree(monkeypatch, matrix_entries):
+    """CROWN on a small CNN in float64 with windows, their convolution steps as cached matrices or
+    as transposed convolutions (ops.transposed), equals the bounds with dense rows, and contains
+    sampled outputs."""
+    from robustlab.bounds import window_conv
+
+    monkeypatch.setattr(window_conv, "MATRIX_ENTRIES", matrix_entries)
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, dilation=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    )
+    x = torch.rand(1, 2, 16, 16, dtype=F64)
+    region = Box(x - 0.02, x + 0.02)
+    win = compute_bounds(net, region, "crown")
+    dense = compute_bounds(net, region, "crown", windows=False)
+    scale = dense.upper.abs().max()
+    assert (win.lower - dense.lower).abs().max() <= 1e-12 * scale
+    assert (win.upper - dense.upper).abs().max() <= 1e-12 * scale
+    samples = x + (torch.rand(256, 2, 16, 16, dtype=F64) * 2 - 1) * 0.02
+    with torch.no_grad():
+        out = copy.deepcopy(net).double()(samples)
+    assert (out >= win.lower).all() and (out <= win.upper).all()

@@ -1,8 +1,8 @@
 """Windows (auto_LiRPA's patches, Xu et al. 2020, arXiv:2002.12920) through a convolution's
 transpose: the rows' windows grow by the kernel, as one cached matrix product for small windows,
-else a transposed convolution. Also the helpers every window step shares (the frame mask, the
-bias). ``win`` is a ``window.Window`` (window.py imports this module; a step builds its result
-with ``win.placed``)."""
+else a transposed convolution (``ops.transposed.conv_transpose``). Also the helpers every window
+step shares (the frame mask, the bias). ``win`` is a ``window.Window`` (window.py imports this
+module; a step builds its result with ``win.placed``)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.bounds.ops.linear import Conv, _cast
+from robustlab.bounds.ops.transposed import conv_transpose
 
 MATRIX_ENTRIES = 2**22  # largest matrix kept per (convolution, window size)
 # most multiply-adds of the matrix over the convolution's (measured crossovers, one thread):
-# float64 convolutions are slow, float32 ones run on oneDNN (774 rows of 16 x 5 x 5 onto 16
-# channels: 3.7 ms against 5.1 for the matrix, 5.4x the work; 3 x 3: 1.9 against 0.9, 2.8x)
-MATRIX_WORK = {torch.float64: 8, torch.float32: 4}
+# float32 convolutions run on oneDNN (774 rows of 16 x 5 x 5 onto 16 channels: 3.7 ms against
+# 5.1 for the matrix, 5.4x the work; 3 x 3: 1.9 against 0.9, 2.8x); float64 ones on
+# ops.transposed (387 rows of 16 x 5 x 5 onto 16: 4.8 ms against 5.2, 5.4x; 6 x 6: 5.1 against
+# 10.3, 7.1x; 4 x 4: 3.9 against 2.5, 4x)
+MATRIX_WORK = {torch.float64: 5, torch.float32: 4}
 _MATRICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -37,9 +40,8 @@ def conv(op: Conv, win, in_shape: tuple[int, ...]) -> tuple[list, Tensor]:
     if matrix is not None:  # small windows: one matrix product (fast in float64 too)
         out = (data.reshape(-1, c * h * w) @ matrix[0]).reshape(-1, *matrix[1])
     else:
-        out = nn.functional.conv_transpose2d(
-            data.reshape(-1, c, h, w), weight, None, op.stride, 0, 0, op.groups, op.dilation
-        )
+        rows = data.reshape(-1, c, h, w)  # float64: ops.transposed's formulations, not PyTorch's
+        out = conv_transpose(rows, weight, op.stride, (0, 0), None, op.groups, op.dilation)
     H, W = in_shape[1:]
     oy = win.oy * op.stride[0] - op.padding[0]
     ox = win.ox * op.stride[1] - op.padding[1]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlab.bounds.ops.base import Bounds, LinearOp, vjp_backward
+from robustlab.bounds.ops.transposed import conv_transpose
 
 _CASTS: dict[tuple[int, bool], tuple] = {}
 
@@ -113,9 +114,8 @@ class Conv(LinearOp):
         if self._patches(w, extra):
             a_in = _unpatch(flat, w).reshape(b, m, *in_shape)
         else:
-            f = nn.functional.conv_transpose2d if spatial == 2 else nn.functional.conv_transpose1d
-            a_in = f(flat, w, None, self.stride, self.padding, extra, self.groups, self.dilation)
-            a_in = a_in.reshape(b, m, *in_shape)
+            args = (self.stride, self.padding, extra, self.groups, self.dilation)
+            a_in = conv_transpose(flat, w, *args).reshape(b, m, *in_shape)
         if self.bias is None:
             return [a_in], A.new_zeros(b, m)
         shape = (1, 1, -1) + (1,) * spatial
