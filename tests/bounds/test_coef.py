@@ -151,3 +151,25 @@ def test_the_accumulators_never_ask_for_a_form():
     for mod in (tracker, rounding):
         src = inspect.getsource(mod)
         assert "Window" not in src and "isinstance(a" not in src, mod.__name__
+
+
+@pytest.mark.parametrize("rows_batch, bounds_batch", [(3, 1), (1, 3)])
+def test_max_pooling_with_batch_one_bounds_or_rows(rows_batch, bounds_batch):
+    """Bounds or rows shared by the batch (batch 1 against 3): the window's and the dense rows'
+    max pooling steps agree, and equal the step with both at the batch's size."""
+    g = torch.Generator().manual_seed(8)
+    frame = (6, 7)
+    win = _random_window(g, 3, 4, 2, 3, 2, frame, shared=rows_batch == 1)
+    if rows_batch == 1:
+        win = win.first()
+    pool = MaxPool((2, 2), (2, 2), (0, 0))
+    l = torch.randn(bounds_batch, 2, 12, 14, generator=g, dtype=torch.float64)
+    u = l + torch.rand(bounds_batch, 2, 12, 14, generator=g, dtype=torch.float64)
+    a_w, b_w, _ = win.pool(pool, l, u, True)
+    a_d, b_d, _ = Dense(win.dense()).pool(pool, l, u, True)
+    _close(a_w, a_d)
+    _close(b_w, b_d)
+    full = Dense(win.dense().expand(3, -1, -1, -1, -1))
+    a_f, b_f, _ = full.pool(pool, l.expand(3, -1, -1, -1), u.expand(3, -1, -1, -1), True)
+    _close(a_d, a_f)
+    _close(b_d, b_f)

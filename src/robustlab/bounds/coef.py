@@ -166,8 +166,13 @@ class Dense(Coef):
         return Dense(a_in), neg, b
 
     def pool(self, op, l: Tensor, u: Tensor, plain: bool) -> tuple:
-        a_in, b = op.backward(self.data, l, u)
-        return Dense(a_in), b, self
+        a = self.data
+        if l.shape[0] != a.shape[0]:  # rows or bounds shared by the batch: both at its size
+            n = max(l.shape[0], a.shape[0])
+            a = a.expand(n, *a.shape[1:])
+            l, u = l.expand(n, *l.shape[1:]), u.expand(n, *u.shape[1:])
+        a_in, b = op.backward(a, l, u)
+        return Dense(a_in), b, self if a is self.data else Dense(a)
 
     def add(self, other: Coef) -> Coef:
         return Dense(self.data + other.dense())
