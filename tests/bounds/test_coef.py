@@ -2,12 +2,13 @@
 
 import inspect
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 
 from robustlab.bounds import backward as bw
-from robustlab.bounds import rounding, tracker
+from robustlab.bounds import rounding, tracker, window
 from robustlab.bounds.coef import Coef, Dense, wrap
 from robustlab.bounds.graph import graph_of
 from robustlab.bounds.intermediate import intermediate_bounds
@@ -173,3 +174,20 @@ def test_max_pooling_with_batch_one_bounds_or_rows(rows_batch, bounds_batch):
     a_f, b_f, _ = full.pool(pool, l.expand(3, -1, -1, -1), u.expand(3, -1, -1, -1), True)
     _close(a_d, a_f)
     _close(b_d, b_f)
+
+
+def test_window_sums_bound_the_exact_sums_on_a_large_window():
+    """A float32 window of 25600 entries (past what the error terms' SLACK covers): its
+    ``absdot`` is at least, and its ``signed_dot`` at most, the exact sum (rational arithmetic)."""
+    g = torch.Generator().manual_seed(9)
+    data = torch.rand(1, 2, 64, 20, 20, generator=g, dtype=torch.float32) + 0.5
+    zero = torch.zeros(1, 2, dtype=torch.int64)
+    win = window.Window(data, zero, zero, (20, 20))
+    v = torch.rand(1, 1, 64, 20, 20, generator=g, dtype=torch.float64) * (1 + 1e-7)
+    up, lo = win.absdot(v), win.signed_dot(v)
+    v32 = [Fraction(x) for x in v.to(torch.float32).flatten().tolist()]
+    v64 = [Fraction(x) for x in v.flatten().tolist()]
+    for r in range(2):
+        a = [Fraction(x) for x in data[0, r].flatten().tolist()]
+        assert Fraction(up[0, r].item()) >= sum(x * y for x, y in zip(a, v32, strict=True))
+        assert Fraction(lo[0, r].item()) <= sum(x * y for x, y in zip(a, v64, strict=True))

@@ -164,10 +164,13 @@ class Window(Coef):
             v = v[:, 0]
         elif v.dim() == a.dim() - 2:  # no batch dimension
             v = v[None]
-        return (a.abs() * self.gather(v.to(a.dtype))).flatten(2).sum(-1).double() * SLACK
+        # positive terms: a float32 sum is within gamma_(n+2) of the exact one (n terms, their
+        # products, v's rounding to float32), which SLACK covers on windows under ~16000 entries
+        scale = max(SLACK, 1 + gamma(math.prod(a.shape[2:]) + 2))
+        return (a.abs() * self.gather(v.to(a.dtype))).flatten(2).sum(-1).double() * scale
 
     def signed_dot(self, v: Tensor, n: int | None = None) -> Tensor:
-        return (self.data.double() * self.gather(v)).flatten(2).sum(-1)
+        return _sum_below(self.data.double() * self.gather(v))
 
     def dot_below(self, c: Tensor) -> Tensor:
         return self.signed_dot(c[:, None])
@@ -188,9 +191,17 @@ class Window(Coef):
     def shifted_step(self, value: Tensor, neg, gap: Tensor, shift: Tensor, steps: Tensor):
         data = self.data.double()
         neg = data.clamp(max=0)
-        val = (neg * self.gather(gap)).flatten(2).sum(-1)
-        val = val + (data * self.gather(shift)).flatten(2).sum(-1)
+        val = _sum_below(neg * self.gather(gap))
+        val = val + _sum_below(data * self.gather(shift))
         return value + val - (data.abs() * self.gather(steps.double())).flatten(2).sum(-1) * SLACK
+
+
+def _sum_below(p: Tensor) -> Tensor:
+    """A lower bound on the exact sum, per row, of the products whose float64 values are ``p``
+    (batch, rows, ...): their float64 sum less ``(n + 2) 2^-52`` of their absolute sum, which
+    bounds the products' and the sum's rounding (as ``coef.Dense.dot_below``)."""
+    p = p.flatten(2)
+    return p.sum(-1) - (p.shape[2] + 2) * 2.0**-52 * p.abs().sum(-1)
 
 
 def _flat_index(win: Window, expand: bool) -> Tensor:
