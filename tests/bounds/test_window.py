@@ -122,10 +122,10 @@ def test_window_dense_gather_and_merge_by_hand():
     conv = Conv(torch.ones(2, 2, 3, 3), None, (1, 1), (1, 1), (1, 1), 1)
     (big,), _ = window.linear_backward(conv, win, [(2, 3, 4)])
     assert isinstance(big, window.Window) and big.shape[3:] == (3, 3)
-    merged = window.add(win, big)
+    merged = win.add(big)
     assert isinstance(merged, window.Window)
     assert torch.equal(merged.dense(), dense + big.dense())
-    assert torch.equal(window.add(win, win.scaled(2.0)).dense(), 3 * dense)
+    assert torch.equal(win.add(win.scaled(2.0)).dense(), 3 * dense)
 
 
 @pytest.mark.parametrize("case", [0, 2])

@@ -65,7 +65,7 @@ def backward(
         return _in_float64(graph, bounds, target, C, alphas, linear, betas, record)
     A: dict[int, Coef] = {target: C}
     # the bias: summed (float64), or, in float32, bounded with the pass's rounding (tracker.py)
-    acc = Tracker(graph, bounds, C.raw, target, cache) if tracked else Exact(bounds, C.raw)
+    acc = Tracker(graph, bounds, C, target, cache) if tracked else Exact(bounds, C)
     plain = acc.bias_terms  # the steps' bias terms are wanted (not a float32 pass)
     stops = stops if plain else None  # float32 passes go on to the input
     plan = graph.plan
@@ -74,10 +74,10 @@ def backward(
         deadline.check()  # a pass through a huge network can outlast a verifier's timeout
         a = A.pop(i, None)
         if betas is not None and i in betas:
-            acc.start(betas[i], i)
+            acc.start(Dense(betas[i]), i)
             if a is not None:
                 a = Dense(a.dense() + betas[i])
-                acc.added(a.data, i)
+                acc.added(a, i)
             else:
                 a = Dense(betas[i])
         if a is None:
@@ -97,11 +97,11 @@ def backward(
                 and not (A or linear is not None)
                 and (betas is None or min(betas) >= i)
             ):  # the last step: fused with the input's bound, a chunk of rows at a time
-                lb = acc.last(op, a.raw, shapes, node.inputs, node.shape)
+                lb = acc.last(op, a, shapes, node.inputs, node.shape)
                 if lb is not None:
                     return lb
             ins, b = a.linear(op, shapes)
-            acc.linear(op, a.raw, ins, node.inputs, node.shape, b)
+            acc.linear(op, a, ins, node.inputs, node.shape, b)
             if len(ins) == 1 and node.inputs[0] not in A:
                 A[node.inputs[0]] = ins[0]
             else:
@@ -135,7 +135,7 @@ def backward(
                 gap = ua - la
             zli = op.zero_lower_intercept
             a_in, neg, b = a.activation(la, lb, ua, ub if plain else None, gap, zli)
-            acc.activation(i, a.raw, la, lb, ua, ub, j, neg, b, zli)
+            acc.activation(i, a, la, lb, ua, ub, j, neg, b, zli)
         elif kind == POOL:
             a_in, b, seen = a.pool(op, l, u, plain)
             acc.pool(op, seen, j, i, b)
@@ -144,7 +144,7 @@ def backward(
         _accumulate(A, j, a_in, acc)
     if 0 not in A:  # the target does not depend on the input
         A[0] = Dense(data.new_zeros(*C.shape[:2], *graph.nodes[0].shape))
-    return acc.finish(A[0].raw, data.dtype, linear)
+    return acc.finish(A[0], data.dtype, linear)
 
 
 def _in_float64(graph, bounds, target, C, alphas, linear, betas, record) -> Tensor:
@@ -168,7 +168,7 @@ def _accumulate(A: dict, j: int, a: Coef, acc) -> None:
         A[j] = a
         return
     A[j] = total = A[j].add(a)
-    acc.added(total.raw, j)
+    acc.added(total, j)
 
 
 def two_sided(graph, bounds, target, C, alphas=None, cache=None, stops=None) -> Bounds:

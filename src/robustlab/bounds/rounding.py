@@ -28,7 +28,6 @@ from torch import Tensor
 
 from robustlab.bounds.ops.activation import ReLU
 from robustlab.bounds.ops.base import Bounds, InputRegion
-from robustlab.bounds.window import Window
 
 U = 2.0**-24  # unit roundoff of float32
 SLACK = 1 + 1e-3  # for the error terms' own rounding (sums of positive terms, done in float32)
@@ -53,9 +52,8 @@ def accounted() -> bool:
     return not getattr(_STATE, "off", False)
 
 
-def tracked(t: Tensor | Window) -> bool:
+def tracked(t: Tensor) -> bool:
     """Whether rounding is accounted for in this tensor's precision (float32)."""
-    t = t.data if isinstance(t, Window) else t
     return t.dtype == torch.float32 and not getattr(_STATE, "off", False)
 
 
@@ -66,14 +64,9 @@ def gamma(n: int) -> float:
     return SLACK * n * U / (1.0 - n * U)
 
 
-def absdot(a: Tensor | Window, v: Tensor) -> Tensor:
-    """``<|a|, v>`` per row, float64: ``a`` (batch, rows, *s), ``v`` (batch or 1, [1,] *s) >= 0."""
-    if isinstance(a, Window):
-        if v.dim() == a.data.dim():
-            v = v[:, 0]
-        elif v.dim() == a.data.dim() - 2:  # no batch dimension
-            v = v[None]
-        return (a.data.abs() * a.gather(v.to(a.data.dtype))).flatten(2).sum(-1).double() * SLACK
+def absdot(a: Tensor, v: Tensor) -> Tensor:
+    """``<|a|, v>`` per row, float64: ``a`` (batch, rows, *s), ``v`` (batch or 1, [1,] *s) >= 0
+    (the dense rows' sums; ``coef.Coef.absdot`` for any form)."""
     if v.dim() == a.dim():
         v = v[:, 0]
     n = math.prod(a.shape[2:])
@@ -171,22 +164,9 @@ def relax(op, l: Tensor, u: Tensor, alpha: Tensor | None = None):
     return la32, round_down(lb, torch.float32), ua32, -round_down(-ub, torch.float32)
 
 
-def dot64(a, v: Tensor) -> Tensor:
-    """``<a, v>`` per row in float64: ``a`` (batch, rows, *s) or a Window, ``v`` (batch or 1, *s)."""
-    if isinstance(a, Window):
-        if v.dim() == a.data.dim() - 2:
-            v = v[None]
-        return (a.data.double() * a.gather(v.double())).flatten(2).sum(-1)
-    return dense_dot(a, v)
-
-
-def signed_dot(a, v: Tensor, n: int | None) -> Tensor:
+def signed_dot(a: Tensor, v: Tensor, n: int | None) -> Tensor:
     """A lower bound on ``<a, v>`` per row computed in a's precision (float64 result): the
     float32 sum minus its rounding bound ``gamma <|a|, |v|>``. ``v`` is (batch, 1 or rows, *s)."""
-    if isinstance(a, Window):
-        g = a.gather(v)
-        data = a.data.double()
-        return (data * g).flatten(2).sum(-1)  # small windows: in float64
     n = math.prod(a.shape[2:]) if n is None else n
     if v.shape[1] > 1:  # per-row values
         v32 = v.to(a.dtype)
@@ -234,8 +214,9 @@ def f32dot(a: Tensor, v: Tensor) -> Tensor:
     return torch.bmm(a3, v3)[..., 0].double()
 
 
-def absdot_rows(a, v: Tensor) -> Tensor:
-    if v.shape[1] == 1 or isinstance(a, Window):
+def absdot_rows(a: Tensor, v: Tensor) -> Tensor:
+    """``absdot`` with ``v`` (batch, 1 or rows, *s): a value per row where it has one."""
+    if v.shape[1] == 1:
         return absdot(a, v)
     n = math.prod(v.shape[2:])
     return (a.abs() * v).flatten(2).sum(-1).double() * (1 + gamma(n + 2))

@@ -1,5 +1,6 @@
 """Rigorous float32 backward passes (CROWN) by a reference trajectory: see ``Tracker``. The float32
-error bounds themselves are in ``rounding.py``."""
+error bounds themselves are in ``rounding.py``; the sums over coefficients, whatever their form
+(dense rows, windows), are the ``coef.Coef`` methods, so nothing here asks which form it holds."""
 
 from __future__ import annotations
 
@@ -9,25 +10,11 @@ from collections import Counter
 import torch
 from torch import Tensor
 
+from robustlab.bounds.coef import Coef
 from robustlab.bounds.ops.base import InputRegion, LinearOp
 from robustlab.bounds.ops.linear import Add, Affine, Cat, Conv, Generic, Linear, Reshape
-from robustlab.bounds.rounding import (
-    SLACK,
-    U,
-    absdot,
-    absdot_rows,
-    dense_dot,
-    dot64,
-    dots,
-    gamma,
-    relax,
-    round_down,
-    signed_dot,
-    stack_columns,
-)
-from robustlab.bounds.rows import CHUNK, concretize, last_step
-from robustlab.bounds.window import Window
-from robustlab.bounds.window import concretize as window_concretize
+from robustlab.bounds.rounding import U, absdot, dense_dot, gamma, relax, round_down
+from robustlab.bounds.rows import CHUNK, last_step
 
 
 def _terms(op: LinearOp, out_shape: tuple[int, ...]) -> int:
@@ -94,15 +81,14 @@ def _terms_or_none(op, shape) -> int | None:
 class Exact:
     """The bias of a backward pass that does not bound its rounding (float64, or float32 inside
     ``rounding.ignored()``): its steps' bias terms, summed. The interface of ``Tracker``, so
-    ``backward.backward`` takes either: a step hands its bias term ``b`` (None where the pass did
-    not compute it: dense activation rows, whose terms are computed here)."""
+    ``backward.backward`` takes either: a step hands its coefficients (a ``coef.Coef``) and its
+    bias term ``b``."""
 
     bias_terms = True  # the steps compute their bias terms (``Tracker``: no, they are bounded)
 
-    def __init__(self, bounds, C) -> None:
-        data = C.data if isinstance(C, Window) else C
+    def __init__(self, bounds, C: Coef) -> None:
         self.region = bounds[0]
-        self.bias = data.new_zeros(C.shape[:2])
+        self.bias = C.data.new_zeros(C.shape[:2])
 
     def start(self, term, i: int) -> None:
         pass
@@ -117,27 +103,22 @@ class Exact:
         self.bias = self.bias + b
 
     def activation(self, i, a, la, lb, ua, ub, j, neg, b, zero_lower_intercept: bool) -> None:
-        if b is None:  # dense rows: <a-, ub> + <a+, lb>
-            b = _rowdot(neg, ub)
-            if not zero_lower_intercept:
-                b = b + _rowdot(a - neg, lb)
         self.bias = self.bias + b
 
     def pool(self, op, a, j: int, i: int, b: Tensor) -> None:
         self.bias = self.bias + b
 
-    def last(self, op, a: Tensor, shapes, inputs, shape) -> Tensor:
-        """The bound with the step onto the input fused into it (``rows.last_step``)."""
-        return last_step(op, a, shapes, self.region) + self.bias
+    def last(self, op, a: Coef, shapes, inputs, shape) -> Tensor:
+        """The bound with the step onto the input fused into it (``rows.last_step``; dense
+        rows: ``Coef.fusable``)."""
+        return last_step(op, a.dense(), shapes, self.region) + self.bias
 
-    def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
+    def finish(self, A0: Coef, dtype: torch.dtype, linear: dict | None) -> Tensor:
         """The lower bound over the input region (``linear`` receives its line)."""
         if linear is not None:
-            linear["A"] = A0.dense() if isinstance(A0, Window) else A0
+            linear["A"] = A0.dense()
             linear["bias"] = self.bias
-        if isinstance(A0, Window):
-            return window_concretize(A0, self.region) + self.bias
-        return concretize(A0, self.region) + self.bias
+        return A0.concretize(self.region) + self.bias
 
 
 class Tracker:
@@ -157,10 +138,9 @@ class Tracker:
 
     bias_terms = False  # the steps' bias terms are in the references, not computed
 
-    def __init__(self, graph, bounds, C, target: int, cache: dict | None = None) -> None:
+    def __init__(self, graph, bounds, C: Coef, target: int, cache: dict | None = None) -> None:
         self.graph, self.bounds, self.C, self.target = graph, bounds, C, target
-        data = C.data if isinstance(C, Window) else C
-        self.value = torch.zeros(C.shape[:2], dtype=torch.float64, device=data.device)
+        self.value = torch.zeros(C.shape[:2], dtype=torch.float64, device=C.data.device)
         # references and relaxations, kept between the passes of one bound computation (crown's
         # cache); every entry records what it was computed from and is used only while that holds
         self.cache = {} if cache is None else cache
@@ -251,15 +231,16 @@ class Tracker:
     def constant(self, b: Tensor) -> None:
         raise TypeError("a float32 pass has no constant terms outside its references")
 
-    def last(self, op, a: Tensor, shapes, inputs, shape) -> Tensor | None:
+    def last(self, op, a: Coef, shapes, inputs, shape) -> Tensor | None:
         """The bound with the step onto a box input fused into it (None: an L2 ball, not
-        fused)."""
+        fused; dense rows: ``Coef.fusable``)."""
         if getattr(self.bounds[0], "l2_eps", None) is not None:
             return None
         self.linear(op, a, None, inputs, shape)
-        return self.finish_last(op, a, shapes, a.dtype, CHUNK)
+        rows = a.dense()
+        return self.finish_last(op, rows, shapes, rows.dtype, CHUNK)
 
-    def linear(self, op: LinearOp, a, ins: list, inputs: tuple[int, ...], shape, b=None) -> None:
+    def linear(self, op: LinearOp, a: Coef, ins, inputs: tuple[int, ...], shape, b=None) -> None:
         """An affine step: its bias is in the references; only its rounding costs."""
         if isinstance(op, (Reshape, Cat)):  # coefficients moved or split: exact
             return
@@ -269,13 +250,13 @@ class Tracker:
             for j in inputs:
                 w = self.w(j)
                 if tuple(w.shape[1:]) != tuple(shape):
-                    self.value = self.value - gamma(math.prod(shape)) * absdot(a, _bcast(w, shape))
+                    self.value = self.value - gamma(math.prod(shape)) * a.absdot(_bcast(w, shape))
             return
         n = _terms(op, shape)
         if n:
-            self.value = self.value - gamma(n) * absdot(a, self._abs_image(op, inputs[0]))
+            self.value = self.value - gamma(n) * a.absdot(self._abs_image(op, inputs[0]))
 
-    def activation(self, i: int, a, la, lb, ua, ub, j: int, neg=None, b=None, zli=False) -> None:
+    def activation(self, i: int, a: Coef, la, lb, ua, ub, j: int, neg=None, b=None, zli=False):
         """The relaxation step ``a+ la + a- ua`` at node i (input j): ``<a-, gap>`` at the
         reference, a term for slopes that differ from the reference lines (alpha-CROWN), and
         the step's few roundings per entry."""
@@ -287,38 +268,20 @@ class Tracker:
             gap, err, folded, per_dtype = self._vectors(i, j, la, lb, ua, ub, same)
             if folded:
                 self._paid.add(self._key(j))
-            if isinstance(a, Window):
-                self._window_step(a, gap, err)
-            else:
-                self._dense_step(a, a.clamp(max=0) if neg is None else neg, gap, err, per_dtype)
+            self.value = a.gap_step(self.value, neg, gap, err, per_dtype)
             return
         c, w = self.c(j)[:, None], self.w(j)[:, None]
         gap = (ua.double() - la.double()) * c + ub.double() - lb.double()
         shift = (la.double() - la0.double()) * c + lb.double() - lb0.double()
         steps = 4 * U * (2 * la.abs() + ua.abs()) * w.to(la.dtype)
-        if isinstance(a, Window):
-            data = a.data.double()
-            neg = data.clamp(max=0)
-            val = (neg * a.gather(gap)).flatten(2).sum(-1)
-            val = val + (data * a.gather(shift)).flatten(2).sum(-1)
-            self.value = (
-                self.value
-                + val
-                - (data.abs() * a.gather(steps.double())).flatten(2).sum(-1) * SLACK
-            )
-            return
-        neg = a.clamp(max=0) if neg is None else neg
-        n = math.prod(a.shape[2:])
-        self.value = self.value + signed_dot(neg, gap, n)
-        self.value = self.value + signed_dot(a, shift, n)
-        self.value = self.value - absdot_rows(a, steps) * SLACK
+        self.value = a.shifted_step(self.value, neg, gap, shift, steps)
 
     def _vectors(self, i: int, j: int, la, lb, ua, ub, keep: bool) -> tuple:
         """For the relaxation (la, lb, ua, ub) of node i at the reference lines: the gap
         ``(ua - la) c + ub - lb`` (float64, (batch, 1, *s)), the error vector against ``|a|``
         (the step's own roundings and, where folded, its share of the linear step onto j), and
         whether that step was folded; kept between passes while nothing they depend on changes
-        (``keep``). The last item holds the stacked float32 vectors of ``_dense_step``."""
+        (``keep``). The last item holds the vectors' forms the steps keep (``Coef.gap_step``)."""
         c, w, fold = self.c(j), self.w(j), self._folded(j)
         deps = (la, lb, ua, ub, c, w, fold)
         hit = self.cache.get(("v", i)) if keep else None
@@ -343,34 +306,6 @@ class Tracker:
             self.cache[("v", i)] = (deps, out)
         return out
 
-    def _dense_step(self, a: Tensor, neg: Tensor, gap: Tensor, err: Tensor, per_dtype) -> None:
-        """``activation`` on dense rows: one pass over each of a- and a, ``<a-, gap>``,
-        ``<|a-|, |gap|> = -<a-, |gap|>`` and ``<|a|, err> = <a, err> - 2 <a-, err>``, each in
-        a's precision with its rounding bounded (err's own float32 rounding: within SLACK)."""
-        n = math.prod(a.shape[2:])
-        V = per_dtype.get(a.dtype)
-        if V is None:
-            g, st = gap[:, 0].to(a.dtype), err[:, 0].to(a.dtype)
-            V = per_dtype[a.dtype] = (stack_columns([g, g.abs(), st], n), stack_columns([st], n))
-        dn, da = dots(neg, V[0]).unbind(-1), dots(a, V[1])[..., 0]
-        gn, gabs, sn = dn
-        k = gamma(n + 2)
-        self.value = self.value + gn - k * (-gabs) * (1 + k)
-        self.value = self.value - (da - 2 * sn) / (1 - 3 * k) * SLACK
-
-    def _window_step(self, a: Window, gap: Tensor, err: Tensor) -> None:
-        """``activation`` on a window, in float32: two gathers and one pass over each of a- and
-        |a|. The float32 ``<a-, gap>`` is off by at most ``gamma_(n+3) <|a|, |gap|>`` (n terms,
-        their products and gap's own rounding), which joins the error vector; the error sum
-        (positive terms) is at most its float32 value over ``1 - gamma``."""
-        data = a.data
-        k = gamma(math.prod(data.shape[2:]) + 3)
-        err = err + k * gap.abs()
-        neg = data.clamp(max=0)
-        val = (neg * a.gather(gap.to(data.dtype))).flatten(2).sum(-1).double()
-        e = (data.abs() * a.gather((err * (1 + 4 * U)).to(data.dtype))).flatten(2).sum(-1)
-        self.value = self.value + val - e.double() / (1 - k) * SLACK
-
     def _key(self, j: int) -> tuple:
         """How ``linear`` (given an operation and its inputs, not a node) names node j's step."""
         node = self.graph.nodes[j]
@@ -384,7 +319,7 @@ class Tracker:
             self.cache["keys"] = keys
         return keys[self._key(j)] > 1
 
-    def pool(self, op, a: Tensor, j: int, i: int, b=None) -> None:
+    def pool(self, op, a: Coef, j: int, i: int, b=None) -> None:
         """Max pooling: ``<a-, gap>`` at the reference (where the max is not exact, the gap to
         the window's largest upper bound); its transpose sums overlapping windows."""
         l, u = self.bounds[j].lower, self.bounds[j].upper
@@ -393,41 +328,36 @@ class Tracker:
         gap = ((1 - exact.double()) * (u_max.double() - ci)).reshape(
             -1, 1, *self.graph.nodes[i].shape
         )
-        self.value = self.value + signed_dot(a.clamp(max=0), gap, math.prod(a.shape[2:]))
+        self.value = self.value + a.negative().signed_dot(gap, math.prod(a.shape[2:]))
         if any(k > s for k, s in zip(op.kernel, op.stride, strict=True)):
-            self.value = self.value - gamma(math.prod(op.kernel)) * absdot(a, op.forward(self.w(j)))
+            self.value = self.value - gamma(math.prod(op.kernel)) * a.absdot(op.forward(self.w(j)))
 
-    def added(self, total, j: int) -> None:
+    def added(self, total: Coef, j: int) -> None:
         """``total`` was computed as a sum of two coefficient sets on node j."""
         self._paid.discard(self._key(j))  # the step onto j bounds the sum's rounding itself
-        self.value = self.value - gamma(1) * absdot(total, self.w(j))
+        self.value = self.value - gamma(1) * total.absdot(self.w(j))
 
-    def start(self, term, i: int) -> None:
+    def start(self, term: Coef, i: int) -> None:
         """A coefficient set entering at node i (beta-CROWN's split terms): its reference."""
         self._paid.discard(self._key(i))
-        self.value = self.value + signed_dot(term, self.c(i)[:, None], math.prod(term.shape[2:]))
+        self.value = self.value + term.signed_dot(self.c(i)[:, None], math.prod(term.shape[2:]))
 
     def _at_target(self) -> Tensor:
-        """A lower bound on ``C . c_target`` (float64): dense rows in float64, less its float64
-        rounding bound (float32 sums would cost ``gamma_n <|C|, |c|>``, the references'
-        magnitudes rather than the bounds' widths: W's rows, ``rows.stepped``)."""
-        c = self.c(self.target)
-        if isinstance(self.C, Window):
-            return signed_dot(self.C, c[:, None], None)
-        n = math.prod(self.C.shape[2:])
-        return dense_dot(self.C, c) - (n + 2) * 2.0**-52 * absdot(self.C, c.abs())
+        """A lower bound on ``C . c_target`` (float64; ``Coef.dot_below``: W's rows, from
+        ``rows.stepped``, have the references' magnitudes, not the bounds' widths)."""
+        return self.C.dot_below(self.c(self.target))
 
-    def finish(self, A0, dtype: torch.dtype, linear: dict | None) -> Tensor:
+    def finish(self, A0: Coef, dtype: torch.dtype, linear: dict | None) -> Tensor:
         """The lower bound, rounded down."""
         region = self.bounds[0]
         value = self.value + self._at_target()
         r = (region.upper.double() - region.lower.double()) / 2
-        box = value - absdot(A0, r)
+        box = value - A0.absdot(r)
         if isinstance(region, InputRegion) and region.l2_eps is not None:
-            data = A0.data if isinstance(A0, Window) else A0
+            data = A0.data
             d = region.center.double() - self.c(0)
             norm = data.flatten(2).norm(dim=2).double() * (1 + gamma(data[0, 0].numel() + 2))
-            ball = value + signed_dot(A0, d[:, None], None) - region.l2_eps * norm
+            ball = value + A0.signed_dot(d[:, None]) - region.l2_eps * norm
             box = torch.maximum(box, ball)
         if linear is not None:
             # the pass's line: for every x in the box (every node's value within its bounds, as
@@ -435,9 +365,9 @@ class Tracker:
             # coefficients as computed (their error against the exact pass is in value's |E| . w
             # terms); the intercept value - <A0, c_0> in float64 (A0 exact there). It is not
             # taken from ``box`` (box + <|A0|, r> would add back a differently rounded sum)
-            dense = A0.dense() if isinstance(A0, Window) else A0
+            dense = A0.dense()
             linear["A"] = dense
-            linear["bias"] = value - dot64(dense, self.c(0))
+            linear["bias"] = value - dense_dot(dense, self.c(0))
         return round_down(box, dtype)
 
     def finish_last(self, op, a: Tensor, shapes, dtype: torch.dtype, chunk: int) -> Tensor:
@@ -467,11 +397,3 @@ def _same(x, y) -> bool:
 
 def _bcast(m: Tensor, shape) -> Tensor:
     return m.expand(m.shape[0], *shape)
-
-
-def _rowdot(x: Tensor, v: Tensor) -> Tensor:
-    """``sum(x * v)`` over the trailing dims: x (batch, rows, *s), v (batch, 1 or rows, *s)."""
-    xf, vf = x.flatten(2), v.flatten(2)
-    if vf.shape[1] == 1 and xf.shape[1] > 1:
-        return torch.bmm(xf, vf.expand(xf.shape[0], -1, -1).transpose(1, 2))[..., 0]
-    return (xf * vf).sum(-1)

@@ -30,6 +30,7 @@ from robustlab.bounds.coef import Coef, Dense, wrap
 from robustlab.bounds.ops.linear import Add, Affine, Conv, Generic
 from robustlab.bounds.ops.pool import MaxPool
 from robustlab.bounds.ops.shape import ConvTranspose, Resize
+from robustlab.bounds.rounding import SLACK, U, gamma
 from robustlab.bounds.window_conv import conv
 from robustlab.bounds.window_conv_transpose import conv_transpose
 from robustlab.bounds.window_resize import resize
@@ -113,7 +114,12 @@ class Window(Coef):
         return Dense(self.dense()).pool(op, l, u, plain)
 
     def add(self, other: Coef) -> Coef:
-        return wrap(add(self, other.raw))
+        return other.added_to(self)
+
+    def added_to(self, win: Window) -> Coef:
+        """``win + self``: both windows inside their union where they line up."""
+        merged = _merge(win, self)
+        return Dense(win.dense() + self.dense()) if merged is None else merged
 
     def two_rows(self) -> Window:
         return cat(self, -self)
@@ -132,6 +138,70 @@ class Window(Coef):
 
     def cast(self, dtype: torch.dtype) -> Window:
         return Window(self.data.to(dtype), self.oy, self.ox, self.frame)
+
+    # the accumulators' sums (``coef.Coef``): on the window, small enough to sum in float64
+    # where a term is signed
+
+    def concretize(self, region) -> Tensor:
+        """Lower bound of the rows over the input region (box; an L2 ball as in
+        ``rows.concretize``)."""
+        c = self.gather((region.upper + region.lower) / 2)
+        r = self.gather((region.upper - region.lower) / 2)
+        a = self.data
+        value = (a * c).flatten(2).sum(-1) - (a.abs() * r).flatten(2).sum(-1)
+        if getattr(region, "l2_eps", None) is not None:
+            x0 = self.gather(region.center.to(a.dtype))
+            ball = (a * x0).flatten(2).sum(-1) - region.l2_eps * a.flatten(2).norm(dim=2)
+            value = torch.maximum(value, ball)
+        return value
+
+    def negative(self) -> Window:
+        return Window(self.data.clamp(max=0), self.oy, self.ox, self.frame)
+
+    def absdot(self, v: Tensor) -> Tensor:
+        a = self.data
+        if v.dim() == a.dim():
+            v = v[:, 0]
+        elif v.dim() == a.dim() - 2:  # no batch dimension
+            v = v[None]
+        # positive terms: a float32 sum is within gamma_(n+2) of the exact one (n terms, their
+        # products, v's rounding to float32), which SLACK covers on windows under ~16000 entries
+        scale = max(SLACK, 1 + gamma(math.prod(a.shape[2:]) + 2))
+        return (a.abs() * self.gather(v.to(a.dtype))).flatten(2).sum(-1).double() * scale
+
+    def signed_dot(self, v: Tensor, n: int | None = None) -> Tensor:
+        return _sum_below(self.data.double() * self.gather(v))
+
+    def dot_below(self, c: Tensor) -> Tensor:
+        return self.signed_dot(c[:, None])
+
+    def gap_step(self, value: Tensor, neg, gap: Tensor, err: Tensor, per_dtype: dict) -> Tensor:
+        # in a's precision: two gathers and one pass over each of a- and |a|. The float32
+        # <a-, gap> is off by at most gamma_(n+3) <|a|, |gap|> (n terms, their products and
+        # gap's own rounding), which joins the error vector; the error sum (positive terms) is
+        # at most its float32 value over 1 - gamma
+        data = self.data
+        k = gamma(math.prod(data.shape[2:]) + 3)
+        err = err + k * gap.abs()
+        neg = data.clamp(max=0)
+        val = (neg * self.gather(gap.to(data.dtype))).flatten(2).sum(-1).double()
+        e = (data.abs() * self.gather((err * (1 + 4 * U)).to(data.dtype))).flatten(2).sum(-1)
+        return value + val - e.double() / (1 - k) * SLACK
+
+    def shifted_step(self, value: Tensor, neg, gap: Tensor, shift: Tensor, steps: Tensor):
+        data = self.data.double()
+        neg = data.clamp(max=0)
+        val = _sum_below(neg * self.gather(gap))
+        val = val + _sum_below(data * self.gather(shift))
+        return value + val - (data.abs() * self.gather(steps.double())).flatten(2).sum(-1) * SLACK
+
+
+def _sum_below(p: Tensor) -> Tensor:
+    """A lower bound on the exact sum, per row, of the products whose float64 values are ``p``
+    (batch, rows, ...): their float64 sum less ``(n + 2) 2^-52`` of their absolute sum, which
+    bounds the products' and the sum's rounding (as ``coef.Dense.dot_below``)."""
+    p = p.flatten(2)
+    return p.sum(-1) - (p.shape[2] + 2) * 2.0**-52 * p.abs().sum(-1)
 
 
 def _flat_index(win: Window, expand: bool) -> Tensor:
@@ -182,17 +252,6 @@ def cat(a: Window, b: Window) -> Window:
         return torch.cat([u.expand(k, -1), v.expand(k, -1)], 1)
 
     return Window(data, both(a.oy, b.oy), both(a.ox, b.ox), a.frame)
-
-
-def add(a: Tensor | Window, b: Tensor | Window) -> Tensor | Window:
-    """The sum of two coefficient sets on the same node (windows merged when they line up)."""
-    if isinstance(a, Window) and isinstance(b, Window):
-        merged = _merge(a, b)
-        if merged is not None:
-            return merged
-    a = a.dense() if isinstance(a, Window) else a
-    b = b.dense() if isinstance(b, Window) else b
-    return a + b
 
 
 def _merge(a: Window, b: Window) -> Window | None:
@@ -272,16 +331,3 @@ def activation_backward(
     if not zero_lower_intercept:
         bias = bias + ((a - neg) * win.gather(lb)).flatten(2).sum(-1)
     return Window(a_in, win.oy, win.ox, win.frame), bias
-
-
-def concretize(win: Window, region) -> Tensor:
-    """Lower bound of the rows over the input region (box; an L2 ball as in ``crown.concretize``)."""
-    c = win.gather((region.upper + region.lower) / 2)
-    r = win.gather((region.upper - region.lower) / 2)
-    a = win.data
-    value = (a * c).flatten(2).sum(-1) - (a.abs() * r).flatten(2).sum(-1)
-    if getattr(region, "l2_eps", None) is not None:
-        x0 = win.gather(region.center.to(a.dtype))
-        ball = (a * x0).flatten(2).sum(-1) - region.l2_eps * a.flatten(2).norm(dim=2)
-        value = torch.maximum(value, ball)
-    return value
