@@ -78,6 +78,25 @@ def test_maxpool_relaxation():
     assert b.lower.item() == 2.0 and b.upper.item() == 3.0
 
 
+def test_maxpool_backward_bounds_or_rows_shared_by_the_batch():
+    # batch-1 bounds with batch-3 rows (and batch-1 rows with batch-3 bounds) give what the
+    # same bounds or rows repeated over the batch give
+    g = torch.Generator().manual_seed(0)
+    pool = MaxPool((2, 2), (2, 2), (0, 0))
+    l = torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64)
+    u = l + torch.rand(1, 2, 4, 4, generator=g, dtype=torch.float64)
+    A = torch.randn(3, 5, 2, 2, 2, generator=g, dtype=torch.float64)
+    want = pool.backward(A, l.expand(3, -1, -1, -1), u.expand(3, -1, -1, -1))
+    for got, ref in zip(pool.backward(A, l, u), want, strict=True):
+        assert torch.equal(got, ref)
+    want = pool.backward(
+        A[:1].expand(3, -1, -1, -1, -1), l.expand(3, -1, -1, -1), u.expand(3, -1, -1, -1)
+    )
+    got = pool.backward(A[:1], l.expand(3, -1, -1, -1), u.expand(3, -1, -1, -1))
+    for g_, ref in zip(got, want, strict=True):
+        assert torch.equal(g_, ref)
+
+
 def test_conv_avgpool_batchnorm_by_hand():
     conv = nn.Conv2d(1, 1, 2, bias=True)
     conv.weight.data = torch.tensor([[[[1.0, -1.0], [0.5, 0.0]]]])

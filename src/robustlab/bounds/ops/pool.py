@@ -68,10 +68,13 @@ class MaxPool(Op):
 
     def backward(self, A: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """Coefficients on the input and bias for a lower bound of ``A . maxpool(x)``."""
-        bsz, m = A.shape[:2]
+        m = A.shape[1]
         c, h, w = l.shape[1:]
-        index, exact, u_max = self.relax_indices(l, u)  # (B, C, L)
-        a = A.reshape(bsz, m, c, -1)
+        bsz = max(A.shape[0], l.shape[0])  # rows or bounds shared by the batch have batch 1
+        index, exact, u_max = (
+            t.expand(bsz, *t.shape[1:]) for t in self.relax_indices(l, u)
+        )  # (B, C, L)
+        a = A.reshape(A.shape[0], m, c, -1).expand(bsz, -1, -1, -1)
         pos, neg = a.clamp(min=0), a.clamp(max=0)
         ex = exact[:, None].to(a.dtype)
         coef = pos + neg * ex  # negative coefficients use x_j only where the max is exact
