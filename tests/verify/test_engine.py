@@ -11,7 +11,7 @@ from torch import nn
 
 from robustlab import deadline as dl
 from robustlab._onnx import torch_to_onnx
-from robustlab.verify import engine, read_vnnlib, verify, verify_spec
+from robustlab.verify import branch_regions, engine, read_vnnlib, region_bounds, verify, verify_spec
 from robustlab.verify.oracle import OnnxOracle
 
 W = np.array([[1.0, -2.0], [0.5, 1.0], [-1.0, 0.25]], dtype=np.float32)  # (3, 2)
@@ -175,7 +175,7 @@ def test_bounds_over_their_share_leave_the_time_to_attacks(tmp_path, monkeypatch
             time.sleep(0.01)
 
     calls = []
-    real = engine._falsify
+    real = engine.falsify_regions
     earlier = set(threading.enumerate())  # other tests' abandoned verify threads, still running
 
     def falsify(model, shape, spec, regions, oracle, seconds, rounds, seed, stats):
@@ -186,8 +186,8 @@ def test_bounds_over_their_share_leave_the_time_to_attacks(tmp_path, monkeypatch
             return None  # the first attack misses
         return real(model, shape, spec, regions, oracle, seconds, rounds, seed, stats)
 
-    monkeypatch.setattr(engine, "_bound_regions", slow)
-    monkeypatch.setattr(engine, "_falsify", falsify)
+    monkeypatch.setattr(engine, "bound_regions", slow)
+    monkeypatch.setattr(engine, "falsify_regions", falsify)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 1)).eval()
     onnx.save(torch_to_onnx(net, (20,)), tmp_path / "n.onnx")
@@ -232,15 +232,17 @@ def test_input_splitting_on_a_reduced_graph_starts_from_the_engine_pass(monkeypa
     )
     for cache in (root.RootCache(graph), None):
         calls.clear()
-        engine._forward_bound(graph, net, prop, (4,), C, prop.disjuncts[0].d, cache)
+        region_bounds.forward_bound(graph, net, prop, (4,), C, prop.disjuncts[0].d, cache)
         how = ("input-split", "forward")
-        verdict = engine._branch(graph, prop, (4,), net, float("inf"), how, BabStats(), None, cache)
+        verdict = branch_regions.branch(
+            graph, prop, (4,), net, float("inf"), how, BabStats(), None, cache
+        )
         assert verdict == ("holds", None)
         assert calls == ([1, 1] if cache is not None else [1, 1, 1])
     cache = root.RootCache(graph)
     red = embed.reduce(graph, net, prop, (4,))
     calls.clear()
-    engine._forward_bound(graph, net, prop, (4,), C, prop.disjuncts[0].d, cache)
+    region_bounds.forward_bound(graph, net, prop, (4,), C, prop.disjuncts[0].d, cache)
     margin = bab.hold_margin(red.graph, red.prop, (2,), intermediate="forward", cache=cache)
     steps = bab.search_steps(
         red.graph, red.prop, (2,), red.model, intermediate="forward", margin=margin,
@@ -272,5 +274,5 @@ def test_input_splitting_in_the_mixed_mode_splits_without_look_ahead(monkeypatch
         prop = Property(lo, lo + 0.1, (Disjunct(C, torch.zeros(1, dtype=torch.float64)),))
         seen.clear()
         margin = torch.zeros(1, dtype=torch.float64)
-        engine._input_split(graph, prop, (n_in,), net, 0.0, "forward", BabStats(), margin)
+        branch_regions.input_split(graph, prop, (n_in,), net, 0.0, "forward", BabStats(), margin)
         assert seen == ([1] if mixed else [2])

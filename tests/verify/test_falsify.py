@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.verify import engine
+from robustlab.verify import branch_regions
 from robustlab.verify.falsify import Falsifier, in_box32, sample_search
 from robustlab.verify.spec import Disjunct, Property, Spec
 
@@ -178,8 +178,12 @@ def test_the_share_decays_while_rounds_find_nothing_nearer():
 
 def test_the_engine_hands_branch_and_bound_to_the_search_beside_it(monkeypatch):
     calls = []
-    monkeypatch.setattr(engine.bab, "portfolio", lambda *a: calls.append(a) or ("holds", None))
-    assert engine._portfolio([], 1.0, None, None) == ("holds", None) and len(calls) == 1
+    monkeypatch.setattr(
+        branch_regions.bab, "portfolio", lambda *a: calls.append(a) or ("holds", None)
+    )
+    assert (
+        branch_regions.portfolio_beside([], 1.0, None, None) == ("holds", None) and len(calls) == 1
+    )
 
 
 @pytest.mark.skipif(not ACAS.is_dir(), reason="needs the shared ACAS Xu benchmark")

@@ -8,7 +8,7 @@ import torch
 
 import robustlab.bounds.alpha as alpha_module
 from robustlab.bounds.graph import graph_of
-from robustlab.verify import bab, engine, root, verify
+from robustlab.verify import bab, region_bounds, root, verify
 from robustlab.verify.margins import stack_spec
 from robustlab.verify.relu_split import relu_split
 from robustlab.verify.spec import Disjunct, Property, Spec
@@ -99,7 +99,9 @@ def test_the_engine_keeps_each_open_regions_pass():
     spec = Spec.from_properties([first, second, refuted], 12, 3)
     graph = graph_of(net, (12,))
     cache = root.RootCache(graph)
-    proven = engine._bounds_refute(graph, net, spec, torch.arange(3), (12,), "crown", {}, cache)
+    proven = region_bounds.bounds_refute(
+        graph, net, spec, torch.arange(3), (12,), "crown", {}, cache
+    )
     assert proven.tolist() == [False, False, True]
     assert cache.of(graph, spec.property(2)) is None
     for r in (0, 1):
@@ -172,7 +174,7 @@ def test_the_engines_alpha_crown_pass_is_the_roots():
     spec = Spec.from_properties([prop], 12, 3)
     cache, margins = root.RootCache(graph), {}
     for method in ("crown", "alpha-crown"):
-        proven = engine._bounds_refute(
+        proven = region_bounds.bounds_refute(
             graph, net, spec, torch.arange(1), (12,), method, margins, cache
         )
         assert not proven.any()
