@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from robustlab.bounds import compute_bounds
+from robustlab.bounds import compute_bounds, window_conv
 from robustlab.bounds.graph import graph_of
+from robustlab.bounds.ops import transposed
 from robustlab.bounds.ops.base import Bounds
 from robustlab.bounds.ops.bilinear import MatMul, Mul
+from robustlab.bounds.ops.linear import Conv
 from robustlab.bounds.ops.reduce import MaxReduce
 from robustlab.threat import Box
 
@@ -211,8 +213,6 @@ def test_patch_embedding_backward_is_the_transposed_convolution(kernel, size, dt
     """A convolution with stride = kernel (a vision transformer's patches) goes backward by one
     matrix product: the same coefficients as conv_transpose2d and as autograd's vector-Jacobian
     product; CROWN bounds on it are exact (a linear layer on a box)."""
-    from robustlab.bounds.ops.linear import Conv
-
     g = torch.Generator().manual_seed(0)
     w = torch.randn(5, 3, *kernel, generator=g, dtype=torch.float64)
     bias = torch.randn(5, generator=g, dtype=torch.float64)
@@ -262,64 +262,55 @@ def _random_transposed_case(rng):
     return x, w, (s, p, op, g, d)
 
 
+def _pytorch_cases(seed: int, n: int, grad: bool = False):
+    """``n`` random transposed convolutions that PyTorch accepts (it refuses empty outputs):
+    (x, w, args, PyTorch's output); ``grad``: x requires its gradient."""
+    rng = random.Random(seed)
+    while n:
+        x, w, args = _random_transposed_case(rng)
+        f = nn.functional.conv_transpose2d if x.dim() == 4 else nn.functional.conv_transpose1d
+        x.requires_grad_(grad)
+        try:
+            ref = f(x, w, None, *args)
+        except RuntimeError:
+            continue
+        yield x, w, args, ref
+        n -= 1
+
+
 @pytest.mark.parametrize("chunk", [None, 64])
 def test_float64_transposed_convolution_equals_pytorchs(monkeypatch, chunk):
     """ops.transposed.conv_transpose's float64 formulations (per phase, by fold, the rule's
     pick; whole or in chunks of rows) equal PyTorch's conv_transpose{1,2}d to float64 rounding
     on random shapes."""
-    from robustlab.bounds.ops import transposed
-
     if chunk is not None:
         monkeypatch.setattr(transposed, "CHUNK_BYTES", chunk)
-    rng = random.Random(17)
-    checked = 0
-    while checked < 150:
-        x, w, args = _random_transposed_case(rng)
-        f = nn.functional.conv_transpose2d if x.dim() == 4 else nn.functional.conv_transpose1d
-        try:
-            ref = f(x, w, None, *args)
-        except RuntimeError:  # an empty output: PyTorch refuses the shape
-            continue
+    for x, w, args, ref in _pytorch_cases(17, 150):
         for how in ("phases", "fold", None):
             got = transposed.conv_transpose(x, w, *args, how=how)
             assert got.shape == ref.shape
             err = (got - ref).abs().max() / ref.abs().max().clamp_min(1e-300)
             assert err < 1e-12, (how, x.shape, w.shape, args, float(err))
-        checked += 1
 
 
 @pytest.mark.parametrize("chunk", [None, 64])
 def test_float64_transposed_convolution_gradient_is_pytorchs(monkeypatch, chunk):
     """Autograd's derivative in x through its float64 formulations equals autograd's through
     conv_transpose{1,2}d to float64 rounding on random shapes."""
-    from robustlab.bounds.ops import transposed
-
     if chunk is not None:
         monkeypatch.setattr(transposed, "CHUNK_BYTES", chunk)
-    rng = random.Random(29)
-    checked = 0
-    while checked < 60:
-        x, w, args = _random_transposed_case(rng)
-        f = nn.functional.conv_transpose2d if x.dim() == 4 else nn.functional.conv_transpose1d
-        x.requires_grad_(True)
-        try:
-            ref = f(x, w, None, *args)
-        except RuntimeError:
-            continue
+    for x, w, args, ref in _pytorch_cases(29, 60, grad=True):
         g = torch.randn_like(ref)
         (want,) = torch.autograd.grad(ref, x, g)
         for how in ("phases", "fold", None):
             (got,) = torch.autograd.grad(transposed.conv_transpose(x, w, *args, how=how), x, g)
             err = (got - want).abs().max() / want.abs().max().clamp_min(1e-300)
             assert err < 1e-12, (how, x.shape, w.shape, args, float(err))
-        checked += 1
 
 
 def test_float32_transposed_convolution_keeps_pytorchs_path():
     """float32 (the rigorous mode counts the terms PyTorch's convolution sums) is PyTorch's
     conv_transpose2d, bit for bit."""
-    from robustlab.bounds.ops.transposed import conv_transpose
-
     rng = random.Random(3)
     for _ in range(20):
         x, w, args = _random_transposed_case(rng)
@@ -329,7 +320,7 @@ def test_float32_transposed_convolution_keeps_pytorchs_path():
             ref = f(x, w, None, *args)
         except RuntimeError:
             continue
-        assert torch.equal(conv_transpose(x, w, *args), ref)
+        assert torch.equal(transposed.conv_transpose(x, w, *args), ref)
 
 
 @pytest.mark.parametrize(
@@ -346,8 +337,6 @@ def test_conv_backward_float64_is_the_vector_jacobian_product(
 ):
     """Conv.backward in float64 (the rule's formulation, input sizes a stride drops recovered by
     output padding) equals autograd's vector-Jacobian product of the convolution."""
-    from robustlab.bounds.ops.linear import Conv
-
     g = torch.Generator().manual_seed(stride + groups)
     w = torch.randn(8, 8 // groups, 3, 3, generator=g, dtype=F64)
     op = Conv(w, None, (stride, stride), (padding, padding), (dilation, dilation), groups)
@@ -366,8 +355,6 @@ def test_window_convolution_float64_paths_agree(monkeypatch, matrix_entries):
     """CROWN on a small CNN in float64 with windows, their convolution steps as cached matrices or
     as transposed convolutions (ops.transposed), equals the bounds with dense rows, and contains
     sampled outputs."""
-    from robustlab.bounds import window_conv
-
     monkeypatch.setattr(window_conv, "MATRIX_ENTRIES", matrix_entries)
     torch.manual_seed(1)
     net = nn.Sequential(
