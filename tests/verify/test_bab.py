@@ -13,7 +13,7 @@ from robustlab.bounds.graph import graph_of
 from robustlab.verify import bab, embed, root
 from robustlab.verify.spec import Disjunct, Property
 
-from .small_nets import box_sample, relu_mlp
+from .small_nets import box_sample, relu_mlp, threshold_property
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -205,11 +205,7 @@ def test_the_look_ahead_bounds_only_candidates_it_may_take(seed, floor, monkeypa
     n_in = 4 + seed % 2
     net = relu_mlp(seed + 70, n_in, width=12, depth=3)
     graph = graph_of(net, (n_in,))
-    lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
-    with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000, seed))[:, 0].max())
-    t = top * 1.05 if top > 0 else top / 1.05
-    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    prop, _, _ = threshold_property(net, n_in, seed, 1.05)
     runs = []
     for to_bound in (bab.to_bound, lambda worth: None):
         monkeypatch.setattr(bab, "to_bound", to_bound)

@@ -14,9 +14,8 @@ from torch import nn
 
 from robustlab.bounds.graph import graph_of
 from robustlab.verify import bab, leaf_lp
-from robustlab.verify.spec import Disjunct, Property
 
-from .small_nets import box_sample, relu_mlp
+from .small_nets import box_sample, relu_mlp, threshold_property
 
 
 def _net(seed: int, n_in: int, width: int = 8, depth: int = 2, n_out: int = 3) -> nn.Module:
@@ -254,11 +253,7 @@ def _threshold_case(seed: int, factor: float):
     n_in = 2 + seed % 2
     net = _net(seed + 40, n_in, width=12, depth=3)
     graph = graph_of(net, (n_in,))
-    lo, hi = -torch.ones(n_in, dtype=torch.float64), torch.ones(n_in, dtype=torch.float64)
-    with torch.no_grad():
-        top = float(copy.deepcopy(net).double()(box_sample(lo, hi, 20000, seed))[:, 0].max())
-    t = top * factor if top > 0 else top / factor
-    prop = Property(lo, hi, (Disjunct(torch.tensor([[-1.0, 0.0, 0.0]]), torch.tensor([-t])),))
+    prop, t, top = threshold_property(net, n_in, seed, factor)
     return net, graph, n_in, prop, t, top
 
 
